@@ -1,0 +1,35 @@
+//! `portcullis-policy`: the pure core of Portcullis.
+//!
+//! Parsing (site file + Ansible YAML inventory, with file:line:column errors), validation,
+//! host patterns, the policy model, `compile(policy, facts) -> Ruleset`, rendering to an
+//! `nft -f` script, parsing the kernel's `nft -j list table` readback back into a
+//! [`Ruleset`], the semantic diff, `plan`, and the ruleset hash.
+//!
+//! This crate must not do I/O, use a clock, spawn threads or be async: every function takes
+//! values and returns values, so it is tested with plain unit and property tests.
+
+pub mod compile;
+pub mod diag;
+pub mod diff;
+pub mod facts;
+pub mod inventory;
+pub mod model;
+pub mod parse;
+pub mod pattern;
+pub mod readback;
+pub mod render;
+pub mod ruleset;
+pub mod services;
+pub mod site;
+pub mod yaml;
+
+pub use compile::{CompileError, compile};
+pub use diag::{Diagnostic, Diagnostics, Source};
+pub use diff::{Plan, RulesetDiff, diff, plan};
+pub use facts::{Facts, InterfaceFacts};
+pub use model::{
+    AllowEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, PortRange, Proto, RateUnit,
+    Replies,
+};
+pub use readback::{ReadbackError, RuleCounter, parse_readback};
+pub use ruleset::{Ruleset, RulesetHash, TABLE_NAME};

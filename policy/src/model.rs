@@ -1,0 +1,173 @@
+//! The policy model: what one host must enforce, after plays have been merged.
+//!
+//! Values only; parsing lives in `site`/`parse`, compiling in `compile`.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Transport protocol of an allow entry. The seed speaks of tcp/udp only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// An inclusive port range; `start <= end`. A single port has `start == end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        Self {
+            start: port,
+            end: port,
+        }
+    }
+    pub fn new(start: u16, end: u16) -> Option<Self> {
+        (start <= end).then_some(Self { start, end })
+    }
+    pub fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// Which inbound interface the guard applies to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceSel {
+    /// Every interface except loopback.
+    All,
+    /// The interface of the default route, resolved from facts at compile time.
+    Default,
+    /// A named interface (`iifname`, so it loads even when the interface is absent).
+    Named(String),
+}
+
+/// How replies to our own outbound connections are let back in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replies {
+    /// The seed rule: tcp/udp to 1024-65535 accepted.
+    Ports,
+    /// conntrack: `ct state established,related` accepted instead.
+    Stateful,
+}
+
+/// Enforce (drop) or audit (log what would be dropped, accept it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+/// What the agent does when the kernel differs from the compiled ruleset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    Heal,
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl fmt::Display for RateUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RateUnit::Second => "second",
+            RateUnit::Minute => "minute",
+            RateUnit::Hour => "hour",
+            RateUnit::Day => "day",
+        })
+    }
+}
+
+/// Rate limit of the deny log rule: `rate` packets per `per`, `burst` packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LogLimit {
+    pub rate: u32,
+    pub per: RateUnit,
+    pub burst: u32,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        Self {
+            rate: 50,
+            per: RateUnit::Second,
+            burst: 100,
+        }
+    }
+}
+
+/// One whitelisted service: a port range on one protocol, optionally only from some sources.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AllowEntry {
+    pub proto: Proto,
+    pub ports: PortRange,
+    /// Empty: from anywhere. Otherwise only from these networks (v4 and/or v6).
+    pub from: Vec<IpNet>,
+    /// What the operator wrote, e.g. `smtp/tcp` or `22/tcp`, for messages and diffs.
+    pub label: String,
+}
+
+/// The NFLOG group our log rule uses unless the policy says otherwise.
+pub const DEFAULT_LOG_GROUP: u16 = 7;
+
+/// Everything one host must enforce: the merge of every play that targets it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostPolicy {
+    pub interface: InterfaceSel,
+    pub replies: Replies,
+    /// Sorted and de-duplicated by the loader.
+    pub allow: Vec<AllowEntry>,
+    pub log: LogLimit,
+    pub log_group: u16,
+    pub mode: Mode,
+    pub drift: DriftMode,
+}
+
+impl Default for HostPolicy {
+    fn default() -> Self {
+        Self {
+            interface: InterfaceSel::All,
+            replies: Replies::Ports,
+            allow: Vec::new(),
+            log: LogLimit::default(),
+            log_group: DEFAULT_LOG_GROUP,
+            mode: Mode::Enforce,
+            drift: DriftMode::Heal,
+        }
+    }
+}

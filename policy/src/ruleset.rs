@@ -1,0 +1,162 @@
+//! The compiled ruleset: a normalized, structured model of `table inet portcullis`.
+//!
+//! The same type is produced by `compile` (what we want) and by `readback` (what the kernel
+//! has), so drift is a structural comparison, not a string one. Counter *values* are not
+//! part of it (they change with traffic); they come from readback separately.
+//! Ordered containers only (`BTreeMap`/`BTreeSet`), so serialization and hash are
+//! deterministic.
+
+use crate::model::{LogLimit, PortRange, Proto};
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The one table Portcullis owns (family `inet`).
+pub const TABLE_NAME: &str = "portcullis";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    /// Named sets by name.
+    pub sets: BTreeMap<String, Set>,
+    /// Chains by name; rule order inside a chain matters.
+    pub chains: BTreeMap<String, Chain>,
+}
+
+/// A named set. Every set we create has `flags interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Set {
+    pub key: SetKey,
+    /// Normalized: ranges merged where adjacent/overlapping (what the kernel stores).
+    pub elements: BTreeSet<Element>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKey {
+    /// `type inet_service`
+    Port,
+    /// `type ipv4_addr . inet_service`
+    V4Port,
+    /// `type ipv6_addr . inet_service`
+    V6Port,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Element {
+    Port(PortRange),
+    V4Port(Ipv4Net, PortRange),
+    V6Port(Ipv6Net, PortRange),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// `Some` for a base chain (hooked), `None` for a regular chain (jump target).
+    pub base: Option<BaseChain>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseChain {
+    /// Only `input` is used by Portcullis; others appear only in readback.
+    pub hook: String,
+    /// Numeric priority (`filter - 10` is -10).
+    pub priority: i32,
+    pub policy: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Accept,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L3 {
+    Ip,
+    Ip6,
+}
+
+/// An `iifname` match: `iifname "eth2"` or `iifname != "lo"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfMatch {
+    pub negate: bool,
+    pub name: String,
+}
+
+/// The closed set of rule shapes Portcullis generates. Readback maps anything else to
+/// `Unknown`, so a foreign edit always shows up as a difference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// `[iifname [!=] "x"] jump <target>`
+    Jump {
+        iifname: Option<IfMatch>,
+        target: String,
+    },
+    /// `tcp dport @allow_tcp counter accept`, or with `saddr`:
+    /// `ip saddr . tcp dport @allow_tcp_v4 counter accept`
+    SetMatch {
+        saddr: Option<L3>,
+        proto: Proto,
+        set: String,
+        verdict: Verdict,
+    },
+    /// `tcp dport 1024-65535 counter accept`
+    Ports {
+        proto: Proto,
+        ports: PortRange,
+        verdict: Verdict,
+    },
+    /// `ct state established,related counter accept` (states sorted, lowercase)
+    CtState {
+        states: BTreeSet<String>,
+        verdict: Verdict,
+    },
+    /// `meta l4proto { tcp, udp } th dport 0-1023 limit rate R/U burst B packets counter
+    ///  log prefix "P" group G <verdict>`
+    LogLimited {
+        ports: PortRange,
+        limit: LogLimit,
+        group: u16,
+        prefix: String,
+        verdict: Verdict,
+    },
+    /// `meta l4proto { tcp, udp } th dport 0-1023 counter <verdict>` (over the log limit)
+    Counted { ports: PortRange, verdict: Verdict },
+    /// Anything readback could not map: canonical JSON of the rule's expressions.
+    Unknown { expr: String },
+}
+
+/// Lowercase hex SHA-256 of the ruleset's canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RulesetHash(pub String);
+
+impl fmt::Display for RulesetHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Ruleset {
+    /// Canonical JSON (ordered maps, no whitespace): the input of the hash.
+    pub fn canonical_json(&self) -> String {
+        // Serialization of these plain types cannot fail (no maps with non-string keys).
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn hash(&self) -> RulesetHash {
+        let digest = Sha256::digest(self.canonical_json().as_bytes());
+        RulesetHash(hex::encode(digest))
+    }
+
+    /// Number of set elements over all sets (for summaries).
+    pub fn element_count(&self) -> usize {
+        self.sets.values().map(|s| s.elements.len()).sum()
+    }
+}
