@@ -1,1 +1,23 @@
-//! TODO
+//! `portcullis-testkit`: the harness for tests with real packets.
+//!
+//! - [`NetNs`]: a network namespace created with `ip netns add` under a unique name
+//!   (`pct-<pid>-<n>`) and deleted on drop, also when the test panics.
+//! - [`Topology`]: two or more namespaces joined by veth pairs, addressed from
+//!   10.77.0.0/16 and fd77::/16 (IPv6 with `nodad`, so addresses are usable at once).
+//! - [`probe`]: TCP connect probes that tell Accepted / Refused (RST) / TimedOut (dropped)
+//!   apart, a TCP listener, a UDP echo server and a UDP request/answer probe, all run inside
+//!   a namespace on a thread that entered it with `setns`.
+//! - [`require_root_netns`]: the gate every netns test starts with.
+//!
+//! This crate must only touch namespaces it created and only use 10.77.0.0/16, fd77::/16
+//! and loopback addresses. It never changes the caller's own namespace.
+
+mod gate;
+mod netns;
+pub mod probe;
+mod topology;
+
+pub use gate::require_root_netns;
+pub use netns::NetNs;
+pub use probe::{TcpOutcome, TcpServer, UdpEcho, UdpOutcome};
+pub use topology::{Endpoint, Link, Topology, TopologyBuilder};
