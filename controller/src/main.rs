@@ -1,1 +1,95 @@
-fn main() {}
+//! `portcullis`: the Portcullis controller and operator CLI. Thin: parses arguments and
+//! calls into the library (`portcullis_controller::cli`).
+
+use clap::{Parser, Subcommand};
+use portcullis_controller::cli::{self, connect::ConnectArgs, exit};
+
+/// Portcullis: one declarative port policy on a fleet of Linux hosts, proven in place.
+///
+/// Exit codes: 0 success; 1 valid request that did not fully succeed (a host failed or is
+/// pending); 2 invalid input, nothing changed; 4 controller unreachable or refused us.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `portcullis_controller=debug`
+    #[arg(long, global = true, env = "PORTCULLIS_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines (for `serve` under a log collector)
+    #[arg(long, global = true, env = "PORTCULLIS_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificate authority: init, issue controller/agent/admin certificates, revoke, list
+    Ca {
+        #[command(subcommand)]
+        cmd: cli::ca::CaCommand,
+    },
+    /// Run the controller (gRPC over mutual TLS, SQLite store)
+    Serve(cli::serve::ServeArgs),
+    /// Validate, compile, store and push a policy revision; wait for every host to apply it
+    Apply(cli::apply::ApplyArgs),
+    /// Per-host state: connected, last seen, desired vs applied revision, hash match
+    Status(cli::status::StatusArgs),
+    /// Revisions: who applied what, when, to which hosts
+    History(cli::history::HistoryArgs),
+}
+
+fn init_tracing(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    // Client commands log warnings only unless asked; `serve` logs at the chosen level.
+    let filter = match cli.command {
+        Command::Serve(_) => cli.log.clone(),
+        _ if cli.log == "info" => "warn".to_string(),
+        _ => cli.log.clone(),
+    };
+    init_tracing(&filter, cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Ca { cmd } => cli::ca::run(cmd).map(|()| exit::OK),
+            Command::Serve(a) => cli::serve::serve(a).await,
+            Command::Apply(a) => cli::apply::run(a, &cli.connect).await,
+            Command::Status(a) => cli::status::run(a, &cli.connect).await,
+            Command::History(a) => cli::history::run(a, &cli.connect).await,
+        }
+    });
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = if is_connect_error(&e) { exit::UNREACHABLE } else { 1 };
+            std::process::exit(code);
+        }
+    }
+}
+
+fn is_connect_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<tonic::transport::Error>().is_some())
+}

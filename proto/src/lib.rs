@@ -1,1 +1,20 @@
-//! TODO
+//! `portcullis-proto`: the wire protocol between controller, agents and the operator CLI.
+//!
+//! Holds the generated gRPC code (`v1`), conversions between wire messages and the
+//! `portcullis-policy` types, and the one place where conversion errors become
+//! `tonic::Status` codes. Nothing else: no I/O, no business logic.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("portcullis.v1");
+}
+
+mod convert;
+
+pub use convert::ProtoError;
+
+/// The protocol version this build speaks (sent in `Hello`).
+pub const PROTOCOL_VERSION: u32 = v1::ProtocolVersion::V1 as u32;
+
+/// Protocol versions a controller of this build accepts.
+pub const ACCEPTED_PROTOCOL_VERSIONS: &[u32] = &[PROTOCOL_VERSION];

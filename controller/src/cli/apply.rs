@@ -1,0 +1,202 @@
+//! `portcullis apply -i inventory.yml site.yml`: validate locally, then have the controller
+//! compile for every targeted host, store a revision and push it; follow each host until
+//! it reports `Applied` with the expected hash, with a progress bar and a final table.
+//! Exit 0 only if every targeted host applied.
+
+use super::connect::{ConnectArgs, status_exit};
+use super::exit;
+use super::output::{print_json, short_hash, table};
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use portcullis_policy::{Source, site};
+use portcullis_proto::v1;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_stream::StreamExt as _;
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Ansible YAML inventory (all/children/hosts/vars)
+    #[arg(short = 'i', long, env = "PORTCULLIS_INVENTORY")]
+    pub inventory: PathBuf,
+    /// Site file: a list of plays (hosts pattern + policy)
+    pub site: PathBuf,
+    /// Only these hosts (Ansible pattern: group, host, a:b, a:&b, a:!b)
+    #[arg(long)]
+    pub limit: Option<String>,
+    /// How long to wait for every host to report
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Print the final result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<Source> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Source::new(path.display().to_string(), text))
+}
+
+pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
+    let site_src = read(&args.site)?;
+    let inv_src = read(&args.inventory)?;
+    // Fail fast and locally, with file:line:column, before contacting anyone.
+    if let Err(diags) = site::load_fleet(&site_src, &inv_src) {
+        eprintln!("{diags}");
+        eprintln!("error: {} problem(s) found; nothing was applied", diags.len());
+        return Ok(exit::INVALID);
+    }
+    let mut client = conn.admin().await?;
+    let request = v1::ApplyRequest {
+        site_name: site_src.name,
+        site_yaml: site_src.text,
+        inventory_name: inv_src.name,
+        inventory_yaml: inv_src.text,
+        limit: args.limit.clone().unwrap_or_default(),
+    };
+    let mut stream = match client.apply(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            eprintln!("error: {}", s.message());
+            return Ok(status_exit(&s));
+        }
+    };
+    let accepted = match stream.next().await {
+        Some(Ok(v1::ApplyEvent {
+            event: Some(v1::apply_event::Event::Accepted(a)),
+        })) => a,
+        Some(Err(s)) => {
+            eprintln!("error: {}", s.message());
+            return Ok(status_exit(&s));
+        }
+        _ => anyhow::bail!("controller ended the apply stream without accepting it"),
+    };
+    let revision = accepted.revision;
+    let total = accepted.hosts.len();
+    let bar = ProgressBar::new(total as u64);
+    if args.json {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} r{msg} [{bar:30}] {pos}/{len} hosts {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(revision.to_string());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    if !args.json && !accepted.offline.is_empty() {
+        bar.println(format!(
+            "offline, will get r{revision} when they connect: {}",
+            accepted.offline.join(", ")
+        ));
+    }
+    let mut results: BTreeMap<String, v1::HostResult> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    while results.len() < total {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let ev = match next {
+            Err(_) => break,
+            Ok(None) => break,
+            Ok(Some(Err(s))) => {
+                bar.println(format!("stream error: {}", s.message()));
+                break;
+            }
+            Ok(Some(Ok(ev))) => ev,
+        };
+        let Some(v1::apply_event::Event::Host(r)) = ev.event else {
+            continue;
+        };
+        let outcome = v1::HostOutcome::try_from(r.outcome).unwrap_or_default();
+        if outcome == v1::HostOutcome::Disconnected {
+            bar.println(format!("{}: disconnected before answering (still pending)", r.host));
+            continue;
+        }
+        if !args.json {
+            bar.println(format!("{}: {}", r.host, describe(&r)));
+        }
+        results.insert(r.host.clone(), r);
+        bar.set_position(results.len() as u64);
+    }
+    bar.finish_and_clear();
+
+    let all_ok = results.len() == total
+        && results
+            .values()
+            .all(|r| r.outcome == v1::HostOutcome::Applied as i32);
+    if args.json {
+        let hosts: Vec<_> = accepted
+            .hosts
+            .iter()
+            .map(|h| match results.get(h) {
+                Some(r) => serde_json::json!({
+                    "host": h, "result": outcome_name(r.outcome), "hash": r.hash,
+                    "expected_hash": r.expected_hash, "error": r.error,
+                    "duration_us": r.duration_us,
+                }),
+                None => serde_json::json!({ "host": h, "result": "pending" }),
+            })
+            .collect();
+        print_json(&serde_json::json!({ "revision": revision, "ok": all_ok, "hosts": hosts }))?;
+    } else {
+        let rows: Vec<Vec<String>> = accepted
+            .hosts
+            .iter()
+            .map(|h| match results.get(h) {
+                Some(r) => vec![
+                    h.clone(),
+                    outcome_name(r.outcome).into(),
+                    short_hash(&r.hash),
+                    format!("{:.1} ms", r.duration_us as f64 / 1000.0),
+                    r.error.lines().next().unwrap_or("").to_string(),
+                ],
+                None => vec![
+                    h.clone(),
+                    "pending".into(),
+                    "-".into(),
+                    "-".into(),
+                    if accepted.offline.contains(h) {
+                        "offline: gets it on connect".into()
+                    } else {
+                        format!("no answer within {}", humantime::format_duration(args.timeout))
+                    },
+                ],
+            })
+            .collect();
+        println!("revision r{revision}");
+        print!("{}", table(&["HOST", "RESULT", "HASH", "APPLY+VERIFY", "DETAIL"], &rows));
+        let applied = results
+            .values()
+            .filter(|r| r.outcome == v1::HostOutcome::Applied as i32)
+            .count();
+        println!("{applied}/{total} hosts applied r{revision}");
+    }
+    Ok(if all_ok { exit::OK } else { exit::INCOMPLETE })
+}
+
+fn outcome_name(o: i32) -> &'static str {
+    match v1::HostOutcome::try_from(o) {
+        Ok(v1::HostOutcome::Applied) => "applied",
+        Ok(v1::HostOutcome::Failed) => "failed",
+        Ok(v1::HostOutcome::HashMismatch) => "hash-mismatch",
+        Ok(v1::HostOutcome::Disconnected) => "disconnected",
+        _ => "unknown",
+    }
+}
+
+fn describe(r: &v1::HostResult) -> String {
+    match v1::HostOutcome::try_from(r.outcome) {
+        Ok(v1::HostOutcome::Applied) => format!(
+            "applied, hash {} ({:.1} ms)",
+            short_hash(&r.hash),
+            r.duration_us as f64 / 1000.0
+        ),
+        Ok(v1::HostOutcome::HashMismatch) => format!(
+            "HASH MISMATCH: kernel {} expected {}",
+            short_hash(&r.hash),
+            short_hash(&r.expected_hash)
+        ),
+        _ => format!("FAILED: {}", r.error),
+    }
+}

@@ -1,0 +1,22 @@
+//! The operator CLI: one module per subcommand. Connection settings are global flags, env
+//! vars, or `~/.config/portcullis/cli.toml`, in that order of precedence.
+
+pub mod apply;
+pub mod ca;
+pub mod connect;
+pub mod history;
+pub mod output;
+pub mod serve;
+pub mod status;
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    /// Everything asked for happened.
+    pub const OK: i32 = 0;
+    /// The request was valid but did not fully succeed (a host failed or is still pending).
+    pub const INCOMPLETE: i32 = 1;
+    /// Invalid input (policy errors, bad flags); nothing was changed.
+    pub const INVALID: i32 = 2;
+    /// The controller could not be reached or refused us (TLS, certificate, permission).
+    pub const UNREACHABLE: i32 = 4;
+}

@@ -1,0 +1,113 @@
+//! `portcullis status`: per host, connected, last seen, desired vs applied revision, hash
+//! match, agent version.
+
+use super::connect::ConnectArgs;
+use super::output::{ago_ms, print_json, short_hash, table};
+use portcullis_proto::v1;
+use serde::Serialize;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct HostJson<'a> {
+    host: &'a str,
+    connected: bool,
+    last_seen_unix_ms: i64,
+    desired_revision: u64,
+    applied_revision: u64,
+    expected_hash: &'a str,
+    reported_hash: &'a str,
+    hash_match: bool,
+    in_sync: bool,
+    agent_version: &'a str,
+    last_error: &'a str,
+    peer: &'a str,
+}
+
+fn in_sync(h: &v1::HostStatus) -> bool {
+    h.desired_revision != 0 && h.applied_revision == h.desired_revision && h.hash_match
+}
+
+pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
+    let mut client = conn.admin().await?;
+    let resp = match client.status(v1::StatusRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            eprintln!("error: {}", s.message());
+            return Ok(super::connect::status_exit(&s));
+        }
+    };
+    if args.json {
+        let hosts: Vec<HostJson<'_>> = resp
+            .hosts
+            .iter()
+            .map(|h| HostJson {
+                host: &h.host,
+                connected: h.connected,
+                last_seen_unix_ms: h.last_seen_unix_ms,
+                desired_revision: h.desired_revision,
+                applied_revision: h.applied_revision,
+                expected_hash: &h.expected_hash,
+                reported_hash: &h.reported_hash,
+                hash_match: h.hash_match,
+                in_sync: in_sync(h),
+                agent_version: &h.agent_version,
+                last_error: &h.last_error,
+                peer: &h.peer,
+            })
+            .collect();
+        print_json(&serde_json::json!({ "hosts": hosts }))?;
+        return Ok(super::exit::OK);
+    }
+    if resp.hosts.is_empty() {
+        println!("no hosts known yet: apply a policy or start an agent");
+        return Ok(super::exit::OK);
+    }
+    let rows: Vec<Vec<String>> = resp
+        .hosts
+        .iter()
+        .map(|h| {
+            let state = if in_sync(h) {
+                "in sync".to_string()
+            } else if !h.last_error.is_empty() {
+                format!("error: {}", h.last_error.lines().next().unwrap_or(""))
+            } else if h.desired_revision == 0 {
+                "no policy".into()
+            } else if h.expected_hash.is_empty() {
+                "pending".into()
+            } else if h.applied_revision == h.desired_revision {
+                "hash mismatch".into()
+            } else {
+                "pending".into()
+            };
+            vec![
+                h.host.clone(),
+                if h.connected { "yes" } else { "no" }.into(),
+                ago_ms(h.last_seen_unix_ms),
+                rev(h.desired_revision),
+                rev(h.applied_revision),
+                short_hash(&h.expected_hash),
+                short_hash(&h.reported_hash),
+                if h.agent_version.is_empty() { "-".into() } else { h.agent_version.clone() },
+                state,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["HOST", "CONNECTED", "LAST SEEN", "DESIRED", "APPLIED", "EXPECTED", "REPORTED", "AGENT", "STATE"],
+            &rows
+        )
+    );
+    Ok(super::exit::OK)
+}
+
+fn rev(r: u64) -> String {
+    if r == 0 { "-".into() } else { format!("r{r}") }
+}

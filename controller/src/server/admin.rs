@@ -1,0 +1,319 @@
+//! The `Admin` service: operator calls, authorized by an admin certificate.
+//!
+//! `Apply` validates and compiles for every targeted host before anything is stored or
+//! sent; then stores the revision (and an audit entry) in one transaction, pushes it to
+//! connected hosts and streams their results. Offline hosts get it when they connect.
+
+use super::Shared;
+use super::registry::HostEvent;
+use crate::identity::Role;
+use crate::store::{self, RevisionHost};
+use portcullis_policy::{Facts, HostPolicy, Source, compile, pattern, site};
+use portcullis_proto::v1;
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+type ApplyStream = Pin<Box<dyn Stream<Item = Result<v1::ApplyEvent, Status>> + Send>>;
+
+impl AdminService {
+    fn admin<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        match self.shared.authenticate(req)?.role {
+            Role::Admin(name) => Ok(name),
+            other => {
+                tracing::warn!(role = ?other, "Admin call refused: not an admin certificate");
+                Err(Status::permission_denied(
+                    "only admin certificates may call the Admin service",
+                ))
+            }
+        }
+    }
+
+    /// Facts for `host`: live from its session, else the last stored.
+    async fn facts_of(&self, host: &str) -> Result<Option<Facts>, Status> {
+        if let Some(h) = self.shared.registry.get(host) {
+            return Ok(Some(h.facts));
+        }
+        let h = host.to_string();
+        let json = self
+            .shared
+            .store
+            .call(move |c| store::host_facts(c, &h))
+            .await
+            .map_err(super::session::internal)?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+}
+
+fn result_of(host: &str, expected: &str, report: &v1::Applied) -> v1::HostResult {
+    let outcome = if !report.ok {
+        v1::HostOutcome::Failed
+    } else if !expected.is_empty() && report.hash != expected {
+        v1::HostOutcome::HashMismatch
+    } else {
+        v1::HostOutcome::Applied
+    };
+    v1::HostResult {
+        host: host.to_string(),
+        outcome: outcome as i32,
+        hash: report.hash.clone(),
+        expected_hash: expected.to_string(),
+        error: report.error.clone(),
+        duration_us: report.duration_us,
+        changes: report.changes.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminService {
+    type ApplyStream = ApplyStream;
+
+    async fn apply(
+        &self,
+        request: Request<v1::ApplyRequest>,
+    ) -> Result<Response<Self::ApplyStream>, Status> {
+        let author = self.admin(&request)?;
+        let req = request.into_inner();
+        let fleet = site::load_fleet(
+            &Source::new(&req.site_name, &req.site_yaml),
+            &Source::new(&req.inventory_name, &req.inventory_yaml),
+        )
+        .map_err(|d| Status::invalid_argument(format!("invalid policy:\n{d}")))?;
+        let mut targets: BTreeMap<String, HostPolicy> = fleet.hosts.clone();
+        if !req.limit.is_empty() {
+            let selected = pattern::select(&fleet.inventory, &req.limit)
+                .map_err(|e| Status::invalid_argument(format!("--limit {:?}: {e}", req.limit)))?;
+            targets.retain(|h, _| selected.contains(h));
+        }
+        if targets.is_empty() {
+            return Err(Status::invalid_argument(
+                "no host is targeted: no play matches a host (within --limit)",
+            ));
+        }
+        // Compile for every host whose facts are known before anything is stored or sent.
+        let next_revision = self
+            .shared
+            .store
+            .call(|c| store::latest_revision(c))
+            .await
+            .map_err(super::session::internal)?
+            + 1;
+        let mut rows = Vec::with_capacity(targets.len());
+        let mut errors = Vec::new();
+        for (host, policy) in &targets {
+            let expected = match self.facts_of(host).await? {
+                Some(facts) => match compile(policy, &facts, next_revision) {
+                    Ok(r) => r.hash().0,
+                    Err(e) => {
+                        errors.push(format!("{host}: {e}"));
+                        continue;
+                    }
+                },
+                None => String::new(),
+            };
+            rows.push(RevisionHost {
+                host: host.clone(),
+                policy_json: serde_json::to_string(policy)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+                expected_hash: expected,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the policy does not compile for {} host(s); nothing was applied:\n{}",
+                errors.len(),
+                errors.join("\n")
+            )));
+        }
+        let expected: BTreeMap<String, String> = rows
+            .iter()
+            .map(|r| (r.host.clone(), r.expected_hash.clone()))
+            .collect();
+        // Subscribe before pushing so no report is missed.
+        let events = self.shared.registry.subscribe();
+        let revision = {
+            let (author, req, rows) = (author.clone(), req.clone(), rows);
+            self.shared
+                .store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    let rev = store::insert_revision(
+                        &tx,
+                        &store::NewRevision {
+                            author: &author,
+                            site_name: &req.site_name,
+                            site_yaml: &req.site_yaml,
+                            inventory_name: &req.inventory_name,
+                            inventory_yaml: &req.inventory_yaml,
+                            limit: &req.limit,
+                            hosts: &rows,
+                        },
+                    )?;
+                    store::audit(
+                        &tx,
+                        &author,
+                        "apply",
+                        &format!("revision {rev} to {} host(s), limit {:?}", rows.len(), req.limit),
+                    )?;
+                    tx.commit()?;
+                    Ok(rev)
+                })
+                .await
+                .map_err(super::session::internal)?
+        };
+        tracing::info!(revision, %author, hosts = expected.len(), "revision stored");
+
+        let mut offline = Vec::new();
+        for host in expected.keys() {
+            let Some(handle) = self.shared.registry.get(host) else {
+                offline.push(host.clone());
+                continue;
+            };
+            match self.shared.desired_message(host, &handle.facts).await? {
+                Some(d) if d.revision == revision => {
+                    let msg = v1::ControllerMessage {
+                        msg: Some(v1::controller_message::Msg::Desired(d)),
+                    };
+                    if handle.tx.send(Ok(msg)).await.is_err() {
+                        offline.push(host.clone());
+                    }
+                }
+                // A newer revision raced us: that one wins for this host.
+                _ => {}
+            }
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let accepted = v1::ApplyEvent {
+            event: Some(v1::apply_event::Event::Accepted(v1::ApplyAccepted {
+                revision,
+                hosts: expected.keys().cloned().collect(),
+                offline,
+            })),
+        };
+        let _ = tx.send(Ok(accepted)).await;
+        tokio::spawn(follow_rollout(revision, expected, events, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        self.admin(&request)?;
+        let hosts = self
+            .shared
+            .store
+            .call(|c| store::list_hosts(c))
+            .await
+            .map_err(super::session::internal)?;
+        let hosts = hosts
+            .into_iter()
+            .map(|h| v1::HostStatus {
+                connected: self.shared.registry.is_connected(&h.name),
+                hash_match: !h.expected_hash.is_empty() && h.expected_hash == h.reported_hash,
+                host: h.name,
+                last_seen_unix_ms: h.last_seen_ms,
+                desired_revision: h.desired_revision,
+                applied_revision: h.applied_revision,
+                expected_hash: h.expected_hash,
+                reported_hash: h.reported_hash,
+                agent_version: h.agent_version,
+                last_error: h.last_error,
+                peer: h.peer,
+            })
+            .collect();
+        Ok(Response::new(v1::StatusResponse { hosts }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<v1::HistoryRequest>,
+    ) -> Result<Response<v1::HistoryResponse>, Status> {
+        self.admin(&request)?;
+        let limit = request.get_ref().limit;
+        let revs = self
+            .shared
+            .store
+            .call(move |c| store::list_revisions(c, limit))
+            .await
+            .map_err(super::session::internal)?;
+        Ok(Response::new(v1::HistoryResponse {
+            revisions: revs
+                .into_iter()
+                .map(|r| v1::RevisionInfo {
+                    revision: r.revision,
+                    created_unix_ms: r.created_ms,
+                    author: r.author,
+                    site_name: r.site_name,
+                    inventory_name: r.inventory_name,
+                    limit: r.limit,
+                    hosts: r.hosts,
+                    applied: r.applied,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Forward each targeted host's result for `revision` until all answered or the client left.
+async fn follow_rollout(
+    revision: u64,
+    expected: BTreeMap<String, String>,
+    mut events: broadcast::Receiver<HostEvent>,
+    tx: mpsc::Sender<Result<v1::ApplyEvent, Status>>,
+) {
+    let mut pending: BTreeSet<String> = expected.keys().cloned().collect();
+    while !pending.is_empty() {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            () = tx.closed() => return,
+        };
+        let (host, result) = match event {
+            Ok(HostEvent::Applied { host, report }) if report.revision == revision => {
+                let Some(exp) = expected.get(&host) else { continue };
+                let r = result_of(&host, exp, &report);
+                (host, r)
+            }
+            Ok(HostEvent::Disconnected { host }) if pending.contains(&host) => {
+                let r = v1::HostResult {
+                    host: host.clone(),
+                    outcome: v1::HostOutcome::Disconnected as i32,
+                    ..Default::default()
+                };
+                // Still pending: it gets the revision when it reconnects.
+                if tx.send(Ok(v1::ApplyEvent {
+                    event: Some(v1::apply_event::Event::Host(r)),
+                }))
+                .await
+                .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(revision, skipped = n, "rollout follower lagged behind host events");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if !pending.remove(&host) {
+            continue;
+        }
+        let ev = v1::ApplyEvent {
+            event: Some(v1::apply_event::Event::Host(result)),
+        };
+        if tx.send(Ok(ev)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `portcullis serve`: the gRPC server (Session for agents, Admin for operators) over
+//! mutual TLS, backed by the SQLite store.
+//!
+//! Entry point: [`run`] with a bound listener and a shutdown future (mini-redis style), so
+//! tests start it on an ephemeral port in-process.
+
+mod admin;
+mod incoming;
+pub mod registry;
+mod session;
+
+use crate::identity::{PeerIdentity, RevocationList, peer_identity};
+use crate::store::Store;
+use portcullis_policy::{Facts, HostPolicy, compile};
+use registry::Registry;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tonic::{Request, Status};
+
+pub use admin::AdminService;
+pub use session::SessionService;
+
+/// Everything `serve` needs besides the listener.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub db: PathBuf,
+    pub pki: PathBuf,
+    /// Connections beyond this are closed at accept (stay below RLIMIT_NOFILE).
+    pub max_connections: usize,
+}
+
+/// State shared by the services.
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Store,
+    pub registry: Registry,
+    pub revoked: RevocationList,
+}
+
+impl Shared {
+    /// Identify the peer from its client certificate and refuse revoked serials.
+    pub(crate) fn authenticate<T>(&self, req: &Request<T>) -> Result<PeerIdentity, Status> {
+        let id = peer_identity(req)?;
+        if self.revoked.is_revoked(&id.serial) {
+            tracing::warn!(serial = %id.serial, role = ?id.role, "refused a revoked certificate");
+            return Err(Status::permission_denied(format!(
+                "certificate serial {} is revoked",
+                id.serial
+            )));
+        }
+        Ok(id)
+    }
+}
+
+/// The hash the host's kernel must report after applying `policy` at `revision`, or ""
+/// if it cannot be compiled with these facts (the agent will report why).
+pub fn expected_hash(policy: &HostPolicy, facts: &Facts, revision: u64) -> String {
+    compile(policy, facts, revision)
+        .map(|r| r.hash().0)
+        .unwrap_or_default()
+}
+
+/// Serve until `shutdown` completes, then stop accepting and finish in-flight calls.
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let tls = crate::identity::server_tls(&config.pki)
+        .with_context(|| format!("loading TLS material from {}", config.pki.display()))?;
+    let store = Store::open(&config.db)?;
+    let shared = Arc::new(Shared {
+        store,
+        registry: Registry::new(),
+        revoked: RevocationList::new(config.pki.join("revoked.txt")),
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, db = %config.db.display(), max_connections = config.max_connections, "controller listening");
+    let incoming = incoming::Limited::new(listener, config.max_connections);
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(portcullis_proto::v1::session_server::SessionServer::new(
+            SessionService {
+                shared: shared.clone(),
+            },
+        ))
+        .add_service(portcullis_proto::v1::admin_server::AdminServer::new(
+            AdminService { shared },
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("controller stopped");
+    Ok(())
+}

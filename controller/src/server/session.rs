@@ -1,0 +1,224 @@
+//! The `Session` service: one bidirectional stream per agent.
+//!
+//! Authorization: the client certificate must carry `portcullis://agent/<host>`, not be
+//! revoked, and the `Hello` must name that same host. Then the host is registered, its
+//! desired revision (if it differs from what it runs) is sent, and reports are recorded.
+
+use super::{Shared, expected_hash};
+use crate::identity::Role;
+use crate::store;
+use portcullis_policy::{Facts, HostPolicy};
+use portcullis_proto::{ACCEPTED_PROTOCOL_VERSIONS, v1};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long an agent has to send `Hello` after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Outbound messages buffered per agent.
+const OUTBOUND_DEPTH: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct SessionService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::session_server::Session for SessionService {
+    type OpenStream = OutStream;
+
+    async fn open(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::OpenStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let identity = self.shared.authenticate(&request)?;
+        let Role::Agent(cert_host) = identity.role else {
+            tracing::warn!(%peer, role = ?identity.role, "session refused: not an agent certificate");
+            return Err(Status::permission_denied(
+                "only agent certificates may open a session",
+            ));
+        };
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
+            Ok(Some(Ok(v1::AgentMessage {
+                msg: Some(v1::agent_message::Msg::Hello(h)),
+            }))) => h,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(_) => return Err(Status::invalid_argument("the first message must be Hello")),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
+        };
+        if !ACCEPTED_PROTOCOL_VERSIONS.contains(&hello.protocol_version) {
+            tracing::warn!(host = %cert_host, version = hello.protocol_version, "session refused: protocol version");
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} is not supported by this controller (accepted: {:?}); \
+                 upgrade the agent",
+                hello.protocol_version, ACCEPTED_PROTOCOL_VERSIONS
+            )));
+        }
+        if hello.host != cert_host {
+            tracing::warn!(cert_host = %cert_host, hello_host = %hello.host, %peer,
+                "session refused: Hello names another host than the certificate");
+            return Err(Status::permission_denied(format!(
+                "certificate is for host {cert_host:?}, Hello names {:?}",
+                hello.host
+            )));
+        }
+        let facts = hello
+            .facts
+            .as_ref()
+            .map(Facts::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let host = cert_host;
+        let facts_json = serde_json::to_string(&facts).unwrap_or_default();
+        {
+            let (h, v, f, rev, hash, p) = (
+                host.clone(),
+                hello.agent_version.clone(),
+                facts_json,
+                hello.applied_revision,
+                hello.kernel_hash.clone(),
+                peer.clone(),
+            );
+            self.shared
+                .store
+                .call(move |c| store::host_connected(c, &h, &v, &f, rev, &hash, &p))
+                .await
+                .map_err(internal)?;
+        }
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+        let session = self.shared.registry.new_session_id();
+        self.shared.registry.register(
+            &host,
+            super::registry::AgentHandle {
+                session,
+                tx: tx.clone(),
+                facts: facts.clone(),
+                agent_version: hello.agent_version.clone(),
+                peer: peer.clone(),
+            },
+        );
+        tracing::info!(%host, %peer, agent_version = %hello.agent_version,
+            applied_revision = hello.applied_revision, "agent connected");
+
+        if let Some(desired) = self.shared.desired_message(&host, &facts).await? {
+            let current = hello.applied_revision == desired.revision
+                && !desired.expected_hash.is_empty()
+                && hello.kernel_hash == desired.expected_hash;
+            if !current {
+                let _ = tx
+                    .send(Ok(v1::ControllerMessage {
+                        msg: Some(v1::controller_message::Msg::Desired(desired)),
+                    }))
+                    .await;
+            }
+        }
+
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            read_reports(&shared, &host, &mut inbound).await;
+            shared.registry.unregister(&host, session);
+            tracing::info!(%host, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn read_reports(shared: &Shared, host: &str, inbound: &mut Streaming<v1::AgentMessage>) {
+    loop {
+        let msg = match inbound.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::debug!(%host, error = %e, "session stream error");
+                return;
+            }
+            None => return,
+        };
+        let result = match msg.msg {
+            Some(v1::agent_message::Msg::Applied(a)) => {
+                let (h, report) = (host.to_string(), a.clone());
+                let r = shared
+                    .store
+                    .call(move |c| {
+                        let err = (!report.ok).then_some(report.error.as_str());
+                        store::host_reported(c, &h, report.revision, &report.hash, err)
+                    })
+                    .await;
+                if a.ok {
+                    tracing::info!(%host, revision = a.revision, hash = %a.hash, duration_us = a.duration_us, "applied");
+                } else {
+                    tracing::warn!(%host, revision = a.revision, error = %a.error, "apply failed");
+                }
+                shared.registry.applied(host, a);
+                r
+            }
+            Some(v1::agent_message::Msg::Heartbeat(hb)) => {
+                let h = host.to_string();
+                shared
+                    .store
+                    .call(move |c| {
+                        store::host_reported(c, &h, hb.applied_revision, &hb.kernel_hash, None)
+                    })
+                    .await
+            }
+            Some(v1::agent_message::Msg::Hello(_)) => {
+                tracing::warn!(%host, "duplicate Hello ignored");
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::error!(%host, error = %e, "recording agent report failed");
+        }
+    }
+}
+
+pub(crate) fn internal(e: anyhow::Error) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal("controller store error")
+}
+
+impl Shared {
+    /// The `Desired` message for `host` from the store, with the expected hash computed
+    /// against the facts the agent just reported.
+    pub(crate) async fn desired_message(
+        &self,
+        host: &str,
+        facts: &Facts,
+    ) -> Result<Option<v1::Desired>, Status> {
+        let h = host.to_string();
+        let Some((revision, policy_json, stored_hash)) = self
+            .store
+            .call(move |c| store::desired_for(c, &h))
+            .await
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        let policy: HostPolicy = serde_json::from_str(&policy_json)
+            .map_err(|e| Status::internal(format!("stored policy of {host} unreadable: {e}")))?;
+        let hash = expected_hash(&policy, facts, revision);
+        if hash != stored_hash {
+            let (h, hh) = (host.to_string(), hash.clone());
+            self.store
+                .call(move |c| store::set_expected_hash(c, &h, revision, &hh))
+                .await
+                .map_err(internal)?;
+        }
+        Ok(Some(v1::Desired {
+            revision,
+            policy: Some(v1::HostPolicy::from(&policy)),
+            expected_hash: hash,
+        }))
+    }
+}

@@ -1,0 +1,86 @@
+//! Numbered schema migrations, applied in order inside one transaction at open.
+//! Never edit a released migration: add a new one.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: revisions, per-host desired policy, hosts, audit log.
+    "CREATE TABLE revisions (
+        id INTEGER PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        author TEXT NOT NULL,
+        site_name TEXT NOT NULL,
+        site_yaml TEXT NOT NULL,
+        inventory_name TEXT NOT NULL,
+        inventory_yaml TEXT NOT NULL,
+        host_limit TEXT NOT NULL
+     );
+     CREATE TABLE revision_hosts (
+        revision INTEGER NOT NULL REFERENCES revisions(id),
+        host TEXT NOT NULL,
+        policy_json TEXT NOT NULL,
+        expected_hash TEXT NOT NULL,
+        PRIMARY KEY (revision, host)
+     );
+     CREATE INDEX revision_hosts_host ON revision_hosts(host, revision);
+     CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        agent_version TEXT NOT NULL DEFAULT '',
+        facts_json TEXT NOT NULL DEFAULT '',
+        desired_revision INTEGER NOT NULL DEFAULT 0,
+        applied_revision INTEGER NOT NULL DEFAULT 0,
+        expected_hash TEXT NOT NULL DEFAULT '',
+        reported_hash TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT '',
+        peer TEXT NOT NULL DEFAULT ''
+     );
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+     );",
+];
+
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let current = usize::try_from(current).unwrap_or(0);
+    if current > MIGRATIONS.len() {
+        anyhow::bail!(
+            "database schema version {current} is newer than this controller knows ({}); \
+             upgrade the controller",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i64::try_from(i + 1)?)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_is_idempotent() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate(&mut c).unwrap();
+        migrate(&mut c).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        assert!(migrate(&mut c).unwrap_err().to_string().contains("newer"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The controller's embedded store: SQLite (WAL) holding revisions, hosts and the audit log.
+//!
+//! One connection behind a mutex; callers in async code go through
+//! [`Store::call`], which runs the closure on the blocking pool. Schema changes are
+//! numbered migrations applied in one transaction at open. This module knows nothing of
+//! gRPC.
+
+mod migrations;
+mod model;
+
+pub use model::*;
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (the store's time unit).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and migrate it.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating database directory {}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        Self::init(conn).with_context(|| format!("initialising database {}", path.display()))
+    }
+
+    /// An in-memory store (tests, benchmarks).
+    pub fn in_memory() -> anyhow::Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> anyhow::Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `f` with the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| anyhow::anyhow!("store mutex poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .context("store task panicked")?
+    }
+
+    /// Run `f` with the connection on the current thread (startup, tests).
+    pub fn call_sync<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut guard = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("store mutex poisoned"))?;
+        f(&mut guard)
+    }
+}
+
+/// Append an audit entry (who did what) in the caller's transaction or connection.
+pub fn audit(conn: &Connection, actor: &str, action: &str, detail: &str) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms(), actor, action, detail],
+    )?;
+    Ok(())
+}
+
+/// The newest revision number, 0 if none.
+pub fn latest_revision(conn: &Connection) -> anyhow::Result<u64> {
+    let v: Option<i64> = conn
+        .query_row("SELECT MAX(id) FROM revisions", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(v.unwrap_or(0).try_into().unwrap_or(0))
+}

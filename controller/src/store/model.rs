@@ -1,0 +1,288 @@
+//! Typed queries over the store's tables: revisions, hosts, audit. Each takes a
+//! `&Connection` (or transaction) so callers choose the transaction boundary.
+
+use super::now_ms;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub agent_version: String,
+    pub facts_json: String,
+    pub desired_revision: u64,
+    pub applied_revision: u64,
+    pub expected_hash: String,
+    pub reported_hash: String,
+    pub last_error: String,
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RevisionRecord {
+    pub revision: u64,
+    pub created_ms: i64,
+    pub author: String,
+    pub site_name: String,
+    pub inventory_name: String,
+    pub limit: String,
+    pub hosts: Vec<String>,
+    /// Hosts whose applied revision is this one with a matching hash.
+    pub applied: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// One host's compiled target inside a new revision.
+#[derive(Debug, Clone)]
+pub struct RevisionHost {
+    pub host: String,
+    pub policy_json: String,
+    pub expected_hash: String,
+}
+
+pub struct NewRevision<'a> {
+    pub author: &'a str,
+    pub site_name: &'a str,
+    pub site_yaml: &'a str,
+    pub inventory_name: &'a str,
+    pub inventory_yaml: &'a str,
+    pub limit: &'a str,
+    pub hosts: &'a [RevisionHost],
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Store a revision and make it the desired one of each of its hosts. Returns its number.
+pub fn insert_revision(conn: &Connection, r: &NewRevision<'_>) -> anyhow::Result<u64> {
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO revisions (created_ms, author, site_name, site_yaml, inventory_name,
+                                inventory_yaml, host_limit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            now,
+            r.author,
+            r.site_name,
+            r.site_yaml,
+            r.inventory_name,
+            r.inventory_yaml,
+            r.limit
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    let mut ins = conn.prepare(
+        "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut upd = conn.prepare(
+        "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, desired_revision, expected_hash)
+         VALUES (?1, 0, 0, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET desired_revision = ?2, expected_hash = ?3",
+    )?;
+    for h in r.hosts {
+        ins.execute(params![id, h.host, h.policy_json, h.expected_hash])?;
+        upd.execute(params![h.host, id, h.expected_hash])?;
+    }
+    Ok(to_u64(id))
+}
+
+/// The desired revision of `host`: (revision, policy JSON, expected hash).
+pub fn desired_for(conn: &Connection, host: &str) -> anyhow::Result<Option<(u64, String, String)>> {
+    Ok(conn
+        .query_row(
+            "SELECT rh.revision, rh.policy_json, rh.expected_hash
+               FROM hosts h JOIN revision_hosts rh
+                 ON rh.host = h.name AND rh.revision = h.desired_revision
+              WHERE h.name = ?1",
+            params![host],
+            |r| Ok((to_u64(r.get(0)?), r.get(1)?, r.get(2)?)),
+        )
+        .optional()?)
+}
+
+/// Record that an agent said Hello.
+pub fn host_connected(
+    conn: &Connection,
+    host: &str,
+    agent_version: &str,
+    facts_json: &str,
+    applied_revision: u64,
+    reported_hash: &str,
+    peer: &str,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, agent_version, facts_json,
+                            applied_revision, reported_hash, peer)
+         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(name) DO UPDATE SET
+            first_seen_ms = CASE WHEN first_seen_ms = 0 THEN ?2 ELSE first_seen_ms END,
+            last_seen_ms = ?2, agent_version = ?3, facts_json = ?4,
+            applied_revision = ?5, reported_hash = ?6, peer = ?7",
+        params![
+            host,
+            now,
+            agent_version,
+            facts_json,
+            to_i64(applied_revision),
+            reported_hash,
+            peer
+        ],
+    )?;
+    Ok(())
+}
+
+/// Update the expected hash of the host's desired revision (computed once facts are known).
+pub fn set_expected_hash(
+    conn: &Connection,
+    host: &str,
+    revision: u64,
+    hash: &str,
+) -> anyhow::Result<()> {
+    conn.execute(
+        "UPDATE revision_hosts SET expected_hash = ?3 WHERE host = ?1 AND revision = ?2",
+        params![host, to_i64(revision), hash],
+    )?;
+    conn.execute(
+        "UPDATE hosts SET expected_hash = ?3 WHERE name = ?1 AND desired_revision = ?2",
+        params![host, to_i64(revision), hash],
+    )?;
+    Ok(())
+}
+
+/// Record an `Applied` report (or a heartbeat when `error` is None and revision unchanged).
+pub fn host_reported(
+    conn: &Connection,
+    host: &str,
+    applied_revision: u64,
+    reported_hash: &str,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
+    match error {
+        None => conn.execute(
+            "UPDATE hosts SET last_seen_ms = ?2, applied_revision = ?3, reported_hash = ?4,
+                              last_error = '' WHERE name = ?1",
+            params![host, now_ms(), to_i64(applied_revision), reported_hash],
+        )?,
+        Some(e) => conn.execute(
+            "UPDATE hosts SET last_seen_ms = ?2, last_error = ?3 WHERE name = ?1",
+            params![host, now_ms(), e],
+        )?,
+    };
+    Ok(())
+}
+
+pub fn touch_host(conn: &Connection, host: &str) -> anyhow::Result<()> {
+    conn.execute(
+        "UPDATE hosts SET last_seen_ms = ?2 WHERE name = ?1",
+        params![host, now_ms()],
+    )?;
+    Ok(())
+}
+
+pub fn list_hosts(conn: &Connection) -> anyhow::Result<Vec<HostRecord>> {
+    let mut st = conn.prepare(
+        "SELECT name, first_seen_ms, last_seen_ms, agent_version, facts_json, desired_revision,
+                applied_revision, expected_hash, reported_hash, last_error, peer
+           FROM hosts ORDER BY name",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(HostRecord {
+            name: r.get(0)?,
+            first_seen_ms: r.get(1)?,
+            last_seen_ms: r.get(2)?,
+            agent_version: r.get(3)?,
+            facts_json: r.get(4)?,
+            desired_revision: to_u64(r.get(5)?),
+            applied_revision: to_u64(r.get(6)?),
+            expected_hash: r.get(7)?,
+            reported_hash: r.get(8)?,
+            last_error: r.get(9)?,
+            peer: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Facts last reported by `host` (JSON), if it ever connected.
+pub fn host_facts(conn: &Connection, host: &str) -> anyhow::Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT facts_json FROM hosts WHERE name = ?1 AND facts_json != ''",
+            params![host],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+pub fn list_revisions(conn: &Connection, limit: u32) -> anyhow::Result<Vec<RevisionRecord>> {
+    let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
+    let mut st = conn.prepare(
+        "SELECT id, created_ms, author, site_name, inventory_name, host_limit
+           FROM revisions ORDER BY id DESC LIMIT ?1",
+    )?;
+    let mut hosts_st = conn.prepare(
+        "SELECT rh.host, (h.applied_revision = rh.revision AND h.reported_hash = rh.expected_hash
+                          AND rh.expected_hash != '')
+           FROM revision_hosts rh LEFT JOIN hosts h ON h.name = rh.host
+          WHERE rh.revision = ?1 ORDER BY rh.host",
+    )?;
+    let revs = st
+        .query_map(params![limit], |r| {
+            Ok(RevisionRecord {
+                revision: to_u64(r.get(0)?),
+                created_ms: r.get(1)?,
+                author: r.get(2)?,
+                site_name: r.get(3)?,
+                inventory_name: r.get(4)?,
+                limit: r.get(5)?,
+                hosts: Vec::new(),
+                applied: 0,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(revs.len());
+    for mut rev in revs {
+        let rows = hosts_st
+            .query_map(params![to_i64(rev.revision)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<bool>>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rev.applied = u32::try_from(rows.iter().filter(|(_, ok)| *ok == Some(true)).count())
+            .unwrap_or(u32::MAX);
+        rev.hosts = rows.into_iter().map(|(h, _)| h).collect();
+        out.push(rev);
+    }
+    Ok(out)
+}
+
+pub fn list_audit(conn: &Connection, limit: u32) -> anyhow::Result<Vec<AuditEntry>> {
+    let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
+    let mut st = conn.prepare(
+        "SELECT at_ms, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = st.query_map(params![limit], |r| {
+        Ok(AuditEntry {
+            at_ms: r.get(0)?,
+            actor: r.get(1)?,
+            action: r.get(2)?,
+            detail: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

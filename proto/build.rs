@@ -1,0 +1,12 @@
+//! Generates the gRPC code from `proto/portcullis.proto` with protox (pure Rust; no system
+//! `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/portcullis.proto");
+    let fds = protox::compile(["proto/portcullis.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
