@@ -1,0 +1,127 @@
+use super::*;
+
+fn inv(text: &str) -> Result<Inventory, Diagnostics> {
+    Inventory::parse(&Source::new("inv.yml", text))
+}
+
+fn set(xs: &[&str]) -> BTreeSet<String> {
+    xs.iter().map(|s| s.to_string()).collect()
+}
+
+const NESTED: &str = "\
+all:
+  hosts:
+    lonely:
+  children:
+    mail:
+      hosts:
+        h1: { ansible_host: 10.77.0.11 }
+        h2:
+    web:
+      hosts:
+        h3:
+      children:
+        frontend:
+          hosts:
+            h4:
+    europe:
+      children:
+        mail:
+        frontend:
+  vars:
+    ansible_user: root
+";
+
+#[test]
+fn nested_children_and_ancestors() {
+    let i = inv(NESTED).unwrap();
+    assert_eq!(i.host_names(), set(&["h1", "h2", "h3", "h4", "lonely"]));
+    assert_eq!(i.groups["all"], set(&["h1", "h2", "h3", "h4", "lonely"]));
+    assert_eq!(i.groups["mail"], set(&["h1", "h2"]));
+    assert_eq!(i.groups["web"], set(&["h3", "h4"]));
+    assert_eq!(i.groups["europe"], set(&["h1", "h2", "h4"]));
+    assert_eq!(i.groups["ungrouped"], set(&["lonely"]));
+    assert_eq!(
+        i.hosts["h4"].groups,
+        set(&["all", "europe", "frontend", "web"])
+    );
+    assert_eq!(i.hosts["lonely"].groups, set(&["all", "ungrouped"]));
+    assert_eq!(i.hosts["h1"].ansible_host.as_deref(), Some("10.77.0.11"));
+    assert_eq!((i.hosts["h1"].line, i.hosts["h1"].column), (7, 9));
+}
+
+#[test]
+fn host_in_all_and_group_is_not_ungrouped() {
+    let i = inv("all:\n  hosts:\n    a:\n  children:\n    g:\n      hosts:\n        a:\n").unwrap();
+    assert_eq!(i.hosts["a"].groups, set(&["all", "g"]));
+    assert!(i.groups["ungrouped"].is_empty());
+}
+
+#[test]
+fn top_level_groups_are_children_of_all() {
+    let i = inv("db:\n  hosts:\n    d1:\n").unwrap();
+    assert_eq!(i.hosts["d1"].groups, set(&["all", "db"]));
+}
+
+#[test]
+fn empty_inventory_and_empty_group() {
+    let i = inv("").unwrap();
+    assert!(i.hosts.is_empty());
+    assert!(i.groups.contains_key("all") && i.groups.contains_key("ungrouped"));
+    let i = inv("all:\n  children:\n    empty:\n").unwrap();
+    assert!(i.groups["empty"].is_empty());
+}
+
+#[test]
+fn host_ranges() {
+    let i = inv("all:\n  hosts:\n    web[01:03].lab:\n").unwrap();
+    assert_eq!(
+        i.host_names(),
+        set(&["web01.lab", "web02.lab", "web03.lab"])
+    );
+    let e = inv("all:\n  hosts:\n    web[3:1]:\n").unwrap_err();
+    assert_eq!((e.0[0].line, e.0[0].column), (3, 5));
+}
+
+#[test]
+fn unknown_group_keys_are_errors() {
+    let e = inv("all:\n  host:\n    a:\n  children:\n    g:\n      varz: {}\n      foo: 1\n")
+        .unwrap_err();
+    assert_eq!(e.len(), 3, "{e}");
+    assert_eq!((e.0[0].line, e.0[0].column), (2, 3));
+    assert!(
+        e.0[0]
+            .message
+            .contains("unknown key `host` (did you mean `hosts`?)"),
+        "{e}"
+    );
+    assert_eq!((e.0[1].line, e.0[1].column), (6, 7));
+    assert!(e.0[1].message.contains("did you mean `vars`?"), "{e}");
+    assert_eq!((e.0[2].line, e.0[2].column), (7, 7));
+    assert!(!e.0[2].message.contains("did you mean"), "{e}");
+}
+
+#[test]
+fn wrong_types_are_errors() {
+    let e = inv("all:\n  hosts: [a, b]\n  children:\n    g: 3\n").unwrap_err();
+    assert_eq!(e.len(), 2, "{e}");
+    assert_eq!((e.0[0].line, e.0[0].column), (2, 10));
+    assert_eq!((e.0[1].line, e.0[1].column), (4, 8));
+    let e = inv("- a\n- b\n").unwrap_err();
+    assert_eq!((e.0[0].line, e.0[0].column), (1, 1));
+    let e = inv("all:\n  hosts:\n    a: 5\n").unwrap_err();
+    assert_eq!((e.0[0].line, e.0[0].column), (3, 8));
+}
+
+#[test]
+fn cycles_are_errors() {
+    let e = inv("all:\n  children:\n    a:\n      children:\n        b:\n          children:\n            a:\n")
+        .unwrap_err();
+    assert!(e.0.iter().any(|d| d.message.contains("cycle")), "{e}");
+}
+
+#[test]
+fn duplicate_host_in_one_group_is_a_yaml_error() {
+    let e = inv("all:\n  hosts:\n    a:\n    a:\n").unwrap_err();
+    assert_eq!((e.0[0].line, e.0[0].column), (4, 5));
+}
