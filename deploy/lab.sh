@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Portcullis fleet lab: a controller and three agents in network namespaces on one bridge.
+#
+#   deploy/lab.sh demo   # up + apply deploy/examples/site.yml + probe from `outside` + status
+#   deploy/lab.sh up     # namespaces, certificates, controller, agents, test listeners
+#   deploy/lab.sh status # portcullis status
+#   deploy/lab.sh down   # stop everything, delete namespaces and lab state
+#
+# Namespaces: lab-sw (the bridge), ctl (10.77.0.1, fd77::1), h1..h3 (10.77.0.11-13,
+# fd77::11-13), outside (10.77.0.100, fd77::100). Needs root, nft, ip. Idempotent; cleans
+# up on failure. State (PKI, database, logs) in $LAB_STATE (default ./lab-state).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${LAB_STATE:-$ROOT/lab-state}
+BIN=${LAB_BIN:-$ROOT/target/debug}
+HOSTS=(h1 h2 h3)
+NODES=(ctl "${HOSTS[@]}" outside)
+CTL_PORT=7443
+declare -A ADDR4=([ctl]=10.77.0.1 [h1]=10.77.0.11 [h2]=10.77.0.12 [h3]=10.77.0.13 [outside]=10.77.0.100)
+declare -A ADDR6=([ctl]=fd77::1 [h1]=fd77::11 [h2]=fd77::12 [h3]=fd77::13 [outside]=fd77::100)
+
+say() { printf '\033[1m== %s\033[0m\n' "$*"; }
+die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
+ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
+
+admin() {
+  ip netns exec ctl env \
+    PORTCULLIS_CONTROLLER="https://${ADDR4[ctl]}:$CTL_PORT" \
+    PORTCULLIS_CERT="$STATE/pki/admin-lab.crt" PORTCULLIS_KEY="$STATE/pki/admin-lab.key" \
+    PORTCULLIS_CA="$STATE/pki/ca.crt" "$BIN/portcullis" "$@"
+}
+
+build() {
+  if [[ -z ${LAB_NO_BUILD:-} ]]; then
+    say "building portcullis, portcullis-agent, pc-probe"
+    (cd "$ROOT" && cargo build -q -p portcullis-controller -p portcullis-agent -p portcullis-e2e --bins)
+  fi
+  for b in portcullis portcullis-agent pc-probe; do
+    [[ -x $BIN/$b ]] || die "$BIN/$b missing (build first or set LAB_BIN)"
+  done
+}
+
+net_up() {
+  say "network namespaces: lab-sw ${NODES[*]}"
+  ip netns add lab-sw
+  ip -n lab-sw link add br0 type bridge
+  ip -n lab-sw link set br0 up
+  ip -n lab-sw link set lo up
+  for n in "${NODES[@]}"; do
+    ip netns add "$n"
+    ip -n "$n" link set lo up
+    ip link add "sw-$n" type veth peer name eth0 netns "$n"
+    ip link set "sw-$n" netns lab-sw
+    ip -n lab-sw link set "sw-$n" master br0 up
+    ip -n "$n" addr add "${ADDR4[$n]}/24" dev eth0
+    ip -n "$n" addr add "${ADDR6[$n]}/64" dev eth0 nodad
+    ip -n "$n" link set eth0 up
+    ip -n "$n" route add default dev eth0
+    ip -n "$n" -6 route add default dev eth0
+  done
+}
+
+pki_up() {
+  say "PKI in $STATE/pki"
+  local p=("$BIN/portcullis" ca)
+  "${p[@]}" init --dir "$STATE/pki" --force >/dev/null
+  "${p[@]}" issue controller --san "${ADDR4[ctl]}" --san "${ADDR6[ctl]}" --san ctl.lab --dir "$STATE/pki" --force >/dev/null
+  for h in "${HOSTS[@]}"; do "${p[@]}" issue agent "$h" --dir "$STATE/pki" --force >/dev/null; done
+  "${p[@]}" issue admin lab --dir "$STATE/pki" --force >/dev/null
+}
+
+start_bg() { # name, ns, command...
+  local name=$1 ns=$2; shift 2
+  ip netns exec "$ns" "$@" >"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$STATE/pids/$name"
+}
+
+procs_up() {
+  mkdir -p "$STATE/logs" "$STATE/pids"
+  say "controller in ctl (https://${ADDR4[ctl]}:$CTL_PORT)"
+  start_bg controller ctl "$BIN/portcullis" serve --listen "[::]:$CTL_PORT" \
+    --db "$STATE/controller.db" --pki "$STATE/pki"
+  for _ in $(seq 50); do
+    ip netns exec ctl bash -c "exec 3<>/dev/tcp/${ADDR4[ctl]}/$CTL_PORT" 2>/dev/null && break
+    sleep 0.1
+  done
+  for h in "${HOSTS[@]}"; do
+    say "agent in $h"
+    mkdir -p "$STATE/$h"
+    start_bg "agent-$h" "$h" "$BIN/portcullis-agent" run \
+      --controller "https://${ADDR4[ctl]}:$CTL_PORT" --ca "$STATE/pki/ca.crt" \
+      --cert "$STATE/pki/agent-$h.crt" --key "$STATE/pki/agent-$h.key" --state-dir "$STATE/$h"
+    start_bg "listen-$h" "$h" "$BIN/pc-probe" listen tcp:22,25,80,443,5000 udp:53,123,137
+  done
+  for _ in $(seq 100); do
+    local n
+    n=$(admin status --json 2>/dev/null | grep -c '"connected": true' || true)
+    [[ $n -ge ${#HOSTS[@]} ]] && return 0
+    sleep 0.1
+  done
+  die "agents did not connect within 10 s; see $STATE/logs"
+}
+
+up() {
+  build
+  if ns_exists ctl || ns_exists lab-sw; then
+    say "lab already up: recreating"
+    down
+  fi
+  rm -rf "$STATE"; mkdir -p "$STATE"
+  trap 'echo "lab: failed; cleaning up" >&2; down' ERR
+  net_up
+  pki_up
+  procs_up
+  trap - ERR
+  say "lab is up: deploy/lab.sh status | deploy/lab.sh down"
+}
+
+probe_all() {
+  say "probes from outside (${ADDR4[outside]}, ${ADDR6[outside]})"
+  for h in "${HOSTS[@]}"; do
+    for a in "${ADDR4[$h]}" "${ADDR6[$h]}"; do
+      ip netns exec outside "$BIN/pc-probe" check --timeout 400 "$a" \
+        tcp:25,80,443,22,5000 udp:53,123,137 | sed "s/^/$h  /"
+    done
+  done
+}
+
+demo() {
+  up
+  say "portcullis apply -i deploy/examples/inventory.yml deploy/examples/site.yml"
+  admin apply -i "$ROOT/deploy/examples/inventory.yml" "$ROOT/deploy/examples/site.yml" --timeout 30s
+  probe_all
+  say "portcullis status"
+  admin status
+  say "portcullis history"
+  admin history
+  say "the lab stays up: deploy/lab.sh down removes it"
+}
+
+down() {
+  if [[ -d $STATE/pids ]]; then
+    for f in "$STATE"/pids/*; do
+      [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true
+    done
+    sleep 0.3
+    for f in "$STATE"/pids/*; do
+      [[ -f $f ]] && kill -9 "$(cat "$f")" 2>/dev/null || true
+    done
+    rm -rf "$STATE/pids"
+  fi
+  for n in "${NODES[@]}" lab-sw; do
+    if ns_exists "$n"; then
+      ip netns pids "$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+      ip netns del "$n"
+    fi
+  done
+}
+
+[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, nftables)"
+case ${1:-demo} in
+  up) up ;;
+  demo) demo ;;
+  down) down; say "lab is down" ;;
+  status) admin status ;;
+  probe) probe_all ;;
+  apply) shift; admin apply "$@" ;;
+  cli) shift; admin "$@" ;;
+  *) die "usage: $0 [demo|up|down|status|probe|apply ARGS|cli ARGS]" ;;
+esac
