@@ -105,7 +105,7 @@ impl ConnectArgs {
     /// Connect an Admin client (mutual TLS).
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
         let r = self.resolve()?;
-        let tls = crate::identity::client_tls(&r.ca, &r.cert, &r.key, None)?;
+        let tls = crate::pki::tls::client_tls(&r.ca, &r.cert, &r.key, None)?;
         let channel = Endpoint::from_shared(r.controller.clone())
             .with_context(|| format!("bad controller URL {:?}", r.controller))?
             .tls_config(tls)?

@@ -69,7 +69,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let tls = crate::identity::server_tls(&config.pki)
+    let tls = crate::pki::tls::server_tls(&config.pki)
         .with_context(|| format!("loading TLS material from {}", config.pki.display()))?;
     let store = Store::open(&config.db)?;
     let shared = Arc::new(Shared {
