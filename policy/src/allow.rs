@@ -235,7 +235,11 @@ fn from_map(entries: &[(Node, Node)], node: &Node, cx: &mut Ctx<'_>) -> Option<A
         return None;
     }
     let (proto_v, ports) = resolve(&what, proto_s.as_deref(), at, proto.unwrap_or(at), cx)?;
-    let from = nets??;
+    let from = match nets {
+        None => Vec::new(),
+        Some(Some(v)) => v,
+        Some(None) => return None,
+    };
     Some(AllowEntry {
         proto: proto_v,
         ports,

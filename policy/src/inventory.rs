@@ -360,5 +360,6 @@ fn expand_range(pattern: &str) -> Result<Vec<String>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "inventory_tests.rs"]
 mod tests;

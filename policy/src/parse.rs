@@ -345,5 +345,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "parse_tests.rs"]
 mod tests;

@@ -296,7 +296,9 @@ static SERVICES: &[(&str, u16, On, &[&str])] = &[
     ("fido", 60179, T, &[]),
 ];
 
-fn entries(name: &str) -> impl Iterator<Item = &'static (&'static str, u16, On, &'static [&'static str])> {
+fn entries(
+    name: &str,
+) -> impl Iterator<Item = &'static (&'static str, u16, On, &'static [&'static str])> {
     SERVICES
         .iter()
         .filter(move |(n, _, _, aliases)| *n == name || aliases.contains(&name))
@@ -337,6 +339,7 @@ pub fn all_names() -> impl Iterator<Item = &'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use Proto::{Tcp, Udp};

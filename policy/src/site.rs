@@ -1,1 +1,387 @@
-//! TODO
+//! The site file (a YAML list of plays: name, hosts pattern, policy) against an inventory:
+//! validation with every error located, and merging of the plays into one [`HostPolicy`]
+//! per targeted host (allow = union; scalars must agree, else an error naming both plays).
+//!
+//! Also the one-host policy file of `portcullis-agent apply --policy`. This module must not
+//! read files (callers pass [`Source`]s) or know about nftables.
+
+use crate::diag::{Diagnostics, Source};
+use crate::inventory::Inventory;
+use crate::model::{DriftMode, HostPolicy, InterfaceSel, Mode, Replies};
+use crate::parse::{Ctx, Located, LogSpec, PolicySpec, normalize_allow, parse_policy};
+use crate::pattern;
+use crate::yaml::{self, Node, NodeKind};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One play as loaded, for `plan`/`status` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaySummary {
+    pub name: String,
+    /// The host pattern as written.
+    pub hosts: String,
+    pub matched: BTreeSet<String>,
+    pub line: usize,
+}
+
+/// The whole desired state: inventory, every targeted host's merged policy, the plays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    pub inventory: Inventory,
+    /// Only hosts targeted by at least one play.
+    pub hosts: BTreeMap<String, HostPolicy>,
+    pub plays: Vec<PlaySummary>,
+}
+
+const PLAY_KEYS: &[&str] = &["name", "hosts", "policy"];
+
+struct Play {
+    name: String,
+    line: usize,
+    column: usize,
+    pattern: Option<(String, Node)>,
+    spec: Option<PolicySpec>,
+}
+
+/// Load and validate a site file against an inventory. Every problem in either file is
+/// reported, sorted by file and location.
+pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let inv = match Inventory::parse(inventory) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            diags.extend(e);
+            None
+        }
+    };
+    let plays = match yaml::parse(site) {
+        Ok(root) => read_plays(
+            &root,
+            &mut Ctx {
+                file: &site.name,
+                diags: &mut diags,
+            },
+        ),
+        Err(e) => {
+            diags.extend(e);
+            Vec::new()
+        }
+    };
+    let Some(inv) = inv else {
+        return Err(diags.finish());
+    };
+    let mut summaries = Vec::new();
+    let mut targeted: Vec<(usize, BTreeSet<String>)> = Vec::new();
+    for (i, play) in plays.iter().enumerate() {
+        let mut matched = BTreeSet::new();
+        if let Some((pat, node)) = &play.pattern {
+            match pattern::select(&inv, pat) {
+                Ok(hosts) => matched = hosts,
+                Err(e) => diags.push(node.diag(&site.name, e.to_string())),
+            }
+        }
+        if play.spec.is_some() {
+            targeted.push((i, matched.clone()));
+        }
+        summaries.push(PlaySummary {
+            name: play.name.clone(),
+            hosts: play
+                .pattern
+                .as_ref()
+                .map(|(p, _)| p.clone())
+                .unwrap_or_default(),
+            matched,
+            line: play.line,
+        });
+    }
+    let hosts = merge(&plays, &targeted, &site.name, &mut diags);
+    if !diags.is_empty() {
+        return Err(diags.finish());
+    }
+    Ok(Fleet {
+        inventory: inv,
+        hosts,
+        plays: summaries,
+    })
+}
+
+/// Load a one-host policy file: the `policy:` mapping itself (a top-level `policy:` key
+/// wrapping it is accepted too). Unset fields take [`HostPolicy::default`] values.
+pub fn load_host_policy(src: &Source) -> Result<HostPolicy, Diagnostics> {
+    let root = yaml::parse(src)?;
+    let mut diags = Diagnostics::default();
+    let mut cx = Ctx {
+        file: &src.name,
+        diags: &mut diags,
+    };
+    if root.is_null() {
+        cx.err(&root, "the policy file is empty: expected a mapping with allow, interface, replies, log, mode, drift");
+        return Err(diags.finish());
+    }
+    let body = match root.as_map() {
+        Some([(k, v)]) if k.as_str() == Some("policy") => v,
+        _ => &root,
+    };
+    let spec = parse_policy(body, &mut cx);
+    if !diags.is_empty() {
+        return Err(diags.finish());
+    }
+    Ok(spec.into_policy())
+}
+
+fn read_plays(root: &Node, cx: &mut Ctx<'_>) -> Vec<Play> {
+    let items = match &root.kind {
+        NodeKind::Null => {
+            cx.err(root, "the site file is empty: expected a list of plays (`- name: ..., hosts: ..., policy: ...`)");
+            return Vec::new();
+        }
+        NodeKind::Seq(items) if items.is_empty() => {
+            cx.err(root, "the site file has no plays");
+            return Vec::new();
+        }
+        NodeKind::Seq(items) => items,
+        _ => {
+            cx.err(
+                root,
+                format!(
+                    "the site file must be a list of plays, found {}",
+                    root.type_name()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| read_play(i, n, cx))
+        .collect()
+}
+
+fn read_play(index: usize, node: &Node, cx: &mut Ctx<'_>) -> Option<Play> {
+    let entries = cx.map(node, &format!("play #{}", index + 1))?;
+    let mut play = Play {
+        name: format!("play #{}", index + 1),
+        line: node.line,
+        column: node.column,
+        pattern: None,
+        spec: None,
+    };
+    let mut policy = None;
+    for (k, v) in entries {
+        match k.as_str() {
+            Some("name") => match v.as_str() {
+                Some(s) => play.name = s.to_string(),
+                None => cx.err(v, format!("`name` must be text, found {}", v.type_name())),
+            },
+            Some("hosts") => play.pattern = hosts_pattern(v, cx).map(|p| (p, v.clone())),
+            Some("policy") => policy = Some(v),
+            _ => cx.unknown_key(k, "play", PLAY_KEYS),
+        }
+    }
+    let (has_hosts, has_policy) = (entries_has(entries, "hosts"), policy.is_some());
+    if !has_hosts {
+        cx.err(
+            node,
+            format!(
+                "play `{}` has no `hosts` (an inventory pattern such as `all` or `mail:&europe`)",
+                play.name
+            ),
+        );
+    }
+    if !has_policy {
+        cx.err(node, format!("play `{}` has no `policy`", play.name));
+    }
+    play.spec = policy.map(|p| parse_policy(p, cx));
+    Some(play)
+}
+
+fn entries_has(entries: &[(Node, Node)], key: &str) -> bool {
+    entries.iter().any(|(k, _)| k.as_str() == Some(key))
+}
+
+/// `hosts:` is a pattern, or a list of patterns (their union).
+fn hosts_pattern(v: &Node, cx: &mut Ctx<'_>) -> Option<String> {
+    match &v.kind {
+        NodeKind::Scalar(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        NodeKind::Seq(items) if !items.is_empty() => {
+            let parts: Option<Vec<&str>> = items.iter().map(Node::as_str).collect();
+            match parts {
+                Some(p) => Some(p.join(",")),
+                None => {
+                    cx.err(v, "`hosts` must be a pattern or a list of patterns");
+                    None
+                }
+            }
+        }
+        _ => {
+            cx.err(v, format!("`hosts` must be an inventory pattern (e.g. `all`, `mail`, `web:!staging`), found {}", v.type_name()));
+            None
+        }
+    }
+}
+
+/// A value shown in conflict messages.
+trait Show {
+    fn show(&self) -> String;
+}
+impl Show for InterfaceSel {
+    fn show(&self) -> String {
+        match self {
+            InterfaceSel::All => "all".into(),
+            InterfaceSel::Default => "default".into(),
+            InterfaceSel::Named(n) => n.clone(),
+        }
+    }
+}
+impl Show for Replies {
+    fn show(&self) -> String {
+        match self {
+            Replies::Ports => "ports".into(),
+            Replies::Stateful => "stateful".into(),
+        }
+    }
+}
+impl Show for Mode {
+    fn show(&self) -> String {
+        match self {
+            Mode::Enforce => "enforce".into(),
+            Mode::Audit => "audit".into(),
+        }
+    }
+}
+impl Show for DriftMode {
+    fn show(&self) -> String {
+        match self {
+            DriftMode::Heal => "heal".into(),
+            DriftMode::Report => "report".into(),
+        }
+    }
+}
+impl Show for LogSpec {
+    fn show(&self) -> String {
+        let l = &self.limit;
+        format!(
+            "{{ rate: {}/{}, burst: {}, group: {} }}",
+            l.rate, l.per, l.burst, self.group
+        )
+    }
+}
+
+/// Conflicts keyed by (field, first play, second play): the hosts concerned, and the two
+/// located values shown.
+type Conflicts =
+    BTreeMap<(&'static str, usize, usize), (BTreeSet<String>, Located<String>, Located<String>)>;
+
+/// Per host: the first play that set each scalar, with its value.
+#[derive(Default)]
+struct Slots {
+    interface: Option<(usize, Located<InterfaceSel>)>,
+    replies: Option<(usize, Located<Replies>)>,
+    log: Option<(usize, Located<LogSpec>)>,
+    mode: Option<(usize, Located<Mode>)>,
+    drift: Option<(usize, Located<DriftMode>)>,
+}
+
+fn slot<T: PartialEq + Clone + Show>(
+    slot: &mut Option<(usize, Located<T>)>,
+    new: &Option<Located<T>>,
+    (field, play, host): (&'static str, usize, &str),
+    conflicts: &mut Conflicts,
+) {
+    let Some(new) = new else { return };
+    match slot {
+        None => *slot = Some((play, new.clone())),
+        Some((first, old)) if old.value != new.value => {
+            let shown = |l: &Located<T>| Located {
+                value: l.value.show(),
+                line: l.line,
+                column: l.column,
+            };
+            conflicts
+                .entry((field, *first, play))
+                .or_insert_with(|| (BTreeSet::new(), shown(old), shown(new)))
+                .0
+                .insert(host.to_string());
+        }
+        Some(_) => {}
+    }
+}
+
+fn merge(
+    plays: &[Play],
+    targeted: &[(usize, BTreeSet<String>)],
+    file: &str,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, HostPolicy> {
+    let mut slots: BTreeMap<String, Slots> = BTreeMap::new();
+    let mut allows: BTreeMap<String, Vec<crate::model::AllowEntry>> = BTreeMap::new();
+    let mut conflicts = Conflicts::new();
+    for (i, hosts) in targeted {
+        let Some(spec) = &plays[*i].spec else {
+            continue;
+        };
+        for host in hosts {
+            let s = slots.entry(host.clone()).or_default();
+            let c = &mut conflicts;
+            slot(
+                &mut s.interface,
+                &spec.interface,
+                ("interface", *i, host),
+                c,
+            );
+            slot(&mut s.replies, &spec.replies, ("replies", *i, host), c);
+            slot(&mut s.log, &spec.log, ("log", *i, host), c);
+            slot(&mut s.mode, &spec.mode, ("mode", *i, host), c);
+            slot(&mut s.drift, &spec.drift, ("drift", *i, host), c);
+            allows
+                .entry(host.clone())
+                .or_default()
+                .extend(spec.allow.iter().cloned());
+        }
+    }
+    for ((field, a, b), (hosts, va, vb)) in conflicts {
+        let (pa, pb) = (&plays[a], &plays[b]);
+        let mut names: Vec<&str> = hosts.iter().map(String::as_str).take(5).collect();
+        let more = hosts.len().saturating_sub(names.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        names.sort_unstable();
+        diags.push(crate::diag::Diagnostic {
+            file: file.to_string(),
+            line: vb.line,
+            column: vb.column,
+            message: format!(
+                "conflicting `{field}` for host {}{more}: play `{}` ({file}:{}) sets {} at {file}:{}:{}, play `{}` ({file}:{}) sets {}",
+                names.join(", "), pa.name, pa.line, va.value, va.line, va.column, pb.name, pb.line, vb.value
+            ),
+        });
+        let _ = pa.column;
+    }
+    let d = HostPolicy::default();
+    slots
+        .into_iter()
+        .map(|(host, s)| {
+            let mut allow = allows.remove(&host).unwrap_or_default();
+            normalize_allow(&mut allow);
+            let log = s.log.map(|(_, l)| l.value);
+            let p = HostPolicy {
+                interface: s.interface.map_or(d.interface.clone(), |(_, l)| l.value),
+                replies: s.replies.map_or(d.replies, |(_, l)| l.value),
+                allow,
+                log: log.map_or(d.log, |l| l.limit),
+                log_group: log.map_or(d.log_group, |l| l.group),
+                mode: s.mode.map_or(d.mode, |(_, l)| l.value),
+                drift: s.drift.map_or(d.drift, |(_, l)| l.value),
+            };
+            (host, p)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "site_tests.rs"]
+mod tests;

@@ -249,6 +249,7 @@ fn key_text(n: &Node) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -260,9 +261,15 @@ mod tests {
     fn spans_and_raw_scalars() {
         let n = p("a: 22\nb: \"22\"\nc: yes\nd:\n  - x\n  - {k: ~}\n").unwrap();
         let a = n.get("a").unwrap();
-        assert_eq!((a.as_str(), a.line, a.column, a.quoted), (Some("22"), 1, 4, false));
+        assert_eq!(
+            (a.as_str(), a.line, a.column, a.quoted),
+            (Some("22"), 1, 4, false)
+        );
         let b = n.get("b").unwrap();
-        assert_eq!((b.as_str(), b.line, b.column, b.quoted), (Some("22"), 2, 4, true));
+        assert_eq!(
+            (b.as_str(), b.line, b.column, b.quoted),
+            (Some("22"), 2, 4, true)
+        );
         assert_eq!(n.get("c").unwrap().as_str(), Some("yes"));
         let d = n.get("d").unwrap().as_seq().unwrap();
         assert_eq!((d[0].line, d[0].column), (5, 5));
@@ -282,7 +289,11 @@ mod tests {
         let e = p("a: 1\nb:\n  x: 1\n  x: 2\na: 3\n").unwrap_err();
         assert_eq!(e.len(), 2);
         assert_eq!((e.0[0].line, e.0[0].column), (4, 3));
-        assert!(e.0[0].message.contains("duplicate key `x` (first defined at 3:3)"));
+        assert!(
+            e.0[0]
+                .message
+                .contains("duplicate key `x` (first defined at 3:3)")
+        );
         assert_eq!((e.0[1].line, e.0[1].column), (5, 1));
     }
 
