@@ -1,1 +1,118 @@
-//! TODO
+//! Rendering a [`Ruleset`] as nft syntax: `Display` for rules, and the `nft -f` script
+//! that replaces `table inet portcullis` in one atomic transaction.
+//!
+//! Text only: this module never runs `nft`. The script never contains `flush ruleset` or
+//! `flush table` (a flush keeps sets and their elements); it is always `add table` +
+//! `delete table` + the full table, which the kernel applies as one batch or not at all.
+
+use crate::ruleset::{Rule, Ruleset, TABLE_NAME};
+use std::fmt::{self, Write as _};
+
+/// Elements per line in a rendered set (readability only; nft does not care).
+const ELEMENTS_PER_LINE: usize = 8;
+
+/// nft syntax, e.g. `tcp dport 1024-65535 counter accept`. `Rule::Unknown` renders as an
+/// nft comment (`# unrecognized: <json>`): it describes, it cannot be applied.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const TH: &str = "meta l4proto { tcp, udp } th dport";
+        match self {
+            Rule::Jump { iifname, target } => {
+                if let Some(m) = iifname {
+                    let op = if m.negate { "!= " } else { "" };
+                    write!(f, "iifname {op}\"{}\" ", m.name)?;
+                }
+                write!(f, "counter jump {target}")
+            }
+            Rule::SetMatch {
+                saddr,
+                proto,
+                set,
+                verdict,
+            } => {
+                if let Some(l3) = saddr {
+                    write!(f, "{l3} saddr . ")?;
+                }
+                write!(f, "{proto} dport @{set} counter {verdict}")
+            }
+            Rule::Ports {
+                proto,
+                ports,
+                verdict,
+            } => write!(f, "{proto} dport {ports} counter {verdict}"),
+            Rule::CtState { states, verdict } => {
+                let states: Vec<&str> = states.iter().map(String::as_str).collect();
+                write!(f, "ct state {} counter {verdict}", states.join(","))
+            }
+            Rule::LogLimited {
+                ports,
+                limit,
+                group,
+                prefix,
+                verdict,
+            } => write!(
+                f,
+                "{TH} {ports} limit rate {}/{} burst {} packets counter log prefix \"{prefix}\" group {group} {verdict}",
+                limit.rate, limit.per, limit.burst
+            ),
+            Rule::Counted { ports, verdict } => write!(f, "{TH} {ports} counter {verdict}"),
+            Rule::Unknown { expr } => write!(f, "# unrecognized: {expr}"),
+        }
+    }
+}
+
+impl Ruleset {
+    /// A complete `nft -f` script replacing our table atomically: `add table` (so the
+    /// `delete` cannot fail when the table is absent), `delete table`, then the whole
+    /// table. Regular chains come before base chains so jump targets exist first.
+    pub fn to_nft_script(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_script(&mut s);
+        s
+    }
+
+    fn write_script(&self, s: &mut String) -> fmt::Result {
+        writeln!(s, "add table inet {TABLE_NAME}")?;
+        writeln!(s, "delete table inet {TABLE_NAME}")?;
+        writeln!(s, "table inet {TABLE_NAME} {{")?;
+        for (name, set) in &self.sets {
+            writeln!(s, "\tset {name} {{")?;
+            writeln!(s, "\t\ttype {}", set.key)?;
+            writeln!(s, "\t\tflags interval")?;
+            let elems: Vec<String> = set.elements.iter().map(ToString::to_string).collect();
+            for (i, line) in elems.chunks(ELEMENTS_PER_LINE).enumerate() {
+                let lead = if i == 0 {
+                    "\t\telements = { "
+                } else {
+                    "\t\t\t     "
+                };
+                let last = (i + 1) * ELEMENTS_PER_LINE >= elems.len();
+                let tail = if last { " }" } else { "," };
+                writeln!(s, "{lead}{}{tail}", line.join(", "))?;
+            }
+            writeln!(s, "\t}}")?;
+        }
+        let regular = self.chains.iter().filter(|(_, c)| c.base.is_none());
+        let base = self.chains.iter().filter(|(_, c)| c.base.is_some());
+        for (name, chain) in regular.chain(base) {
+            writeln!(s, "\tchain {name} {{")?;
+            if let Some(b) = &chain.base {
+                writeln!(s, "\t\t{b}")?;
+            }
+            for rule in &chain.rules {
+                writeln!(s, "\t\t{rule}")?;
+            }
+            writeln!(s, "\t}}")?;
+        }
+        writeln!(s, "}}")
+    }
+}
+
+/// Idempotent removal of our table (and only ours): `add table` + `delete table`.
+pub fn delete_script() -> String {
+    format!("add table inet {TABLE_NAME}\ndelete table inet {TABLE_NAME}\n")
+}
+
+#[cfg(test)]
+mod tests;

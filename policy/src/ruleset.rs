@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+mod normalize;
+
 /// The one table Portcullis owns (family `inet`).
 pub const TABLE_NAME: &str = "portcullis";
 
@@ -22,6 +24,13 @@ pub struct Ruleset {
     pub sets: BTreeMap<String, Set>,
     /// Chains by name; rule order inside a chain matters.
     pub chains: BTreeMap<String, Chain>,
+    /// Objects readback found in our table but cannot model (a set of another type or with
+    /// other flags, a map, a named counter, a non-filter chain, ...), keyed by
+    /// `"<kind> <name>"`, valued by their canonical JSON (handles and counter values
+    /// stripped). `compile` never fills it, so anything here is drift. Omitted from the
+    /// serialized form (and so from the hash) when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, String>,
 }
 
 /// A named set. Every set we create has `flags interval`.
@@ -158,5 +167,93 @@ impl Ruleset {
     /// Number of set elements over all sets (for summaries).
     pub fn element_count(&self) -> usize {
         self.sets.values().map(|s| s.elements.len()).sum()
+    }
+
+    /// Number of rules over all chains (for summaries).
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(|c| c.rules.len()).sum()
+    }
+}
+
+impl Set {
+    /// A set of `key` holding `elements` in canonical form (see [`Set::normalize`]).
+    pub fn new(key: SetKey, elements: impl IntoIterator<Item = Element>) -> Self {
+        Self {
+            key,
+            elements: normalize::normalize(elements),
+        }
+    }
+
+    /// Bring the elements into the one canonical form the kernel accepts and returns for
+    /// `flags interval`: port ranges merged where they overlap or touch; for
+    /// `addr . port` sets, the covered (address, port) area cut into non-overlapping
+    /// elements (address-major slabs, each slab as its minimal list of CIDR prefixes,
+    /// ports merged). The kernel rejects overlapping elements (nft: "conflicting
+    /// intervals", pipapo: EEXIST) and keeps touching ones apart, so two element lists
+    /// covering the same packets normalize to the same set.
+    pub fn normalize(&mut self) {
+        self.elements = normalize::normalize(std::mem::take(&mut self.elements));
+    }
+}
+
+impl SetKey {
+    /// The nft type expression, e.g. `ipv4_addr . inet_service`.
+    pub fn nft_type(self) -> &'static str {
+        match self {
+            SetKey::Port => "inet_service",
+            SetKey::V4Port => "ipv4_addr . inet_service",
+            SetKey::V6Port => "ipv6_addr . inet_service",
+        }
+    }
+}
+
+impl fmt::Display for SetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.nft_type())
+    }
+}
+
+/// nft element syntax: `22`, `80-90`, `10.0.0.0/24 . 22`, `fd77::/64 . 1000-2000`.
+impl fmt::Display for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Element::Port(p) => write!(f, "{p}"),
+            Element::V4Port(n, p) => write!(f, "{n} . {p}"),
+            Element::V6Port(n, p) => write!(f, "{n} . {p}"),
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Accept => "accept",
+            Verdict::Drop => "drop",
+        })
+    }
+}
+
+impl fmt::Display for L3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            L3::Ip => "ip",
+            L3::Ip6 => "ip6",
+        })
+    }
+}
+
+/// `type filter hook input priority filter - 10; policy accept;`
+impl fmt::Display for BaseChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prio = match self.priority {
+            0 => "filter".to_string(),
+            p if p < 0 => format!("filter - {}", p.unsigned_abs()),
+            p => format!("filter + {p}"),
+        };
+        write!(
+            f,
+            "type filter hook {} priority {prio}; policy {};",
+            self.hook, self.policy
+        )
     }
 }

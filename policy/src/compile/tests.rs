@@ -1,0 +1,193 @@
+use super::*;
+use crate::model::{AllowEntry, LogLimit, RateUnit};
+
+fn allow(proto: Proto, a: u16, b: u16, from: &[&str]) -> AllowEntry {
+    AllowEntry {
+        proto,
+        ports: PortRange::new(a, b).unwrap(),
+        from: from.iter().map(|s| s.parse().unwrap()).collect(),
+        label: format!("{a}/{proto}"),
+    }
+}
+
+fn seed() -> HostPolicy {
+    HostPolicy {
+        allow: vec![
+            allow(Proto::Tcp, 22, 22, &[]),
+            allow(Proto::Tcp, 25, 25, &[]),
+            allow(Proto::Udp, 53, 53, &[]),
+            allow(Proto::Udp, 123, 123, &[]),
+        ],
+        ..HostPolicy::default()
+    }
+}
+
+fn facts() -> Facts {
+    Facts {
+        hostname: "h1".into(),
+        interfaces: vec![],
+        default_route_interface: Some("eth0".into()),
+    }
+}
+
+fn rules(rs: &Ruleset, chain: &str) -> Vec<String> {
+    rs.chains[chain]
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
+}
+
+#[test]
+fn seed_layout() {
+    let rs = compile(&seed(), &facts(), 42).unwrap();
+    assert_eq!(
+        rs.sets.keys().collect::<Vec<_>>(),
+        ["allow_tcp", "allow_udp"]
+    );
+    assert_eq!(
+        rs.sets["allow_tcp"].elements,
+        [22, 25].map(|p| Element::Port(PortRange::single(p))).into()
+    );
+    assert_eq!(
+        rules(&rs, "guard"),
+        [
+            "tcp dport @allow_tcp counter accept",
+            "udp dport @allow_udp counter accept",
+            "tcp dport 1024-65535 counter accept",
+            "udp dport 1024-65535 counter accept",
+            "meta l4proto { tcp, udp } th dport 0-1023 limit rate 50/second burst 100 packets counter log prefix \"pc r42 deny \" group 7 drop",
+            "meta l4proto { tcp, udp } th dport 0-1023 counter drop",
+        ]
+    );
+    assert_eq!(
+        rules(&rs, "input"),
+        ["iifname != \"lo\" counter jump guard"]
+    );
+    let base = rs.chains["input"].base.as_ref().unwrap();
+    assert_eq!(
+        (base.hook.as_str(), base.priority, base.policy),
+        ("input", -10, Verdict::Accept)
+    );
+}
+
+#[test]
+fn deterministic_and_empty_sets_kept() {
+    let p = HostPolicy::default();
+    let a = compile(&p, &facts(), 1).unwrap();
+    assert_eq!(a, compile(&p, &facts(), 1).unwrap());
+    assert_eq!(a.hash(), compile(&p, &facts(), 1).unwrap().hash());
+    assert!(a.sets["allow_tcp"].elements.is_empty());
+    assert_eq!(a.sets.len(), 2);
+    assert_ne!(a.hash(), compile(&p, &facts(), 2).unwrap().hash());
+}
+
+#[test]
+fn stateful_audit_denies_all_ports_but_accepts() {
+    let p = HostPolicy {
+        replies: Replies::Stateful,
+        mode: Mode::Audit,
+        log: LogLimit {
+            rate: 5,
+            per: RateUnit::Minute,
+            burst: 10,
+        },
+        log_group: 3,
+        ..seed()
+    };
+    let rs = compile(&p, &facts(), 7).unwrap();
+    assert_eq!(
+        rules(&rs, "guard")[2..],
+        [
+            "ct state established,related counter accept",
+            "meta l4proto { tcp, udp } th dport 0-65535 limit rate 5/minute burst 10 packets counter log prefix \"pc r7 audit \" group 3 accept",
+            "meta l4proto { tcp, udp } th dport 0-65535 counter accept",
+        ]
+    );
+}
+
+#[test]
+fn from_entries_go_to_concat_sets() {
+    let mut p = seed();
+    p.allow
+        .push(allow(Proto::Tcp, 22, 22, &["10.77.0.5/24", "fd77::/64"]));
+    p.allow.push(allow(Proto::Tcp, 23, 23, &["10.77.0.0/24"]));
+    p.allow.push(allow(Proto::Udp, 161, 162, &["192.0.2.1/32"]));
+    let rs = compile(&p, &facts(), 1).unwrap();
+    assert_eq!(
+        rs.sets.keys().collect::<Vec<_>>(),
+        [
+            "allow_tcp",
+            "allow_tcp_v4",
+            "allow_tcp_v6",
+            "allow_udp",
+            "allow_udp_v4"
+        ]
+    );
+    let v4: Vec<String> = rs.sets["allow_tcp_v4"]
+        .elements
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(v4, ["10.77.0.0/24 . 22-23"]);
+    assert_eq!(
+        rules(&rs, "guard")[2..5],
+        [
+            "ip saddr . tcp dport @allow_tcp_v4 counter accept",
+            "ip6 saddr . tcp dport @allow_tcp_v6 counter accept",
+            "ip saddr . udp dport @allow_udp_v4 counter accept",
+        ]
+    );
+}
+
+#[test]
+fn interface_selection() {
+    let mut p = seed();
+    p.interface = InterfaceSel::Default;
+    let rs = compile(&p, &facts(), 1).unwrap();
+    assert_eq!(rules(&rs, "input"), ["iifname \"eth0\" counter jump guard"]);
+    let no_route = Facts {
+        default_route_interface: None,
+        ..facts()
+    };
+    assert_eq!(
+        compile(&p, &no_route, 1),
+        Err(CompileError::NoDefaultRoute {
+            hostname: "h1".into()
+        })
+    );
+    p.interface = InterfaceSel::Named("eth2".into());
+    let rs = compile(&p, &no_route, 1).unwrap();
+    assert_eq!(rules(&rs, "input"), ["iifname \"eth2\" counter jump guard"]);
+    for bad in ["", "a\"b", "way-too-long-name0", "a b"] {
+        p.interface = InterfaceSel::Named(bad.into());
+        assert!(matches!(
+            compile(&p, &facts(), 1),
+            Err(CompileError::InvalidInterface { .. })
+        ));
+    }
+}
+
+#[test]
+fn log_limit_validated() {
+    let mut p = seed();
+    p.log.burst = 0;
+    assert_eq!(compile(&p, &facts(), 1), Err(CompileError::ZeroLogBurst));
+    p.log.rate = 0;
+    assert!(matches!(
+        compile(&p, &facts(), 1),
+        Err(CompileError::ZeroLogRate { .. })
+    ));
+}
+
+#[test]
+fn log_prefix_round_trips() {
+    assert_eq!(log_prefix(42, Mode::Enforce), "pc r42 deny ");
+    assert_eq!(parse_log_prefix("pc r42 deny "), Some((42, Mode::Enforce)));
+    assert_eq!(
+        parse_log_prefix(&log_prefix(u64::MAX, Mode::Audit)),
+        Some((u64::MAX, Mode::Audit))
+    );
+    assert_eq!(parse_log_prefix("pc rx deny "), None);
+    assert_eq!(parse_log_prefix("fail2ban "), None);
+}
