@@ -27,9 +27,12 @@ pub use compile::{CompileError, compile};
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use diff::{Plan, RulesetDiff, diff, plan};
 pub use facts::{Facts, InterfaceFacts};
+pub use inventory::{HostEntry, Inventory};
 pub use model::{
     AllowEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, PortRange, Proto, RateUnit,
     Replies,
 };
+pub use pattern::{PatternError, select};
 pub use readback::{ReadbackError, RuleCounter, parse_readback};
 pub use ruleset::{Ruleset, RulesetHash, TABLE_NAME};
+pub use site::{Fleet, PlaySummary, load_fleet, load_host_policy};

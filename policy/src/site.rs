@@ -37,7 +37,6 @@ const PLAY_KEYS: &[&str] = &["name", "hosts", "policy"];
 struct Play {
     name: String,
     line: usize,
-    column: usize,
     pattern: Option<(String, Node)>,
     spec: Option<PolicySpec>,
 }
@@ -162,7 +161,6 @@ fn read_play(index: usize, node: &Node, cx: &mut Ctx<'_>) -> Option<Play> {
     let mut play = Play {
         name: format!("play #{}", index + 1),
         line: node.line,
-        column: node.column,
         pattern: None,
         spec: None,
     };
@@ -341,14 +339,13 @@ fn merge(
     }
     for ((field, a, b), (hosts, va, vb)) in conflicts {
         let (pa, pb) = (&plays[a], &plays[b]);
-        let mut names: Vec<&str> = hosts.iter().map(String::as_str).take(5).collect();
+        let names: Vec<&str> = hosts.iter().map(String::as_str).take(5).collect();
         let more = hosts.len().saturating_sub(names.len());
         let more = if more > 0 {
             format!(" and {more} more")
         } else {
             String::new()
         };
-        names.sort_unstable();
         diags.push(crate::diag::Diagnostic {
             file: file.to_string(),
             line: vb.line,
@@ -358,7 +355,6 @@ fn merge(
                 names.join(", "), pa.name, pa.line, va.value, va.line, va.column, pb.name, pb.line, vb.value
             ),
         });
-        let _ = pa.column;
     }
     let d = HostPolicy::default();
     slots
