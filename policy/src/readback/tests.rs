@@ -1,0 +1,155 @@
+use super::*;
+
+fn fixture(name: &str) -> &'static str {
+    match name {
+        "seed" => include_str!("../../tests/fixtures/readback/seed.json"),
+        "counters" => include_str!("../../tests/fixtures/readback/counters.json"),
+        "empty-table" => include_str!("../../tests/fixtures/readback/empty-table.json"),
+        "foreign" => include_str!("../../tests/fixtures/readback/drift-foreign.json"),
+        "from" => include_str!("../../tests/fixtures/readback/from.json"),
+        _ => unreachable!(),
+    }
+}
+
+fn texts(rs: &Ruleset, chain: &str) -> Vec<String> {
+    rs.chains[chain]
+        .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
+}
+
+#[test]
+fn seed_parses_to_known_shapes() {
+    let (rs, counters) = parse_readback(fixture("seed")).unwrap();
+    assert!(rs.unknown.is_empty());
+    assert_eq!(rs.sets.len(), 2);
+    assert_eq!(rs.sets["allow_udp"].elements.len(), 2);
+    assert!(
+        !rs.chains
+            .values()
+            .flat_map(|c| &c.rules)
+            .any(|r| matches!(r, Rule::Unknown { .. }))
+    );
+    assert_eq!(
+        texts(&rs, "input"),
+        ["iifname != \"lo\" counter jump guard"]
+    );
+    assert_eq!(counters.len(), 7);
+    assert!(counters.iter().all(|c| c.packets == 0 && c.bytes == 0));
+}
+
+#[test]
+fn counters_are_reported_by_position() {
+    let (_, counters) = parse_readback(fixture("counters")).unwrap();
+    let c = |chain: &str, index| {
+        counters
+            .iter()
+            .find(|c| c.chain == chain && c.index == index)
+            .unwrap()
+    };
+    assert_eq!((c("guard", 0).packets, c("guard", 0).bytes), (1, 60));
+    assert_eq!(c("guard", 4).packets, 2);
+    assert!(
+        c("guard", 4)
+            .rule
+            .starts_with("meta l4proto { tcp, udp } th dport 0-1023 limit")
+    );
+    assert_eq!(c("input", 0).rule, "iifname \"lo\" counter jump guard");
+}
+
+#[test]
+fn empty_table_is_empty_ruleset() {
+    let (rs, counters) = parse_readback(fixture("empty-table")).unwrap();
+    assert_eq!(rs, Ruleset::default());
+    assert!(counters.is_empty());
+}
+
+#[test]
+fn concat_elements_in_all_spellings() {
+    let (rs, _) = parse_readback(fixture("from")).unwrap();
+    let v4: Vec<String> = rs.sets["allow_tcp_v4"]
+        .elements
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        v4,
+        [
+            "10.0.0.0/8 . 8000-8100",
+            "10.1.0.0/16 . 8101-8200",
+            "10.77.0.0/24 . 22",
+            "192.0.2.7/32 . 22"
+        ]
+    );
+    let json = r#"{"nftables":[{"table":{"family":"inet","name":"portcullis","handle":1}},
+      {"set":{"family":"inet","name":"s","table":"portcullis","type":["ipv4_addr","inet_service"],
+        "handle":2,"flags":["interval"],"elem":[{"concat":[{"range":["10.0.0.1","10.0.0.5"]},443]}]}}]}"#;
+    let (rs, _) = parse_readback(json).unwrap();
+    let got: Vec<String> = rs.sets["s"]
+        .elements
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "10.0.0.1/32 . 443",
+            "10.0.0.2/31 . 443",
+            "10.0.0.4/31 . 443"
+        ]
+    );
+}
+
+#[test]
+fn foreign_objects_and_edits_are_kept() {
+    let (rs, counters) = parse_readback(fixture("foreign")).unwrap();
+    assert_eq!(
+        rs.unknown.keys().collect::<Vec<_>>(),
+        ["counter c1", "map m", "set foo"]
+    );
+    assert!(!rs.unknown["counter c1"].contains("packets"));
+    assert!(!rs.unknown["set foo"].contains("handle"));
+    let guard = texts(&rs, "guard");
+    assert!(
+        guard[1].starts_with("# unrecognized: [{\"match\""),
+        "{}",
+        guard[1]
+    );
+    assert!(guard[6].contains("{\"comment\":\"hi\"}"), "{}", guard[6]);
+    assert!(guard[6].contains("{\"counter\":{}}"), "{}", guard[6]);
+    // The counter-less edited rule has no counter entry; the commented one does.
+    assert!(!counters.iter().any(|c| c.chain == "guard" && c.index == 1));
+    assert!(counters.iter().any(|c| c.chain == "guard" && c.index == 6));
+}
+
+#[test]
+fn dormant_table_and_odd_chains_are_unknown() {
+    let json = r#"{"nftables":[{"table":{"family":"inet","name":"portcullis","handle":1,"flags":["dormant"]}},
+      {"chain":{"family":"inet","table":"portcullis","name":"n","handle":2,"type":"nat","hook":"input","prio":0,"policy":"accept"}}]}"#;
+    let (rs, _) = parse_readback(json).unwrap();
+    assert_eq!(
+        rs.unknown.keys().collect::<Vec<_>>(),
+        ["chain n", "table portcullis"]
+    );
+    assert!(rs.chains.contains_key("n"));
+}
+
+#[test]
+fn errors() {
+    assert!(matches!(
+        parse_readback("nope"),
+        Err(ReadbackError::Json(_))
+    ));
+    assert!(matches!(parse_readback("{}"), Err(ReadbackError::Shape(_))));
+    let other = r#"{"nftables":[{"table":{"family":"ip","name":"filter","handle":1}}]}"#;
+    assert!(matches!(
+        parse_readback(other),
+        Err(ReadbackError::ForeignTable { .. })
+    ));
+    let orphan = r#"{"nftables":[{"rule":{"family":"inet","table":"portcullis","chain":"x","handle":1,"expr":[]}}]}"#;
+    assert!(matches!(
+        parse_readback(orphan),
+        Err(ReadbackError::Shape(_))
+    ));
+}
