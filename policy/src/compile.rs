@@ -257,4 +257,5 @@ fn checked_ifname(name: &str) -> Result<IfMatch, CompileError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -304,4 +304,5 @@ fn addr_nets(v: &Value) -> Option<Vec<IpNet>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

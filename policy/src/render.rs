@@ -115,4 +115,5 @@ pub fn delete_script() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -153,6 +153,7 @@ fn range_to_prefixes(mut lo: u128, hi: u128, bits: u8) -> Vec<(u128, u8)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
