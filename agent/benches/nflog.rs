@@ -1,0 +1,4 @@
+#[allow(dead_code)]
+#[path = "../src/nflog/mod.rs"]
+mod nflog;
+fn main() {}
