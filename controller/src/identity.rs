@@ -291,6 +291,20 @@ impl RevocationList {
         })
     }
 
+    /// A list that loads lazily on the first [`RevocationList::is_revoked`]. Prefer
+    /// [`RevocationList::open`] at startup: it refuses a malformed file instead of logging
+    /// a warning and treating it as empty until it is fixed.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            // A stamp no real file has, so the first call loads.
+            cached: Mutex::new(Cached {
+                stamp: Some((None, u64::MAX, u64::MAX)),
+                serials: BTreeSet::new(),
+            }),
+        }
+    }
+
     /// Path of the watched file.
     pub fn path(&self) -> &Path {
         &self.path
