@@ -1,0 +1,320 @@
+//! A fleet in network namespaces: a bridge, a controller node, host nodes running real
+//! agents, and an `outside` node for probes. Real binaries, real certificates, real packets.
+//! Everything (processes, namespaces) is torn down on drop, also when a test panics.
+
+#![allow(dead_code)]
+
+use anyhow::{Context as _, Result, bail};
+use portcullis_testkit::NetNs;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CTL_PORT: u16 = 7443;
+
+/// Directory holding the workspace's binaries (next to this test's `deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+pub struct Node {
+    pub ns: NetNs,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+}
+
+impl Node {
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        if v6 { self.v6 } else { self.v4 }
+    }
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub ctl: Node,
+    pub hosts: BTreeMap<String, Node>,
+    pub outside: Node,
+    controller: Option<Child>,
+    agents: BTreeMap<String, Child>,
+    // Declared last: namespaces go after the processes in them.
+    _sw: NetNs,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn attach(sw: &NetNs, ns: NetNs, octet: u8) -> Result<Node> {
+    // Interface names are global while they sit in our namespace: make them unique.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let outer = format!("pc{}n{n}", std::process::id() % 100_000);
+    ip(&["link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+    ip(&["link", "set", &outer, "netns", sw.name()])?;
+    sw.ip(&["link", "set", &outer, "master", "br0", "up"])?;
+    let v4 = format!("10.77.0.{octet}");
+    let v6 = format!("fd77::{octet:x}");
+    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", "default", "dev", "eth0"])?;
+    ns.ip(&["-6", "route", "add", "default", "dev", "eth0"])?;
+    Ok(Node {
+        ns,
+        v4: v4.parse()?,
+        v6: v6.parse()?,
+    })
+}
+
+fn kill(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Fleet {
+    /// Namespaces and certificates for `hosts`; nothing started yet.
+    pub fn new(hosts: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let sw = NetNs::new()?;
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        sw.ip(&["link", "set", "br0", "up"])?;
+        let ctl = attach(&sw, NetNs::new()?, 1)?;
+        let outside = attach(&sw, NetNs::new()?, 100)?;
+        let mut nodes = BTreeMap::new();
+        for (i, h) in hosts.iter().enumerate() {
+            let octet = u8::try_from(11 + i)?;
+            nodes.insert((*h).to_string(), attach(&sw, NetNs::new()?, octet)?);
+        }
+        let fleet = Self {
+            dir,
+            ctl,
+            hosts: nodes,
+            outside,
+            controller: None,
+            agents: BTreeMap::new(),
+            _sw: sw,
+        };
+        let pki = fleet.pki();
+        let pki = pki.to_str().context("utf-8 path")?;
+        fleet.portcullis_ok(&["ca", "init", "--dir", pki])?;
+        let (v4, v6) = (fleet.ctl.v4.to_string(), fleet.ctl.v6.to_string());
+        fleet.portcullis_ok(&["ca", "issue", "controller", "--san", &v4, "--san", &v6, "--dir", pki])?;
+        for h in hosts {
+            fleet.portcullis_ok(&["ca", "issue", "agent", h, "--dir", pki])?;
+        }
+        fleet.portcullis_ok(&["ca", "issue", "admin", "e2e", "--dir", pki])?;
+        Ok(fleet)
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    pub fn controller_url(&self) -> String {
+        format!("https://{}:{CTL_PORT}", self.ctl.v4)
+    }
+
+    /// `portcullis ARGS` in the host's own namespace (CA commands).
+    pub fn portcullis_ok(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin("portcullis")).args(args).output()?;
+        if !out.status.success() {
+            bail!("portcullis {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The operator CLI, run in the controller's namespace with the admin certificate.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let pki = self.pki();
+        self.ctl
+            .ns
+            .command(bin("portcullis"))
+            .args(args)
+            .env("PORTCULLIS_CONTROLLER", self.controller_url())
+            .env("PORTCULLIS_CERT", pki.join("admin-e2e.crt"))
+            .env("PORTCULLIS_KEY", pki.join("admin-e2e.key"))
+            .env("PORTCULLIS_CA", pki.join("ca.crt"))
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("running portcullis")
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "portcullis {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    fn log(&self, name: &str) -> Stdio {
+        std::fs::File::create(self.dir.path().join(format!("{name}.log")))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null())
+    }
+
+    pub fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn start_controller(&mut self) -> Result<()> {
+        let pki = self.pki();
+        let child = self
+            .ctl
+            .ns
+            .command(bin("portcullis"))
+            .args(["serve", "--listen", &format!("[::]:{CTL_PORT}")])
+            .arg("--db")
+            .arg(self.dir.path().join("controller.db"))
+            .arg("--pki")
+            .arg(&pki)
+            .env("PORTCULLIS_LOG", "info,portcullis_controller=debug")
+            .stdout(Stdio::null())
+            .stderr(self.log("controller"))
+            .spawn()?;
+        self.controller = Some(child);
+        // Ready when the port accepts.
+        let addr = SocketAddr::new(self.ctl.v4, CTL_PORT);
+        let ok = self.ctl.ns.enter(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })?;
+        if !ok {
+            bail!("controller did not listen within 10 s:\n{}", self.read_log("controller"));
+        }
+        Ok(())
+    }
+
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            kill(&mut c);
+        }
+    }
+
+    pub fn start_agent(&mut self, host: &str) -> Result<()> {
+        let pki = self.pki();
+        let node = self.hosts.get(host).context("unknown host")?;
+        let state = self.dir.path().join(format!("state-{host}"));
+        let child = node
+            .ns
+            .command(bin("portcullis-agent"))
+            .arg("run")
+            .args(["--controller", &self.controller_url()])
+            .arg("--ca")
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join(format!("agent-{host}.crt")))
+            .arg("--key")
+            .arg(pki.join(format!("agent-{host}.key")))
+            .arg("--state-dir")
+            .arg(&state)
+            .env("PORTCULLIS_BACKOFF_MAX", "1s")
+            .env("PORTCULLIS_LOG", "info,portcullis_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("agent-{host}")))
+            .spawn()?;
+        self.agents.insert(host.to_string(), child);
+        Ok(())
+    }
+
+    pub fn stop_agent(&mut self, host: &str) {
+        if let Some(mut c) = self.agents.remove(host) {
+            kill(&mut c);
+        }
+    }
+
+    /// Wait until `status --json` shows `pred` true for every listed host.
+    pub fn wait_status(
+        &self,
+        hosts: &[&str],
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            let out = self.cli(&["status", "--json"]);
+            if out.status.success() {
+                last = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let all = hosts.iter().all(|h| {
+                    last["hosts"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|x| x["host"] == *h))
+                        .is_some_and(&pred)
+                });
+                if all {
+                    return last;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("hosts {hosts:?} never became {what}; last status: {last:#}\n{}", self.logs());
+    }
+
+    /// Every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            let mut names: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+            names.sort();
+            for p in names {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                s.push_str(&format!("--- {} (tail)\n", p.display()));
+                for l in tail.into_iter().rev() {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+            }
+        }
+        s
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let hosts: Vec<String> = self.agents.keys().cloned().collect();
+        for h in hosts {
+            self.stop_agent(&h);
+        }
+        self.stop_controller();
+    }
+}
