@@ -6,7 +6,7 @@
 use super::Element;
 use crate::model::PortRange;
 use ipnet::{Ipv4Net, Ipv6Net};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// An (address range, port range) rectangle; addresses as `u128`, bounds inclusive.
@@ -64,7 +64,7 @@ pub(super) fn merge_ports(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
 
 /// Cut the union of `rects` into port-major slabs: maximal port ranges over which the
 /// covered addresses are the same; each slab's addresses merged into ranges and each
-/// range cut into its minimal CIDR cover. Port-major because whitelists have few port
+/// range cut into its minimal CIDR cover; then each prefix's port pieces joined. Port-major because whitelists have few port
 /// values and many sources, so the result stays close to what the operator wrote.
 /// Returns `(network address, prefix length, ports)`.
 fn rects_to_prefixes(mut rects: Vec<Rect>, bits: u8) -> Vec<(u128, u8, PortRange)> {
@@ -94,7 +94,10 @@ fn rects_to_prefixes(mut rects: Vec<Rect>, bits: u8) -> Vec<(u128, u8, PortRange
             _ => slabs.push((lo, hi, addrs)),
         }
     }
-    let mut out = Vec::new();
+    // Within a slab the prefixes are disjoint, so one prefix's pieces in touching slabs
+    // can be joined without creating overlaps; this keeps a host's own port range whole
+    // when other entries cut the port axis.
+    let mut by_prefix: BTreeMap<(u128, u8), Vec<PortRange>> = BTreeMap::new();
     for (lo, hi, addrs) in slabs {
         // Slab bounds come from u16 ports, so they fit back.
         let ports = PortRange {
@@ -102,12 +105,14 @@ fn rects_to_prefixes(mut rects: Vec<Rect>, bits: u8) -> Vec<(u128, u8, PortRange
             end: u16::try_from(hi).unwrap_or(u16::MAX),
         };
         for (a, b) in addrs {
-            out.extend(
-                range_to_prefixes(a, b, bits)
-                    .into_iter()
-                    .map(|(n, l)| (n, l, ports)),
-            );
+            for prefix in range_to_prefixes(a, b, bits) {
+                by_prefix.entry(prefix).or_default().push(ports);
+            }
         }
+    }
+    let mut out = Vec::new();
+    for ((addr, len), ports) in by_prefix {
+        out.extend(merge_ports(ports).into_iter().map(|p| (addr, len, p)));
     }
     out
 }
@@ -218,6 +223,15 @@ mod tests {
             v4("198.51.100.0/24", 163, 65535),
         ];
         assert_eq!(got, want.into());
+    }
+
+    #[test]
+    fn hosts_keep_their_port_ranges_when_others_cut_the_port_axis() {
+        let got = normalize([v4("10.0.0.1/32", 1000, 1002), v4("10.0.0.7/32", 1001, 1001)]);
+        assert_eq!(
+            got,
+            [v4("10.0.0.1/32", 1000, 1002), v4("10.0.0.7/32", 1001, 1001)].into()
+        );
     }
 
     #[test]
