@@ -1,1 +1,25 @@
-//! TODO
+//! `portcullis-agent` library: everything the agent binary and the controller session do
+//! on a host.
+//!
+//! - [`dataplane`]: the [`Dataplane`] seam (`nft` for real, an in-memory fake for tests).
+//! - [`agent`]: [`Agent`] — reconcile (compile, apply one transaction, read back, compare,
+//!   hash, persist last-known-good), verify, show, remove.
+//! - [`facts`]: links, addresses, default-route interface and hostname over rtnetlink.
+//! - [`state`]: the state dir and its atomically written last-known-good record.
+//! - [`report`]: the serializable results of those operations.
+//! - [`cli`]: the standalone subcommands (`apply`, `show`, `verify`, `remove`).
+//!
+//! The policy logic itself lives in `portcullis-policy`; this crate only does I/O around it
+//! and touches no nftables table but `inet portcullis`.
+
+pub mod agent;
+pub mod cli;
+pub mod dataplane;
+pub mod facts;
+pub mod report;
+pub mod state;
+
+pub use agent::{Agent, AgentError};
+pub use dataplane::{Dataplane, DataplaneError, FakeDataplane, NftDataplane};
+pub use report::{AppliedReport, ShowReport, VerifyReport, VerifyStatus};
+pub use state::{DEFAULT_STATE_DIR, LastKnownGood, StateDir};

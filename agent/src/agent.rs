@@ -1,0 +1,293 @@
+//! [`Agent`]: the reconcile loop's operations over a [`Dataplane`] and a [`StateDir`].
+//!
+//! `reconcile` = compile -> read back -> plan -> apply (one transaction, only if needed) ->
+//! read back -> parse -> compare semantically (must be equal) -> hash -> persist
+//! last-known-good. `verify` compares the kernel with last-known-good; `show` reports our
+//! table and counters; `remove` deletes our table.
+//!
+//! Synchronous on purpose (nft is a short-lived process); async callers use the `*_async`
+//! wrappers, which gather facts over rtnetlink and run the rest on a blocking thread.
+//! Nothing here touches a table other than ours, and nothing is persisted unless the kernel
+//! was verified to hold it.
+
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::report::{
+    AppliedReport, LkgSummary, RuleStatus, ShowReport, VerifyReport, VerifyStatus,
+};
+use crate::state::{LastKnownGood, StateDir, StateError};
+use portcullis_policy::ruleset::Rule;
+use portcullis_policy::{
+    CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, Ruleset, RulesetDiff,
+    compile, diff, parse_readback, plan,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why an agent operation failed. Whatever the cause, a failed apply leaves the kernel as
+/// it was (the transaction is atomic) and last-known-good untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("compile: {0}")]
+    Compile(#[from] CompileError),
+    #[error("nftables: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("cannot parse the kernel's table: {0}")]
+    Readback(#[from] ReadbackError),
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    #[error("facts: {0}")]
+    Facts(#[from] crate::facts::FactsError),
+    #[error("table inet portcullis is missing right after a successful apply")]
+    MissingAfterApply,
+    /// The kernel accepted the batch but reads back different from what was compiled.
+    #[error("the kernel's table differs from the compiled ruleset after apply:\n  {}",
+            .diff.join("\n  "))]
+    Mismatch { diff: Vec<String> },
+    #[error("background task failed: {0}")]
+    Join(String),
+}
+
+/// The agent's operations. Cheap to clone (shared dataplane, a path).
+#[derive(Debug, Clone)]
+pub struct Agent {
+    dataplane: Arc<dyn Dataplane>,
+    state: StateDir,
+}
+
+/// The kernel's table, parsed.
+struct Kernel {
+    ruleset: Ruleset,
+    counters: Vec<RuleCounter>,
+}
+
+impl Agent {
+    pub fn new(dataplane: Arc<dyn Dataplane>, state: StateDir) -> Self {
+        Self { dataplane, state }
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// The last-known-good record, if any.
+    pub fn last_known_good(&self) -> Result<Option<LastKnownGood>, AgentError> {
+        Ok(self.state.load()?)
+    }
+
+    fn read_kernel(&self) -> Result<Option<Kernel>, AgentError> {
+        match self.dataplane.read_back()? {
+            None => Ok(None),
+            Some(json) => {
+                let (ruleset, counters) = parse_readback(&json)?;
+                Ok(Some(Kernel { ruleset, counters }))
+            }
+        }
+    }
+
+    /// Makes the kernel hold `policy` compiled against `facts` at `revision`, verifies it
+    /// by readback and records it as last-known-good.
+    pub fn reconcile(
+        &self,
+        policy: &HostPolicy,
+        facts: &Facts,
+        revision: u64,
+    ) -> Result<AppliedReport, AgentError> {
+        let started = Instant::now();
+        let desired = compile(policy, facts, revision)?;
+        let before = match self.read_kernel() {
+            Ok(k) => k.map(|k| k.ruleset),
+            // A table we cannot even parse is replaced like any other drift.
+            Err(AgentError::Readback(e)) => {
+                tracing::warn!(error = %e, "unparseable table in the kernel; replacing it");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let previous_hash = before.as_ref().map(Ruleset::hash);
+        let (changed, changes) = match plan(&desired, before.as_ref()) {
+            Plan::Unchanged => (false, Vec::new()),
+            Plan::Create(to) => {
+                self.dataplane.replace(&to)?;
+                (true, vec!["table inet portcullis created".to_owned()])
+            }
+            Plan::Replace { to, diff } => {
+                self.dataplane.replace(&to)?;
+                (true, lines(&diff))
+            }
+        };
+        let actual = self
+            .read_kernel()?
+            .ok_or(AgentError::MissingAfterApply)?
+            .ruleset;
+        let mismatch = diff(&desired, &actual);
+        if !mismatch.is_empty() {
+            return Err(AgentError::Mismatch {
+                diff: lines(&mismatch),
+            });
+        }
+        let hash = actual.hash();
+        if hash != desired.hash() {
+            tracing::warn!(%hash, compiled = %desired.hash(),
+                "readback equal to compiled ruleset but hashes differ");
+        }
+        let lkg = LastKnownGood::new(policy.clone(), revision, actual);
+        let current = self.state.load().ok().flatten();
+        let same = current.as_ref().is_some_and(|c| {
+            c.revision == lkg.revision && c.hash == lkg.hash && c.policy == lkg.policy
+        });
+        if changed || !same {
+            self.state.store(&lkg)?;
+        }
+        let report = AppliedReport {
+            revision,
+            hash,
+            changed,
+            previous_hash,
+            diff: changes,
+            rules: desired.rule_count(),
+            set_elements: desired.element_count(),
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        tracing::info!(revision, hash = %report.hash, changed, elapsed_ms = report.elapsed_ms,
+            "reconciled");
+        Ok(report)
+    }
+
+    /// [`Agent::reconcile`] with facts gathered now; for async callers (the session).
+    pub async fn apply_policy(
+        &self,
+        policy: &HostPolicy,
+        revision: u64,
+    ) -> Result<AppliedReport, AgentError> {
+        let facts = crate::facts::gather().await?;
+        let (agent, policy) = (self.clone(), policy.clone());
+        tokio::task::spawn_blocking(move || agent.reconcile(&policy, &facts, revision))
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?
+    }
+
+    /// Boot (fail-static): re-applies last-known-good, recompiled with today's facts.
+    /// `Ok(None)` when there is none.
+    pub async fn restore_last_known_good(&self) -> Result<Option<AppliedReport>, AgentError> {
+        match self.state.load()? {
+            None => Ok(None),
+            Some(lkg) => self.apply_policy(&lkg.policy, lkg.revision).await.map(Some),
+        }
+    }
+
+    /// Compares the kernel's table with last-known-good.
+    pub fn verify(&self) -> Result<VerifyReport, AgentError> {
+        let Some(lkg) = self.state.load()? else {
+            return Ok(VerifyReport {
+                status: VerifyStatus::NothingApplied,
+                revision: None,
+                expected_hash: None,
+                actual_hash: None,
+                diff: Vec::new(),
+            });
+        };
+        let kernel = self.read_kernel()?;
+        let (actual_hash, changes) = match &kernel {
+            None => (None, vec!["table inet portcullis is missing".to_owned()]),
+            Some(k) => (
+                Some(k.ruleset.hash()),
+                lines(&diff(&lkg.ruleset, &k.ruleset)),
+            ),
+        };
+        let status = if changes.is_empty() {
+            VerifyStatus::InSync
+        } else {
+            VerifyStatus::Drifted
+        };
+        Ok(VerifyReport {
+            status,
+            revision: Some(lkg.revision),
+            expected_hash: Some(lkg.hash),
+            actual_hash,
+            diff: changes,
+        })
+    }
+
+    /// Our table in the kernel with counters and set sizes, and last-known-good.
+    pub fn show(&self) -> Result<ShowReport, AgentError> {
+        let lkg = self.state.load()?;
+        let kernel = self.read_kernel()?;
+        let mut chains: BTreeMap<String, Vec<RuleStatus>> = BTreeMap::new();
+        let mut sets = BTreeMap::new();
+        let mut deny_packets = 0;
+        if let Some(k) = &kernel {
+            for (name, set) in &k.ruleset.sets {
+                sets.insert(name.clone(), set.elements.len());
+            }
+            let counters: BTreeMap<(&str, usize), &RuleCounter> = k
+                .counters
+                .iter()
+                .map(|c| ((c.chain.as_str(), c.index), c))
+                .collect();
+            for (name, chain) in &k.ruleset.chains {
+                let rules = chains.entry(name.clone()).or_default();
+                for (index, rule) in chain.rules.iter().enumerate() {
+                    let (packets, bytes) = counters
+                        .get(&(name.as_str(), index))
+                        .map_or((0, 0), |c| (c.packets, c.bytes));
+                    if matches!(rule, Rule::LogLimited { .. } | Rule::Counted { .. }) {
+                        deny_packets += packets;
+                    }
+                    rules.push(RuleStatus {
+                        index,
+                        rule: rule.to_string(),
+                        packets,
+                        bytes,
+                    });
+                }
+            }
+        }
+        let in_sync = lkg.as_ref().map(|l| {
+            kernel
+                .as_ref()
+                .is_some_and(|k| diff(&l.ruleset, &k.ruleset).is_empty())
+        });
+        Ok(ShowReport {
+            table_present: kernel.is_some(),
+            kernel_hash: kernel.as_ref().map(|k| k.ruleset.hash()),
+            in_sync,
+            mode: lkg.as_ref().map(|l| mode_name(l.policy.mode).to_owned()),
+            last_known_good: lkg.map(|l| LkgSummary {
+                revision: l.revision,
+                hash: l.hash,
+                applied_at: l.applied_at,
+            }),
+            deny_packets,
+            chains,
+            sets,
+        })
+    }
+
+    /// Deletes our table (only ours). With `forget`, also clears last-known-good, so a
+    /// restart does not re-apply it and `verify` reports "nothing applied".
+    pub fn remove(&self, forget: bool) -> Result<bool, AgentError> {
+        let existed = self.dataplane.read_back()?.is_some();
+        self.dataplane.remove()?;
+        if forget {
+            self.state.clear()?;
+        }
+        tracing::info!(existed, forget, "removed table inet portcullis");
+        Ok(existed)
+    }
+}
+
+/// One line per semantic change, in the diff's (deterministic) order.
+fn lines(diff: &RulesetDiff) -> Vec<String> {
+    diff.changes.iter().map(ToString::to_string).collect()
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! `portcullis-agent apply`: load a policy (a site + inventory for one host, or one host's
+//! policy file), compile it against this host's facts, apply it in one transaction, verify
+//! it by readback, record last-known-good.
+//!
+//! Policy errors are printed as `file:line:col: message` and exit 2 with nothing applied.
+
+use super::{BadInput, Exit, print_json};
+use crate::Agent;
+use anyhow::{Context, Result};
+use clap::Args;
+use portcullis_policy::{HostPolicy, Source};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// One host's policy file (the `policy:` mapping of a play).
+    #[arg(long, env = "PORTCULLIS_POLICY", conflicts_with_all = ["site", "inventory", "host"],
+          required_unless_present = "site")]
+    pub policy: Option<PathBuf>,
+    /// Site file (list of plays); needs --inventory.
+    #[arg(long, env = "PORTCULLIS_SITE", requires = "inventory")]
+    pub site: Option<PathBuf>,
+    /// Ansible YAML inventory; needs --site.
+    #[arg(long, env = "PORTCULLIS_INVENTORY", requires = "site")]
+    pub inventory: Option<PathBuf>,
+    /// This host's name in the inventory [default: the kernel's hostname].
+    #[arg(long, env = "PORTCULLIS_HOST")]
+    pub host: Option<String>,
+    /// Revision to record (and put in the log prefix) [default: last-known-good's revision
+    /// if the policy is unchanged, else the next one].
+    #[arg(long, env = "PORTCULLIS_REVISION")]
+    pub revision: Option<u64>,
+    /// Print the result as JSON.
+    #[arg(long, env = "PORTCULLIS_JSON")]
+    pub json: bool,
+}
+
+pub fn run(agent: &Agent, args: ApplyArgs) -> Result<Exit> {
+    let policy = load_policy(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
+    let facts = runtime
+        .block_on(crate::facts::gather())
+        .context("gather host facts")?;
+    let revision = match args.revision {
+        Some(r) => r,
+        None => match agent.last_known_good()? {
+            Some(lkg) if lkg.policy == policy => lkg.revision,
+            Some(lkg) => lkg.revision.saturating_add(1),
+            None => 1,
+        },
+    };
+    let report = match agent.reconcile(&policy, &facts, revision) {
+        Ok(r) => r,
+        Err(crate::AgentError::Compile(e)) => {
+            return Err(BadInput(format!("{}: {e}", facts.hostname)).into());
+        }
+        Err(e) => return Err(e).context("apply"),
+    };
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{report}");
+    }
+    Ok(Exit::Ok)
+}
+
+fn read_source(path: &Path) -> Result<Source> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
+    Ok(Source::new(path.display().to_string(), text))
+}
+
+fn load_policy(args: &ApplyArgs) -> Result<HostPolicy> {
+    use portcullis_policy::site::{load_fleet, load_host_policy};
+    if let Some(path) = &args.policy {
+        let source = read_source(path)?;
+        return load_host_policy(&source).map_err(|d| BadInput(d.to_string()).into());
+    }
+    let (Some(site), Some(inventory)) = (&args.site, &args.inventory) else {
+        return Err(BadInput("give --policy FILE, or --site FILE --inventory FILE".into()).into());
+    };
+    let (site_src, inv_src) = (read_source(site)?, read_source(inventory)?);
+    let mut fleet = load_fleet(&site_src, &inv_src).map_err(|d| BadInput(d.to_string()))?;
+    let host = args.host.clone().unwrap_or_else(crate::facts::hostname);
+    fleet.hosts.remove(&host).ok_or_else(|| {
+        BadInput(format!(
+            "{}: host {host:?} is not targeted by any play (hosts in the fleet: {})",
+            site.display(),
+            fleet.hosts.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+        .into()
+    })
+}

@@ -1,0 +1,122 @@
+//! The standalone CLI: one module per subcommand, each a thin layer over [`crate::Agent`].
+//!
+//! Exit codes (stable, scripts rely on them):
+//! `0` success / in sync; `1` drift (`verify`: the kernel differs from last-known-good,
+//! including a missing table); `2` bad input (policy errors, printed as
+//! `file:line:col: message`, or bad arguments; nothing applied); `3` nothing applied yet
+//! (`verify` without last-known-good); `4` operational failure (nft refused, readback did
+//! not match, state dir unwritable...; the kernel keeps its previous table).
+//!
+//! Every flag has an environment variable (`PORTCULLIS_*`). Logs go to stderr (`tracing`),
+//! results to stdout (`--json` for machines).
+
+mod apply;
+mod remove;
+mod show;
+mod verify;
+
+use crate::{Agent, NftDataplane, StateDir};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Process exit codes of `portcullis-agent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Drift = 1,
+    BadInput = 2,
+    NothingApplied = 3,
+    Failure = 4,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+/// An error in the operator's input (policy files, host selection): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis-agent",
+    version,
+    about = "Portcullis host agent: enforce one \
+    declarative port policy with nftables (owns only `table inet portcullis`)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// State directory (last-known-good record).
+    #[arg(long, global = true, env = "PORTCULLIS_STATE_DIR", default_value = crate::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The nft binary.
+    #[arg(long, global = true, env = "PORTCULLIS_NFT", default_value = "nft")]
+    pub nft: PathBuf,
+    /// Log filter for stderr (tracing `EnvFilter` syntax), e.g. `info` or `portcullis_agent=debug`.
+    #[arg(long, global = true, env = "PORTCULLIS_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile a policy for this host and apply it atomically, verified by readback.
+    Apply(apply::ApplyArgs),
+    /// Show our table in the kernel: hash, counters per rule, set sizes.
+    Show(show::ShowArgs),
+    /// Compare the kernel with last-known-good (exit 0 in sync, 1 drift, 3 nothing applied).
+    Verify(verify::VerifyArgs),
+    /// Delete `table inet portcullis` (only it) and, unless --keep-state, last-known-good.
+    Remove(remove::RemoveArgs),
+}
+
+/// Logs to stderr, filtered by `--log` / `PORTCULLIS_LOG`.
+pub fn init_tracing(global: &Global) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one subcommand and turns its outcome into an exit code (printing errors).
+pub fn run(cli: Cli) -> Exit {
+    let agent = Agent::new(
+        Arc::new(NftDataplane::new(&cli.global.nft)),
+        StateDir::new(&cli.global.state_dir),
+    );
+    let result = match cli.command {
+        Command::Apply(args) => apply::run(&agent, args),
+        Command::Show(args) => show::run(&agent, args),
+        Command::Verify(args) => verify::run(&agent, args),
+        Command::Remove(args) => remove::run(&agent, args),
+    };
+    match result {
+        Ok(exit) => exit,
+        Err(e) if e.downcast_ref::<BadInput>().is_some() => {
+            eprintln!("{e}");
+            Exit::BadInput
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::Failure
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON plus a newline.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! [`FakeDataplane`]: an in-memory `table inet portcullis` for unit tests (no root, no nft).
+//!
+//! `replace` stores the ruleset, `read_back` renders it as `nft -j` JSON (so readback
+//! parsing runs as in production), `remove` clears it. Tests can inject failures, tamper
+//! with the "kernel" to simulate drift, bump counters, and count transactions.
+
+use super::nft_json::{self, Counters};
+use super::{Dataplane, DataplaneError};
+use portcullis_policy::Ruleset;
+use portcullis_policy::render::delete_script;
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+struct Kernel {
+    table: Option<Ruleset>,
+    counters: Counters,
+    transactions: usize,
+    fail_next_apply: Option<String>,
+    mangle_on_apply: Option<Ruleset>,
+}
+
+/// In-memory dataplane. Cheap to create; one per test.
+#[derive(Debug, Default)]
+pub struct FakeDataplane {
+    kernel: Mutex<Kernel>,
+}
+
+impl FakeDataplane {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Kernel) -> T) -> T {
+        // A poisoned lock only means another test thread panicked; the data is still usable.
+        let mut guard = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// What the "kernel" holds now.
+    pub fn table(&self) -> Option<Ruleset> {
+        self.with(|k| k.table.clone())
+    }
+
+    /// Successful transactions so far (replace + remove).
+    pub fn transactions(&self) -> usize {
+        self.with(|k| k.transactions)
+    }
+
+    /// The next apply fails with `message` and changes nothing (like a rejected batch).
+    pub fn fail_next_apply(&self, message: &str) {
+        self.with(|k| k.fail_next_apply = Some(message.to_owned()));
+    }
+
+    /// The next apply "succeeds" but the kernel ends up holding `other` instead (e.g. a
+    /// kernel that normalizes differently): the post-apply verification must catch it.
+    pub fn mangle_next_apply(&self, other: Ruleset) {
+        self.with(|k| k.mangle_on_apply = Some(other));
+    }
+
+    /// Changes the table behind the agent's back (a hand-made `nft` edit).
+    pub fn tamper(&self, f: impl FnOnce(&mut Option<Ruleset>)) {
+        self.with(|k| f(&mut k.table));
+    }
+
+    /// Adds traffic to a rule's counter.
+    pub fn hit(&self, chain: &str, index: usize, packets: u64, bytes: u64) {
+        self.with(|k| {
+            let c = k.counters.entry((chain.to_owned(), index)).or_default();
+            c.0 += packets;
+            c.1 += bytes;
+        });
+    }
+
+    fn take_failure(k: &mut Kernel) -> Result<(), DataplaneError> {
+        match k.fail_next_apply.take() {
+            Some(msg) => Err(DataplaneError::Fake(msg)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    /// Only the delete script is understood as text; rulesets go through `replace`.
+    fn apply(&self, script: &str) -> Result<(), DataplaneError> {
+        self.with(|k| {
+            Self::take_failure(k)?;
+            if script == delete_script() {
+                k.table = None;
+                k.counters.clear();
+                k.transactions += 1;
+                Ok(())
+            } else {
+                Err(DataplaneError::Fake(
+                    "only the delete script can be applied as text; use replace()".into(),
+                ))
+            }
+        })
+    }
+
+    fn replace(&self, ruleset: &Ruleset) -> Result<(), DataplaneError> {
+        self.with(|k| {
+            Self::take_failure(k)?;
+            k.table = Some(k.mangle_on_apply.take().unwrap_or_else(|| ruleset.clone()));
+            k.counters.clear();
+            k.transactions += 1;
+            Ok(())
+        })
+    }
+
+    fn read_back(&self) -> Result<Option<String>, DataplaneError> {
+        Ok(self.with(|k| k.table.as_ref().map(|t| nft_json::render(t, &k.counters))))
+    }
+
+    fn remove(&self) -> Result<(), DataplaneError> {
+        self.apply(&delete_script())
+    }
+}

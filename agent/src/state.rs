@@ -1,0 +1,186 @@
+//! The agent's state dir (default `/var/lib/portcullis`): the last-known-good record.
+//!
+//! `last-known-good.json` holds the host policy, revision, ruleset hash, the compiled
+//! ruleset that was verified in the kernel, and when. It is written atomically (temp file,
+//! fsync, rename, fsync of the directory), so a crash leaves either the old record or the
+//! new one, never a torn file. Nothing else in the agent writes this file.
+
+use portcullis_policy::{HostPolicy, Ruleset, RulesetHash};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
+const LKG_FILE: &str = "last-known-good.json";
+const FORMAT: u32 = 1;
+
+/// What was last applied *and verified* in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastKnownGood {
+    /// File format version of this record.
+    pub format: u32,
+    pub revision: u64,
+    pub hash: RulesetHash,
+    /// RFC 3339, UTC, seconds.
+    pub applied_at: String,
+    pub policy: HostPolicy,
+    /// The compiled ruleset that readback matched: what `verify` compares against.
+    pub ruleset: Ruleset,
+}
+
+impl LastKnownGood {
+    pub fn new(policy: HostPolicy, revision: u64, ruleset: Ruleset) -> Self {
+        Self {
+            format: FORMAT,
+            revision,
+            hash: ruleset.hash(),
+            applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            policy,
+            ruleset,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a last-known-good record: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: unsupported format {found} (this agent reads format {FORMAT})")]
+    Format { path: PathBuf, found: u32 },
+}
+
+/// The state directory. Created (mode 0700) on first write.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lkg_path(&self) -> PathBuf {
+        self.dir.join(LKG_FILE)
+    }
+
+    /// The record, or `None` when nothing was applied yet (or it was cleared).
+    pub fn load(&self) -> Result<Option<LastKnownGood>, StateError> {
+        let path = self.lkg_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        let lkg: LastKnownGood =
+            serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        if lkg.format != FORMAT {
+            return Err(StateError::Format {
+                path,
+                found: lkg.format,
+            });
+        }
+        Ok(Some(lkg))
+    }
+
+    /// Replaces the record atomically and durably.
+    pub fn store(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io(&self.dir))?;
+        let path = self.lkg_path();
+        let tmp = self.dir.join(format!("{LKG_FILE}.tmp"));
+        let mut body = serde_json::to_vec_pretty(lkg).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        body.push(b'\n');
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        file.write_all(&body).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes the record (durably); no error when there is none.
+    pub fn clear(&self) -> Result<(), StateError> {
+        let path = self.lkg_path();
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_load_clear_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path().join("nested"));
+        assert_eq!(state.load().expect("load"), None);
+        let lkg = LastKnownGood::new(HostPolicy::default(), 7, Ruleset::default());
+        state.store(&lkg).expect("store");
+        assert_eq!(state.load().expect("load"), Some(lkg.clone()));
+        assert!(!state.path().join("last-known-good.json.tmp").exists());
+        let newer = LastKnownGood::new(HostPolicy::default(), 8, Ruleset::default());
+        state.store(&newer).expect("store again");
+        assert_eq!(state.load().expect("load").map(|l| l.revision), Some(8));
+        state.clear().expect("clear");
+        state.clear().expect("clear twice");
+        assert_eq!(state.load().expect("load"), None);
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_not_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(LKG_FILE), "{ not json").expect("write");
+        let err = StateDir::new(dir.path()).load().expect_err("corrupt");
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    }
+}
