@@ -7,6 +7,8 @@
 //! - [`facts`]: links, addresses, default-route interface and hostname over rtnetlink.
 //! - [`state`]: the state dir and its atomically written last-known-good record.
 //! - [`report`]: the serializable results of those operations.
+//! - [`session`]: `run` — the mutual-TLS session with the controller (fail-static,
+//!   reconnect with jittered backoff).
 //! - [`cli`]: the standalone subcommands (`apply`, `show`, `verify`, `remove`).
 //!
 //! The policy logic itself lives in `portcullis-policy`; this crate only does I/O around it
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod facts;
 pub mod report;
+pub mod session;
 pub mod state;
 
 pub use agent::{Agent, AgentError};

@@ -12,6 +12,7 @@
 
 mod apply;
 mod remove;
+mod run;
 mod show;
 mod verify;
 
@@ -78,6 +79,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Delete `table inet portcullis` (only it) and, unless --keep-state, last-known-good.
     Remove(remove::RemoveArgs),
+    /// Run the daemon: enforce last-known-good, then follow the controller over mutual TLS.
+    Run(run::RunArgs),
 }
 
 /// Logs to stderr, filtered by `--log` / `PORTCULLIS_LOG`.
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Show(args) => show::run(&agent, args),
         Command::Verify(args) => verify::run(&agent, args),
         Command::Remove(args) => remove::run(&agent, args),
+        Command::Run(args) => run::run(&agent, args),
     };
     match result {
         Ok(exit) => exit,

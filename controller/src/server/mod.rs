@@ -9,10 +9,11 @@ mod incoming;
 pub mod registry;
 mod session;
 
-use crate::identity::{PeerIdentity, RevocationList, peer_identity};
+use crate::identity::{PeerIdentity, RevocationList, authorize};
 use crate::store::Store;
 use portcullis_policy::{Facts, HostPolicy, compile};
 use registry::Registry;
+use anyhow::Context as _;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,15 +43,9 @@ pub struct Shared {
 impl Shared {
     /// Identify the peer from its client certificate and refuse revoked serials.
     pub(crate) fn authenticate<T>(&self, req: &Request<T>) -> Result<PeerIdentity, Status> {
-        let id = peer_identity(req)?;
-        if self.revoked.is_revoked(&id.serial) {
-            tracing::warn!(serial = %id.serial, role = ?id.role, "refused a revoked certificate");
-            return Err(Status::permission_denied(format!(
-                "certificate serial {} is revoked",
-                id.serial
-            )));
-        }
-        Ok(id)
+        authorize(req, &self.revoked).inspect_err(|s| {
+            tracing::warn!(code = ?s.code(), message = s.message(), "refused a peer");
+        })
     }
 }
 
@@ -68,14 +63,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let tls = crate::pki::tls::server_tls(&config.pki)
         .with_context(|| format!("loading TLS material from {}", config.pki.display()))?;
     let store = Store::open(&config.db)?;
     let shared = Arc::new(Shared {
         store,
         registry: Registry::new(),
-        revoked: RevocationList::new(config.pki.join("revoked.txt")),
+        revoked: RevocationList::open(config.pki.join("revoked.txt"))
+            .context("loading the revocation list")?,
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db.display(), max_connections = config.max_connections, "controller listening");

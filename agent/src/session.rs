@@ -1,0 +1,291 @@
+//! The agent's session with the controller (`portcullis-agent run`).
+//!
+//! Fail-static first: at start the last-known-good policy is re-applied before the
+//! controller is contacted. Then: dial out over mutual TLS, send `Hello` (host, facts,
+//! applied revision, kernel hash), apply every `Desired` through [`Agent::apply_policy`]
+//! and answer `Applied`, send `Heartbeat`s with the kernel's hash. When the stream breaks,
+//! reconnect with jittered exponential backoff; the kernel keeps enforcing meanwhile.
+//! Nothing here ever flushes or opens the firewall on error.
+
+use crate::Agent;
+use anyhow::Context as _;
+use portcullis_policy::HostPolicy;
+use portcullis_proto::{PROTOCOL_VERSION, v1};
+use rand::Rng as _;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Where and how to reach the controller.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// `https://IP:PORT` (the IP or name must be in the controller certificate's SANs).
+    pub controller: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The host this agent speaks for; must match the certificate's
+    /// `portcullis://agent/<host>` (read from it when `None`).
+    pub host: Option<String>,
+    pub heartbeat: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Jittered exponential backoff ("full jitter"): a random delay in [min, current].
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            current: min,
+        }
+    }
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let upper = self.current.max(self.min);
+        self.current = (self.current * 2).min(self.max);
+        let ms = rand::rng().random_range(self.min.as_millis()..=upper.as_millis());
+        Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+}
+
+/// The host named in an agent certificate's `portcullis://agent/<host>` SAN URI.
+pub fn host_from_cert(path: &Path) -> anyhow::Result<String> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate: {e}", path.display()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("{}: bad certificate: {e}", path.display()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| anyhow::anyhow!("{}: bad SAN extension: {e}", path.display()))?;
+    san.into_iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => {
+                u.strip_prefix("portcullis://agent/").map(str::to_owned)
+            }
+            _ => None,
+        })
+        .with_context(|| {
+            format!(
+                "{}: no portcullis://agent/<host> SAN URI: is this an agent certificate?",
+                path.display()
+            )
+        })
+}
+
+fn tls(config: &SessionConfig) -> anyhow::Result<ClientTlsConfig> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&config.ca)?))
+        .identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?)))
+}
+
+/// Run until `shutdown` completes. Errors only for unusable configuration (bad
+/// certificate files); network failures are retried forever.
+pub async fn run(
+    agent: Agent,
+    config: SessionConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let host = match &config.host {
+        Some(h) => h.clone(),
+        None => host_from_cert(&config.cert)?,
+    };
+    let tls = tls(&config)?;
+    let endpoint = Endpoint::from_shared(config.controller.clone())
+        .with_context(|| format!("bad controller URL {:?}", config.controller))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+
+    // Fail-static: enforce last-known-good before talking to anyone.
+    match agent.restore_last_known_good().await {
+        Ok(Some(r)) => tracing::info!(revision = r.revision, hash = %r.hash, changed = r.changed,
+            "last-known-good enforced before contacting the controller"),
+        Ok(None) => tracing::info!("no last-known-good policy yet"),
+        Err(e) => tracing::error!(error = %e,
+            "could not re-apply last-known-good; the kernel keeps what it has"),
+    }
+
+    tokio::pin!(shutdown);
+    let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = session(&agent, &host, &endpoint, config.heartbeat) => r,
+            () = &mut shutdown => return Ok(()),
+        };
+        match result {
+            Ok(()) => tracing::warn!(%host, "controller closed the session"),
+            Err(e) => tracing::warn!(%host, error = %format!("{e:#}"), "session failed"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "reconnecting after backoff; still enforcing the last applied policy"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {},
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+fn kernel_hash(agent: &Agent) -> String {
+    match agent.verify() {
+        Ok(v) => v.actual_hash.map(|h| h.0).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the kernel table back");
+            String::new()
+        }
+    }
+}
+
+/// One session: connect, Hello, then serve Desired and send heartbeats until it breaks.
+async fn session(
+    agent: &Agent,
+    host: &str,
+    endpoint: &Endpoint,
+    heartbeat: Duration,
+) -> anyhow::Result<()> {
+    let channel = endpoint
+        .connect()
+        .await
+        .context("connecting to the controller")?;
+    let mut client = v1::session_client::SessionClient::new(channel);
+    let facts = crate::facts::gather().await.context("gathering facts")?;
+    let lkg = agent.last_known_good().ok().flatten();
+    let hello = v1::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        host: host.to_owned(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        facts: Some(v1::Facts::from(&facts)),
+        applied_revision: lkg.as_ref().map_or(0, |l| l.revision),
+        applied_hash: lkg.as_ref().map(|l| l.hash.0.clone()).unwrap_or_default(),
+        kernel_hash: kernel_hash(agent),
+    };
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .context("session channel closed")?;
+    let mut inbound = client
+        .open(ReceiverStream::new(rx))
+        .await
+        .context("opening the session")?
+        .into_inner();
+    tracing::info!(%host, "session open");
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            msg = inbound.next() => {
+                let Some(msg) = msg.transpose().context("session stream")? else {
+                    return Ok(());
+                };
+                if let Some(v1::controller_message::Msg::Desired(d)) = msg.msg {
+                    let applied = apply_desired(agent, &d).await;
+                    tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
+                        .await
+                        .context("session channel closed")?;
+                }
+            }
+            _ = ticker.tick() => {
+                let hb = v1::Heartbeat {
+                    applied_revision: agent.last_known_good().ok().flatten().map_or(0, |l| l.revision),
+                    kernel_hash: kernel_hash(agent),
+                };
+                tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Heartbeat(hb)) })
+                    .await
+                    .context("session channel closed")?;
+            }
+        }
+    }
+}
+
+async fn apply_desired(agent: &Agent, d: &v1::Desired) -> v1::Applied {
+    let started = Instant::now();
+    let policy = d
+        .policy
+        .as_ref()
+        .ok_or_else(|| "Desired without a policy".to_owned())
+        .and_then(|p| HostPolicy::try_from(p).map_err(|e| e.to_string()));
+    let result = match policy {
+        Ok(p) => agent
+            .apply_policy(&p, d.revision)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match result {
+        Ok(r) => {
+            if !d.expected_hash.is_empty() && d.expected_hash != r.hash.0 {
+                tracing::warn!(revision = d.revision, expected = %d.expected_hash, actual = %r.hash,
+                    "applied hash differs from the controller's expectation");
+            }
+            v1::Applied {
+                revision: d.revision,
+                ok: true,
+                hash: r.hash.0,
+                error: String::new(),
+                duration_us,
+                changes: r.diff.join("\n"),
+            }
+        }
+        Err(error) => {
+            tracing::error!(revision = d.revision, %error, "apply failed; previous ruleset stays");
+            v1::Applied {
+                revision: d.revision,
+                ok: false,
+                hash: kernel_hash(agent),
+                error,
+                duration_us,
+                changes: String::new(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_within_bounds() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_secs(2),
+                "{d:?}"
+            );
+        }
+        assert_eq!(b.current, Duration::from_secs(2));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
