@@ -88,7 +88,7 @@ procs_up() {
   for h in "${HOSTS[@]}"; do
     say "agent in $h"
     mkdir -p "$STATE/$h"
-    start_bg "agent-$h" "$h" "$BIN/portcullis-agent" run \
+    start_bg "agent-$h" "$h" env PORTCULLIS_LOG=info "$BIN/portcullis-agent" run \
       --controller "https://${ADDR4[ctl]}:$CTL_PORT" --ca "$STATE/pki/ca.crt" \
       --cert "$STATE/pki/agent-$h.crt" --key "$STATE/pki/agent-$h.key" --state-dir "$STATE/$h"
     start_bg "listen-$h" "$h" "$BIN/pc-probe" listen tcp:22,25,80,443,5000 udp:53,123,137
