@@ -14,11 +14,66 @@ use portcullis_proto::{PROTOCOL_VERSION, v1};
 use rand::Rng as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// The current session's outbound channel, for subsystems that report on their own
+/// (drift loop, denial pipeline); `None` while disconnected.
+pub type Uplink = watch::Receiver<Option<mpsc::Sender<v1::AgentMessage>>>;
+
+/// A subsystem riding on the session (drift detection, denial logs, ...).
+#[tonic::async_trait]
+pub trait Companion: Send + Sync {
+    /// A session just opened (after `Hello`): e.g. resend what is not acknowledged yet.
+    async fn on_connect(&self, _tx: &mpsc::Sender<v1::AgentMessage>) {}
+    /// A controller message the core session does not handle itself.
+    async fn on_message(
+        &self,
+        _msg: &v1::controller_message::Msg,
+        _tx: &mpsc::Sender<v1::AgentMessage>,
+    ) {
+    }
+    /// A `Desired` revision was applied and verified.
+    async fn on_applied(&self, _report: &crate::AppliedReport) {}
+}
+
+/// The companions and the uplink they share.
+pub struct Companions {
+    list: Vec<Arc<dyn Companion>>,
+    link: watch::Sender<Option<mpsc::Sender<v1::AgentMessage>>>,
+}
+
+impl Default for Companions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Companions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Companions({})", self.list.len())
+    }
+}
+
+impl Companions {
+    pub fn new() -> Self {
+        Self {
+            list: Vec::new(),
+            link: watch::channel(None).0,
+        }
+    }
+    /// The uplink a companion uses to send when it has something to say.
+    pub fn uplink(&self) -> Uplink {
+        self.link.subscribe()
+    }
+    pub fn add(&mut self, c: Arc<dyn Companion>) {
+        self.list.push(c);
+    }
+}
 
 /// Where and how to reach the controller.
 #[derive(Debug, Clone)]
@@ -102,6 +157,7 @@ fn tls(config: &SessionConfig) -> anyhow::Result<ClientTlsConfig> {
 pub async fn run(
     agent: Agent,
     config: SessionConfig,
+    companions: Companions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let host = match &config.host {
@@ -131,9 +187,10 @@ pub async fn run(
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(&agent, &host, &endpoint, config.heartbeat) => r,
+            r = session(&agent, &host, &endpoint, config.heartbeat, &companions) => r,
             () = &mut shutdown => return Ok(()),
         };
+        companions.link.send_replace(None);
         match result {
             Ok(()) => tracing::warn!(%host, "controller closed the session"),
             Err(e) => tracing::warn!(%host, error = %format!("{e:#}"), "session failed"),
@@ -169,6 +226,7 @@ async fn session(
     host: &str,
     endpoint: &Endpoint,
     heartbeat: Duration,
+    companions: &Companions,
 ) -> anyhow::Result<()> {
     let channel = endpoint
         .connect()
@@ -198,6 +256,10 @@ async fn session(
         .context("opening the session")?
         .into_inner();
     tracing::info!(%host, "session open");
+    companions.link.send_replace(Some(tx.clone()));
+    for c in &companions.list {
+        c.on_connect(&tx).await;
+    }
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     loop {
@@ -206,17 +268,31 @@ async fn session(
                 let Some(msg) = msg.transpose().context("session stream")? else {
                     return Ok(());
                 };
-                if let Some(v1::controller_message::Msg::Desired(d)) = msg.msg {
-                    let applied = apply_desired(agent, &d).await;
-                    tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
-                        .await
-                        .context("session channel closed")?;
+                match msg.msg {
+                    Some(v1::controller_message::Msg::Desired(d)) => {
+                        let (applied, report) = apply_desired(agent, &d).await;
+                        tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
+                            .await
+                            .context("session channel closed")?;
+                        if let Some(r) = report {
+                            for c in &companions.list {
+                                c.on_applied(&r).await;
+                            }
+                        }
+                    }
+                    Some(other) => {
+                        for c in &companions.list {
+                            c.on_message(&other, &tx).await;
+                        }
+                    }
+                    None => {}
                 }
             }
             _ = ticker.tick() => {
                 let hb = v1::Heartbeat {
                     applied_revision: agent.last_known_good().ok().flatten().map_or(0, |l| l.revision),
                     kernel_hash: kernel_hash(agent),
+                    verified_unix_ms: now_ms(),
                 };
                 tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Heartbeat(hb)) })
                     .await
@@ -226,7 +302,18 @@ async fn session(
     }
 }
 
-async fn apply_desired(agent: &Agent, d: &v1::Desired) -> v1::Applied {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn apply_desired(
+    agent: &Agent,
+    d: &v1::Desired,
+) -> (v1::Applied, Option<crate::AppliedReport>) {
     let started = Instant::now();
     let policy = d
         .policy
@@ -247,25 +334,27 @@ async fn apply_desired(agent: &Agent, d: &v1::Desired) -> v1::Applied {
                 tracing::warn!(revision = d.revision, expected = %d.expected_hash, actual = %r.hash,
                     "applied hash differs from the controller's expectation");
             }
-            v1::Applied {
+            let applied = v1::Applied {
                 revision: d.revision,
                 ok: true,
-                hash: r.hash.0,
+                hash: r.hash.0.clone(),
                 error: String::new(),
                 duration_us,
                 changes: r.diff.join("\n"),
-            }
+            };
+            (applied, Some(r))
         }
         Err(error) => {
             tracing::error!(revision = d.revision, %error, "apply failed; previous ruleset stays");
-            v1::Applied {
+            let applied = v1::Applied {
                 revision: d.revision,
                 ok: false,
                 hash: kernel_hash(agent),
                 error,
                 duration_us,
                 changes: String::new(),
-            }
+            };
+            (applied, None)
         }
     }
 }

@@ -83,7 +83,11 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = if is_connect_error(&e) { exit::UNREACHABLE } else { 1 };
+            let code = if is_connect_error(&e) {
+                exit::UNREACHABLE
+            } else {
+                1
+            };
             std::process::exit(code);
         }
     }

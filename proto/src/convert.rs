@@ -123,7 +123,9 @@ impl TryFrom<&v1::HostPolicy> for HostPolicy {
         for a in &p.allow {
             let r = a.ports.as_ref().ok_or(ProtoError::Missing("allow.ports"))?;
             let ports = PortRange::new(port(r.start, "allow.ports")?, port(r.end, "allow.ports")?)
-                .ok_or_else(|| invalid("allow.ports", format!("{}-{}: start > end", r.start, r.end)))?;
+                .ok_or_else(|| {
+                    invalid("allow.ports", format!("{}-{}: start > end", r.start, r.end))
+                })?;
             let from = a
                 .from
                 .iter()
@@ -239,7 +241,10 @@ mod tests {
             allow: vec![AllowEntry {
                 proto: Proto::Tcp,
                 ports: PortRange::single(22),
-                from: vec!["10.77.0.0/24".parse().unwrap(), "fd77::/64".parse().unwrap()],
+                from: vec![
+                    "10.77.0.0/24".parse().unwrap(),
+                    "fd77::/64".parse().unwrap(),
+                ],
                 label: "22/tcp".into(),
             }],
             log: LogLimit {
@@ -260,7 +265,10 @@ mod tests {
         let mut wire = v1::HostPolicy::from(&HostPolicy::default());
         wire.allow.push(v1::AllowEntry {
             proto: 1,
-            ports: Some(v1::PortRange { start: 70000, end: 70000 }),
+            ports: Some(v1::PortRange {
+                start: 70000,
+                end: 70000,
+            }),
             from: vec![],
             label: String::new(),
         });

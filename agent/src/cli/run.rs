@@ -5,7 +5,7 @@
 
 use super::Exit;
 use crate::Agent;
-use crate::session::{SessionConfig, run as run_session};
+use crate::session::{Companions, SessionConfig, run as run_session};
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,7 +50,13 @@ pub fn run(agent: &Agent, args: RunArgs) -> anyhow::Result<Exit> {
         backoff_max: args.backoff_max.max(args.backoff_min),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run_session(agent.clone(), config, shutdown_signal()))?;
+    let companions = Companions::new();
+    runtime.block_on(run_session(
+        agent.clone(),
+        config,
+        companions,
+        shutdown_signal(),
+    ))?;
     tracing::info!("agent stopped; the kernel keeps enforcing the applied table");
     Ok(Exit::Ok)
 }

@@ -34,8 +34,8 @@ pub struct ApplyArgs {
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Source> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Source::new(path.display().to_string(), text))
 }
 
@@ -45,7 +45,10 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     // Fail fast and locally, with file:line:column, before contacting anyone.
     if let Err(diags) = site::load_fleet(&site_src, &inv_src) {
         eprintln!("{diags}");
-        eprintln!("error: {} problem(s) found; nothing was applied", diags.len());
+        eprintln!(
+            "error: {} problem(s) found; nothing was applied",
+            diags.len()
+        );
         return Ok(exit::INVALID);
     }
     let mut client = conn.admin().await?;
@@ -110,7 +113,10 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         };
         let outcome = v1::HostOutcome::try_from(r.outcome).unwrap_or_default();
         if outcome == v1::HostOutcome::Disconnected {
-            bar.println(format!("{}: disconnected before answering (still pending)", r.host));
+            bar.println(format!(
+                "{}: disconnected before answering (still pending)",
+                r.host
+            ));
             continue;
         }
         if !args.json {
@@ -159,13 +165,19 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                     if accepted.offline.contains(h) {
                         "offline: gets it on connect".into()
                     } else {
-                        format!("no answer within {}", humantime::format_duration(args.timeout))
+                        format!(
+                            "no answer within {}",
+                            humantime::format_duration(args.timeout)
+                        )
                     },
                 ],
             })
             .collect();
         println!("revision r{revision}");
-        print!("{}", table(&["HOST", "RESULT", "HASH", "APPLY+VERIFY", "DETAIL"], &rows));
+        print!(
+            "{}",
+            table(&["HOST", "RESULT", "HASH", "APPLY+VERIFY", "DETAIL"], &rows)
+        );
         let applied = results
             .values()
             .filter(|r| r.outcome == v1::HostOutcome::Applied as i32)

@@ -85,7 +85,10 @@ impl ConnectArgs {
         };
         let pick = |flag: &Option<PathBuf>, file: Option<PathBuf>, name: &str| {
             flag.clone().or(file).with_context(|| {
-                format!("no --{name} given (flag, PORTCULLIS_{} or cli.toml)", name.to_uppercase())
+                format!(
+                    "no --{name} given (flag, PORTCULLIS_{} or cli.toml)",
+                    name.to_uppercase()
+                )
             })
         };
         let controller = self.controller.clone().or(file.controller).context(

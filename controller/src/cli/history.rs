@@ -60,7 +60,11 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 time_ms(r.created_unix_ms),
                 r.author.clone(),
                 format!("{} + {}", r.site_name, r.inventory_name),
-                if r.limit.is_empty() { "-".into() } else { r.limit.clone() },
+                if r.limit.is_empty() {
+                    "-".into()
+                } else {
+                    r.limit.clone()
+                },
                 format!("{}/{}", r.applied, r.hosts.len()),
                 r.hosts.join(","),
             ]
@@ -69,7 +73,9 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     print!(
         "{}",
         table(
-            &["REVISION", "CREATED", "AUTHOR", "FILES", "LIMIT", "CURRENT", "HOSTS"],
+            &[
+                "REVISION", "CREATED", "AUTHOR", "FILES", "LIMIT", "CURRENT", "HOSTS"
+            ],
             &rows
         )
     );

@@ -53,7 +53,10 @@ pub fn ago_ms(ms: i64) -> String {
         .unwrap_or(0);
     let age = now.saturating_sub(u128::try_from(ms).unwrap_or(0));
     let secs = u64::try_from(age / 1000).unwrap_or(u64::MAX);
-    format!("{} ago", humantime::format_duration(Duration::from_secs(secs)))
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
 }
 
 /// First 12 hex digits of a hash, "-" if empty.
@@ -78,7 +81,10 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(
             &["HOST", "STATE"],
-            &[vec!["h1".into(), "ok".into()], vec!["host-2".into(), "x".into()]],
+            &[
+                vec!["h1".into(), "ok".into()],
+                vec!["host-2".into(), "x".into()],
+            ],
         );
         assert_eq!(t, "HOST    STATE\nh1      ok\nhost-2  x\n");
     }

@@ -11,7 +11,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:7443")]
     pub listen: SocketAddr,
     /// SQLite database file
-    #[arg(long, env = "PORTCULLIS_DB", default_value = "/var/lib/portcullis/controller.db")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_DB",
+        default_value = "/var/lib/portcullis/controller.db"
+    )]
     pub db: PathBuf,
     /// PKI directory (ca.crt, controller.crt/key, revoked.txt)
     #[arg(long, env = "PORTCULLIS_PKI", default_value = "/etc/portcullis/pki")]

@@ -93,7 +93,11 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 rev(h.applied_revision),
                 short_hash(&h.expected_hash),
                 short_hash(&h.reported_hash),
-                if h.agent_version.is_empty() { "-".into() } else { h.agent_version.clone() },
+                if h.agent_version.is_empty() {
+                    "-".into()
+                } else {
+                    h.agent_version.clone()
+                },
                 state,
             ]
         })
@@ -101,7 +105,17 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     print!(
         "{}",
         table(
-            &["HOST", "CONNECTED", "LAST SEEN", "DESIRED", "APPLIED", "EXPECTED", "REPORTED", "AGENT", "STATE"],
+            &[
+                "HOST",
+                "CONNECTED",
+                "LAST SEEN",
+                "DESIRED",
+                "APPLIED",
+                "EXPECTED",
+                "REPORTED",
+                "AGENT",
+                "STATE"
+            ],
             &rows
         )
     );

@@ -75,6 +75,37 @@ fn result_of(host: &str, expected: &str, report: &v1::Applied) -> v1::HostResult
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
     type ApplyStream = ApplyStream;
+    type LogsStream = super::logs::LogsStream;
+
+    async fn drift(
+        &self,
+        request: Request<v1::DriftRequest>,
+    ) -> Result<Response<v1::DriftResponse>, Status> {
+        self.admin(&request)?;
+        super::drift::drift(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn logs(
+        &self,
+        request: Request<v1::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        self.admin(&request)?;
+        super::logs::logs(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn logs_top(
+        &self,
+        request: Request<v1::LogsRequest>,
+    ) -> Result<Response<v1::LogsTopResponse>, Status> {
+        self.admin(&request)?;
+        super::logs::top(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 
     async fn apply(
         &self,
@@ -161,7 +192,11 @@ impl v1::admin_server::Admin for AdminService {
                         &tx,
                         &author,
                         "apply",
-                        &format!("revision {rev} to {} host(s), limit {:?}", rows.len(), req.limit),
+                        &format!(
+                            "revision {rev} to {} host(s), limit {:?}",
+                            rows.len(),
+                            req.limit
+                        ),
                     )?;
                     tx.commit()?;
                     Ok(rev)
@@ -278,7 +313,9 @@ async fn follow_rollout(
         };
         let (host, result) = match event {
             Ok(HostEvent::Applied { host, report }) if report.revision == revision => {
-                let Some(exp) = expected.get(&host) else { continue };
+                let Some(exp) = expected.get(&host) else {
+                    continue;
+                };
                 let r = result_of(&host, exp, &report);
                 (host, r)
             }
@@ -289,11 +326,12 @@ async fn follow_rollout(
                     ..Default::default()
                 };
                 // Still pending: it gets the revision when it reconnects.
-                if tx.send(Ok(v1::ApplyEvent {
-                    event: Some(v1::apply_event::Event::Host(r)),
-                }))
-                .await
-                .is_err()
+                if tx
+                    .send(Ok(v1::ApplyEvent {
+                        event: Some(v1::apply_event::Event::Host(r)),
+                    }))
+                    .await
+                    .is_err()
                 {
                     return;
                 }
@@ -301,7 +339,11 @@ async fn follow_rollout(
             }
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(revision, skipped = n, "rollout follower lagged behind host events");
+                tracing::warn!(
+                    revision,
+                    skipped = n,
+                    "rollout follower lagged behind host events"
+                );
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -98,8 +98,12 @@ impl Limited {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             self.last_warning = Some(now);
-            tracing::warn!(live = self.live.load(Ordering::Relaxed), max = self.max,
-                error = err.map(tracing::field::display), "{what}");
+            tracing::warn!(
+                live = self.live.load(Ordering::Relaxed),
+                max = self.max,
+                error = err.map(tracing::field::display),
+                "{what}"
+            );
         }
     }
 }

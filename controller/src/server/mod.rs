@@ -5,15 +5,18 @@
 //! tests start it on an ephemeral port in-process.
 
 mod admin;
+pub mod drift;
 mod incoming;
+pub mod logs;
 pub mod registry;
+pub mod rollout;
 mod session;
 
 use crate::identity::{PeerIdentity, RevocationList, authorize};
 use crate::store::Store;
+use anyhow::Context as _;
 use portcullis_policy::{Facts, HostPolicy, compile};
 use registry::Registry;
-use anyhow::Context as _;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +41,10 @@ pub struct Shared {
     pub store: Store,
     pub registry: Registry,
     pub revoked: RevocationList,
+    /// Outstanding `portcullis drift` verification requests.
+    pub drift: drift::DriftState,
+    /// Live `logs --follow` subscribers.
+    pub logs: logs::LogsState,
 }
 
 impl Shared {
@@ -71,6 +78,8 @@ pub async fn run(
         registry: Registry::new(),
         revoked: RevocationList::open(config.pki.join("revoked.txt"))
             .context("loading the revocation list")?,
+        drift: drift::DriftState::default(),
+        logs: logs::LogsState::default(),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db.display(), max_connections = config.max_connections, "controller listening");

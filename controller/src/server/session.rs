@@ -126,7 +126,7 @@ impl v1::session_server::Session for SessionService {
 
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            read_reports(&shared, &host, &mut inbound).await;
+            read_reports(&shared, &host, &mut inbound, &tx).await;
             shared.registry.unregister(&host, session);
             tracing::info!(%host, "agent disconnected");
         });
@@ -134,7 +134,12 @@ impl v1::session_server::Session for SessionService {
     }
 }
 
-async fn read_reports(shared: &Shared, host: &str, inbound: &mut Streaming<v1::AgentMessage>) {
+async fn read_reports(
+    shared: &Shared,
+    host: &str,
+    inbound: &mut Streaming<v1::AgentMessage>,
+    tx: &super::registry::Outbound,
+) {
     loop {
         let msg = match inbound.next().await {
             Some(Ok(m)) => m,
@@ -170,6 +175,15 @@ async fn read_reports(shared: &Shared, host: &str, inbound: &mut Streaming<v1::A
                         store::host_reported(c, &h, hb.applied_revision, &hb.kernel_hash, None)
                     })
                     .await
+            }
+            Some(v1::agent_message::Msg::Drift(report)) => {
+                super::drift::on_report(shared, host, report).await
+            }
+            Some(v1::agent_message::Msg::Denials(batch)) => {
+                super::logs::on_batch(shared, host, batch, tx).await
+            }
+            Some(v1::agent_message::Msg::Reverted(r)) => {
+                super::rollout::on_reverted(shared, host, r).await
             }
             Some(v1::agent_message::Msg::Hello(_)) => {
                 tracing::warn!(%host, "duplicate Hello ignored");
@@ -219,6 +233,7 @@ impl Shared {
             revision,
             policy: Some(v1::HostPolicy::from(&policy)),
             expected_hash: hash,
+            confirm_timeout_ms: 0,
         }))
     }
 }

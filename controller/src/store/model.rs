@@ -231,7 +231,11 @@ pub fn host_facts(conn: &Connection, host: &str) -> anyhow::Result<Option<String
 }
 
 pub fn list_revisions(conn: &Connection, limit: u32) -> anyhow::Result<Vec<RevisionRecord>> {
-    let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
+    let limit = if limit == 0 {
+        i64::MAX
+    } else {
+        i64::from(limit)
+    };
     let mut st = conn.prepare(
         "SELECT id, created_ms, author, site_name, inventory_name, host_limit
            FROM revisions ORDER BY id DESC LIMIT ?1",
@@ -272,10 +276,13 @@ pub fn list_revisions(conn: &Connection, limit: u32) -> anyhow::Result<Vec<Revis
 }
 
 pub fn list_audit(conn: &Connection, limit: u32) -> anyhow::Result<Vec<AuditEntry>> {
-    let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
-    let mut st = conn.prepare(
-        "SELECT at_ms, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1",
-    )?;
+    let limit = if limit == 0 {
+        i64::MAX
+    } else {
+        i64::from(limit)
+    };
+    let mut st =
+        conn.prepare("SELECT at_ms, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
     let rows = st.query_map(params![limit], |r| {
         Ok(AuditEntry {
             at_ms: r.get(0)?,
