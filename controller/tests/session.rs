@@ -19,7 +19,11 @@ struct FakeAgent {
 }
 
 impl FakeAgent {
-    async fn open(ctl: &TestController, cert_host: &str, hello_msg: v1::AgentMessage) -> Result<Self, tonic::Status> {
+    async fn open(
+        ctl: &TestController,
+        cert_host: &str,
+        hello_msg: v1::AgentMessage,
+    ) -> Result<Self, tonic::Status> {
         let ch = ctl.agent_channel(cert_host).await;
         let mut client = v1::session_client::SessionClient::new(ch);
         let (tx, rx) = mpsc::channel(8);
@@ -95,7 +99,11 @@ async fn apply_reaches_connected_agent_and_offline_host_gets_it_on_connect() {
     let mut h1 = FakeAgent::open(&ctl, "h1", hello("h1")).await.unwrap();
     // Wait for registration (the Hello is processed before open() returns).
     let mut admin = ctl.admin("ops").await;
-    let mut stream = admin.apply(apply_request(common::SITE, "")).await.unwrap().into_inner();
+    let mut stream = admin
+        .apply(apply_request(common::SITE, ""))
+        .await
+        .unwrap()
+        .into_inner();
     let accepted = match stream.next().await.unwrap().unwrap().event {
         Some(v1::apply_event::Event::Accepted(a)) => a,
         other => panic!("{other:?}"),
@@ -105,10 +113,17 @@ async fn apply_reaches_connected_agent_and_offline_host_gets_it_on_connect() {
     assert_eq!(accepted.offline, vec!["h2"]);
     let d = h1.apply("h1").await;
     assert_eq!(d.revision, 1);
-    assert!(!d.expected_hash.is_empty(), "controller computes the expected hash");
+    assert!(
+        !d.expected_hash.is_empty(),
+        "controller computes the expected hash"
+    );
     let results = collect_results(&mut stream, 1).await;
     assert_eq!(results[0].host, "h1");
-    assert_eq!(results[0].outcome, v1::HostOutcome::Applied as i32, "{results:?}");
+    assert_eq!(
+        results[0].outcome,
+        v1::HostOutcome::Applied as i32,
+        "{results:?}"
+    );
 
     // h2 comes up later and gets revision 1 on connect; the apply stream reports it.
     let mut h2 = FakeAgent::open(&ctl, "h2", hello("h2")).await.unwrap();
@@ -117,13 +132,21 @@ async fn apply_reaches_connected_agent_and_offline_host_gets_it_on_connect() {
     assert_eq!(results[0].host, "h2");
     assert_eq!(results[0].outcome, v1::HostOutcome::Applied as i32);
 
-    let status = admin.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let status = admin
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.hosts.len(), 2);
     for h in &status.hosts {
         assert!(h.connected && h.hash_match, "{h:?}");
         assert_eq!((h.desired_revision, h.applied_revision), (1, 1));
     }
-    let history = admin.history(v1::HistoryRequest { limit: 0 }).await.unwrap().into_inner();
+    let history = admin
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(history.revisions.len(), 1);
     assert_eq!(history.revisions[0].author, "ops");
     assert_eq!(history.revisions[0].applied, 2);
@@ -134,7 +157,11 @@ async fn agent_already_on_desired_revision_is_not_sent_it_again() {
     let ctl = TestController::start().await;
     let mut h1 = FakeAgent::open(&ctl, "h1", hello("h1")).await.unwrap();
     let mut admin = ctl.admin("ops").await;
-    let mut stream = admin.apply(apply_request(common::SITE, "h1")).await.unwrap().into_inner();
+    let mut stream = admin
+        .apply(apply_request(common::SITE, "h1"))
+        .await
+        .unwrap()
+        .into_inner();
     let d = h1.apply("h1").await;
     collect_results(&mut stream, 1).await;
     drop(h1);
@@ -157,19 +184,27 @@ async fn agent_already_on_desired_revision_is_not_sent_it_again() {
 async fn invalid_site_is_refused_with_location_and_nothing_stored() {
     let ctl = TestController::start().await;
     let mut admin = ctl.admin("ops").await;
-    let bad = "- name: web\n  hosts: web\n  policy:\n    allow:\n      - smtp/udp\n    colour: blue\n";
+    let bad =
+        "- name: web\n  hosts: web\n  policy:\n    allow:\n      - smtp/udp\n    colour: blue\n";
     let err = admin.apply(apply_request(bad, "")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("site.yml:5"), "{}", err.message());
     assert!(err.message().contains("site.yml:6"), "{}", err.message());
-    let history = admin.history(v1::HistoryRequest { limit: 0 }).await.unwrap().into_inner();
+    let history = admin
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(history.revisions.is_empty());
 }
 
 #[tokio::test]
 async fn hello_for_another_host_is_permission_denied() {
     let ctl = TestController::start().await;
-    let err = FakeAgent::open(&ctl, "h1", hello("h2")).await.err().unwrap();
+    let err = FakeAgent::open(&ctl, "h1", hello("h2"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("h1") && err.message().contains("h2"));
 }
@@ -183,7 +218,11 @@ async fn old_protocol_version_gets_a_clear_refusal() {
     }
     let err = FakeAgent::open(&ctl, "h1", h).await.err().unwrap();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("upgrade the agent"), "{}", err.message());
+    assert!(
+        err.message().contains("upgrade the agent"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -199,7 +238,9 @@ async fn agent_certificate_cannot_call_admin() {
 async fn admin_certificate_cannot_open_a_session() {
     let ctl = TestController::start().await;
     let issued = ctl.pki.issue_admin("ops", true).unwrap();
-    let ch = ctl.channel_with(ctl.pki.ca_cert(), issued.cert, issued.key).await;
+    let ch = ctl
+        .channel_with(ctl.pki.ca_cert(), issued.cert, issued.key)
+        .await;
     let mut client = v1::session_client::SessionClient::new(ch);
     let (tx, rx) = mpsc::channel(1);
     tx.send(hello("ops")).await.unwrap();
@@ -261,16 +302,28 @@ async fn store_survives_a_controller_restart() {
     let mut ctl = TestController::start().await;
     let mut h1 = FakeAgent::open(&ctl, "h1", hello("h1")).await.unwrap();
     let mut admin = ctl.admin("ops").await;
-    let mut stream = admin.apply(apply_request(common::SITE, "h1")).await.unwrap().into_inner();
+    let mut stream = admin
+        .apply(apply_request(common::SITE, "h1"))
+        .await
+        .unwrap()
+        .into_inner();
     h1.apply("h1").await;
     collect_results(&mut stream, 1).await;
     drop((h1, stream, admin));
     ctl.stop().await;
     ctl.serve().await;
     let mut admin = ctl.admin("ops").await;
-    let history = admin.history(v1::HistoryRequest { limit: 0 }).await.unwrap().into_inner();
+    let history = admin
+        .history(v1::HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(history.revisions.len(), 1);
-    let status = admin.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let status = admin
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let h1 = status.hosts.iter().find(|h| h.host == "h1").unwrap();
     assert_eq!(h1.applied_revision, 1);
     assert!(!h1.connected);

@@ -69,13 +69,31 @@ fn assert_seed_verdicts(fleet: &Fleet, host: &str) {
         let a = fleet.hosts[host].addr(v6);
         let tcp = |p| tcp_connect(out, SocketAddr::new(a, p), DROPPED).unwrap();
         let udp = |p| udp_request(out, SocketAddr::new(a, p), DROPPED).unwrap();
-        let want = |open: bool| if open { TcpOutcome::Accepted } else { TcpOutcome::TimedOut };
+        let want = |open: bool| {
+            if open {
+                TcpOutcome::Accepted
+            } else {
+                TcpOutcome::TimedOut
+            }
+        };
         assert_eq!(tcp(25), want(smtp_open), "{host} {a} tcp/25");
         assert_eq!(tcp(80), want(!smtp_open), "{host} {a} tcp/80");
-        assert_eq!(tcp(22), TcpOutcome::TimedOut, "{host} {a} tcp/22 must be dropped");
-        assert_eq!(tcp(5000), TcpOutcome::Accepted, "{host} {a} tcp/5000 (reply ports)");
+        assert_eq!(
+            tcp(22),
+            TcpOutcome::TimedOut,
+            "{host} {a} tcp/22 must be dropped"
+        );
+        assert_eq!(
+            tcp(5000),
+            TcpOutcome::Accepted,
+            "{host} {a} tcp/5000 (reply ports)"
+        );
         assert_eq!(udp(53), UdpOutcome::Answered, "{host} {a} udp/53");
-        assert_eq!(udp(137), UdpOutcome::NoAnswer, "{host} {a} udp/137 must be dropped");
+        assert_eq!(
+            udp(137),
+            UdpOutcome::NoAnswer,
+            "{host} {a} udp/137 must be dropped"
+        );
     }
 }
 
@@ -94,8 +112,14 @@ fn fleet_apply_status_failstatic_and_offline_host() {
     let mut fleet = Fleet::new(&["h1", "h2", "h3"]).unwrap();
     let inv = fleet.write("inventory.yml", INVENTORY);
     let site = fleet.write("site.yml", SITE);
-    let (inv, site) = (inv.to_str().unwrap().to_owned(), site.to_str().unwrap().to_owned());
-    let _l: Vec<Listeners> = ["h1", "h2", "h3"].iter().map(|h| listen(&fleet, h)).collect();
+    let (inv, site) = (
+        inv.to_str().unwrap().to_owned(),
+        site.to_str().unwrap().to_owned(),
+    );
+    let _l: Vec<Listeners> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| listen(&fleet, h))
+        .collect();
 
     fleet.start_controller().unwrap();
     fleet.start_agent("h1").unwrap();
@@ -123,7 +147,12 @@ fn fleet_apply_status_failstatic_and_offline_host() {
 
     // Everything connected: a second apply exits 0 with every host applied.
     let out = fleet.cli(&["apply", "-i", &inv, &site, "--timeout", "10s", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["revision"], 2);
     assert_eq!(result["ok"], true);
@@ -137,18 +166,36 @@ fn fleet_apply_status_failstatic_and_offline_host() {
         .run_ok("nft", &["delete", "table", "inet", "portcullis"])
         .unwrap();
     assert_eq!(
-        tcp_connect(&fleet.outside.ns, SocketAddr::new(fleet.hosts["h1"].v4, 22), DROPPED).unwrap(),
+        tcp_connect(
+            &fleet.outside.ns,
+            SocketAddr::new(fleet.hosts["h1"].v4, 22),
+            DROPPED
+        )
+        .unwrap(),
         TcpOutcome::Accepted,
         "without the table tcp/22 is open (sanity check)"
     );
     fleet.start_agent("h1").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fleet.hosts["h1"].ns.run("nft", &["list", "table", "inet", "portcullis"]).map(|o| !o.status.success()).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline, "last-known-good not restored:\n{}", fleet.logs());
+    while fleet.hosts["h1"]
+        .ns
+        .run("nft", &["list", "table", "inet", "portcullis"])
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last-known-good not restored:\n{}",
+            fleet.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_seed_verdicts(&fleet, "h1");
-    assert!(fleet.read_log("agent-h1").contains("last-known-good"), "{}", fleet.read_log("agent-h1"));
+    assert!(
+        fleet.read_log("agent-h1").contains("last-known-good"),
+        "{}",
+        fleet.read_log("agent-h1")
+    );
 
     // Controller back: h1 reconnects by itself and is attested in sync.
     fleet.start_controller().unwrap();

@@ -82,18 +82,22 @@ impl TestController {
 
     pub async fn agent_channel(&self, host: &str) -> Channel {
         let issued = self.pki.issue_agent(host, true).unwrap();
-        self.channel_with(self.pki.ca_cert(), issued.cert, issued.key).await
+        self.channel_with(self.pki.ca_cert(), issued.cert, issued.key)
+            .await
     }
 
     pub async fn admin(&self, name: &str) -> v1::admin_client::AdminClient<Channel> {
         let issued = self.pki.issue_admin(name, true).unwrap();
-        let ch = self.channel_with(self.pki.ca_cert(), issued.cert, issued.key).await;
+        let ch = self
+            .channel_with(self.pki.ca_cert(), issued.cert, issued.key)
+            .await;
         v1::admin_client::AdminClient::new(ch)
     }
 }
 
 pub const INVENTORY: &str = "all:\n  children:\n    web:\n      hosts:\n        h1:\n        h2:\n";
-pub const SITE: &str = "- name: web\n  hosts: web\n  policy:\n    allow:\n      - http/tcp\n      - domain/udp\n";
+pub const SITE: &str =
+    "- name: web\n  hosts: web\n  policy:\n    allow:\n      - http/tcp\n      - domain/udp\n";
 
 pub fn apply_request(site: &str, limit: &str) -> v1::ApplyRequest {
     v1::ApplyRequest {

@@ -19,7 +19,10 @@ fn parse_ports(spec: &str) -> Result<(String, Vec<u16>), String> {
     }
     let ports = ports
         .split(',')
-        .map(|p| p.parse::<u16>().map_err(|e| format!("{spec:?}: {p:?}: {e}")))
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|e| format!("{spec:?}: {p:?}: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((proto.to_string(), ports))
 }
@@ -98,27 +101,38 @@ fn check(args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--timeout" => {
                 let v = it.next().ok_or("--timeout needs a value like 500ms")?;
-                let ms = v.trim_end_matches("ms").parse::<u64>().map_err(|e| e.to_string())?;
+                let ms = v
+                    .trim_end_matches("ms")
+                    .parse::<u64>()
+                    .map_err(|e| e.to_string())?;
                 timeout = Duration::from_millis(ms);
             }
             "--json" => json = true,
             _ => rest.push(a.clone()),
         }
     }
-    let (addr, specs) = rest.split_first().ok_or("check needs ADDR and port specs")?;
+    let (addr, specs) = rest
+        .split_first()
+        .ok_or("check needs ADDR and port specs")?;
     let ip: IpAddr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
     let mut results = Vec::new();
     for spec in specs {
         let (proto, ports) = parse_ports(spec)?;
         for port in ports {
             let sa = SocketAddr::new(ip, port);
-            let r = if proto == "tcp" { check_tcp(sa, timeout) } else { check_udp(sa, timeout) };
+            let r = if proto == "tcp" {
+                check_tcp(sa, timeout)
+            } else {
+                check_udp(sa, timeout)
+            };
             results.push((proto.clone(), port, r));
         }
     }
     for (proto, port, r) in &results {
         if json {
-            println!("{{\"addr\":\"{ip}\",\"proto\":\"{proto}\",\"port\":{port},\"result\":\"{r}\"}}");
+            println!(
+                "{{\"addr\":\"{ip}\",\"proto\":\"{proto}\",\"port\":{port},\"result\":\"{r}\"}}"
+            );
         } else {
             println!("{ip:<16} {proto}/{port:<5} {r}");
         }

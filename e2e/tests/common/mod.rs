@@ -55,9 +55,16 @@ pub struct Fleet {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -67,7 +74,18 @@ fn attach(sw: &NetNs, ns: NetNs, octet: u8) -> Result<Node> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let outer = format!("pc{}n{n}", std::process::id() % 100_000);
-    ip(&["link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+    ip(&[
+        "link",
+        "add",
+        &outer,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
     ip(&["link", "set", &outer, "netns", sw.name()])?;
     sw.ip(&["link", "set", &outer, "master", "br0", "up"])?;
     let v4 = format!("10.77.0.{octet}");
@@ -126,7 +144,17 @@ impl Fleet {
         let pki = pki.to_str().context("utf-8 path")?;
         fleet.portcullis_ok(&["ca", "init", "--dir", pki])?;
         let (v4, v6) = (fleet.ctl.v4.to_string(), fleet.ctl.v6.to_string());
-        fleet.portcullis_ok(&["ca", "issue", "controller", "--san", &v4, "--san", &v6, "--dir", pki])?;
+        fleet.portcullis_ok(&[
+            "ca",
+            "issue",
+            "controller",
+            "--san",
+            &v4,
+            "--san",
+            &v6,
+            "--dir",
+            pki,
+        ])?;
         for h in hosts {
             fleet.portcullis_ok(&["ca", "issue", "agent", h, "--dir", pki])?;
         }
@@ -146,7 +174,11 @@ impl Fleet {
     pub fn portcullis_ok(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(bin("portcullis")).args(args).output()?;
         if !out.status.success() {
-            bail!("portcullis {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "portcullis {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -169,7 +201,11 @@ impl Fleet {
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli(args);
-        assert!(out.status.success(), "portcullis {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "portcullis {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 
@@ -212,7 +248,10 @@ impl Fleet {
             false
         })?;
         if !ok {
-            bail!("controller did not listen within 10 s:\n{}", self.read_log("controller"));
+            bail!(
+                "controller did not listen within 10 s:\n{}",
+                self.read_log("controller")
+            );
         }
         Ok(())
     }
@@ -280,14 +319,21 @@ impl Fleet {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("hosts {hosts:?} never became {what}; last status: {last:#}\n{}", self.logs());
+        panic!(
+            "hosts {hosts:?} never became {what}; last status: {last:#}\n{}",
+            self.logs()
+        );
     }
 
     /// Every process log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
         if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
-            let mut names: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+            let mut names: Vec<_> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
             names.sort();
             for p in names {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
