@@ -43,6 +43,41 @@ const MIGRATIONS: &[&str] = &[
         action TEXT NOT NULL,
         detail TEXT NOT NULL
      );",
+    // 2: denial logs (aggregated entries) and per-host loss accounting.
+    "CREATE TABLE denials (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        src TEXT NOT NULL,
+        dst TEXT NOT NULL,
+        proto INTEGER NOT NULL,
+        dport INTEGER NOT NULL,
+        ifname TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        audit INTEGER NOT NULL
+     );
+     CREATE INDEX denials_host_time ON denials(host, last_ms);
+     CREATE INDEX denials_port_time ON denials(dport, last_ms);
+     CREATE INDEX denials_time ON denials(last_ms);
+     CREATE TABLE denial_totals (
+        host TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        seen INTEGER NOT NULL DEFAULT 0,
+        stored INTEGER NOT NULL DEFAULT 0,
+        dropped_by_agent INTEGER NOT NULL DEFAULT 0,
+        socket_overruns INTEGER NOT NULL DEFAULT 0,
+        kernel_suppressed INTEGER NOT NULL DEFAULT 0,
+        spool_dropped INTEGER NOT NULL DEFAULT 0
+     );",
+    // 3: drift attestation per host.
+    "ALTER TABLE hosts ADD COLUMN verified_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE hosts ADD COLUMN drift_state TEXT NOT NULL DEFAULT '';
+     ALTER TABLE hosts ADD COLUMN drift_diff TEXT NOT NULL DEFAULT '';
+     ALTER TABLE hosts ADD COLUMN drift_detected_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE hosts ADD COLUMN drift_healed_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE hosts ADD COLUMN coexistence_json TEXT NOT NULL DEFAULT '[]';",
 ];
 
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
