@@ -254,5 +254,6 @@ fn entry_from(ev: DenialEvent, overflow: bool) -> DenialEntry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "aggregate_tests.rs"]
 mod tests;

@@ -272,6 +272,7 @@ fn parse_v6(p: &[u8]) -> Result<L3, ParseError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::nflog::wire::{SynthPacket, encode_done, encode_packet, ip_packet};
@@ -290,12 +291,9 @@ mod tests {
         buf
     }
 
-    fn parse_all(
-        buf: &[u8],
-    ) -> (
-        Vec<(Option<u32>, Result<DenialEvent, ParseError>)>,
-        ParseOutcome,
-    ) {
+    type Parsed = Vec<(Option<u32>, Result<DenialEvent, ParseError>)>;
+
+    fn parse_all(buf: &[u8]) -> (Parsed, ParseOutcome) {
         let mut got = Vec::new();
         let out = parse_buffer(buf, UNIX_EPOCH, |s, e| got.push((s, e)));
         (got, out)
