@@ -9,6 +9,8 @@
 //! - [`report`]: the serializable results of those operations.
 //! - [`session`]: `run` — the mutual-TLS session with the controller (fail-static,
 //!   reconnect with jittered backoff).
+//! - [`nflog`] and [`denials`]: denied packets from NFLOG, aggregated, counted, spooled
+//!   on disk and sent to the controller.
 //! - [`cli`]: the standalone subcommands (`apply`, `show`, `verify`, `remove`).
 //!
 //! The policy logic itself lives in `portcullis-policy`; this crate only does I/O around it
@@ -17,7 +19,9 @@
 pub mod agent;
 pub mod cli;
 pub mod dataplane;
+pub mod denials;
 pub mod facts;
+pub mod nflog;
 pub mod report;
 pub mod session;
 pub mod state;

@@ -104,7 +104,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Show(args) => show::run(&agent, args),
         Command::Verify(args) => verify::run(&agent, args),
         Command::Remove(args) => remove::run(&agent, args),
-        Command::Run(args) => run::run(&agent, args),
+        Command::Run(args) => run::run(&agent, args, &cli.global),
     };
     match result {
         Ok(exit) => exit,

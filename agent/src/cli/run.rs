@@ -33,12 +33,40 @@ pub struct RunArgs {
     /// Shortest reconnect delay (jittered exponential backoff)
     #[arg(long, env = "PORTCULLIS_BACKOFF_MIN", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub backoff_min: Duration,
+    /// Do not collect denial logs (NFLOG)
+    #[arg(long, env = "PORTCULLIS_NO_DENIALS")]
+    pub no_denials: bool,
+    /// NFLOG group to read (the policy's `log.group`, default 7)
+    #[arg(long, env = "PORTCULLIS_NFLOG_GROUP", default_value_t = 7)]
+    pub nflog_group: u16,
+    /// Denials are aggregated per (source, protocol, port) over this interval
+    #[arg(long, env = "PORTCULLIS_DENIAL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub denial_interval: Duration,
+    /// Size limit of the on-disk spool of unacknowledged denial batches (bytes; K/M/G
+    /// suffixes). When full, the oldest batches are dropped and counted.
+    #[arg(long, env = "PORTCULLIS_SPOOL_MAX", default_value = "64M", value_parser = parse_size)]
+    pub spool_max: u64,
     /// Longest reconnect delay
     #[arg(long, env = "PORTCULLIS_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
 }
 
-pub fn run(agent: &Agent, args: RunArgs) -> anyhow::Result<Exit> {
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map_err(|e| format!("{s:?}: {e} (expected bytes, e.g. 64M)"))?
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Result<Exit> {
     let config = SessionConfig {
         controller: args.controller,
         ca: args.ca,
@@ -50,13 +78,26 @@ pub fn run(agent: &Agent, args: RunArgs) -> anyhow::Result<Exit> {
         backoff_max: args.backoff_max.max(args.backoff_min),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let companions = Companions::new();
-    runtime.block_on(run_session(
-        agent.clone(),
-        config,
-        companions,
-        shutdown_signal(),
-    ))?;
+    let host = match &config.host {
+        Some(h) => h.clone(),
+        None => crate::session::host_from_cert(&config.cert)?,
+    };
+    let spool_dir = agent.state().path().join("spool");
+    let denial_config = (!args.no_denials).then(|| crate::denials::DenialConfig {
+        host,
+        group: args.nflog_group,
+        interval: args.denial_interval,
+        spool_dir,
+        spool_max_bytes: args.spool_max,
+        nft: global.nft.clone(),
+    });
+    runtime.block_on(async move {
+        let mut companions = Companions::new();
+        if let Some(dc) = denial_config {
+            companions.add(crate::denials::Denials::start(dc, companions.uplink())?);
+        }
+        run_session(agent.clone(), config, companions, shutdown_signal()).await
+    })?;
     tracing::info!("agent stopped; the kernel keeps enforcing the applied table");
     Ok(Exit::Ok)
 }

@@ -1,0 +1,303 @@
+//! The denial pipeline of `portcullis-agent run`: NFLOG reader → aggregator → durable
+//! spool → session (acknowledged by the controller).
+//!
+//! ```text
+//! reader thread (crate::nflog) ─events─▶ aggregator thread: every interval, one counted
+//!   batch (+ the over-limit drop rule's counter for kernel_suppressed) ─▶ Spool (disk)
+//!   ─▶ sender task: while connected, sends every spooled batch in order; DenialAck{seq}
+//!   removes them. On reconnect everything unacknowledged is sent again (the controller
+//!   de-duplicates by (epoch, seq)).
+//! ```
+//! Nothing is lost without being counted: reader drops, socket overruns/gaps, kernel
+//! suppression and spool overflow all travel in the batches. The reading thread never
+//! does disk or network I/O.
+
+mod spool;
+
+pub use spool::{Spool, SpoolError};
+
+use crate::nflog::{self, Action, Aggregator, DenialReader, ReaderConfig};
+use crate::session::{Companion, Uplink};
+use portcullis_proto::v1;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, mpsc};
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct DenialConfig {
+    pub host: String,
+    /// NFLOG group of the compiled ruleset.
+    pub group: u16,
+    /// Aggregation interval (one batch per interval at most).
+    pub interval: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// The nft binary (to read the over-limit drop counter).
+    pub nft: PathBuf,
+}
+
+/// The running pipeline; also the session [`Companion`] that sends and acknowledges.
+pub struct Denials {
+    spool: Mutex<Spool>,
+    notify: Notify,
+    sent_upto: AtomicU64,
+    uplink: Uplink,
+}
+
+impl std::fmt::Debug for Denials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Denials")
+    }
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Interface names by index, read from `/sys/class/net` (this network namespace's view).
+#[derive(Debug, Default)]
+struct IfNames(HashMap<u32, String>);
+
+impl IfNames {
+    fn refresh(&mut self) {
+        self.0.clear();
+        if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(idx) = std::fs::read_to_string(e.path().join("ifindex"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    self.0.insert(idx, name);
+                }
+            }
+        }
+    }
+    fn name(&mut self, idx: u32) -> String {
+        if idx == 0 {
+            return String::new();
+        }
+        if !self.0.contains_key(&idx) {
+            self.refresh();
+        }
+        self.0
+            .get(&idx)
+            .cloned()
+            .unwrap_or_else(|| format!("if{idx}"))
+    }
+}
+
+/// Wire form of an aggregated batch (seq/epoch are set by the spool).
+fn to_wire(b: nflog::DenialBatch, names: &mut IfNames) -> v1::DenialBatch {
+    v1::DenialBatch {
+        seq: 0,
+        interval_start_unix_ms: ms(b.interval_start),
+        interval_end_unix_ms: ms(b.interval_end),
+        entries: b
+            .entries
+            .into_iter()
+            .map(|e| v1::DenialEntry {
+                src: if e.overflow {
+                    "(other)".into()
+                } else {
+                    e.src.to_string()
+                },
+                dst: e.dst.to_string(),
+                proto: e.proto.into(),
+                dport: e.dport.into(),
+                sport: 0,
+                ifname: e.ifname.unwrap_or_else(|| names.name(e.ifindex_in)),
+                count: e.count,
+                first_unix_ms: ms(e.first_seen),
+                last_unix_ms: ms(e.last_seen),
+                revision: e.revision.unwrap_or(0),
+                audit: e.action == Action::Audit,
+            })
+            .collect(),
+        seen: b.seen,
+        sent: b.sent,
+        dropped_by_agent: b.dropped_by_agent,
+        socket_overruns: b.socket_overruns,
+        has_kernel_suppressed: b.kernel_suppressed.is_some(),
+        kernel_suppressed: b.kernel_suppressed.unwrap_or(0),
+        spool_dropped: 0,
+        socket_lost: b.socket_lost,
+        epoch: 0,
+    }
+}
+
+/// Packets counted by the last rule of our `guard` chain: denied over the log rate limit
+/// (dropped or, in audit mode, accepted) without being logged.
+fn over_limit_counter(nft: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new(nft)
+        .args(["-j", "list", "chain", "inet", "portcullis", "guard"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let json = String::from_utf8(out.stdout).ok()?;
+    let (_, counters) = portcullis_policy::parse_readback(&json).ok()?;
+    counters
+        .iter()
+        .filter(|c| c.chain == "guard")
+        .max_by_key(|c| c.index)
+        .filter(|c| !c.rule.contains(" log "))
+        .map(|c| c.packets)
+}
+
+impl Denials {
+    /// Start reading the group (in this thread's network namespace), aggregating and
+    /// spooling. Sending happens through the session once this is added as a companion.
+    pub fn start(config: DenialConfig, uplink: Uplink) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context as _;
+        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
+            .context("opening the denial spool")?;
+        let (reader, rx) = DenialReader::start_with(ReaderConfig {
+            group: config.group,
+            ..ReaderConfig::default()
+        })
+        .with_context(|| format!("binding NFLOG group {}", config.group))?;
+        tracing::info!(
+            group = config.group,
+            rcvbuf = reader.rcvbuf(),
+            spooled = spool.len(),
+            "denial reader started"
+        );
+        let me = Arc::new(Self {
+            spool: Mutex::new(spool),
+            notify: Notify::new(),
+            sent_upto: AtomicU64::new(0),
+            uplink,
+        });
+        let agg_me = me.clone();
+        std::thread::Builder::new()
+            .name("pc-denials".into())
+            .spawn(move || agg_me.aggregate(config, reader, rx))
+            .context("spawning the aggregator thread")?;
+        tokio::spawn(me.clone().send_loop());
+        Ok(me)
+    }
+
+    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn aggregate(
+        &self,
+        config: DenialConfig,
+        reader: DenialReader,
+        rx: std::sync::mpsc::Receiver<nflog::DenialEvent>,
+    ) {
+        let mut agg = Aggregator::new(config.host.clone(), config.interval);
+        let mut names = IfNames::default();
+        names.refresh();
+        agg.baseline(
+            SystemTime::now(),
+            &reader.stats(),
+            over_limit_counter(&config.nft),
+        );
+        let mut last = Instant::now();
+        let tick = (config.interval / 4).max(Duration::from_millis(10));
+        loop {
+            match rx.recv_timeout(tick) {
+                Ok(ev) => {
+                    agg.push(ev);
+                    while let Ok(ev) = rx.try_recv() {
+                        agg.push(ev);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    tracing::error!("NFLOG reader stopped; denial logs are no longer collected");
+                    return;
+                }
+            }
+            if last.elapsed() < config.interval {
+                continue;
+            }
+            last = Instant::now();
+            let counter = over_limit_counter(&config.nft);
+            let Some(batch) = agg.drain(SystemTime::now(), &reader.stats(), counter) else {
+                continue;
+            };
+            let wire = to_wire(batch, &mut names);
+            let (entries, seen) = (wire.entries.len(), wire.seen);
+            match self.spool().append(wire) {
+                Ok(seq) => tracing::debug!(seq, entries, seen, "denial batch spooled"),
+                Err(e) => {
+                    tracing::error!(error = %e, seen, "cannot spool a denial batch; its events are lost")
+                }
+            }
+            self.notify.notify_one();
+        }
+    }
+
+    async fn send_loop(self: Arc<Self>) {
+        let mut uplink = self.uplink.clone();
+        loop {
+            let tx = uplink.borrow_and_update().clone();
+            let Some(tx) = tx else {
+                if uplink.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let after = self.sent_upto.load(Ordering::Acquire);
+            let batches = match self.spool().read_after(after, 64) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the denial spool");
+                    Vec::new()
+                }
+            };
+            if batches.is_empty() {
+                tokio::select! {
+                    () = self.notify.notified() => {},
+                    r = uplink.changed() => if r.is_err() { return },
+                }
+                continue;
+            }
+            for b in batches {
+                let seq = b.seq;
+                let msg = v1::AgentMessage {
+                    msg: Some(v1::agent_message::Msg::Denials(b)),
+                };
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+                self.sent_upto.fetch_max(seq, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Companion for Denials {
+    async fn on_connect(&self, _tx: &mpsc::Sender<v1::AgentMessage>) {
+        // Everything not acknowledged goes again, in order.
+        self.sent_upto.store(0, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    async fn on_message(
+        &self,
+        msg: &v1::controller_message::Msg,
+        _tx: &mpsc::Sender<v1::AgentMessage>,
+    ) {
+        if let v1::controller_message::Msg::DenialAck(ack) = msg {
+            let mut spool = self.spool();
+            spool.ack(ack.seq);
+            if let Err(e) = spool.sync_dir() {
+                tracing::warn!(error = %e, "syncing the spool directory");
+            }
+        }
+    }
+}

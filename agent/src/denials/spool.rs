@@ -1,0 +1,277 @@
+//! The denial spool: batches that the controller has not acknowledged yet, on disk in the
+//! state dir (`spool/`), so a controller outage or an agent restart loses nothing that was
+//! spooled. Bounded by bytes: when full, the oldest batches are dropped and *counted*
+//! (the count rides on the next batch as `spool_dropped`).
+//!
+//! Layout: `spool/<seq:020>.json` (one wire batch each, written temp + fsync + rename),
+//! `spool/meta.json` (`epoch`, `next_seq`, `dropped` not yet reported). Sequence numbers
+//! never go back within an epoch; a new spool gets a new random epoch. Single writer: the
+//! agent's denial pipeline. No network I/O here.
+
+use portcullis_proto::v1;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spool meta {path}: {message}")]
+    Meta { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+struct Meta {
+    epoch: u64,
+    next_seq: u64,
+    dropped: u64,
+}
+
+/// Unacknowledged batches, oldest first, bounded by `max_bytes`.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    meta: Meta,
+    /// seq -> (encoded size on disk, drops that batch reports)
+    files: BTreeMap<u64, (u64, u64)>,
+    /// Batches dropped because the spool was full (cumulative, this process).
+    pub dropped_total: u64,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_data().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+impl Spool {
+    /// Open (or create) the spool in `dir`.
+    pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, SpoolError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let meta_path = dir.join("meta.json");
+        let meta = match fs::read(&meta_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| SpoolError::Meta {
+                path: meta_path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta {
+                epoch: rand::random::<u64>() | 1,
+                next_seq: 1,
+                dropped: 0,
+            },
+            Err(e) => return Err(io(&meta_path)(e)),
+        };
+        let mut files = BTreeMap::new();
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = name.strip_suffix(".pb").and_then(|s| s.parse::<u64>().ok()) {
+                let bytes = fs::read(entry.path()).map_err(io(&entry.path()))?;
+                match v1::DenialBatch::decode(bytes.as_slice()) {
+                    Ok(b) => {
+                        files.insert(seq, (bytes.len() as u64, b.spool_dropped));
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %name, error = %e, "corrupt spooled batch removed");
+                        let _ = fs::remove_file(entry.path());
+                    }
+                }
+            } else if name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let mut spool = Self {
+            dir,
+            max_bytes,
+            meta,
+            files,
+            dropped_total: 0,
+        };
+        if let Some((&last, _)) = spool.files.last_key_value() {
+            spool.meta.next_seq = spool.meta.next_seq.max(last + 1);
+        }
+        spool.save_meta()?;
+        Ok(spool)
+    }
+
+    fn save_meta(&self) -> Result<(), SpoolError> {
+        let bytes = serde_json::to_vec(&self.meta).map_err(|e| SpoolError::Meta {
+            path: self.dir.join("meta.json"),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.dir.join("meta.json"), &bytes)
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.pb"))
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.meta.epoch
+    }
+
+    /// Unacknowledged batches on disk.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.files.values().map(|(len, _)| len).sum()
+    }
+
+    /// Number, stamp (epoch, seq, unreported drops) and store `batch` durably.
+    /// Returns its seq.
+    pub fn append(&mut self, mut batch: v1::DenialBatch) -> Result<u64, SpoolError> {
+        let seq = self.meta.next_seq;
+        batch.seq = seq;
+        batch.epoch = self.meta.epoch;
+        batch.spool_dropped = self.meta.dropped;
+        let len = batch.encoded_len() as u64 + 16;
+        // Make room: drop the oldest, counting them (and the drops they carried).
+        while !self.files.is_empty() && self.bytes() + len > self.max_bytes {
+            if let Some((old, (_, carried))) = self.files.pop_first() {
+                let _ = fs::remove_file(self.path(old));
+                self.meta.dropped += 1 + carried;
+                self.dropped_total += 1;
+                batch.spool_dropped = self.meta.dropped;
+            }
+        }
+        let bytes = batch.encode_to_vec();
+        let carried = batch.spool_dropped;
+        self.meta.next_seq = seq + 1;
+        // Reported with this batch from now on.
+        self.meta.dropped = 0;
+        self.save_meta()?;
+        write_atomic(&self.path(seq), &bytes)?;
+        self.files.insert(seq, (bytes.len() as u64, carried));
+        Ok(seq)
+    }
+
+    /// Remove every batch with seq <= `seq` (the controller stored them).
+    pub fn ack(&mut self, seq: u64) {
+        let keep = self.files.split_off(&(seq + 1));
+        for old in std::mem::replace(&mut self.files, keep).into_keys() {
+            let _ = fs::remove_file(self.path(old));
+        }
+    }
+
+    /// Batches with seq > `after`, oldest first (for sending).
+    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<v1::DenialBatch>, SpoolError> {
+        let mut out = Vec::new();
+        for (&seq, _) in self.files.range(after + 1..).take(max) {
+            let p = self.path(seq);
+            let bytes = match fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&p)(e)),
+            };
+            match v1::DenialBatch::decode(bytes.as_slice()) {
+                Ok(b) => out.push(b),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "corrupt spooled batch removed");
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sync the directory so renames and removals survive a crash.
+    pub fn sync_dir(&self) -> Result<(), SpoolError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn batch(n: u64) -> v1::DenialBatch {
+        v1::DenialBatch {
+            seen: n,
+            sent: n,
+            entries: vec![v1::DenialEntry {
+                src: "10.77.0.100".into(),
+                count: n,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn appends_acks_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        let epoch = s.epoch();
+        assert_eq!(s.append(batch(1)).unwrap(), 1);
+        assert_eq!(s.append(batch(2)).unwrap(), 2);
+        assert_eq!(s.append(batch(3)).unwrap(), 3);
+        s.ack(1);
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.epoch(), epoch);
+        let pending = s.read_after(0, 10).unwrap();
+        assert_eq!(
+            pending.iter().map(|b| b.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert!(pending.iter().all(|b| b.epoch == epoch));
+        s.ack(3);
+        assert!(s.is_empty());
+        // Numbering continues after everything was acknowledged and the spool reopened.
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.append(batch(4)).unwrap(), 4);
+    }
+
+    #[test]
+    fn full_spool_drops_oldest_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = batch(1).encoded_len() as u64 + 16;
+        let mut s = Spool::open(dir.path(), one * 3).unwrap();
+        for i in 1..=10 {
+            s.append(batch(i)).unwrap();
+        }
+        assert!(s.len() <= 3);
+        let pending = s.read_after(0, 100).unwrap();
+        let dropped: u64 = pending.iter().map(|b| b.spool_dropped).sum();
+        assert_eq!(dropped + pending.len() as u64, 10, "{pending:?}");
+        assert_eq!(s.dropped_total, 10 - pending.len() as u64);
+    }
+}
