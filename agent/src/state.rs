@@ -4,7 +4,10 @@
 //! ruleset that was verified in the kernel, and when. It is written atomically (temp file,
 //! fsync, rename, fsync of the directory), so a crash leaves either the old record or the
 //! new one, never a torn file. Nothing else in the agent writes this file.
+//! [`StateDir::lock`] (an exclusive `flock` on `<dir>/lock`) serializes every agent
+//! process and thread that changes the table or the record (the daemon and a CLI `apply`).
 
+use nix::fcntl::{Flock, FlockArg};
 use portcullis_policy::{HostPolicy, Ruleset, RulesetHash};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -15,6 +18,7 @@ use std::path::{Path, PathBuf};
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
 const LKG_FILE: &str = "last-known-good.json";
+const LOCK_FILE: &str = "lock";
 const FORMAT: u32 = 1;
 
 /// What was last applied *and verified* in the kernel.
@@ -103,17 +107,36 @@ impl StateDir {
         Ok(Some(lkg))
     }
 
-    /// Replaces the record atomically and durably.
-    pub fn store(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StateError::Io { path, source }
-        };
+    fn create(&self) -> Result<(), StateError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(io(&self.dir))?;
+            .map_err(io(&self.dir))
+    }
+
+    /// Takes the exclusive lock (blocking until it is free); released on drop.
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        self.create()?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(StateLock)
+            .map_err(|(_, errno)| StateError::Io {
+                path,
+                source: errno.into(),
+            })
+    }
+
+    /// Replaces the record atomically and durably.
+    pub fn store(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
+        self.create()?;
         let path = self.lkg_path();
         let tmp = self.dir.join(format!("{LKG_FILE}.tmp"));
         let mut body = serde_json::to_vec_pretty(lkg).map_err(|source| StateError::Corrupt {
@@ -146,6 +169,15 @@ impl StateDir {
     }
 }
 
+/// Held while the table or the record is being changed; see [`StateDir::lock`].
+#[derive(Debug)]
+pub struct StateLock(#[allow(dead_code)] Flock<File>);
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { path, source }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -174,6 +206,21 @@ mod tests {
         state.clear().expect("clear");
         state.clear().expect("clear twice");
         assert_eq!(state.load().expect("load"), None);
+    }
+
+    #[test]
+    fn lock_is_exclusive_across_open_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        let held = state.lock().expect("lock");
+        let other = File::open(dir.path().join(LOCK_FILE)).expect("open");
+        let Err((_, errno)) = Flock::lock(other, FlockArg::LockExclusiveNonblock) else {
+            panic!("second lock succeeded while the first is held");
+        };
+        assert_eq!(errno, nix::errno::Errno::EWOULDBLOCK);
+        drop(held);
+        let again = File::open(dir.path().join(LOCK_FILE)).expect("open");
+        assert!(Flock::lock(again, FlockArg::LockExclusiveNonblock).is_ok());
     }
 
     #[test]
