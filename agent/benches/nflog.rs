@@ -11,9 +11,7 @@
 
 #[path = "nflog/e2e.rs"]
 mod e2e;
-#[allow(dead_code, unused_imports)]
-#[path = "../src/nflog/mod.rs"]
-mod nflog;
+use portcullis_agent::nflog;
 #[path = "../tests/nflog_support/mod.rs"]
 mod nflog_support;
 #[path = "nflog/ulogd.rs"]

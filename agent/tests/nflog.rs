@@ -3,10 +3,7 @@
 //!
 //! Fails (does not skip) without root unless `PORTCULLIS_SKIP_NETNS=1`.
 
-// The module is compiled in here by path so this test does not depend on `lib.rs`.
-#[allow(dead_code, unused_imports)]
-#[path = "../src/nflog/mod.rs"]
-mod nflog;
+use portcullis_agent::nflog;
 mod nflog_support;
 
 use nflog::{Action, Aggregator, DenialEvent, DenialReader, ReaderConfig};
