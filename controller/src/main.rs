@@ -83,17 +83,21 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = if is_connect_error(&e) {
-                exit::UNREACHABLE
-            } else {
-                1
-            };
-            std::process::exit(code);
+            std::process::exit(exit_code(&e));
         }
     }
 }
 
-fn is_connect_error(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<tonic::transport::Error>().is_some())
+/// Exit code for an error that ended a command.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    use portcullis_controller::cli::connect::{Unreachable, UsageError};
+    if e.downcast_ref::<UsageError>().is_some() {
+        exit::INVALID
+    } else if e.downcast_ref::<Unreachable>().is_some()
+        || e.chain().any(|c| c.downcast_ref::<tonic::transport::Error>().is_some())
+    {
+        exit::UNREACHABLE
+    } else {
+        1
+    }
 }

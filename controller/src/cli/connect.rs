@@ -105,20 +105,39 @@ impl ConnectArgs {
         })
     }
 
-    /// Connect an Admin client (mutual TLS).
+    /// Connect an Admin client (mutual TLS). Configuration problems are [`UsageError`]s
+    /// (exit 2), network ones [`Unreachable`] (exit 4).
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        let r = self.resolve()?;
-        let tls = crate::pki::tls::client_tls(&r.ca, &r.cert, &r.key, None)?;
-        let channel = Endpoint::from_shared(r.controller.clone())
-            .with_context(|| format!("bad controller URL {:?}", r.controller))?
-            .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the controller at {}", r.controller))?;
+        let r = self.resolve().map_err(|e| UsageError(format!("{e:#}")))?;
+        let tls = crate::pki::tls::client_tls(&r.ca, &r.cert, &r.key, None)
+            .map_err(|e| UsageError(format!("TLS material: {e}")))?;
+        let endpoint = Endpoint::from_shared(r.controller.clone())
+            .map_err(|e| UsageError(format!("bad controller URL {:?}: {e}", r.controller)))?
+            .tls_config(tls)
+            .map_err(|e| UsageError(format!("TLS configuration: {e}")))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            Unreachable(format!("cannot reach the controller at {}: {msg}", r.controller))
+        })?;
         Ok(AdminClient::new(channel).max_decoding_message_size(64 << 20))
     }
 }
+
+/// Bad CLI configuration (missing flags, unreadable certificate files): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The controller could not be reached: exit 4.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
 
 /// A gRPC error as one line for a person, with the exit code it maps to.
 pub fn status_exit(s: &tonic::Status) -> i32 {
