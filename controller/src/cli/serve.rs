@@ -23,6 +23,12 @@ pub struct ServeArgs {
     /// Close connections beyond this many (keep below the fd limit, RLIMIT_NOFILE)
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 19_000)]
     pub max_connections: usize,
+    /// Delete denial log rows older than this (e.g. 14d, 36h); 0 keeps them
+    #[arg(long, env = "PORTCULLIS_LOG_RETENTION", default_value = "14d", value_parser = humantime::parse_duration)]
+    pub log_retention: std::time::Duration,
+    /// Keep at most this many denial log rows (the newest); 0 is unlimited
+    #[arg(long, env = "PORTCULLIS_LOG_MAX_ROWS", default_value_t = 20_000_000)]
+    pub log_max_rows: u64,
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -33,6 +39,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         db: args.db,
         pki: args.pki,
         max_connections: args.max_connections,
+        logs: crate::server::logs::LogsConfig {
+            retention: (!args.log_retention.is_zero()).then_some(args.log_retention),
+            max_rows: (args.log_max_rows > 0).then_some(args.log_max_rows),
+            ..Default::default()
+        },
     };
     run(config, listener, shutdown_signal()).await?;
     Ok(0)

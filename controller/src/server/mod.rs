@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub pki: PathBuf,
     /// Connections beyond this are closed at accept (stay below RLIMIT_NOFILE).
     pub max_connections: usize,
+    /// Denial log retention.
+    pub logs: logs::LogsConfig,
 }
 
 /// State shared by the services.
@@ -79,7 +81,8 @@ pub async fn run(
         revoked: RevocationList::open(config.pki.join("revoked.txt"))
             .context("loading the revocation list")?,
         drift: drift::DriftState::default(),
-        logs: logs::LogsState::default(),
+        logs: logs::LogsState::start(&config.db, &config.logs)
+            .context("starting the denial log writer")?,
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db.display(), max_connections = config.max_connections, "controller listening");

@@ -5,9 +5,13 @@
 //! numbered migrations applied in one transaction at open. This module knows nothing of
 //! gRPC.
 
+mod denial_query;
+mod denials;
 mod migrations;
 mod model;
 
+pub use denial_query::*;
+pub use denials::*;
 pub use model::*;
 
 use anyhow::Context as _;

@@ -15,12 +15,19 @@ pub struct TestController {
     pub addr: SocketAddr,
     pub pki: Pki,
     pub dir: tempfile::TempDir,
+    /// Denial log retention used by [`TestController::serve`].
+    pub logs: portcullis_controller::server::logs::LogsConfig,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestController {
     pub async fn start() -> Self {
+        Self::start_with_logs(Default::default()).await
+    }
+
+    /// Start with the given denial log retention.
+    pub async fn start_with_logs(logs: portcullis_controller::server::logs::LogsConfig) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let pki_dir = dir.path().join("pki");
@@ -32,6 +39,7 @@ impl TestController {
             addr: "127.0.0.1:0".parse().unwrap(),
             pki,
             dir,
+            logs,
             shutdown: None,
             handle: None,
         };
@@ -48,6 +56,7 @@ impl TestController {
             db: self.dir.path().join("controller.db"),
             pki: self.pki.dir().to_path_buf(),
             max_connections: 1000,
+            logs: self.logs.clone(),
         };
         self.shutdown = Some(tx);
         self.handle = Some(tokio::spawn(run(config, listener, async {

@@ -1,0 +1,291 @@
+//! Bounds on an agent's `DenialBatch` before anything is stored: entry count, addresses that
+//! parse (stored canonical), protocol/port ranges, short interface names, positive counts,
+//! sane times and counters. A batch that fails is rejected whole; nothing of it is stored.
+//!
+//! Also turns a `LogsRequest` into a store filter. Pure: no I/O; the clock is a parameter.
+
+use crate::store::{BatchCounters, DenialFilter, FilterError, HostBatch, HostPattern, NewDenial};
+use ipnet::IpNet;
+use portcullis_proto::v1;
+use std::net::IpAddr;
+
+/// Entries per batch, at most (the agent aggregates per second; 20k distinct tuples per
+/// second per host is already a flood). 20k IPv6 entries encode to ~3 MB, under tonic's
+/// default 4 MiB message limit, which rejects anything larger before it gets here.
+pub const MAX_ENTRIES: usize = 20_000;
+/// Counters and counts above this are absurd (a billion events/s for 10+ days).
+pub const MAX_COUNTER: u64 = 1_000_000_000_000_000;
+/// Interface names are at most 15 bytes on Linux; allow some slack for other encodings.
+const MAX_IFNAME: usize = 32;
+/// Times may run ahead of the controller's clock by this much (agent clock skew).
+const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("{0} entries is more than the {MAX_ENTRIES} allowed per batch")]
+    TooManyEntries(usize),
+    #[error("{field} = {value} is out of range")]
+    Counter { field: &'static str, value: u64 },
+    #[error("entry {index}: {field}: {message}")]
+    Entry {
+        index: usize,
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn counter(field: &'static str, value: u64) -> Result<u64, BatchError> {
+    if value > MAX_COUNTER {
+        return Err(BatchError::Counter { field, value });
+    }
+    Ok(value)
+}
+
+fn addr(s: &str, allow_empty: bool) -> Result<String, String> {
+    if allow_empty && s.is_empty() {
+        return Ok(String::new());
+    }
+    s.parse::<IpAddr>()
+        .map(|a| a.to_string())
+        .map_err(|_| format!("{:?} is not an IP address", truncate(s)))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn entry(e: v1::DenialEntry, now_ms: i64) -> Result<NewDenial, (&'static str, String)> {
+    let src = addr(&e.src, false).map_err(|m| ("src", m))?;
+    let dst = addr(&e.dst, true).map_err(|m| ("dst", m))?;
+    let proto = u8::try_from(e.proto).map_err(|_| ("proto", format!("{} > 255", e.proto)))?;
+    let dport = u16::try_from(e.dport).map_err(|_| ("dport", format!("{} > 65535", e.dport)))?;
+    if e.sport > 65_535 {
+        return Err(("sport", format!("{} > 65535", e.sport)));
+    }
+    if e.ifname.len() > MAX_IFNAME || e.ifname.chars().any(char::is_control) {
+        return Err((
+            "ifname",
+            format!("{:?} is not an interface name", truncate(&e.ifname)),
+        ));
+    }
+    if e.count == 0 || e.count > MAX_COUNTER {
+        return Err(("count", format!("{} is not in 1..={MAX_COUNTER}", e.count)));
+    }
+    if e.revision > MAX_COUNTER {
+        return Err(("revision", format!("{} is out of range", e.revision)));
+    }
+    let latest = now_ms.saturating_add(MAX_FUTURE_MS);
+    if e.first_unix_ms <= 0 || e.first_unix_ms > e.last_unix_ms || e.last_unix_ms > latest {
+        return Err((
+            "first_unix_ms/last_unix_ms",
+            format!(
+                "{}..{} is not a time range ending before the controller's now + 1 day",
+                e.first_unix_ms, e.last_unix_ms
+            ),
+        ));
+    }
+    Ok(NewDenial {
+        src,
+        dst,
+        proto,
+        dport,
+        ifname: e.ifname,
+        count: e.count,
+        first_ms: e.first_unix_ms,
+        last_ms: e.last_unix_ms,
+        revision: e.revision,
+        audit: e.audit,
+    })
+}
+
+/// Check `batch` from `host` and convert it for the store.
+pub fn host_batch(
+    host: &str,
+    batch: v1::DenialBatch,
+    now_ms: i64,
+) -> Result<HostBatch, BatchError> {
+    if batch.entries.len() > MAX_ENTRIES {
+        return Err(BatchError::TooManyEntries(batch.entries.len()));
+    }
+    let counters = BatchCounters {
+        seq: counter("seq", batch.seq)?,
+        seen: counter("seen", batch.seen)?,
+        dropped_by_agent: counter("dropped_by_agent", batch.dropped_by_agent)?,
+        socket_overruns: counter("socket_overruns", batch.socket_overruns)?,
+        kernel_suppressed: if batch.has_kernel_suppressed {
+            counter("kernel_suppressed", batch.kernel_suppressed)?
+        } else {
+            0
+        },
+        spool_dropped: counter("spool_dropped", batch.spool_dropped)?,
+    };
+    counter("sent", batch.sent)?;
+    let rows = batch
+        .entries
+        .into_iter()
+        .enumerate()
+        .map(|(index, e)| {
+            entry(e, now_ms).map_err(|(field, message)| BatchError::Entry {
+                index,
+                field,
+                message,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HostBatch {
+        host: host.to_string(),
+        counters,
+        rows,
+    })
+}
+
+/// Why a `LogsRequest` is not a valid filter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Host(#[from] FilterError),
+    #[error("port {0} is not in 1..=65535")]
+    Port(u32),
+    #[error("protocol {0} is not a protocol number (6 tcp, 17 udp)")]
+    Proto(u32),
+    #[error("source {0:?} is not an address or CIDR (e.g. 192.0.2.0/24, 2001:db8::/32)")]
+    Source(String),
+    #[error("the window ends ({until}) before it starts ({since})")]
+    Window { since: i64, until: i64 },
+}
+
+/// Parse an address or CIDR (`192.0.2.7` is `192.0.2.7/32`).
+pub fn parse_source(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .map(|n| n.trunc())
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// The store filter a request describes.
+pub fn filter(req: &v1::LogsRequest) -> Result<DenialFilter, RequestError> {
+    let port = match req.port {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| RequestError::Port(p))?),
+    };
+    let proto = match req.proto {
+        0 => None,
+        p => Some(u8::try_from(p).map_err(|_| RequestError::Proto(p))?),
+    };
+    let source = match req.source_cidr.trim() {
+        "" => None,
+        s => Some(parse_source(s).ok_or_else(|| RequestError::Source(s.to_string()))?),
+    };
+    let since_ms = (req.since_unix_ms > 0).then_some(req.since_unix_ms);
+    let until_ms = (req.until_unix_ms > 0).then_some(req.until_unix_ms);
+    if let (Some(since), Some(until)) = (since_ms, until_ms)
+        && until < since
+    {
+        return Err(RequestError::Window { since, until });
+    }
+    Ok(DenialFilter {
+        hosts: HostPattern::parse(&req.host_pattern)?,
+        port,
+        proto,
+        source,
+        since_ms,
+        until_ms,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn e() -> v1::DenialEntry {
+        v1::DenialEntry {
+            src: "2001:DB8::1".into(),
+            dst: "10.0.0.1".into(),
+            proto: 6,
+            dport: 22,
+            sport: 40000,
+            ifname: "eth0".into(),
+            count: 2,
+            first_unix_ms: 1_000,
+            last_unix_ms: 2_000,
+            revision: 3,
+            audit: false,
+        }
+    }
+
+    fn b(entries: Vec<v1::DenialEntry>) -> v1::DenialBatch {
+        v1::DenialBatch {
+            seq: 1,
+            entries,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_and_canonicalises() {
+        let hb = host_batch("h1", b(vec![e()]), 10_000).unwrap();
+        assert_eq!(hb.rows[0].src, "2001:db8::1");
+        assert_eq!(hb.counters.seq, 1);
+    }
+
+    #[test]
+    fn rejects_malformed_entries() {
+        let cases: Vec<(fn(&mut v1::DenialEntry), &str)> = vec![
+            (|e| e.src = "not-an-ip".into(), "src"),
+            (|e| e.dport = 70_000, "dport"),
+            (|e| e.proto = 300, "proto"),
+            (|e| e.count = 0, "count"),
+            (|e| e.ifname = "x".repeat(100), "ifname"),
+            (|e| e.first_unix_ms = 3_000, "first_unix_ms"),
+            (|e| e.last_unix_ms = i64::MAX, "first_unix_ms"),
+        ];
+        for (mutate, field) in cases {
+            let mut x = e();
+            mutate(&mut x);
+            let err = host_batch("h1", b(vec![e(), x]), 10_000).unwrap_err();
+            assert!(
+                matches!(&err, BatchError::Entry { index: 1, field: f, .. } if f.starts_with(field)),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_oversized_and_absurd_counters() {
+        let big = b(vec![e(); MAX_ENTRIES + 1]);
+        assert_eq!(
+            host_batch("h1", big, 10_000).unwrap_err(),
+            BatchError::TooManyEntries(MAX_ENTRIES + 1)
+        );
+        let mut x = b(vec![]);
+        x.seen = u64::MAX;
+        assert!(matches!(
+            host_batch("h1", x, 0),
+            Err(BatchError::Counter { field: "seen", .. })
+        ));
+    }
+
+    #[test]
+    fn request_filters() {
+        let mut r = v1::LogsRequest {
+            host_pattern: "web*".into(),
+            port: 22,
+            proto: 6,
+            source_cidr: "192.0.2.9/24".into(),
+            ..Default::default()
+        };
+        let f = filter(&r).unwrap();
+        assert_eq!(f.source.unwrap().to_string(), "192.0.2.0/24");
+        assert_eq!((f.port, f.proto), (Some(22), Some(6)));
+        r.port = 70_000;
+        assert_eq!(filter(&r), Err(RequestError::Port(70_000)));
+        r.port = 0;
+        r.source_cidr = "nope".into();
+        assert!(matches!(filter(&r), Err(RequestError::Source(_))));
+        r.source_cidr = String::new();
+        (r.since_unix_ms, r.until_unix_ms) = (10, 5);
+        assert!(matches!(filter(&r), Err(RequestError::Window { .. })));
+    }
+}

@@ -1,0 +1,196 @@
+//! The denial writer: one OS thread with its own SQLite connection that stores batches from
+//! every agent session with group commit (everything queued, up to a row budget, in one
+//! transaction), answers each submitter after the commit, publishes the stored rows to live
+//! followers, and runs retention deletes one small chunk at a time between groups.
+//!
+//! It must never run a long statement: ingest from all agents waits behind it.
+
+use crate::store::{self, BatchOutcome, HostBatch, NewDenial};
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Rows per group commit, at most (a group always takes at least one batch).
+const GROUP_ROWS: usize = 50_000;
+/// Batches queued for the writer before submitters wait (backpressure to the sessions).
+const QUEUE_DEPTH: usize = 1024;
+
+/// Rows stored from one batch, as published to `--follow` subscribers.
+#[derive(Debug)]
+pub struct LiveRows {
+    pub host: String,
+    /// Row id of `rows[0]`; the rest follow consecutively.
+    pub first_id: i64,
+    pub rows: Vec<NewDenial>,
+}
+
+pub type Live = broadcast::Sender<Arc<LiveRows>>;
+
+/// One retention step.
+#[derive(Debug, Clone, Copy)]
+pub enum Sweep {
+    /// Delete rows last seen before this time (ms).
+    OlderThan(i64),
+    /// Keep only the newest this many rows.
+    MaxRows(u64),
+}
+
+enum Job {
+    Batch(HostBatch, oneshot::Sender<Result<BatchOutcome, String>>),
+    Sweep(Sweep, usize, oneshot::Sender<Result<usize, String>>),
+}
+
+/// Submits work to the writer thread; cheap to clone. The thread ends when every handle
+/// (but not [`WeakWriter`]s) is gone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WeakWriter(mpsc::WeakSender<Job>);
+
+impl WeakWriter {
+    pub fn upgrade(&self) -> Option<Writer> {
+        self.0.upgrade().map(|tx| Writer { tx })
+    }
+}
+
+/// Open a connection to the (already migrated) database for the writer or a reader.
+pub fn open_connection(db: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(db)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+impl Writer {
+    /// Start the writer thread on `conn`.
+    pub fn spawn(conn: Connection, live: Live) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("denial-writer".into())
+            .spawn(move || run(conn, rx, &live))?;
+        Ok(Self { tx })
+    }
+
+    pub fn downgrade(&self) -> WeakWriter {
+        WeakWriter(self.tx.downgrade())
+    }
+
+    /// Store one batch; resolves after its group is committed.
+    pub async fn submit(&self, batch: HostBatch) -> anyhow::Result<BatchOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Batch(batch, tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("the denial writer has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the denial writer has stopped"))?
+            .map_err(|e| anyhow::anyhow!("storing denials: {e}"))
+    }
+
+    /// Delete at most `chunk` rows for `sweep`; returns how many were deleted.
+    pub async fn sweep(&self, sweep: Sweep, chunk: usize) -> anyhow::Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Sweep(sweep, chunk, tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("the denial writer has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the denial writer has stopped"))?
+            .map_err(|e| anyhow::anyhow!("retention: {e}"))
+    }
+}
+
+type Reply = oneshot::Sender<Result<BatchOutcome, String>>;
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, live: &Live) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(j) => j,
+            None => match rx.blocking_recv() {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let (batch, reply) = match first {
+            Job::Sweep(s, chunk, reply) => {
+                let r = match s {
+                    Sweep::OlderThan(t) => store::delete_denials_before(&conn, t, chunk),
+                    Sweep::MaxRows(n) => store::delete_denials_over(&conn, n, chunk),
+                };
+                let _ = reply.send(r.map_err(|e| format!("{e:#}")));
+                continue;
+            }
+            Job::Batch(b, r) => (b, r),
+        };
+        let mut rows = batch.rows.len();
+        let (mut batches, mut replies) = (vec![batch], vec![reply]);
+        while rows < GROUP_ROWS {
+            match rx.try_recv() {
+                Ok(Job::Batch(b, r)) => {
+                    rows += b.rows.len();
+                    batches.push(b);
+                    replies.push(r);
+                }
+                Ok(sweep) => {
+                    pending = Some(sweep);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut conn, batches, replies, live);
+    }
+}
+
+/// Store a group in one transaction; if that fails, store each batch on its own so one
+/// bad batch cannot fail the others.
+fn commit_group(conn: &mut Connection, batches: Vec<HostBatch>, replies: Vec<Reply>, live: &Live) {
+    let started = std::time::Instant::now();
+    match store::store_batches(conn, &batches) {
+        Ok(outcomes) => {
+            tracing::trace!(
+                batches = batches.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "denial group committed"
+            );
+            finish(batches, replies, outcomes, live);
+        }
+        Err(e) if batches.len() > 1 => {
+            tracing::warn!(error = %e, batches = batches.len(), "denial group commit failed; storing batches one by one");
+            for (b, r) in batches.into_iter().zip(replies) {
+                commit_group(conn, vec![b], vec![r], live);
+            }
+        }
+        Err(e) => {
+            let host = batches.first().map(|b| b.host.clone()).unwrap_or_default();
+            tracing::error!(%host, error = %e, "storing a denial batch failed");
+            for r in replies {
+                let _ = r.send(Err(format!("{e:#}")));
+            }
+        }
+    }
+}
+
+fn finish(batches: Vec<HostBatch>, replies: Vec<Reply>, outcomes: Vec<BatchOutcome>, live: &Live) {
+    let publish = live.receiver_count() > 0;
+    for ((b, r), outcome) in batches.into_iter().zip(replies).zip(outcomes) {
+        let _ = r.send(Ok(outcome));
+        if let BatchOutcome::Stored { first_id, .. } = outcome
+            && publish
+            && !b.rows.is_empty()
+        {
+            let _ = live.send(Arc::new(LiveRows {
+                host: b.host,
+                first_id,
+                rows: b.rows,
+            }));
+        }
+    }
+}

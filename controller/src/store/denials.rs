@@ -1,0 +1,325 @@
+//! Denial log writes: store agents' aggregated denial batches (idempotent by the agent's
+//! batch sequence number), keep per-host loss totals, and trim old rows in small chunks.
+//!
+//! Every function takes the connection so the caller owns the transaction boundary; the
+//! controller's single denial writer calls [`store_batches`] once per group commit. This
+//! module validates nothing (the server does, before calling) and knows nothing of gRPC.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// One aggregated denial as stored (source, protocol, port, interface over an interval).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewDenial {
+    pub src: String,
+    pub dst: String,
+    pub proto: u8,
+    pub dport: u16,
+    pub ifname: String,
+    pub count: u64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub revision: u64,
+    pub audit: bool,
+}
+
+/// A stored denial row with its host and row id (ids grow with insertion order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DenialRecord {
+    pub id: i64,
+    pub host: String,
+    #[serde(flatten)]
+    pub denial: NewDenial,
+}
+
+/// The accounting part of one agent batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounters {
+    pub seq: u64,
+    pub seen: u64,
+    pub dropped_by_agent: u64,
+    pub socket_overruns: u64,
+    pub kernel_suppressed: u64,
+    pub spool_dropped: u64,
+}
+
+/// One validated agent batch, ready to store.
+#[derive(Debug, Clone, Default)]
+pub struct HostBatch {
+    pub host: String,
+    pub counters: BatchCounters,
+    pub rows: Vec<NewDenial>,
+}
+
+/// What [`store_batches`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Stored; `first_id..=last_id` are the new rows (empty range when the batch had none).
+    Stored { first_id: i64, last_id: i64 },
+    /// `seq` was at or below the host's last stored seq: acknowledged, not stored again.
+    Duplicate { last_seq: u64 },
+}
+
+/// Per-host loss accounting, summed over every stored batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostTotals {
+    pub host: String,
+    pub last_seq: u64,
+    pub seen: u64,
+    /// Events stored (sum of row counts).
+    pub stored: u64,
+    pub dropped_by_agent: u64,
+    pub socket_overruns: u64,
+    pub kernel_suppressed: u64,
+    pub spool_dropped: u64,
+}
+
+fn i(v: u64) -> i64 {
+    // Validation bounds every counter far below i64::MAX; saturate as a last resort.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const INSERT_ROW: &str = "INSERT INTO denials
+    (host, first_ms, last_ms, src, dst, proto, dport, ifname, count, revision, audit)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
+    (host, last_seq, seen, stored, dropped_by_agent, socket_overruns, kernel_suppressed, spool_dropped)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT(host) DO UPDATE SET
+      last_seq = excluded.last_seq,
+      seen = seen + excluded.seen,
+      stored = stored + excluded.stored,
+      dropped_by_agent = dropped_by_agent + excluded.dropped_by_agent,
+      socket_overruns = socket_overruns + excluded.socket_overruns,
+      kernel_suppressed = kernel_suppressed + excluded.kernel_suppressed,
+      spool_dropped = spool_dropped + excluded.spool_dropped";
+
+/// Store `batches` (in order) in ONE transaction: rows and totals of every new batch, nothing
+/// for a batch whose seq is not above its host's last stored seq (an agent resending after a
+/// reconnect). A host's first batch may have any seq, 0 included. All or nothing.
+pub fn store_batches(
+    conn: &mut Connection,
+    batches: &[HostBatch],
+) -> anyhow::Result<Vec<BatchOutcome>> {
+    let tx = conn.transaction()?;
+    let mut outcomes = Vec::with_capacity(batches.len());
+    {
+        let mut last_seq: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut get_seq =
+            tx.prepare_cached("SELECT last_seq FROM denial_totals WHERE host = ?1")?;
+        let mut insert = tx.prepare_cached(INSERT_ROW)?;
+        let mut totals = tx.prepare_cached(UPSERT_TOTALS)?;
+        for b in batches {
+            let known = match last_seq.get(b.host.as_str()) {
+                Some(v) => *v,
+                None => get_seq
+                    .query_row([&b.host], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(u),
+            };
+            if let Some(last) = known.filter(|last| b.counters.seq <= *last) {
+                outcomes.push(BatchOutcome::Duplicate { last_seq: last });
+                continue;
+            }
+            let (mut first_id, mut last_id, mut events) = (0, -1, 0u64);
+            for (n, r) in b.rows.iter().enumerate() {
+                insert.execute(params![
+                    b.host,
+                    r.first_ms,
+                    r.last_ms,
+                    r.src,
+                    r.dst,
+                    r.proto,
+                    r.dport,
+                    r.ifname,
+                    i(r.count),
+                    i(r.revision),
+                    r.audit,
+                ])?;
+                last_id = tx.last_insert_rowid();
+                if n == 0 {
+                    first_id = last_id;
+                }
+                events = events.saturating_add(r.count);
+            }
+            let c = &b.counters;
+            totals.execute(params![
+                b.host,
+                i(c.seq),
+                i(c.seen),
+                i(events),
+                i(c.dropped_by_agent),
+                i(c.socket_overruns),
+                i(c.kernel_suppressed),
+                i(c.spool_dropped),
+            ])?;
+            last_seq.insert(b.host.as_str(), Some(c.seq));
+            outcomes.push(BatchOutcome::Stored { first_id, last_id });
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Per-host totals for the given hosts (all when `hosts` is `None`), sorted by host.
+pub fn denial_totals(
+    conn: &Connection,
+    hosts: Option<&[String]>,
+) -> anyhow::Result<Vec<HostTotals>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, last_seq, seen, stored, dropped_by_agent, socket_overruns,
+                kernel_suppressed, spool_dropped
+         FROM denial_totals ORDER BY host",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(HostTotals {
+            host: r.get(0)?,
+            last_seq: u(r.get(1)?),
+            seen: u(r.get(2)?),
+            stored: u(r.get(3)?),
+            dropped_by_agent: u(r.get(4)?),
+            socket_overruns: u(r.get(5)?),
+            kernel_suppressed: u(r.get(6)?),
+            spool_dropped: u(r.get(7)?),
+        })
+    })?;
+    let mut out = Vec::new();
+    for t in rows {
+        let t = t?;
+        if hosts.is_none_or(|h| h.contains(&t.host)) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Delete at most `chunk` rows last seen before `cutoff_ms` (oldest first); returns how many.
+/// Callers loop until 0 so ingest can interleave between chunks.
+pub fn delete_denials_before(
+    conn: &Connection,
+    cutoff_ms: i64,
+    chunk: usize,
+) -> anyhow::Result<usize> {
+    let n = conn.execute(
+        "DELETE FROM denials WHERE id IN
+           (SELECT id FROM denials WHERE last_ms < ?1 ORDER BY last_ms LIMIT ?2)",
+        params![cutoff_ms, i64::try_from(chunk).unwrap_or(i64::MAX)],
+    )?;
+    Ok(n)
+}
+
+/// Delete at most `chunk` of the oldest-inserted rows beyond the newest `max_rows` (by row
+/// id, which grows with insertion; O(log n), no COUNT(*)); returns how many.
+pub fn delete_denials_over(
+    conn: &Connection,
+    max_rows: u64,
+    chunk: usize,
+) -> anyhow::Result<usize> {
+    let max_id: Option<i64> = conn.query_row("SELECT MAX(id) FROM denials", [], |r| r.get(0))?;
+    let Some(max_id) = max_id else {
+        return Ok(0);
+    };
+    let keep_from = max_id.saturating_sub(i(max_rows)).saturating_add(1);
+    let n = conn.execute(
+        "DELETE FROM denials WHERE id IN
+           (SELECT id FROM denials WHERE id < ?1 ORDER BY id LIMIT ?2)",
+        params![keep_from, i64::try_from(chunk).unwrap_or(i64::MAX)],
+    )?;
+    Ok(n)
+}
+
+/// The newest row id (0 when empty): the high-water mark `--follow` starts after.
+pub fn max_denial_id(conn: &Connection) -> anyhow::Result<i64> {
+    let v: Option<i64> = conn.query_row("SELECT MAX(id) FROM denials", [], |r| r.get(0))?;
+    Ok(v.unwrap_or(0))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut c).unwrap();
+        c
+    }
+
+    fn row(src: &str, port: u16, count: u64, at: i64) -> NewDenial {
+        NewDenial {
+            src: src.into(),
+            dst: "10.0.0.1".into(),
+            proto: 6,
+            dport: port,
+            ifname: "eth0".into(),
+            count,
+            first_ms: at,
+            last_ms: at,
+            revision: 1,
+            audit: false,
+        }
+    }
+
+    fn batch(host: &str, seq: u64, rows: Vec<NewDenial>) -> HostBatch {
+        let seen = rows.iter().map(|r| r.count).sum::<u64>() + 2;
+        HostBatch {
+            host: host.into(),
+            counters: BatchCounters {
+                seq,
+                seen,
+                dropped_by_agent: 2,
+                ..Default::default()
+            },
+            rows,
+        }
+    }
+
+    #[test]
+    fn duplicates_by_seq_are_not_stored_twice() {
+        let mut c = conn();
+        let b0 = batch("h1", 0, vec![row("192.0.2.1", 22, 3, 1000)]);
+        let b1 = batch("h1", 1, vec![row("192.0.2.2", 23, 1, 2000)]);
+        let out = store_batches(&mut c, &[b0.clone(), b1.clone(), b0.clone()]).unwrap();
+        assert_eq!(
+            out[0],
+            BatchOutcome::Stored {
+                first_id: 1,
+                last_id: 1
+            }
+        );
+        assert_eq!(out[2], BatchOutcome::Duplicate { last_seq: 1 });
+        let out = store_batches(&mut c, &[b1]).unwrap();
+        assert_eq!(out, vec![BatchOutcome::Duplicate { last_seq: 1 }]);
+        let t = denial_totals(&c, None).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].last_seq, t[0].stored, t[0].seen), (1, 4, 8));
+        assert_eq!(t[0].dropped_by_agent, 4);
+        assert_eq!(max_denial_id(&c).unwrap(), 2);
+    }
+
+    #[test]
+    fn retention_deletes_in_chunks() {
+        let mut c = conn();
+        let rows = (0..25).map(|n| row("192.0.2.1", 22, 1, n * 10)).collect();
+        store_batches(&mut c, &[batch("h1", 1, rows)]).unwrap();
+        assert_eq!(delete_denials_before(&c, 100, 4).unwrap(), 4);
+        assert_eq!(delete_denials_before(&c, 100, 100).unwrap(), 6);
+        assert_eq!(delete_denials_before(&c, 100, 100).unwrap(), 0);
+        assert_eq!(delete_denials_over(&c, 10, 3).unwrap(), 3);
+        while delete_denials_over(&c, 10, 3).unwrap() > 0 {}
+        let ids: Vec<i64> = c
+            .prepare("SELECT id FROM denials ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ids, (16..=25).collect::<Vec<_>>());
+    }
+}
