@@ -21,7 +21,7 @@ use portcullis_policy::{
     compile, diff, parse_readback, plan,
 };
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// Why an agent operation failed. Whatever the cause, a failed apply leaves the kernel as
@@ -53,6 +53,9 @@ pub enum AgentError {
 pub struct Agent {
     dataplane: Arc<dyn Dataplane>,
     state: StateDir,
+    /// Serializes kernel operations (apply, verify, heal) of every clone, so a drift check
+    /// never sees an apply half done, and a heal never overwrites a newer revision.
+    op: Arc<Mutex<()>>,
 }
 
 /// The kernel's table, parsed.
@@ -63,7 +66,22 @@ struct Kernel {
 
 impl Agent {
     pub fn new(dataplane: Arc<dyn Dataplane>, state: StateDir) -> Self {
-        Self { dataplane, state }
+        Self {
+            dataplane,
+            state,
+            op: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Holds the operation lock (a panic while holding it leaves nothing half-written:
+    /// the kernel transaction is atomic and the state file is replaced atomically).
+    fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.op.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The dataplane (read-only uses such as coexistence findings).
+    pub fn dataplane(&self) -> &Arc<dyn Dataplane> {
+        &self.dataplane
     }
 
     pub fn state(&self) -> &StateDir {
@@ -93,8 +111,20 @@ impl Agent {
         facts: &Facts,
         revision: u64,
     ) -> Result<AppliedReport, AgentError> {
+        let _op = self.exclusive();
+        self.reconcile_locked(policy, facts, revision)
+    }
+
+    /// [`Agent::reconcile`] for a caller that holds the operation lock.
+    fn reconcile_locked(
+        &self,
+        policy: &HostPolicy,
+        facts: &Facts,
+        revision: u64,
+    ) -> Result<AppliedReport, AgentError> {
         let started = Instant::now();
         let desired = compile(policy, facts, revision)?;
+        let _lock = self.state.lock()?;
         let before = match self.read_kernel() {
             Ok(k) => k.map(|k| k.ruleset),
             // A table we cannot even parse is replaced like any other drift.
@@ -178,6 +208,12 @@ impl Agent {
 
     /// Compares the kernel's table with last-known-good.
     pub fn verify(&self) -> Result<VerifyReport, AgentError> {
+        let _op = self.exclusive();
+        self.verify_locked()
+    }
+
+    /// [`Agent::verify`] for a caller that holds the operation lock.
+    fn verify_locked(&self) -> Result<VerifyReport, AgentError> {
         let Some(lkg) = self.state.load()? else {
             return Ok(VerifyReport {
                 status: VerifyStatus::NothingApplied,
@@ -267,6 +303,8 @@ impl Agent {
     /// Deletes our table (only ours). With `forget`, also clears last-known-good, so a
     /// restart does not re-apply it and `verify` reports "nothing applied".
     pub fn remove(&self, forget: bool) -> Result<bool, AgentError> {
+        let _op = self.exclusive();
+        let _lock = self.state.lock()?;
         let existed = self.dataplane.read_back()?.is_some();
         self.dataplane.remove()?;
         if forget {
@@ -288,6 +326,10 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Audit => "audit",
     }
 }
+
+mod drift;
+
+pub use drift::DriftCheck;
 
 #[cfg(test)]
 mod tests;

@@ -54,4 +54,10 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
 
     /// Deletes our table (and nothing else); succeeds when it is already absent.
     fn remove(&self) -> Result<(), DataplaneError>;
+
+    /// `nft -j list ruleset`, read only: other tables, for coexistence findings. `None`
+    /// when this dataplane cannot see other tables (the fake).
+    fn read_ruleset(&self) -> Result<Option<String>, DataplaneError> {
+        Ok(None)
+    }
 }

@@ -11,6 +11,7 @@
 //!   reconnect with jittered backoff).
 //! - [`nflog`] and [`denials`]: denied packets from NFLOG, aggregated, counted, spooled
 //!   on disk and sent to the controller.
+//! - [`drift`]: the drift loop (nft events + timer, heal with backoff, coexistence).
 //! - [`cli`]: the standalone subcommands (`apply`, `show`, `verify`, `remove`).
 //!
 //! The policy logic itself lives in `portcullis-policy`; this crate only does I/O around it
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod cli;
 pub mod dataplane;
+pub mod drift;
 pub mod denials;
 pub mod facts;
 pub mod nflog;

@@ -49,6 +49,17 @@ pub struct RunArgs {
     /// Longest reconnect delay
     #[arg(long, env = "PORTCULLIS_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
+    /// Drift timer: verify the kernel against last-known-good at least this often (the
+    /// safety net under the nftables event path)
+    #[arg(long, env = "PORTCULLIS_DRIFT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drift_interval: Duration,
+    /// Drift event path: verify after every nftables change (`nft monitor`);
+    /// `--drift-events=false` leaves only the timer
+    #[arg(long, env = "PORTCULLIS_DRIFT_EVENTS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub drift_events: bool,
+    /// Heal storm limit: heals allowed per minute before backing off exponentially
+    #[arg(long, env = "PORTCULLIS_DRIFT_HEAL_BURST", default_value_t = 5)]
+    pub drift_heal_burst: usize,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -91,8 +102,19 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
         spool_max_bytes: args.spool_max,
         nft: global.nft.clone(),
     });
+    let mut drift = crate::drift::DriftConfig::new(
+        args.drift_interval.max(Duration::from_millis(100)),
+        args.drift_events,
+        global.nft.clone(),
+    );
+    drift.heal_burst = args.drift_heal_burst;
     runtime.block_on(async move {
         let mut companions = Companions::new();
+        companions.add(crate::drift::DriftCompanion::spawn(
+            agent.clone(),
+            drift,
+            companions.uplink(),
+        ));
         if let Some(dc) = denial_config {
             companions.add(crate::denials::Denials::start(dc, companions.uplink())?);
         }

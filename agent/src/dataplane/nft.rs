@@ -108,4 +108,17 @@ impl Dataplane for NftDataplane {
     fn remove(&self) -> Result<(), DataplaneError> {
         self.apply(&delete_script())
     }
+
+    fn read_ruleset(&self) -> Result<Option<String>, DataplaneError> {
+        let args = ["-j", "list", "ruleset"];
+        let output = self.run(&args, None)?;
+        if !output.status.success() {
+            return Err(self.fail(&args, &output));
+        }
+        String::from_utf8(output.stdout)
+            .map(Some)
+            .map_err(|_| DataplaneError::Output {
+                command: self.command_line(&args),
+            })
+    }
 }

@@ -1,0 +1,56 @@
+//! The event path of drift detection: `nft monitor` (netlink group NFNLGRP_NFTABLES) as a
+//! child process; every line it prints (a table/chain/rule/set/element change or the
+//! `# new generation N by process PID` closing a transaction) wakes the drift loop.
+//!
+//! Our own transactions wake it too: the loop then verifies (readback + semantic diff) and
+//! finds nothing, so no pid bookkeeping is needed and no own change is ever reported as
+//! drift. If `nft monitor` exits, it is restarted with backoff; the timer path covers the
+//! gap. Read only: this never changes the ruleset.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::sync::Notify;
+
+const RESTART_MIN: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// Runs `nft monitor` forever, calling `wake.notify_one()` on every event line.
+pub async fn run(nft: PathBuf, wake: Arc<Notify>) {
+    let mut delay = RESTART_MIN;
+    loop {
+        match watch_once(&nft, &wake).await {
+            Ok(()) => tracing::warn!("`nft monitor` exited; restarting"),
+            Err(e) => tracing::warn!(error = %e, "`nft monitor` failed; restarting"),
+        }
+        // Changes may have been missed while it was down: check once more.
+        wake.notify_one();
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RESTART_MAX);
+    }
+}
+
+async fn watch_once(nft: &PathBuf, wake: &Notify) -> std::io::Result<()> {
+    let mut child = tokio::process::Command::new(nft)
+        .arg("monitor")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("nft monitor without stdout"))?;
+    tracing::debug!(pid = child.id(), "watching nftables events");
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        tracing::trace!(%line, "nft event");
+        wake.notify_one();
+    }
+    let status = child.wait().await?;
+    tracing::debug!(%status, "nft monitor ended");
+    Ok(())
+}
