@@ -3,7 +3,8 @@
 //! Parsing (site file + Ansible YAML inventory, with file:line:column errors), validation,
 //! host patterns, the policy model, `compile(policy, facts) -> Ruleset`, rendering to an
 //! `nft -f` script, parsing the kernel's `nft -j list table` readback back into a
-//! [`Ruleset`], the semantic diff, `plan`, and the ruleset hash.
+//! [`Ruleset`], the semantic diff, `plan`, the ruleset hash, rollout waves and the
+//! anti-lockout evaluation of a compiled ruleset.
 //!
 //! This crate must not do I/O, use a clock, spawn threads or be async: every function takes
 //! values and returns values, so it is tested with plain unit and property tests.
@@ -13,11 +14,13 @@ pub mod diag;
 pub mod diff;
 pub mod facts;
 pub mod inventory;
+pub mod lockout;
 pub mod model;
 pub mod parse;
 pub mod pattern;
 pub mod readback;
 pub mod render;
+pub mod rollout;
 pub mod ruleset;
 pub mod services;
 pub mod site;

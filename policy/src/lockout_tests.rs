@@ -1,0 +1,178 @@
+use super::*;
+use crate::compile::compile;
+use crate::facts::Facts;
+use crate::model::{AllowEntry, HostPolicy, InterfaceSel, Mode, Replies};
+use proptest::prelude::*;
+
+fn allow(proto: Proto, a: u16, b: u16, from: &[&str]) -> AllowEntry {
+    AllowEntry {
+        proto,
+        ports: PortRange::new(a, b).expect("range"),
+        from: from.iter().map(|s| s.parse().expect("cidr")).collect(),
+        label: format!("{a}/{proto}"),
+    }
+}
+
+fn rs(allow: Vec<AllowEntry>, replies: Replies) -> Ruleset {
+    let p = HostPolicy {
+        allow,
+        replies,
+        ..HostPolicy::default()
+    };
+    compile(&p, &Facts::default(), 1).expect("compile")
+}
+
+fn flow(proto: Proto, src: &str, dport: u16, established: bool) -> Flow {
+    Flow {
+        proto,
+        src: src.parse().expect("addr"),
+        dport,
+        iif: "eth0".into(),
+        established,
+    }
+}
+
+fn ifs() -> Vec<String> {
+    vec!["eth0".into()]
+}
+
+#[test]
+fn verdicts_follow_the_seed() {
+    let r = rs(vec![allow(Proto::Tcp, 22, 22, &[])], Replies::Ports);
+    assert_eq!(
+        verdict(&r, &flow(Proto::Tcp, "10.0.0.1", 22, false)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        verdict(&r, &flow(Proto::Tcp, "10.0.0.1", 25, false)),
+        Verdict::Drop
+    );
+    assert_eq!(
+        verdict(&r, &flow(Proto::Udp, "10.0.0.1", 22, false)),
+        Verdict::Drop
+    );
+    assert_eq!(
+        verdict(&r, &flow(Proto::Tcp, "10.0.0.1", 7443, false)),
+        Verdict::Accept
+    );
+    // Loopback is not guarded.
+    let lo = Flow {
+        iif: "lo".into(),
+        ..flow(Proto::Tcp, "10.0.0.1", 25, false)
+    };
+    assert_eq!(verdict(&r, &lo), Verdict::Accept);
+    let st = rs(vec![], Replies::Stateful);
+    assert_eq!(
+        verdict(&st, &flow(Proto::Tcp, "10.0.0.1", 7443, false)),
+        Verdict::Drop
+    );
+    assert_eq!(
+        verdict(&st, &flow(Proto::Tcp, "10.0.0.1", 40000, true)),
+        Verdict::Accept
+    );
+    // Audit mode never drops.
+    let audit = compile(
+        &HostPolicy {
+            mode: Mode::Audit,
+            ..HostPolicy::default()
+        },
+        &Facts::default(),
+        1,
+    )
+    .expect("compile");
+    assert_eq!(
+        verdict(&audit, &flow(Proto::Tcp, "10.0.0.1", 22, false)),
+        Verdict::Accept
+    );
+}
+
+#[test]
+fn keep_parses_both_spellings_and_services() {
+    let k = parse_keep("tcp/22 from 10.0.0.0/8").expect("parse");
+    assert_eq!(k.len(), 1);
+    assert_eq!(k[0].ports, PortRange::single(22));
+    assert_eq!(parse_keep("22/tcp").expect("parse").len(), 2);
+    assert_eq!(
+        parse_keep("ssh/tcp").expect("parse")[0].ports,
+        PortRange::single(22)
+    );
+    for bad in ["", "22", "icmp/1", "tcp/22 to 10.0.0.0/8", "tcp/22 from x"] {
+        assert!(parse_keep(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn keep_needs_every_source_of_the_network() {
+    let keep = parse_keep("tcp/22 from 10.0.0.0/8").expect("parse");
+    let open = rs(vec![allow(Proto::Tcp, 22, 22, &[])], Replies::Ports);
+    assert!(check(&open, &keep, &ifs()).is_empty());
+    let narrow = rs(
+        vec![allow(Proto::Tcp, 22, 22, &["10.1.0.0/16"])],
+        Replies::Ports,
+    );
+    let v = check(&narrow, &keep, &ifs());
+    assert_eq!(v.len(), 1);
+    assert!(
+        !"10.1.0.0/16"
+            .parse::<IpNet>()
+            .expect("net")
+            .contains(&v[0].denied.src)
+    );
+    let wide = rs(
+        vec![allow(Proto::Tcp, 20, 30, &["10.0.0.0/7"])],
+        Replies::Ports,
+    );
+    assert!(check(&wide, &keep, &ifs()).is_empty());
+    let none = rs(vec![], Replies::Ports);
+    assert_eq!(check(&none, &keep, &ifs())[0].denied.dport, 22);
+    // Only eth1 is guarded: traffic on eth0 passes.
+    let named = compile(
+        &HostPolicy {
+            interface: InterfaceSel::Named("eth1".into()),
+            ..HostPolicy::default()
+        },
+        &Facts::default(),
+        1,
+    )
+    .expect("compile");
+    assert!(check(&named, &keep, &ifs()).is_empty());
+    assert!(!check(&named, &keep, &["eth1".into()]).is_empty());
+}
+
+#[test]
+fn controller_paths() {
+    let ctl: IpAddr = "10.77.0.1".parse().expect("addr");
+    let agent: IpAddr = "10.77.0.2".parse().expect("addr");
+    for replies in [Replies::Ports, Replies::Stateful] {
+        assert!(check(&rs(vec![], replies), &[agent_replies(ctl)], &ifs()).is_empty());
+    }
+    let stateful = rs(vec![], Replies::Stateful);
+    let v = check(&stateful, &[controller_port(7443, agent)], &ifs());
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].to_string().contains("7443"), "{}", v[0]);
+    let allowed = rs(
+        vec![allow(Proto::Tcp, 7443, 7443, &["10.77.0.0/24"])],
+        Replies::Stateful,
+    );
+    assert!(check(&allowed, &[controller_port(7443, agent)], &ifs()).is_empty());
+}
+
+proptest! {
+    /// The boundary search agrees with brute force over a small port space.
+    #[test]
+    fn first_denied_matches_brute_force(
+        ranges in prop::collection::vec((0u16..80, 0u16..20), 0..4),
+        want in (0u16..80, 0u16..20),
+        stateful in any::<bool>(),
+    ) {
+        let allows = ranges.iter().map(|&(a, l)| allow(Proto::Tcp, a, a.saturating_add(l), &[])).collect();
+        let r = rs(allows, if stateful { Replies::Stateful } else { Replies::Ports });
+        let req = Requirement {
+            what: "t".into(), proto: Proto::Tcp,
+            ports: PortRange::new(want.0, want.0 + want.1).expect("range"),
+            from: "10.0.0.0/30".parse().expect("net"), established: false,
+        };
+        let brute = (want.0..=want.0 + want.1).any(|p| verdict(&r, &flow(Proto::Tcp, "10.0.0.1", p, false)) == Verdict::Drop);
+        prop_assert_eq!(first_denied(&r, &req, "eth0").is_some(), brute);
+    }
+}
