@@ -1,0 +1,534 @@
+//! fleet-bench: one controller pushing a revision to N simulated agents over real mutual
+//! TLS on loopback, against a raw tonic mTLS server pushing the same message to N streams.
+//!
+//! Process layout (so each server's fds, CPU and RSS are its own):
+//!   fleet-bench            orchestrator: for each N, runs `one --kind raw` then
+//!                          `one --kind controller`, collects their JSON, prints the table.
+//!   fleet-bench one ...    the server under test (in-process `portcullis_controller::server::run`,
+//!                          or the raw tonic server), plus the admin client; spawns
+//!   fleet-bench sim ...    N simulated agents (see `portcullis_bench::sim`).
+//!
+//! Measured per N: connect (all N sessions opened, TLS 1.3 mutual handshakes included),
+//! server CPU and RSS after connect, then two pushes: for the controller, `Admin.Apply`
+//! (site + inventory of N hosts) until the Apply stream reported N hosts Applied with the
+//! expected hash; for raw, one `Desired` pushed to every stream until N `Applied` acks.
+//!
+//! `cargo run --release -p portcullis-bench --bin fleet-bench -- [--sizes 100,1000,10000] [--write docs/BENCHMARKS.md]`
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis_bench::raw::{RawSession, RawState};
+use portcullis_bench::{ProcStats, Table, machine, raise_nofile, ratio, write_section};
+use portcullis_controller::pki::Pki;
+use portcullis_controller::pki::tls::{client_tls, server_tls};
+use portcullis_controller::server::{ServeConfig, expected_hash, run};
+use portcullis_policy::{Source, site};
+use portcullis_proto::v1;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt as _;
+use tonic::transport::{Endpoint, Server};
+
+#[derive(Parser, Debug)]
+#[command(about = "Controller fan-out to N simulated mTLS agents vs raw tonic")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Fleet sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1000, 10000])]
+    sizes: Vec<usize>,
+    /// Pushes measured per run (the first one also grows per-connection buffers).
+    #[arg(long, default_value_t = 3)]
+    pushes: usize,
+    /// Concurrent connection attempts of the simulated agents.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Give up on any phase after this long.
+    #[arg(long, default_value = "180s", value_parser = humantime_secs)]
+    timeout: Duration,
+    /// Replace this benchmark's section of a markdown file (e.g. docs/BENCHMARKS.md).
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One server run (internal).
+    One {
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long)]
+        n: usize,
+    },
+    /// Simulated agents (internal).
+    Sim {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        pki: PathBuf,
+        #[arg(long)]
+        n: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Serialize, Deserialize)]
+enum Kind {
+    Raw,
+    Controller,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let n = s.trim_end_matches('s');
+    n.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{s}: {e} (write e.g. 180s)"))
+}
+
+/// What one `one` run reports (a JSON line on stdout).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OneResult {
+    kind: Kind,
+    n: usize,
+    connected: usize,
+    connect_s: f64,
+    connect_cpu_s: f64,
+    rss_idle_mib: f64,
+    rss_connected_mib: f64,
+    message_bytes: usize,
+    push_s: Vec<f64>,
+    push_cpu_s: Vec<f64>,
+    applied: Vec<usize>,
+    rss_after_mib: f64,
+    sim_cpu_s: f64,
+}
+
+const PORT_BASE: u16 = 17_400;
+
+/// Binds loopback on a port below the ephemeral range (32768-60999 here).
+async fn bind() -> Result<TcpListener> {
+    for port in PORT_BASE..PORT_BASE + 200 {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
+            return Ok(l);
+        }
+    }
+    bail!("no free port in {PORT_BASE}..{}", PORT_BASE + 200)
+}
+
+/// ~2 KB policy: the seed services plus 80 distinct ports.
+fn site_yaml() -> String {
+    let mut s = String::from(
+        "- name: fleet\n  hosts: all\n  policy:\n    allow:\n      - smtp/tcp\n      - http/tcp\n      - domain/udp\n",
+    );
+    for i in 0..80 {
+        s.push_str(&format!("      - {}/tcp\n", 2000 + 2 * i));
+    }
+    s
+}
+
+fn inventory_yaml(n: usize) -> String {
+    let mut s = String::from("all:\n  children:\n    sim:\n      hosts:\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "        {}:\n",
+            portcullis_bench::sim::host_name(i)
+        ));
+    }
+    s
+}
+
+fn make_pki(dir: &Path) -> Result<Pki> {
+    let pki_dir = dir.join("pki");
+    Pki::init(&pki_dir, false)?;
+    let pki = Pki::new(&pki_dir);
+    pki.issue_controller(&["127.0.0.1".into(), "localhost".into()], false)?;
+    pki.issue_admin("bench", false)?;
+    Ok(pki)
+}
+
+struct Sim {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Sim {
+    async fn spawn(url: &str, pki: &Path, n: usize, concurrency: usize) -> Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .args(["sim", "--url", url, "--n", &n.to_string()])
+            .arg("--pki")
+            .arg(pki)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the simulated agents")?;
+        let stdout = child.stdout.take().context("sim stdout")?;
+        Ok(Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The next line starting with `tag`, split after it.
+    async fn expect(&mut self, tag: &str, timeout: Duration) -> Result<Vec<String>> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .with_context(|| format!("sim: no {tag} within {timeout:?}"))??
+            .with_context(|| format!("sim exited before {tag}"))?;
+        let rest = line
+            .strip_prefix(tag)
+            .with_context(|| format!("sim said {line:?}, expected {tag}"))?;
+        Ok(rest.split_whitespace().map(str::to_owned).collect())
+    }
+
+    fn cpu(&self) -> f64 {
+        self.child
+            .id()
+            .and_then(|pid| ProcStats::of(&pid.to_string()).ok())
+            .map_or(0.0, |s| s.cpu.as_secs_f64())
+    }
+
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn cpu_now() -> f64 {
+    ProcStats::current().map_or(0.0, |s| s.cpu.as_secs_f64())
+}
+
+fn rss_now() -> f64 {
+    ProcStats::current().map_or(0.0, |s| s.rss_bytes as f64 / 1048576.0)
+}
+
+/// One run of `kind` with `n` agents, in this process.
+async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let pki = make_pki(dir.path())?;
+    let listener = bind().await?;
+    let url = format!("https://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let shutdown = async {
+        let _ = stop_rx.await;
+    };
+    let raw = Arc::new(RawState::default());
+    let server = match kind {
+        Kind::Controller => {
+            let config = ServeConfig {
+                db: dir.path().join("controller.db"),
+                pki: pki.dir().to_path_buf(),
+                max_connections: n + 64,
+                logs: Default::default(),
+            };
+            tokio::spawn(run(config, listener, shutdown))
+        }
+        Kind::Raw => {
+            let tls = server_tls(pki.dir())?;
+            let svc = v1::session_server::SessionServer::new(RawSession { state: raw.clone() });
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tokio::spawn(async move {
+                Server::builder()
+                    .tls_config(tls)?
+                    .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                    .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await?;
+                Ok(())
+            })
+        }
+    };
+    let admin_tls = {
+        let (cert, key) = pki.cert_paths(&portcullis_controller::identity::Role::Admin(
+            "bench".into(),
+        ));
+        client_tls(&pki.ca_cert(), &cert, &key, None)?
+    };
+    let mut admin = match kind {
+        Kind::Controller => {
+            let ch = Endpoint::from_shared(url.clone())?
+                .tls_config(admin_tls)?
+                .connect()
+                .await
+                .context("admin connect")?;
+            Some(v1::admin_client::AdminClient::new(ch))
+        }
+        Kind::Raw => None,
+    };
+
+    let rss_idle = rss_now();
+    let mut sim = Sim::spawn(&url, pki.dir(), n, cli.concurrency).await?;
+    sim.expect("CERTS", cli.timeout).await?;
+    let (cpu0, t0) = (cpu_now(), Instant::now());
+    let ready = sim.expect("READY", cli.timeout).await?;
+    let connect = t0.elapsed();
+    let connect_cpu = cpu_now() - cpu0;
+    let connected: usize = ready.get(1).map_or(Ok(0), |s| s.parse())?;
+    let rss_connected = rss_now();
+
+    // The message: a Desired for this policy (what the controller sends each host).
+    let fleet = site::load_fleet(
+        &Source::new("site.yml", &site_yaml()),
+        &Source::new("inventory.yml", &inventory_yaml(n)),
+    )
+    .map_err(|d| anyhow::anyhow!("invalid bench site: {d}"))?;
+    let host0 = portcullis_bench::sim::host_name(0);
+    let policy = fleet.hosts.get(&host0).context("host 0 not targeted")?;
+    let desired = |revision: u64| v1::ControllerMessage {
+        msg: Some(v1::controller_message::Msg::Desired(v1::Desired {
+            revision,
+            policy: Some(v1::HostPolicy::from(policy)),
+            expected_hash: expected_hash(policy, &portcullis_bench::sim::facts(&host0), revision),
+            ..Default::default()
+        })),
+    };
+    let message_bytes = desired(1).encoded_len();
+
+    let mut push_s = Vec::new();
+    let mut push_cpu_s = Vec::new();
+    let mut applied = Vec::new();
+    for k in 0..cli.pushes {
+        let (cpu_a, t) = (cpu_now(), Instant::now());
+        let ok = match (&mut admin, kind) {
+            (Some(admin), Kind::Controller) => {
+                let req = v1::ApplyRequest {
+                    site_name: "site.yml".into(),
+                    site_yaml: site_yaml(),
+                    inventory_name: "inventory.yml".into(),
+                    inventory_yaml: inventory_yaml(n),
+                    ..Default::default()
+                };
+                let mut stream = admin.apply(req).await?.into_inner();
+                let mut ok = 0usize;
+                let mut answered = 0usize;
+                let deadline = tokio::time::Instant::now() + cli.timeout;
+                while answered < n {
+                    let ev = tokio::time::timeout_at(deadline, stream.next())
+                        .await
+                        .context("apply: timed out waiting for hosts")?;
+                    let Some(ev) = ev else { break };
+                    match ev?.event {
+                        Some(v1::apply_event::Event::Host(h)) => {
+                            answered += 1;
+                            if h.outcome == v1::HostOutcome::Applied as i32 {
+                                ok += 1;
+                            } else if answered - ok <= 3 {
+                                eprintln!("host {}: outcome {} {}", h.host, h.outcome, h.error);
+                            }
+                        }
+                        Some(v1::apply_event::Event::Accepted(a)) => {
+                            if !a.offline.is_empty() {
+                                eprintln!("apply: {} host(s) offline", a.offline.len());
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                ok
+            }
+            _ => {
+                let target = raw.acks() + n;
+                let msg = desired(u64::try_from(k)? + 1);
+                raw.push(&msg).await;
+                let deadline = tokio::time::Instant::now() + cli.timeout;
+                while raw.acks() < target {
+                    let notified = raw.acked.notified();
+                    if raw.acks() >= target {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        bail!("raw: {} of {n} acks", raw.acks() + n - target);
+                    }
+                }
+                n
+            }
+        };
+        push_s.push(t.elapsed().as_secs_f64());
+        push_cpu_s.push(cpu_now() - cpu_a);
+        applied.push(ok);
+    }
+    let rss_after = rss_now();
+    let sim_cpu = sim.cpu();
+    sim.stop().await;
+    drop(admin);
+    let _ = stop_tx.send(());
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(10), server).await {
+        eprintln!("server: {e:#}");
+    }
+    Ok(OneResult {
+        kind,
+        n,
+        connected,
+        connect_s: connect.as_secs_f64(),
+        connect_cpu_s: connect_cpu,
+        rss_idle_mib: rss_idle,
+        rss_connected_mib: rss_connected,
+        message_bytes,
+        push_s,
+        push_cpu_s,
+        applied,
+        rss_after_mib: rss_after,
+        sim_cpu_s: sim_cpu,
+    })
+}
+
+/// Runs `fleet-bench one` in a child process and parses its JSON line.
+async fn run_one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
+    let kind_arg = match kind {
+        Kind::Raw => "raw",
+        Kind::Controller => "controller",
+    };
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--pushes", &cli.pushes.to_string()])
+        .args(["--concurrency", &cli.concurrency.to_string()])
+        .args(["--timeout", &format!("{}s", cli.timeout.as_secs())])
+        .args(["one", "--kind", kind_arg, "--n", &n.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "fleet-bench one --kind {kind_arg} --n {n} failed ({})",
+            out.status
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().context("no result line")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn med(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn render(results: &[(OneResult, OneResult)], cli: &Cli) -> String {
+    let mut out = format!(
+        "Machine: {}. Loopback, TLS 1.3 mutual auth, one process for the server under test \
+         and one for all simulated agents (each agent compiles the policy to answer). \
+         Push message: one `Desired`, {} bytes encoded. {} pushes per run: \"first\" is the first push \
+         after connect, \"then\" the median of the others.\n\n",
+        machine(),
+        results.first().map_or(0, |r| r.0.message_bytes),
+        cli.pushes
+    );
+    let mut t = Table::new(&[
+        "agents",
+        "server",
+        "connect s",
+        "server CPU connect s",
+        "RSS connected MiB",
+        "push → all acked, first s",
+        "then s",
+        "server CPU per push s",
+        "ratio vs raw (then)",
+        "applied",
+    ]);
+    for (raw, ctl) in results {
+        for r in [raw, ctl] {
+            let rest: Vec<f64> = r.push_s.iter().skip(1).copied().collect();
+            let rest_raw: Vec<f64> = raw.push_s.iter().skip(1).copied().collect();
+            let then = if rest.is_empty() {
+                med(&r.push_s)
+            } else {
+                med(&rest)
+            };
+            let then_raw = if rest_raw.is_empty() {
+                med(&raw.push_s)
+            } else {
+                med(&rest_raw)
+            };
+            let name = match r.kind {
+                Kind::Raw => "raw tonic (baseline)",
+                Kind::Controller => "portcullis controller",
+            };
+            t.row(vec![
+                r.n.to_string(),
+                name.to_owned(),
+                format!("{:.2}", r.connect_s),
+                format!("{:.2}", r.connect_cpu_s),
+                format!("{:.0}", r.rss_connected_mib),
+                format!("{:.3}", r.push_s.first().copied().unwrap_or(0.0)),
+                format!("{then:.3}"),
+                format!("{:.3}", med(&r.push_cpu_s)),
+                ratio(
+                    Duration::from_secs_f64(then),
+                    Duration::from_secs_f64(then_raw),
+                ),
+                format!("{}/{}", r.applied.iter().min().copied().unwrap_or(0), r.n),
+            ]);
+        }
+    }
+    out.push_str(&t.render());
+    out.push_str(
+        "\n\"push → all acked\": controller = `Admin.Apply` (parse site + inventory, compile every host, \
+         store the revision, push, collect `Applied` with the expected hash, stream the results); raw = \
+         push one `Desired` to every stream and count `Applied` acks. RSS is the server process's.\n",
+    );
+    out
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    raise_nofile()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    match &cli.cmd {
+        Some(Cmd::Sim { url, pki, n }) => {
+            let pki = Pki::new(pki);
+            rt.block_on(portcullis_bench::sim::run(portcullis_bench::sim::SimArgs {
+                url: url.clone(),
+                ca_cert_pem: std::fs::read_to_string(pki.ca_cert())?,
+                ca_key_pem: std::fs::read_to_string(pki.ca_key())?,
+                n: *n,
+                concurrency: cli.concurrency,
+            }))
+        }
+        Some(Cmd::One { kind, n }) => {
+            let r = rt.block_on(one(*kind, *n, &cli))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        None => {
+            let mut results = Vec::new();
+            for &n in &cli.sizes {
+                eprintln!("fleet-bench: {n} agents, raw tonic ...");
+                let raw = rt.block_on(run_one(Kind::Raw, n, &cli))?;
+                eprintln!("  {raw:?}");
+                eprintln!("fleet-bench: {n} agents, controller ...");
+                let ctl = rt.block_on(run_one(Kind::Controller, n, &cli))?;
+                eprintln!("  {ctl:?}");
+                results.push((raw, ctl));
+            }
+            let out = render(&results, &cli);
+            println!("{out}");
+            if let Some(path) = &cli.write {
+                write_section(path, "fleet-bench", &out)?;
+            }
+            Ok(())
+        }
+    }
+}
