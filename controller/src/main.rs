@@ -38,6 +38,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Revisions: who applied what, when, to which hosts
     History(cli::history::HistoryArgs),
+    /// Denied connection attempts from every host: filter, follow live, top ports/sources
+    Logs(cli::logs::LogsArgs),
 }
 
 fn init_tracing(filter: &str, json: bool) {
@@ -77,6 +79,7 @@ fn main() {
             Command::Apply(a) => cli::apply::run(a, &cli.connect).await,
             Command::Status(a) => cli::status::run(a, &cli.connect).await,
             Command::History(a) => cli::history::run(a, &cli.connect).await,
+            Command::Logs(a) => cli::logs::run(a, &cli.connect).await,
         }
     });
     match result {

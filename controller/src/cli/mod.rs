@@ -5,6 +5,7 @@ pub mod apply;
 pub mod ca;
 pub mod connect;
 pub mod history;
+pub mod logs;
 pub mod output;
 pub mod serve;
 pub mod status;

@@ -3,7 +3,8 @@
 //!
 //! Ingest: validate ([`validate`]), hand to the single [`writer`] thread (group commit over
 //! all agents), then send `DenialAck{seq}`. A batch at or below the host's last stored seq is
-//! acknowledged without being stored again. A batch that fails validation (or cannot be
+//! acknowledged without being stored again; a batch of a new epoch (the agent's spool was
+//! recreated) restarts the numbering. A batch that fails validation (or cannot be
 //! stored) is not acknowledged and ends the agent's session: `InvalidArgument` (or
 //! `Unavailable`) naming the seq; later batches already in flight on that session are
 //! ignored, so a batch is never stored past an unstored one. The agent must drop a batch
@@ -221,6 +222,7 @@ fn totals(t: HostTotals) -> v1::HostLogTotals {
         socket_overruns: t.socket_overruns,
         kernel_suppressed: t.kernel_suppressed,
         spool_dropped: t.spool_dropped,
+        socket_lost: t.socket_lost,
     }
 }
 

@@ -36,10 +36,13 @@ pub struct DenialRecord {
 /// The accounting part of one agent batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchCounters {
+    /// The agent's spool numbering; a new epoch restarts `seq`.
+    pub epoch: u64,
     pub seq: u64,
     pub seen: u64,
     pub dropped_by_agent: u64,
     pub socket_overruns: u64,
+    pub socket_lost: u64,
     pub kernel_suppressed: u64,
     pub spool_dropped: u64,
 }
@@ -57,7 +60,8 @@ pub struct HostBatch {
 pub enum BatchOutcome {
     /// Stored; `first_id..=last_id` are the new rows (empty range when the batch had none).
     Stored { first_id: i64, last_id: i64 },
-    /// `seq` was at or below the host's last stored seq: acknowledged, not stored again.
+    /// `seq` was at or below the host's last stored seq of the same epoch: acknowledged,
+    /// not stored again.
     Duplicate { last_seq: u64 },
 }
 
@@ -65,12 +69,14 @@ pub enum BatchOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HostTotals {
     pub host: String,
+    pub epoch: u64,
     pub last_seq: u64,
     pub seen: u64,
     /// Events stored (sum of row counts).
     pub stored: u64,
     pub dropped_by_agent: u64,
     pub socket_overruns: u64,
+    pub socket_lost: u64,
     pub kernel_suppressed: u64,
     pub spool_dropped: u64,
 }
@@ -84,15 +90,27 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// Epochs are random 64-bit values: stored bit for bit in SQLite's signed integer.
+fn epoch_to_sql(e: u64) -> i64 {
+    i64::from_ne_bytes(e.to_ne_bytes())
+}
+
+fn epoch_from_sql(e: i64) -> u64 {
+    u64::from_ne_bytes(e.to_ne_bytes())
+}
+
 const INSERT_ROW: &str = "INSERT INTO denials
     (host, first_ms, last_ms, src, dst, proto, dport, ifname, count, revision, audit)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
-    (host, last_seq, seen, stored, dropped_by_agent, socket_overruns, kernel_suppressed, spool_dropped)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    (host, last_seq, seen, stored, dropped_by_agent, socket_overruns, kernel_suppressed,
+     spool_dropped, epoch, socket_lost)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
     ON CONFLICT(host) DO UPDATE SET
       last_seq = excluded.last_seq,
+      epoch = excluded.epoch,
+      socket_lost = socket_lost + excluded.socket_lost,
       seen = seen + excluded.seen,
       stored = stored + excluded.stored,
       dropped_by_agent = dropped_by_agent + excluded.dropped_by_agent,
@@ -101,8 +119,9 @@ const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
       spool_dropped = spool_dropped + excluded.spool_dropped";
 
 /// Store `batches` (in order) in ONE transaction: rows and totals of every new batch, nothing
-/// for a batch whose seq is not above its host's last stored seq (an agent resending after a
-/// reconnect). A host's first batch may have any seq, 0 included. All or nothing.
+/// for a batch whose seq is not above its host's last stored seq in the same epoch (an agent
+/// resending after a reconnect). A host's first batch, or the first of a new epoch, may have
+/// any seq, 0 included. All or nothing.
 pub fn store_batches(
     conn: &mut Connection,
     batches: &[HostBatch],
@@ -110,20 +129,23 @@ pub fn store_batches(
     let tx = conn.transaction()?;
     let mut outcomes = Vec::with_capacity(batches.len());
     {
-        let mut last_seq: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut last_seq: HashMap<&str, Option<(u64, u64)>> = HashMap::new();
         let mut get_seq =
-            tx.prepare_cached("SELECT last_seq FROM denial_totals WHERE host = ?1")?;
+            tx.prepare_cached("SELECT epoch, last_seq FROM denial_totals WHERE host = ?1")?;
         let mut insert = tx.prepare_cached(INSERT_ROW)?;
         let mut totals = tx.prepare_cached(UPSERT_TOTALS)?;
         for b in batches {
             let known = match last_seq.get(b.host.as_str()) {
                 Some(v) => *v,
                 None => get_seq
-                    .query_row([&b.host], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .map(u),
+                    .query_row([&b.host], |r| {
+                        Ok((epoch_from_sql(r.get(0)?), u(r.get(1)?)))
+                    })
+                    .optional()?,
             };
-            if let Some(last) = known.filter(|last| b.counters.seq <= *last) {
+            let same_epoch_seen =
+                |(epoch, last): &(u64, u64)| b.counters.epoch == *epoch && b.counters.seq <= *last;
+            if let Some((_, last)) = known.filter(same_epoch_seen) {
                 outcomes.push(BatchOutcome::Duplicate { last_seq: last });
                 continue;
             }
@@ -158,8 +180,10 @@ pub fn store_batches(
                 i(c.socket_overruns),
                 i(c.kernel_suppressed),
                 i(c.spool_dropped),
+                epoch_to_sql(c.epoch),
+                i(c.socket_lost),
             ])?;
-            last_seq.insert(b.host.as_str(), Some(c.seq));
+            last_seq.insert(b.host.as_str(), Some((c.epoch, c.seq)));
             outcomes.push(BatchOutcome::Stored { first_id, last_id });
         }
     }
@@ -174,7 +198,7 @@ pub fn denial_totals(
 ) -> anyhow::Result<Vec<HostTotals>> {
     let mut stmt = conn.prepare_cached(
         "SELECT host, last_seq, seen, stored, dropped_by_agent, socket_overruns,
-                kernel_suppressed, spool_dropped
+                kernel_suppressed, spool_dropped, epoch, socket_lost
          FROM denial_totals ORDER BY host",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -187,6 +211,8 @@ pub fn denial_totals(
             socket_overruns: u(r.get(5)?),
             kernel_suppressed: u(r.get(6)?),
             spool_dropped: u(r.get(7)?),
+            epoch: epoch_from_sql(r.get(8)?),
+            socket_lost: u(r.get(9)?),
         })
     })?;
     let mut out = Vec::new();
@@ -301,6 +327,14 @@ mod tests {
         assert_eq!((t[0].last_seq, t[0].stored, t[0].seen), (1, 4, 8));
         assert_eq!(t[0].dropped_by_agent, 4);
         assert_eq!(max_denial_id(&c).unwrap(), 2);
+        // A new epoch (fresh agent spool) restarts numbering: seq 0 is new again.
+        let mut b = batch("h1", 0, vec![row("192.0.2.3", 22, 1, 3000)]);
+        b.counters.epoch = u64::MAX;
+        let out = store_batches(&mut c, std::slice::from_ref(&b)).unwrap();
+        assert!(matches!(out[0], BatchOutcome::Stored { .. }));
+        let out = store_batches(&mut c, &[b]).unwrap();
+        assert_eq!(out, vec![BatchOutcome::Duplicate { last_seq: 0 }]);
+        assert_eq!(denial_totals(&c, None).unwrap()[0].epoch, u64::MAX);
     }
 
     #[test]

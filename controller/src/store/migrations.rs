@@ -78,6 +78,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE hosts ADD COLUMN drift_detected_ms INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE hosts ADD COLUMN drift_healed_ms INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE hosts ADD COLUMN coexistence_json TEXT NOT NULL DEFAULT '[]';",
+    // 5: denial batch numbering epochs (a new agent spool restarts seq) and NFLOG
+    // sequence-gap losses.
+    "ALTER TABLE denial_totals ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE denial_totals ADD COLUMN socket_lost INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

@@ -108,10 +108,12 @@ pub fn host_batch(
         return Err(BatchError::TooManyEntries(batch.entries.len()));
     }
     let counters = BatchCounters {
+        epoch: batch.epoch,
         seq: counter("seq", batch.seq)?,
         seen: counter("seen", batch.seen)?,
         dropped_by_agent: counter("dropped_by_agent", batch.dropped_by_agent)?,
         socket_overruns: counter("socket_overruns", batch.socket_overruns)?,
+        socket_lost: counter("socket_lost", batch.socket_lost)?,
         kernel_suppressed: if batch.has_kernel_suppressed {
             counter("kernel_suppressed", batch.kernel_suppressed)?
         } else {
