@@ -199,11 +199,10 @@ impl Denials {
         let mut agg = Aggregator::new(config.host.clone(), config.interval);
         let mut names = IfNames::default();
         names.refresh();
-        agg.baseline(
-            SystemTime::now(),
-            &reader.stats(),
-            over_limit_counter(&config.nft),
-        );
+        // No table yet means counters at zero: a table created later starts from 0, so
+        // nothing denied over the limit before the first reading goes uncounted.
+        let start = over_limit_counter(&config.nft).or(Some(0));
+        agg.baseline(SystemTime::now(), &reader.stats(), start);
         let mut last = Instant::now();
         let tick = (config.interval / 4).max(Duration::from_millis(10));
         loop {
