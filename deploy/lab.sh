@@ -132,6 +132,11 @@ demo() {
   say "portcullis apply -i deploy/examples/inventory.yml deploy/examples/site.yml"
   admin apply -i "$ROOT/deploy/examples/inventory.yml" "$ROOT/deploy/examples/site.yml" --timeout 30s
   probe_all
+  sleep 2   # one aggregation interval: the agents ship their denial batches
+  say "portcullis logs --since 5m (denials the controller collected from the probes)"
+  admin logs --since 5m --limit 50
+  say "portcullis logs --top"
+  admin logs --top 5 --since 5m
   say "portcullis status"
   admin status
   say "portcullis history"

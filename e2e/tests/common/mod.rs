@@ -288,6 +288,14 @@ impl Fleet {
         Ok(())
     }
 
+    /// SIGKILL, no chance to clean up.
+    pub fn kill_agent(&mut self, host: &str) {
+        if let Some(mut c) = self.agents.remove(host) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn stop_agent(&mut self, host: &str) {
         if let Some(mut c) = self.agents.remove(host) {
             kill(&mut c);
@@ -346,6 +354,43 @@ impl Fleet {
             }
         }
         s
+    }
+
+    /// Send `n` UDP datagrams from `outside` to `dst`.
+    pub fn blast_udp(&self, dst: SocketAddr, n: usize) {
+        self.outside
+            .ns
+            .enter(move || {
+                let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let s = std::net::UdpSocket::bind(bind).expect("bind");
+                for i in 0..n {
+                    let _ = s.send_to(b"portcullis-e2e", dst);
+                    if i % 50 == 49 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
+            .expect("enter outside");
+    }
+
+    /// `portcullis apply` that must succeed on every host.
+    pub fn apply_ok(&self, inv: &Path, site: &Path) {
+        let out = self.cli(&[
+            "apply",
+            "-i",
+            inv.to_str().expect("utf-8"),
+            site.to_str().expect("utf-8"),
+            "--timeout",
+            "20s",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "apply failed:\n{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
     }
 
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
