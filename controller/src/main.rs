@@ -38,6 +38,9 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Revisions: who applied what, when, to which hosts
     History(cli::history::HistoryArgs),
+    /// Ask the agents to verify their kernel now: in sync, drifted, healed, unreachable
+    /// (exit 0 in sync, 2 drift found, 3 some hosts unreachable)
+    Drift(cli::drift::DriftArgs),
     /// Denied connection attempts from every host: filter, follow live, top ports/sources
     Logs(cli::logs::LogsArgs),
 }
@@ -79,6 +82,7 @@ fn main() {
             Command::Apply(a) => cli::apply::run(a, &cli.connect).await,
             Command::Status(a) => cli::status::run(a, &cli.connect).await,
             Command::History(a) => cli::history::run(a, &cli.connect).await,
+            Command::Drift(a) => cli::drift::run(a, &cli.connect).await,
             Command::Logs(a) => cli::logs::run(a, &cli.connect).await,
         }
     });

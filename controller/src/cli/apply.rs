@@ -31,6 +31,13 @@ pub struct ApplyArgs {
     /// Print the final result as JSON
     #[arg(long)]
     pub json: bool,
+    /// Change nothing: show per host what this apply would change against the revision
+    /// it runs (as attested); exit 2 if anything would change, 0 if nothing would
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: print each host's semantic changes, not only how many
+    #[arg(long, requires = "check")]
+    pub diff: bool,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Source> {
@@ -58,7 +65,12 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         inventory_name: inv_src.name,
         inventory_yaml: inv_src.text,
         limit: args.limit.clone().unwrap_or_default(),
+        check: args.check,
+        ..Default::default()
     };
+    if args.check {
+        return super::apply_check::run(&mut client, request, args.diff, args.json).await;
+    }
     let mut stream = match client.apply(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => {

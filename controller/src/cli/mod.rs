@@ -2,8 +2,10 @@
 //! vars, or `~/.config/portcullis/cli.toml`, in that order of precedence.
 
 pub mod apply;
+pub mod apply_check;
 pub mod ca;
 pub mod connect;
+pub mod drift;
 pub mod history;
 pub mod logs;
 pub mod output;
@@ -20,4 +22,10 @@ pub mod exit {
     pub const INVALID: i32 = 2;
     /// The controller could not be reached or refused us (TLS, certificate, permission).
     pub const UNREACHABLE: i32 = 4;
+    /// `drift`: drift found on at least one host (drifted, or healed during the check).
+    pub const DRIFT_FOUND: i32 = 2;
+    /// `drift`: no drift found, but some hosts did not answer.
+    pub const HOSTS_UNREACHABLE: i32 = 3;
+    /// `apply --check`: something would change (or a host cannot be checked).
+    pub const CHANGES: i32 = 2;
 }

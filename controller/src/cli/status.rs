@@ -1,5 +1,7 @@
-//! `portcullis status`: per host, connected, last seen, desired vs applied revision, hash
-//! match, agent version.
+//! `portcullis status`: per host, connected, last seen, desired vs applied revision, the
+//! expected hash (computed by the controller) vs the hash the agent read back from the
+//! kernel and when it last verified, drift and coexistence findings, agent version. A
+//! hash mismatch on the applied revision is shown as drift even if the agent said nothing.
 
 use super::connect::ConnectArgs;
 use super::output::{ago_ms, print_json, short_hash, table};
@@ -27,10 +29,20 @@ struct HostJson<'a> {
     agent_version: &'a str,
     last_error: &'a str,
     peer: &'a str,
+    verified_unix_ms: i64,
+    drifted: bool,
+    drift_state: &'a str,
+    drift_diff: &'a [String],
+    drift_detected_unix_ms: i64,
+    drift_healed_unix_ms: i64,
+    coexistence: Vec<serde_json::Value>,
 }
 
 fn in_sync(h: &v1::HostStatus) -> bool {
-    h.desired_revision != 0 && h.applied_revision == h.desired_revision && h.hash_match
+    h.desired_revision != 0
+        && h.applied_revision == h.desired_revision
+        && h.hash_match
+        && !h.drifted
 }
 
 pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
@@ -59,6 +71,17 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 agent_version: &h.agent_version,
                 last_error: &h.last_error,
                 peer: &h.peer,
+                verified_unix_ms: h.verified_unix_ms,
+                drifted: h.drifted,
+                drift_state: &h.drift_state,
+                drift_diff: &h.drift_diff,
+                drift_detected_unix_ms: h.drift_detected_unix_ms,
+                drift_healed_unix_ms: h.drift_healed_unix_ms,
+                coexistence: h
+                    .coexistence
+                    .iter()
+                    .map(super::drift::finding_json)
+                    .collect(),
             })
             .collect();
         print_json(&serde_json::json!({ "hosts": hosts }))?;
@@ -72,7 +95,12 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         .hosts
         .iter()
         .map(|h| {
-            let state = if in_sync(h) {
+            let state = if h.drifted {
+                match h.drift_diff.first() {
+                    Some(d) if h.drift_state != "in_sync" => format!("DRIFT: {d}"),
+                    _ => "DRIFT: kernel hash is not the expected one".into(),
+                }
+            } else if in_sync(h) {
                 "in sync".to_string()
             } else if !h.last_error.is_empty() {
                 format!("error: {}", h.last_error.lines().next().unwrap_or(""))
@@ -93,6 +121,7 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 rev(h.applied_revision),
                 short_hash(&h.expected_hash),
                 short_hash(&h.reported_hash),
+                ago_ms(h.verified_unix_ms),
                 if h.agent_version.is_empty() {
                     "-".into()
                 } else {
@@ -112,13 +141,23 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 "DESIRED",
                 "APPLIED",
                 "EXPECTED",
-                "REPORTED",
+                "KERNEL",
+                "VERIFIED",
                 "AGENT",
                 "STATE"
             ],
             &rows
         )
     );
+    for h in &resp.hosts {
+        for f in &h.coexistence {
+            println!(
+                "{}: coexists with {}",
+                h.host,
+                super::drift::finding_line(f)
+            );
+        }
+    }
     Ok(super::exit::OK)
 }
 

@@ -113,6 +113,14 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<Self::ApplyStream>, Status> {
         let author = self.admin(&request)?;
         let req = request.into_inner();
+        if req.check {
+            // --check: a diff per host; nothing stored, nothing sent to agents.
+            let result = super::check::check(&self.shared, &req).await?;
+            let event = v1::ApplyEvent {
+                event: Some(v1::apply_event::Event::Check(result)),
+            };
+            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(event)))));
+        }
         let fleet = site::load_fleet(
             &Source::new(&req.site_name, &req.site_yaml),
             &Source::new(&req.inventory_name, &req.inventory_yaml),
@@ -249,7 +257,7 @@ impl v1::admin_server::Admin for AdminService {
             .call(|c| store::list_hosts(c))
             .await
             .map_err(super::session::internal)?;
-        let hosts = hosts
+        let mut hosts = hosts
             .into_iter()
             .map(|h| v1::HostStatus {
                 connected: self.shared.registry.is_connected(&h.name),
@@ -263,8 +271,10 @@ impl v1::admin_server::Admin for AdminService {
                 agent_version: h.agent_version,
                 last_error: h.last_error,
                 peer: h.peer,
+                ..Default::default()
             })
-            .collect();
+            .collect::<Vec<_>>();
+        super::drift::attest(&self.shared, &mut hosts).await?;
         Ok(Response::new(v1::StatusResponse { hosts }))
     }
 

@@ -1,24 +1,311 @@
 //! Drift attestation on the controller: `DriftReport`s from agents, and the `Drift` admin
 //! call that asks connected agents to verify now.
+//!
+//! `drift` sends `VerifyNow{request_id}` to every targeted connected agent and waits (with
+//! a deadline) for the `DriftReport` echoing that id; the waiting calls live in
+//! [`DriftState`]. The controller does not take the agent's word for "in sync": it
+//! compiles the policy of the revision the agent enforces against the agent's facts and
+//! compares that hash with the kernel hash the agent read back.
+
+mod select;
+mod status;
+
+pub use status::{attest, drifted};
 
 use super::Shared;
+use super::session::internal;
+use crate::store::{self, drift::DriftRecord};
+use portcullis_policy::HostPolicy;
 use portcullis_proto::v1;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::oneshot;
 use tonic::Status;
 
+/// Default wait for agents' answers when the request gives none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Outstanding verification requests (request id -> waiting admin call).
-#[derive(Debug, Default)]
-pub struct DriftState {}
-
-/// Record an agent's drift report.
-pub async fn on_report(
-    _shared: &Shared,
-    host: &str,
-    report: v1::DriftReport,
-) -> anyhow::Result<()> {
-    tracing::info!(%host, in_sync = report.in_sync, healed = report.healed, "drift report");
-    Ok(())
+#[derive(Debug)]
+pub struct DriftState {
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<v1::DriftReport>>>,
 }
 
-pub async fn drift(_shared: &Shared, _req: v1::DriftRequest) -> Result<v1::DriftResponse, Status> {
-    Err(Status::unimplemented("drift is not implemented yet"))
+impl Default for DriftState {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
 }
+
+impl DriftState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<v1::DriftReport>>> {
+        // Single map operations under the lock: a panic cannot leave it inconsistent.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self) -> (u64, oneshot::Receiver<v1::DriftReport>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Hands `report` to the call waiting for its request id; `false` if none waits.
+    fn answer(&self, report: &v1::DriftReport) -> bool {
+        if report.request_id == 0 {
+            return false;
+        }
+        let waiter = self.lock().remove(&report.request_id);
+        waiter.is_some_and(|w| w.send(report.clone()).is_ok())
+    }
+}
+
+/// The stored state name of a report.
+pub fn state_name(r: &v1::DriftReport) -> &'static str {
+    if r.healed {
+        "healed"
+    } else if r.heal_suppressed {
+        "heal_suppressed"
+    } else if r.diff.is_empty() && r.in_sync {
+        "in_sync"
+    } else {
+        "drifted"
+    }
+}
+
+/// Record an agent's drift report (and answer a waiting `drift` call).
+pub async fn on_report(shared: &Shared, host: &str, report: v1::DriftReport) -> anyhow::Result<()> {
+    shared.drift.answer(&report);
+    let state = state_name(&report);
+    if report.diff.is_empty() {
+        tracing::debug!(%host, trigger = %report.trigger, "drift report: in sync");
+    } else {
+        tracing::warn!(%host, trigger = %report.trigger, state, revision = report.revision,
+            diff = %report.diff.join("; "), "drift reported");
+    }
+    let record = DriftRecord {
+        state: state.to_owned(),
+        kernel_hash: report.kernel_hash.clone(),
+        diff: report.diff.clone(),
+        verified_ms: if report.detected_unix_ms > 0 {
+            report.healed_unix_ms.max(report.detected_unix_ms)
+        } else {
+            store::now_ms()
+        },
+        detected_ms: report.detected_unix_ms,
+        healed_ms: report.healed_unix_ms,
+        coexistence_json: coexistence_json(&report.coexistence),
+    };
+    let h = host.to_owned();
+    shared
+        .store
+        .call(move |c| store::drift::record(c, &h, &record))
+        .await
+}
+
+/// Findings as stored JSON (the proto type is not serde; fields by name).
+pub fn coexistence_json(findings: &[v1::CoexistenceFinding]) -> String {
+    let v: Vec<serde_json::Value> = findings
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "family": f.family, "table": f.table, "chain": f.chain, "hook": f.hook,
+                "priority": f.priority, "policy": f.policy, "rules": f.rules,
+                "has_drop": f.has_drop, "note": f.note,
+            })
+        })
+        .collect();
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Stored findings back to the proto type (unknown/missing fields default).
+pub fn coexistence_from_json(json: &str) -> Vec<v1::CoexistenceFinding> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    let s = |x: &serde_json::Value, k: &str| x[k].as_str().unwrap_or_default().to_owned();
+    v.iter()
+        .map(|x| v1::CoexistenceFinding {
+            family: s(x, "family"),
+            table: s(x, "table"),
+            chain: s(x, "chain"),
+            hook: s(x, "hook"),
+            priority: x["priority"]
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok())
+                .unwrap_or(0),
+            policy: s(x, "policy"),
+            rules: x["rules"]
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(0),
+            has_drop: x["has_drop"].as_bool().unwrap_or(false),
+            note: s(x, "note"),
+        })
+        .collect()
+}
+
+/// Ask the targeted connected agents to verify now and classify every targeted host.
+pub async fn drift(shared: &Shared, req: v1::DriftRequest) -> Result<v1::DriftResponse, Status> {
+    let hosts = shared
+        .store
+        .call(|c| {
+            let hosts = store::list_hosts(c)?;
+            let inv = store::drift::latest_inventory(c)?;
+            Ok((hosts, inv))
+        })
+        .await
+        .map_err(internal)?;
+    let (known, inventory) = hosts;
+    let names: Vec<String> = known.iter().map(|h| h.name.clone()).collect();
+    let selected = select::hosts(&names, inventory.as_ref(), &req.pattern)
+        .map_err(Status::invalid_argument)?;
+    let desired: BTreeMap<String, u64> = known
+        .into_iter()
+        .map(|h| (h.name, h.desired_revision))
+        .collect();
+    let timeout = match req.timeout_ms {
+        0 => DEFAULT_TIMEOUT,
+        ms => Duration::from_millis(ms),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+
+    // Ask everyone first, then wait: the answers come in parallel.
+    let mut asked = Vec::new();
+    let mut out: BTreeMap<String, v1::HostDrift> = BTreeMap::new();
+    for host in &selected {
+        let Some(handle) = shared.registry.get(host) else {
+            out.insert(host.clone(), unreachable(host, "not connected"));
+            continue;
+        };
+        let (id, rx) = shared.drift.register();
+        let msg = v1::ControllerMessage {
+            msg: Some(v1::controller_message::Msg::Verify(v1::VerifyNow {
+                request_id: id,
+            })),
+        };
+        match tokio::time::timeout_at(deadline, handle.tx.send(Ok(msg))).await {
+            Ok(Ok(())) => asked.push((host.clone(), id, rx, handle.facts)),
+            _ => {
+                shared.drift.forget(id);
+                out.insert(host.clone(), unreachable(host, "session closed"));
+            }
+        }
+    }
+    let answers =
+        futures::future::join_all(asked.into_iter().map(|(host, id, rx, facts)| async move {
+            let r = tokio::time::timeout_at(deadline, rx).await;
+            (host, id, r.ok().and_then(Result::ok), facts)
+        }))
+        .await;
+    let mut reports = Vec::new();
+    for (host, id, report, facts) in answers {
+        match report {
+            Some(r) => reports.push((host, r, facts)),
+            None => {
+                shared.drift.forget(id);
+                let why = format!("no answer within {}", humantime::format_duration(timeout));
+                out.insert(host.clone(), unreachable(&host, &why));
+            }
+        }
+    }
+    // Attest: the controller's own expected hash for the revision each agent enforces.
+    let pairs: Vec<(String, u64)> = reports
+        .iter()
+        .map(|(h, r, _)| (h.clone(), r.revision))
+        .collect();
+    let policies = shared
+        .store
+        .call(move |c| store::drift::policies_at(c, &pairs))
+        .await
+        .map_err(internal)?;
+    for (host, report, facts) in reports {
+        let expected = policies
+            .get(&(host.clone(), report.revision))
+            .and_then(|p| serde_json::from_str::<HostPolicy>(p).ok())
+            .map(|p| super::expected_hash(&p, &facts, report.revision))
+            .unwrap_or_default();
+        let want = desired.get(&host).copied().unwrap_or(0);
+        out.insert(host.clone(), classify(&host, &report, &expected, want));
+    }
+    Ok(v1::DriftResponse {
+        hosts: out.into_values().collect(),
+    })
+}
+
+fn unreachable(host: &str, why: &str) -> v1::HostDrift {
+    v1::HostDrift {
+        host: host.to_owned(),
+        state: v1::DriftState::Unreachable as i32,
+        error: why.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The verdict for one answered host. `expected` is the controller's hash for the
+/// revision the agent enforces ("" if it cannot say); `desired` the revision it should run.
+pub fn classify(host: &str, r: &v1::DriftReport, expected: &str, desired: u64) -> v1::HostDrift {
+    let mut diff = r.diff.clone();
+    let mut notes = Vec::new();
+    let state = if r.healed {
+        v1::DriftState::Healed
+    } else if !r.in_sync || !r.diff.is_empty() {
+        if r.heal_suppressed {
+            notes.push("heal storm: backing off, left drifted for now".to_owned());
+        }
+        if !r.heal_error.is_empty() {
+            notes.push(format!("heal failed: {}", r.heal_error));
+        }
+        v1::DriftState::Drifted
+    } else if r.revision == 0 && desired != 0 {
+        diff.push(format!("nothing applied, desired revision r{desired}"));
+        v1::DriftState::Drifted
+    } else if !expected.is_empty() && r.kernel_hash != expected {
+        // The agent says in sync, but with something the controller did not compute.
+        diff.push(format!(
+            "kernel hash {} is not the expected {} for r{}",
+            short(&r.kernel_hash),
+            short(expected),
+            r.revision
+        ));
+        v1::DriftState::Drifted
+    } else {
+        v1::DriftState::InSync
+    };
+    if state != v1::DriftState::Drifted && desired != 0 && r.revision != desired {
+        notes.push(format!(
+            "enforces r{}, desired r{desired} (not applied yet)",
+            r.revision
+        ));
+    }
+    v1::HostDrift {
+        host: host.to_owned(),
+        state: state as i32,
+        revision: r.revision,
+        expected_hash: expected.to_owned(),
+        kernel_hash: r.kernel_hash.clone(),
+        diff,
+        coexistence: r.coexistence.clone(),
+        verified_unix_ms: store::now_ms(),
+        error: notes.join("; "),
+    }
+}
+
+fn short(h: &str) -> String {
+    if h.is_empty() {
+        "(no table)".to_owned()
+    } else {
+        h.chars().take(12).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,7 @@
 //! tests start it on an ephemeral port in-process.
 
 mod admin;
+mod check;
 pub mod drift;
 mod incoming;
 pub mod logs;

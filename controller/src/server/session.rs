@@ -172,7 +172,8 @@ async fn read_reports(
                 shared
                     .store
                     .call(move |c| {
-                        store::host_reported(c, &h, hb.applied_revision, &hb.kernel_hash, None)
+                        store::host_reported(c, &h, hb.applied_revision, &hb.kernel_hash, None)?;
+                        store::drift::verified(c, &h, hb.verified_unix_ms)
                     })
                     .await
             }

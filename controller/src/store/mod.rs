@@ -7,6 +7,7 @@
 
 mod denial_query;
 mod denials;
+pub mod drift;
 mod migrations;
 mod model;
 

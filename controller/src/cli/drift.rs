@@ -1,0 +1,203 @@
+//! `portcullis drift [PATTERN] [--diff] [--json]`: ask the connected agents to verify
+//! their kernel now and list hosts in sync, drifted, healed and unreachable.
+//!
+//! The verdict is the controller's: an agent's "in sync" counts only if the kernel hash it
+//! read back is the hash the controller computed for the revision it runs.
+
+use super::connect::{ConnectArgs, status_exit};
+use super::exit;
+use super::output::{print_json, short_hash, table};
+use portcullis_proto::v1;
+use std::time::Duration;
+
+/// Exit codes (for cron and CI): 0 every selected host is in sync; 2 drift found on at
+/// least one host (drifted, or found and healed during this check), whether or not others
+/// were unreachable — a definite finding wins over a missing answer; 3 no drift found but
+/// at least one host is unreachable (not connected or no answer within --timeout);
+/// 4 the controller itself is unreachable or refused us.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 all in sync; 2 drift found (also when healed during \
+this check; takes precedence over 3); 3 no drift found but some hosts unreachable; \
+4 controller unreachable."
+)]
+pub struct DriftArgs {
+    /// Hosts to check: an Ansible pattern (group, host, glob, a:b, a:&b, a:!b) over the
+    /// newest inventory and every known host; default all
+    pub pattern: Option<String>,
+    /// Show the semantic diff (kernel vs last-known-good) of drifted and healed hosts
+    #[arg(long)]
+    pub diff: bool,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the agents' answers
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn state_of(h: &v1::HostDrift) -> v1::DriftState {
+    v1::DriftState::try_from(h.state).unwrap_or_default()
+}
+
+fn state_name(s: v1::DriftState) -> &'static str {
+    match s {
+        v1::DriftState::InSync => "in_sync",
+        v1::DriftState::Drifted => "drifted",
+        v1::DriftState::Healed => "healed",
+        v1::DriftState::Unreachable => "unreachable",
+        v1::DriftState::Unspecified => "unknown",
+    }
+}
+
+/// The exit code for a set of verdicts (see [`DriftArgs`]).
+pub fn exit_code(hosts: &[v1::HostDrift]) -> i32 {
+    let any = |s: &[v1::DriftState]| hosts.iter().any(|h| s.contains(&state_of(h)));
+    if any(&[v1::DriftState::Drifted, v1::DriftState::Healed]) {
+        exit::DRIFT_FOUND
+    } else if any(&[v1::DriftState::Unreachable, v1::DriftState::Unspecified]) {
+        exit::HOSTS_UNREACHABLE
+    } else {
+        exit::OK
+    }
+}
+
+pub async fn run(args: DriftArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
+    let mut client = conn.admin().await?;
+    let mut request = tonic::Request::new(v1::DriftRequest {
+        pattern: args.pattern.clone().unwrap_or_default(),
+        timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
+    });
+    request.set_timeout(args.timeout + Duration::from_secs(10));
+    let resp = match client.drift(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            eprintln!("error: {}", s.message());
+            return Ok(status_exit(&s));
+        }
+    };
+    let code = exit_code(&resp.hosts);
+    if args.json {
+        print_json(&serde_json::json!({
+            "hosts": resp.hosts.iter().map(host_json).collect::<Vec<_>>(),
+            "summary": summary(&resp.hosts),
+            "exit_code": code,
+        }))?;
+        return Ok(code);
+    }
+    if resp.hosts.is_empty() {
+        println!("no hosts selected");
+        return Ok(code);
+    }
+    let rows: Vec<Vec<String>> = resp
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                state_name(state_of(h)).to_uppercase().replace('_', " "),
+                if h.revision == 0 {
+                    "-".into()
+                } else {
+                    format!("r{}", h.revision)
+                },
+                short_hash(&h.expected_hash),
+                short_hash(&h.kernel_hash),
+                h.error.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["HOST", "STATE", "REVISION", "EXPECTED", "KERNEL", "NOTE"],
+            &rows
+        )
+    );
+    for h in &resp.hosts {
+        let s = state_of(h);
+        if args.diff && matches!(s, v1::DriftState::Drifted | v1::DriftState::Healed) {
+            println!("{} ({}):", h.host, state_name(s));
+            for line in &h.diff {
+                println!("  {line}");
+            }
+        }
+        for f in &h.coexistence {
+            println!("{}: coexists with {}", h.host, finding_line(f));
+        }
+    }
+    let s = summary(&resp.hosts);
+    println!(
+        "{} host(s): {} in sync, {} drifted, {} healed, {} unreachable",
+        resp.hosts.len(),
+        s["in_sync"],
+        s["drifted"],
+        s["healed"],
+        s["unreachable"]
+    );
+    Ok(code)
+}
+
+fn summary(hosts: &[v1::HostDrift]) -> serde_json::Value {
+    let n = |s: v1::DriftState| hosts.iter().filter(|h| state_of(h) == s).count();
+    serde_json::json!({
+        "in_sync": n(v1::DriftState::InSync),
+        "drifted": n(v1::DriftState::Drifted),
+        "healed": n(v1::DriftState::Healed),
+        "unreachable": n(v1::DriftState::Unreachable) + n(v1::DriftState::Unspecified),
+    })
+}
+
+/// One coexistence finding on a line.
+pub fn finding_line(f: &v1::CoexistenceFinding) -> String {
+    format!(
+        "{} {} chain {} (hook {}, priority {}, policy {}, {} rules): {}",
+        f.family, f.table, f.chain, f.hook, f.priority, f.policy, f.rules, f.note
+    )
+}
+
+/// A finding as JSON (shared with `status --json`).
+pub fn finding_json(f: &v1::CoexistenceFinding) -> serde_json::Value {
+    serde_json::json!({
+        "family": f.family, "table": f.table, "chain": f.chain, "hook": f.hook,
+        "priority": f.priority, "policy": f.policy, "rules": f.rules,
+        "has_drop": f.has_drop, "note": f.note,
+    })
+}
+
+fn host_json(h: &v1::HostDrift) -> serde_json::Value {
+    serde_json::json!({
+        "host": h.host,
+        "state": state_name(state_of(h)),
+        "revision": h.revision,
+        "expected_hash": h.expected_hash,
+        "kernel_hash": h.kernel_hash,
+        "diff": h.diff,
+        "coexistence": h.coexistence.iter().map(finding_json).collect::<Vec<_>>(),
+        "verified_unix_ms": h.verified_unix_ms,
+        "note": h.error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(s: v1::DriftState) -> v1::HostDrift {
+        v1::HostDrift {
+            state: s as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exit_codes_and_their_precedence() {
+        use v1::DriftState::*;
+        assert_eq!(exit_code(&[]), 0);
+        assert_eq!(exit_code(&[host(InSync), host(InSync)]), 0);
+        assert_eq!(exit_code(&[host(InSync), host(Unreachable)]), 3);
+        assert_eq!(exit_code(&[host(Drifted), host(InSync)]), 2);
+        assert_eq!(exit_code(&[host(Healed)]), 2);
+        assert_eq!(exit_code(&[host(Unreachable), host(Drifted)]), 2);
+    }
+}

@@ -1,0 +1,179 @@
+//! Drift attestation in the store (migration 3's `hosts` columns): what the agents last
+//! reported about their kernel, when it was verified, coexistence findings; plus the
+//! lookups `drift` and `apply --check` need (the policy of a host's applied revision, the
+//! newest inventory). Knows nothing of gRPC beyond the plain values it stores.
+
+use super::now_ms;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
+
+/// One agent drift report, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct DriftRecord {
+    /// `in_sync`, `drifted`, `healed` or `heal_suppressed`.
+    pub state: String,
+    pub kernel_hash: String,
+    pub diff: Vec<String>,
+    pub verified_ms: i64,
+    /// 0 = no drift found by this report.
+    pub detected_ms: i64,
+    /// 0 = not healed by this report.
+    pub healed_ms: i64,
+    /// The findings, serialized (JSON array).
+    pub coexistence_json: String,
+}
+
+/// A host's stored drift columns (for `status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriftRow {
+    pub verified_ms: i64,
+    pub state: String,
+    pub diff: Vec<String>,
+    pub detected_ms: i64,
+    pub healed_ms: i64,
+    pub coexistence_json: String,
+}
+
+/// Record a drift report: the kernel hash it read is the host's reported hash now.
+pub fn record(conn: &Connection, host: &str, r: &DriftRecord) -> anyhow::Result<()> {
+    let diff = serde_json::to_string(&r.diff)?;
+    conn.execute(
+        "UPDATE hosts SET last_seen_ms = ?2, reported_hash = ?3, verified_ms = ?4,
+                drift_state = ?5, drift_diff = ?6,
+                drift_detected_ms = CASE WHEN ?7 > 0 THEN ?7 ELSE drift_detected_ms END,
+                drift_healed_ms = CASE WHEN ?8 > 0 THEN ?8 ELSE drift_healed_ms END,
+                coexistence_json = ?9
+          WHERE name = ?1",
+        params![
+            host,
+            now_ms(),
+            r.kernel_hash,
+            r.verified_ms,
+            r.state,
+            diff,
+            r.detected_ms,
+            r.healed_ms,
+            r.coexistence_json
+        ],
+    )?;
+    Ok(())
+}
+
+/// A heartbeat read the kernel back at `verified_ms`.
+pub fn verified(conn: &Connection, host: &str, verified_ms: i64) -> anyhow::Result<()> {
+    conn.execute(
+        "UPDATE hosts SET verified_ms = MAX(verified_ms, ?2) WHERE name = ?1",
+        params![host, verified_ms],
+    )?;
+    Ok(())
+}
+
+/// Every host's drift columns, by host name.
+pub fn rows(conn: &Connection) -> anyhow::Result<BTreeMap<String, DriftRow>> {
+    let mut st = conn.prepare(
+        "SELECT name, verified_ms, drift_state, drift_diff, drift_detected_ms, drift_healed_ms,
+                coexistence_json FROM hosts",
+    )?;
+    let rows = st.query_map([], |r| {
+        let diff: String = r.get(3)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            DriftRow {
+                verified_ms: r.get(1)?,
+                state: r.get(2)?,
+                diff: serde_json::from_str(&diff).unwrap_or_default(),
+                detected_ms: r.get(4)?,
+                healed_ms: r.get(5)?,
+                coexistence_json: r.get(6)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The policy (JSON) `host` was given in `revision`, if it was targeted by it.
+pub fn policy_at(conn: &Connection, host: &str, revision: u64) -> anyhow::Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT policy_json FROM revision_hosts WHERE host = ?1 AND revision = ?2",
+            params![host, i64::try_from(revision).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The policies (JSON) of many (host, revision) pairs at once; missing pairs are absent.
+pub fn policies_at(
+    conn: &Connection,
+    pairs: &[(String, u64)],
+) -> anyhow::Result<BTreeMap<(String, u64), String>> {
+    let mut st = conn.prepare_cached(
+        "SELECT policy_json FROM revision_hosts WHERE host = ?1 AND revision = ?2",
+    )?;
+    let mut out = BTreeMap::new();
+    for (host, rev) in pairs {
+        let p: Option<String> = st
+            .query_row(
+                params![host, i64::try_from(*rev).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(p) = p {
+            out.insert((host.clone(), *rev), p);
+        }
+    }
+    Ok(out)
+}
+
+/// The newest revision's inventory (name, YAML), to resolve host patterns.
+pub fn latest_inventory(conn: &Connection) -> anyhow::Result<Option<(String, String)>> {
+    Ok(conn
+        .query_row(
+            "SELECT inventory_name, inventory_yaml FROM revisions ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, host_connected};
+
+    #[test]
+    fn records_reports_and_keeps_the_last_detection_time() {
+        let store = Store::in_memory().unwrap();
+        store
+            .call_sync(|c| {
+                host_connected(c, "h1", "0.1", "{}", 1, "aaa", "peer")?;
+                let found = DriftRecord {
+                    state: "healed".into(),
+                    kernel_hash: "bbb".into(),
+                    diff: vec!["rule added".into()],
+                    verified_ms: 100,
+                    detected_ms: 90,
+                    healed_ms: 95,
+                    coexistence_json: "[]".into(),
+                };
+                record(c, "h1", &found)?;
+                let calm = DriftRecord {
+                    state: "in_sync".into(),
+                    kernel_hash: "bbb".into(),
+                    verified_ms: 200,
+                    coexistence_json: "[]".into(),
+                    ..Default::default()
+                };
+                record(c, "h1", &calm)?;
+                verified(c, "h1", 150)?;
+                let rows = rows(c)?;
+                let h1 = &rows["h1"];
+                assert_eq!(h1.verified_ms, 200, "a heartbeat never moves it back");
+                assert_eq!((h1.detected_ms, h1.healed_ms), (90, 95));
+                assert_eq!(h1.state, "in_sync");
+                assert!(h1.diff.is_empty());
+                Ok(())
+            })
+            .unwrap();
+    }
+}
