@@ -263,6 +263,11 @@ impl Fleet {
     }
 
     pub fn start_agent(&mut self, host: &str) -> Result<()> {
+        self.start_agent_with(host, &[])
+    }
+
+    /// [`Fleet::start_agent`] with extra `portcullis-agent run` flags (e.g. drift timing).
+    pub fn start_agent_with(&mut self, host: &str, extra: &[&str]) -> Result<()> {
         let pki = self.pki();
         let node = self.hosts.get(host).context("unknown host")?;
         let state = self.dir.path().join(format!("state-{host}"));
@@ -279,6 +284,7 @@ impl Fleet {
             .arg(pki.join(format!("agent-{host}.key")))
             .arg("--state-dir")
             .arg(&state)
+            .args(extra)
             .env("PORTCULLIS_BACKOFF_MAX", "1s")
             .env("PORTCULLIS_LOG", "info,portcullis_agent=debug")
             .stdout(Stdio::null())
