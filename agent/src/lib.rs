@@ -9,6 +9,7 @@
 //! - [`report`]: the serializable results of those operations.
 //! - [`session`]: `run` — the mutual-TLS session with the controller (fail-static,
 //!   reconnect with jittered backoff).
+//! - [`confirm`]: commit-confirmed (pending revert persisted, reverts on its own).
 //! - [`nflog`] and [`denials`]: denied packets from NFLOG, aggregated, counted, spooled
 //!   on disk and sent to the controller.
 //! - [`drift`]: the drift loop (nft events + timer, heal with backoff, coexistence).
@@ -19,9 +20,10 @@
 
 pub mod agent;
 pub mod cli;
+pub mod confirm;
 pub mod dataplane;
-pub mod drift;
 pub mod denials;
+pub mod drift;
 pub mod facts;
 pub mod nflog;
 pub mod report;

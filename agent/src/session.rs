@@ -182,15 +182,21 @@ pub async fn run(
             "could not re-apply last-known-good; the kernel keeps what it has"),
     }
 
+    // Commit-confirmed: a pending revert survives restarts and runs even while offline.
+    let confirm = Arc::new(crate::confirm::Confirmer::open(agent.state().path()));
+    let _watch = crate::confirm::WatchGuard(tokio::spawn(
+        confirm.clone().watch(agent.clone(), companions.uplink()),
+    ));
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(&agent, &host, &endpoint, config.heartbeat, &companions) => r,
+            r = session(&agent, &host, &endpoint, config.heartbeat, &companions, &confirm) => r,
             () = &mut shutdown => return Ok(()),
         };
         companions.link.send_replace(None);
+        let ended_ok = result.is_ok();
         match result {
             Ok(()) => tracing::warn!(%host, "controller closed the session"),
             Err(e) => tracing::warn!(%host, error = %format!("{e:#}"), "session failed"),
@@ -198,7 +204,11 @@ pub async fn run(
         if started.elapsed() > Duration::from_secs(30) {
             backoff.reset();
         }
-        let delay = backoff.next_delay();
+        // Awaiting Confirm: come back at once, through the new rules.
+        let delay = match (ended_ok, confirm.awaiting()) {
+            (true, Some(_)) => Duration::ZERO,
+            _ => backoff.next_delay(),
+        };
         tracing::info!(
             delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "reconnecting after backoff; still enforcing the last applied policy"
@@ -227,6 +237,7 @@ async fn session(
     endpoint: &Endpoint,
     heartbeat: Duration,
     companions: &Companions,
+    confirm: &crate::confirm::Confirmer,
 ) -> anyhow::Result<()> {
     let channel = endpoint
         .connect()
@@ -260,6 +271,7 @@ async fn session(
     for c in &companions.list {
         c.on_connect(&tx).await;
     }
+    confirm.flush(&tx).await;
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     loop {
@@ -270,15 +282,35 @@ async fn session(
                 };
                 match msg.msg {
                     Some(v1::controller_message::Msg::Desired(d)) => {
+                        let confirming = d.confirm_timeout_ms > 0;
+                        if confirming {
+                            confirm.begin(agent, d.revision, d.confirm_timeout_ms);
+                        } else {
+                            confirm.cancel();
+                        }
                         let (applied, report) = apply_desired(agent, &d).await;
                         tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
                             .await
                             .context("session channel closed")?;
+                        let ok = report.is_some();
                         if let Some(r) = report {
                             for c in &companions.list {
                                 c.on_applied(&r).await;
                             }
                         }
+                        if confirming {
+                            if !ok {
+                                confirm.cancel();
+                            } else {
+                                tracing::info!(revision = d.revision,
+                                    "reconnecting through the new rules to be confirmed");
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Some(v1::controller_message::Msg::Confirm(c)) => confirm.confirm(c.revision),
+                    Some(v1::controller_message::Msg::Revert(r)) => {
+                        confirm.revert(agent, r.revision, &r.reason, &companions.uplink()).await;
                     }
                     Some(other) => {
                         for c in &companions.list {

@@ -7,7 +7,9 @@ use portcullis_controller::cli::{self, connect::ConnectArgs, exit};
 /// Portcullis: one declarative port policy on a fleet of Linux hosts, proven in place.
 ///
 /// Exit codes: 0 success; 1 valid request that did not fully succeed (a host failed or is
-/// pending); 2 invalid input, nothing changed; 4 controller unreachable or refused us.
+/// pending); 2 invalid input, nothing changed (also: refused by the anti-lockout check);
+/// 4 controller unreachable or refused us; rollouts (`apply --serial/--confirm-timeout`,
+/// `rollback`): 5 halted with hosts not rolled back, 6 halted and rolled back, 7 aborted.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, propagate_version = true)]
 struct Cli {
@@ -43,6 +45,14 @@ enum Command {
     Drift(cli::drift::DriftArgs),
     /// Denied connection attempts from every host: filter, follow live, top ports/sources
     Logs(cli::logs::LogsArgs),
+    /// Re-roll a previous revision (default: the one before the latest) with the same
+    /// waves and gates as apply (exit 0 done, 5 halted, 6 rolled back, 7 aborted)
+    Rollback(cli::rollout::RollbackArgs),
+    /// Rollouts: list, show one (waves, per-host results, who ran it), abort the running one
+    Rollout {
+        #[command(subcommand)]
+        cmd: cli::rollout::RolloutCommand,
+    },
 }
 
 fn init_tracing(filter: &str, json: bool) {
@@ -84,6 +94,8 @@ fn main() {
             Command::History(a) => cli::history::run(a, &cli.connect).await,
             Command::Drift(a) => cli::drift::run(a, &cli.connect).await,
             Command::Logs(a) => cli::logs::run(a, &cli.connect).await,
+            Command::Rollback(a) => cli::rollout::rollback(a, &cli.connect).await,
+            Command::Rollout { cmd } => cli::rollout::run(cmd, &cli.connect).await,
         }
     });
     match result {
@@ -101,7 +113,8 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<UsageError>().is_some() {
         exit::INVALID
     } else if e.downcast_ref::<Unreachable>().is_some()
-        || e.chain().any(|c| c.downcast_ref::<tonic::transport::Error>().is_some())
+        || e.chain()
+            .any(|c| c.downcast_ref::<tonic::transport::Error>().is_some())
     {
         exit::UNREACHABLE
     } else {

@@ -338,7 +338,7 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
                                 eprintln!("apply: {} host(s) offline", a.offline.len());
                             }
                         }
-                        None => {}
+                        _ => {}
                     }
                 }
                 ok

@@ -38,6 +38,8 @@ pub struct ApplyArgs {
     /// With --check: print each host's semantic changes, not only how many
     #[arg(long, requires = "check")]
     pub diff: bool,
+    #[command(flatten)]
+    pub rollout: super::rollout::RolloutArgs,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Source> {
@@ -68,6 +70,8 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         check: args.check,
         ..Default::default()
     };
+    let mut request = request;
+    args.rollout.fill(&mut request);
     if args.check {
         return super::apply_check::run(&mut client, request, args.diff, args.json).await;
     }
@@ -88,6 +92,9 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         }
         _ => anyhow::bail!("controller ended the apply stream without accepting it"),
     };
+    if accepted.rollout_id != 0 {
+        return super::rollout::follow(accepted, stream, args.json).await;
+    }
     let revision = accepted.revision;
     let total = accepted.hosts.len();
     let bar = ProgressBar::new(total as u64);

@@ -9,6 +9,7 @@ pub mod drift;
 pub mod history;
 pub mod logs;
 pub mod output;
+pub mod rollout;
 pub mod serve;
 pub mod status;
 
@@ -22,6 +23,12 @@ pub mod exit {
     pub const INVALID: i32 = 2;
     /// The controller could not be reached or refused us (TLS, certificate, permission).
     pub const UNREACHABLE: i32 = 4;
+    /// A rollout halted and not every host it changed could be rolled back.
+    pub const HALTED: i32 = 5;
+    /// A rollout halted on failures and every host it changed was rolled back.
+    pub const ROLLED_BACK: i32 = 6;
+    /// A rollout was stopped by `portcullis rollout abort`.
+    pub const ABORTED: i32 = 7;
     /// `drift`: drift found on at least one host (drifted, or healed during the check).
     pub const DRIFT_FOUND: i32 = 2;
     /// `drift`: no drift found, but some hosts did not answer.

@@ -69,12 +69,14 @@ fn result_of(host: &str, expected: &str, report: &v1::Applied) -> v1::HostResult
         error: report.error.clone(),
         duration_us: report.duration_us,
         changes: report.changes.clone(),
+        ..Default::default()
     }
 }
 
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
     type ApplyStream = ApplyStream;
+    type RollbackStream = ApplyStream;
     type LogsStream = super::logs::LogsStream;
 
     async fn drift(
@@ -107,11 +109,42 @@ impl v1::admin_server::Admin for AdminService {
             .map(Response::new)
     }
 
+    async fn rollback(
+        &self,
+        request: Request<v1::RollbackRequest>,
+    ) -> Result<Response<Self::ApplyStream>, Status> {
+        self.admin(&request)?;
+        let apply = super::rollout::start::rollback_request(&self.shared, request).await?;
+        v1::admin_server::Admin::apply(self, apply).await
+    }
+
+    async fn rollout_abort(
+        &self,
+        request: Request<v1::RolloutAbortRequest>,
+    ) -> Result<Response<v1::RolloutAbortResponse>, Status> {
+        let author = self.admin(&request)?;
+        super::rollout::start::abort(&self.shared, &author, request.get_ref().rollout_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rollouts(
+        &self,
+        request: Request<v1::RolloutsRequest>,
+    ) -> Result<Response<v1::RolloutsResponse>, Status> {
+        self.admin(&request)?;
+        super::rollout::list(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(super::session::internal)
+    }
+
     async fn apply(
         &self,
         request: Request<v1::ApplyRequest>,
     ) -> Result<Response<Self::ApplyStream>, Status> {
         let author = self.admin(&request)?;
+        let kind = super::rollout::start::kind_of(&request);
         let req = request.into_inner();
         if req.check {
             // --check: a diff per host; nothing stored, nothing sent to agents.
@@ -171,6 +204,20 @@ impl v1::admin_server::Admin for AdminService {
                 errors.len(),
                 errors.join("\n")
             )));
+        }
+        // Anti-lockout check, then waves / commit-confirmed when asked for.
+        if let Some(stream) = super::rollout::start::from_apply(
+            &self.shared,
+            &author,
+            kind,
+            &req,
+            &targets,
+            &rows,
+            next_revision,
+        )
+        .await?
+        {
+            return Ok(Response::new(stream));
         }
         let expected: BTreeMap<String, String> = rows
             .iter()
@@ -239,6 +286,7 @@ impl v1::admin_server::Admin for AdminService {
                 revision,
                 hosts: expected.keys().cloned().collect(),
                 offline,
+                ..Default::default()
             })),
         };
         let _ = tx.send(Ok(accepted)).await;

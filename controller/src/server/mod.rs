@@ -48,6 +48,8 @@ pub struct Shared {
     pub drift: drift::DriftState,
     /// Live `logs --follow` subscribers.
     pub logs: logs::LogsState,
+    /// The running rollout and what rollouts need to know about sessions.
+    pub rollouts: rollout::Rollouts,
 }
 
 impl Shared {
@@ -76,6 +78,7 @@ pub async fn run(
     let tls = crate::pki::tls::server_tls(&config.pki)
         .with_context(|| format!("loading TLS material from {}", config.pki.display()))?;
     let store = Store::open(&config.db)?;
+    rollout::recover(&store)?;
     let shared = Arc::new(Shared {
         store,
         registry: Registry::new(),
@@ -84,6 +87,7 @@ pub async fn run(
         drift: drift::DriftState::default(),
         logs: logs::LogsState::start(&config.db, &config.logs)
             .context("starting the denial log writer")?,
+        rollouts: rollout::Rollouts::default(),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db.display(), max_connections = config.max_connections, "controller listening");

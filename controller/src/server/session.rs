@@ -41,6 +41,7 @@ impl v1::session_server::Session for SessionService {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let identity = self.shared.authenticate(&request)?;
+        self.shared.rollouts.seen_local_addr(request.local_addr());
         let Role::Agent(cert_host) = identity.role else {
             tracing::warn!(%peer, role = ?identity.role, "session refused: not an agent certificate");
             return Err(Status::permission_denied(
@@ -111,7 +112,11 @@ impl v1::session_server::Session for SessionService {
         tracing::info!(%host, %peer, agent_version = %hello.agent_version,
             applied_revision = hello.applied_revision, "agent connected");
 
-        if let Some(desired) = self.shared.desired_message(&host, &facts).await? {
+        // Mid-rollout hosts are driven by the rollout (confirm or revert), not by reconnects.
+        let held = self.shared.rollouts.holds(&host);
+        if let Some(desired) = self.shared.desired_message(&host, &facts).await?
+            && !held
+        {
             let current = hello.applied_revision == desired.revision
                 && !desired.expected_hash.is_empty()
                 && hello.kernel_hash == desired.expected_hash;

@@ -78,6 +78,32 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE hosts ADD COLUMN drift_detected_ms INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE hosts ADD COLUMN drift_healed_ms INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE hosts ADD COLUMN coexistence_json TEXT NOT NULL DEFAULT '[]';",
+    // 4: rollouts (waves, commit-confirmed) and their per-host results.
+    "CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        author TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        serial TEXT NOT NULL,
+        max_fail TEXT NOT NULL,
+        confirm_timeout_ms INTEGER NOT NULL,
+        waves_json TEXT NOT NULL
+     );
+     CREATE TABLE rollout_hosts (
+        rollout INTEGER NOT NULL REFERENCES rollouts(id),
+        host TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        previous_revision INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (rollout, host)
+     );
+     CREATE INDEX rollouts_status ON rollouts(status);",
     // 5: denial batch numbering epochs (a new agent spool restarts seq) and NFLOG
     // sequence-gap losses.
     "ALTER TABLE denial_totals ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;

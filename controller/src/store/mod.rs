@@ -10,6 +10,7 @@ mod denials;
 pub mod drift;
 mod migrations;
 mod model;
+pub mod rollout;
 
 pub use denial_query::*;
 pub use denials::*;

@@ -115,6 +115,7 @@ pub fn apply_request(site: &str, limit: &str) -> v1::ApplyRequest {
         inventory_name: "inventory.yml".into(),
         inventory_yaml: INVENTORY.into(),
         limit: limit.into(),
+        ..Default::default()
     }
 }
 

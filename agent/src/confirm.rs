@@ -1,0 +1,261 @@
+//! Commit-confirmed on the agent.
+//!
+//! A `Desired` with a confirm deadline is recorded *before* it is applied
+//! (`<state>/pending-confirm.json`: the revision, the wall-clock deadline and the policy
+//! and revision to go back to). After `Applied` the session reconnects, so the stream to
+//! the controller is re-established through the new rules; a `Confirm` for the revision
+//! clears the record. If the deadline passes first (or the controller sends `Revert`),
+//! the previous policy is re-applied by the agent on its own and a `Reverted` report is
+//! kept in `<state>/reverted.json` until it could be sent. Both files survive a restart,
+//! so an agent restarted inside the confirm window still reverts on time.
+//! Never opens the host: with no previous policy the revert removes only our table,
+//! which is exactly the state before the unconfirmed revision.
+
+use crate::Agent;
+use crate::session::Uplink;
+use portcullis_policy::HostPolicy;
+use portcullis_proto::v1;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+const PENDING_FILE: &str = "pending-confirm.json";
+const REVERTED_FILE: &str = "reverted.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Previous {
+    revision: u64,
+    policy: HostPolicy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    revision: u64,
+    deadline_unix_ms: i64,
+    previous: Option<Previous>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RevertedRecord {
+    revision: u64,
+    restored_revision: u64,
+    reason: String,
+    hash: String,
+}
+
+/// The pending confirmation of this agent (at most one).
+#[derive(Debug)]
+pub struct Confirmer {
+    dir: PathBuf,
+    pending: Mutex<Option<Pending>>,
+    changed: Notify,
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text)
+        .inspect_err(
+            |e| tracing::error!(path = %path.display(), error = %e, "unreadable record ignored"),
+        )
+        .ok()
+}
+
+fn write<T: Serialize>(path: &Path, value: &T) {
+    let tmp = path.with_extension("tmp");
+    let result = serde_json::to_vec_pretty(value)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::error!(path = %path.display(), error = %e, "cannot persist the confirm record");
+    }
+}
+
+fn remove(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::error!(path = %path.display(), error = %e, "cannot remove the confirm record");
+    }
+}
+
+impl Confirmer {
+    /// Load what a previous run left (pending confirmation, unsent revert report).
+    pub fn open(state_dir: &Path) -> Self {
+        let pending = read::<Pending>(&state_dir.join(PENDING_FILE));
+        if let Some(p) = &pending {
+            tracing::warn!(
+                revision = p.revision,
+                deadline_unix_ms = p.deadline_unix_ms,
+                "an unconfirmed revision is pending from before the restart"
+            );
+        }
+        Self {
+            dir: state_dir.to_path_buf(),
+            pending: Mutex::new(pending),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, p: Option<Pending>) {
+        let path = self.dir.join(PENDING_FILE);
+        match &p {
+            Some(p) => {
+                if let Err(e) = std::fs::create_dir_all(&self.dir) {
+                    tracing::error!(error = %e, "cannot create the state dir");
+                }
+                write(&path, p);
+            }
+            None => remove(&path),
+        }
+        *self.lock() = p;
+        self.changed.notify_one();
+    }
+
+    /// The revision waiting for `Confirm`, if any.
+    pub fn awaiting(&self) -> Option<u64> {
+        self.lock().as_ref().map(|p| p.revision)
+    }
+
+    /// Before applying `revision` under a deadline: remember what to go back to (the last
+    /// *confirmed* policy when one is already pending).
+    pub fn begin(&self, agent: &Agent, revision: u64, timeout_ms: u64) {
+        let previous = match self.lock().as_ref() {
+            Some(p) => p.previous.clone(),
+            None => agent.last_known_good().ok().flatten().map(|l| Previous {
+                revision: l.revision,
+                policy: l.policy,
+            }),
+        };
+        let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
+        self.set(Some(Pending {
+            revision,
+            deadline_unix_ms: crate::session::now_ms().saturating_add(timeout),
+            previous,
+        }));
+        tracing::info!(revision, timeout_ms, "applying under commit-confirmed");
+    }
+
+    /// The apply failed (nothing changed) or a revision without deadline superseded it.
+    pub fn cancel(&self) {
+        if self.awaiting().is_some() {
+            self.set(None);
+        }
+    }
+
+    /// `Confirm` from the controller.
+    pub fn confirm(&self, revision: u64) {
+        if self.awaiting() == Some(revision) {
+            self.set(None);
+            tracing::info!(revision, "revision confirmed by the controller");
+        } else {
+            tracing::debug!(revision, "Confirm for a revision not pending; ignored");
+        }
+    }
+
+    /// Go back to the previous policy now (deadline passed, or `Revert`).
+    pub async fn revert(&self, agent: &Agent, revision: u64, reason: &str, uplink: &Uplink) {
+        let Some(p) = self.lock().clone().filter(|p| p.revision == revision) else {
+            return;
+        };
+        tracing::warn!(revision, %reason, "reverting the unconfirmed revision");
+        let (restored, hash) = match &p.previous {
+            Some(prev) => match agent.apply_policy(&prev.policy, prev.revision).await {
+                Ok(r) => (prev.revision, r.hash.0),
+                Err(e) => {
+                    // The new ruleset stays (never open on error); keep trying at next tick.
+                    tracing::error!(error = %e, "revert failed; retrying");
+                    return;
+                }
+            },
+            None => {
+                let a = agent.clone();
+                match tokio::task::spawn_blocking(move || a.remove(true)).await {
+                    Ok(Ok(_)) => (0, String::new()),
+                    other => {
+                        tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "revert (remove) failed; retrying");
+                        return;
+                    }
+                }
+            }
+        };
+        write(
+            &self.dir.join(REVERTED_FILE),
+            &RevertedRecord {
+                revision,
+                restored_revision: restored,
+                reason: reason.to_string(),
+                hash,
+            },
+        );
+        self.set(None);
+        let tx = uplink.borrow().clone();
+        if let Some(tx) = tx {
+            self.flush(&tx).await;
+        }
+    }
+
+    /// Send a `Reverted` report not sent yet (at connect, or right after a revert).
+    pub async fn flush(&self, tx: &mpsc::Sender<v1::AgentMessage>) {
+        let path = self.dir.join(REVERTED_FILE);
+        let Some(r) = read::<RevertedRecord>(&path) else {
+            return;
+        };
+        let msg = v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Reverted(v1::Reverted {
+                revision: r.revision,
+                restored_revision: r.restored_revision,
+                reason: r.reason,
+                hash: r.hash,
+            })),
+        };
+        if tx.send(msg).await.is_ok() {
+            remove(&path);
+        }
+    }
+
+    /// Revert at the deadline, forever (spawned by the session's `run`).
+    pub async fn watch(self: Arc<Self>, agent: Agent, uplink: Uplink) {
+        loop {
+            let next = self
+                .lock()
+                .as_ref()
+                .map(|p| (p.revision, p.deadline_unix_ms));
+            match next {
+                None => self.changed.notified().await,
+                Some((revision, deadline)) => {
+                    let left = deadline.saturating_sub(crate::session::now_ms());
+                    if left <= 0 {
+                        let reason = "no Confirm from the controller before the deadline \
+                                      (could the agent reach it through the new rules?)";
+                        self.revert(&agent, revision, reason, &uplink).await;
+                        // A failed revert is retried shortly.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    let wait = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Aborts the watcher task when the session's `run` returns.
+#[derive(Debug)]
+pub struct WatchGuard(pub tokio::task::JoinHandle<()>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,404 @@
+//! Rollouts in the CLI: the `apply` flags for waves and commit-confirmed
+//! ([`RolloutArgs`]), following a rollout's events (one progress bar per wave, a line per
+//! host, a summary table, an exit code: [`follow`]), `portcullis rollback`, and
+//! `portcullis rollout list|show|abort`.
+
+use super::connect::{ConnectArgs, status_exit};
+use super::exit;
+use super::output::{print_json, table};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use portcullis_proto::v1;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_stream::StreamExt as _;
+
+/// Waves, failure budget, commit-confirmed and anti-lockout options of `apply`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// Push in waves (Ansible `serial`): sizes or percentages, the last repeats, e.g.
+    /// `1,10%,50%`. Each wave must fully succeed before the next starts
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Failed hosts tolerated: `N` over the whole rollout, or `N%` of each wave; past it
+    /// the rollout halts and the hosts it changed are rolled back (default 0)
+    #[arg(long)]
+    pub max_fail: Option<String>,
+    /// Commit-confirmed: each host must come back to the controller through its new
+    /// rules within this time, or it reverts by itself (e.g. `30s`)
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub confirm_timeout: Option<Duration>,
+    /// Access that must stay open, refused otherwise: `tcp/22`, `tcp/22 from 10.0.0.0/8`
+    /// (repeatable)
+    #[arg(long)]
+    pub keep: Vec<String>,
+    /// Send even if the anti-lockout check finds a problem (commit-confirmed still reverts
+    /// hosts that cannot reach the controller)
+    #[arg(long)]
+    pub force_lockout_risk: bool,
+}
+
+impl RolloutArgs {
+    /// Fill the rollout fields of an `ApplyRequest`.
+    pub fn fill(&self, r: &mut v1::ApplyRequest) {
+        r.serial = self.serial.clone().unwrap_or_default();
+        r.max_fail = self.max_fail.clone().unwrap_or_default();
+        r.confirm_timeout_ms = self
+            .confirm_timeout
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        r.keep = self.keep.clone();
+        r.force_lockout_risk = self.force_lockout_risk;
+    }
+}
+
+fn outcome(o: i32) -> &'static str {
+    match v1::HostOutcome::try_from(o) {
+        Ok(v1::HostOutcome::Applied) => "applied",
+        Ok(v1::HostOutcome::Confirmed) => "confirmed",
+        Ok(v1::HostOutcome::Failed) => "failed",
+        Ok(v1::HostOutcome::HashMismatch) => "hash-mismatch",
+        Ok(v1::HostOutcome::Disconnected) => "disconnected",
+        Ok(v1::HostOutcome::Reverted) => "reverted",
+        Ok(v1::HostOutcome::Offline) => "offline",
+        Ok(v1::HostOutcome::Unconfirmed) => "unconfirmed",
+        Ok(v1::HostOutcome::RolledBack) => "rolled-back",
+        _ => "unknown",
+    }
+}
+
+/// Exit code of a finished rollout.
+pub fn status_code(status: &str) -> i32 {
+    match status {
+        "succeeded" => exit::OK,
+        "rolled_back" => exit::ROLLED_BACK,
+        "aborted" => exit::ABORTED,
+        _ => exit::HALTED,
+    }
+}
+
+/// Follow a rollout after its `Accepted` event until `Finished`.
+pub async fn follow(
+    accepted: v1::ApplyAccepted,
+    mut stream: tonic::Streaming<v1::ApplyEvent>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let multi = MultiProgress::new();
+    if json {
+        multi.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut bars: BTreeMap<u32, ProgressBar> = BTreeMap::new();
+    let mut results: BTreeMap<String, v1::HostResult> = BTreeMap::new();
+    let mut rolled: BTreeMap<String, v1::HostResult> = BTreeMap::new();
+    let mut finished: Option<v1::RolloutFinished> = None;
+    if !json {
+        let _ = multi.println(format!(
+            "rollout {} of r{}: {} host(s) in {} wave(s)",
+            accepted.rollout_id,
+            accepted.revision,
+            accepted.hosts.len(),
+            accepted.waves.len()
+        ));
+    }
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(s) => {
+                let _ = multi.println(format!("stream error: {}", s.message()));
+                break;
+            }
+        };
+        match ev.event {
+            Some(v1::apply_event::Event::WaveStarted(w)) => {
+                let bar = multi.add(ProgressBar::new(w.hosts.len() as u64));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("wave {}/{}", w.index + 1, w.of));
+                bar.enable_steady_tick(Duration::from_millis(100));
+                bars.insert(w.index, bar);
+            }
+            Some(v1::apply_event::Event::Host(r)) => {
+                let line = format!(
+                    "  {}: {}{}",
+                    r.host,
+                    outcome(r.outcome),
+                    if r.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.error)
+                    }
+                );
+                if r.outcome == v1::HostOutcome::RolledBack as i32 {
+                    if !json {
+                        let _ = multi.println(line);
+                    }
+                    rolled.insert(r.host.clone(), r);
+                    continue;
+                }
+                if let Some(b) = bars.get(&r.wave) {
+                    b.inc(1);
+                    b.set_message(r.host.clone());
+                    if !json {
+                        b.println(line);
+                    }
+                }
+                results.insert(r.host.clone(), r);
+            }
+            Some(v1::apply_event::Event::WaveFinished(w)) => {
+                if let Some(b) = bars.get(&w.index) {
+                    b.finish_with_message(format!("{} ok, {} failed", w.ok, w.failed));
+                }
+            }
+            Some(v1::apply_event::Event::Finished(f)) => {
+                finished = Some(f);
+                break;
+            }
+            _ => {}
+        }
+    }
+    for b in bars.values() {
+        b.finish_and_clear();
+    }
+    let wave_of: BTreeMap<&String, usize> = accepted
+        .waves
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| w.hosts.iter().map(move |h| (h, i)))
+        .collect();
+    let status = finished
+        .as_ref()
+        .map_or("interrupted", |f| f.status.as_str());
+    let row = |h: &String| -> (String, String, String) {
+        let wave = wave_of.get(h).map_or("-".into(), |w| (w + 1).to_string());
+        let (res, detail) = match (results.get(h), rolled.get(h)) {
+            (_, Some(r)) => ("rolled-back".to_string(), r.error.clone()),
+            (Some(r), None) => (outcome(r.outcome).to_string(), r.error.clone()),
+            (None, None) => ("not started".to_string(), String::new()),
+        };
+        (wave, res, detail)
+    };
+    if json {
+        let hosts: Vec<_> = accepted
+            .hosts
+            .iter()
+            .map(|h| {
+                let (wave, result, detail) = row(h);
+                serde_json::json!({ "host": h, "wave": wave, "result": result, "detail": detail })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "rollout": accepted.rollout_id,
+            "revision": accepted.revision,
+            "status": status,
+            "reason": finished.as_ref().map(|f| f.reason.clone()).unwrap_or_default(),
+            "waves": accepted.waves.iter().map(|w| w.hosts.clone()).collect::<Vec<_>>(),
+            "rollback_failed": finished.as_ref().map(|f| f.rollback_failed.clone()).unwrap_or_default(),
+            "hosts": hosts,
+        }))?;
+    } else {
+        let rows: Vec<Vec<String>> = accepted
+            .hosts
+            .iter()
+            .map(|h| {
+                let (wave, result, detail) = row(h);
+                vec![
+                    h.clone(),
+                    wave,
+                    result,
+                    detail.lines().next().unwrap_or("").to_string(),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["HOST", "WAVE", "RESULT", "DETAIL"], &rows));
+        println!(
+            "rollout {} of r{}: {status}",
+            accepted.rollout_id, accepted.revision
+        );
+        if let Some(f) = &finished {
+            if !f.reason.is_empty() {
+                println!("reason: {}", f.reason);
+            }
+            for r in &f.rollback_failed {
+                println!("NOT rolled back: {r}");
+            }
+        }
+    }
+    Ok(status_code(status))
+}
+
+/// `portcullis rollback`
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// Hosts to roll back (Ansible pattern over that revision's inventory); default all
+    pub pattern: Option<String>,
+    /// Revision to go back to (default: the one before the latest)
+    #[arg(long)]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+    /// Print the final result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn rollback(args: RollbackArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
+    let mut client = conn.admin().await?;
+    let mut fill = v1::ApplyRequest::default();
+    args.rollout.fill(&mut fill);
+    let req = v1::RollbackRequest {
+        to_revision: args.to.unwrap_or(0),
+        pattern: args.pattern.unwrap_or_default(),
+        serial: fill.serial,
+        max_fail: fill.max_fail,
+        confirm_timeout_ms: fill.confirm_timeout_ms,
+    };
+    let mut stream = match client.rollback(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            eprintln!("error: {}", s.message());
+            return Ok(status_exit(&s));
+        }
+    };
+    match stream.next().await {
+        Some(Ok(v1::ApplyEvent {
+            event: Some(v1::apply_event::Event::Accepted(a)),
+        })) => follow(a, stream, args.json).await,
+        Some(Err(s)) => {
+            eprintln!("error: {}", s.message());
+            Ok(status_exit(&s))
+        }
+        _ => anyhow::bail!("controller ended the rollback stream without accepting it"),
+    }
+}
+
+/// `portcullis rollout ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutCommand {
+    /// Rollouts, newest first: revision, who, status, waves
+    List {
+        /// At most this many (0 = all)
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One rollout with its per-host results by wave
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the running rollout before its next wave (hosts stay on a known revision)
+    Abort {
+        /// Rollout id (default: whichever is running)
+        id: Option<u64>,
+    },
+}
+
+fn when(ms: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32> {
+    let mut client = conn.admin().await?;
+    let (limit, id, json) = match cmd {
+        RolloutCommand::Abort { id } => {
+            return match client
+                .rollout_abort(v1::RolloutAbortRequest {
+                    rollout_id: id.unwrap_or(0),
+                })
+                .await
+            {
+                Ok(r) => {
+                    println!(
+                        "rollout {} will stop before its next wave",
+                        r.get_ref().rollout_id
+                    );
+                    Ok(exit::OK)
+                }
+                Err(s) => {
+                    eprintln!("error: {}", s.message());
+                    Ok(status_exit(&s))
+                }
+            };
+        }
+        RolloutCommand::List { limit, json } => (limit, 0, json),
+        RolloutCommand::Show { id, json } => (0, id, json),
+    };
+    let resp = match client.rollouts(v1::RolloutsRequest { limit, id }).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            eprintln!("error: {}", s.message());
+            return Ok(status_exit(&s));
+        }
+    };
+    if json {
+        let v: Vec<_> = resp.rollouts.iter().map(|r| serde_json::json!({
+            "id": r.id, "revision": r.revision, "kind": r.kind, "author": r.author,
+            "started_unix_ms": r.started_unix_ms, "finished_unix_ms": r.finished_unix_ms,
+            "status": r.status, "reason": r.reason, "serial": r.serial, "max_fail": r.max_fail,
+            "confirm_timeout_ms": r.confirm_timeout_ms,
+            "hosts": r.hosts.iter().map(|h| serde_json::json!({
+                "host": h.host, "wave": h.wave, "previous_revision": h.previous_revision,
+                "state": h.state, "detail": h.detail })).collect::<Vec<_>>(),
+        })).collect();
+        print_json(&serde_json::json!({ "rollouts": v }))?;
+        return Ok(exit::OK);
+    }
+    if id == 0 {
+        let rows: Vec<Vec<String>> = resp
+            .rollouts
+            .iter()
+            .map(|r| {
+                vec![
+                    r.id.to_string(),
+                    format!("r{}", r.revision),
+                    r.kind.clone(),
+                    r.author.clone(),
+                    when(r.started_unix_ms),
+                    r.status.clone(),
+                    r.serial.clone(),
+                    r.hosts.len().to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "ID", "REVISION", "KIND", "AUTHOR", "STARTED", "STATUS", "SERIAL", "HOSTS"
+                ],
+                &rows
+            )
+        );
+    } else {
+        for r in &resp.rollouts {
+            println!(
+                "rollout {} ({}) of r{} by {}: {} {}",
+                r.id, r.kind, r.revision, r.author, r.status, r.reason
+            );
+            let rows: Vec<Vec<String>> = r
+                .hosts
+                .iter()
+                .map(|h| {
+                    vec![
+                        (h.wave + 1).to_string(),
+                        h.host.clone(),
+                        format!("r{}", h.previous_revision),
+                        h.state.clone(),
+                        h.detail.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["WAVE", "HOST", "PREVIOUS", "STATE", "DETAIL"], &rows)
+            );
+        }
+    }
+    Ok(exit::OK)
+}

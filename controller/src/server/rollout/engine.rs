@@ -1,0 +1,451 @@
+//! The wave engine: executes the steps of a [`Rollout`] against connected agents.
+//!
+//! A wave makes the revision the desired one of its hosts and sends `Desired` (with the
+//! confirm deadline). A host counts as confirmed when it applied with the expected hash
+//! and — with a deadline — came back on a *new* session whose `Hello` attests the new
+//! revision and hash (its stream was re-established through the new rules); only then is
+//! `Confirm` sent. The controller gives up at 80% of the deadline, so it has put the
+//! previous revision back as desired before the agent reverts by itself. A failed host
+//! gets its previous desired revision back at once. On halt, confirmed hosts are sent
+//! their previous revision and must report it applied.
+
+use super::super::Shared;
+use super::super::registry::HostEvent;
+use crate::store;
+use portcullis_policy::rollout::{HostResult, MaxFail, Rollout, Step};
+use portcullis_proto::v1;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tonic::Status;
+
+/// How long a host has to answer `Desired` when no confirmation is asked for.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a rolled-back host has to report its previous revision applied.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Plan {
+    pub id: u64,
+    pub revision: u64,
+    pub waves: Vec<Vec<String>>,
+    pub max_fail: MaxFail,
+    pub confirm: Duration,
+    pub previous: BTreeMap<String, u64>,
+    pub abort: Arc<AtomicBool>,
+}
+
+type Tx = mpsc::Sender<Result<v1::ApplyEvent, Status>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Applying,
+    AwaitReconnect,
+}
+
+struct Ctx<'a> {
+    shared: &'a Arc<Shared>,
+    plan: &'a Plan,
+    tx: &'a Tx,
+}
+
+async fn emit(tx: &Tx, event: v1::apply_event::Event) {
+    // The operator may have gone away; the rollout goes on.
+    let _ = tx.send(Ok(v1::ApplyEvent { event: Some(event) })).await;
+}
+
+fn host_result(host: &str, outcome: v1::HostOutcome, wave: usize, error: &str) -> v1::HostResult {
+    v1::HostResult {
+        host: host.to_string(),
+        outcome: outcome as i32,
+        error: error.to_string(),
+        wave: u32::try_from(wave).unwrap_or(u32::MAX),
+        ..Default::default()
+    }
+}
+
+fn state_name(o: v1::HostOutcome) -> &'static str {
+    match o {
+        v1::HostOutcome::Confirmed | v1::HostOutcome::Applied => "confirmed",
+        v1::HostOutcome::Reverted => "reverted",
+        v1::HostOutcome::Offline => "offline",
+        v1::HostOutcome::Unconfirmed => "unconfirmed",
+        v1::HostOutcome::RolledBack => "rolled_back",
+        v1::HostOutcome::HashMismatch => "hash_mismatch",
+        _ => "failed",
+    }
+}
+
+impl Ctx<'_> {
+    async fn record(&self, host: &str, state: &str, detail: &str) {
+        let (id, h, s, d) = (
+            self.plan.id,
+            host.to_string(),
+            state.to_string(),
+            detail.to_string(),
+        );
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |c| store::rollout::set_host_state(c, id, &h, &s, &d))
+            .await
+        {
+            tracing::error!(rollout = id, %host, error = %e, "recording rollout host state failed");
+        }
+    }
+
+    async fn set_desired(&self, host: &str, revision: u64) {
+        let h = host.to_string();
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |c| store::rollout::set_desired(c, &h, revision))
+            .await
+        {
+            tracing::error!(%host, revision, error = %e, "setting the desired revision failed");
+        }
+    }
+
+    async fn send(&self, host: &str, msg: v1::controller_message::Msg) -> bool {
+        match self.shared.registry.get(host) {
+            Some(h) => {
+                h.tx.send(Ok(v1::ControllerMessage { msg: Some(msg) }))
+                    .await
+                    .is_ok()
+            }
+            None => false,
+        }
+    }
+
+    /// A host of the wave settled: store, report, release it.
+    async fn settle(
+        &self,
+        wave: usize,
+        host: &str,
+        outcome: v1::HostOutcome,
+        detail: &str,
+    ) -> HostResult {
+        let ok = matches!(
+            outcome,
+            v1::HostOutcome::Confirmed | v1::HostOutcome::Applied
+        );
+        if !ok {
+            // Never push the refused revision again on reconnect.
+            self.set_desired(host, self.plan.previous.get(host).copied().unwrap_or(0))
+                .await;
+        }
+        self.record(host, state_name(outcome), detail).await;
+        self.shared.rollouts.set_in_flight(host, false);
+        tracing::info!(rollout = self.plan.id, %host, outcome = state_name(outcome), %detail, "rollout host settled");
+        emit(
+            self.tx,
+            v1::apply_event::Event::Host(host_result(host, outcome, wave, detail)),
+        )
+        .await;
+        if ok {
+            HostResult::Confirmed
+        } else {
+            HostResult::Failed(detail.to_string())
+        }
+    }
+
+    /// Attested by the host's latest `Hello`: (applied revision, kernel hash).
+    async fn attested(&self, host: &str) -> Option<(u64, String)> {
+        let h = host.to_string();
+        self.shared
+            .store
+            .call(move |c| store::rollout::host_applied(c, &h))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
+    let ctx = Ctx {
+        shared: &shared,
+        plan: &plan,
+        tx: &tx,
+    };
+    let mut events = shared.registry.subscribe();
+    let mut reverted = shared.rollouts.subscribe_reverted();
+    let mut sm = Rollout::new(plan.waves.clone(), plan.max_fail);
+    let mut aborted = false;
+    let (status, reason, rolled_back, rollback_failed) = loop {
+        if plan.abort.load(Ordering::SeqCst) && !aborted {
+            aborted = true;
+            sm.abort();
+        }
+        match sm.next() {
+            Step::StartWave { index, hosts } => {
+                emit(
+                    &tx,
+                    v1::apply_event::Event::WaveStarted(v1::WaveStarted {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        hosts: hosts.clone(),
+                        of: u32::try_from(plan.waves.len()).unwrap_or(u32::MAX),
+                    }),
+                )
+                .await;
+                let results = wave(&ctx, index, &hosts, &mut events, &mut reverted).await;
+                let failed = results
+                    .values()
+                    .filter(|r| **r != HostResult::Confirmed)
+                    .count();
+                for (h, r) in results {
+                    sm.record(&h, r);
+                }
+                emit(
+                    &tx,
+                    v1::apply_event::Event::WaveFinished(v1::WaveFinished {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        ok: u32::try_from(hosts.len() - failed).unwrap_or(u32::MAX),
+                        failed: u32::try_from(failed).unwrap_or(u32::MAX),
+                    }),
+                )
+                .await;
+            }
+            Step::Halt { reason, rollback } => {
+                tracing::warn!(rollout = plan.id, %reason, hosts = rollback.len(), "rollout halted; rolling back");
+                let (done, failed) = roll_back(&ctx, &rollback, &mut events).await;
+                let st = sm.rolled_back(failed.is_empty());
+                break (st, reason, done, failed);
+            }
+            Step::Finished(st) => {
+                let reason = if aborted {
+                    "aborted by an operator (`portcullis rollout abort`)".to_string()
+                } else {
+                    String::new()
+                };
+                break (st, reason, Vec::new(), Vec::new());
+            }
+        }
+    };
+    let (id, s, r) = (plan.id, status.as_str().to_string(), reason.clone());
+    if let Err(e) = shared
+        .store
+        .call(move |c| store::rollout::finish_rollout(c, id, &s, &r))
+        .await
+    {
+        tracing::error!(rollout = plan.id, error = %e, "recording the rollout's end failed");
+    }
+    shared.rollouts.end(plan.id);
+    tracing::info!(rollout = plan.id, revision = plan.revision, status = status.as_str(), %reason, "rollout finished");
+    emit(
+        &tx,
+        v1::apply_event::Event::Finished(v1::RolloutFinished {
+            rollout_id: plan.id,
+            status: status.as_str().to_string(),
+            reason,
+            rolled_back,
+            rollback_failed,
+        }),
+    )
+    .await;
+}
+
+async fn wave(
+    ctx: &Ctx<'_>,
+    index: usize,
+    hosts: &[String],
+    events: &mut broadcast::Receiver<HostEvent>,
+    reverted: &mut broadcast::Receiver<(String, v1::Reverted)>,
+) -> BTreeMap<String, HostResult> {
+    let (rev, confirm) = (ctx.plan.revision, ctx.plan.confirm);
+    let mut results = BTreeMap::new();
+    let mut phase: BTreeMap<String, Phase> = BTreeMap::new();
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for host in hosts {
+        let Some(handle) = ctx.shared.registry.get(host) else {
+            let r = ctx
+                .settle(
+                    index,
+                    host,
+                    v1::HostOutcome::Offline,
+                    "not connected when its wave started",
+                )
+                .await;
+            results.insert(host.clone(), r);
+            continue;
+        };
+        ctx.shared.rollouts.set_in_flight(host, true);
+        ctx.set_desired(host, rev).await;
+        ctx.record(host, "sent", "").await;
+        let desired = match ctx.shared.desired_message(host, &handle.facts).await {
+            Ok(Some(d)) if d.revision == rev => d,
+            other => {
+                let why = format!("no desired r{rev} for this host ({other:?})");
+                results.insert(
+                    host.clone(),
+                    ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
+                );
+                continue;
+            }
+        };
+        expected.insert(host.clone(), desired.expected_hash.clone());
+        let d = v1::Desired {
+            confirm_timeout_ms: u64::try_from(confirm.as_millis()).unwrap_or(u64::MAX),
+            ..desired
+        };
+        if !ctx
+            .send(host, v1::controller_message::Msg::Desired(d))
+            .await
+        {
+            let r = ctx
+                .settle(
+                    index,
+                    host,
+                    v1::HostOutcome::Disconnected,
+                    "session closed while sending",
+                )
+                .await;
+            results.insert(host.clone(), r);
+            continue;
+        }
+        phase.insert(host.clone(), Phase::Applying);
+    }
+    let deadline = Instant::now()
+        + if confirm.is_zero() {
+            APPLY_TIMEOUT
+        } else {
+            confirm.mul_f64(0.8)
+        };
+    while !phase.is_empty() {
+        let mut settled: Option<(String, v1::HostOutcome, String)> = None;
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(HostEvent::Applied { host, report }) if report.revision == rev
+                    && phase.get(&host) == Some(&Phase::Applying) => {
+                    let exp = expected.get(&host).cloned().unwrap_or_default();
+                    if !report.ok {
+                        settled = Some((host, v1::HostOutcome::Failed, report.error));
+                    } else if !exp.is_empty() && report.hash != exp {
+                        let _ = ctx.send(&host, v1::controller_message::Msg::Revert(v1::Revert {
+                            revision: rev, reason: "hash mismatch".into() })).await;
+                        settled = Some((host, v1::HostOutcome::HashMismatch,
+                            format!("kernel hash {} != expected {exp}", report.hash)));
+                    } else if confirm.is_zero() {
+                        settled = Some((host, v1::HostOutcome::Applied, String::new()));
+                    } else {
+                        ctx.record(&host, "applied", "waiting for the reconnect").await;
+                        phase.insert(host, Phase::AwaitReconnect);
+                    }
+                }
+                Ok(HostEvent::Connected { host }) if !confirm.is_zero() && phase.contains_key(&host) => {
+                    let exp = expected.get(&host).cloned().unwrap_or_default();
+                    let attested = ctx.attested(&host).await;
+                    let good = attested.as_ref().is_some_and(|(r, h)| *r == rev && (exp.is_empty() || *h == exp));
+                    if good {
+                        if ctx.send(&host, v1::controller_message::Msg::Confirm(v1::Confirm { revision: rev })).await {
+                            settled = Some((host, v1::HostOutcome::Confirmed, String::new()));
+                        }
+                    } else if phase.get(&host) == Some(&Phase::AwaitReconnect) {
+                        let (r, h) = attested.unwrap_or_default();
+                        settled = Some((host, v1::HostOutcome::Reverted,
+                            format!("came back on r{r} (kernel hash {h}), not r{rev}")));
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(rollout = ctx.plan.id, skipped = n, "rollout lagged behind host events");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            r = reverted.recv() => {
+                if let Ok((host, rv)) = r && rv.revision == rev && phase.contains_key(&host) {
+                    settled = Some((host, v1::HostOutcome::Reverted, rv.reason));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                for (host, p) in std::mem::take(&mut phase) {
+                    let (outcome, why) = match p {
+                        Phase::Applying => (v1::HostOutcome::Failed, format!("no Applied for r{rev} in time")),
+                        Phase::AwaitReconnect => (v1::HostOutcome::Unconfirmed, format!(
+                            "did not come back through the new rules within {} ms",
+                            confirm.mul_f64(0.8).as_millis())),
+                    };
+                    let _ = ctx.send(&host, v1::controller_message::Msg::Revert(v1::Revert {
+                        revision: rev, reason: why.clone() })).await;
+                    results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
+                }
+            }
+        }
+        if let Some((host, outcome, why)) = settled {
+            phase.remove(&host);
+            results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
+        }
+    }
+    results
+}
+
+/// Send each host its previous revision and wait for it to be applied with the expected
+/// hash. Returns (rolled back, could not be rolled back: `host: why`).
+async fn roll_back(
+    ctx: &Ctx<'_>,
+    hosts: &[String],
+    events: &mut broadcast::Receiver<HostEvent>,
+) -> (Vec<String>, Vec<String>) {
+    let mut pending: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for host in hosts {
+        let prev = ctx.plan.previous.get(host).copied().unwrap_or(0);
+        if prev == 0 {
+            failed.push(format!("{host}: no previous revision to go back to"));
+            continue;
+        }
+        ctx.set_desired(host, prev).await;
+        let Some(handle) = ctx.shared.registry.get(host) else {
+            failed.push(format!("{host}: offline (gets r{prev} when it connects)"));
+            continue;
+        };
+        match ctx.shared.desired_message(host, &handle.facts).await {
+            Ok(Some(d)) if d.revision == prev => {
+                let exp = d.expected_hash.clone();
+                if ctx
+                    .send(host, v1::controller_message::Msg::Desired(d))
+                    .await
+                {
+                    pending.insert(host.clone(), (prev, exp));
+                } else {
+                    failed.push(format!("{host}: session closed"));
+                }
+            }
+            _ => failed.push(format!("{host}: no stored r{prev}")),
+        }
+    }
+    let mut done = Vec::new();
+    let deadline = Instant::now() + ROLLBACK_TIMEOUT;
+    while !pending.is_empty() {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(HostEvent::Applied { host, report }) => {
+                    if let Some((prev, exp)) = pending.get(&host).cloned() && report.revision == prev {
+                        pending.remove(&host);
+                        if report.ok && (exp.is_empty() || report.hash == exp) {
+                            ctx.record(&host, "rolled_back", &format!("back on r{prev}")).await;
+                            emit(ctx.tx, v1::apply_event::Event::Host(host_result(&host, v1::HostOutcome::RolledBack, 0, &format!("back on r{prev}")))).await;
+                            done.push(host);
+                        } else {
+                            failed.push(format!("{host}: rollback to r{prev} failed: {}", report.error));
+                        }
+                    }
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    failed.extend(
+        pending
+            .keys()
+            .map(|h| format!("{h}: no answer to the rollback in time")),
+    );
+    for f in &failed {
+        let host = f.split(':').next().unwrap_or_default();
+        ctx.record(host, "rollback_failed", f).await;
+    }
+    (done, failed)
+}

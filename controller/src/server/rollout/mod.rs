@@ -1,0 +1,219 @@
+//! Rollouts on the controller: waves (`--serial`, `--max-fail`), commit-confirmed hosts
+//! (`--confirm-timeout`), halt + automatic rollback, abort, history, and the anti-lockout
+//! check that runs before anything is sent.
+//!
+//! - [`Rollouts`]: the in-memory view (the one running rollout, hosts in flight, the
+//!   addresses agents reach the controller at, `Reverted` reports) kept in [`Shared`].
+//! - [`lockout`]: the anti-lockout check over the compiled rulesets.
+//! - [`engine`]: drives a [`portcullis_policy::rollout::Rollout`] wave by wave.
+//! - [`start`]: `Apply` with waves/confirmation and `Rollback` store the rollout and spawn
+//!   the engine; the operator's stream only follows it (a client going away does not stop
+//!   a rollout; `rollout abort` does).
+//!
+//! The durable record is in the store (`store::rollout`); a rollout left `running` by a
+//! stopped controller is marked `interrupted` at the next start ([`recover`]).
+
+pub mod engine;
+pub mod lockout;
+pub mod start;
+
+use super::Shared;
+use crate::store::{self, Store};
+use portcullis_proto::v1;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::broadcast;
+
+/// The running rollout, as the session and admin services need to see it.
+#[derive(Debug)]
+struct Active {
+    id: u64,
+    abort: Arc<AtomicBool>,
+    /// Hosts sent the revision and not settled yet: a reconnect must not push anything.
+    in_flight: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+pub struct Rollouts {
+    active: Mutex<Option<Active>>,
+    /// Local addresses agents connected to (the controller's address as agents see it).
+    controller_addrs: Mutex<BTreeSet<SocketAddr>>,
+    reverted: broadcast::Sender<(String, v1::Reverted)>,
+}
+
+impl Default for Rollouts {
+    fn default() -> Self {
+        Self {
+            active: Mutex::new(None),
+            controller_addrs: Mutex::new(BTreeSet::new()),
+            reverted: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl Rollouts {
+    fn active(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
+        // Single-operation critical sections: a poisoned lock still holds a valid value.
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `host` is mid-rollout (sent, not settled): its session must not be sent
+    /// its desired revision on reconnect, the rollout decides.
+    pub fn holds(&self, host: &str) -> bool {
+        self.active()
+            .as_ref()
+            .is_some_and(|a| a.in_flight.contains(host))
+    }
+
+    /// The id of the running rollout, if any.
+    pub fn running(&self) -> Option<u64> {
+        self.active().as_ref().map(|a| a.id)
+    }
+
+    /// Claim the single rollout slot; `Err(id)` when another one runs.
+    fn begin(&self, id: u64) -> Result<Arc<AtomicBool>, u64> {
+        let mut a = self.active();
+        if let Some(cur) = a.as_ref() {
+            return Err(cur.id);
+        }
+        let abort = Arc::new(AtomicBool::new(false));
+        *a = Some(Active {
+            id,
+            abort: abort.clone(),
+            in_flight: BTreeSet::new(),
+        });
+        Ok(abort)
+    }
+
+    fn end(&self, id: u64) {
+        let mut a = self.active();
+        if a.as_ref().is_some_and(|x| x.id == id) {
+            *a = None;
+        }
+    }
+
+    fn set_in_flight(&self, host: &str, on: bool) {
+        if let Some(a) = self.active().as_mut() {
+            if on {
+                a.in_flight.insert(host.to_string());
+            } else {
+                a.in_flight.remove(host);
+            }
+        }
+    }
+
+    /// Ask the running rollout (`id` 0 = whichever) to stop before its next wave.
+    pub fn abort(&self, id: u64) -> Option<u64> {
+        let a = self.active();
+        let cur = a.as_ref()?;
+        if id != 0 && id != cur.id {
+            return None;
+        }
+        cur.abort.store(true, Ordering::SeqCst);
+        Some(cur.id)
+    }
+
+    /// An agent session reached the controller at `local`.
+    pub fn seen_local_addr(&self, local: Option<SocketAddr>) {
+        if let Some(a) = local {
+            self.controller_addrs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(a);
+        }
+    }
+
+    pub fn controller_addrs(&self) -> Vec<SocketAddr> {
+        self.controller_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub fn subscribe_reverted(&self) -> broadcast::Receiver<(String, v1::Reverted)> {
+        self.reverted.subscribe()
+    }
+}
+
+/// An agent reverted an unconfirmed revision by itself: the rollout waiting on it (if
+/// any) counts it as failed; the host's desired revision goes back to what it restored,
+/// so a reconnect does not push the refused revision again.
+pub async fn on_reverted(shared: &Shared, host: &str, r: v1::Reverted) -> anyhow::Result<()> {
+    tracing::warn!(%host, revision = r.revision, restored = r.restored_revision, reason = %r.reason,
+        "agent reverted an unconfirmed revision");
+    let (h, rev, restored) = (host.to_string(), r.revision, r.restored_revision);
+    shared
+        .store
+        .call(move |c| {
+            if store::rollout::desired_revision(c, &h)? == rev {
+                store::rollout::set_desired(c, &h, restored)?;
+            }
+            store::audit(
+                c,
+                &format!("agent:{h}"),
+                "reverted",
+                &format!("r{rev} -> r{restored}"),
+            )
+        })
+        .await?;
+    let _ = shared.rollouts.reverted.send((host.to_string(), r));
+    Ok(())
+}
+
+/// At start: mark rollouts a stopped controller left running as `interrupted`.
+pub fn recover(store: &Store) -> anyhow::Result<()> {
+    let ids = store.call_sync(store::rollout::interrupt_running)?;
+    for id in ids {
+        tracing::warn!(
+            rollout = id,
+            "rollout was interrupted by a controller stop; \
+            unconfirmed hosts keep (or revert to) their previous revision"
+        );
+    }
+    Ok(())
+}
+
+/// `Rollouts` RPC: history of rollouts with per-host results.
+pub async fn list(
+    shared: &Shared,
+    req: v1::RolloutsRequest,
+) -> anyhow::Result<v1::RolloutsResponse> {
+    let rows = shared
+        .store
+        .call(move |c| store::rollout::list_rollouts(c, req.limit, req.id))
+        .await?;
+    Ok(v1::RolloutsResponse {
+        rollouts: rows
+            .into_iter()
+            .map(|r| v1::RolloutInfo {
+                id: r.id,
+                revision: r.revision,
+                kind: r.kind,
+                author: r.author,
+                started_unix_ms: r.started_ms,
+                finished_unix_ms: r.finished_ms,
+                status: r.status,
+                reason: r.reason,
+                serial: r.serial,
+                max_fail: r.max_fail,
+                confirm_timeout_ms: r.confirm_timeout_ms,
+                hosts: r
+                    .hosts
+                    .into_iter()
+                    .map(|h| v1::RolloutHost {
+                        host: h.host,
+                        wave: h.wave,
+                        previous_revision: h.previous_revision,
+                        state: h.state,
+                        detail: h.detail,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}

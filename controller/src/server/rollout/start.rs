@@ -1,0 +1,291 @@
+//! Starting a rollout from `Apply` (after validation and compile): the anti-lockout check,
+//! then — when waves or confirmation are asked for — store the revision *without* making
+//! it anyone's desired revision yet (each wave does that), record the rollout, claim the
+//! single rollout slot and spawn the engine. Plain applies go on as before.
+
+use super::engine::{self, Plan};
+use super::lockout;
+use crate::server::Shared;
+use crate::store::{self, RevisionHost};
+use portcullis_policy::rollout::{MaxFail, Serial};
+use portcullis_policy::{Facts, HostPolicy, compile};
+use portcullis_proto::v1;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::Status;
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::ApplyEvent, Status>> + Send>>;
+
+async fn facts_of(shared: &Shared, host: &str) -> Result<Option<Facts>, Status> {
+    if let Some(h) = shared.registry.get(host) {
+        return Ok(Some(h.facts));
+    }
+    let h = host.to_string();
+    let json = shared
+        .store
+        .call(move |c| store::host_facts(c, &h))
+        .await
+        .map_err(crate::server::session::internal)?;
+    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+}
+
+/// Whether the request asks for a rollout (waves, max-fail or confirmation).
+pub fn wants_rollout(req: &v1::ApplyRequest) -> bool {
+    !req.serial.is_empty() || !req.max_fail.is_empty() || req.confirm_timeout_ms > 0
+}
+
+/// Called by `Apply` once every targeted host compiled: refuses lockouts, and runs a
+/// rollout when one is asked for (`Some(stream)`); `None` = continue as a plain apply.
+pub async fn from_apply(
+    shared: &Arc<Shared>,
+    author: &str,
+    kind: &str,
+    req: &v1::ApplyRequest,
+    targets: &BTreeMap<String, HostPolicy>,
+    rows: &[RevisionHost],
+    next_revision: u64,
+) -> Result<Option<EventStream>, Status> {
+    if let Some(id) = shared.rollouts.running() {
+        return Err(Status::failed_precondition(format!(
+            "rollout {id} is running; wait for it or stop it with `portcullis rollout abort`"
+        )));
+    }
+    let serial: Serial = if req.serial.is_empty() {
+        Serial::default()
+    } else {
+        req.serial
+            .parse()
+            .map_err(|e: portcullis_policy::rollout::RolloutError| {
+                Status::invalid_argument(e.to_string())
+            })?
+    };
+    let max_fail: MaxFail = if req.max_fail.is_empty() {
+        MaxFail::default()
+    } else {
+        req.max_fail
+            .parse()
+            .map_err(|e: portcullis_policy::rollout::RolloutError| {
+                Status::invalid_argument(e.to_string())
+            })?
+    };
+    // Anti-lockout, on what would really be installed.
+    let keep = lockout::keep_requirements(&req.keep)?;
+    let mut compiled = BTreeMap::new();
+    let mut unchecked = Vec::new();
+    for (host, policy) in targets {
+        match facts_of(shared, host).await? {
+            Some(f) => {
+                if let Ok(rs) = compile(policy, &f, next_revision) {
+                    compiled.insert(host.clone(), (rs, f));
+                }
+            }
+            None => unchecked.push(host.clone()),
+        }
+    }
+    let (problems, unchecked) = lockout::check(shared, &compiled, unchecked, &keep).await?;
+    if !unchecked.is_empty() {
+        tracing::warn!(hosts = ?unchecked, "anti-lockout: no facts yet, not checked");
+    }
+    if !problems.is_empty() {
+        if !req.force_lockout_risk {
+            tracing::warn!(%author, problems = ?problems, "apply refused by the anti-lockout check");
+            return Err(lockout::refusal(&problems));
+        }
+        tracing::warn!(%author, problems = ?problems, "anti-lockout check overridden by --force-lockout-risk");
+    }
+    if !wants_rollout(req) && kind != "rollback" {
+        return Ok(None);
+    }
+    let hosts: Vec<String> = rows.iter().map(|r| r.host.clone()).collect();
+    let waves = serial.waves(&hosts);
+    let (rev, id, previous) = {
+        let (author, req, rows, waves, kind) = (
+            author.to_string(),
+            req.clone(),
+            rows.to_vec(),
+            waves.clone(),
+            kind.to_string(),
+        );
+        let (serial_s, max_fail_s) = (serial.to_string(), max_fail.to_string());
+        shared
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let mut previous = BTreeMap::new();
+                for r in &rows {
+                    previous.insert(r.host.clone(), store::rollout::desired_revision(&tx, &r.host)?);
+                }
+                let rev = store::insert_revision(
+                    &tx,
+                    &store::NewRevision {
+                        author: &author,
+                        site_name: &req.site_name,
+                        site_yaml: &req.site_yaml,
+                        inventory_name: &req.inventory_name,
+                        inventory_yaml: &req.inventory_yaml,
+                        limit: &req.limit,
+                        hosts: &rows,
+                    },
+                )?;
+                // Staged: each wave makes it the desired revision of its hosts.
+                for (h, p) in &previous {
+                    store::rollout::set_desired(&tx, h, *p)?;
+                }
+                let id = store::rollout::insert_rollout(
+                    &tx,
+                    &store::rollout::NewRollout {
+                        revision: rev,
+                        kind: &kind,
+                        author: &author,
+                        serial: &serial_s,
+                        max_fail: &max_fail_s,
+                        confirm_timeout_ms: req.confirm_timeout_ms,
+                        waves: &waves,
+                        previous: &previous,
+                    },
+                )?;
+                store::audit(
+                    &tx,
+                    &author,
+                    &kind,
+                    &format!(
+                        "rollout {id}: revision {rev} to {} host(s) in {} wave(s), serial {serial_s}, \
+                         max-fail {max_fail_s}, confirm {} ms",
+                        rows.len(),
+                        waves.len(),
+                        req.confirm_timeout_ms
+                    ),
+                )?;
+                tx.commit()?;
+                Ok((rev, id, previous))
+            })
+            .await
+            .map_err(crate::server::session::internal)?
+    };
+    let abort = shared.rollouts.begin(id).map_err(|other| {
+        Status::failed_precondition(format!("rollout {other} started meanwhile; retry"))
+    })?;
+    tracing::info!(rollout = id, revision = rev, %author, waves = waves.len(), "rollout started");
+    let (tx, rx) = mpsc::channel(256);
+    let accepted = v1::ApplyEvent {
+        event: Some(v1::apply_event::Event::Accepted(v1::ApplyAccepted {
+            revision: rev,
+            hosts: hosts.clone(),
+            offline: hosts
+                .iter()
+                .filter(|h| !shared.registry.is_connected(h))
+                .cloned()
+                .collect(),
+            rollout_id: id,
+            waves: waves
+                .iter()
+                .enumerate()
+                .map(|(i, w)| v1::Wave {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    hosts: w.clone(),
+                })
+                .collect(),
+        })),
+    };
+    let _ = tx.send(Ok(accepted)).await;
+    let plan = Plan {
+        id,
+        revision: rev,
+        waves,
+        max_fail,
+        confirm: Duration::from_millis(req.confirm_timeout_ms),
+        previous,
+        abort,
+    };
+    tokio::spawn(engine::run(shared.clone(), plan, tx));
+    Ok(Some(Box::pin(ReceiverStream::new(rx))))
+}
+
+/// Marks an `Apply` built by `Rollback` (request extension).
+#[derive(Debug, Clone, Copy)]
+struct RollbackOf;
+
+/// "rollback" for an `Apply` built by [`rollback_request`], else "apply".
+pub fn kind_of<T>(request: &tonic::Request<T>) -> &'static str {
+    if request.extensions().get::<RollbackOf>().is_some() {
+        "rollback"
+    } else {
+        "apply"
+    }
+}
+
+/// `Rollback`: the stored site and inventory of the target revision (default: the one
+/// before the latest), limited to `pattern`, as a new `Apply` (same caller identity) that
+/// always runs as a rollout: a new revision with the old policies.
+pub async fn rollback_request(
+    shared: &Shared,
+    request: tonic::Request<v1::RollbackRequest>,
+) -> Result<tonic::Request<v1::ApplyRequest>, Status> {
+    let (meta, mut ext, rb) = request.into_parts();
+    let latest = shared
+        .store
+        .call(|c| store::latest_revision(c))
+        .await
+        .map_err(crate::server::session::internal)?;
+    let to = if rb.to_revision == 0 {
+        latest.saturating_sub(1)
+    } else {
+        rb.to_revision
+    };
+    if to == 0 {
+        return Err(Status::failed_precondition(
+            "there is no earlier revision to roll back to",
+        ));
+    }
+    let Some((site_name, site_yaml, inventory_name, inventory_yaml)) = shared
+        .store
+        .call(move |c| store::rollout::revision_sources(c, to))
+        .await
+        .map_err(crate::server::session::internal)?
+    else {
+        return Err(Status::not_found(format!("revision {to} does not exist")));
+    };
+    ext.insert(RollbackOf);
+    Ok(tonic::Request::from_parts(
+        meta,
+        ext,
+        v1::ApplyRequest {
+            site_name: format!("{site_name} (rollback to r{to})"),
+            site_yaml,
+            inventory_name,
+            inventory_yaml,
+            limit: rb.pattern,
+            serial: rb.serial,
+            max_fail: rb.max_fail,
+            confirm_timeout_ms: rb.confirm_timeout_ms,
+            ..Default::default()
+        },
+    ))
+}
+
+/// `RolloutAbort`: flag the running rollout; it stops before its next wave.
+pub async fn abort(
+    shared: &Shared,
+    author: &str,
+    id: u64,
+) -> Result<v1::RolloutAbortResponse, Status> {
+    let Some(id) = shared.rollouts.abort(id) else {
+        return Err(Status::failed_precondition(if id == 0 {
+            "no rollout is running".to_string()
+        } else {
+            format!("rollout {id} is not running")
+        }));
+    };
+    let (a, detail) = (author.to_string(), format!("rollout {id}"));
+    shared
+        .store
+        .call(move |c| store::audit(c, &a, "rollout abort", &detail))
+        .await
+        .map_err(crate::server::session::internal)?;
+    tracing::warn!(rollout = id, %author, "rollout abort requested");
+    Ok(v1::RolloutAbortResponse { rollout_id: id })
+}
