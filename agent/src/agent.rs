@@ -1,8 +1,9 @@
 //! [`Agent`]: the reconcile loop's operations over a [`Dataplane`] and a [`StateDir`].
 //!
-//! `reconcile` = compile -> read back -> plan -> apply (one transaction, only if needed) ->
-//! read back -> parse -> compare semantically (must be equal) -> hash -> persist
-//! last-known-good. `verify` compares the kernel with last-known-good; `show` reports our
+//! `reconcile` = compile -> apply (one transaction, only if needed) -> read back -> parse ->
+//! compare semantically (must be equal) -> hash -> persist last-known-good. The kernel is
+//! read before applying only when the compiled ruleset equals last-known-good (is there
+//! drift to heal?); then that one readback is also the verification when nothing changed. `verify` compares the kernel with last-known-good; `show` reports our
 //! table and counters; `remove` deletes our table.
 //!
 //! Synchronous on purpose (nft is a short-lived process); async callers use the `*_async`
@@ -103,6 +104,18 @@ impl Agent {
         }
     }
 
+    /// [`Agent::read_kernel`], except that a table we cannot even parse reads as absent
+    /// (it is replaced like any other drift).
+    fn read_kernel_tolerant(&self) -> Result<Option<Kernel>, AgentError> {
+        match self.read_kernel() {
+            Err(AgentError::Readback(e)) => {
+                tracing::warn!(error = %e, "unparseable table in the kernel; replacing it");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// Makes the kernel hold `policy` compiled against `facts` at `revision`, verifies it
     /// by readback and records it as last-known-good.
     pub fn reconcile(
@@ -125,31 +138,52 @@ impl Agent {
         let started = Instant::now();
         let desired = compile(policy, facts, revision)?;
         let _lock = self.state.lock()?;
-        let before = match self.read_kernel() {
-            Ok(k) => k.map(|k| k.ruleset),
-            // A table we cannot even parse is replaced like any other drift.
-            Err(AgentError::Readback(e)) => {
-                tracing::warn!(error = %e, "unparseable table in the kernel; replacing it");
-                None
+        // What the kernel was last verified to hold (a corrupt record counts as none).
+        let current = self.state.load().ok().flatten();
+        let (changed, changes, previous_hash, readback) =
+            match current.as_ref().filter(|c| c.ruleset == desired) {
+                // The same ruleset as last verified: one readback decides whether a
+                // transaction is needed (drift) and, when it is not, is the verification.
+                Some(_) => {
+                    let before = self.read_kernel_tolerant()?;
+                    let previous_hash = before.as_ref().map(|k| k.ruleset.hash());
+                    match plan(&desired, before.as_ref().map(|k| &k.ruleset)) {
+                        Plan::Unchanged => (false, Vec::new(), previous_hash, before),
+                        Plan::Create(to) => {
+                            self.dataplane.replace(&to)?;
+                            (true, vec![CREATED.to_owned()], previous_hash, None)
+                        }
+                        Plan::Replace { to, diff } => {
+                            self.dataplane.replace(&to)?;
+                            (true, lines(&diff), previous_hash, None)
+                        }
+                    }
+                }
+                // A different ruleset is applied whatever the kernel holds, so no readback
+                // before it (at 10k elements `nft -j list` costs more than the apply):
+                // the diff and previous hash are against the last verified ruleset, and
+                // the readback below verifies the kernel.
+                None => {
+                    self.dataplane.replace(&desired)?;
+                    match &current {
+                        Some(c) => (
+                            true,
+                            lines(&diff(&desired, &c.ruleset)),
+                            Some(c.hash.clone()),
+                            None,
+                        ),
+                        None => (true, vec![CREATED.to_owned()], None, None),
+                    }
+                }
+            };
+        let actual = match readback {
+            Some(k) => k.ruleset,
+            None => {
+                self.read_kernel()?
+                    .ok_or(AgentError::MissingAfterApply)?
+                    .ruleset
             }
-            Err(e) => return Err(e),
         };
-        let previous_hash = before.as_ref().map(Ruleset::hash);
-        let (changed, changes) = match plan(&desired, before.as_ref()) {
-            Plan::Unchanged => (false, Vec::new()),
-            Plan::Create(to) => {
-                self.dataplane.replace(&to)?;
-                (true, vec!["table inet portcullis created".to_owned()])
-            }
-            Plan::Replace { to, diff } => {
-                self.dataplane.replace(&to)?;
-                (true, lines(&diff))
-            }
-        };
-        let actual = self
-            .read_kernel()?
-            .ok_or(AgentError::MissingAfterApply)?
-            .ruleset;
         let mismatch = diff(&desired, &actual);
         if !mismatch.is_empty() {
             return Err(AgentError::Mismatch {
@@ -162,7 +196,6 @@ impl Agent {
                 "readback equal to compiled ruleset but hashes differ");
         }
         let lkg = LastKnownGood::new(policy.clone(), revision, actual);
-        let current = self.state.load().ok().flatten();
         let same = current.as_ref().is_some_and(|c| {
             c.revision == lkg.revision && c.hash == lkg.hash && c.policy == lkg.policy
         });
@@ -314,6 +347,9 @@ impl Agent {
         Ok(existed)
     }
 }
+
+/// The change line when there was no table (or no record of one).
+const CREATED: &str = "table inet portcullis created";
 
 /// One line per semantic change, in the diff's (deterministic) order.
 fn lines(diff: &RulesetDiff) -> Vec<String> {

@@ -16,10 +16,12 @@ pub struct AppliedReport {
     pub hash: RulesetHash,
     /// `false` when the kernel already matched: no transaction was run.
     pub changed: bool,
-    /// Hash of what the kernel held before, if our table existed.
+    /// Hash of what the kernel held before, if our table existed. When the compiled
+    /// ruleset differs from last-known-good it is applied without reading the kernel
+    /// first, and this is last-known-good's hash (what the kernel was last verified to hold).
     pub previous_hash: Option<RulesetHash>,
-    /// Semantic changes from the previous table to the new one (empty if unchanged;
-    /// `table created` when there was none).
+    /// Semantic changes from the previous table (as for `previous_hash`) to the new one
+    /// (empty if unchanged; `table created` when there was none).
     pub diff: Vec<String>,
     pub rules: usize,
     pub set_elements: usize,

@@ -226,7 +226,8 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// One line describing the machine: CPU model, cores, kernel, nft version.
+/// One line describing the machine: CPU model, cores, kernel, nft version, load average
+/// (other work on the machine inflates every number; the ratios are measured side by side).
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -246,7 +247,10 @@ pub fn machine() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    format!("{cpu}, {cores} vCPU, kernel {kernel}, {nft}")
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!("{cpu}, {cores} vCPU, kernel {kernel}, {nft}; load average at the end: {load}")
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
