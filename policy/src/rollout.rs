@@ -319,7 +319,7 @@ impl Rollout {
 
     /// The first step (when not started) or the step after the current wave finished:
     /// every host of the wave in flight must have a result before calling this.
-    pub fn next(&mut self) -> Step {
+    pub fn advance(&mut self) -> Step {
         if self.status != RolloutStatus::Running {
             return Step::Finished(self.status);
         }

@@ -59,7 +59,7 @@ fn rollout_runs_waves_in_order_and_succeeds() {
     let mut r = Rollout::new(waves, MaxFail::default());
     let mut order = Vec::new();
     loop {
-        match r.next() {
+        match r.advance() {
             Step::StartWave { hosts, .. } => {
                 for h in &hosts {
                     r.record(h, HostResult::Confirmed);
@@ -84,12 +84,12 @@ fn rollout_runs_waves_in_order_and_succeeds() {
 fn failure_halts_and_names_the_changed_hosts() {
     let waves = "1,50%".parse::<Serial>().expect("parse").waves(&hosts(4));
     let mut r = Rollout::new(waves, MaxFail::default());
-    assert!(matches!(r.next(), Step::StartWave { index: 0, .. }));
+    assert!(matches!(r.advance(), Step::StartWave { index: 0, .. }));
     r.record("h000", HostResult::Confirmed);
-    assert!(matches!(r.next(), Step::StartWave { index: 1, .. }));
+    assert!(matches!(r.advance(), Step::StartWave { index: 1, .. }));
     r.record("h001", HostResult::Confirmed);
     r.record("h002", HostResult::Failed("apply failed".into()));
-    match r.next() {
+    match r.advance() {
         Step::Halt { rollback, reason } => {
             assert_eq!(rollback, vec!["h000".to_string(), "h001".to_string()]);
             assert!(reason.contains("wave 2 of 3"), "{reason}");
@@ -97,16 +97,16 @@ fn failure_halts_and_names_the_changed_hosts() {
         other => panic!("{other:?}"),
     }
     assert_eq!(r.rolled_back(true), RolloutStatus::RolledBack);
-    assert_eq!(r.next(), Step::Finished(RolloutStatus::RolledBack));
+    assert_eq!(r.advance(), Step::Finished(RolloutStatus::RolledBack));
 }
 
 #[test]
 fn abort_stops_before_the_next_wave() {
     let mut r = Rollout::new(vec![hosts(1), vec!["x".into()]], MaxFail::default());
-    assert!(matches!(r.next(), Step::StartWave { index: 0, .. }));
+    assert!(matches!(r.advance(), Step::StartWave { index: 0, .. }));
     r.abort();
     r.record("h000", HostResult::Confirmed);
-    assert_eq!(r.next(), Step::Finished(RolloutStatus::Aborted));
+    assert_eq!(r.advance(), Step::Finished(RolloutStatus::Aborted));
     assert_eq!(
         RolloutStatus::parse("aborted"),
         Some(RolloutStatus::Aborted)

@@ -178,7 +178,7 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
             aborted = true;
             sm.abort();
         }
-        match sm.next() {
+        match sm.advance() {
             Step::StartWave { index, hosts } => {
                 emit(
                     &tx,
