@@ -285,8 +285,8 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
 
     // The message: a Desired for this policy (what the controller sends each host).
     let fleet = site::load_fleet(
-        &Source::new("site.yml", &site_yaml()),
-        &Source::new("inventory.yml", &inventory_yaml(n)),
+        &Source::new("site.yml", site_yaml()),
+        &Source::new("inventory.yml", inventory_yaml(n)),
     )
     .map_err(|d| anyhow::anyhow!("invalid bench site: {d}"))?;
     let host0 = portcullis_bench::sim::host_name(0);
@@ -333,10 +333,8 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
                                 eprintln!("host {}: outcome {} {}", h.host, h.outcome, h.error);
                             }
                         }
-                        Some(v1::apply_event::Event::Accepted(a)) => {
-                            if !a.offline.is_empty() {
-                                eprintln!("apply: {} host(s) offline", a.offline.len());
-                            }
+                        Some(v1::apply_event::Event::Accepted(a)) if !a.offline.is_empty() => {
+                            eprintln!("apply: {} host(s) offline", a.offline.len());
                         }
                         _ => {}
                     }
