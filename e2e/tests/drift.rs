@@ -3,6 +3,8 @@
 //! re-rendering that is not drift, `portcullis drift` exit codes, coexistence findings,
 //! `status` attestation and `apply --check --diff`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Fleet;
@@ -342,7 +344,10 @@ fn drift_exit_codes_coexistence_and_apply_check() {
     // apply --check: same site is no change (0); one more port is a change (2); nothing applied.
     let out = lab.apply(&site("report", "heal", ""), &["--check", "--diff"]);
     assert_eq!(out.status.code(), Some(0), "{}", lab.explain(&out));
-    let out = lab.apply(&site("report", "heal", ", 8080/tcp"), &["--check", "--diff"]);
+    let out = lab.apply(
+        &site("report", "heal", ", 8080/tcp"),
+        &["--check", "--diff"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{}", lab.explain(&out));
     assert!(

@@ -141,4 +141,5 @@ impl DriftCheck {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

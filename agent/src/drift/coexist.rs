@@ -174,6 +174,7 @@ fn note(family: &str, hook: &str, priority: i64, has_drop: bool) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

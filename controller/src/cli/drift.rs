@@ -180,6 +180,7 @@ fn host_json(h: &v1::HostDrift) -> serde_json::Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

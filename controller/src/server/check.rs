@@ -134,6 +134,7 @@ pub fn host_check(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use portcullis_policy::{AllowEntry, InterfaceFacts, PortRange, Proto};

@@ -308,4 +308,5 @@ fn short(h: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

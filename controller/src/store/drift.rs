@@ -137,6 +137,7 @@ pub fn latest_inventory(conn: &Connection) -> anyhow::Result<Option<(String, Str
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::{Store, host_connected};

@@ -41,6 +41,7 @@ pub fn drifted(h: &v1::HostStatus) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
