@@ -42,6 +42,8 @@ pub struct ServeConfig {
 #[derive(Debug)]
 pub struct Shared {
     pub store: Store,
+    /// Group commit for agent reports (Applied, Heartbeat, Hello).
+    pub writer: crate::store::GroupWriter,
     pub registry: Registry,
     pub revoked: RevocationList,
     /// Outstanding `portcullis drift` verification requests.
@@ -80,6 +82,7 @@ pub async fn run(
     let store = Store::open(&config.db)?;
     rollout::recover(&store)?;
     let shared = Arc::new(Shared {
+        writer: crate::store::GroupWriter::start(store.clone()),
         store,
         registry: Registry::new(),
         revoked: RevocationList::open(config.pki.join("revoked.txt"))

@@ -91,8 +91,8 @@ impl v1::session_server::Session for SessionService {
                 peer.clone(),
             );
             self.shared
-                .store
-                .call(move |c| store::host_connected(c, &h, &v, &f, rev, &hash, &p))
+                .writer
+                .write(move |c| store::host_connected(c, &h, &v, &f, rev, &hash, &p))
                 .await
                 .map_err(internal)?;
         }
@@ -158,8 +158,8 @@ async fn read_reports(
             Some(v1::agent_message::Msg::Applied(a)) => {
                 let (h, report) = (host.to_string(), a.clone());
                 let r = shared
-                    .store
-                    .call(move |c| {
+                    .writer
+                    .write(move |c| {
                         let err = (!report.ok).then_some(report.error.as_str());
                         store::host_reported(c, &h, report.revision, &report.hash, err)
                     })
@@ -175,8 +175,8 @@ async fn read_reports(
             Some(v1::agent_message::Msg::Heartbeat(hb)) => {
                 let h = host.to_string();
                 shared
-                    .store
-                    .call(move |c| {
+                    .writer
+                    .write(move |c| {
                         store::host_reported(c, &h, hb.applied_revision, &hb.kernel_hash, None)?;
                         store::drift::verified(c, &h, hb.verified_unix_ms)
                     })

@@ -8,12 +8,14 @@
 mod denial_query;
 mod denials;
 pub mod drift;
+mod group;
 mod migrations;
 mod model;
 pub mod rollout;
 
 pub use denial_query::*;
 pub use denials::*;
+pub use group::GroupWriter;
 pub use model::*;
 
 use anyhow::Context as _;

@@ -49,6 +49,8 @@ struct Ctx<'a> {
     shared: &'a Arc<Shared>,
     plan: &'a Plan,
     tx: &'a Tx,
+    /// Host states not written yet: flushed in one transaction per burst of events.
+    pending: std::sync::Mutex<Vec<(String, String, String)>>,
 }
 
 async fn emit(tx: &Tx, event: v1::apply_event::Event) {
@@ -79,20 +81,32 @@ fn state_name(o: v1::HostOutcome) -> &'static str {
 }
 
 impl Ctx<'_> {
+    /// Queue a host state; [`Ctx::flush`] writes the queue in one transaction.
     async fn record(&self, host: &str, state: &str, detail: &str) {
-        let (id, h, s, d) = (
-            self.plan.id,
-            host.to_string(),
-            state.to_string(),
-            detail.to_string(),
-        );
+        let full = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.push((host.to_string(), state.to_string(), detail.to_string()));
+            p.len() >= 512
+        };
+        if full {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&self) {
+        let states = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if states.is_empty() {
+            return;
+        }
+        let id = self.plan.id;
+        let n = states.len();
         if let Err(e) = self
             .shared
             .store
-            .call(move |c| store::rollout::set_host_state(c, id, &h, &s, &d))
+            .call(move |c| store::rollout::set_host_states(c, id, &states))
             .await
         {
-            tracing::error!(rollout = id, %host, error = %e, "recording rollout host state failed");
+            tracing::error!(rollout = id, hosts = n, error = %e, "recording rollout host states failed");
         }
     }
 
@@ -151,6 +165,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// Store the expected hashes computed for this wave (one transaction).
+    async fn store_expected(&self, expected: &BTreeMap<String, String>) {
+        let rev = self.plan.revision;
+        let rows: Vec<(String, String)> = expected
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(h, x)| (h.clone(), x.clone()))
+            .collect();
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for (h, x) in &rows {
+                    store::set_expected_hash(&tx, h, rev, x)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+        {
+            tracing::error!(revision = rev, error = %e, "storing expected hashes failed");
+        }
+    }
+
     /// Attested by the host's latest `Hello`: (applied revision, kernel hash).
     async fn attested(&self, host: &str) -> Option<(u64, String)> {
         let h = host.to_string();
@@ -168,6 +207,7 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
         shared: &shared,
         plan: &plan,
         tx: &tx,
+        pending: std::sync::Mutex::new(Vec::new()),
     };
     let mut events = shared.registry.subscribe();
     let mut reverted = shared.rollouts.subscribe_reverted();
@@ -223,6 +263,7 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
             }
         }
     };
+    ctx.flush().await;
     let (id, s, r) = (plan.id, status.as_str().to_string(), reason.clone());
     if let Err(e) = shared
         .store
@@ -257,37 +298,83 @@ async fn wave(
     let mut results = BTreeMap::new();
     let mut phase: BTreeMap<String, Phase> = BTreeMap::new();
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let mut connected = Vec::with_capacity(hosts.len());
     for host in hosts {
-        let Some(handle) = ctx.shared.registry.get(host) else {
-            let r = ctx
-                .settle(
-                    index,
-                    host,
-                    v1::HostOutcome::Offline,
-                    "not connected when its wave started",
-                )
-                .await;
-            results.insert(host.clone(), r);
+        match ctx.shared.registry.get(host) {
+            Some(handle) => connected.push((host.clone(), handle)),
+            None => {
+                let r = ctx
+                    .settle(
+                        index,
+                        host,
+                        v1::HostOutcome::Offline,
+                        "not connected when its wave started",
+                    )
+                    .await;
+                results.insert(host.clone(), r);
+            }
+        }
+    }
+    // One transaction for the whole wave: desired revision, "sent", the stored targets.
+    let names: Vec<String> = connected.iter().map(|(h, _)| h.clone()).collect();
+    let id = ctx.plan.id;
+    let rows = match ctx
+        .shared
+        .store
+        .call(move |c| store::rollout::start_wave(c, id, rev, &names))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(rollout = id, error = %e, "starting the wave failed");
+            BTreeMap::new()
+        }
+    };
+    let confirm_timeout_ms = u64::try_from(confirm.as_millis()).unwrap_or(u64::MAX);
+    // Hosts with the same policy share its wire form; compile once per (policy, default
+    // route) since that is all the facts compile reads.
+    let mut wire: BTreeMap<&str, Option<(portcullis_policy::HostPolicy, v1::HostPolicy)>> =
+        BTreeMap::new();
+    let mut hashes: BTreeMap<(&str, Option<String>), String> = BTreeMap::new();
+    for (host, handle) in &connected {
+        ctx.shared.rollouts.set_in_flight(host, true);
+        let Some((policy_json, _stored_hash)) = rows.get(host) else {
+            let why = format!("no desired r{rev} stored for this host");
+            results.insert(
+                host.clone(),
+                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
+            );
             continue;
         };
-        ctx.shared.rollouts.set_in_flight(host, true);
-        ctx.set_desired(host, rev).await;
-        ctx.record(host, "sent", "").await;
-        let desired = match ctx.shared.desired_message(host, &handle.facts).await {
-            Ok(Some(d)) if d.revision == rev => d,
-            other => {
-                let why = format!("no desired r{rev} for this host ({other:?})");
-                results.insert(
-                    host.clone(),
-                    ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
-                );
-                continue;
-            }
+        let parsed = wire.entry(policy_json.as_str()).or_insert_with(|| {
+            serde_json::from_str::<portcullis_policy::HostPolicy>(policy_json)
+                .ok()
+                .map(|p| {
+                    let w = v1::HostPolicy::from(&p);
+                    (p, w)
+                })
+        });
+        let Some((policy, policy_wire)) = parsed.as_ref() else {
+            let why = "stored policy unreadable".to_string();
+            results.insert(
+                host.clone(),
+                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
+            );
+            continue;
         };
-        expected.insert(host.clone(), desired.expected_hash.clone());
+        let hash = hashes
+            .entry((
+                policy_json.as_str(),
+                handle.facts.default_route_interface.clone(),
+            ))
+            .or_insert_with(|| super::super::expected_hash(policy, &handle.facts, rev))
+            .clone();
+        expected.insert(host.clone(), hash.clone());
         let d = v1::Desired {
-            confirm_timeout_ms: u64::try_from(confirm.as_millis()).unwrap_or(u64::MAX),
-            ..desired
+            revision: rev,
+            policy: Some(policy_wire.clone()),
+            expected_hash: hash,
+            confirm_timeout_ms,
         };
         if !ctx
             .send(host, v1::controller_message::Msg::Desired(d))
@@ -306,6 +393,7 @@ async fn wave(
         }
         phase.insert(host.clone(), Phase::Applying);
     }
+    ctx.store_expected(&expected).await;
     let deadline = Instant::now()
         + if confirm.is_zero() {
             APPLY_TIMEOUT
@@ -376,7 +464,11 @@ async fn wave(
             phase.remove(&host);
             results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
         }
+        if events.is_empty() {
+            ctx.flush().await;
+        }
     }
+    ctx.flush().await;
     results
 }
 
