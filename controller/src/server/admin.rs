@@ -180,16 +180,26 @@ impl v1::admin_server::Admin for AdminService {
             + 1;
         let mut rows = Vec::with_capacity(targets.len());
         let mut errors = Vec::new();
+        // Compiled once here, reused by the anti-lockout check.
+        let mut compiled = BTreeMap::new();
+        let mut unchecked = Vec::new();
         for (host, policy) in &targets {
             let expected = match self.facts_of(host).await? {
                 Some(facts) => match compile(policy, &facts, next_revision) {
-                    Ok(r) => r.hash().0,
+                    Ok(r) => {
+                        let hash = r.hash().0;
+                        compiled.insert(host.clone(), (r, facts));
+                        hash
+                    }
                     Err(e) => {
                         errors.push(format!("{host}: {e}"));
                         continue;
                     }
                 },
-                None => String::new(),
+                None => {
+                    unchecked.push(host.clone());
+                    String::new()
+                }
             };
             rows.push(RevisionHost {
                 host: host.clone(),
@@ -211,9 +221,9 @@ impl v1::admin_server::Admin for AdminService {
             &author,
             kind,
             &req,
-            &targets,
             &rows,
-            next_revision,
+            compiled,
+            unchecked,
         )
         .await?
         {
@@ -261,23 +271,38 @@ impl v1::admin_server::Admin for AdminService {
         };
         tracing::info!(revision, %author, hosts = expected.len(), "revision stored");
 
+        // Build each `Desired` from what was compiled above; hosts with the same policy
+        // share one wire policy.
         let mut offline = Vec::new();
-        for host in expected.keys() {
+        let mut wire: std::collections::HashMap<&HostPolicy, v1::HostPolicy> =
+            std::collections::HashMap::new();
+        for (host, hash) in &expected {
             let Some(handle) = self.shared.registry.get(host) else {
                 offline.push(host.clone());
                 continue;
             };
-            match self.shared.desired_message(host, &handle.facts).await? {
-                Some(d) if d.revision == revision => {
-                    let msg = v1::ControllerMessage {
-                        msg: Some(v1::controller_message::Msg::Desired(d)),
-                    };
-                    if handle.tx.send(Ok(msg)).await.is_err() {
-                        offline.push(host.clone());
-                    }
-                }
-                // A newer revision raced us: that one wins for this host.
-                _ => {}
+            let Some(policy) = targets.get(host) else {
+                continue;
+            };
+            let policy = wire
+                .entry(policy)
+                .or_insert_with(|| v1::HostPolicy::from(policy))
+                .clone();
+            let expected_hash = if hash.is_empty() {
+                super::expected_hash(&targets[host], &handle.facts, revision)
+            } else {
+                hash.clone()
+            };
+            let msg = v1::ControllerMessage {
+                msg: Some(v1::controller_message::Msg::Desired(v1::Desired {
+                    revision,
+                    policy: Some(policy),
+                    expected_hash,
+                    confirm_timeout_ms: 0,
+                })),
+            };
+            if handle.tx.send(Ok(msg)).await.is_err() {
+                offline.push(host.clone());
             }
         }
         let (tx, rx) = mpsc::channel(64);

@@ -7,8 +7,8 @@ use super::engine::{self, Plan};
 use super::lockout;
 use crate::server::Shared;
 use crate::store::{self, RevisionHost};
+use portcullis_policy::Facts;
 use portcullis_policy::rollout::{MaxFail, Serial};
-use portcullis_policy::{Facts, HostPolicy, compile};
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -19,19 +19,6 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::Status;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::ApplyEvent, Status>> + Send>>;
-
-async fn facts_of(shared: &Shared, host: &str) -> Result<Option<Facts>, Status> {
-    if let Some(h) = shared.registry.get(host) {
-        return Ok(Some(h.facts));
-    }
-    let h = host.to_string();
-    let json = shared
-        .store
-        .call(move |c| store::host_facts(c, &h))
-        .await
-        .map_err(crate::server::session::internal)?;
-    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
-}
 
 /// Whether the request asks for a rollout (waves, max-fail or confirmation).
 pub fn wants_rollout(req: &v1::ApplyRequest) -> bool {
@@ -45,9 +32,9 @@ pub async fn from_apply(
     author: &str,
     kind: &str,
     req: &v1::ApplyRequest,
-    targets: &BTreeMap<String, HostPolicy>,
     rows: &[RevisionHost],
-    next_revision: u64,
+    compiled: BTreeMap<String, (portcullis_policy::Ruleset, Facts)>,
+    unchecked: Vec<String>,
 ) -> Result<Option<EventStream>, Status> {
     if let Some(id) = shared.rollouts.running() {
         return Err(Status::failed_precondition(format!(
@@ -74,18 +61,6 @@ pub async fn from_apply(
     };
     // Anti-lockout, on what would really be installed.
     let keep = lockout::keep_requirements(&req.keep)?;
-    let mut compiled = BTreeMap::new();
-    let mut unchecked = Vec::new();
-    for (host, policy) in targets {
-        match facts_of(shared, host).await? {
-            Some(f) => {
-                if let Ok(rs) = compile(policy, &f, next_revision) {
-                    compiled.insert(host.clone(), (rs, f));
-                }
-            }
-            None => unchecked.push(host.clone()),
-        }
-    }
     let (problems, unchecked) = lockout::check(shared, &compiled, unchecked, &keep).await?;
     if !unchecked.is_empty() {
         tracing::warn!(hosts = ?unchecked, "anti-lockout: no facts yet, not checked");
