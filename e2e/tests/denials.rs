@@ -36,7 +36,14 @@ fn setup(rate: &str, burst: u32) -> (Fleet, PathBuf, PathBuf) {
 /// Sum of stored counts for `host`/`port`, and the host's totals entry.
 fn stored(fleet: &Fleet, host: &str, port: u16) -> (u64, serde_json::Value) {
     let out = fleet.cli_json(&[
-        "logs", "--json", "--host", host, "--port", &port.to_string(), "--limit", "100000",
+        "logs",
+        "--json",
+        "--host",
+        host,
+        "--port",
+        &port.to_string(),
+        "--limit",
+        "100000",
     ]);
     let sum = out["rows"]
         .as_array()
@@ -119,14 +126,18 @@ fn follow_shows_a_new_denial_within_two_seconds() {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
     // The follower is ready once it printed its header (totals) line.
-    rx.recv_timeout(Duration::from_secs(10)).expect("follow printed nothing");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("follow printed nothing");
     let sent = Instant::now();
     fleet.blast_udp(SocketAddr::new(fleet.hosts["h1"].v4, 111), 1);
     let mut got = None;
@@ -139,7 +150,10 @@ fn follow_shows_a_new_denial_within_two_seconds() {
     let _ = child.kill();
     let _ = child.wait();
     let latency = got.expect("no live row for udp/111");
-    assert!(latency < Duration::from_secs(2), "follow latency {latency:?}");
+    assert!(
+        latency < Duration::from_secs(2),
+        "follow latency {latency:?}"
+    );
 }
 
 #[test]
