@@ -123,7 +123,10 @@ impl ConnectArgs {
                 msg = format!("{msg}: {s}");
                 src = s.source();
             }
-            Unreachable(format!("cannot reach the controller at {}: {msg}", r.controller))
+            Unreachable(format!(
+                "cannot reach the controller at {}: {msg}",
+                r.controller
+            ))
         })?;
         Ok(AdminClient::new(channel).max_decoding_message_size(64 << 20))
     }
