@@ -88,7 +88,9 @@ impl LogsState {
     /// Start the writer thread on `db` (already migrated) and the retention task.
     pub fn start(db: &Path, config: &LogsConfig) -> anyhow::Result<Self> {
         let (live, _) = broadcast::channel(LIVE_DEPTH);
-        let writer = Writer::spawn(writer::open_connection(db)?, live.clone())?;
+        let conn = writer::open_connection(db)?;
+        writer::tune_for_ingest(&conn)?;
+        let writer = Writer::spawn(conn, live.clone())?;
         tokio::spawn(retention(writer.downgrade(), config.clone()));
         Ok(Self {
             db: db.to_path_buf(),

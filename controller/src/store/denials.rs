@@ -99,9 +99,61 @@ fn epoch_from_sql(e: i64) -> u64 {
     u64::from_ne_bytes(e.to_ne_bytes())
 }
 
-const INSERT_ROW: &str = "INSERT INTO denials
-    (host, first_ms, last_ms, src, dst, proto, dport, ifname, count, revision, audit)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+/// Rows per multi-row INSERT statement (11 parameters each; far below SQLite's limit).
+const ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT INTO denials ... VALUES (...), (...)` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    format!(
+        "INSERT INTO denials
+         (host, first_ms, last_ms, src, dst, proto, dport, ifname, count, revision, audit)
+         VALUES {}",
+        vec![one; rows].join(", ")
+    )
+}
+
+/// Insert `rows` of `host` with as few statements as possible; returns the last row id.
+/// Rows of one statement get consecutive ids (no explicit ids, rowid = max + 1).
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    host: &str,
+    rows: &[NewDenial],
+    wide: &mut rusqlite::CachedStatement<'_>,
+) -> anyhow::Result<i64> {
+    use rusqlite::types::ToSql;
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    let bind = |chunk: &[NewDenial], stmt: &mut rusqlite::CachedStatement<'_>| {
+        let (counts, revisions): (Vec<i64>, Vec<i64>) =
+            chunk.iter().map(|r| (i(r.count), i(r.revision))).unzip();
+        let mut p: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
+        for (n, r) in chunk.iter().enumerate() {
+            p.extend_from_slice(&[
+                &host as &dyn ToSql,
+                &r.first_ms,
+                &r.last_ms,
+                &r.src,
+                &r.dst,
+                &r.proto,
+                &r.dport,
+                &r.ifname,
+                &counts[n],
+                &revisions[n],
+                &r.audit,
+            ]);
+        }
+        stmt.execute(p.as_slice())
+    };
+    for chunk in chunks.by_ref() {
+        bind(chunk, wide)?;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = tx.prepare_cached(&insert_sql(rest.len()))?;
+        bind(rest, &mut stmt)?;
+    }
+    Ok(tx.last_insert_rowid())
+}
 
 const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
     (host, last_seq, seen, stored, dropped_by_agent, socket_overruns, kernel_suppressed,
@@ -132,15 +184,13 @@ pub fn store_batches(
         let mut last_seq: HashMap<&str, Option<(u64, u64)>> = HashMap::new();
         let mut get_seq =
             tx.prepare_cached("SELECT epoch, last_seq FROM denial_totals WHERE host = ?1")?;
-        let mut insert = tx.prepare_cached(INSERT_ROW)?;
+        let mut wide = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
         let mut totals = tx.prepare_cached(UPSERT_TOTALS)?;
         for b in batches {
             let known = match last_seq.get(b.host.as_str()) {
                 Some(v) => *v,
                 None => get_seq
-                    .query_row([&b.host], |r| {
-                        Ok((epoch_from_sql(r.get(0)?), u(r.get(1)?)))
-                    })
+                    .query_row([&b.host], |r| Ok((epoch_from_sql(r.get(0)?), u(r.get(1)?))))
                     .optional()?,
             };
             let same_epoch_seen =
@@ -149,27 +199,12 @@ pub fn store_batches(
                 outcomes.push(BatchOutcome::Duplicate { last_seq: last });
                 continue;
             }
-            let (mut first_id, mut last_id, mut events) = (0, -1, 0u64);
-            for (n, r) in b.rows.iter().enumerate() {
-                insert.execute(params![
-                    b.host,
-                    r.first_ms,
-                    r.last_ms,
-                    r.src,
-                    r.dst,
-                    r.proto,
-                    r.dport,
-                    r.ifname,
-                    i(r.count),
-                    i(r.revision),
-                    r.audit,
-                ])?;
-                last_id = tx.last_insert_rowid();
-                if n == 0 {
-                    first_id = last_id;
-                }
-                events = events.saturating_add(r.count);
+            let (mut first_id, mut last_id) = (0, -1);
+            if !b.rows.is_empty() {
+                last_id = insert_rows(&tx, &b.host, &b.rows, &mut wide)?;
+                first_id = last_id - i64::try_from(b.rows.len())? + 1;
             }
+            let events = b.rows.iter().fold(0u64, |a, r| a.saturating_add(r.count));
             let c = &b.counters;
             totals.execute(params![
                 b.host,
@@ -335,6 +370,26 @@ mod tests {
         let out = store_batches(&mut c, &[b]).unwrap();
         assert_eq!(out, vec![BatchOutcome::Duplicate { last_seq: 0 }]);
         assert_eq!(denial_totals(&c, None).unwrap()[0].epoch, u64::MAX);
+    }
+
+    #[test]
+    fn multi_row_inserts_keep_consecutive_ids() {
+        let mut c = conn();
+        let rows: Vec<NewDenial> = (0..150).map(|n| row("192.0.2.1", 22, 1, n)).collect();
+        let out = store_batches(&mut c, &[batch("h1", 1, rows)]).unwrap();
+        assert_eq!(
+            out[0],
+            BatchOutcome::Stored {
+                first_id: 1,
+                last_id: 150
+            }
+        );
+        let last: i64 = c
+            .query_row("SELECT last_ms FROM denials WHERE id = 150", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(last, 149);
     }
 
     #[test]

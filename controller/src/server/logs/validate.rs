@@ -234,7 +234,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_entries() {
-        let cases: Vec<(fn(&mut v1::DenialEntry), &str)> = vec![
+        type Case = (fn(&mut v1::DenialEntry), &'static str);
+        let cases: Vec<Case> = vec![
             (|e| e.src = "not-an-ip".into(), "src"),
             (|e| e.dport = 70_000, "dport"),
             (|e| e.proto = 300, "proto"),
