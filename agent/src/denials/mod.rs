@@ -47,7 +47,13 @@ pub struct Denials {
     notify: Notify,
     sent_upto: AtomicU64,
     uplink: Uplink,
+    /// (oldest unacknowledged seq at the last connect, sessions in a row it survived)
+    strikes: Mutex<(u64, u32)>,
 }
+
+/// Sessions in a row that may end without the oldest batch acknowledged before it is
+/// given up as poison (e.g. refused by the controller as invalid) and counted as dropped.
+const MAX_STRIKES: u32 = 5;
 
 impl std::fmt::Debug for Denials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,6 +182,7 @@ impl Denials {
             notify: Notify::new(),
             sent_upto: AtomicU64::new(0),
             uplink,
+            strikes: Mutex::new((0, 0)),
         });
         let agg_me = me.clone();
         std::thread::Builder::new()
@@ -281,6 +288,29 @@ impl Denials {
 #[tonic::async_trait]
 impl Companion for Denials {
     async fn on_connect(&self, _tx: &mpsc::Sender<v1::AgentMessage>) {
+        // A batch that stays the oldest across many sessions is poison: drop it, counted.
+        {
+            let mut spool = self.spool();
+            let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
+            match spool.oldest() {
+                Some(seq) if seq == strikes.0 => {
+                    strikes.1 += 1;
+                    if strikes.1 >= MAX_STRIKES {
+                        match spool.drop_oldest() {
+                            Ok(Some(seq)) => tracing::error!(
+                                seq,
+                                "a denial batch was never acknowledged in {MAX_STRIKES} sessions; dropped and counted"
+                            ),
+                            Ok(None) => {}
+                            Err(e) => tracing::error!(error = %e, "dropping a poison denial batch"),
+                        }
+                        *strikes = (spool.oldest().unwrap_or(0), 0);
+                    }
+                }
+                Some(seq) => *strikes = (seq, 0),
+                None => *strikes = (0, 0),
+            }
+        }
         // Everything not acknowledged goes again, in order.
         self.sent_upto.store(0, Ordering::Release);
         self.notify.notify_one();

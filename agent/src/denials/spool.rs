@@ -179,6 +179,24 @@ impl Spool {
         Ok(seq)
     }
 
+    /// The oldest unacknowledged batch's seq.
+    pub fn oldest(&self) -> Option<u64> {
+        self.files.first_key_value().map(|(s, _)| *s)
+    }
+
+    /// Give up on the oldest batch (the controller keeps refusing it): remove it and count
+    /// it (and the drops it carried) in the next batch's `spool_dropped`.
+    pub fn drop_oldest(&mut self) -> Result<Option<u64>, SpoolError> {
+        let Some((seq, (_, carried))) = self.files.pop_first() else {
+            return Ok(None);
+        };
+        let _ = fs::remove_file(self.path(seq));
+        self.meta.dropped += 1 + carried;
+        self.dropped_total += 1;
+        self.save_meta()?;
+        Ok(Some(seq))
+    }
+
     /// Remove every batch with seq <= `seq` (the controller stored them).
     pub fn ack(&mut self, seq: u64) {
         let keep = self.files.split_off(&(seq + 1));
