@@ -8,7 +8,7 @@ use super::Shared;
 use super::registry::HostEvent;
 use crate::identity::Role;
 use crate::store::{self, RevisionHost};
-use portcullis_policy::{Facts, HostPolicy, Source, compile, pattern, site};
+use portcullis_policy::{Facts, HostPolicy, Ruleset, Source, compile, pattern, site};
 use portcullis_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -183,19 +183,33 @@ impl v1::admin_server::Admin for AdminService {
         // Compiled once here, reused by the anti-lockout check.
         let mut compiled = BTreeMap::new();
         let mut unchecked = Vec::new();
+        // compile reads only the policy and the default-route interface of the facts:
+        // compile and hash once per distinct pair.
+        let mut cache: std::collections::HashMap<(&HostPolicy, Option<String>), (Ruleset, String)> =
+            std::collections::HashMap::new();
         for (host, policy) in &targets {
             let expected = match self.facts_of(host).await? {
-                Some(facts) => match compile(policy, &facts, next_revision) {
-                    Ok(r) => {
-                        let hash = r.hash().0;
-                        compiled.insert(host.clone(), (r, facts));
-                        hash
+                Some(facts) => {
+                    let key = (policy, facts.default_route_interface.clone());
+                    let hit = match cache.get(&key) {
+                        Some((r, h)) => Ok((r.clone(), h.clone())),
+                        None => compile(policy, &facts, next_revision).map(|r| {
+                            let h = r.hash().0;
+                            cache.insert(key, (r.clone(), h.clone()));
+                            (r, h)
+                        }),
+                    };
+                    match hit {
+                        Ok((r, hash)) => {
+                            compiled.insert(host.clone(), (r, facts));
+                            hash
+                        }
+                        Err(e) => {
+                            errors.push(format!("{host}: {e}"));
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        errors.push(format!("{host}: {e}"));
-                        continue;
-                    }
-                },
+                }
                 None => {
                     unchecked.push(host.clone());
                     String::new()
