@@ -3,6 +3,8 @@
 //!
 //! Fails (does not skip) without root unless `PORTCULLIS_SKIP_NETNS=1`.
 
+#![allow(clippy::unwrap_used)]
+
 use portcullis_agent::nflog;
 mod nflog_support;
 

@@ -4,6 +4,8 @@
 //! Each test builds its own namespaces (testkit) and fails without root unless
 //! `PORTCULLIS_SKIP_NETNS=1`.
 
+#![allow(clippy::unwrap_used)]
+
 mod lab;
 
 use lab::{ACCEPT_WAIT, DROP_WAIT, Lab, deny_packets};

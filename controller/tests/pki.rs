@@ -2,6 +2,8 @@
 //! identities and serials read back from issued certificates, revocation, and real
 //! mutual-TLS handshakes (rustls, in memory) with the issued certificates.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Component tests of the controller against fake agents and admin clients over real
 //! mutual TLS on loopback: sessions, apply, status, history, and authorization.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestController, apply_request, hello};
@@ -84,10 +86,10 @@ async fn collect_results(
             .expect("apply stream stalled")
             .expect("apply stream ended")
             .unwrap();
-        if let Some(v1::apply_event::Event::Host(h)) = ev.event {
-            if h.outcome != v1::HostOutcome::Disconnected as i32 {
-                out.push(h);
-            }
+        if let Some(v1::apply_event::Event::Host(h)) = ev.event
+            && h.outcome != v1::HostOutcome::Disconnected as i32
+        {
+            out.push(h);
         }
     }
     out

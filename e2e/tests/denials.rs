@@ -3,6 +3,8 @@
 //! floods over the log limit are counted, not lost; a controller outage is bridged by the
 //! agent's spool; a SIGKILLed agent neither loses nor duplicates acknowledged batches.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Fleet;

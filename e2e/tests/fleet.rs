@@ -2,6 +2,8 @@
 //! the seed policy pushed with `portcullis apply`, verdicts checked with real packets
 //! from an `outside` namespace, then fail-static, offline hosts and invalid input.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Fleet;

@@ -3,6 +3,8 @@
 //! `--keep`, a halted wave rolled back, `rollback` restoring the previous verdicts (real
 //! packets), and a controller killed mid-rollout (agents revert, rollout `interrupted`).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Fleet;

@@ -262,6 +262,52 @@ pub fn list_rollouts(conn: &Connection, limit: u32, id: u64) -> anyhow::Result<V
     Ok(rollouts)
 }
 
+/// Start a wave in one transaction: make `revision` the desired one of `hosts`, mark them
+/// `sent` in `rollout`, and return each host's (policy JSON, stored expected hash).
+pub fn start_wave(
+    conn: &mut Connection,
+    rollout: u64,
+    revision: u64,
+    hosts: &[String],
+) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let tx = conn.transaction()?;
+    let mut out = BTreeMap::new();
+    {
+        let mut get = tx.prepare(
+            "SELECT policy_json, expected_hash FROM revision_hosts
+              WHERE revision = ?1 AND host = ?2",
+        )?;
+        for h in hosts {
+            set_desired(&tx, h, revision)?;
+            set_host_state(&tx, rollout, h, "sent", "")?;
+            if let Some(row) = get
+                .query_row(params![to_i64(revision), h], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()?
+            {
+                out.insert(h.clone(), row);
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Record many (host, state, detail) of `rollout` in one transaction.
+pub fn set_host_states(
+    conn: &mut Connection,
+    rollout: u64,
+    states: &[(String, String, String)],
+) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    for (h, s, d) in states {
+        set_host_state(&tx, rollout, h, s, d)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,50 +373,4 @@ mod tests {
             })
             .expect("sync");
     }
-}
-
-/// Start a wave in one transaction: make `revision` the desired one of `hosts`, mark them
-/// `sent` in `rollout`, and return each host's (policy JSON, stored expected hash).
-pub fn start_wave(
-    conn: &mut Connection,
-    rollout: u64,
-    revision: u64,
-    hosts: &[String],
-) -> anyhow::Result<BTreeMap<String, (String, String)>> {
-    let tx = conn.transaction()?;
-    let mut out = BTreeMap::new();
-    {
-        let mut get = tx.prepare(
-            "SELECT policy_json, expected_hash FROM revision_hosts
-              WHERE revision = ?1 AND host = ?2",
-        )?;
-        for h in hosts {
-            set_desired(&tx, h, revision)?;
-            set_host_state(&tx, rollout, h, "sent", "")?;
-            if let Some(row) = get
-                .query_row(params![to_i64(revision), h], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()?
-            {
-                out.insert(h.clone(), row);
-            }
-        }
-    }
-    tx.commit()?;
-    Ok(out)
-}
-
-/// Record many (host, state, detail) of `rollout` in one transaction.
-pub fn set_host_states(
-    conn: &mut Connection,
-    rollout: u64,
-    states: &[(String, String, String)],
-) -> anyhow::Result<()> {
-    let tx = conn.transaction()?;
-    for (h, s, d) in states {
-        set_host_state(&tx, rollout, h, s, d)?;
-    }
-    tx.commit()?;
-    Ok(())
 }

@@ -1,5 +1,6 @@
 //! A controller started in-process on loopback with a fresh PKI, and mTLS clients for it.
 
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use portcullis_controller::pki::Pki;

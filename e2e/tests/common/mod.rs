@@ -2,6 +2,7 @@
 //! agents, and an `outside` node for probes. Real binaries, real certificates, real packets.
 //! Everything (processes, namespaces) is torn down on drop, also when a test panics.
 
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use anyhow::{Context as _, Result, bail};
