@@ -255,18 +255,8 @@ impl v1::admin_server::Admin for AdminService {
                 .store
                 .call(move |c| {
                     let tx = c.transaction()?;
-                    let rev = store::insert_revision(
-                        &tx,
-                        &store::NewRevision {
-                            author: &author,
-                            site_name: &req.site_name,
-                            site_yaml: &req.site_yaml,
-                            inventory_name: &req.inventory_name,
-                            inventory_yaml: &req.inventory_yaml,
-                            limit: &req.limit,
-                            hosts: &rows,
-                        },
-                    )?;
+                    let rev =
+                        store::insert_revision(&tx, &super::new_revision(&author, &req, &rows))?;
                     store::audit(
                         &tx,
                         &author,

@@ -63,6 +63,23 @@ impl Shared {
     }
 }
 
+/// The store row of a revision built from an `Apply` request (apply and rollout both).
+pub(crate) fn new_revision<'a>(
+    author: &'a str,
+    req: &'a portcullis_proto::v1::ApplyRequest,
+    hosts: &'a [crate::store::RevisionHost],
+) -> crate::store::NewRevision<'a> {
+    crate::store::NewRevision {
+        author,
+        site_name: &req.site_name,
+        site_yaml: &req.site_yaml,
+        inventory_name: &req.inventory_name,
+        inventory_yaml: &req.inventory_yaml,
+        limit: &req.limit,
+        hosts,
+    }
+}
+
 /// The hash the host's kernel must report after applying `policy` at `revision`, or ""
 /// if it cannot be compiled with these facts (the agent will report why).
 pub fn expected_hash(policy: &HostPolicy, facts: &Facts, revision: u64) -> String {

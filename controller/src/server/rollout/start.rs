@@ -96,15 +96,7 @@ pub async fn from_apply(
                 }
                 let rev = store::insert_revision(
                     &tx,
-                    &store::NewRevision {
-                        author: &author,
-                        site_name: &req.site_name,
-                        site_yaml: &req.site_yaml,
-                        inventory_name: &req.inventory_name,
-                        inventory_yaml: &req.inventory_yaml,
-                        limit: &req.limit,
-                        hosts: &rows,
-                    },
+                    &crate::server::new_revision(&author, &req, &rows),
                 )?;
                 // Staged: each wave makes it the desired revision of its hosts.
                 for (h, p) in &previous {
