@@ -18,6 +18,7 @@ pub mod lockout;
 pub mod model;
 pub mod parse;
 pub mod pattern;
+pub mod replay;
 pub mod readback;
 pub mod render;
 pub mod rollout;

@@ -141,6 +141,21 @@ pub fn parse_keep(input: &str) -> Result<Vec<Requirement>, KeepError> {
 
 /// The verdict `rs` gives `flow` (packets not dropped by our table are accepted).
 pub fn verdict(rs: &Ruleset, flow: &Flow) -> Verdict {
+    decide(rs, flow).0
+}
+
+/// Where a verdict came from: the rule (chain, index from 0) or a base chain's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decider {
+    Rule(String, usize),
+    Policy(String),
+    /// No base chain of ours decided: not our table's doing.
+    Nothing,
+}
+
+/// The verdict `rs` gives `flow` and what decided it. A base chain's accept hands the
+/// packet to the next base chain on the hook; the last one that decided is reported.
+pub fn decide(rs: &Ruleset, flow: &Flow) -> (Verdict, Decider) {
     let mut bases: Vec<(&String, i32, Verdict)> = rs
         .chains
         .iter()
@@ -149,24 +164,27 @@ pub fn verdict(rs: &Ruleset, flow: &Flow) -> Verdict {
         .map(|(n, b)| (n, b.priority, b.policy))
         .collect();
     bases.sort_by_key(|(n, p, _)| (*p, (*n).clone()));
+    let mut by = Decider::Nothing;
     for (name, _, policy) in bases {
         match eval_chain(rs, name, flow, 0) {
-            Some(Verdict::Drop) => return Verdict::Drop,
-            Some(Verdict::Accept) => {}
-            None if policy == Verdict::Drop => return Verdict::Drop,
-            None => {}
+            Some((Verdict::Drop, at)) => return (Verdict::Drop, at),
+            Some((Verdict::Accept, at)) => by = at,
+            None if policy == Verdict::Drop => {
+                return (Verdict::Drop, Decider::Policy(name.clone()));
+            }
+            None => by = Decider::Policy(name.clone()),
         }
     }
-    Verdict::Accept
+    (Verdict::Accept, by)
 }
 
-fn eval_chain(rs: &Ruleset, name: &str, flow: &Flow, depth: u8) -> Option<Verdict> {
+fn eval_chain(rs: &Ruleset, name: &str, flow: &Flow, depth: u8) -> Option<(Verdict, Decider)> {
     // Our rulesets jump one level; the bound only guards against a looping readback.
     if depth > 16 {
         return None;
     }
     let chain = rs.chains.get(name)?;
-    for rule in &chain.rules {
+    for (index, rule) in chain.rules.iter().enumerate() {
         let hit = match rule {
             Rule::Jump { iifname, target } => {
                 let matches = iifname
@@ -196,8 +214,8 @@ fn eval_chain(rs: &Ruleset, name: &str, flow: &Flow, depth: u8) -> Option<Verdic
             }
             Rule::Unknown { .. } => None,
         };
-        if hit.is_some() {
-            return hit;
+        if let Some(v) = hit {
+            return Some((v, Decider::Rule(name.to_string(), index)));
         }
     }
     None
@@ -220,7 +238,7 @@ fn in_set(rs: &Ruleset, set: &str, saddr: Option<L3>, flow: &Flow) -> bool {
 }
 
 /// Every boundary of a port range the ruleset names, inside `within` (plus its ends).
-fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
+pub(crate) fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
     let mut ranges: Vec<PortRange> = Vec::new();
     for set in rs.sets.values() {
         for e in &set.elements {
@@ -259,7 +277,7 @@ fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
 }
 
 /// Every boundary of a source network the ruleset names, inside `within` (plus its ends).
-fn addr_points(rs: &Ruleset, within: IpNet) -> BTreeSet<IpAddr> {
+pub(crate) fn addr_points(rs: &Ruleset, within: IpNet) -> BTreeSet<IpAddr> {
     let mut points = BTreeSet::from([within.network(), within.broadcast()]);
     let nets = rs
         .sets

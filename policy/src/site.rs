@@ -7,6 +7,7 @@
 
 use crate::diag::{Diagnostics, Source};
 use crate::inventory::Inventory;
+use crate::lockout::{self, Requirement};
 use crate::model::{DriftMode, HostPolicy, InterfaceSel, Mode, Replies};
 use crate::parse::{Ctx, Located, LogSpec, PolicySpec, normalize_allow, parse_policy};
 use crate::pattern;
@@ -30,15 +31,19 @@ pub struct Fleet {
     /// Only hosts targeted by at least one play.
     pub hosts: BTreeMap<String, HostPolicy>,
     pub plays: Vec<PlaySummary>,
+    /// Per host: access that must stay open (`management:` of the plays matching it),
+    /// checked by the controller's anti-lockout guard before anything is sent.
+    pub management: BTreeMap<String, Vec<Requirement>>,
 }
 
-const PLAY_KEYS: &[&str] = &["name", "hosts", "policy"];
+const PLAY_KEYS: &[&str] = &["name", "hosts", "policy", "management"];
 
 struct Play {
     name: String,
     line: usize,
     pattern: Option<(String, Node)>,
     spec: Option<PolicySpec>,
+    management: Vec<Requirement>,
 }
 
 /// Load and validate a site file against an inventory. Every problem in either file is
@@ -70,6 +75,7 @@ pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostic
     };
     let mut summaries = Vec::new();
     let mut targeted: Vec<(usize, BTreeSet<String>)> = Vec::new();
+    let mut management: BTreeMap<String, Vec<Requirement>> = BTreeMap::new();
     for (i, play) in plays.iter().enumerate() {
         let mut matched = BTreeSet::new();
         if let Some((pat, node)) = &play.pattern {
@@ -80,6 +86,18 @@ pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostic
         }
         if play.spec.is_some() {
             targeted.push((i, matched.clone()));
+        }
+        for host in &matched {
+            let reqs = management.entry(host.clone()).or_default();
+            for r in &play.management {
+                let same = |o: &Requirement| {
+                    (o.proto, o.ports, o.from, o.established)
+                        == (r.proto, r.ports, r.from, r.established)
+                };
+                if !reqs.iter().any(same) {
+                    reqs.push(r.clone());
+                }
+            }
         }
         summaries.push(PlaySummary {
             name: play.name.clone(),
@@ -100,6 +118,10 @@ pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostic
         inventory: inv,
         hosts,
         plays: summaries,
+        management: management
+            .into_iter()
+            .filter(|(_, r)| !r.is_empty())
+            .collect(),
     })
 }
 
@@ -163,6 +185,7 @@ fn read_play(index: usize, node: &Node, cx: &mut Ctx<'_>) -> Option<Play> {
         line: node.line,
         pattern: None,
         spec: None,
+        management: Vec::new(),
     };
     let mut policy = None;
     for (k, v) in entries {
@@ -173,10 +196,13 @@ fn read_play(index: usize, node: &Node, cx: &mut Ctx<'_>) -> Option<Play> {
             },
             Some("hosts") => play.pattern = hosts_pattern(v, cx).map(|p| (p, v.clone())),
             Some("policy") => policy = Some(v),
+            Some("management") => play.management = management(v, cx),
             _ => cx.unknown_key(k, "play", PLAY_KEYS),
         }
     }
-    let (has_hosts, has_policy) = (entries_has(entries, "hosts"), policy.is_some());
+    let has_hosts = entries_has(entries, "hosts");
+    // A play may only declare management access (e.g. `hosts: all`).
+    let has_policy = policy.is_some() || entries_has(entries, "management");
     if !has_hosts {
         cx.err(
             node,
@@ -187,10 +213,53 @@ fn read_play(index: usize, node: &Node, cx: &mut Ctx<'_>) -> Option<Play> {
         );
     }
     if !has_policy {
-        cx.err(node, format!("play `{}` has no `policy`", play.name));
+        cx.err(
+            node,
+            format!("play `{}` has no `policy` (nor `management`)", play.name),
+        );
     }
     play.spec = policy.map(|p| parse_policy(p, cx));
     Some(play)
+}
+
+/// `management:` — a list of access entries that must stay open, in the `--keep` syntax
+/// (`tcp/22`, `ssh/tcp from 10.0.0.0/8`); each error points at its entry.
+fn management(v: &Node, cx: &mut Ctx<'_>) -> Vec<Requirement> {
+    let items: Vec<&Node> = match &v.kind {
+        NodeKind::Seq(items) => items.iter().collect(),
+        NodeKind::Scalar(_) => vec![v],
+        _ => {
+            cx.err(
+                v,
+                format!(
+                    "`management` must be a list of access entries such as `tcp/22 from 10.0.0.0/8`, found {}",
+                    v.type_name()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Some(text) = item.as_str() else {
+            cx.err(
+                item,
+                format!(
+                    "a `management` entry must be text such as `tcp/22 from 10.0.0.0/8`, found {}",
+                    item.type_name()
+                ),
+            );
+            continue;
+        };
+        match lockout::parse_keep(text) {
+            Ok(reqs) => out.extend(reqs.into_iter().map(|mut r| {
+                r.what = format!("management `{text}` ({}:{})", cx.file, item.line);
+                r
+            })),
+            Err(e) => cx.err(item, format!("`management`: {e}")),
+        }
+    }
+    out
 }
 
 fn entries_has(entries: &[(Node, Node)], key: &str) -> bool {

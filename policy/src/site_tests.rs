@@ -208,3 +208,53 @@ fn hosts_may_be_a_list_of_patterns() {
     assert_eq!(f.hosts.keys().collect::<Vec<_>>(), ["h1", "h2", "h3"]);
     assert_eq!(f.plays[0].name, "play #1");
 }
+
+#[test]
+fn management_entries_per_host() {
+    let f = fleet(
+        "\
+- name: operators
+  hosts: all
+  management:
+    - tcp/22 from 10.0.0.0/8
+- name: mail
+  hosts: mail
+  policy:
+    allow: [smtp/tcp]
+  management: [ssh/tcp from 10.0.0.0/8, tcp/8443]
+",
+    )
+    .unwrap();
+    // The management-only play targets no policy.
+    assert_eq!(f.hosts.keys().collect::<Vec<_>>(), ["h1", "h2"]);
+    let h1 = &f.management["h1"];
+    // tcp/22 from 10/8 once (the same entry twice), tcp/8443 from v4 and v6 anywhere.
+    assert_eq!(h1.len(), 3, "{h1:?}");
+    assert!(h1[0].what.contains("management `tcp/22 from 10.0.0.0/8` (site.yml:4)"));
+    assert_eq!(h1[0].ports.start, 22);
+    assert_eq!(h1[0].from.to_string(), "10.0.0.0/8");
+    assert!(h1.iter().any(|r| r.ports.start == 8443 && r.from.prefix_len() == 0));
+    assert_eq!(f.management["spare"].len(), 1);
+    assert_eq!(f.management["h3"].len(), 1);
+}
+
+#[test]
+fn management_errors_are_located() {
+    errs(
+        "\
+- hosts: all
+  management:
+    - tcp/22 from somewhere
+    - 22
+    - {port: 22}
+- hosts: mail
+  management: {tcp: 22}
+",
+        &[
+            (3, 7, "`management`: keep \"tcp/22 from somewhere\""),
+            (4, 7, "missing `/`"),
+            (5, 7, "must be text"),
+            (7, 15, "must be a list of access entries"),
+        ],
+    );
+}

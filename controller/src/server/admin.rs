@@ -238,6 +238,7 @@ impl v1::admin_server::Admin for AdminService {
             &rows,
             compiled,
             unchecked,
+            &fleet.management,
         )
         .await?
         {

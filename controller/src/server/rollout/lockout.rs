@@ -46,6 +46,7 @@ pub async fn check(
     compiled: &BTreeMap<String, (Ruleset, Facts)>,
     unchecked: Vec<String>,
     keep: &[Requirement],
+    management: &BTreeMap<String, Vec<Requirement>>,
 ) -> Result<(Vec<String>, Vec<String>), Status> {
     let controller: Vec<SocketAddr> = shared.rollouts.controller_addrs();
     let ctl_ips: BTreeSet<IpAddr> = controller.iter().map(SocketAddr::ip).collect();
@@ -53,6 +54,7 @@ pub async fn check(
     let mut problems = Vec::new();
     for (host, (rs, facts)) in compiled {
         let mut reqs: Vec<Requirement> = keep.to_vec();
+        reqs.extend(management.get(host).into_iter().flatten().cloned());
         reqs.extend(ctl_ips.iter().map(|ip| lockout::agent_replies(*ip)));
         let own: BTreeSet<IpAddr> = facts
             .interfaces

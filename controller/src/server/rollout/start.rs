@@ -35,6 +35,7 @@ pub async fn from_apply(
     rows: &[RevisionHost],
     compiled: BTreeMap<String, (portcullis_policy::Ruleset, Facts)>,
     unchecked: Vec<String>,
+    management: &BTreeMap<String, Vec<portcullis_policy::lockout::Requirement>>,
 ) -> Result<Option<EventStream>, Status> {
     if let Some(id) = shared.rollouts.running() {
         return Err(Status::failed_precondition(format!(
@@ -61,7 +62,7 @@ pub async fn from_apply(
     };
     // Anti-lockout, on what would really be installed.
     let keep = lockout::keep_requirements(&req.keep)?;
-    let (problems, unchecked) = lockout::check(shared, &compiled, unchecked, &keep).await?;
+    let (problems, unchecked) = lockout::check(shared, &compiled, unchecked, &keep, management).await?;
     if !unchecked.is_empty() {
         tracing::warn!(hosts = ?unchecked, "anti-lockout: no facts yet, not checked");
     }
