@@ -239,6 +239,14 @@ impl Agent {
         }
     }
 
+    /// The kernel table's hash and rule counters, one readback (`None`: no table).
+    pub fn kernel_snapshot(&self) -> Result<Option<(String, Vec<RuleCounter>)>, AgentError> {
+        let _op = self.exclusive();
+        Ok(self
+            .read_kernel()?
+            .map(|k| (k.ruleset.hash().0, k.counters)))
+    }
+
     /// Compares the kernel's table with last-known-good.
     pub fn verify(&self) -> Result<VerifyReport, AgentError> {
         let _op = self.exclusive();

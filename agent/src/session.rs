@@ -230,6 +230,31 @@ fn kernel_hash(agent: &Agent) -> String {
     }
 }
 
+/// The kernel's hash and the counters of our rules that saw packets (the controller's
+/// accept evidence for `apply --check --replay`), from one readback.
+fn kernel_snapshot(agent: &Agent) -> (String, Vec<v1::RuleHits>) {
+    match agent.kernel_snapshot() {
+        Ok(Some((hash, counters))) => (
+            hash,
+            counters
+                .into_iter()
+                .filter(|c| c.packets > 0)
+                .map(|c| v1::RuleHits {
+                    chain: c.chain,
+                    index: u32::try_from(c.index).unwrap_or(u32::MAX),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                })
+                .collect(),
+        ),
+        Ok(None) => (String::new(), Vec::new()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the kernel table back");
+            (String::new(), Vec::new())
+        }
+    }
+}
+
 /// One session: connect, Hello, then serve Desired and send heartbeats until it breaks.
 async fn session(
     agent: &Agent,
@@ -321,10 +346,12 @@ async fn session(
                 }
             }
             _ = ticker.tick() => {
+                let (kernel_hash, rule_hits) = kernel_snapshot(agent);
                 let hb = v1::Heartbeat {
                     applied_revision: agent.last_known_good().ok().flatten().map_or(0, |l| l.revision),
-                    kernel_hash: kernel_hash(agent),
+                    kernel_hash,
                     verified_unix_ms: now_ms(),
+                    rule_hits,
                 };
                 tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Heartbeat(hb)) })
                     .await

@@ -38,6 +38,11 @@ pub struct ApplyArgs {
     /// With --check: print each host's semantic changes, not only how many
     #[arg(long, requires = "check")]
     pub diff: bool,
+    /// With --check: replay the traffic seen in this window (denial logs and the rules'
+    /// accept counters, e.g. `24h`) against the new policy and list, per host and port,
+    /// what it would newly deny
+    #[arg(long, requires = "check", value_parser = humantime::parse_duration)]
+    pub replay: Option<Duration>,
     #[command(flatten)]
     pub rollout: super::rollout::RolloutArgs,
 }
@@ -68,6 +73,9 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         inventory_yaml: inv_src.text,
         limit: args.limit.clone().unwrap_or_default(),
         check: args.check,
+        replay_window_ms: args
+            .replay
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
         ..Default::default()
     };
     let mut request = request;

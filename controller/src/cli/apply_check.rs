@@ -1,6 +1,8 @@
-//! `portcullis apply --check [--diff]`: what an apply would change on each host, against
-//! the revision it runs, without storing or sending anything. Exit 2 if anything would
-//! change (or a host cannot be checked), 0 if nothing would.
+//! `portcullis apply --check [--diff] [--replay WINDOW]`: what an apply would change on
+//! each host, against the revision it runs, without storing or sending anything; with
+//! `--replay`, the traffic seen in the window that the new policy would newly deny. Exit
+//! 2 if anything would change or be newly denied (or a host cannot be checked), 0 if
+//! nothing would.
 
 use super::exit;
 use super::output::print_json;
@@ -14,6 +16,7 @@ pub async fn run(
     diff: bool,
     json: bool,
 ) -> anyhow::Result<i32> {
+    let replay = request.replay_window_ms > 0;
     let mut stream = match client.apply(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
@@ -40,7 +43,12 @@ pub async fn run(
         .filter(|h| !h.changes.is_empty())
         .count();
     let failed = result.hosts.iter().filter(|h| !h.error.is_empty()).count();
-    let code = if changed + failed > 0 {
+    let denied = result
+        .hosts
+        .iter()
+        .filter(|h| !h.newly_denied.is_empty())
+        .count();
+    let code = if changed + failed + denied > 0 {
         exit::CHANGES
     } else {
         exit::OK
@@ -50,14 +58,30 @@ pub async fn run(
             .hosts
             .iter()
             .map(|h| {
+                let nd: Vec<_> = h
+                    .newly_denied
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "proto": f.proto, "ports": f.ports, "sources": f.sources,
+                            "more_sources": f.more_sources, "packets": f.packets,
+                            "last_seen_unix_ms": f.last_seen_unix_ms,
+                            "evidence": f.evidence, "example": f.example,
+                        })
+                    })
+                    .collect();
                 serde_json::json!({
                     "host": h.host, "applied_revision": h.applied_revision,
                     "attested": h.attested, "changes": h.changes, "error": h.error,
+                    "newly_denied": nd,
+                    "replayed": {"log_groups": h.replay_log_groups,
+                        "counters": h.replay_counters, "truncated": h.replay_truncated},
                 })
             })
             .collect();
         print_json(&serde_json::json!({
             "check": true, "hosts": hosts, "changed": changed, "failed": failed,
+            "newly_denying": denied,
         }))?;
         return Ok(code);
     }
@@ -85,6 +109,15 @@ pub async fn run(
                 println!("  {line}");
             }
         }
+        if replay {
+            print_replay(h);
+        }
+    }
+    if replay {
+        println!(
+            "replay: {denied} of {} host(s) saw traffic the new policy would deny",
+            result.hosts.len()
+        );
     }
     println!(
         "check: {changed} of {} host(s) would change{}; nothing was applied",
@@ -96,4 +129,39 @@ pub async fn run(
         }
     );
     Ok(code)
+}
+
+/// The replay lines of one host: what it saw that the new policy would deny.
+fn print_replay(h: &v1::HostCheck) {
+    let truncated = if h.replay_truncated {
+        " (busiest groups only)"
+    } else {
+        ""
+    };
+    if h.newly_denied.is_empty() {
+        if h.error.is_empty() {
+            println!(
+                "  replay: nothing seen would be newly denied ({} log group(s){truncated}, {} rule counter(s))",
+                h.replay_log_groups, h.replay_counters
+            );
+        }
+        return;
+    }
+    for f in &h.newly_denied {
+        let more = if f.more_sources > 0 {
+            format!(" and {} more", f.more_sources)
+        } else {
+            String::new()
+        };
+        let seen = super::output::time_ms(f.last_seen_unix_ms);
+        println!(
+            "  NEWLY DENIED {}/{} from {}{more}: {} packet(s), last {seen}; evidence: {}; e.g. {}",
+            f.proto,
+            f.ports.join(","),
+            f.sources.join(", "),
+            f.packets,
+            f.evidence,
+            f.example
+        );
+    }
 }

@@ -145,6 +145,9 @@ async fn read_reports(
     inbound: &mut Streaming<v1::AgentMessage>,
     tx: &super::registry::Outbound,
 ) {
+    // Rule counters last written for this session: (revision, counters); only changes
+    // are written.
+    let mut hits_seen: Option<(u64, Vec<store::hits::Hit>)> = None;
     loop {
         let msg = match inbound.next().await {
             Some(Ok(m)) => m,
@@ -174,10 +177,34 @@ async fn read_reports(
             }
             Some(v1::agent_message::Msg::Heartbeat(hb)) => {
                 let h = host.to_string();
+                let hits: Vec<store::hits::Hit> = hb
+                    .rule_hits
+                    .iter()
+                    .map(|r| store::hits::Hit {
+                        chain: r.chain.clone(),
+                        index: r.index,
+                        packets: r.packets,
+                        bytes: r.bytes,
+                    })
+                    .collect();
+                let purge = hits_seen.as_ref().is_none_or(|(r, _)| *r != hb.applied_revision);
+                let write_hits = (purge || hits_seen.as_ref().map(|(_, v)| v) != Some(&hits))
+                    .then(|| hits.clone());
+                hits_seen = Some((hb.applied_revision, hits));
                 shared
                     .writer
                     .write(move |c| {
                         store::host_reported(c, &h, hb.applied_revision, &hb.kernel_hash, None)?;
+                        if let Some(hits) = &write_hits {
+                            store::hits::record(
+                                c,
+                                &h,
+                                hb.applied_revision,
+                                hits,
+                                purge,
+                                store::now_ms(),
+                            )?;
+                        }
                         store::drift::verified(c, &h, hb.verified_unix_ms)
                     })
                     .await

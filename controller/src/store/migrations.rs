@@ -108,6 +108,18 @@ const MIGRATIONS: &[&str] = &[
     // sequence-gap losses.
     "ALTER TABLE denial_totals ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE denial_totals ADD COLUMN socket_lost INTEGER NOT NULL DEFAULT 0;",
+    // 6: rule counters from heartbeats (accept evidence for `apply --check --replay`).
+    "CREATE TABLE rule_hits (
+        host TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        chain TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        packets INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        first_hit_ms INTEGER NOT NULL,
+        last_hit_ms INTEGER NOT NULL,
+        PRIMARY KEY (host, chain, idx)
+     );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

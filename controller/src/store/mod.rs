@@ -9,6 +9,7 @@ mod denial_query;
 mod denials;
 pub mod drift;
 mod group;
+pub mod hits;
 mod migrations;
 mod model;
 pub mod rollout;
