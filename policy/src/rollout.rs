@@ -251,6 +251,8 @@ pub enum HostResult {
     /// Applied with the expected hash (and confirmed, when a deadline was set).
     Confirmed,
     Failed(String),
+    /// Not sent: the rollout was aborted before this host's turn (not a failure).
+    Skipped,
 }
 
 /// A rollout in progress.
@@ -264,6 +266,8 @@ pub struct Rollout {
     aborted: bool,
     results: BTreeMap<String, HostResult>,
     status: RolloutStatus,
+    /// A health gate failed after the wave in flight: (reason, hosts that failed it).
+    gate: Option<(String, Vec<String>)>,
 }
 
 impl Rollout {
@@ -276,6 +280,7 @@ impl Rollout {
             aborted: false,
             results: BTreeMap::new(),
             status: RolloutStatus::Running,
+            gate: None,
         }
     }
 
@@ -301,6 +306,20 @@ impl Rollout {
         self.aborted = true;
     }
 
+    /// A health gate failed for `hosts` of the wave in flight (they took the revision):
+    /// they count as failed, and the next step halts and rolls back every host changed,
+    /// whatever `--max-fail` allows.
+    pub fn gate_failed(&mut self, reason: String, hosts: Vec<String>) {
+        for h in &hosts {
+            self.results
+                .insert(h.clone(), HostResult::Failed(reason.clone()));
+        }
+        match &mut self.gate {
+            Some((_, v)) => v.extend(hosts),
+            None => self.gate = Some((reason, hosts)),
+        }
+    }
+
     fn failed_in(&self, hosts: &[String]) -> usize {
         hosts
             .iter()
@@ -317,11 +336,46 @@ impl Rollout {
             .collect()
     }
 
+    /// Whether the wave in flight already fails the rollout (`--max-fail` exceeded, or a
+    /// failed gate): further checks of the wave are moot.
+    pub fn would_halt(&self) -> bool {
+        if self.gate.is_some() {
+            return true;
+        }
+        let hosts = self.waves.get(self.wave).map_or(&[][..], Vec::as_slice);
+        let failed_total = self
+            .results
+            .values()
+            .filter(|r| matches!(r, HostResult::Failed(_)))
+            .count();
+        self.started
+            && self
+                .max_fail
+                .exceeded(failed_total, self.failed_in(hosts), hosts.len())
+    }
+
     /// The first step (when not started) or the step after the current wave finished:
     /// every host of the wave in flight must have a result before calling this.
     pub fn advance(&mut self) -> Step {
         if self.status != RolloutStatus::Running {
             return Step::Finished(self.status);
+        }
+        if self.started
+            && let Some((reason, failed)) = self.gate.take()
+        {
+            self.status = RolloutStatus::Halted;
+            let mut rollback = self.changed();
+            rollback.extend(failed);
+            rollback.sort();
+            rollback.dedup();
+            return Step::Halt {
+                reason: format!(
+                    "wave {} of {}: health gate failed: {reason}",
+                    self.wave + 1,
+                    self.waves.len()
+                ),
+                rollback,
+            };
         }
         if self.started {
             let hosts = self.waves.get(self.wave).cloned().unwrap_or_default();

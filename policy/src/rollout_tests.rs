@@ -113,6 +113,37 @@ fn abort_stops_before_the_next_wave() {
     );
 }
 
+#[test]
+fn a_failed_gate_halts_whatever_max_fail_allows_and_rolls_its_hosts_back() {
+    let waves = "1,50%".parse::<Serial>().expect("parse").waves(&hosts(4));
+    let mut r = Rollout::new(waves, "100%".parse().expect("max-fail"));
+    assert!(matches!(r.advance(), Step::StartWave { index: 0, .. }));
+    r.record("h000", HostResult::Confirmed);
+    assert!(matches!(r.advance(), Step::StartWave { index: 1, .. }));
+    r.record("h001", HostResult::Confirmed);
+    r.record("h002", HostResult::Confirmed);
+    r.gate_failed("h002: denial rate 40/s".into(), vec!["h002".into()]);
+    match r.advance() {
+        Step::Halt { rollback, reason } => {
+            assert_eq!(rollback, ["h000", "h001", "h002"]);
+            assert!(reason.contains("health gate failed: h002"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn skipped_hosts_of_an_aborted_wave_are_not_failures() {
+    let mut r = Rollout::new(vec![hosts(3), vec!["x".into()]], MaxFail::default());
+    assert!(matches!(r.advance(), Step::StartWave { index: 0, .. }));
+    r.abort();
+    r.record("h000", HostResult::Confirmed);
+    r.record("h001", HostResult::Skipped);
+    r.record("h002", HostResult::Skipped);
+    assert_eq!(r.advance(), Step::Finished(RolloutStatus::Aborted));
+    assert_eq!(r.changed(), ["h000"]);
+}
+
 proptest! {
     #[test]
     fn waves_partition_hosts_in_order(n in 0usize..300, spec in prop::collection::vec((1u32..40, any::<bool>()), 1..5)) {

@@ -35,6 +35,31 @@ pub struct RolloutArgs {
     /// hosts that cannot reach the controller)
     #[arg(long)]
     pub force_lockout_risk: bool,
+    /// Health gate: after each wave, halt and roll back when a host of the wave denies
+    /// more than this factor times its pre-rollout rate (e.g. `10x`; a sign the policy
+    /// blocks real traffic). Rates under 1 denial/s count as 1/s
+    #[arg(long, value_parser = parse_factor)]
+    pub max_denial_increase: Option<f64>,
+    /// How long the denial gate observes each wave after it is confirmed
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub denial_window: Duration,
+    /// The pre-rollout rate is measured over this long before the rollout starts
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub denial_baseline: Duration,
+}
+
+/// `10x`, `10` or `2.5x`: a factor above 1.
+fn parse_factor(s: &str) -> Result<f64, String> {
+    let n = s.trim().trim_end_matches(['x', 'X']);
+    match n.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 1.0 => Ok(f),
+        Ok(_) => Err(format!("{s:?}: the factor must be above 1 (e.g. `10x`)")),
+        Err(_) => Err(format!("{s:?} is not a factor (e.g. `10x`)")),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RolloutArgs {
@@ -42,11 +67,12 @@ impl RolloutArgs {
     pub fn fill(&self, r: &mut v1::ApplyRequest) {
         r.serial = self.serial.clone().unwrap_or_default();
         r.max_fail = self.max_fail.clone().unwrap_or_default();
-        r.confirm_timeout_ms = self
-            .confirm_timeout
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        r.confirm_timeout_ms = self.confirm_timeout.map_or(0, ms);
         r.keep = self.keep.clone();
         r.force_lockout_risk = self.force_lockout_risk;
+        r.max_denial_increase = self.max_denial_increase.unwrap_or(0.0);
+        r.denial_window_ms = ms(self.denial_window);
+        r.denial_baseline_ms = ms(self.denial_baseline);
     }
 }
 
@@ -61,6 +87,8 @@ fn outcome(o: i32) -> &'static str {
         Ok(v1::HostOutcome::Offline) => "offline",
         Ok(v1::HostOutcome::Unconfirmed) => "unconfirmed",
         Ok(v1::HostOutcome::RolledBack) => "rolled-back",
+        Ok(v1::HostOutcome::GateFailed) => "gate-failed",
+        Ok(v1::HostOutcome::Skipped) => "skipped",
         _ => "unknown",
     }
 }
@@ -251,6 +279,11 @@ pub async fn rollback(args: RollbackArgs, conn: &ConnectArgs) -> anyhow::Result<
         serial: fill.serial,
         max_fail: fill.max_fail,
         confirm_timeout_ms: fill.confirm_timeout_ms,
+        max_denial_increase: fill.max_denial_increase,
+        denial_window_ms: fill.denial_window_ms,
+        denial_baseline_ms: fill.denial_baseline_ms,
+        keep: fill.keep,
+        force_lockout_risk: fill.force_lockout_risk,
     };
     let mut stream = match client.rollback(req).await {
         Ok(r) => r.into_inner(),

@@ -15,7 +15,7 @@ pub use status::{attest, drifted};
 use super::Shared;
 use super::session::internal;
 use crate::store::{self, drift::DriftRecord};
-use portcullis_policy::HostPolicy;
+use portcullis_policy::{Facts, HostPolicy};
 use portcullis_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -176,43 +176,12 @@ pub async fn drift(shared: &Shared, req: v1::DriftRequest) -> Result<v1::DriftRe
         0 => DEFAULT_TIMEOUT,
         ms => Duration::from_millis(ms),
     };
-    let deadline = tokio::time::Instant::now() + timeout;
-
-    // Ask everyone first, then wait: the answers come in parallel.
-    let mut asked = Vec::new();
     let mut out: BTreeMap<String, v1::HostDrift> = BTreeMap::new();
-    for host in &selected {
-        let Some(handle) = shared.registry.get(host) else {
-            out.insert(host.clone(), unreachable(host, "not connected"));
-            continue;
-        };
-        let (id, rx) = shared.drift.register();
-        let msg = v1::ControllerMessage {
-            msg: Some(v1::controller_message::Msg::Verify(v1::VerifyNow {
-                request_id: id,
-            })),
-        };
-        match tokio::time::timeout_at(deadline, handle.tx.send(Ok(msg))).await {
-            Ok(Ok(())) => asked.push((host.clone(), id, rx, handle.facts)),
-            _ => {
-                shared.drift.forget(id);
-                out.insert(host.clone(), unreachable(host, "session closed"));
-            }
-        }
-    }
-    let answers =
-        futures::future::join_all(asked.into_iter().map(|(host, id, rx, facts)| async move {
-            let r = tokio::time::timeout_at(deadline, rx).await;
-            (host, id, r.ok().and_then(Result::ok), facts)
-        }))
-        .await;
     let mut reports = Vec::new();
-    for (host, id, report, facts) in answers {
-        match report {
-            Some(r) => reports.push((host, r, facts)),
-            None => {
-                shared.drift.forget(id);
-                let why = format!("no answer within {}", humantime::format_duration(timeout));
+    for (host, answer) in verify_now(shared, &selected, timeout).await {
+        match answer {
+            Ok((r, facts)) => reports.push((host, r, facts)),
+            Err(why) => {
                 out.insert(host.clone(), unreachable(&host, &why));
             }
         }
@@ -239,6 +208,58 @@ pub async fn drift(shared: &Shared, req: v1::DriftRequest) -> Result<v1::DriftRe
     Ok(v1::DriftResponse {
         hosts: out.into_values().collect(),
     })
+}
+
+/// Ask `hosts` to verify now (`VerifyNow`) and wait until `timeout` for their reports:
+/// per host the report and the facts of its session, or why there is none.
+pub async fn verify_now<'a>(
+    shared: &Shared,
+    hosts: impl IntoIterator<Item = &'a String>,
+    timeout: Duration,
+) -> BTreeMap<String, Result<(v1::DriftReport, Facts), String>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Ask everyone first, then wait: the answers come in parallel.
+    let mut asked = Vec::new();
+    let mut out = BTreeMap::new();
+    for host in hosts {
+        let Some(handle) = shared.registry.get(host) else {
+            out.insert(host.clone(), Err("not connected".to_owned()));
+            continue;
+        };
+        let (id, rx) = shared.drift.register();
+        let msg = v1::ControllerMessage {
+            msg: Some(v1::controller_message::Msg::Verify(v1::VerifyNow {
+                request_id: id,
+            })),
+        };
+        match tokio::time::timeout_at(deadline, handle.tx.send(Ok(msg))).await {
+            Ok(Ok(())) => asked.push((host.clone(), id, rx, handle.facts)),
+            _ => {
+                shared.drift.forget(id);
+                out.insert(host.clone(), Err("session closed".to_owned()));
+            }
+        }
+    }
+    let answers =
+        futures::future::join_all(asked.into_iter().map(|(host, id, rx, facts)| async move {
+            let r = tokio::time::timeout_at(deadline, rx).await;
+            (host, id, r.ok().and_then(Result::ok), facts)
+        }))
+        .await;
+    for (host, id, report, facts) in answers {
+        let answer = match report {
+            Some(r) => Ok((r, facts)),
+            None => {
+                shared.drift.forget(id);
+                Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(timeout)
+                ))
+            }
+        };
+        out.insert(host, answer);
+    }
+    out
 }
 
 fn unreachable(host: &str, why: &str) -> v1::HostDrift {

@@ -177,3 +177,15 @@ pub fn denial_groups(
     v.truncate(limit);
     Ok((v, more))
 }
+
+/// Packets a host logged as denied (or would-deny, in audit mode) with their last
+/// occurrence in `[from_ms, to_ms)`.
+pub fn logged_between(c: &Connection, host: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<u64> {
+    let n: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(count), 0) FROM denials
+             WHERE host = ?1 AND last_ms >= ?2 AND last_ms < ?3",
+        )?
+        .query_row(params![host, from_ms, to_ms], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}

@@ -35,6 +35,7 @@ pub struct Plan {
     pub confirm: Duration,
     pub previous: BTreeMap<String, u64>,
     pub abort: Arc<AtomicBool>,
+    pub gates: super::gates::Gates,
 }
 
 type Tx = mpsc::Sender<Result<v1::ApplyEvent, Status>>;
@@ -76,6 +77,8 @@ fn state_name(o: v1::HostOutcome) -> &'static str {
         v1::HostOutcome::Unconfirmed => "unconfirmed",
         v1::HostOutcome::RolledBack => "rolled_back",
         v1::HostOutcome::HashMismatch => "hash_mismatch",
+        v1::HostOutcome::GateFailed => "gate_failed",
+        v1::HostOutcome::Skipped => "skipped",
         _ => "failed",
     }
 }
@@ -160,6 +163,8 @@ impl Ctx<'_> {
         .await;
         if ok {
             HostResult::Confirmed
+        } else if outcome == v1::HostOutcome::Skipped {
+            HostResult::Skipped
         } else {
             HostResult::Failed(detail.to_string())
         }
@@ -229,19 +234,56 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
                     }),
                 )
                 .await;
-                let results = wave(&ctx, index, &hosts, &mut events, &mut reverted).await;
-                let failed = results
+                let (results, expected) =
+                    wave(&ctx, index, &hosts, &mut events, &mut reverted).await;
+                let confirmed: Vec<String> = results
+                    .iter()
+                    .filter(|(_, r)| **r == HostResult::Confirmed)
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                let mut failed = results
                     .values()
-                    .filter(|r| **r != HostResult::Confirmed)
+                    .filter(|r| matches!(r, HostResult::Failed(_)))
                     .count();
                 for (h, r) in results {
                     sm.record(&h, r);
+                }
+                // Gates only matter when the wave would otherwise let the rollout go on.
+                let gate_failed = if sm.would_halt() {
+                    Vec::new()
+                } else {
+                    super::gates::check(&shared, &plan.gates, plan.revision, &confirmed, &expected)
+                        .await
+                };
+                if !gate_failed.is_empty() {
+                    for (h, why) in &gate_failed {
+                        ctx.record(h, "gate_failed", why).await;
+                        tracing::warn!(rollout = plan.id, host = %h, %why, "health gate failed");
+                        emit(
+                            &tx,
+                            v1::apply_event::Event::Host(host_result(
+                                h,
+                                v1::HostOutcome::GateFailed,
+                                index,
+                                why,
+                            )),
+                        )
+                        .await;
+                    }
+                    ctx.flush().await;
+                    failed += gate_failed.len();
+                    let reason = gate_failed
+                        .iter()
+                        .map(|(h, why)| format!("{h}: {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    sm.gate_failed(reason, gate_failed.into_iter().map(|(h, _)| h).collect());
                 }
                 emit(
                     &tx,
                     v1::apply_event::Event::WaveFinished(v1::WaveFinished {
                         index: u32::try_from(index).unwrap_or(u32::MAX),
-                        ok: u32::try_from(hosts.len() - failed).unwrap_or(u32::MAX),
+                        ok: u32::try_from(hosts.len().saturating_sub(failed)).unwrap_or(u32::MAX),
                         failed: u32::try_from(failed).unwrap_or(u32::MAX),
                     }),
                 )
@@ -293,7 +335,7 @@ async fn wave(
     hosts: &[String],
     events: &mut broadcast::Receiver<HostEvent>,
     reverted: &mut broadcast::Receiver<(String, v1::Reverted)>,
-) -> BTreeMap<String, HostResult> {
+) -> (BTreeMap<String, HostResult>, BTreeMap<String, String>) {
     let (rev, confirm) = (ctx.plan.revision, ctx.plan.confirm);
     let mut results = BTreeMap::new();
     let mut phase: BTreeMap<String, Phase> = BTreeMap::new();
@@ -337,6 +379,19 @@ async fn wave(
         BTreeMap::new();
     let mut hashes: BTreeMap<(&str, Option<String>), String> = BTreeMap::new();
     for (host, handle) in &connected {
+        // Abort stops between hosts: the rest of the wave keeps its previous revision.
+        if ctx.plan.abort.load(Ordering::SeqCst) {
+            let r = ctx
+                .settle(
+                    index,
+                    host,
+                    v1::HostOutcome::Skipped,
+                    "not sent: the rollout was aborted",
+                )
+                .await;
+            results.insert(host.clone(), r);
+            continue;
+        }
         ctx.shared.rollouts.set_in_flight(host, true);
         let Some((policy_json, _stored_hash)) = rows.get(host) else {
             let why = format!("no desired r{rev} stored for this host");
@@ -469,7 +524,7 @@ async fn wave(
         }
     }
     ctx.flush().await;
-    results
+    (results, expected)
 }
 
 /// Send each host its previous revision and wait for it to be applied with the expected

@@ -14,6 +14,7 @@
 //! stopped controller is marked `interrupted` at the next start ([`recover`]).
 
 pub mod engine;
+pub mod gates;
 pub mod lockout;
 pub mod start;
 

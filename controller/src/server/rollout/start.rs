@@ -22,7 +22,10 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::ApplyEvent, Status>>
 
 /// Whether the request asks for a rollout (waves, max-fail or confirmation).
 pub fn wants_rollout(req: &v1::ApplyRequest) -> bool {
-    !req.serial.is_empty() || !req.max_fail.is_empty() || req.confirm_timeout_ms > 0
+    !req.serial.is_empty()
+        || !req.max_fail.is_empty()
+        || req.confirm_timeout_ms > 0
+        || req.max_denial_increase > 0.0
 }
 
 /// Called by `Apply` once every targeted host compiled: refuses lockouts, and runs a
@@ -60,6 +63,12 @@ pub async fn from_apply(
                 Status::invalid_argument(e.to_string())
             })?
     };
+    let gates = super::gates::Gates::from_request(
+        req.max_denial_increase,
+        req.denial_window_ms,
+        req.denial_baseline_ms,
+    )
+    .map_err(Status::invalid_argument)?;
     // Anti-lockout, on what would really be installed.
     let keep = lockout::keep_requirements(&req.keep)?;
     let (problems, unchecked) = lockout::check(shared, &compiled, unchecked, &keep, management).await?;
@@ -87,6 +96,7 @@ pub async fn from_apply(
             kind.to_string(),
         );
         let (serial_s, max_fail_s) = (serial.to_string(), max_fail.to_string());
+        let gates_s = gates.describe();
         shared
             .store
             .call(move |c| {
@@ -122,7 +132,7 @@ pub async fn from_apply(
                     &kind,
                     &format!(
                         "rollout {id}: revision {rev} to {} host(s) in {} wave(s), serial {serial_s}, \
-                         max-fail {max_fail_s}, confirm {} ms",
+                         max-fail {max_fail_s}, confirm {} ms, gates: {gates_s}",
                         rows.len(),
                         waves.len(),
                         req.confirm_timeout_ms
@@ -168,6 +178,7 @@ pub async fn from_apply(
         confirm: Duration::from_millis(req.confirm_timeout_ms),
         previous,
         abort,
+        gates,
     };
     tokio::spawn(engine::run(shared.clone(), plan, tx));
     Ok(Some(Box::pin(ReceiverStream::new(rx))))
@@ -230,6 +241,11 @@ pub async fn rollback_request(
             serial: rb.serial,
             max_fail: rb.max_fail,
             confirm_timeout_ms: rb.confirm_timeout_ms,
+            max_denial_increase: rb.max_denial_increase,
+            denial_window_ms: rb.denial_window_ms,
+            denial_baseline_ms: rb.denial_baseline_ms,
+            keep: rb.keep,
+            force_lockout_risk: rb.force_lockout_risk,
             ..Default::default()
         },
     ))
