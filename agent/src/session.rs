@@ -255,6 +255,10 @@ fn kernel_snapshot(agent: &Agent) -> (String, Vec<v1::RuleHits>) {
     }
 }
 
+/// How long a session closing for commit-confirmed waits for the controller to end its
+/// side (it has read everything we sent, `Applied` included).
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
 /// One session: connect, Hello, then serve Desired and send heartbeats until it breaks.
 async fn session(
     agent: &Agent,
@@ -329,6 +333,14 @@ async fn session(
                             } else {
                                 tracing::info!(revision = d.revision,
                                     "reconnecting through the new rules to be confirmed");
+                                // End our side so `Applied` is delivered before the
+                                // connection goes: the controller then ends its side.
+                                companions.link.send_replace(None);
+                                drop(tx);
+                                let drained = async { while let Some(Ok(_)) = inbound.next().await {} };
+                                let t0 = Instant::now();
+                                let ended = tokio::time::timeout(CLOSE_GRACE, drained).await.is_ok();
+                                tracing::debug!(ended, elapsed_ms = t0.elapsed().as_millis(), "session closed for confirmation");
                                 return Ok(());
                             }
                         }

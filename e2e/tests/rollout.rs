@@ -1,7 +1,10 @@
 //! End to end rollouts: a controller and four agents in network namespaces. Waves in the
-//! right order (`--serial 1,50%`), commit-confirmed hosts, the anti-lockout refusal under
-//! `--keep`, a halted wave rolled back, `rollback` restoring the previous verdicts (real
-//! packets), and a controller killed mid-rollout (agents revert, rollout `interrupted`).
+//! right order (`--serial 1,50%`), commit-confirmed hosts, `apply --check --replay`
+//! listing a port seen in traffic that the new policy closes, the anti-lockout refusal
+//! under `--keep` and for the controller's own host (forced: the cut-off host reverts by
+//! itself and the rollout halts), a failed apply and a failed denial-rate gate halting and
+//! rolling back, `rollback` restoring the previous verdicts (real packets), and a
+//! controller killed mid-rollout (agents revert, rollout `interrupted`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,12 +27,12 @@ all:
     h4:
 ";
 
-/// r1: ssh + http.
+/// r1: ssh + http + dns.
 const SITE_V1: &str = "\
 - name: base
   hosts: all
   policy:
-    allow: [ssh/tcp, http/tcp]
+    allow: [ssh/tcp, http/tcp, domain/udp]
 ";
 
 /// r2: ssh + smtp (http closed).
@@ -57,10 +60,10 @@ fn tcp(fleet: &Fleet, host: &str, port: u16) -> TcpOutcome {
 
 fn servers(fleet: &Fleet) -> Vec<TcpServer> {
     let mut v = Vec::new();
-    for h in HOSTS {
+    for node in fleet.hosts.values() {
         for p in [22, 25, 80] {
             let any = SocketAddr::new("0.0.0.0".parse().expect("addr"), p);
-            v.push(TcpServer::start(&fleet.hosts[h].ns, any).expect("server"));
+            v.push(TcpServer::start(&node.ns, any).expect("server"));
         }
     }
     v
@@ -88,7 +91,10 @@ fn setup() -> Option<(Fleet, Files, Vec<TcpServer>)> {
     let l = servers(&fleet);
     fleet.start_controller().expect("controller");
     for h in HOSTS {
-        fleet.start_agent(h).expect("agent");
+        // Heartbeats (with the rule counters `--replay` uses) every second.
+        fleet
+            .start_agent_with(h, &["--heartbeat", "1s"])
+            .expect("agent");
     }
     fleet.wait_status(&HOSTS, "connected", |h| h["connected"] == true);
     let out = fleet.cli(&["apply", "-i", &files.inv, &files.v1, "--timeout", "20s"]);
@@ -103,6 +109,38 @@ fn waves_in_order_keep_refusal_and_rollback_restores_verdicts() {
     };
     assert_eq!(tcp(&fleet, "h1", 80), TcpOutcome::Accepted);
     assert_eq!(tcp(&fleet, "h1", 25), TcpOutcome::TimedOut);
+
+    // "Who would be denied": h1 served http (its accept counter moved, reported in a
+    // heartbeat); r2 closes http, so the replay lists tcp/80 on h1 and nothing on h2.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = fleet.cli(&[
+        "apply", "-i", &f.inv, &f.v2, "--check", "--replay", "1h", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(2), "{v}\n{}", fleet.logs());
+    let denied = |h: &str| {
+        v["hosts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["host"] == h))
+            .map(|x| x["newly_denied"].clone())
+            .unwrap_or_default()
+    };
+    let h1 = denied("h1");
+    assert!(
+        h1.as_array().is_some_and(|a| a
+            .iter()
+            .any(|f| f["proto"] == "tcp" && f["ports"] == serde_json::json!(["80"]))),
+        "{v}"
+    );
+    assert_eq!(denied("h2"), serde_json::json!([]), "{v}");
+    let out = fleet.cli(&["apply", "-i", &f.inv, &f.v2, "--check", "--replay", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("NEWLY DENIED tcp/80"), "{text}");
+    assert_eq!(
+        tcp(&fleet, "h1", 80),
+        TcpOutcome::Accepted,
+        "check applied nothing"
+    );
 
     let args = [
         "apply",
@@ -211,15 +249,96 @@ fn waves_in_order_keep_refusal_and_rollback_restores_verdicts() {
     assert_eq!(list["rollouts"][0]["author"], "e2e", "{list}");
 }
 
+/// `--nft` for a host whose kernel refuses every ruleset change (reads still work).
+const REFUSING_NFT: &str = "#!/bin/sh
+# e2e fault injection: every `nft -f` (a ruleset change) fails.
+for a in \"$@\"; do
+  if [ \"$a\" = \"-f\" ]; then
+    echo 'Error: Could not process rule: Cannot allocate memory (e2e fault injection)' >&2
+    exit 1
+  fi
+done
+exec nft \"$@\"
+";
+
+fn result_of(v: &serde_json::Value, host: &str) -> String {
+    v["hosts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["host"] == host))
+        .map(|x| x["result"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
 #[test]
-fn failing_wave_halts_and_rolls_back() {
+fn failed_apply_and_failed_denial_gate_halt_and_roll_back() {
     let Some((mut fleet, f, _l)) = setup() else {
         return;
     };
-    // h3 is down when its wave starts: the wave fails, the rollout halts and h1, h2
-    // (wave 1) go back to r1; h4 is never touched.
+    // 1. Denial-rate gate. DNS traffic to h1 is accepted by r1; r2 drops it. Wave 1 (h1)
+    // applies and confirms, then denies ~300/s against a quiet baseline (floor 1/s,
+    // 10x): the gate fails, h1 is rolled back, h2-h4 never get r2.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dns = SocketAddr::new(fleet.hosts["h1"].addr(false), 53);
+    let flag = stop.clone();
+    let sender = fleet
+        .outside
+        .ns
+        .spawn(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = s.send_to(b"portcullis-e2e", dns);
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            Ok(())
+        })
+        .expect("sender");
+    let out = fleet.cli(&[
+        "apply",
+        "-i",
+        &f.inv,
+        &f.v2,
+        "--serial",
+        "1",
+        "--confirm-timeout",
+        "10s",
+        "--max-denial-increase",
+        "10x",
+        "--denial-window",
+        "3s",
+        "--json",
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.join();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(6), "{v}\n{}", fleet.logs());
+    assert_eq!(v["status"], "rolled_back", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or("").contains("denial gate"),
+        "{v}"
+    );
+    assert_eq!(result_of(&v, "h1"), "rolled-back", "{v}");
+    for h in HOSTS {
+        assert_eq!(tcp(&fleet, h, 80), TcpOutcome::Accepted, "{h} on r1");
+        assert_eq!(
+            tcp(&fleet, h, 25),
+            TcpOutcome::TimedOut,
+            "{h} r2 not in force"
+        );
+    }
+
+    // 2. A host whose kernel refuses the change: h3 in wave 2 fails to apply, the rollout
+    // halts and h1, h2 (wave 1) and h4 (wave 2) go back to r1.
+    let nft = fleet.write("refusing-nft", REFUSING_NFT);
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     fleet.stop_agent("h3");
-    fleet.wait_status(&["h3"], "disconnected", |h| h["connected"] == false);
+    fleet
+        .start_agent_with(
+            "h3",
+            &["--heartbeat", "1s", "--nft", nft.to_str().expect("utf-8")],
+        )
+        .expect("h3 with a refusing kernel");
+    fleet.wait_status(&["h3"], "connected", |h| h["connected"] == true);
     let out = fleet.cli(&[
         "apply",
         "-i",
@@ -234,17 +353,15 @@ fn failing_wave_halts_and_rolls_back() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(out.status.code(), Some(6), "{v}\n{}", fleet.logs());
     assert_eq!(v["status"], "rolled_back", "{v}");
-    let result = |h: &str| {
-        v["hosts"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["host"] == h))
-            .map(|x| x["result"].as_str().unwrap_or("").to_owned())
-            .unwrap_or_default()
-    };
-    assert_eq!(result("h1"), "rolled-back", "{v}");
-    assert_eq!(result("h2"), "rolled-back", "{v}");
-    assert_eq!(result("h3"), "offline", "{v}");
+    assert_eq!(result_of(&v, "h3"), "failed", "{v}");
     for h in ["h1", "h2", "h4"] {
+        assert_eq!(result_of(&v, h), "rolled-back", "{v}");
+    }
+    assert!(
+        v.to_string().contains("fault injection"),
+        "the agent's error reaches the operator: {v}"
+    );
+    for h in HOSTS {
         assert_eq!(
             tcp(&fleet, h, 80),
             TcpOutcome::Accepted,
@@ -255,6 +372,108 @@ fn failing_wave_halts_and_rolls_back() {
             TcpOutcome::TimedOut,
             "{h} r2 not in force"
         );
+    }
+}
+
+/// The controller's own host gets a stateful policy that does not open the controller's
+/// port: agents could no longer connect. Refused; forced, the next host cannot come back
+/// through the controller's new rules, reverts by itself, and the rollout halts and rolls
+/// the controller's host back; the hosts after it are never touched.
+#[test]
+fn lockout_of_the_controller_is_refused_and_forced_the_cut_off_host_reverts() {
+    if !require_root_netns() {
+        return;
+    }
+    let hosts = ["h1", "h2", "h3"];
+    let mut fleet = Fleet::new(&hosts).expect("fleet");
+    let pki = fleet.pki();
+    fleet
+        .portcullis_ok(&[
+            "ca",
+            "issue",
+            "agent",
+            "ctl",
+            "--dir",
+            pki.to_str().expect("utf-8"),
+        ])
+        .expect("ctl agent cert");
+    let inv = fleet.write(
+        "inventory.yml",
+        "all:\n  children:\n    control:\n      hosts:\n        ctl:\n    workers:\n      hosts:\n        h1:\n        h2:\n        h3:\n",
+    );
+    let v1 = fleet.write(
+        "v1.yml",
+        "- hosts: all\n  policy:\n    allow: [ssh/tcp, http/tcp]\n",
+    );
+    let cut = fleet.write(
+        "cut.yml",
+        "- hosts: workers\n  policy:\n    allow: [ssh/tcp]\n\
+         - hosts: control\n  policy:\n    allow: [ssh/tcp]\n    replies: stateful\n",
+    );
+    let _l = servers(&fleet);
+    fleet.start_controller().expect("controller");
+    for h in ["ctl", "h1", "h2", "h3"] {
+        fleet.start_agent(h).expect("agent");
+    }
+    fleet.wait_status(&["ctl", "h1", "h2", "h3"], "connected", |h| {
+        h["connected"] == true
+    });
+    fleet.apply_ok(&inv, &v1);
+    let (inv, cut) = (inv.to_str().expect("utf-8"), cut.to_str().expect("utf-8"));
+
+    let args = [
+        "apply",
+        "-i",
+        inv,
+        cut,
+        "--serial",
+        "1",
+        "--confirm-timeout",
+        "6s",
+    ];
+    let out = fleet.cli(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("anti-lockout") && err.contains("ctl: agent connections from"),
+        "{err}"
+    );
+    assert!(err.contains("tcp/7443"), "{err}");
+
+    let started = Instant::now();
+    let mut forced = args.to_vec();
+    forced.extend(["--force-lockout-risk", "--json"]);
+    let out = fleet.cli(&forced);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(6), "{v}\n{}", fleet.logs());
+    assert_eq!(v["status"], "rolled_back", "{v}");
+    assert_eq!(
+        v["waves"],
+        serde_json::json!([["ctl"], ["h1"], ["h2"], ["h3"]])
+    );
+    assert_eq!(result_of(&v, "ctl"), "rolled-back", "{v}");
+    assert_eq!(result_of(&v, "h1"), "unconfirmed", "{v}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{v}");
+    // h1 is back on r1 within its confirm timeout: by itself (revert at the deadline) or,
+    // once the controller's host is rolled back, pushed r1 when it reconnects, whichever
+    // comes first. h2, h3 were never sent r2.
+    let st = fleet.wait_status(&["h1"], "h1 back on r1", |h| {
+        h["connected"] == true && h["applied_revision"] == 1
+    });
+    assert!(st.to_string().contains("h1"), "{st}");
+    let log = fleet.read_log("agent-h1");
+    assert!(log.contains("applying under commit-confirmed"), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{log}");
+    for h in ["h2", "h3"] {
+        assert!(
+            !fleet
+                .read_log(&format!("agent-{h}"))
+                .contains("applying under commit-confirmed"),
+            "{h} was sent r2"
+        );
+    }
+    for h in hosts {
+        assert_eq!(tcp(&fleet, h, 80), TcpOutcome::Accepted, "{h} on r1");
     }
 }
 

@@ -45,7 +45,10 @@ fn hits_of(r: &Ruleset, set: &str, packets: u64) -> RuleHits {
 #[test]
 fn a_removed_port_with_accept_hits_is_newly_denied() {
     let cur = rs(
-        vec![allow(Proto::Tcp, 25, 25, &[]), allow(Proto::Tcp, 80, 80, &[])],
+        vec![
+            allow(Proto::Tcp, 25, 25, &[]),
+            allow(Proto::Tcp, 80, 80, &[]),
+        ],
         Mode::Enforce,
     );
     let new = rs(vec![allow(Proto::Tcp, 80, 80, &[])], Mode::Enforce);
@@ -56,7 +59,10 @@ fn a_removed_port_with_accept_hits_is_newly_denied() {
     assert_eq!(f[0].ports, vec![PortRange::single(25)]);
     assert_eq!(f[0].packets, 12);
     assert_eq!(f[0].sources, vec!["any".to_string()]);
-    assert!(matches!(&f[0].evidence, Evidence::Counter(t) if t.contains("@")), "{f:?}");
+    assert!(
+        matches!(&f[0].evidence, Evidence::Counter(t) if t.contains("@")),
+        "{f:?}"
+    );
     assert_eq!(f[0].example.dport, 25);
     // Same policy: nothing. No packets on the rule: nothing.
     assert!(replay(&cur, &cur, &[], &[hits_of(&cur, &set, 12)], &ifs()).is_empty());
@@ -66,7 +72,10 @@ fn a_removed_port_with_accept_hits_is_newly_denied() {
 #[test]
 fn narrowing_sources_is_newly_denied_for_the_rest() {
     let cur = rs(vec![allow(Proto::Tcp, 22, 22, &[])], Mode::Enforce);
-    let new = rs(vec![allow(Proto::Tcp, 22, 22, &["10.0.0.0/8"])], Mode::Enforce);
+    let new = rs(
+        vec![allow(Proto::Tcp, 22, 22, &["10.0.0.0/8"])],
+        Mode::Enforce,
+    );
     let set = crate::compile::set_name(Proto::Tcp, None);
     let f = replay(&cur, &new, &[], &[hits_of(&cur, &set, 3)], &ifs());
     assert_eq!(f.len(), 1, "{f:?}");
@@ -112,7 +121,15 @@ fn reply_range_narrowed_by_a_stateful_policy_is_not_flagged_on_ephemeral_ports()
     let index = guard
         .rules
         .iter()
-        .position(|x| matches!(x, Rule::Ports { proto: Proto::Tcp, .. }))
+        .position(|x| {
+            matches!(
+                x,
+                Rule::Ports {
+                    proto: Proto::Tcp,
+                    ..
+                }
+            )
+        })
         .unwrap();
     let h = RuleHits {
         chain: "guard".into(),

@@ -230,10 +230,17 @@ fn management_entries_per_host() {
     let h1 = &f.management["h1"];
     // tcp/22 from 10/8 once (the same entry twice), tcp/8443 from v4 and v6 anywhere.
     assert_eq!(h1.len(), 3, "{h1:?}");
-    assert!(h1[0].what.contains("management `tcp/22 from 10.0.0.0/8` (site.yml:4)"));
+    assert!(
+        h1[0]
+            .what
+            .contains("management `tcp/22 from 10.0.0.0/8` (site.yml:4)")
+    );
     assert_eq!(h1[0].ports.start, 22);
     assert_eq!(h1[0].from.to_string(), "10.0.0.0/8");
-    assert!(h1.iter().any(|r| r.ports.start == 8443 && r.from.prefix_len() == 0));
+    assert!(
+        h1.iter()
+            .any(|r| r.ports.start == 8443 && r.from.prefix_len() == 0)
+    );
     assert_eq!(f.management["spare"].len(), 1);
     assert_eq!(f.management["h3"].len(), 1);
 }

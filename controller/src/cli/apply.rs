@@ -73,9 +73,9 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         inventory_yaml: inv_src.text,
         limit: args.limit.clone().unwrap_or_default(),
         check: args.check,
-        replay_window_ms: args
-            .replay
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+        replay_window_ms: args.replay.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        }),
         ..Default::default()
     };
     let mut request = request;

@@ -10,7 +10,9 @@ use super::Shared;
 use super::session::internal;
 use crate::store;
 use portcullis_policy::replay::{self, Evidence as Seen, Logged, RuleHits};
-use portcullis_policy::{Facts, HostPolicy, Plan, Proto, Source, compile, lockout, pattern, plan, site};
+use portcullis_policy::{
+    Facts, HostPolicy, Plan, Proto, Source, compile, lockout, pattern, plan, site,
+};
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use tonic::Status;
@@ -67,7 +69,9 @@ pub async fn check(shared: &Shared, req: &v1::ApplyRequest) -> Result<v1::CheckR
                 .and_then(|j| serde_json::from_str(j).ok()),
         };
         let applied_revision = record.map_or(0, |(r, _, _)| r.applied_revision);
-        let reported = record.map(|(r, _, _)| r.reported_hash.as_str()).unwrap_or("");
+        let reported = record
+            .map(|(r, _, _)| r.reported_hash.as_str())
+            .unwrap_or("");
         let applied_policy = record
             .and_then(|(_, p, _)| p.as_deref())
             .and_then(|p| serde_json::from_str::<HostPolicy>(p).ok());
@@ -170,9 +174,9 @@ fn finding(f: replay::Finding, revision: u64) -> v1::ReplayFinding {
         last_seen_unix_ms: f.last_ms,
         evidence: match f.evidence {
             Seen::Logged => "denial log: logged and accepted now (audit mode)".to_string(),
-            Seen::Counter(rule) => format!(
-                "counter of `{rule}` since r{revision} was applied (one counter per rule)"
-            ),
+            Seen::Counter(rule) => {
+                format!("counter of `{rule}` since r{revision} was applied (one counter per rule)")
+            }
         },
         example: f.example.to_string(),
     }
@@ -320,10 +324,19 @@ mod tests {
             }],
             ..Evidence::default()
         };
-        let c = host_check("h1", &new, Some(&facts()), applied(4, Some(&old), ""), Some(&ev));
+        let c = host_check(
+            "h1",
+            &new,
+            Some(&facts()),
+            applied(4, Some(&old), ""),
+            Some(&ev),
+        );
         assert_eq!(c.newly_denied.len(), 1, "{c:?}");
         let f = &c.newly_denied[0];
-        assert_eq!((f.proto.as_str(), f.ports.as_slice(), f.packets), ("tcp", &["25".to_string()][..], 42));
+        assert_eq!(
+            (f.proto.as_str(), f.ports.as_slice(), f.packets),
+            ("tcp", &["25".to_string()][..], 42)
+        );
         assert!(f.evidence.contains("since r4"), "{f:?}");
         assert_eq!(c.replay_counters, 1);
     }
@@ -351,7 +364,13 @@ mod tests {
         assert_eq!(c.changes.len(), 1, "{:?}", c.changes);
         assert!(c.changes[0].contains("80"), "{:?}", c.changes);
         assert!(!c.attested);
-        let n = host_check("h9", &policy(&[25]), Some(&facts()), Applied::default(), None);
+        let n = host_check(
+            "h9",
+            &policy(&[25]),
+            Some(&facts()),
+            Applied::default(),
+            None,
+        );
         assert!(
             n.changes[0].starts_with("table inet portcullis created"),
             "{n:?}"

@@ -187,7 +187,9 @@ async fn read_reports(
                         bytes: r.bytes,
                     })
                     .collect();
-                let purge = hits_seen.as_ref().is_none_or(|(r, _)| *r != hb.applied_revision);
+                let purge = hits_seen
+                    .as_ref()
+                    .is_none_or(|(r, _)| *r != hb.applied_revision);
                 let write_hits = (purge || hits_seen.as_ref().map(|(_, v)| v) != Some(&hits))
                     .then(|| hits.clone());
                 hits_seen = Some((hb.applied_revision, hits));

@@ -117,7 +117,9 @@ mod tests {
                 record(c, "h1", 3, &[hit(0, 5), hit(1, 9)], false, 200)?;
                 let got = since(c, "h1", 3, 0)?;
                 assert_eq!(
-                    got.iter().map(|h| (h.index, h.packets, h.first_hit_ms, h.last_hit_ms)).collect::<Vec<_>>(),
+                    got.iter()
+                        .map(|h| (h.index, h.packets, h.first_hit_ms, h.last_hit_ms))
+                        .collect::<Vec<_>>(),
                     [(0, 5, 100, 100), (1, 9, 100, 200)]
                 );
                 assert_eq!(since(c, "h1", 3, 150)?.len(), 1);

@@ -270,7 +270,12 @@ impl Fleet {
     /// [`Fleet::start_agent`] with extra `portcullis-agent run` flags (e.g. drift timing).
     pub fn start_agent_with(&mut self, host: &str, extra: &[&str]) -> Result<()> {
         let pki = self.pki();
-        let node = self.hosts.get(host).context("unknown host")?;
+        // "ctl": an agent on the controller's own host (issue its certificate first).
+        let node = if host == "ctl" {
+            &self.ctl
+        } else {
+            self.hosts.get(host).context("unknown host")?
+        };
         let state = self.dir.path().join(format!("state-{host}"));
         let child = node
             .ns

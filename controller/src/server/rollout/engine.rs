@@ -343,7 +343,9 @@ async fn wave(
     let mut connected = Vec::with_capacity(hosts.len());
     for host in hosts {
         match ctx.shared.registry.get(host) {
-            Some(handle) => connected.push((host.clone(), handle)),
+            // Only the facts: a held session handle would keep that session's stream
+            // open after the agent closed it to reconnect through its new rules.
+            Some(handle) => connected.push((host.clone(), handle.facts)),
             None => {
                 let r = ctx
                     .settle(
@@ -378,7 +380,7 @@ async fn wave(
     let mut wire: BTreeMap<&str, Option<(portcullis_policy::HostPolicy, v1::HostPolicy)>> =
         BTreeMap::new();
     let mut hashes: BTreeMap<(&str, Option<String>), String> = BTreeMap::new();
-    for (host, handle) in &connected {
+    for (host, facts) in &connected {
         // Abort stops between hosts: the rest of the wave keeps its previous revision.
         if ctx.plan.abort.load(Ordering::SeqCst) {
             let r = ctx
@@ -418,11 +420,8 @@ async fn wave(
             continue;
         };
         let hash = hashes
-            .entry((
-                policy_json.as_str(),
-                handle.facts.default_route_interface.clone(),
-            ))
-            .or_insert_with(|| super::super::expected_hash(policy, &handle.facts, rev))
+            .entry((policy_json.as_str(), facts.default_route_interface.clone()))
+            .or_insert_with(|| super::super::expected_hash(policy, facts, rev))
             .clone();
         expected.insert(host.clone(), hash.clone());
         let d = v1::Desired {

@@ -119,7 +119,10 @@ pub async fn check(
             Ok((r, _)) => {
                 let want = expected.get(&host).map_or("", String::as_str);
                 if r.revision != revision {
-                    Some(format!("drift gate: enforces r{}, not r{revision}", r.revision))
+                    Some(format!(
+                        "drift gate: enforces r{}, not r{revision}",
+                        r.revision
+                    ))
                 } else if !r.in_sync || !r.diff.is_empty() || r.healed {
                     Some(format!("drift gate: kernel drifted: {}", r.diff.join("; ")))
                 } else if !want.is_empty() && r.kernel_hash != want {
@@ -147,8 +150,7 @@ pub async fn check(
         let to_ms = from_ms + i64::try_from(gates.denial_window.as_millis()).unwrap_or(i64::MAX);
         let after = suppressed(shared, hosts).await;
         let (b_from, b_to) = (
-            gates.started_ms
-                - i64::try_from(gates.denial_baseline.as_millis()).unwrap_or(i64::MAX),
+            gates.started_ms - i64::try_from(gates.denial_baseline.as_millis()).unwrap_or(i64::MAX),
             gates.started_ms,
         );
         let hs = hosts.to_vec();
@@ -219,7 +221,10 @@ mod tests {
         // Quiet before (floor 1/s): 10x allows 10/s.
         assert!(denial_verdict(0, 600 * S, 90, 10 * S, 10.0).is_none());
         let why = denial_verdict(0, 600 * S, 200, 10 * S, 10.0).expect("fails");
-        assert!(why.contains("20.0/s") && why.contains("limit 10.0/s"), "{why}");
+        assert!(
+            why.contains("20.0/s") && why.contains("limit 10.0/s"),
+            "{why}"
+        );
         // 5/s before: 10x allows 50/s.
         assert!(denial_verdict(3000, 600 * S, 400, 10 * S, 10.0).is_none());
         assert!(denial_verdict(3000, 600 * S, 600, 10 * S, 10.0).is_some());

@@ -33,7 +33,7 @@ async fn agent_addrs(shared: &Shared) -> Result<BTreeMap<String, IpAddr>, Status
     Ok(hosts
         .into_iter()
         .filter_map(|h| {
-            let addr = h.peer.parse::<SocketAddr>().ok()?.ip();
+            let addr = h.peer.parse::<SocketAddr>().ok()?.ip().to_canonical();
             Some((h.name, addr))
         })
         .collect())

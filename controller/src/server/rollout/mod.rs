@@ -119,7 +119,8 @@ impl Rollouts {
 
     /// An agent session reached the controller at `local`.
     pub fn seen_local_addr(&self, local: Option<SocketAddr>) {
-        if let Some(a) = local {
+        // A dual-stack listener sees IPv4 agents as `::ffff:a.b.c.d`: compare as IPv4.
+        if let Some(a) = local.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())) {
             self.controller_addrs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -71,7 +71,8 @@ pub async fn from_apply(
     .map_err(Status::invalid_argument)?;
     // Anti-lockout, on what would really be installed.
     let keep = lockout::keep_requirements(&req.keep)?;
-    let (problems, unchecked) = lockout::check(shared, &compiled, unchecked, &keep, management).await?;
+    let (problems, unchecked) =
+        lockout::check(shared, &compiled, unchecked, &keep, management).await?;
     if !unchecked.is_empty() {
         tracing::warn!(hosts = ?unchecked, "anti-lockout: no facts yet, not checked");
     }
