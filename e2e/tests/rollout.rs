@@ -214,6 +214,20 @@ fn waves_in_order_keep_refusal_and_rollback_restores_verdicts() {
         err.contains("anti-lockout") && err.contains("keep tcp/22"),
         "{err}"
     );
+    // The same access declared in the site file (`management:`), no --keep needed.
+    let mgmt = fleet.write(
+        "no-ssh-mgmt.yml",
+        "- name: base\n  hosts: all\n  management: [tcp/22 from 10.0.0.0/8]\n  policy:\n    allow: [http/tcp]\n",
+    );
+    let out = fleet.cli(&["apply", "-i", &f.inv, mgmt.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("anti-lockout")
+            && err.contains("management `tcp/22 from 10.0.0.0/8` (")
+            && err.contains("no-ssh-mgmt.yml:3)"),
+        "{err}"
+    );
     let history = fleet.cli_json(&["history", "--json"]);
     assert_eq!(
         history.to_string().matches("\"revision\":3").count(),
@@ -247,6 +261,54 @@ fn waves_in_order_keep_refusal_and_rollback_restores_verdicts() {
     let list = fleet.cli_json(&["rollout", "list", "--json"]);
     assert_eq!(list["rollouts"][0]["kind"], "rollback", "{list}");
     assert_eq!(list["rollouts"][0]["author"], "e2e", "{list}");
+
+    // Abort: wave 1 (h1) is confirmed and sits in its 4 s denial gate; the abort stops
+    // the rollout there. h1 keeps r2 (a known, confirmed revision), the rest keep r1.
+    let apply = fleet
+        .cli_command(&[
+            "apply",
+            "-i",
+            &f.inv,
+            &f.v2,
+            "--serial",
+            "1",
+            "--confirm-timeout",
+            "10s",
+            "--max-denial-increase",
+            "10x",
+            "--denial-window",
+            "4s",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("apply");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = fleet.cli_json(&["rollout", "list", "--json"]);
+        let r = &l["rollouts"][0];
+        let h1 = r["hosts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["host"] == "h1"))
+            .map(|h| h["state"].clone());
+        if r["status"] == "running" && h1 == Some(serde_json::json!("confirmed")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "h1 never confirmed: {l}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = fleet.cli_json(&["rollout", "abort", "--json"]);
+    assert!(a["rollout"].as_u64().is_some(), "{a}");
+    let out = apply.wait_with_output().expect("apply");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(7), "{v}");
+    assert_eq!(v["status"], "aborted", "{v}");
+    assert_eq!(tcp(&fleet, "h1", 25), TcpOutcome::Accepted, "h1 keeps r2");
+    for h in ["h2", "h3", "h4"] {
+        assert_eq!(tcp(&fleet, h, 25), TcpOutcome::TimedOut, "{h} keeps r1");
+    }
+    let again = fleet.cli(&["rollout", "abort"]);
+    assert_ne!(again.status.code(), Some(0), "nothing to abort");
 }
 
 /// `--nft` for a host whose kernel refuses every ruleset change (reads still work).
@@ -484,12 +546,8 @@ fn controller_killed_mid_rollout_agents_revert_and_rollout_is_interrupted() {
     };
     // Wave 1 (h1) applies r2 under a 6 s deadline; the controller dies before it can
     // confirm: h1 reverts to r1 by itself.
-    let pki = fleet.pki();
     let mut apply = fleet
-        .ctl
-        .ns
-        .command(common::bin("portcullis"))
-        .args([
+        .cli_command(&[
             "apply",
             "-i",
             &f.inv,
@@ -499,11 +557,6 @@ fn controller_killed_mid_rollout_agents_revert_and_rollout_is_interrupted() {
             "--confirm-timeout",
             "6s",
         ])
-        .env("PORTCULLIS_CONTROLLER", fleet.controller_url())
-        .env("PORTCULLIS_CERT", pki.join("admin-e2e.crt"))
-        .env("PORTCULLIS_KEY", pki.join("admin-e2e.key"))
-        .env("PORTCULLIS_CA", pki.join("ca.crt"))
-        .env("HOME", fleet.dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

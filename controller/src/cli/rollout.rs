@@ -321,10 +321,15 @@ pub enum RolloutCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stop the running rollout before its next wave (hosts stay on a known revision)
+    /// Stop the running rollout between hosts: hosts not sent the revision yet keep
+    /// theirs, hosts in flight finish (confirmed, or reverted), no further wave starts.
+    /// Exit 0 if a rollout was told to stop, 2 if none is running
     Abort {
         /// Rollout id (default: whichever is running)
         id: Option<u64>,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -339,7 +344,7 @@ fn when(ms: i64) -> String {
 pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let mut client = conn.admin().await?;
     let (limit, id, json) = match cmd {
-        RolloutCommand::Abort { id } => {
+        RolloutCommand::Abort { id, json } => {
             return match client
                 .rollout_abort(v1::RolloutAbortRequest {
                     rollout_id: id.unwrap_or(0),
@@ -347,10 +352,15 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
                 .await
             {
                 Ok(r) => {
-                    println!(
-                        "rollout {} will stop before its next wave",
-                        r.get_ref().rollout_id
-                    );
+                    let id = r.get_ref().rollout_id;
+                    if json {
+                        print_json(&serde_json::json!({ "rollout": id, "aborting": true }))?;
+                    } else {
+                        println!(
+                            "rollout {id} is stopping: hosts not sent the revision keep theirs, \
+                             hosts in flight finish; follow it with `portcullis rollout show {id}`"
+                        );
+                    }
                     Ok(exit::OK)
                 }
                 Err(s) => {

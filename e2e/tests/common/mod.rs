@@ -186,18 +186,20 @@ impl Fleet {
 
     /// The operator CLI, run in the controller's namespace with the admin certificate.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args).output().expect("running portcullis")
+    }
+
+    /// [`Fleet::cli`] not started yet (to run it in the background).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let pki = self.pki();
-        self.ctl
-            .ns
-            .command(bin("portcullis"))
-            .args(args)
+        let mut c = self.ctl.ns.command(bin("portcullis"));
+        c.args(args)
             .env("PORTCULLIS_CONTROLLER", self.controller_url())
             .env("PORTCULLIS_CERT", pki.join("admin-e2e.crt"))
             .env("PORTCULLIS_KEY", pki.join("admin-e2e.key"))
             .env("PORTCULLIS_CA", pki.join("ca.crt"))
-            .env("HOME", self.dir.path())
-            .output()
-            .expect("running portcullis")
+            .env("HOME", self.dir.path());
+        c
     }
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
