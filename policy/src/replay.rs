@@ -221,8 +221,8 @@ fn from_counter(
     }
     let me = Decider::Rule(hits.chain.clone(), hits.index);
     // proto -> (dropped port segments, sources, example)
-    let mut per_proto: BTreeMap<Proto, (Vec<PortRange>, BTreeSet<String>, Option<Flow>)> =
-        BTreeMap::new();
+    type Dropped = (Vec<PortRange>, BTreeSet<String>, Option<Flow>);
+    let mut per_proto: BTreeMap<Proto, Dropped> = BTreeMap::new();
     for (proto, ports, from, established) in space(current, rule) {
         let addrs: BTreeSet<IpAddr> = addr_points(current, from)
             .into_iter()

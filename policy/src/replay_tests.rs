@@ -137,7 +137,7 @@ fn reply_range_narrowed_by_a_stateful_policy_is_not_flagged_on_ephemeral_ports()
         packets: 1000,
         last_ms: 1,
     };
-    assert!(replay(&cur, &new, &[], &[h.clone()], &ifs()).is_empty());
+    assert!(replay(&cur, &new, &[], std::slice::from_ref(&h), &ifs()).is_empty());
     // A stateful policy drops new connections to 1024-65535: flagged, whole range.
     let stateful = compile(
         &HostPolicy {
