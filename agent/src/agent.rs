@@ -11,15 +11,15 @@
 //! Nothing here touches a table other than ours, and nothing is persisted unless the kernel
 //! was verified to hold it.
 
-use crate::dataplane::{Dataplane, DataplaneError};
+use crate::dataplane::{Dataplane, DataplaneError, KernelTable};
 use crate::report::{
     AppliedReport, LkgSummary, RuleStatus, ShowReport, VerifyReport, VerifyStatus,
 };
 use crate::state::{LastKnownGood, StateDir, StateError};
 use portcullis_policy::ruleset::Rule;
 use portcullis_policy::{
-    CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, Ruleset, RulesetDiff,
-    compile, diff, parse_readback, plan,
+    CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, RulesetDiff, compile,
+    diff, plan,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,12 +59,6 @@ pub struct Agent {
     op: Arc<Mutex<()>>,
 }
 
-/// The kernel's table, parsed.
-struct Kernel {
-    ruleset: Ruleset,
-    counters: Vec<RuleCounter>,
-}
-
 impl Agent {
     pub fn new(dataplane: Arc<dyn Dataplane>, state: StateDir) -> Self {
         Self {
@@ -94,19 +88,16 @@ impl Agent {
         Ok(self.state.load()?)
     }
 
-    fn read_kernel(&self) -> Result<Option<Kernel>, AgentError> {
-        match self.dataplane.read_back()? {
-            None => Ok(None),
-            Some(json) => {
-                let (ruleset, counters) = parse_readback(&json)?;
-                Ok(Some(Kernel { ruleset, counters }))
-            }
-        }
+    fn read_kernel(&self) -> Result<Option<KernelTable>, AgentError> {
+        self.dataplane.read_table().map_err(|e| match e {
+            DataplaneError::Readback(e) => AgentError::Readback(e),
+            e => AgentError::Dataplane(e),
+        })
     }
 
     /// [`Agent::read_kernel`], except that a table we cannot even parse reads as absent
     /// (it is replaced like any other drift).
-    fn read_kernel_tolerant(&self) -> Result<Option<Kernel>, AgentError> {
+    fn read_kernel_tolerant(&self) -> Result<Option<KernelTable>, AgentError> {
         match self.read_kernel() {
             Err(AgentError::Readback(e)) => {
                 tracing::warn!(error = %e, "unparseable table in the kernel; replacing it");
@@ -139,7 +130,7 @@ impl Agent {
         let desired = compile(policy, facts, revision)?;
         let _lock = self.state.lock()?;
         // What the kernel was last verified to hold (a corrupt record counts as none).
-        let current = self.state.load().ok().flatten();
+        let current = self.state.load_shared().ok().flatten();
         let (changed, changes, previous_hash, readback) =
             match current.as_ref().filter(|c| c.ruleset == desired) {
                 // The same ruleset as last verified: one readback decides whether a
@@ -176,13 +167,15 @@ impl Agent {
                     }
                 }
             };
-        let actual = match readback {
-            Some(k) => k.ruleset,
-            None => {
+        // Unchanged: the readback before is the verification, and its hash is known.
+        let (actual, known_hash) = match readback {
+            Some(k) => (k.ruleset, previous_hash.clone()),
+            None => (
                 self.read_kernel()?
                     .ok_or(AgentError::MissingAfterApply)?
-                    .ruleset
-            }
+                    .ruleset,
+                None,
+            ),
         };
         let mismatch = diff(&desired, &actual);
         if !mismatch.is_empty() {
@@ -190,17 +183,19 @@ impl Agent {
                 diff: lines(&mismatch),
             });
         }
-        let hash = actual.hash();
-        if hash != desired.hash() {
+        // One hash (it serializes the whole ruleset): the kernel's. Equal rulesets hash
+        // equal, so the compiled one is hashed only if they differ in form.
+        let hash = known_hash.unwrap_or_else(|| actual.hash());
+        if actual != desired {
             tracing::warn!(%hash, compiled = %desired.hash(),
-                "readback equal to compiled ruleset but hashes differ");
+                "readback equal to compiled ruleset but not identical");
         }
-        let lkg = LastKnownGood::new(policy.clone(), revision, actual);
-        let same = current.as_ref().is_some_and(|c| {
-            c.revision == lkg.revision && c.hash == lkg.hash && c.policy == lkg.policy
-        });
+        let same = current
+            .as_ref()
+            .is_some_and(|c| c.revision == revision && c.hash == hash && c.policy == *policy);
         if changed || !same {
-            self.state.store(&lkg)?;
+            let lkg = LastKnownGood::with_hash(policy.clone(), revision, actual, hash.clone());
+            self.state.store_shared(Arc::new(lkg))?;
         }
         let report = AppliedReport {
             revision,
@@ -255,7 +250,7 @@ impl Agent {
 
     /// [`Agent::verify`] for a caller that holds the operation lock.
     fn verify_locked(&self) -> Result<VerifyReport, AgentError> {
-        let Some(lkg) = self.state.load()? else {
+        let Some(lkg) = self.state.load_shared()? else {
             return Ok(VerifyReport {
                 status: VerifyStatus::NothingApplied,
                 revision: None,
@@ -280,7 +275,7 @@ impl Agent {
         Ok(VerifyReport {
             status,
             revision: Some(lkg.revision),
-            expected_hash: Some(lkg.hash),
+            expected_hash: Some(lkg.hash.clone()),
             actual_hash,
             diff: changes,
         })

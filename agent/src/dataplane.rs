@@ -2,7 +2,10 @@
 //!
 //! [`NftDataplane`] runs the `nft` binary: one `nft -f -` transaction per apply (the script
 //! carries `add table` + `delete table` + the full table, so the kernel applies all of it or
-//! nothing; no `nft -c` on this path), `nft -j list table inet portcullis` for readback.
+//! nothing; no `nft -c` on this path), `nft -j list table inet portcullis` for readback
+//! ([`Dataplane::read_back`]). [`Dataplane::read_table`] is the parsed readback the agent
+//! verifies with; the nft dataplane reads set elements over netlink there (see
+//! [`nft`]'s docs).
 //! [`FakeDataplane`] is an in-memory kernel for unit tests of the logic above it.
 //!
 //! Implementations must only ever touch `table inet portcullis`.
@@ -14,7 +17,7 @@ pub mod nft_json;
 pub use fake::FakeDataplane;
 pub use nft::NftDataplane;
 
-use portcullis_policy::Ruleset;
+use portcullis_policy::{ReadbackError, RuleCounter, Ruleset, parse_readback};
 
 /// Why a dataplane operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,17 @@ pub enum DataplaneError {
     /// Only from [`FakeDataplane`]: an injected failure or an unsupported script.
     #[error("fake dataplane: {0}")]
     Fake(String),
+    /// The table was read but is not what `nft -j list table` prints for a table.
+    #[error("cannot parse the kernel's table: {0}")]
+    Readback(#[from] ReadbackError),
+}
+
+/// Our table as the kernel holds it: the normalized ruleset (what `compile` would produce
+/// for it) and the rules' counter values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelTable {
+    pub ruleset: Ruleset,
+    pub counters: Vec<RuleCounter>,
 }
 
 /// Where the agent's logic meets nftables. Every method touches only our table.
@@ -51,6 +65,18 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
 
     /// `nft -j list table inet portcullis`; `None` when the table does not exist.
     fn read_back(&self) -> Result<Option<String>, DataplaneError>;
+
+    /// Our table, read back and parsed: by default [`Dataplane::read_back`] through
+    /// [`parse_readback`]. An implementation may read it another way, but must return
+    /// exactly what that would (the whole table, set elements included); `None` when the
+    /// table does not exist.
+    fn read_table(&self) -> Result<Option<KernelTable>, DataplaneError> {
+        let Some(json) = self.read_back()? else {
+            return Ok(None);
+        };
+        let (ruleset, counters) = parse_readback(&json)?;
+        Ok(Some(KernelTable { ruleset, counters }))
+    }
 
     /// Deletes our table (and nothing else); succeeds when it is already absent.
     fn remove(&self) -> Result<(), DataplaneError>;

@@ -31,6 +31,6 @@ pub mod session;
 pub mod state;
 
 pub use agent::{Agent, AgentError};
-pub use dataplane::{Dataplane, DataplaneError, FakeDataplane, NftDataplane};
+pub use dataplane::{Dataplane, DataplaneError, FakeDataplane, KernelTable, NftDataplane};
 pub use report::{AppliedReport, ShowReport, VerifyReport, VerifyStatus};
 pub use state::{DEFAULT_STATE_DIR, LastKnownGood, StateDir};

@@ -1,9 +1,12 @@
 //! The agent's state dir (default `/var/lib/portcullis`): the last-known-good record.
 //!
 //! `last-known-good.json` holds the host policy, revision, ruleset hash, the compiled
-//! ruleset that was verified in the kernel, and when. It is written atomically (temp file,
-//! fsync, rename, fsync of the directory), so a crash leaves either the old record or the
-//! new one, never a torn file. Nothing else in the agent writes this file.
+//! ruleset that was verified in the kernel, and when (compact JSON). It is written
+//! atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves either
+//! the old record or the new one, never a torn file. Nothing else in the agent writes this
+//! file. The last record read or written is kept in memory with the file's bytes: a load
+//! reads the file and parses it only when the bytes differ (another process, e.g. a CLI
+//! `apply`, or a hand edit, changed it).
 //! [`StateDir::lock`] (an exclusive `flock` on `<dir>/lock`) serializes every agent
 //! process and thread that changes the table or the record (the daemon and a CLI `apply`).
 
@@ -14,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
@@ -37,10 +41,23 @@ pub struct LastKnownGood {
 
 impl LastKnownGood {
     pub fn new(policy: HostPolicy, revision: u64, ruleset: Ruleset) -> Self {
+        let hash = ruleset.hash();
+        Self::with_hash(policy, revision, ruleset, hash)
+    }
+
+    /// [`LastKnownGood::new`] when the caller already computed `ruleset.hash()` (it is
+    /// the cost of serializing the whole ruleset; checked in debug builds).
+    pub fn with_hash(
+        policy: HostPolicy,
+        revision: u64,
+        ruleset: Ruleset,
+        hash: RulesetHash,
+    ) -> Self {
+        debug_assert_eq!(hash, ruleset.hash());
         Self {
             format: FORMAT,
             revision,
-            hash: ruleset.hash(),
+            hash,
             applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             policy,
             ruleset,
@@ -66,15 +83,43 @@ pub enum StateError {
     Format { path: PathBuf, found: u32 },
 }
 
-/// The state directory. Created (mode 0700) on first write.
+/// The state directory. Created (mode 0700) on first write. Clones share the in-memory
+/// copy of the record.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    cache: Arc<Cache>,
+}
+
+/// The record last read or written, with the exact bytes of the file it came from.
+#[derive(Default)]
+struct Cache(Mutex<Option<(Vec<u8>, Arc<LastKnownGood>)>>);
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let revision = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(_, l)| l.revision));
+        f.debug_struct("Cache")
+            .field("revision", &revision)
+            .finish()
+    }
+}
+
+impl Cache {
+    fn get(&self) -> std::sync::MutexGuard<'_, Option<(Vec<u8>, Arc<LastKnownGood>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl StateDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            cache: Arc::default(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -87,14 +132,29 @@ impl StateDir {
 
     /// The record, or `None` when nothing was applied yet (or it was cleared).
     pub fn load(&self) -> Result<Option<LastKnownGood>, StateError> {
+        Ok(self.load_shared()?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`StateDir::load`] without copying the record: the file is read every time, and
+    /// parsed only when its bytes differ from the record last read or written.
+    pub fn load_shared(&self) -> Result<Option<Arc<LastKnownGood>>, StateError> {
         let path = self.lkg_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                *self.cache.get() = None;
+                return Ok(None);
+            }
             Err(source) => return Err(StateError::Io { path, source }),
         };
+        let mut cache = self.cache.get();
+        if let Some((cached, lkg)) = cache.as_ref()
+            && *cached == bytes
+        {
+            return Ok(Some(lkg.clone()));
+        }
         let lkg: LastKnownGood =
-            serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
                 path: path.clone(),
                 source,
             })?;
@@ -104,6 +164,8 @@ impl StateDir {
                 found: lkg.format,
             });
         }
+        let lkg = Arc::new(lkg);
+        *cache = Some((bytes, lkg.clone()));
         Ok(Some(lkg))
     }
 
@@ -136,10 +198,22 @@ impl StateDir {
 
     /// Replaces the record atomically and durably.
     pub fn store(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
+        self.store_shared(Arc::new(lkg.clone()))
+    }
+
+    /// [`StateDir::store`] of a record the caller no longer needs to own.
+    pub fn store_shared(&self, lkg: Arc<LastKnownGood>) -> Result<(), StateError> {
+        let body = self.write(&lkg)?;
+        *self.cache.get() = Some((body, lkg));
+        Ok(())
+    }
+
+    /// Writes the record (compact JSON) atomically and durably; the bytes written.
+    fn write(&self, lkg: &LastKnownGood) -> Result<Vec<u8>, StateError> {
         self.create()?;
         let path = self.lkg_path();
         let tmp = self.dir.join(format!("{LKG_FILE}.tmp"));
-        let mut body = serde_json::to_vec_pretty(lkg).map_err(|source| StateError::Corrupt {
+        let mut body = serde_json::to_vec(lkg).map_err(|source| StateError::Corrupt {
             path: path.clone(),
             source,
         })?;
@@ -155,12 +229,14 @@ impl StateDir {
         file.sync_all().map_err(io(&tmp))?;
         drop(file);
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        Ok(body)
     }
 
     /// Deletes the record (durably); no error when there is none.
     pub fn clear(&self) -> Result<(), StateError> {
         let path = self.lkg_path();
+        *self.cache.get() = None;
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -206,6 +282,30 @@ mod tests {
         state.clear().expect("clear");
         state.clear().expect("clear twice");
         assert_eq!(state.load().expect("load"), None);
+    }
+
+    #[test]
+    fn load_sees_what_another_process_wrote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ours, other) = (StateDir::new(dir.path()), StateDir::new(dir.path()));
+        ours.store(&LastKnownGood::new(
+            HostPolicy::default(),
+            7,
+            Ruleset::default(),
+        ))
+        .expect("store");
+        assert_eq!(
+            ours.load_shared().expect("load").map(|l| l.revision),
+            Some(7)
+        );
+        let newer = LastKnownGood::new(HostPolicy::default(), 8, Ruleset::default());
+        other.store(&newer).expect("store");
+        assert_eq!(ours.load().expect("load"), Some(newer));
+        std::fs::write(dir.path().join(LKG_FILE), "{ not json").expect("write");
+        let err = ours.load().expect_err("corrupt");
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        other.clear().expect("clear");
+        assert_eq!(ours.load().expect("load"), None);
     }
 
     #[test]

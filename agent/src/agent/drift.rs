@@ -53,7 +53,7 @@ impl Agent {
     /// policy's drift mode is `heal` (recompiled against those facts, like a boot restore).
     pub fn check_drift(&self, heal_facts: Option<&Facts>) -> Result<DriftCheck, AgentError> {
         let _op = self.exclusive();
-        let Some(lkg) = self.state.load()? else {
+        let Some(lkg) = self.state.load_shared()? else {
             return Ok(DriftCheck {
                 revision: None,
                 mode: None,

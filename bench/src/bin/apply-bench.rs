@@ -7,20 +7,20 @@
 //!       (add + delete + full table: a real replace, the kernel holds another revision);
 //!   (b) `Agent::reconcile` with `NftDataplane` at the next revision (the log prefix carries
 //!       the revision, so the ruleset differs and a real transaction happens): compile,
-//!       pre-apply readback + plan, apply, readback, parse, semantic compare, hash, LKG write.
+//!       last-known-good load, change description, apply, verifying readback (parsed),
+//!       semantic compare, hash, last-known-good write.
 //! Then a step-by-step breakdown of (b) through the same public functions, and the cost of
-//! alternative readbacks (`nft list` text, terse `-t`).
+//! alternative readbacks (`nft -j list table` + parse, `nft list` text, terse `-t`).
 //!
 //! `cargo run --release -p portcullis-bench --bin apply-bench -- [--runs N] [--write docs/BENCHMARKS.md]`
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use ipnet::{IpNet, Ipv4Net};
-use portcullis_agent::{Agent, Dataplane, NftDataplane, StateDir};
+use portcullis_agent::{Agent, Dataplane, LastKnownGood, NftDataplane, StateDir};
 use portcullis_bench::{Stats, Table, machine, ms, ratio, write_section};
 use portcullis_policy::{
     AllowEntry, Facts, HostPolicy, InterfaceFacts, PortRange, Proto, compile, diff, parse_readback,
-    plan,
 };
 use portcullis_testkit::NetNs;
 use std::net::Ipv4Addr;
@@ -168,22 +168,22 @@ struct Row {
 struct Steps {
     case: String,
     compile: Stats,
-    pre_read: Stats,
-    pre_parse: Stats,
-    plan: Stats,
+    lkg_load: Stats,
+    describe: Stats,
     apply: Stats,
-    post_read: Stats,
-    post_parse: Stats,
+    verify: Stats,
     compare_hash: Stats,
-    lkg: Stats,
-    readback_kb: f64,
+    lkg_store: Stats,
 }
 
 struct Alternatives {
     case: String,
     json: Stats,
+    json_parse: Stats,
     text: Stats,
-    terse_json: Stats,
+    terse_table: Stats,
+    terse_ruleset: Stats,
+    json_kb: f64,
 }
 
 fn timed<T>(stats: &mut Stats, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -228,7 +228,8 @@ fn bench_case(case: &Case, args: &Args, dir: &Path, rev0: &mut u64) -> Result<Ro
     Ok(row)
 }
 
-/// The steps of `Agent::reconcile`, one by one, through the same public functions.
+/// The steps of `Agent::reconcile` on a changed ruleset, one by one, through the same
+/// public functions.
 fn breakdown(
     case: &Case,
     args: &Args,
@@ -238,56 +239,57 @@ fn breakdown(
     let facts = facts();
     let dp = NftDataplane::default();
     let state = StateDir::new(dir.join(format!("steps-{}", *rev0)));
+    // Start with our table and a last-known-good record, as reconcile would.
+    *rev0 += 1;
+    Agent::new(Arc::new(dp.clone()), state.clone()).reconcile(&case.policy, &facts, *rev0)?;
     let mut s = Steps {
         case: case.name.clone(),
         compile: Stats::default(),
-        pre_read: Stats::default(),
-        pre_parse: Stats::default(),
-        plan: Stats::default(),
+        lkg_load: Stats::default(),
+        describe: Stats::default(),
         apply: Stats::default(),
-        post_read: Stats::default(),
-        post_parse: Stats::default(),
+        verify: Stats::default(),
         compare_hash: Stats::default(),
-        lkg: Stats::default(),
-        readback_kb: 0.0,
+        lkg_store: Stats::default(),
     };
     let mut alt = Alternatives {
         case: case.name.clone(),
         json: Stats::default(),
+        json_parse: Stats::default(),
         text: Stats::default(),
-        terse_json: Stats::default(),
+        terse_table: Stats::default(),
+        terse_ruleset: Stats::default(),
+        json_kb: 0.0,
     };
     for _ in 0..args.runs {
         *rev0 += 1;
         let desired = timed(&mut s.compile, || Ok(compile(&case.policy, &facts, *rev0)?))?;
-        let before = timed(&mut s.pre_read, || Ok(dp.read_back()?))?.context("table absent")?;
-        let (before, _) = timed(&mut s.pre_parse, || Ok(parse_readback(&before)?))?;
-        let planned = timed(&mut s.plan, || Ok(plan(&desired, Some(&before))))?;
-        if matches!(planned, portcullis_policy::Plan::Unchanged) {
-            bail!("plan says unchanged");
-        }
+        let current = timed(&mut s.lkg_load, || Ok(state.load_shared()?))?.context("no LKG")?;
+        timed(&mut s.describe, || Ok(diff(&desired, &current.ruleset)))?;
         timed(&mut s.apply, || Ok(dp.replace(&desired)?))?;
-        let json = timed(&mut s.post_read, || Ok(dp.read_back()?))?.context("table absent")?;
-        s.readback_kb = json.len() as f64 / 1024.0;
-        let (actual, _) = timed(&mut s.post_parse, || Ok(parse_readback(&json)?))?;
-        timed(&mut s.compare_hash, || {
-            if !diff(&desired, &actual).is_empty() {
+        let actual = timed(&mut s.verify, || Ok(dp.read_table()?))?.context("table absent")?;
+        let hash = timed(&mut s.compare_hash, || {
+            if !diff(&desired, &actual.ruleset).is_empty() {
                 bail!("readback differs");
             }
-            Ok((actual.hash(), desired.hash()))
+            Ok(actual.ruleset.hash())
         })?;
-        timed(&mut s.lkg, || {
-            let _ = state.load()?;
-            let lkg = portcullis_agent::LastKnownGood::new(case.policy.clone(), *rev0, actual);
-            state.store(&lkg)?;
+        timed(&mut s.lkg_store, || {
+            let lkg = LastKnownGood::with_hash(case.policy.clone(), *rev0, actual.ruleset, hash);
+            state.store_shared(Arc::new(lkg))?;
             Ok(())
         })?;
-        alt.json
-            .push(nft(&["-j", "list", "table", "inet", "portcullis"])?);
+        let t = Instant::now();
+        let json = dp.read_back()?.context("table absent")?;
+        alt.json.push(t.elapsed());
+        alt.json_kb = json.len() as f64 / 1024.0;
+        timed(&mut alt.json_parse, || Ok(parse_readback(&json)?))?;
         alt.text
             .push(nft(&["list", "table", "inet", "portcullis"])?);
-        alt.terse_json
+        alt.terse_table
             .push(nft(&["-j", "-t", "list", "table", "inet", "portcullis"])?);
+        alt.terse_ruleset
+            .push(nft(&["-j", "-t", "list", "ruleset", "inet"])?);
     }
     Ok((s, alt))
 }
@@ -367,29 +369,23 @@ fn main() -> Result<()> {
         let mut t = Table::new(&[
             "policy",
             "compile",
-            "pre-apply `nft -j list`",
-            "parse",
-            "plan",
+            "LKG load",
+            "describe (diff vs LKG)",
             "apply `nft -f -`",
-            "verify `nft -j list`",
-            "parse",
+            "verify readback (`read_table`)",
             "compare + hash",
-            "LKG load + store",
-            "readback KB",
+            "LKG store",
         ]);
         for (s, _) in &steps {
             t.row(vec![
                 s.case.clone(),
                 ms(s.compile.median()),
-                ms(s.pre_read.median()),
-                ms(s.pre_parse.median()),
-                ms(s.plan.median()),
+                ms(s.lkg_load.median()),
+                ms(s.describe.median()),
                 ms(s.apply.median()),
-                ms(s.post_read.median()),
-                ms(s.post_parse.median()),
+                ms(s.verify.median()),
                 ms(s.compare_hash.median()),
-                ms(s.lkg.median()),
-                format!("{:.0}", s.readback_kb),
+                ms(s.lkg_store.median()),
             ]);
         }
         out.push_str(&t.render());
@@ -397,15 +393,21 @@ fn main() -> Result<()> {
         let mut t = Table::new(&[
             "policy",
             "`nft -j list table`",
+            "its `parse_readback`",
+            "JSON KB",
             "`nft list table` (text)",
-            "`nft -j -t list table` (terse: no elements)",
+            "`nft -j -t list table`",
+            "`nft -j -t list ruleset inet`",
         ]);
         for (_, a) in &steps {
             t.row(vec![
                 a.case.clone(),
                 ms(a.json.median()),
+                ms(a.json_parse.median()),
+                format!("{:.0}", a.json_kb),
                 ms(a.text.median()),
-                ms(a.terse_json.median()),
+                ms(a.terse_table.median()),
+                ms(a.terse_ruleset.median()),
             ]);
         }
         out.push_str(&t.render());
