@@ -37,6 +37,6 @@ pub use model::{
     Replies,
 };
 pub use pattern::{PatternError, select};
-pub use readback::{ReadbackError, RuleCounter, parse_readback};
+pub use readback::{ReadbackError, RuleCounter, parse_readback, parse_ruleset_readback};
 pub use ruleset::{Ruleset, RulesetHash, TABLE_NAME};
 pub use site::{Fleet, PlaySummary, load_fleet, load_host_policy};

@@ -50,6 +50,28 @@ pub struct RuleCounter {
 const UNKNOWN_TEXT_MAX: usize = 100;
 
 pub fn parse_readback(json: &str) -> Result<(Ruleset, Vec<RuleCounter>), ReadbackError> {
+    parse(json, Foreign::Error).map(|(rs, counters, _)| (rs, counters))
+}
+
+/// Our table out of `nft -j list ruleset` output (any family filter, terse or not):
+/// objects of other tables are skipped; `None` when our table is not listed. Otherwise
+/// exactly what [`parse_readback`] returns for the same objects.
+pub fn parse_ruleset_readback(
+    json: &str,
+) -> Result<Option<(Ruleset, Vec<RuleCounter>)>, ReadbackError> {
+    let (rs, counters, table_seen) = parse(json, Foreign::Skip)?;
+    Ok(table_seen.then_some((rs, counters)))
+}
+
+/// What to do with an object of another table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Foreign {
+    Error,
+    Skip,
+}
+
+/// The ruleset, counters, and whether our `table` object was listed.
+fn parse(json: &str, foreign: Foreign) -> Result<(Ruleset, Vec<RuleCounter>, bool), ReadbackError> {
     let root: Value = serde_json::from_str(json)?;
     let items = root
         .get("nftables")
@@ -57,6 +79,7 @@ pub fn parse_readback(json: &str) -> Result<(Ruleset, Vec<RuleCounter>), Readbac
         .ok_or_else(|| shape("no top-level \"nftables\" array"))?;
     let mut rs = Ruleset::default();
     let mut counters = Vec::new();
+    let mut table_seen = false;
     for item in items {
         let obj = item
             .as_object()
@@ -71,10 +94,14 @@ pub fn parse_readback(json: &str) -> Result<(Ruleset, Vec<RuleCounter>), Readbac
         let body = body
             .as_object()
             .ok_or_else(|| shape(&format!("{kind} is not an object")))?;
-        check_table(kind, body)?;
+        match check_table(kind, body) {
+            Err(ReadbackError::ForeignTable { .. }) if foreign == Foreign::Skip => continue,
+            other => other?,
+        }
         let name = str_field(body, "name").unwrap_or_default();
         match kind.as_str() {
             "table" => {
+                table_seen = true;
                 if body
                     .keys()
                     .any(|k| !["family", "name", "handle"].contains(&k.as_str()))
@@ -130,7 +157,7 @@ pub fn parse_readback(json: &str) -> Result<(Ruleset, Vec<RuleCounter>), Readbac
             }
         }
     }
-    Ok((rs, counters))
+    Ok((rs, counters, table_seen))
 }
 
 fn shape(what: &str) -> ReadbackError {

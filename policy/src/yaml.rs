@@ -7,7 +7,7 @@
 
 use crate::diag::{Diagnostic, Diagnostics, Source};
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What a node holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,8 +98,16 @@ impl Node {
 
 enum Frame {
     Seq(Node, Vec<Node>, usize),
-    /// The mapping node, its entries, a key waiting for its value, its anchor.
-    Map(Node, Vec<(Node, Node)>, Option<Node>, usize),
+    /// The mapping node, its entries, a key waiting for its value, its anchor, and the
+    /// entry index of each scalar/null key (duplicate detection in O(1): inventories
+    /// have mappings of thousands of hosts).
+    Map(
+        Node,
+        Vec<(Node, Node)>,
+        Option<Node>,
+        usize,
+        HashMap<Option<String>, usize>,
+    ),
 }
 
 /// Parse one YAML document into a [`Node`] tree.
@@ -179,6 +187,7 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
                     Vec::new(),
                     None,
                     anchor,
+                    HashMap::new(),
                 ));
                 None
             }
@@ -187,7 +196,7 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
                     node.kind = NodeKind::Seq(items);
                     Some((node, anchor))
                 }
-                Some(Frame::Map(mut node, entries, _, anchor)) => {
+                Some(Frame::Map(mut node, entries, _, anchor, _)) => {
                     node.kind = NodeKind::Map(entries);
                     Some((node, anchor))
                 }
@@ -202,10 +211,22 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
         match stack.last_mut() {
             None => root = Some(node),
             Some(Frame::Seq(_, items, _)) => items.push(node),
-            Some(Frame::Map(_, entries, pending, _)) => match pending.take() {
+            Some(Frame::Map(_, entries, pending, _, index)) => match pending.take() {
                 None => *pending = Some(node),
                 Some(key) => {
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| same_key(k, &key)) {
+                    let id = match &key.kind {
+                        NodeKind::Scalar(s) => Some(Some(s.clone())),
+                        NodeKind::Null => Some(None),
+                        _ => None,
+                    };
+                    let first = id.and_then(|id| match index.entry(id) {
+                        std::collections::hash_map::Entry::Occupied(o) => entries.get(*o.get()),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(entries.len());
+                            None
+                        }
+                    });
+                    if let Some((first, _)) = first {
                         diags.push(key.diag(
                             file,
                             format!(
@@ -230,14 +251,6 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
         column: 1,
         quoted: false,
     }))
-}
-
-fn same_key(a: &Node, b: &Node) -> bool {
-    match (&a.kind, &b.kind) {
-        (NodeKind::Scalar(x), NodeKind::Scalar(y)) => x == y,
-        (NodeKind::Null, NodeKind::Null) => true,
-        _ => false,
-    }
 }
 
 fn key_text(n: &Node) -> String {

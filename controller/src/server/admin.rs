@@ -159,9 +159,14 @@ impl v1::admin_server::Admin for AdminService {
             &Source::new(&req.inventory_name, &req.inventory_yaml),
         )
         .map_err(|d| Status::invalid_argument(format!("invalid policy:\n{d}")))?;
-        let mut targets: BTreeMap<String, HostPolicy> = fleet.hosts.clone();
+        let site::Fleet {
+            inventory,
+            hosts: mut targets,
+            management,
+            ..
+        } = fleet;
         if !req.limit.is_empty() {
-            let selected = pattern::select(&fleet.inventory, &req.limit)
+            let selected = pattern::select(&inventory, &req.limit)
                 .map_err(|e| Status::invalid_argument(format!("--limit {:?}: {e}", req.limit)))?;
             targets.retain(|h, _| selected.contains(h));
         }
@@ -186,6 +191,9 @@ impl v1::admin_server::Admin for AdminService {
         // compile reads only the policy and the default-route interface of the facts:
         // compile and hash once per distinct pair.
         let mut cache: std::collections::HashMap<(&HostPolicy, Option<String>), (Ruleset, String)> =
+            std::collections::HashMap::new();
+        // Serialized once per distinct policy (fleets share a handful).
+        let mut json: std::collections::HashMap<&HostPolicy, String> =
             std::collections::HashMap::new();
         for (host, policy) in &targets {
             let expected = match self.facts_of(host).await? {
@@ -215,10 +223,18 @@ impl v1::admin_server::Admin for AdminService {
                     String::new()
                 }
             };
+            let policy_json = match json.get(policy) {
+                Some(j) => j.clone(),
+                None => {
+                    let j = serde_json::to_string(policy)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    json.insert(policy, j.clone());
+                    j
+                }
+            };
             rows.push(RevisionHost {
                 host: host.clone(),
-                policy_json: serde_json::to_string(policy)
-                    .map_err(|e| Status::internal(e.to_string()))?,
+                policy_json,
                 expected_hash: expected,
             });
         }
@@ -238,7 +254,7 @@ impl v1::admin_server::Admin for AdminService {
             &rows,
             compiled,
             unchecked,
-            &fleet.management,
+            &management,
         )
         .await?
         {

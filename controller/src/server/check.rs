@@ -24,7 +24,7 @@ pub async fn check(shared: &Shared, req: &v1::ApplyRequest) -> Result<v1::CheckR
         &Source::new(&req.inventory_name, &req.inventory_yaml),
     )
     .map_err(|d| Status::invalid_argument(format!("invalid policy:\n{d}")))?;
-    let mut targets: BTreeMap<String, HostPolicy> = fleet.hosts.clone();
+    let mut targets: BTreeMap<String, HostPolicy> = fleet.hosts;
     if !req.limit.is_empty() {
         let selected = pattern::select(&fleet.inventory, &req.limit)
             .map_err(|e| Status::invalid_argument(format!("--limit {:?}: {e}", req.limit)))?;

@@ -95,7 +95,10 @@ pub fn rows(conn: &Connection) -> anyhow::Result<BTreeMap<String, DriftRow>> {
 pub fn policy_at(conn: &Connection, host: &str, revision: u64) -> anyhow::Result<Option<String>> {
     Ok(conn
         .query_row(
-            "SELECT policy_json FROM revision_hosts WHERE host = ?1 AND revision = ?2",
+            &format!(
+                "SELECT {} FROM revision_hosts rh WHERE host = ?1 AND revision = ?2",
+                super::POLICY
+            ),
             params![host, i64::try_from(revision).unwrap_or(i64::MAX)],
             |r| r.get(0),
         )
@@ -107,9 +110,10 @@ pub fn policies_at(
     conn: &Connection,
     pairs: &[(String, u64)],
 ) -> anyhow::Result<BTreeMap<(String, u64), String>> {
-    let mut st = conn.prepare_cached(
-        "SELECT policy_json FROM revision_hosts WHERE host = ?1 AND revision = ?2",
-    )?;
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {} FROM revision_hosts rh WHERE host = ?1 AND revision = ?2",
+        super::POLICY
+    ))?;
     let mut out = BTreeMap::new();
     for (host, rev) in pairs {
         let p: Option<String> = st

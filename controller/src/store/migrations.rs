@@ -120,6 +120,13 @@ const MIGRATIONS: &[&str] = &[
         last_hit_ms INTEGER NOT NULL,
         PRIMARY KEY (host, chain, idx)
      );",
+    // 7: a revision stores each distinct policy once (fleets share a handful); rows
+    // written before keep their inline policy_json.
+    "CREATE TABLE policies (
+        id INTEGER PRIMARY KEY,
+        json TEXT NOT NULL
+     );
+     ALTER TABLE revision_hosts ADD COLUMN policy_id INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

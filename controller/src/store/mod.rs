@@ -33,6 +33,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How often the background checkpointer runs (see [`Store::open`]).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
@@ -53,7 +56,39 @@ impl Store {
         }
         let conn = Connection::open(path)
             .with_context(|| format!("opening database {}", path.display()))?;
-        Self::init(conn).with_context(|| format!("initialising database {}", path.display()))
+        let store = Self::init(conn)
+            .with_context(|| format!("initialising database {}", path.display()))?;
+        store.checkpoint_in_background(path)?;
+        Ok(store)
+    }
+
+    /// Move WAL checkpoints off the writers' path: the connection every write goes
+    /// through no longer checkpoints on commit; a thread with its own connection runs a
+    /// passive checkpoint (it never blocks writers) every [`CHECKPOINT_EVERY`] until the
+    /// store is dropped.
+    fn checkpoint_in_background(&self, path: &Path) -> anyhow::Result<()> {
+        let ck = Connection::open(path)
+            .with_context(|| format!("opening database {} (checkpointer)", path.display()))?;
+        ck.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Truncate the WAL file back to this size after a checkpoint that emptied it.
+        ck.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        self.conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("store mutex poisoned"))?
+            .pragma_update(None, "wal_autocheckpoint", 0)?;
+        let alive = Arc::downgrade(&self.conn);
+        std::thread::Builder::new()
+            .name("pc-checkpoint".into())
+            .spawn(move || {
+                while alive.strong_count() > 0 {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    if let Err(e) = ck.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                    }
+                }
+            })
+            .context("spawning the checkpoint thread")?;
+        Ok(())
     }
 
     /// An in-memory store (tests, benchmarks).

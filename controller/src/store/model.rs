@@ -85,30 +85,48 @@ pub fn insert_revision(conn: &Connection, r: &NewRevision<'_>) -> anyhow::Result
         ],
     )?;
     let id = conn.last_insert_rowid();
-    let mut ins = conn.prepare(
-        "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash)
-         VALUES (?1, ?2, ?3, ?4)",
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash, policy_id)
+         VALUES (?1, ?2, '', ?3, ?4)",
     )?;
+    let mut pol = conn.prepare_cached("INSERT INTO policies (json) VALUES (?1)")?;
+    let mut ids: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut upd = conn.prepare(
         "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, desired_revision, expected_hash)
          VALUES (?1, 0, 0, ?2, ?3)
          ON CONFLICT(name) DO UPDATE SET desired_revision = ?2, expected_hash = ?3",
     )?;
     for h in r.hosts {
-        ins.execute(params![id, h.host, h.policy_json, h.expected_hash])?;
+        let policy_id = match ids.get(h.policy_json.as_str()) {
+            Some(p) => *p,
+            None => {
+                pol.execute(params![h.policy_json])?;
+                let p = conn.last_insert_rowid();
+                ids.insert(&h.policy_json, p);
+                p
+            }
+        };
+        ins.execute(params![id, h.host, h.expected_hash, policy_id])?;
         upd.execute(params![h.host, id, h.expected_hash])?;
     }
     Ok(to_u64(id))
 }
 
+/// The policy JSON of a `revision_hosts rh` row (stored once per revision in `policies`,
+/// inline in rows older than migration 7).
+pub const POLICY: &str =
+    "COALESCE((SELECT json FROM policies WHERE id = rh.policy_id), rh.policy_json)";
+
 /// The desired revision of `host`: (revision, policy JSON, expected hash).
 pub fn desired_for(conn: &Connection, host: &str) -> anyhow::Result<Option<(u64, String, String)>> {
     Ok(conn
         .query_row(
-            "SELECT rh.revision, rh.policy_json, rh.expected_hash
-               FROM hosts h JOIN revision_hosts rh
-                 ON rh.host = h.name AND rh.revision = h.desired_revision
-              WHERE h.name = ?1",
+            &format!(
+                "SELECT rh.revision, {POLICY}, rh.expected_hash
+                   FROM hosts h JOIN revision_hosts rh
+                     ON rh.host = h.name AND rh.revision = h.desired_revision
+                  WHERE h.name = ?1"
+            ),
             params![host],
             |r| Ok((to_u64(r.get(0)?), r.get(1)?, r.get(2)?)),
         )

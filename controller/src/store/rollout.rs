@@ -273,10 +273,11 @@ pub fn start_wave(
     let tx = conn.transaction()?;
     let mut out = BTreeMap::new();
     {
-        let mut get = tx.prepare(
-            "SELECT policy_json, expected_hash FROM revision_hosts
+        let mut get = tx.prepare(&format!(
+            "SELECT {}, expected_hash FROM revision_hosts rh
               WHERE revision = ?1 AND host = ?2",
-        )?;
+            super::POLICY
+        ))?;
         for h in hosts {
             set_desired(&tx, h, revision)?;
             set_host_state(&tx, rollout, h, "sent", "")?;

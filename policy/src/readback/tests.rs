@@ -153,3 +153,28 @@ fn errors() {
         Err(ReadbackError::Shape(_))
     ));
 }
+
+#[test]
+fn ruleset_listing_keeps_only_our_table() {
+    let ours = fixture("seed");
+    let (want, want_counters) = parse_readback(ours).unwrap();
+    let root: serde_json::Value = serde_json::from_str(ours).unwrap();
+    let mut items = vec![
+        serde_json::json!({"metainfo": {"version": "1.0.6", "json_schema_version": 1}}),
+        serde_json::json!({"table": {"family": "inet", "name": "x", "handle": 1}}),
+        serde_json::json!({"chain": {"family": "inet", "table": "x", "name": "input", "handle": 1}}),
+        serde_json::json!({"rule": {"family": "inet", "table": "x", "chain": "input", "handle": 2,
+            "expr": [{"accept": null}]}}),
+    ];
+    items.extend(root["nftables"].as_array().unwrap().iter().cloned());
+    items.push(serde_json::json!({"table": {"family": "ip", "name": "portcullis", "handle": 9}}));
+    let listing = serde_json::json!({ "nftables": items }).to_string();
+    let (rs, counters) = parse_ruleset_readback(&listing).unwrap().unwrap();
+    assert_eq!((rs, counters), (want, want_counters));
+    // Only other tables: ours is absent.
+    let others = r#"{"nftables":[{"table":{"family":"inet","name":"x","handle":1}}]}"#;
+    assert_eq!(parse_ruleset_readback(others).unwrap(), None);
+    assert_eq!(parse_ruleset_readback(r#"{"nftables":[]}"#).unwrap(), None);
+    // Not a listing at all is still an error.
+    assert!(parse_ruleset_readback("{}").is_err());
+}
