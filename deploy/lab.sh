@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Portcullis fleet lab: a controller and three agents in network namespaces on one bridge.
 #
-#   deploy/lab.sh demo   # up + apply deploy/examples/site.yml + probe from `outside` + status
+#   deploy/lab.sh demo   # up + apply deploy/examples/site.yml + probe from `outside` + logs +
+#                        # status; then --check --replay, a rollout in waves and a rollback
 #   deploy/lab.sh up     # namespaces, certificates, controller, agents, test listeners
 #   deploy/lab.sh status # portcullis status
 #   deploy/lab.sh down   # stop everything, delete namespaces and lab state
@@ -90,7 +91,8 @@ procs_up() {
     mkdir -p "$STATE/$h"
     start_bg "agent-$h" "$h" env PORTCULLIS_LOG=info "$BIN/portcullis-agent" run \
       --controller "https://${ADDR4[ctl]}:$CTL_PORT" --ca "$STATE/pki/ca.crt" \
-      --cert "$STATE/pki/agent-$h.crt" --key "$STATE/pki/agent-$h.key" --state-dir "$STATE/$h"
+      --cert "$STATE/pki/agent-$h.crt" --key "$STATE/pki/agent-$h.key" --state-dir "$STATE/$h" \
+      --heartbeat 2s
     start_bg "listen-$h" "$h" "$BIN/pc-probe" listen tcp:22,25,80,443,5000 udp:53,123,137
   done
   for _ in $(seq 100); do
@@ -141,6 +143,16 @@ demo() {
   admin status
   say "portcullis history"
   admin history
+  local next="$ROOT/deploy/examples/site-next.yml"
+  sleep 2   # one heartbeat: the agents report their rules' counters
+  say "portcullis apply --check --diff --replay 1h site-next.yml (who would the next policy deny?)"
+  admin apply -i "$ROOT/deploy/examples/inventory.yml" "$next" --check --diff --replay 1h || true
+  say "portcullis apply site-next.yml --serial 1,50% --confirm-timeout 10s (waves, commit-confirmed, gates)"
+  admin apply -i "$ROOT/deploy/examples/inventory.yml" "$next" --serial 1,50% --confirm-timeout 10s
+  say "portcullis rollback --confirm-timeout 10s (back to the previous revision, same safety)"
+  admin rollback --confirm-timeout 10s
+  say "portcullis rollout list"
+  admin rollout list
   say "the lab stays up: deploy/lab.sh down removes it"
 }
 

@@ -154,14 +154,18 @@ fn print_replay(h: &v1::HostCheck) {
             String::new()
         };
         let seen = super::output::time_ms(f.last_seen_unix_ms);
+        let example = if f.example.is_empty() {
+            String::new()
+        } else {
+            format!("; e.g. {}", f.example)
+        };
         println!(
-            "  NEWLY DENIED {}/{} from {}{more}: {} packet(s), last {seen}; evidence: {}; e.g. {}",
+            "  NEWLY DENIED {}/{} from {}{more}: {} packet(s), last {seen}; evidence: {}{example}",
             f.proto,
             f.ports.join(","),
             f.sources.join(", "),
             f.packets,
             f.evidence,
-            f.example
         );
     }
 }

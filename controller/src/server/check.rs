@@ -155,6 +155,12 @@ fn evidence(
 }
 
 fn finding(f: replay::Finding, revision: u64) -> v1::ReplayFinding {
+    // A counter covers every source: an example address would be arbitrary.
+    let example = if matches!(f.evidence, Seen::Counter(_)) && f.sources == ["any"] {
+        String::new()
+    } else {
+        f.example.to_string()
+    };
     v1::ReplayFinding {
         proto: f.proto.to_string(),
         ports: f
@@ -178,7 +184,7 @@ fn finding(f: replay::Finding, revision: u64) -> v1::ReplayFinding {
                 format!("counter of `{rule}` since r{revision} was applied (one counter per rule)")
             }
         },
-        example: f.example.to_string(),
+        example,
     }
 }
 
