@@ -234,6 +234,18 @@ fn waves_in_order_keep_refusal_and_rollback_restores_verdicts() {
         0,
         "{history}"
     );
+    // `history` shows r2's rollout: who ran it, its waves and per-host results.
+    let r2 = &history["revisions"][0];
+    assert_eq!(r2["revision"], 2, "{history}");
+    assert_eq!(r2["rollout"]["author"], "e2e", "{history}");
+    assert_eq!(r2["rollout"]["status"], "succeeded", "{history}");
+    assert_eq!(
+        r2["rollout"]["hosts"].as_array().map(Vec::len),
+        Some(4),
+        "{history}"
+    );
+    let text = String::from_utf8_lossy(&fleet.cli(&["history"]).stdout).into_owned();
+    assert!(text.contains("wave 2: h2,h3 confirmed"), "{text}");
 
     // Rollback to r1 (the one before the latest) restores the r1 verdicts.
     let out = fleet.cli(&[

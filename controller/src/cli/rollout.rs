@@ -333,6 +333,19 @@ pub enum RolloutCommand {
     },
 }
 
+/// A rollout as `--json` shows it (`rollout list/show`, `history`); waves from 0.
+pub fn rollout_json(r: &v1::RolloutInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id, "revision": r.revision, "kind": r.kind, "author": r.author,
+        "started_unix_ms": r.started_unix_ms, "finished_unix_ms": r.finished_unix_ms,
+        "status": r.status, "reason": r.reason, "serial": r.serial, "max_fail": r.max_fail,
+        "confirm_timeout_ms": r.confirm_timeout_ms,
+        "hosts": r.hosts.iter().map(|h| serde_json::json!({
+            "host": h.host, "wave": h.wave, "previous_revision": h.previous_revision,
+            "state": h.state, "detail": h.detail })).collect::<Vec<_>>(),
+    })
+}
+
 fn when(ms: i64) -> String {
     if ms == 0 {
         return "-".into();
@@ -380,15 +393,7 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
         }
     };
     if json {
-        let v: Vec<_> = resp.rollouts.iter().map(|r| serde_json::json!({
-            "id": r.id, "revision": r.revision, "kind": r.kind, "author": r.author,
-            "started_unix_ms": r.started_unix_ms, "finished_unix_ms": r.finished_unix_ms,
-            "status": r.status, "reason": r.reason, "serial": r.serial, "max_fail": r.max_fail,
-            "confirm_timeout_ms": r.confirm_timeout_ms,
-            "hosts": r.hosts.iter().map(|h| serde_json::json!({
-                "host": h.host, "wave": h.wave, "previous_revision": h.previous_revision,
-                "state": h.state, "detail": h.detail })).collect::<Vec<_>>(),
-        })).collect();
+        let v: Vec<_> = resp.rollouts.iter().map(rollout_json).collect();
         print_json(&serde_json::json!({ "rollouts": v }))?;
         return Ok(exit::OK);
     }
