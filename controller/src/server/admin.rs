@@ -251,10 +251,12 @@ impl v1::admin_server::Admin for AdminService {
             &author,
             kind,
             &req,
-            &rows,
-            compiled,
-            unchecked,
-            &management,
+            super::rollout::start::Compiled {
+                rows: &rows,
+                rulesets: compiled,
+                unchecked,
+                management: &management,
+            },
         )
         .await?
         {

@@ -30,16 +30,26 @@ pub fn wants_rollout(req: &v1::ApplyRequest) -> bool {
 
 /// Called by `Apply` once every targeted host compiled: refuses lockouts, and runs a
 /// rollout when one is asked for (`Some(stream)`); `None` = continue as a plain apply.
+/// What `Apply` compiled, for the anti-lockout check and the rollout.
+pub struct Compiled<'a> {
+    /// The revision's rows (host, policy, expected hash).
+    pub rows: &'a [RevisionHost],
+    /// Per host with known facts: the compiled ruleset and those facts.
+    pub rulesets: BTreeMap<String, (portcullis_policy::Ruleset, Facts)>,
+    /// Hosts without facts (not checked).
+    pub unchecked: Vec<String>,
+    /// `management:` requirements of the site file, per host.
+    pub management: &'a BTreeMap<String, Vec<portcullis_policy::lockout::Requirement>>,
+}
+
 pub async fn from_apply(
     shared: &Arc<Shared>,
     author: &str,
     kind: &str,
     req: &v1::ApplyRequest,
-    rows: &[RevisionHost],
-    compiled: BTreeMap<String, (portcullis_policy::Ruleset, Facts)>,
-    unchecked: Vec<String>,
-    management: &BTreeMap<String, Vec<portcullis_policy::lockout::Requirement>>,
+    c: Compiled<'_>,
 ) -> Result<Option<EventStream>, Status> {
+    let rows = c.rows;
     if let Some(id) = shared.rollouts.running() {
         return Err(Status::failed_precondition(format!(
             "rollout {id} is running; wait for it or stop it with `portcullis rollout abort`"
@@ -72,7 +82,7 @@ pub async fn from_apply(
     // Anti-lockout, on what would really be installed.
     let keep = lockout::keep_requirements(&req.keep)?;
     let (problems, unchecked) =
-        lockout::check(shared, &compiled, unchecked, &keep, management).await?;
+        lockout::check(shared, &c.rulesets, c.unchecked, &keep, c.management).await?;
     if !unchecked.is_empty() {
         tracing::warn!(hosts = ?unchecked, "anti-lockout: no facts yet, not checked");
     }
