@@ -252,8 +252,15 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
                 let gate_failed = if sm.would_halt() {
                     Vec::new()
                 } else {
-                    super::gates::check(&shared, &plan.gates, plan.revision, &confirmed, &expected)
-                        .await
+                    super::gates::check(
+                        &shared,
+                        &plan.gates,
+                        plan.revision,
+                        &confirmed,
+                        &expected,
+                        &plan.abort,
+                    )
+                    .await
                 };
                 if !gate_failed.is_empty() {
                     for (h, why) in &gate_failed {

@@ -95,13 +95,14 @@ pub fn denial_verdict(
 }
 
 /// Runs the gates for `hosts` (confirmed on `revision` with `expected` kernel hashes).
-/// Returns the hosts that failed, with why.
+/// Returns the hosts that failed, with why. `abort` set: the denial window ends early.
 pub async fn check(
     shared: &Shared,
     gates: &Gates,
     revision: u64,
     hosts: &[String],
     expected: &BTreeMap<String, String>,
+    abort: &std::sync::atomic::AtomicBool,
 ) -> Vec<(String, String)> {
     if hosts.is_empty() {
         return Vec::new();
@@ -146,7 +147,16 @@ pub async fn check(
                 u64::try_from(store::now_ms() - from_ms).unwrap_or(0),
             ))
             .saturating_add(DELIVERY_SLACK);
-        tokio::time::sleep(sleep).await;
+        // An abort ends the observation early: the wave's hosts stay on the revision they
+        // were confirmed on, and nothing further is judged.
+        let until = tokio::time::Instant::now() + sleep;
+        while tokio::time::Instant::now() < until {
+            if abort.load(std::sync::atomic::Ordering::SeqCst) {
+                return failed;
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(until - tokio::time::Instant::now()))
+                .await;
+        }
         let to_ms = from_ms + i64::try_from(gates.denial_window.as_millis()).unwrap_or(i64::MAX);
         let after = suppressed(shared, hosts).await;
         let (b_from, b_to) = (
