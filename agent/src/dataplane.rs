@@ -11,6 +11,7 @@
 //! Implementations must only ever touch `table inet portcullis`.
 
 mod fake;
+mod netlink;
 mod nft;
 pub mod nft_json;
 
@@ -71,11 +72,7 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
     /// exactly what that would (the whole table, set elements included); `None` when the
     /// table does not exist.
     fn read_table(&self) -> Result<Option<KernelTable>, DataplaneError> {
-        let Some(json) = self.read_back()? else {
-            return Ok(None);
-        };
-        let (ruleset, counters) = parse_readback(&json)?;
-        Ok(Some(KernelTable { ruleset, counters }))
+        self.read_back()?.as_deref().map(parse_table).transpose()
     }
 
     /// Deletes our table (and nothing else); succeeds when it is already absent.
@@ -86,4 +83,10 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
     fn read_ruleset(&self) -> Result<Option<String>, DataplaneError> {
         Ok(None)
     }
+}
+
+/// `nft -j list table` output, parsed.
+fn parse_table(json: &str) -> Result<KernelTable, DataplaneError> {
+    let (ruleset, counters) = parse_readback(json)?;
+    Ok(KernelTable { ruleset, counters })
 }

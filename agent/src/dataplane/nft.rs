@@ -2,10 +2,22 @@
 //!
 //! One process per operation; scripts go through stdin (`nft -f -`), never through a
 //! temporary file. Errors carry nft's stderr verbatim (it names the offending line).
+//!
+//! [`Dataplane::read_table`] (the agent's verification) reads the whole table in two
+//! parts instead of `nft -j list table`, whose cost at 10k set elements exceeds the apply's
+//! (nft decomposes the intervals and renders every element as JSON): chains, rules and set
+//! declarations from `nft -j -t list ruleset inet` (terse: without named sets' elements;
+//! other tables are skipped), and each of our sets' elements from the kernel over netlink
+//! ([`super::netlink`]), bracketed by the ruleset generation (retried if it moved). Only a
+//! table made entirely of our shapes is read this way; anything else (an unknown object or
+//! rule, an element we would not write, a netlink error) makes it read the table with
+//! `nft -j list table`, which is what [`Dataplane::read_table`] returns anyway.
 
-use super::{Dataplane, DataplaneError};
-use portcullis_policy::TABLE_NAME;
+use super::netlink::{Decoded, NfTables};
+use super::{Dataplane, DataplaneError, KernelTable, parse_table};
 use portcullis_policy::render::delete_script;
+use portcullis_policy::ruleset::{Rule, Set};
+use portcullis_policy::{TABLE_NAME, parse_ruleset_readback};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -67,6 +79,54 @@ impl NftDataplane {
         format!("{} {}", self.nft.display(), args.join(" "))
     }
 
+    /// Our table read as terse listing + netlink element dumps (see the module docs);
+    /// `Err(why)` when it must be read with `nft -j list table` instead (which also
+    /// reports any real failure). [`Dataplane::read_table`] is this, else that; public
+    /// for tests and benchmarks.
+    pub fn read_table_split(&self) -> Result<Option<KernelTable>, String> {
+        const ATTEMPTS: usize = 3;
+        let mut nl = NfTables::open().map_err(|e| format!("netlink: {e}"))?;
+        let args = ["-j", "-t", "list", "ruleset", "inet"];
+        for _ in 0..ATTEMPTS {
+            let generation = nl.generation().map_err(|e| format!("netlink: {e}"))?;
+            let output = self.run(&args, None).map_err(|e| e.to_string())?;
+            if !output.status.success() {
+                return Err(self.fail(&args, &output).to_string());
+            }
+            let json = std::str::from_utf8(&output.stdout).map_err(|e| e.to_string())?;
+            let table = match parse_ruleset_readback(json).map_err(|e| e.to_string())? {
+                None => None,
+                Some((mut ruleset, counters)) => {
+                    if !ruleset.unknown.is_empty()
+                        || ruleset
+                            .chains
+                            .values()
+                            .flat_map(|c| &c.rules)
+                            .any(|r| matches!(r, Rule::Unknown { .. }))
+                    {
+                        return Err("objects or rules we do not write".to_owned());
+                    }
+                    for (name, set) in &mut ruleset.sets {
+                        match nl.set_elements(TABLE_NAME, name, set.key) {
+                            Ok(Decoded::Elements(elements)) => *set = Set::new(set.key, elements),
+                            Ok(Decoded::Unrecognized(why)) => {
+                                return Err(format!("set {name}: {why}"));
+                            }
+                            Err(e) => return Err(format!("set {name}: netlink: {e}")),
+                        }
+                    }
+                    Some(KernelTable { ruleset, counters })
+                }
+            };
+            if nl.generation().map_err(|e| format!("netlink: {e}"))? == generation {
+                return Ok(table);
+            }
+        }
+        Err(format!(
+            "the ruleset changed during each of {ATTEMPTS} reads"
+        ))
+    }
+
     fn fail(&self, args: &[&str], output: &Output) -> DataplaneError {
         DataplaneError::Nft {
             command: self.command_line(args),
@@ -103,6 +163,16 @@ impl Dataplane for NftDataplane {
             .map_err(|_| DataplaneError::Output {
                 command: self.command_line(&args),
             })
+    }
+
+    fn read_table(&self) -> Result<Option<KernelTable>, DataplaneError> {
+        match self.read_table_split() {
+            Ok(table) => Ok(table),
+            Err(why) => {
+                tracing::debug!(%why, "reading table inet portcullis with nft -j list table");
+                self.read_back()?.as_deref().map(parse_table).transpose()
+            }
+        }
     }
 
     fn remove(&self) -> Result<(), DataplaneError> {
