@@ -3,8 +3,11 @@
 //! `reconcile` = compile -> apply (one transaction, only if needed) -> read back -> parse ->
 //! compare semantically (must be equal) -> hash -> persist last-known-good. The kernel is
 //! read before applying only when the compiled ruleset equals last-known-good (is there
-//! drift to heal?); then that one readback is also the verification when nothing changed. `verify` compares the kernel with last-known-good; `show` reports our
-//! table and counters; `remove` deletes our table.
+//! drift to heal?); then that one readback is also the verification when nothing changed.
+//! While nft applies, a second thread hashes the ruleset and writes (and syncs) the record
+//! it becomes to a temporary file; the record is replaced by it only once the readback
+//! verified the kernel. `verify` compares the kernel with last-known-good; `show` reports
+//! our table and counters; `remove` deletes our table.
 //!
 //! Synchronous on purpose (nft is a short-lived process); async callers use the `*_async`
 //! wrappers, which gather facts over rtnetlink and run the rest on a blocking thread.
@@ -15,11 +18,11 @@ use crate::dataplane::{Dataplane, DataplaneError, KernelTable};
 use crate::report::{
     AppliedReport, LkgSummary, RuleStatus, ShowReport, VerifyReport, VerifyStatus,
 };
-use crate::state::{LastKnownGood, StateDir, StateError};
+use crate::state::{LastKnownGood, PreparedRecord, StateDir, StateError};
 use portcullis_policy::ruleset::Rule;
 use portcullis_policy::{
-    CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, RulesetDiff, compile,
-    diff, plan,
+    CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, Ruleset, RulesetDiff,
+    compile, diff, plan,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -131,7 +134,7 @@ impl Agent {
         let _lock = self.state.lock()?;
         // What the kernel was last verified to hold (a corrupt record counts as none).
         let current = self.state.load_shared().ok().flatten();
-        let (changed, changes, previous_hash, readback) =
+        let (changes, previous_hash, readback, prepared) =
             match current.as_ref().filter(|c| c.ruleset == desired) {
                 // The same ruleset as last verified: one readback decides whether a
                 // transaction is needed (drift) and, when it is not, is the verification.
@@ -139,14 +142,19 @@ impl Agent {
                     let before = self.read_kernel_tolerant()?;
                     let previous_hash = before.as_ref().map(|k| k.ruleset.hash());
                     match plan(&desired, before.as_ref().map(|k| &k.ruleset)) {
-                        Plan::Unchanged => (false, Vec::new(), previous_hash, before),
+                        Plan::Unchanged => (Vec::new(), previous_hash, before, None),
                         Plan::Create(to) => {
-                            self.dataplane.replace(&to)?;
-                            (true, vec![CREATED.to_owned()], previous_hash, None)
+                            let prepared = self.apply_preparing(&to, policy, revision)?;
+                            (
+                                vec![CREATED.to_owned()],
+                                previous_hash,
+                                None,
+                                Some(prepared),
+                            )
                         }
                         Plan::Replace { to, diff } => {
-                            self.dataplane.replace(&to)?;
-                            (true, lines(&diff), previous_hash, None)
+                            let prepared = self.apply_preparing(&to, policy, revision)?;
+                            (lines(&diff), previous_hash, None, Some(prepared))
                         }
                     }
                 }
@@ -155,18 +163,19 @@ impl Agent {
                 // the diff and previous hash are against the last verified ruleset, and
                 // the readback below verifies the kernel.
                 None => {
-                    self.dataplane.replace(&desired)?;
+                    let prepared = self.apply_preparing(&desired, policy, revision)?;
                     match &current {
                         Some(c) => (
-                            true,
                             lines(&diff(&desired, &c.ruleset)),
                             Some(c.hash.clone()),
                             None,
+                            Some(prepared),
                         ),
-                        None => (true, vec![CREATED.to_owned()], None, None),
+                        None => (vec![CREATED.to_owned()], None, None, Some(prepared)),
                     }
                 }
             };
+        let changed = prepared.is_some();
         // Unchanged: the readback before is the verification, and its hash is known.
         let (actual, known_hash) = match readback {
             Some(k) => (k.ruleset, previous_hash.clone()),
@@ -179,13 +188,19 @@ impl Agent {
         };
         let mismatch = diff(&desired, &actual);
         if !mismatch.is_empty() {
+            // `prepared` is dropped: the record stays what it was.
             return Err(AgentError::Mismatch {
                 diff: lines(&mismatch),
             });
         }
-        // One hash (it serializes the whole ruleset): the kernel's. Equal rulesets hash
-        // equal, so the compiled one is hashed only if they differ in form.
-        let hash = known_hash.unwrap_or_else(|| actual.hash());
+        // Equal rulesets hash equal: the prepared record's hash (the compiled ruleset's,
+        // computed during the apply) is the kernel's when they are identical.
+        let prepared = prepared.filter(|p| p.record().ruleset == actual);
+        let hash = match (&prepared, known_hash) {
+            (Some(p), _) => p.record().hash.clone(),
+            (None, Some(h)) => h,
+            (None, None) => actual.hash(),
+        };
         if actual != desired {
             tracing::warn!(%hash, compiled = %desired.hash(),
                 "readback equal to compiled ruleset but not identical");
@@ -193,9 +208,13 @@ impl Agent {
         let same = current
             .as_ref()
             .is_some_and(|c| c.revision == revision && c.hash == hash && c.policy == *policy);
-        if changed || !same {
-            let lkg = LastKnownGood::with_hash(policy.clone(), revision, actual, hash.clone());
-            self.state.store_shared(Arc::new(lkg))?;
+        match prepared {
+            Some(p) => p.commit()?,
+            None if changed || !same => {
+                let lkg = LastKnownGood::with_hash(policy.clone(), revision, actual, hash.clone());
+                self.state.store_shared(Arc::new(lkg))?;
+            }
+            None => {}
         }
         let report = AppliedReport {
             revision,
@@ -210,6 +229,30 @@ impl Agent {
         tracing::info!(revision, hash = %report.hash, changed, elapsed_ms = report.elapsed_ms,
             "reconciled");
         Ok(report)
+    }
+
+    /// Applies `ruleset` and meanwhile (nft works in its own process) hashes it and writes
+    /// the last-known-good record it becomes once verified, as a [`PreparedRecord`] (not
+    /// the record yet; dropped, it is deleted). A failed apply drops it.
+    fn apply_preparing(
+        &self,
+        ruleset: &Ruleset,
+        policy: &HostPolicy,
+        revision: u64,
+    ) -> Result<PreparedRecord<'_>, AgentError> {
+        std::thread::scope(|s| {
+            let preparing = s.spawn(|| {
+                let hash = ruleset.hash();
+                let lkg = LastKnownGood::with_hash(policy.clone(), revision, ruleset.clone(), hash);
+                self.state.prepare(Arc::new(lkg))
+            });
+            let applied = self.dataplane.replace(ruleset);
+            let prepared = preparing
+                .join()
+                .map_err(|_| AgentError::Join("preparing last-known-good panicked".to_owned()))?;
+            applied?;
+            Ok(prepared?)
+        })
     }
 
     /// [`Agent::reconcile`] with facts gathered now; for async callers (the session).

@@ -203,18 +203,18 @@ impl StateDir {
 
     /// [`StateDir::store`] of a record the caller no longer needs to own.
     pub fn store_shared(&self, lkg: Arc<LastKnownGood>) -> Result<(), StateError> {
-        let body = self.write(&lkg)?;
-        *self.cache.get() = Some((body, lkg));
-        Ok(())
+        self.prepare(lkg)?.commit()
     }
 
-    /// Writes the record (compact JSON) atomically and durably; the bytes written.
-    fn write(&self, lkg: &LastKnownGood) -> Result<Vec<u8>, StateError> {
+    /// The first half of [`StateDir::store`]: writes the record (compact JSON) to the
+    /// temporary file and syncs it, without touching the record. Lets a caller do this
+    /// while it waits for something else (the agent: while nft applies), then commit only
+    /// once it knows the record is true (the kernel verified).
+    pub fn prepare(&self, lkg: Arc<LastKnownGood>) -> Result<PreparedRecord<'_>, StateError> {
         self.create()?;
-        let path = self.lkg_path();
-        let tmp = self.dir.join(format!("{LKG_FILE}.tmp"));
-        let mut body = serde_json::to_vec(lkg).map_err(|source| StateError::Corrupt {
-            path: path.clone(),
+        let tmp = self.tmp_path();
+        let mut body = serde_json::to_vec(&*lkg).map_err(|source| StateError::Corrupt {
+            path: self.lkg_path(),
             source,
         })?;
         body.push(b'\n');
@@ -225,12 +225,19 @@ impl StateDir {
             .mode(0o600)
             .open(&tmp)
             .map_err(io(&tmp))?;
-        file.write_all(&body).map_err(io(&tmp))?;
+        let record = PreparedRecord {
+            state: self,
+            lkg,
+            body,
+            committed: false,
+        };
+        file.write_all(&record.body).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&self.dir)?;
-        Ok(body)
+        Ok(record)
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.dir.join(format!("{LKG_FILE}.tmp"))
     }
 
     /// Deletes the record (durably); no error when there is none.
@@ -241,6 +248,42 @@ impl StateDir {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+}
+
+/// A record written and synced to the temporary file by [`StateDir::prepare`], not yet
+/// the record. [`PreparedRecord::commit`] puts it in place; dropped uncommitted, the
+/// temporary file is deleted (a crash before that leaves a temporary file nobody reads,
+/// overwritten by the next write).
+#[derive(Debug)]
+pub struct PreparedRecord<'a> {
+    state: &'a StateDir,
+    lkg: Arc<LastKnownGood>,
+    body: Vec<u8>,
+    committed: bool,
+}
+
+impl PreparedRecord<'_> {
+    pub fn record(&self) -> &LastKnownGood {
+        &self.lkg
+    }
+
+    /// Replaces the record with this one: rename over it, sync the directory.
+    pub fn commit(mut self) -> Result<(), StateError> {
+        let (tmp, path) = (self.state.tmp_path(), self.state.lkg_path());
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        self.committed = true;
+        sync_dir(&self.state.dir)?;
+        *self.state.cache.get() = Some((std::mem::take(&mut self.body), self.lkg.clone()));
+        Ok(())
+    }
+}
+
+impl Drop for PreparedRecord<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(self.state.tmp_path());
         }
     }
 }
@@ -276,6 +319,14 @@ mod tests {
         state.store(&lkg).expect("store");
         assert_eq!(state.load().expect("load"), Some(lkg.clone()));
         assert!(!state.path().join("last-known-good.json.tmp").exists());
+        // Prepared but dropped: the record stays, the temporary file goes.
+        let dropped = LastKnownGood::new(HostPolicy::default(), 9, Ruleset::default());
+        let prepared = state.prepare(Arc::new(dropped)).expect("prepare");
+        assert_eq!(prepared.record().revision, 9);
+        assert!(state.path().join("last-known-good.json.tmp").exists());
+        drop(prepared);
+        assert!(!state.path().join("last-known-good.json.tmp").exists());
+        assert_eq!(state.load().expect("load"), Some(lkg.clone()));
         let newer = LastKnownGood::new(HostPolicy::default(), 8, Ruleset::default());
         state.store(&newer).expect("store again");
         assert_eq!(state.load().expect("load").map(|l| l.revision), Some(8));

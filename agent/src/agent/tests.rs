@@ -118,6 +118,13 @@ fn a_rejected_transaction_changes_nothing() {
     assert_eq!(s.fake.table().map(|t| t.hash()), Some(first.hash.clone()));
     let lkg = s.agent.last_known_good().expect("lkg").expect("some");
     assert_eq!((lkg.revision, lkg.hash), (1, first.hash));
+    assert_no_prepared_record(&s);
+}
+
+/// The record prepared during an apply is gone when the apply or its verification failed.
+fn assert_no_prepared_record(s: &Setup) {
+    let tmp = s.agent.state().path().join("last-known-good.json.tmp");
+    assert!(!tmp.exists(), "{} left behind", tmp.display());
 }
 
 #[test]
@@ -137,6 +144,7 @@ fn a_kernel_that_reads_back_differently_is_an_error_and_not_recorded() {
         other => panic!("expected Mismatch, got {other}"),
     }
     assert_eq!(s.agent.last_known_good().expect("lkg"), None);
+    assert_no_prepared_record(&s);
 }
 
 #[test]
