@@ -17,6 +17,7 @@
 
 use crate::lockout::{self, Decider, Flow, addr_points, decide, port_points, verdict};
 use crate::model::{PortRange, Proto};
+use crate::ruleset::normalize::merge_ports;
 use crate::ruleset::{Element, L3, Rule, Ruleset, Verdict};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -259,7 +260,7 @@ fn from_counter(
         .filter_map(|(proto, (segs, sources, example))| {
             Some(Finding {
                 proto,
-                ports: merge(segs),
+                ports: merge_ports(segs),
                 sources: sources.iter().take(MAX_SOURCES).cloned().collect(),
                 more_sources: sources.len().saturating_sub(MAX_SOURCES),
                 packets: hits.packets,
@@ -280,21 +281,6 @@ fn rule_accepts(rule: &Rule) -> bool {
         | Rule::Counted { verdict, .. } => *verdict == Verdict::Accept,
         Rule::Jump { .. } | Rule::Unknown { .. } => false,
     }
-}
-
-/// Sorted, adjacent and overlapping ranges merged.
-fn merge(mut v: Vec<PortRange>) -> Vec<PortRange> {
-    v.sort();
-    let mut out: Vec<PortRange> = Vec::with_capacity(v.len());
-    for r in v {
-        match out.last_mut() {
-            Some(last) if u32::from(r.start) <= u32::from(last.end) + 1 => {
-                last.end = last.end.max(r.end);
-            }
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ fn reply_range_narrowed_by_a_stateful_policy_is_not_flagged_on_ephemeral_ports()
 fn merge_joins_adjacent_ranges() {
     let r = |a, b| PortRange::new(a, b).unwrap();
     assert_eq!(
-        merge(vec![r(5, 5), r(1, 3), r(4, 4), r(7, 9), r(8, 10)]),
+        merge_ports(vec![r(5, 5), r(1, 3), r(4, 4), r(7, 9), r(8, 10)]),
         vec![r(1, 5), r(7, 10)]
     );
 }

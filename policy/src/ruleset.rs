@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-mod normalize;
+pub(crate) mod normalize;
 
 /// The one table Portcullis owns (family `inet`).
 pub const TABLE_NAME: &str = "portcullis";

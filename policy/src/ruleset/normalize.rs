@@ -48,7 +48,7 @@ pub(super) fn normalize(elements: impl IntoIterator<Item = Element>) -> BTreeSet
 }
 
 /// Sorted, with overlapping or touching ranges merged.
-pub(super) fn merge_ports(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
+pub(crate) fn merge_ports(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
     ranges.sort();
     let mut out: Vec<PortRange> = Vec::with_capacity(ranges.len());
     for r in ranges {
