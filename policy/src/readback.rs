@@ -13,6 +13,7 @@
 //! ruleset.
 
 mod rule;
+mod typed;
 
 use crate::ruleset::{BaseChain, Chain, Element, Rule, Ruleset, Set, SetKey, TABLE_NAME, Verdict};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -71,15 +72,51 @@ enum Foreign {
 }
 
 /// The ruleset, counters, and whether our `table` object was listed.
+///
+/// Typed first ([`typed`]): the entries are split as raw JSON, and set bodies (nearly all
+/// of a large table) are deserialized straight into elements; an entry the typed path does
+/// not take (anything but one of our set shapes) goes through `serde_json::Value` like the
+/// whole document used to. A document the typed path cannot even split is parsed the
+/// general way (which also words the error).
 fn parse(json: &str, foreign: Foreign) -> Result<(Ruleset, Vec<RuleCounter>, bool), ReadbackError> {
+    let Some(items) = typed::split(json) else {
+        return parse_values(json, foreign);
+    };
+    let mut acc = Acc::default();
+    for (kind, raw) in items {
+        if kind == "metainfo" {
+            continue;
+        }
+        if kind == "set"
+            && let Some(set) = typed::set(raw.get())
+        {
+            match check_family_table(&set.family, &set.table, kind.as_ref()) {
+                Err(ReadbackError::ForeignTable { .. }) if foreign == Foreign::Skip => continue,
+                other => other?,
+            }
+            acc.rs.sets.insert(set.name, set.set);
+            continue;
+        }
+        let body: Value = serde_json::from_str(raw.get())?;
+        let body = body
+            .as_object()
+            .ok_or_else(|| shape(&format!("{kind} is not an object")))?;
+        acc.add(&kind, body, foreign)?;
+    }
+    Ok((acc.rs, acc.counters, acc.table_seen))
+}
+
+/// [`parse`] entirely through `serde_json::Value`.
+fn parse_values(
+    json: &str,
+    foreign: Foreign,
+) -> Result<(Ruleset, Vec<RuleCounter>, bool), ReadbackError> {
     let root: Value = serde_json::from_str(json)?;
     let items = root
         .get("nftables")
         .and_then(Value::as_array)
         .ok_or_else(|| shape("no top-level \"nftables\" array"))?;
-    let mut rs = Ruleset::default();
-    let mut counters = Vec::new();
-    let mut table_seen = false;
+    let mut acc = Acc::default();
     for item in items {
         let obj = item
             .as_object()
@@ -94,14 +131,36 @@ fn parse(json: &str, foreign: Foreign) -> Result<(Ruleset, Vec<RuleCounter>, boo
         let body = body
             .as_object()
             .ok_or_else(|| shape(&format!("{kind} is not an object")))?;
+        acc.add(kind, body, foreign)?;
+    }
+    Ok((acc.rs, acc.counters, acc.table_seen))
+}
+
+/// What the entries add up to.
+#[derive(Default)]
+struct Acc {
+    rs: Ruleset,
+    counters: Vec<RuleCounter>,
+    table_seen: bool,
+}
+
+impl Acc {
+    /// One `{kind: body}` entry of the listing (not `metainfo`).
+    fn add(
+        &mut self,
+        kind: &str,
+        body: &Map<String, Value>,
+        foreign: Foreign,
+    ) -> Result<(), ReadbackError> {
         match check_table(kind, body) {
-            Err(ReadbackError::ForeignTable { .. }) if foreign == Foreign::Skip => continue,
+            Err(ReadbackError::ForeignTable { .. }) if foreign == Foreign::Skip => return Ok(()),
             other => other?,
         }
+        let rs = &mut self.rs;
         let name = str_field(body, "name").unwrap_or_default();
-        match kind.as_str() {
+        match kind {
             "table" => {
-                table_seen = true;
+                self.table_seen = true;
                 if body
                     .keys()
                     .any(|k| !["family", "name", "handle"].contains(&k.as_str()))
@@ -141,7 +200,7 @@ fn parse(json: &str, foreign: Foreign) -> Result<(Ruleset, Vec<RuleCounter>, boo
                     .ok_or_else(|| shape("rule without \"expr\" array"))?;
                 let (rule, counter) = rule::parse_rule(expr, body.get("comment"));
                 if let Some((packets, bytes)) = counter {
-                    counters.push(RuleCounter {
+                    self.counters.push(RuleCounter {
                         chain: chain_name.clone(),
                         index: chain.rules.len(),
                         packets,
@@ -156,8 +215,8 @@ fn parse(json: &str, foreign: Foreign) -> Result<(Ruleset, Vec<RuleCounter>, boo
                     .insert(format!("{kind} {name}"), canonical_obj(kind, body));
             }
         }
+        Ok(())
     }
-    Ok((rs, counters, table_seen))
 }
 
 fn shape(what: &str) -> ReadbackError {
@@ -172,13 +231,17 @@ fn str_field(o: &Map<String, Value>, key: &str) -> Option<String> {
 fn check_table(kind: &str, body: &Map<String, Value>) -> Result<(), ReadbackError> {
     let family = str_field(body, "family").unwrap_or_default();
     let table = str_field(body, if kind == "table" { "name" } else { "table" }).unwrap_or_default();
+    check_family_table(&family, &table, kind)
+}
+
+fn check_family_table(family: &str, table: &str, kind: &str) -> Result<(), ReadbackError> {
     if family == "inet" && table == TABLE_NAME {
         Ok(())
     } else {
         Err(ReadbackError::ForeignTable {
             kind: kind.to_string(),
-            family,
-            table,
+            family: family.to_string(),
+            table: table.to_string(),
         })
     }
 }

@@ -178,3 +178,91 @@ fn ruleset_listing_keeps_only_our_table() {
     // Not a listing at all is still an error.
     assert!(parse_ruleset_readback("{}").is_err());
 }
+
+/// The typed path answers exactly like the `Value` path, or leaves the entry to it.
+#[test]
+fn typed_and_value_paths_agree() {
+    let set = |body: &str| {
+        format!(
+            r#"{{"nftables":[{{"metainfo":{{"version":"1.0.6"}}}},{{"table":{{"family":"inet","name":"portcullis","handle":1}}}},{{"set":{body}}}]}}"#
+        )
+    };
+    let ports =
+        r#""family":"inet","name":"p","table":"portcullis","type":"inet_service","handle":2"#;
+    let v4 = r#""family":"inet","name":"c","table":"portcullis","type":["ipv4_addr","inet_service"],"handle":3"#;
+    let v6 =
+        r#""family":"inet","name":"c6","table":"portcullis","type":["ipv6_addr","inet_service"]"#;
+    let mut docs: Vec<String> = ["seed", "counters", "empty-table", "foreign", "from"]
+        .iter()
+        .map(|f| fixture(f).to_owned())
+        .collect();
+    for body in [
+        format!(r#"{{{ports},"flags":["interval"],"elem":[22,{{"range":[80,90]}},65535]}}"#),
+        format!(r#"{{{ports},"flags":["interval"]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[]}}"#),
+        format!(r#"{{{ports},"flags":["interval","timeout"],"elem":[22]}}"#),
+        format!(r#"{{{ports},"flags":[],"elem":[22]}}"#),
+        format!(r#"{{{ports},"flags":"interval","elem":[22]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[70000]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[22.0]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[-1]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[{{"range":[90,80]}}]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[{{"range":[1,2,3]}}]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[{{"elem":{{"val":22,"comment":"x"}}}}]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":22}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[22],"size":9}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[22],"elem":[23]}}"#),
+        format!(r#"{{{ports},"flags":["interval"],"elem":[{{"concat":["10.0.0.1",22]}}]}}"#),
+        r#"{"family":"inet","name":"p\u0041","table":"portcullis","type":"inet_service","flags":["interval"],"elem":[1]}"#.to_owned(),
+        r#"{"family":"ip","name":"p","table":"portcullis","type":"inet_service","flags":["interval"]}"#.to_owned(),
+        r#"{"name":"p","table":"portcullis","type":"inet_service","flags":["interval"]}"#.to_owned(),
+        r#"{"family":"inet","name":"p","table":"portcullis","type":"ipv4_addr","flags":["interval"]}"#.to_owned(),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["10.0.0.1",22]}},{{"concat":[{{"prefix":{{"addr":"10.1.0.0","len":16}}}},{{"range":[1,9]}}]}},{{"concat":[{{"range":["10.2.0.1","10.2.0.6"]}},443]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":[{{"prefix":{{"addr":"10.1.2.3","len":16}}}},1]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":[{{"prefix":{{"addr":"10.1.0.0","len":16,"x":1}}}},1]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":[{{"prefix":{{"addr":"10.1.0.0","len":33}}}},1]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["fd77::1",22]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":[{{"range":["10.0.0.1","fd77::1"]}},22]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["10.0.0.1",22,1]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["10.0.0.1"]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["10.0.0.1",{{"concat":["10.0.0.1",1]}}]}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["10.0.0.1",22],"x":1}}]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[22]}}"#),
+        format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["not-an-ip",22]}}]}}"#),
+        format!(r#"{{{v6},"flags":["interval"],"elem":[{{"concat":[{{"prefix":{{"addr":"fd77::","len":64}}}},22]}},{{"concat":["10.0.0.1",22]}}]}}"#),
+        format!(r#"{{{v6},"flags":["interval"],"elem":[{{"concat":[{{"range":["fd77::1","fd77::9"]}},{{"range":[5,6]}}]}}]}}"#),
+    ] {
+        docs.push(set(&body));
+    }
+    docs.push(r#"{"nftables":[{"set":{"family":"inet","name":"p","table":"portcullis","type":"inet_service","flags":["interval"]},"x":{}}]}"#.to_owned());
+    docs.push(r#"{"nftables":[{}]}"#.to_owned());
+    docs.push(r#"{"nftables":{}}"#.to_owned());
+    docs.push(r#"{"nftables":[{"set":[]}]}"#.to_owned());
+    docs.push(r#"{"nftables":[]} x"#.to_owned());
+    for doc in &docs {
+        for foreign in [Foreign::Error, Foreign::Skip] {
+            let typed = parse(doc, foreign);
+            let values = parse_values(doc, foreign);
+            match (&typed, &values) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{doc}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{doc}"),
+                _ => panic!("{doc}: typed {typed:?} vs value {values:?}"),
+            }
+        }
+    }
+    // The typed path did take our shapes: every set of the kernel's own listings.
+    for f in ["seed", "from"] {
+        let items = typed::split(fixture(f)).unwrap();
+        let sets: Vec<_> = items.iter().filter(|(k, _)| k == "set").collect();
+        assert!(!sets.is_empty());
+        for (_, raw) in sets {
+            assert!(typed::set(raw.get()).is_some(), "{f}: {}", raw.get());
+        }
+    }
+    let taken = set(&format!(
+        r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["10.0.0.1",22]}}]}}"#
+    ));
+    let items = typed::split(&taken).unwrap();
+    assert!(typed::set(items[2].1.get()).is_some());
+    assert!(typed::set(r#"{"family":"inet"}"#).is_none());
+}
