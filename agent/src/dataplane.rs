@@ -4,14 +4,15 @@
 //! carries `add table` + `delete table` + the full table, so the kernel applies all of it or
 //! nothing; no `nft -c` on this path), `nft -j list table inet portcullis` for readback
 //! ([`Dataplane::read_back`]). [`Dataplane::read_table`] is the parsed readback the agent
-//! verifies with; the nft dataplane reads set elements over netlink there (see
-//! [`nft`]'s docs).
+//! verifies with; the nft dataplane reads the table over netlink there (see [`nft`]'s
+//! docs).
 //! [`FakeDataplane`] is an in-memory kernel for unit tests of the logic above it.
 //!
 //! Implementations must only ever touch `table inet portcullis`.
 
 mod fake;
 mod netlink;
+mod netlink_table;
 mod nft;
 pub mod nft_json;
 

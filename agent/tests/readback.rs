@@ -1,7 +1,7 @@
-//! `NftDataplane::read_table` (terse listing + set elements over netlink) against the
-//! general readback (`nft -j list table` + `parse_readback`) on the real kernel: equal for
-//! every table we compile, and for hand-edited tables either equal or left to the general
-//! readback (never a different answer).
+//! `NftDataplane`'s fast readbacks (all over netlink; terse listing + set elements over
+//! netlink) against the general one (`nft -j list table` + `parse_readback`) on the real
+//! kernel: equal for every table we compile, and for hand-edited tables either equal or
+//! left to the general readback (never a different answer).
 //!
 //! Fails without root unless `PORTCULLIS_SKIP_NETNS=1`.
 
@@ -35,16 +35,20 @@ fn policy(yaml: &str) -> HostPolicy {
     portcullis_policy::site::load_host_policy(&src).expect("policy")
 }
 
-const POLICIES: [&str; 5] = [
+const POLICIES: [&str; 9] = [
     "allow:\n  - smtp/tcp\n  - domain/udp\n  - http/tcp\n",
     "allow:\n  - { port: 1-3, proto: tcp }\n  - { port: 5, proto: tcp }\n  - { port: 60000-65535, proto: tcp }\n  - { port: 65535, proto: udp }\n  - { port: 7, proto: udp }\n",
     "replies: stateful\nmode: audit\ninterface: eth9\nallow:\n  - ntp/udp\n  - { port: 22, proto: tcp, from: [10.77.0.0/24, 10.77.1.5/32, \"fd77::/64\"] }\n  - { port: 53, proto: udp, from: [\"fd77:1::7/128\"] }\n",
     "allow:\n  - { port: 8000-8100, proto: tcp, from: [10.0.0.0/8, 0.0.0.0/0] }\n  - { port: 1-65535, proto: udp, from: [\"::/0\"] }\n  - { port: 443, proto: tcp, from: [192.0.2.0/25, 192.0.2.128/26, \"2001:db8::/33\"] }\n",
     "allow: []\n",
+    "interface: eth0\nmode: audit\nlog: { rate: 10/minute, burst: 20, group: 9 }\nallow:\n  - { port: 22, proto: tcp, from: [192.0.2.1/32] }\n",
+    "interface: \"veth*\"\nlog: { rate: 3/hour, burst: 1, group: 0 }\nallow: [http/tcp]\n",
+    "interface: wan0\nreplies: stateful\nlog: { rate: 1/day, burst: 1000, group: 65535 }\nallow: [domain/udp]\n",
+    "interface: all\nlog: { rate: 5/second, burst: 5 }\nallow: [ssh/tcp]\n",
 ];
 
 #[test]
-fn split_readback_equals_the_general_one_for_compiled_tables() {
+fn fast_readbacks_equal_the_general_one_for_compiled_tables() {
     if !require_root_netns() {
         return;
     }
@@ -52,6 +56,7 @@ fn split_readback_equals_the_general_one_for_compiled_tables() {
     ns.enter(|| {
         let nft = NftDataplane::default();
         assert_eq!(nft.read_table_split(), Ok(None), "no table yet");
+        assert_eq!(nft.read_table_netlink(), Ok(None), "no table yet");
         assert_eq!(nft.read_table().unwrap(), None);
         // Another inet table (skipped) next to ours.
         nft_script(
@@ -60,11 +65,13 @@ fn split_readback_equals_the_general_one_for_compiled_tables() {
         for (i, yaml) in POLICIES.iter().enumerate() {
             let compiled = compile(&policy(yaml), &Default::default(), 3).expect("compile");
             nft.replace(&compiled).expect("apply");
-            let split = nft.read_table_split();
             let want = general(&nft);
-            assert_eq!(split.as_ref().ok(), Some(&want), "policy {i}: {split:?}");
+            let split = nft.read_table_split();
+            let netlink = nft.read_table_netlink();
             assert_eq!(nft.read_table().unwrap(), want, "policy {i}");
-            assert_eq!(want.unwrap().ruleset, compiled, "policy {i}");
+            assert_eq!(want.as_ref().map(|t| &t.ruleset), Some(&compiled), "policy {i}");
+            assert_eq!(split.as_ref().ok(), Some(&want), "policy {i}: {split:?}");
+            assert_eq!(netlink.as_ref().ok(), Some(&want), "policy {i}: {netlink:?}");
         }
         nft_script("delete table inet other\n");
     })
@@ -79,25 +86,58 @@ fn hand_edits_read_the_same_either_way() {
     let ns = NetNs::new().expect("ns");
     let base = compile(&policy(POLICIES[2]), &Default::default(), 4).expect("compile");
     // (edit, whether the split readback must still take it: elements it decodes itself)
-    let edits: [(&str, bool); 10] = [
+    let edits: [(&str, bool); 15] = [
+        // Rules of our shapes added by hand: every path reads them the same.
+        (
+            "add rule inet portcullis guard tcp dport 2323 counter accept",
+            true,
+        ),
+        (
+            "insert rule inet portcullis guard ct state new counter drop",
+            true,
+        ),
+        (
+            "add rule inet portcullis input iifname \"eth*\" counter jump guard",
+            true,
+        ),
+        (
+            "add rule inet portcullis guard meta l4proto { tcp, udp } th dport 22 counter accept",
+            true,
+        ),
+        (
+            "add rule inet portcullis guard ip6 saddr . udp dport @allow_tcp_v6 counter drop",
+            false,
+        ),
         ("add element inet portcullis allow_udp { 124 }", true),
         ("add element inet portcullis allow_udp { 0, 2 }", true),
-        ("add element inet portcullis allow_udp { 1000-2000, 65535 }", true),
+        (
+            "add element inet portcullis allow_udp { 1000-2000, 65535 }",
+            true,
+        ),
         (
             "add element inet portcullis allow_tcp_v4 { 10.1.0.1-10.1.0.5 . 443, 10.9.0.0/16 . 1-2 }",
             true,
         ),
-        ("delete element inet portcullis allow_tcp_v4 { 10.77.1.5 . 22 }", true),
+        (
+            "delete element inet portcullis allow_tcp_v4 { 10.77.1.5 . 22 }",
+            true,
+        ),
         (
             "add element inet portcullis allow_udp { 4242 comment \"hand\" }",
             false,
         ),
-        ("add rule inet portcullis guard tcp dport 2323 accept", false),
+        (
+            "add rule inet portcullis guard tcp dport 2323 accept",
+            false,
+        ),
         (
             "add set inet portcullis t { type inet_service; flags interval,timeout; }",
             false,
         ),
-        ("add map inet portcullis m { type inet_service : verdict; }", false),
+        (
+            "add map inet portcullis m { type inet_service : verdict; }",
+            false,
+        ),
         ("add chain inet portcullis x", true),
     ];
     ns.enter(|| {
@@ -107,13 +147,14 @@ fn hand_edits_read_the_same_either_way() {
             nft_script(&format!("{edit}\n"));
             let want = general(&nft).expect("table");
             assert_ne!(want.ruleset, base, "{edit}: the edit shows");
-            let split = nft.read_table_split();
-            match &split {
-                Ok(got) => assert_eq!(got.as_ref(), Some(&want), "{edit}"),
-                Err(why) => assert!(!decoded, "{edit}: fell back: {why}"),
-            }
-            if decoded {
-                assert!(split.is_ok(), "{edit}: {split:?}");
+            for (path, got) in [
+                ("split", nft.read_table_split()),
+                ("netlink", nft.read_table_netlink()),
+            ] {
+                match &got {
+                    Ok(got) => assert_eq!(got.as_ref(), Some(&want), "{path}: {edit}"),
+                    Err(why) => assert!(!decoded, "{path}: {edit}: fell back: {why}"),
+                }
             }
             assert_eq!(nft.read_table().unwrap(), Some(want), "{edit}");
         }

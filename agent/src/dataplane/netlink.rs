@@ -38,7 +38,7 @@ const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 const NFPROTO_UNSPEC: u8 = 0;
-const NFPROTO_INET: u8 = 1;
+pub(super) const NFPROTO_INET: u8 = 1;
 
 const NFTA_GEN_ID: u16 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -48,6 +48,7 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_PAD: u16 = 8;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
@@ -110,6 +111,19 @@ impl NfTables {
 
     /// The elements of set `set` (of key type `key`) in table `inet <table>`.
     pub fn set_elements(&mut self, table: &str, set: &str, key: SetKey) -> io::Result<Decoded> {
+        Ok(match self.raw_set_elements(table, set)? {
+            Ok(raw) => decode(key, raw),
+            Err(why) => Decoded::Unrecognized(why),
+        })
+    }
+
+    /// The elements of set `set` in table `inet <table>` as the kernel holds them, or why
+    /// one of them is not of our shapes.
+    pub(super) fn raw_set_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+    ) -> io::Result<Result<Vec<RawElement>, String>> {
         let mut attrs = Vec::new();
         push_attr_str(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, table);
         push_attr_str(&mut attrs, NFTA_SET_ELEM_LIST_SET, set);
@@ -156,9 +170,32 @@ impl NfTables {
             Ok(())
         })?;
         Ok(match odd {
-            Some(why) => Decoded::Unrecognized(why),
-            None => decode(key, raw),
+            Some(why) => Err(why),
+            None => Ok(raw),
         })
+    }
+
+    /// One request (a dump, or a get answered by one message): the attributes of each
+    /// answer, owned.
+    pub(super) fn request(
+        &mut self,
+        msg: u16,
+        dump: bool,
+        family: u8,
+        attrs: &[u8],
+    ) -> io::Result<Vec<Vec<u8>>> {
+        let flags = if dump {
+            NLM_F_REQUEST | NLM_F_DUMP
+        } else {
+            NLM_F_REQUEST
+        };
+        let seq = self.send(msg, flags, family, attrs)?;
+        let mut out = Vec::new();
+        self.receive(seq, dump, |_, a| {
+            out.push(a.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn send(&mut self, msg: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<u32> {
@@ -236,7 +273,7 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
-fn push_attr_str(out: &mut Vec<u8>, kind: u16, value: &str) {
+pub(super) fn push_attr_str(out: &mut Vec<u8>, kind: u16, value: &str) {
     let len = 4 + value.len() + 1;
     out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -247,11 +284,11 @@ fn push_attr_str(out: &mut Vec<u8>, kind: u16, value: &str) {
 
 /// One kernel element, as far as we accept it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct RawElement {
-    key: Vec<u8>,
-    key_end: Option<Vec<u8>>,
-    interval_end: bool,
-    interval_open: bool,
+pub(super) struct RawElement {
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+    pub interval_end: bool,
+    pub interval_open: bool,
 }
 
 impl RawElement {
@@ -290,6 +327,7 @@ impl RawElement {
                         _ => return Err("element user data (comment?)".to_owned()),
                     }
                 }
+                NFTA_SET_ELEM_PAD => {}
                 other => return Err(format!("element attribute {other}")),
             }
         }

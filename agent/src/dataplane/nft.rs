@@ -3,17 +3,24 @@
 //! One process per operation; scripts go through stdin (`nft -f -`), never through a
 //! temporary file. Errors carry nft's stderr verbatim (it names the offending line).
 //!
-//! [`Dataplane::read_table`] (the agent's verification) reads the whole table in two
-//! parts instead of `nft -j list table`, whose cost at 10k set elements exceeds the apply's
-//! (nft decomposes the intervals and renders every element as JSON): chains, rules and set
-//! declarations from `nft -j -t list ruleset inet` (terse: without named sets' elements;
-//! other tables are skipped), and each of our sets' elements from the kernel over netlink
-//! ([`super::netlink`]), bracketed by the ruleset generation (retried if it moved). Only a
-//! table made entirely of our shapes is read this way; anything else (an unknown object or
-//! rule, an element we would not write, a netlink error) makes it read the table with
-//! `nft -j list table`, which is what [`Dataplane::read_table`] returns anyway.
+//! [`Dataplane::read_table`] (the agent's verification) does not use `nft -j list table`,
+//! whose cost at 10k set elements exceeds the apply's (nft decomposes the intervals and
+//! renders every element as JSON), and avoids a second nft process per apply. It reads the
+//! whole table, in the first of these ways that recognizes all of it:
+//! 1. over netlink only ([`super::netlink_table`]): table, sets and elements, chains,
+//!    rules, decoded exactly as nft would print them for the shapes we write;
+//! 2. chains, rules and set declarations from `nft -j -t list ruleset inet` (terse:
+//!    without named sets' elements; other tables skipped), each set's elements over
+//!    netlink ([`super::netlink`]);
+//! 3. `nft -j list table inet portcullis` ([`Dataplane::read_back`]).
+//!
+//! 1 and 2 are bracketed by the ruleset generation (retried if it moved) and answer only
+//! for a table made entirely of our shapes; anything else (an unknown object or rule, an
+//! element or option we would not write, a netlink error) goes on to the next way, so what
+//! they return is what 3 would. Tests compare the three on the real kernel.
 
 use super::netlink::{Decoded, NfTables};
+use super::netlink_table;
 use super::{Dataplane, DataplaneError, KernelTable, parse_table};
 use portcullis_policy::render::delete_script;
 use portcullis_policy::ruleset::{Rule, Set};
@@ -77,6 +84,24 @@ impl NftDataplane {
 
     fn command_line(&self, args: &[&str]) -> String {
         format!("{} {}", self.nft.display(), args.join(" "))
+    }
+
+    /// Our table read entirely over netlink (no nft process; see [`super::netlink_table`]);
+    /// `Err(why)` when it holds anything that module does not recognize, or on any
+    /// error. [`Dataplane::read_table`] tries this first; public for tests and benchmarks.
+    pub fn read_table_netlink(&self) -> Result<Option<KernelTable>, String> {
+        const ATTEMPTS: usize = 3;
+        let mut nl = NfTables::open().map_err(|e| format!("netlink: {e}"))?;
+        for _ in 0..ATTEMPTS {
+            let generation = nl.generation().map_err(|e| format!("netlink: {e}"))?;
+            let table = netlink_table::read(&mut nl).map_err(|e| format!("netlink: {e}"))??;
+            if nl.generation().map_err(|e| format!("netlink: {e}"))? == generation {
+                return Ok(table);
+            }
+        }
+        Err(format!(
+            "the ruleset changed during each of {ATTEMPTS} reads"
+        ))
     }
 
     /// Our table read as terse listing + netlink element dumps (see the module docs);
@@ -166,6 +191,11 @@ impl Dataplane for NftDataplane {
     }
 
     fn read_table(&self) -> Result<Option<KernelTable>, DataplaneError> {
+        let why = match self.read_table_netlink() {
+            Ok(table) => return Ok(table),
+            Err(why) => why,
+        };
+        tracing::debug!(%why, "reading table inet portcullis with nft -j -t + netlink");
         match self.read_table_split() {
             Ok(table) => Ok(table),
             Err(why) => {
