@@ -45,8 +45,9 @@ enum Command {
     Drift(cli::drift::DriftArgs),
     /// Denied connection attempts from every host: filter, follow live, top ports/sources
     Logs(cli::logs::LogsArgs),
-    /// Re-roll a previous revision (default: the one before the latest) with the same
-    /// waves and gates as apply (exit 0 done, 5 halted, 6 rolled back, 7 aborted)
+    /// Re-roll a previous revision (default: the one before the latest) as a rollout;
+    /// without wave/confirm/gate flags, those of the latest rollout (exit 0 done, 5 halted,
+    /// 6 rolled back, 7 aborted)
     Rollback(cli::rollout::RollbackArgs),
     /// Rollouts: list, show one (waves, per-host results, who ran it), abort the running one
     Rollout {

@@ -247,15 +247,9 @@ fn waves_in_order_keep_refusal_and_rollback_restores_verdicts() {
     let text = String::from_utf8_lossy(&fleet.cli(&["history"]).stdout).into_owned();
     assert!(text.contains("wave 2: h2,h3 confirmed"), "{text}");
 
-    // Rollback to r1 (the one before the latest) restores the r1 verdicts.
-    let out = fleet.cli(&[
-        "rollback",
-        "--serial",
-        "50%",
-        "--confirm-timeout",
-        "10s",
-        "--json",
-    ]);
+    // Rollback to r1 (the one before the latest) restores the r1 verdicts; without flags
+    // it reuses the latest rollout's waves and confirmation.
+    let out = fleet.cli(&["rollback", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(out.status.code(), Some(0), "{v}\n{}", fleet.logs());
     for h in HOSTS {
@@ -272,6 +266,8 @@ fn waves_in_order_keep_refusal_and_rollback_restores_verdicts() {
     }
     let list = fleet.cli_json(&["rollout", "list", "--json"]);
     assert_eq!(list["rollouts"][0]["kind"], "rollback", "{list}");
+    assert_eq!(list["rollouts"][0]["serial"], "1,50%", "{list}");
+    assert_eq!(list["rollouts"][0]["confirm_timeout_ms"], 10000, "{list}");
     assert_eq!(list["rollouts"][0]["author"], "e2e", "{list}");
 
     // Abort: wave 1 (h1) is confirmed and sits in its 4 s denial gate; the abort stops

@@ -152,6 +152,13 @@ pub fn describe(o: &v1::RolloutInfo) -> String {
             &o.max_fail
         },
     );
+    if o.max_denial_increase > 0.0 {
+        out.push_str(&format!(
+            ", denial gate {}x over {}",
+            o.max_denial_increase,
+            humantime::format_duration(std::time::Duration::from_millis(o.denial_window_ms))
+        ));
+    }
     if !o.reason.is_empty() {
         out.push_str(&format!("\n  reason: {}", o.reason));
     }

@@ -254,7 +254,8 @@ pub async fn follow(
     Ok(status_code(status))
 }
 
-/// `portcullis rollback`
+/// `portcullis rollback`: without --serial, --max-fail, --confirm-timeout and
+/// --max-denial-increase, the latest rollout's waves, confirmation and gates are reused.
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
     /// Hosts to roll back (Ansible pattern over that revision's inventory); default all
@@ -340,6 +341,8 @@ pub fn rollout_json(r: &v1::RolloutInfo) -> serde_json::Value {
         "started_unix_ms": r.started_unix_ms, "finished_unix_ms": r.finished_unix_ms,
         "status": r.status, "reason": r.reason, "serial": r.serial, "max_fail": r.max_fail,
         "confirm_timeout_ms": r.confirm_timeout_ms,
+        "max_denial_increase": r.max_denial_increase, "denial_window_ms": r.denial_window_ms,
+        "denial_baseline_ms": r.denial_baseline_ms,
         "hosts": r.hosts.iter().map(|h| serde_json::json!({
             "host": h.host, "wave": h.wave, "previous_revision": h.previous_revision,
             "state": h.state, "detail": h.detail })).collect::<Vec<_>>(),

@@ -127,6 +127,10 @@ const MIGRATIONS: &[&str] = &[
         json TEXT NOT NULL
      );
      ALTER TABLE revision_hosts ADD COLUMN policy_id INTEGER NOT NULL DEFAULT 0;",
+    // 8: a rollout's health gates (a rollback without flags reuses them).
+    "ALTER TABLE rollouts ADD COLUMN max_denial_increase REAL NOT NULL DEFAULT 0;
+     ALTER TABLE rollouts ADD COLUMN denial_window_ms INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE rollouts ADD COLUMN denial_baseline_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

@@ -38,8 +38,17 @@ pub struct RolloutRecord {
     pub serial: String,
     pub max_fail: String,
     pub confirm_timeout_ms: u64,
+    pub gates: Gates,
     /// By wave, then host.
     pub hosts: Vec<RolloutHostRecord>,
+}
+
+/// A rollout's health-gate settings as requested (0 = off / default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Gates {
+    pub max_denial_increase: f64,
+    pub denial_window_ms: u64,
+    pub denial_baseline_ms: u64,
 }
 
 pub struct NewRollout<'a> {
@@ -49,6 +58,7 @@ pub struct NewRollout<'a> {
     pub serial: &'a str,
     pub max_fail: &'a str,
     pub confirm_timeout_ms: u64,
+    pub gates: Gates,
     pub waves: &'a [Vec<String>],
     /// Each host's desired revision before this rollout (0 = none).
     pub previous: &'a BTreeMap<String, u64>,
@@ -120,8 +130,9 @@ pub fn insert_rollout(conn: &Connection, r: &NewRollout<'_>) -> anyhow::Result<u
     let now = now_ms();
     conn.execute(
         "INSERT INTO rollouts (revision, kind, author, started_ms, status, serial, max_fail,
-                               confirm_timeout_ms, waves_json)
-         VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8)",
+                               confirm_timeout_ms, waves_json, max_denial_increase,
+                               denial_window_ms, denial_baseline_ms)
+         VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             to_i64(r.revision),
             r.kind,
@@ -130,7 +141,10 @@ pub fn insert_rollout(conn: &Connection, r: &NewRollout<'_>) -> anyhow::Result<u
             r.serial,
             r.max_fail,
             to_i64(r.confirm_timeout_ms),
-            serde_json::to_string(r.waves)?
+            serde_json::to_string(r.waves)?,
+            r.gates.max_denial_increase,
+            to_i64(r.gates.denial_window_ms),
+            to_i64(r.gates.denial_baseline_ms),
         ],
     )?;
     let id = conn.last_insert_rowid();
@@ -221,7 +235,8 @@ pub fn list_rollouts(conn: &Connection, limit: u32, id: u64) -> anyhow::Result<V
     let limit = if limit == 0 { -1 } else { i64::from(limit) };
     let mut st = conn.prepare(
         "SELECT id, revision, kind, author, started_ms, finished_ms, status, reason, serial,
-                max_fail, confirm_timeout_ms
+                max_fail, confirm_timeout_ms, max_denial_increase, denial_window_ms,
+                denial_baseline_ms
            FROM rollouts WHERE ?1 = 0 OR id = ?1 ORDER BY id DESC LIMIT ?2",
     )?;
     let mut rollouts = st
@@ -238,6 +253,11 @@ pub fn list_rollouts(conn: &Connection, limit: u32, id: u64) -> anyhow::Result<V
                 serial: r.get(8)?,
                 max_fail: r.get(9)?,
                 confirm_timeout_ms: to_u64(r.get(10)?),
+                gates: Gates {
+                    max_denial_increase: r.get(11)?,
+                    denial_window_ms: to_u64(r.get(12)?),
+                    denial_baseline_ms: to_u64(r.get(13)?),
+                },
                 hosts: Vec::new(),
             })
         })?

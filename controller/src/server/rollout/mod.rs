@@ -204,6 +204,9 @@ pub async fn list(
                 serial: r.serial,
                 max_fail: r.max_fail,
                 confirm_timeout_ms: r.confirm_timeout_ms,
+                max_denial_increase: r.gates.max_denial_increase,
+                denial_window_ms: r.gates.denial_window_ms,
+                denial_baseline_ms: r.gates.denial_baseline_ms,
                 hosts: r
                     .hosts
                     .into_iter()

@@ -133,6 +133,11 @@ pub async fn from_apply(
                         serial: &serial_s,
                         max_fail: &max_fail_s,
                         confirm_timeout_ms: req.confirm_timeout_ms,
+                        gates: store::rollout::Gates {
+                            max_denial_increase: req.max_denial_increase,
+                            denial_window_ms: req.denial_window_ms,
+                            denial_baseline_ms: req.denial_baseline_ms,
+                        },
                         waves: &waves,
                         previous: &previous,
                     },
@@ -215,7 +220,25 @@ pub async fn rollback_request(
     shared: &Shared,
     request: tonic::Request<v1::RollbackRequest>,
 ) -> Result<tonic::Request<v1::ApplyRequest>, Status> {
-    let (meta, mut ext, rb) = request.into_parts();
+    let (meta, mut ext, mut rb) = request.into_parts();
+    // No waves, confirmation or gates asked for: those of the latest rollout.
+    if rb.serial.is_empty()
+        && rb.max_fail.is_empty()
+        && rb.confirm_timeout_ms == 0
+        && rb.max_denial_increase == 0.0
+        && let Some(last) = shared
+            .store
+            .call(|c| Ok(store::rollout::list_rollouts(c, 1, 0)?.into_iter().next()))
+            .await
+            .map_err(crate::server::session::internal)?
+    {
+        rb.serial = last.serial;
+        rb.max_fail = last.max_fail;
+        rb.confirm_timeout_ms = last.confirm_timeout_ms;
+        rb.max_denial_increase = last.gates.max_denial_increase;
+        rb.denial_window_ms = last.gates.denial_window_ms;
+        rb.denial_baseline_ms = last.gates.denial_baseline_ms;
+    }
     let latest = shared
         .store
         .call(|c| store::latest_revision(c))
