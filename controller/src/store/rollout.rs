@@ -376,6 +376,7 @@ mod tests {
                         serial: "1",
                         max_fail: "0",
                         confirm_timeout_ms: 5000,
+                        gates: Gates::default(),
                         waves: &waves,
                         previous: &prev,
                     },
