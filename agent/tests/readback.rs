@@ -86,7 +86,12 @@ fn hand_edits_read_the_same_either_way() {
     let ns = NetNs::new().expect("ns");
     let base = compile(&policy(POLICIES[2]), &Default::default(), 4).expect("compile");
     // (edit, whether the split readback must still take it: elements it decodes itself)
-    let edits: [(&str, bool); 15] = [
+    let edits: [(&str, bool); 16] = [
+        // An anonymous set, printed inline by nft (not a set match of ours).
+        (
+            "add rule inet portcullis guard tcp dport { 22, 80 } counter accept",
+            false,
+        ),
         // Rules of our shapes added by hand: every path reads them the same.
         (
             "add rule inet portcullis guard tcp dport 2323 counter accept",

@@ -564,8 +564,12 @@ fn recognize(e: &[Expr<'_>], anonymous: &BTreeMap<String, bool>) -> Option<(Rule
 }
 
 /// Rules that start with `meta l4proto` (or `meta nfproto`).
-fn recognize_l4(e: &[Expr<'_>], anonymous: &BTreeMap<String, bool>) -> Option<(Rule, (u64, u64))> {
-    if let Some(found) = saddr_set_match(e) {
+fn recognize_l4<'a>(
+    e: &[Expr<'a>],
+    anonymous: &BTreeMap<String, bool>,
+) -> Option<(Rule, (u64, u64))> {
+    let named = |lk: &Expr<'a>| named_lookup(lk, anonymous);
+    if let Some(found) = saddr_set_match(e, named) {
         return Some(found);
     }
     let [l4, sel, dport, rest @ ..] = e else {
@@ -577,11 +581,11 @@ fn recognize_l4(e: &[Expr<'_>], anonymous: &BTreeMap<String, bool>) -> Option<(R
         // tcp/udp dport @set | tcp/udp dport <ports>
         let proto = proto(d)?;
         return match rest {
-            [lk, c, v] if lookup(lk).is_some() => Some((
+            [lk, c, v] if named(lk).is_some() => Some((
                 Rule::SetMatch {
                     saddr: None,
                     proto,
-                    set: lookup(lk)?.to_owned(),
+                    set: named(lk)?.to_owned(),
                     verdict: verdict(v)?,
                 },
                 counter(c)?,
@@ -630,8 +634,17 @@ fn recognize_l4(e: &[Expr<'_>], anonymous: &BTreeMap<String, bool>) -> Option<(R
     }
 }
 
+/// `lookup` of a named set: `@__setN` is how nft spells an anonymous set (`{ 22, 80 }`),
+/// which it prints inline.
+fn named_lookup<'a>(lk: &Expr<'a>, anonymous: &BTreeMap<String, bool>) -> Option<&'a str> {
+    lookup(lk).filter(|n| !anonymous.contains_key(*n))
+}
+
 /// `ip saddr . tcp dport @set counter <verdict>` (or ip6, udp).
-fn saddr_set_match(e: &[Expr<'_>]) -> Option<(Rule, (u64, u64))> {
+fn saddr_set_match<'a>(
+    e: &[Expr<'a>],
+    named: impl Fn(&Expr<'a>) -> Option<&'a str>,
+) -> Option<(Rule, (u64, u64))> {
     let [nf, nfc, l4, l4c, addr, dport, lk, c, v] = e else {
         return None;
     };
@@ -655,7 +668,7 @@ fn saddr_set_match(e: &[Expr<'_>]) -> Option<(Rule, (u64, u64))> {
         Rule::SetMatch {
             saddr: Some(l3),
             proto,
-            set: lookup(lk)?.to_owned(),
+            set: named(lk)?.to_owned(),
             verdict: verdict(v)?,
         },
         counter(c)?,
