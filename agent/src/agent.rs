@@ -159,9 +159,10 @@ impl Agent {
                     }
                 }
                 // A different ruleset is applied whatever the kernel holds, so no readback
-                // before it (at 10k elements `nft -j list` costs more than the apply):
-                // the diff and previous hash are against the last verified ruleset, and
-                // the readback below verifies the kernel.
+                // before it (on a hand-edited table it is `nft -j list`, which at 10k
+                // elements costs more than the apply): the diff and previous hash are
+                // against the last verified ruleset, and the readback below verifies the
+                // kernel.
                 None => {
                     let prepared = self.apply_preparing(&desired, policy, revision)?;
                     match &current {

@@ -61,7 +61,8 @@ pub struct Global {
     /// State directory (last-known-good record).
     #[arg(long, global = true, env = "PORTCULLIS_STATE_DIR", default_value = crate::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
-    /// The nft binary.
+    /// The nft binary (applies, and reads a table the agent's netlink reader does not
+    /// recognize; the table is read back over netlink, in the agent's own network namespace).
     #[arg(long, global = true, env = "PORTCULLIS_NFT", default_value = "nft")]
     pub nft: PathBuf,
     /// Log filter for stderr (tracing `EnvFilter` syntax), e.g. `info` or `portcullis_agent=debug`.
