@@ -226,6 +226,7 @@ fn log(v: &Node, cx: &mut Ctx<'_>) -> Option<LogSpec> {
         group: crate::model::DEFAULT_LOG_GROUP,
     };
     let mut ok = true;
+    let mut burst_node = None;
     for (key, val) in entries {
         match key.as_str() {
             Some("rate") => match rate(val, cx) {
@@ -233,7 +234,10 @@ fn log(v: &Node, cx: &mut Ctx<'_>) -> Option<LogSpec> {
                 None => ok = false,
             },
             Some("burst") => match number(val, "`log.burst`", 1, u64::from(u32::MAX), cx) {
-                Some(n) => out.limit.burst = n as u32,
+                Some(n) => {
+                    out.limit.burst = n as u32;
+                    burst_node = Some(val);
+                }
                 None => ok = false,
             },
             Some("group") => match number(val, "`log.group` (NFLOG group)", 0, 65535, cx) {
@@ -245,6 +249,27 @@ fn log(v: &Node, cx: &mut Ctx<'_>) -> Option<LogSpec> {
                 ok = false;
             }
         }
+    }
+    // The kernel's limit keeps burst x unit in nanoseconds in 64 bits ("Value too large").
+    let unit_ns: u64 = match out.limit.per {
+        crate::model::RateUnit::Second => 1_000_000_000,
+        crate::model::RateUnit::Minute => 60_000_000_000,
+        crate::model::RateUnit::Hour => 3_600_000_000_000,
+        crate::model::RateUnit::Day => 86_400_000_000_000,
+    };
+    if let Some(node) = burst_node
+        && u64::from(out.limit.burst).checked_mul(unit_ns).is_none()
+    {
+        cx.err(
+            node,
+            format!(
+                "`log.burst`: {} is too large for a rate per {} (the kernel allows at most {})",
+                out.limit.burst,
+                out.limit.per,
+                u64::MAX / unit_ns
+            ),
+        );
+        ok = false;
     }
     ok.then_some(out)
 }

@@ -254,3 +254,13 @@ fn suggestions() {
     assert_eq!(suggest("xyzzy", ["allow", "log"]), None);
     assert_eq!(suggest("lg", ["log"]), Some("log"));
 }
+
+#[test]
+fn a_burst_the_kernel_cannot_hold_is_refused() {
+    errs(
+        "log: { rate: 1/day, burst: 4294967295 }\n",
+        &[(1, 28, "too large for a rate per day (the kernel allows at most 213503)")],
+    );
+    assert!(pol("log: { rate: 1/day, burst: 213503 }\n").is_ok());
+    assert!(pol("log: { rate: 5/second, burst: 4294967295 }\n").is_ok());
+}
