@@ -6,9 +6,12 @@
 //!   `<!-- END name -->` in a markdown file (docs/BENCHMARKS.md), so each benchmark
 //!   rewrites only its own tables and the hand-written text around them stays.
 //! - [`ProcStats`]: CPU time and RSS of this process (or a child) from `/proc`.
+//! - [`sim`]: simulated agents; [`fleet`]: PKI, listener, inventory and the simulated
+//!   agents' child process for the benchmarks that run a controller against them.
 //!
 //! Benchmarks only print and write numbers; nothing here asserts a time.
 
+pub mod fleet;
 pub mod raw;
 pub mod sim;
 

@@ -1,13 +1,17 @@
-//! Simulated agents for fleet-bench: N mutual-TLS sessions from one process, each with its
-//! own agent certificate (issued in memory from the bench CA), sending `Hello` and
-//! answering every `Desired` with `Applied` and the hash it compiles (like a real agent,
-//! minus nftables).
+//! Simulated agents for fleet-bench and rollout-bench: N mutual-TLS sessions from one
+//! process, each with its own agent certificate (issued in memory from the bench CA),
+//! sending `Hello` and answering every `Desired` with `Applied` and the hash it compiles
+//! (like a real agent, minus nftables), and every `VerifyNow` with an in-sync
+//! `DriftReport` of what it applied (a rollout's drift gate). With [`SimArgs::reconnect_on_confirm`], a
+//! `Desired` with a confirm deadline is followed, like the agent does, by closing the
+//! session and opening a new connection whose `Hello` attests the new revision and hash;
+//! `Confirm` is then counted.
 //!
 //! Runs in a child process (`fleet-bench sim ...`) so the controller's process holds only
 //! its own side of the connections (fds, CPU, RSS measured apart). Prints `CERTS <s>`
 //! when the certificates are ready, `READY <s>` when every session is open (the
-//! controller returned the response headers, i.e. it processed the Hello), and exits when
-//! its stdin closes.
+//! controller returned the response headers, i.e. it processed the Hello), answers a
+//! `STATS` line on stdin with its counters, and exits when its stdin closes.
 
 use anyhow::{Context as _, Result};
 use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
@@ -19,7 +23,7 @@ use rcgen::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -50,6 +54,30 @@ pub struct SimArgs {
     pub ca_key_pem: String,
     pub n: usize,
     pub concurrency: usize,
+    /// Behave like the agent under commit-confirmed: after answering a `Desired` with a
+    /// confirm deadline, close the session and open a new one whose `Hello` attests the
+    /// new revision and hash (fleet-bench: off; its pushes carry no deadline anyway).
+    pub reconnect_on_confirm: bool,
+}
+
+impl SimArgs {
+    /// Agents certified by the CA of the PKI in `pki_dir` (its key signs their certificates).
+    pub fn from_pki(
+        url: &str,
+        pki_dir: &std::path::Path,
+        n: usize,
+        concurrency: usize,
+    ) -> Result<Self> {
+        let pki = portcullis_controller::pki::Pki::new(pki_dir);
+        Ok(Self {
+            url: url.to_owned(),
+            ca_cert_pem: std::fs::read_to_string(pki.ca_cert())?,
+            ca_key_pem: std::fs::read_to_string(pki.ca_key())?,
+            n,
+            concurrency,
+            reconnect_on_confirm: false,
+        })
+    }
 }
 
 struct AgentCert {
@@ -83,14 +111,17 @@ fn issue(issuer: &Issuer<'_, KeyPair>, i: usize) -> Result<AgentCert> {
     })
 }
 
-fn hello(host: &str) -> v1::AgentMessage {
+/// `Hello` of `host`, attesting `applied` (revision, hash; `(0, "")` = nothing applied).
+fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
     v1::AgentMessage {
         msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
             protocol_version: portcullis_proto::PROTOCOL_VERSION,
             host: host.to_owned(),
             agent_version: "fleet-bench-sim".into(),
             facts: Some(v1::Facts::from(&facts(host))),
-            ..Default::default()
+            applied_revision: applied.0,
+            applied_hash: applied.1.clone(),
+            kernel_hash: applied.1.clone(),
         })),
     }
 }
@@ -120,33 +151,78 @@ fn answer(host: &str, d: &v1::Desired) -> v1::AgentMessage {
     }
 }
 
+/// What the simulated agents did, for `STATS`.
+#[derive(Debug, Default)]
+struct Counters {
+    /// `Desired` answered with `Applied`.
+    answered: AtomicU64,
+    /// Sessions re-opened after applying under commit-confirmed.
+    reconnects: AtomicU64,
+    /// Re-opening failed (retried).
+    reconnect_errors: AtomicU64,
+    /// `Confirm` received.
+    confirmed: AtomicU64,
+    /// `Revert` received.
+    reverts: AtomicU64,
+    /// `VerifyNow` answered.
+    verified: AtomicU64,
+}
+
+impl Counters {
+    fn line(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "{} {} {} {} {} {}",
+            g(&self.answered),
+            g(&self.reconnects),
+            g(&self.confirmed),
+            g(&self.reverts),
+            g(&self.reconnect_errors),
+            g(&self.verified)
+        )
+    }
+}
+
+type Outbound = mpsc::Sender<v1::AgentMessage>;
+type Inbound = tonic::Streaming<v1::ControllerMessage>;
+
+/// A new connection (TCP + TLS 1.3 mutual handshake, like the agent's every session) and
+/// a session opened with a `Hello` attesting `applied`.
+async fn connect(
+    url: &str,
+    ca: &Certificate,
+    cert: &AgentCert,
+    applied: &(u64, String),
+) -> Result<(Outbound, Inbound)> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls)?
+        .connect()
+        .await
+        .context("connect")?;
+    let mut client = v1::session_client::SessionClient::new(channel);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(hello(&cert.host, applied)).await?;
+    let inbound = client
+        .open(ReceiverStream::new(rx))
+        .await
+        .context("open")?
+        .into_inner();
+    Ok((tx, inbound))
+}
+
 async fn run_agent(
-    url: String,
+    args: Arc<SimArgs>,
     ca: Certificate,
     cert: AgentCert,
     opened: mpsc::Sender<Result<()>>,
-    answered: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 ) {
-    let session = async {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(ca)
-            .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
-        let channel = Endpoint::from_shared(url)?
-            .tls_config(tls)?
-            .connect()
-            .await
-            .context("connect")?;
-        let mut client = v1::session_client::SessionClient::new(channel);
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(hello(&cert.host)).await?;
-        let inbound = client
-            .open(ReceiverStream::new(rx))
-            .await
-            .context("open")?
-            .into_inner();
-        Ok::<_, anyhow::Error>((tx, inbound))
-    };
-    let (tx, mut inbound) = match session.await {
+    // What this agent "runs": (revision, hash), attested in every Hello.
+    let mut applied = (0u64, String::new());
+    let (mut tx, mut inbound) = match connect(&args.url, &ca, &cert, &applied).await {
         Ok(s) => {
             let _ = opened.send(Ok(())).await;
             s
@@ -157,18 +233,83 @@ async fn run_agent(
         }
     };
     drop(opened);
-    while let Some(Ok(msg)) = inbound.next().await {
-        if let Some(v1::controller_message::Msg::Desired(d)) = msg.msg {
-            let reply = answer(&cert.host, &d);
-            if tx.send(reply).await.is_err() {
-                return;
+    loop {
+        let Some(Ok(msg)) = inbound.next().await else {
+            return;
+        };
+        match msg.msg {
+            Some(v1::controller_message::Msg::Desired(d)) => {
+                let reply = answer(&cert.host, &d);
+                let ok = matches!(&reply.msg,
+                    Some(v1::agent_message::Msg::Applied(a)) if a.ok);
+                if let Some(v1::agent_message::Msg::Applied(a)) = &reply.msg
+                    && a.ok
+                {
+                    applied = (a.revision, a.hash.clone());
+                }
+                if tx.send(reply).await.is_err() {
+                    return;
+                }
+                counters.answered.fetch_add(1, Ordering::Relaxed);
+                if args.reconnect_on_confirm && d.confirm_timeout_ms > 0 && ok {
+                    // Like the agent: end this session, come back at once on a new
+                    // connection whose Hello attests the new revision, wait for Confirm.
+                    // Half-close first and let the controller end the stream, so the
+                    // Applied above is delivered before the connection goes.
+                    drop(tx);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                        while let Some(Ok(_)) = inbound.next().await {}
+                    })
+                    .await;
+                    drop(inbound);
+                    (tx, inbound) = loop {
+                        match connect(&args.url, &ca, &cert, &applied).await {
+                            Ok(s) => break s,
+                            Err(e) => {
+                                if counters.reconnect_errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                                    eprintln!("sim: {}: reconnect failed: {e:#}", cert.host);
+                                }
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                        }
+                    };
+                    counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            answered.fetch_add(1, Ordering::Relaxed);
+            Some(v1::controller_message::Msg::Verify(v)) => {
+                // The rollout's drift gate (and `portcullis drift`): the "kernel" holds
+                // exactly what was applied.
+                let report = v1::DriftReport {
+                    revision: applied.0,
+                    in_sync: true,
+                    expected_hash: applied.1.clone(),
+                    kernel_hash: applied.1.clone(),
+                    trigger: "request".into(),
+                    request_id: v.request_id,
+                    ..Default::default()
+                };
+                let msg = v1::AgentMessage {
+                    msg: Some(v1::agent_message::Msg::Drift(report)),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                counters.verified.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(v1::controller_message::Msg::Confirm(_)) => {
+                counters.confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(v1::controller_message::Msg::Revert(_)) => {
+                counters.reverts.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 }
 
-/// The child process's main: issue, connect, then serve until stdin closes.
+/// The child process's main: issue, connect, then serve until stdin closes. A `STATS`
+/// line on stdin is answered with `STATS <answered> <reconnects> <confirmed> <reverts>
+/// <reconnect errors> <verified>` on stdout.
 pub async fn run(args: SimArgs) -> Result<()> {
     let t = Instant::now();
     let issuer = Issuer::from_ca_cert_pem(&args.ca_cert_pem, KeyPair::from_pem(&args.ca_key_pem)?)?;
@@ -179,20 +320,21 @@ pub async fn run(args: SimArgs) -> Result<()> {
 
     let t = Instant::now();
     let ca = Certificate::from_pem(&args.ca_cert_pem);
-    let answered = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let args = Arc::new(args);
     let (opened_tx, mut opened_rx) = mpsc::channel(1024);
     for cert in certs {
         let permit = permits.clone().acquire_owned().await?;
-        let (url, ca, opened, answered) = (
-            args.url.clone(),
+        let (args, ca, opened, counters) = (
+            args.clone(),
             ca.clone(),
             opened_tx.clone(),
-            answered.clone(),
+            counters.clone(),
         );
         // The permit is released once this agent's session is open (or failed).
         let (done_tx, done_rx) = mpsc::channel::<Result<()>>(1);
-        tokio::spawn(run_agent(url, ca, cert, done_tx, answered));
+        tokio::spawn(run_agent(args, ca, cert, done_tx, counters));
         tokio::spawn(async move {
             let mut done_rx = done_rx;
             let r = done_rx
@@ -222,12 +364,15 @@ pub async fn run(args: SimArgs) -> Result<()> {
     println!("READY {:.3} {ok} {failed}", t.elapsed().as_secs_f64());
 
     // Serve until the parent closes our stdin.
-    let mut buf = [0u8; 64];
-    let mut stdin = tokio::io::stdin();
-    while stdin.read(&mut buf).await.unwrap_or(0) > 0 {}
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "STATS" {
+            println!("STATS {}", counters.line());
+        }
+    }
     eprintln!(
         "sim: {} Desired answered; exiting",
-        answered.load(Ordering::Relaxed)
+        counters.answered.load(Ordering::Relaxed)
     );
     Ok(())
 }

@@ -17,22 +17,22 @@
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis_bench::fleet::{
+    SimChild, SimCmd, bind_loopback, cpu_now, inventory_yaml, make_pki, median, parse_secs, rss_now,
+};
 use portcullis_bench::raw::{RawSession, RawState};
-use portcullis_bench::{ProcStats, Table, machine, raise_nofile, ratio, write_section};
-use portcullis_controller::pki::Pki;
+use portcullis_bench::{Table, machine, raise_nofile, ratio, write_section};
 use portcullis_controller::pki::tls::{client_tls, server_tls};
 use portcullis_controller::server::{ServeConfig, expected_hash, run};
 use portcullis_policy::{Source, site};
 use portcullis_proto::v1;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::net::TcpListener;
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt as _;
 use tonic::transport::{Endpoint, Server};
@@ -52,7 +52,7 @@ struct Cli {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Give up on any phase after this long.
-    #[arg(long, default_value = "180s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "180s", value_parser = parse_secs)]
     timeout: Duration,
     /// Replace this benchmark's section of a markdown file (e.g. docs/BENCHMARKS.md).
     #[arg(long)]
@@ -69,27 +69,13 @@ enum Cmd {
         n: usize,
     },
     /// Simulated agents (internal).
-    Sim {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        pki: PathBuf,
-        #[arg(long)]
-        n: usize,
-    },
+    Sim(SimCmd),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Serialize, Deserialize)]
 enum Kind {
     Raw,
     Controller,
-}
-
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let n = s.trim_end_matches('s');
-    n.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|e| format!("{s}: {e} (write e.g. 180s)"))
 }
 
 /// What one `one` run reports (a JSON line on stdout).
@@ -112,16 +98,6 @@ struct OneResult {
 
 const PORT_BASE: u16 = 17_400;
 
-/// Binds loopback on a port below the ephemeral range (32768-60999 here).
-async fn bind() -> Result<TcpListener> {
-    for port in PORT_BASE..PORT_BASE + 200 {
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
-            return Ok(l);
-        }
-    }
-    bail!("no free port in {PORT_BASE}..{}", PORT_BASE + 200)
-}
-
 /// ~2 KB policy: the seed services plus 80 distinct ports.
 fn site_yaml() -> String {
     let mut s = String::from(
@@ -133,96 +109,12 @@ fn site_yaml() -> String {
     s
 }
 
-fn inventory_yaml(n: usize) -> String {
-    let mut s = String::from("all:\n  children:\n    sim:\n      hosts:\n");
-    for i in 0..n {
-        s.push_str(&format!(
-            "        {}:\n",
-            portcullis_bench::sim::host_name(i)
-        ));
-    }
-    s
-}
-
-fn make_pki(dir: &Path) -> Result<Pki> {
-    let pki_dir = dir.join("pki");
-    Pki::init(&pki_dir, false)?;
-    let pki = Pki::new(&pki_dir);
-    pki.issue_controller(&["127.0.0.1".into(), "localhost".into()], false)?;
-    pki.issue_admin("bench", false)?;
-    Ok(pki)
-}
-
-struct Sim {
-    child: Child,
-    lines: tokio::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl Sim {
-    async fn spawn(url: &str, pki: &Path, n: usize, concurrency: usize) -> Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("--concurrency")
-            .arg(concurrency.to_string())
-            .args(["sim", "--url", url, "--n", &n.to_string()])
-            .arg("--pki")
-            .arg(pki)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning the simulated agents")?;
-        let stdout = child.stdout.take().context("sim stdout")?;
-        Ok(Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        })
-    }
-
-    /// The next line starting with `tag`, split after it.
-    async fn expect(&mut self, tag: &str, timeout: Duration) -> Result<Vec<String>> {
-        let line = tokio::time::timeout(timeout, self.lines.next_line())
-            .await
-            .with_context(|| format!("sim: no {tag} within {timeout:?}"))??
-            .with_context(|| format!("sim exited before {tag}"))?;
-        let rest = line
-            .strip_prefix(tag)
-            .with_context(|| format!("sim said {line:?}, expected {tag}"))?;
-        Ok(rest.split_whitespace().map(str::to_owned).collect())
-    }
-
-    fn cpu(&self) -> f64 {
-        self.child
-            .id()
-            .and_then(|pid| ProcStats::of(&pid.to_string()).ok())
-            .map_or(0.0, |s| s.cpu.as_secs_f64())
-    }
-
-    async fn stop(mut self) {
-        drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-fn cpu_now() -> f64 {
-    ProcStats::current().map_or(0.0, |s| s.cpu.as_secs_f64())
-}
-
-fn rss_now() -> f64 {
-    ProcStats::current().map_or(0.0, |s| s.rss_bytes as f64 / 1048576.0)
-}
-
 /// One run of `kind` with `n` agents, in this process.
 async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
     let pki = make_pki(dir.path())?;
-    let listener = bind().await?;
+    let listener = bind_loopback(PORT_BASE).await?;
     let url = format!("https://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let shutdown = async {
@@ -274,7 +166,7 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     };
 
     let rss_idle = rss_now();
-    let mut sim = Sim::spawn(&url, pki.dir(), n, cli.concurrency).await?;
+    let mut sim = SimChild::start(&url, pki.dir(), n, cli.concurrency)?;
     sim.expect("CERTS", cli.timeout).await?;
     let (cpu0, t0) = (cpu_now(), Instant::now());
     let ready = sim.expect("READY", cli.timeout).await?;
@@ -414,16 +306,6 @@ async fn run_one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     Ok(serde_json::from_str(line)?)
 }
 
-fn med(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn render(results: &[(OneResult, OneResult)], cli: &Cli) -> String {
     let mut out = format!(
         "Machine: {}. Loopback, TLS 1.3 mutual auth, one process for the server under test \
@@ -451,14 +333,14 @@ fn render(results: &[(OneResult, OneResult)], cli: &Cli) -> String {
             let rest: Vec<f64> = r.push_s.iter().skip(1).copied().collect();
             let rest_raw: Vec<f64> = raw.push_s.iter().skip(1).copied().collect();
             let then = if rest.is_empty() {
-                med(&r.push_s)
+                median(&r.push_s)
             } else {
-                med(&rest)
+                median(&rest)
             };
             let then_raw = if rest_raw.is_empty() {
-                med(&raw.push_s)
+                median(&raw.push_s)
             } else {
-                med(&rest_raw)
+                median(&rest_raw)
             };
             let name = match r.kind {
                 Kind::Raw => "raw tonic (baseline)",
@@ -472,7 +354,7 @@ fn render(results: &[(OneResult, OneResult)], cli: &Cli) -> String {
                 format!("{:.0}", r.rss_connected_mib),
                 format!("{:.3}", r.push_s.first().copied().unwrap_or(0.0)),
                 format!("{then:.3}"),
-                format!("{:.3}", med(&r.push_cpu_s)),
+                format!("{:.3}", median(&r.push_cpu_s)),
                 ratio(
                     Duration::from_secs_f64(then),
                     Duration::from_secs_f64(then_raw),
@@ -495,15 +377,8 @@ fn main() -> Result<()> {
     raise_nofile()?;
     let rt = tokio::runtime::Runtime::new()?;
     match &cli.cmd {
-        Some(Cmd::Sim { url, pki, n }) => {
-            let pki = Pki::new(pki);
-            rt.block_on(portcullis_bench::sim::run(portcullis_bench::sim::SimArgs {
-                url: url.clone(),
-                ca_cert_pem: std::fs::read_to_string(pki.ca_cert())?,
-                ca_key_pem: std::fs::read_to_string(pki.ca_key())?,
-                n: *n,
-                concurrency: cli.concurrency,
-            }))
+        Some(Cmd::Sim(sim)) => {
+            rt.block_on(portcullis_bench::sim::run(sim.sim_args(cli.concurrency)?))
         }
         Some(Cmd::One { kind, n }) => {
             let r = rt.block_on(one(*kind, *n, &cli))?;

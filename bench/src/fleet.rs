@@ -1,0 +1,195 @@
+//! Pieces shared by the benchmarks that run a controller against simulated agents
+//! (fleet-bench, rollout-bench): a throwaway PKI, a loopback listener, the inventory of
+//! `simNNNNN` hosts, the simulated-agents child process, CPU / RSS of this process.
+
+use crate::ProcStats;
+use crate::sim::{SimArgs, host_name};
+use anyhow::{Context as _, Result, bail};
+use portcullis_controller::pki::Pki;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+
+/// A fresh CA in `dir/pki` with a controller certificate for loopback and an admin
+/// certificate named `bench`.
+pub fn make_pki(dir: &Path) -> Result<Pki> {
+    let pki_dir = dir.join("pki");
+    Pki::init(&pki_dir, false)?;
+    let pki = Pki::new(&pki_dir);
+    pki.issue_controller(&["127.0.0.1".into(), "localhost".into()], false)?;
+    pki.issue_admin("bench", false)?;
+    Ok(pki)
+}
+
+/// Binds loopback on a port in `base..base + 200` (below the ephemeral range, so the
+/// simulated agents' many outgoing ports never collide with it).
+pub async fn bind_loopback(base: u16) -> Result<TcpListener> {
+    for port in base..base.saturating_add(200) {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
+            return Ok(l);
+        }
+    }
+    bail!("no free port in {base}..{}", base.saturating_add(200))
+}
+
+/// An inventory with the hosts `sim00000` .. `sim{n-1}` in group `sim`.
+pub fn inventory_yaml(n: usize) -> String {
+    let mut s = String::from("all:\n  children:\n    sim:\n      hosts:\n");
+    for i in 0..n {
+        s.push_str(&format!("        {}:\n", host_name(i)));
+    }
+    s
+}
+
+/// CPU seconds (user + system) of this process so far, all threads, to the microsecond
+/// (`getrusage`; `/proc/self/stat` counts in 10 ms ticks).
+pub fn cpu_now() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => ProcStats::current().map_or(0.0, |s| s.cpu.as_secs_f64()),
+    }
+}
+
+/// CPU seconds of the live threads of process `pid`, to the nanosecond (sum of
+/// `/proc/<pid>/task/*/schedstat`); `None` if unreadable.
+fn threads_cpu(pid: u32) -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
+}
+
+/// Resident memory of this process, MiB.
+pub fn rss_now() -> f64 {
+    ProcStats::current().map_or(0.0, |s| s.rss_bytes as f64 / 1048576.0)
+}
+
+/// Median of `v` (0 when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `180s` or `180` as a duration (for clap).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let n = s.trim_end_matches('s');
+    n.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{s}: {e} (write e.g. 180s)"))
+}
+
+/// Arguments of the benchmarks' internal `sim` subcommand (see [`SimChild::start`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimCmd {
+    #[arg(long)]
+    pub url: String,
+    #[arg(long)]
+    pub pki: PathBuf,
+    #[arg(long)]
+    pub n: usize,
+}
+
+impl SimCmd {
+    /// What [`crate::sim::run`] needs (the CA is read from the PKI directory).
+    pub fn sim_args(&self, concurrency: usize) -> Result<SimArgs> {
+        SimArgs::from_pki(&self.url, &self.pki, self.n, concurrency)
+    }
+}
+
+/// The simulated agents in a child process (this same executable, with `args` selecting
+/// its `sim` subcommand): it prints tagged lines (`CERTS`, `READY`, `STATS`) on stdout,
+/// answers `STATS` written to its stdin, and exits when its stdin closes.
+pub struct SimChild {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl SimChild {
+    pub fn spawn(args: Vec<OsString>) -> Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the simulated agents")?;
+        let stdout = child.stdout.take().context("sim stdout")?;
+        Ok(Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// `n` agents of the PKI in `pki` connecting to `url`, from this executable's `sim`
+    /// subcommand, called as `--concurrency C sim --url U --n N --pki P`.
+    pub fn start(url: &str, pki: &Path, n: usize, concurrency: usize) -> Result<Self> {
+        Self::spawn(vec![
+            "--concurrency".into(),
+            concurrency.to_string().into(),
+            "sim".into(),
+            "--url".into(),
+            url.into(),
+            "--n".into(),
+            n.to_string().into(),
+            "--pki".into(),
+            pki.into(),
+        ])
+    }
+
+    /// The next line starting with `tag`, split after it.
+    pub async fn expect(&mut self, tag: &str, timeout: Duration) -> Result<Vec<String>> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .with_context(|| format!("sim: no {tag} within {timeout:?}"))??
+            .with_context(|| format!("sim exited before {tag}"))?;
+        let rest = line
+            .strip_prefix(tag)
+            .with_context(|| format!("sim said {line:?}, expected {tag}"))?;
+        Ok(rest.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Writes one line to the child's stdin (e.g. `STATS`).
+    pub async fn say(&mut self, line: &str) -> Result<()> {
+        let stdin = self.child.stdin.as_mut().context("sim stdin closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// CPU seconds of the child so far (its threads live as long as it does: a tokio
+    /// runtime's workers).
+    pub fn cpu(&self) -> f64 {
+        let Some(pid) = self.child.id() else {
+            return 0.0;
+        };
+        threads_cpu(pid)
+            .unwrap_or_else(|| ProcStats::of(&pid.to_string()).map_or(0.0, |s| s.cpu.as_secs_f64()))
+    }
+
+    /// Closes its stdin and waits (10 s at most, then kills it).
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
