@@ -189,20 +189,35 @@ impl v1::admin_server::Admin for AdminService {
         let mut compiled = BTreeMap::new();
         let mut unchecked = Vec::new();
         // compile reads only the policy and the default-route interface of the facts:
-        // compile and hash once per distinct pair.
-        let mut cache: std::collections::HashMap<(&HostPolicy, Option<String>), (Ruleset, String)> =
+        // compile and hash once per distinct pair. Policies are hashed once per host into
+        // an index (fleets share a handful); JSON is serialized once per distinct policy.
+        let mut index: std::collections::HashMap<&HostPolicy, usize> =
             std::collections::HashMap::new();
-        // Serialized once per distinct policy (fleets share a handful).
-        let mut json: std::collections::HashMap<&HostPolicy, String> =
-            std::collections::HashMap::new();
+        let mut jsons: Vec<String> = Vec::new();
+        let mut cache: std::collections::HashMap<
+            (usize, Option<String>),
+            (std::sync::Arc<Ruleset>, String),
+        > = std::collections::HashMap::new();
         for (host, policy) in &targets {
+            let idx = match index.get(policy) {
+                Some(i) => *i,
+                None => {
+                    jsons.push(
+                        serde_json::to_string(policy)
+                            .map_err(|e| Status::internal(e.to_string()))?,
+                    );
+                    index.insert(policy, jsons.len() - 1);
+                    jsons.len() - 1
+                }
+            };
             let expected = match self.facts_of(host).await? {
                 Some(facts) => {
-                    let key = (policy, facts.default_route_interface.clone());
+                    let key = (idx, facts.default_route_interface.clone());
                     let hit = match cache.get(&key) {
                         Some((r, h)) => Ok((r.clone(), h.clone())),
                         None => compile(policy, &facts, next_revision).map(|r| {
                             let h = r.hash().0;
+                            let r = std::sync::Arc::new(r);
                             cache.insert(key, (r.clone(), h.clone()));
                             (r, h)
                         }),
@@ -223,15 +238,7 @@ impl v1::admin_server::Admin for AdminService {
                     String::new()
                 }
             };
-            let policy_json = match json.get(policy) {
-                Some(j) => j.clone(),
-                None => {
-                    let j = serde_json::to_string(policy)
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                    json.insert(policy, j.clone());
-                    j
-                }
-            };
+            let policy_json = jsons[idx].clone();
             rows.push(RevisionHost {
                 host: host.clone(),
                 policy_json,

@@ -70,20 +70,20 @@ fn to_i64(v: u64) -> i64 {
 /// Store a revision and make it the desired one of each of its hosts. Returns its number.
 pub fn insert_revision(conn: &Connection, r: &NewRevision<'_>) -> anyhow::Result<u64> {
     let now = now_ms();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO revisions (created_ms, author, site_name, site_yaml, inventory_name,
                                 inventory_yaml, host_limit)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            now,
-            r.author,
-            r.site_name,
-            r.site_yaml,
-            r.inventory_name,
-            r.inventory_yaml,
-            r.limit
-        ],
-    )?;
+    )?
+    .execute(params![
+        now,
+        r.author,
+        r.site_name,
+        r.site_yaml,
+        r.inventory_name,
+        r.inventory_yaml,
+        r.limit
+    ])?;
     let id = conn.last_insert_rowid();
     let mut ins = conn.prepare_cached(
         "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash, policy_id)
@@ -144,7 +144,7 @@ pub fn host_connected(
     peer: &str,
 ) -> anyhow::Result<()> {
     let now = now_ms();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, agent_version, facts_json,
                             applied_revision, reported_hash, peer)
          VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -152,16 +152,16 @@ pub fn host_connected(
             first_seen_ms = CASE WHEN first_seen_ms = 0 THEN ?2 ELSE first_seen_ms END,
             last_seen_ms = ?2, agent_version = ?3, facts_json = ?4,
             applied_revision = ?5, reported_hash = ?6, peer = ?7",
-        params![
-            host,
-            now,
-            agent_version,
-            facts_json,
-            to_i64(applied_revision),
-            reported_hash,
-            peer
-        ],
-    )?;
+    )?
+    .execute(params![
+        host,
+        now,
+        agent_version,
+        facts_json,
+        to_i64(applied_revision),
+        reported_hash,
+        peer
+    ])?;
     Ok(())
 }
 
@@ -172,14 +172,14 @@ pub fn set_expected_hash(
     revision: u64,
     hash: &str,
 ) -> anyhow::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE revision_hosts SET expected_hash = ?3 WHERE host = ?1 AND revision = ?2",
-        params![host, to_i64(revision), hash],
-    )?;
-    conn.execute(
+    )?
+    .execute(params![host, to_i64(revision), hash])?;
+    conn.prepare_cached(
         "UPDATE hosts SET expected_hash = ?3 WHERE name = ?1 AND desired_revision = ?2",
-        params![host, to_i64(revision), hash],
-    )?;
+    )?
+    .execute(params![host, to_i64(revision), hash])?;
     Ok(())
 }
 
@@ -192,24 +192,27 @@ pub fn host_reported(
     error: Option<&str>,
 ) -> anyhow::Result<()> {
     match error {
-        None => conn.execute(
-            "UPDATE hosts SET last_seen_ms = ?2, applied_revision = ?3, reported_hash = ?4,
-                              last_error = '' WHERE name = ?1",
-            params![host, now_ms(), to_i64(applied_revision), reported_hash],
-        )?,
-        Some(e) => conn.execute(
-            "UPDATE hosts SET last_seen_ms = ?2, last_error = ?3 WHERE name = ?1",
-            params![host, now_ms(), e],
-        )?,
+        None => conn
+            .prepare_cached(
+                "UPDATE hosts SET last_seen_ms = ?2, applied_revision = ?3, reported_hash = ?4,
+                                  last_error = '' WHERE name = ?1",
+            )?
+            .execute(params![
+                host,
+                now_ms(),
+                to_i64(applied_revision),
+                reported_hash
+            ])?,
+        Some(e) => conn
+            .prepare_cached("UPDATE hosts SET last_seen_ms = ?2, last_error = ?3 WHERE name = ?1")?
+            .execute(params![host, now_ms(), e])?,
     };
     Ok(())
 }
 
 pub fn touch_host(conn: &Connection, host: &str) -> anyhow::Result<()> {
-    conn.execute(
-        "UPDATE hosts SET last_seen_ms = ?2 WHERE name = ?1",
-        params![host, now_ms()],
-    )?;
+    conn.prepare_cached("UPDATE hosts SET last_seen_ms = ?2 WHERE name = ?1")?
+        .execute(params![host, now_ms()])?;
     Ok(())
 }
 
@@ -240,11 +243,8 @@ pub fn list_hosts(conn: &Connection) -> anyhow::Result<Vec<HostRecord>> {
 /// Facts last reported by `host` (JSON), if it ever connected.
 pub fn host_facts(conn: &Connection, host: &str) -> anyhow::Result<Option<String>> {
     Ok(conn
-        .query_row(
-            "SELECT facts_json FROM hosts WHERE name = ?1 AND facts_json != ''",
-            params![host],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT facts_json FROM hosts WHERE name = ?1 AND facts_json != ''")?
+        .query_row(params![host], |r| r.get(0))
         .optional()?)
 }
 

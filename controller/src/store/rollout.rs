@@ -67,11 +67,8 @@ pub struct NewRollout<'a> {
 /// The desired revision of `host` (0 = none or unknown host).
 pub fn desired_revision(conn: &Connection, host: &str) -> anyhow::Result<u64> {
     Ok(conn
-        .query_row(
-            "SELECT desired_revision FROM hosts WHERE name = ?1",
-            params![host],
-            |r| r.get::<_, i64>(0),
-        )
+        .prepare_cached("SELECT desired_revision FROM hosts WHERE name = ?1")?
+        .query_row(params![host], |r| r.get::<_, i64>(0))
         .optional()?
         .map_or(0, to_u64))
 }
@@ -79,24 +76,21 @@ pub fn desired_revision(conn: &Connection, host: &str) -> anyhow::Result<u64> {
 /// Make `revision` the desired one of `host` (with that revision's stored expected hash);
 /// 0 clears it.
 pub fn set_desired(conn: &Connection, host: &str, revision: u64) -> anyhow::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE hosts SET desired_revision = ?2,
             expected_hash = COALESCE((SELECT expected_hash FROM revision_hosts
                                        WHERE revision = ?2 AND host = ?1), '')
           WHERE name = ?1",
-        params![host, to_i64(revision)],
-    )?;
+    )?
+    .execute(params![host, to_i64(revision)])?;
     Ok(())
 }
 
 /// What `host` last attested: (applied revision, kernel hash).
 pub fn host_applied(conn: &Connection, host: &str) -> anyhow::Result<Option<(u64, String)>> {
     Ok(conn
-        .query_row(
-            "SELECT applied_revision, reported_hash FROM hosts WHERE name = ?1",
-            params![host],
-            |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
-        )
+        .prepare_cached("SELECT applied_revision, reported_hash FROM hosts WHERE name = ?1")?
+        .query_row(params![host], |r| Ok((to_u64(r.get(0)?), r.get(1)?)))
         .optional()?)
 }
 
@@ -106,47 +100,49 @@ pub fn revision_sources(
     revision: u64,
 ) -> anyhow::Result<Option<(String, String, String, String)>> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT site_name, site_yaml, inventory_name, inventory_yaml FROM revisions
               WHERE id = ?1",
-            params![to_i64(revision)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
+        )?
+        .query_row(params![to_i64(revision)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?)
 }
 
 /// The latest revision before `before` that targeted `host`.
 pub fn revision_before(conn: &Connection, host: &str, before: u64) -> anyhow::Result<Option<u64>> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT MAX(revision) FROM revision_hosts WHERE host = ?1 AND revision < ?2",
-            params![host, to_i64(before)],
-            |r| r.get::<_, Option<i64>>(0),
         )?
+        .query_row(params![host, to_i64(before)], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
         .map(to_u64))
 }
 
 pub fn insert_rollout(conn: &Connection, r: &NewRollout<'_>) -> anyhow::Result<u64> {
     let now = now_ms();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO rollouts (revision, kind, author, started_ms, status, serial, max_fail,
                                confirm_timeout_ms, waves_json, max_denial_increase,
                                denial_window_ms, denial_baseline_ms)
          VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            to_i64(r.revision),
-            r.kind,
-            r.author,
-            now,
-            r.serial,
-            r.max_fail,
-            to_i64(r.confirm_timeout_ms),
-            serde_json::to_string(r.waves)?,
-            r.gates.max_denial_increase,
-            to_i64(r.gates.denial_window_ms),
-            to_i64(r.gates.denial_baseline_ms),
-        ],
-    )?;
+    )?
+    .execute(params![
+        to_i64(r.revision),
+        r.kind,
+        r.author,
+        now,
+        r.serial,
+        r.max_fail,
+        to_i64(r.confirm_timeout_ms),
+        serde_json::to_string(r.waves)?,
+        r.gates.max_denial_increase,
+        to_i64(r.gates.denial_window_ms),
+        to_i64(r.gates.denial_baseline_ms),
+    ])?;
     let id = conn.last_insert_rowid();
     let mut ins = conn.prepare(
         "INSERT INTO rollout_hosts (rollout, host, wave, previous_revision, state, updated_ms)
@@ -168,11 +164,11 @@ pub fn set_host_state(
     state: &str,
     detail: &str,
 ) -> anyhow::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE rollout_hosts SET state = ?3, detail = ?4, updated_ms = ?5
           WHERE rollout = ?1 AND host = ?2",
-        params![to_i64(rollout), host, state, detail, now_ms()],
-    )?;
+    )?
+    .execute(params![to_i64(rollout), host, state, detail, now_ms()])?;
     Ok(())
 }
 
@@ -182,10 +178,10 @@ pub fn finish_rollout(
     status: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE rollouts SET status = ?2, reason = ?3, finished_ms = ?4 WHERE id = ?1",
-        params![to_i64(rollout), status, reason, now_ms()],
-    )?;
+    )?
+    .execute(params![to_i64(rollout), status, reason, now_ms()])?;
     Ok(())
 }
 
@@ -212,19 +208,19 @@ pub fn interrupt_running(conn: &mut Connection) -> anyhow::Result<Vec<u64>> {
             if to_i64(desired_revision(&tx, &host)?) == *revision {
                 set_desired(&tx, &host, to_u64(prev))?;
             }
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE rollout_hosts SET state = 'interrupted', updated_ms = ?3
                   WHERE rollout = ?1 AND host = ?2 AND state NOT IN ('confirmed', 'failed',
                         'reverted', 'offline', 'unconfirmed', 'rolled_back')",
-                params![id, host, now_ms()],
-            )?;
+            )?
+            .execute(params![id, host, now_ms()])?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE rollouts SET status = 'interrupted', finished_ms = ?2,
                     reason = 'the controller stopped during the rollout'
               WHERE id = ?1",
-            params![id, now_ms()],
-        )?;
+        )?
+        .execute(params![id, now_ms()])?;
     }
     tx.commit()?;
     Ok(running.into_iter().map(|(id, _)| to_u64(id)).collect())

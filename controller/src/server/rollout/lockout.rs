@@ -43,7 +43,7 @@ async fn agent_addrs(shared: &Shared) -> Result<BTreeMap<String, IpAddr>, Status
 /// facts cannot be checked and are listed in the second vector.
 pub async fn check(
     shared: &Shared,
-    compiled: &BTreeMap<String, (Ruleset, Facts)>,
+    compiled: &BTreeMap<String, (std::sync::Arc<Ruleset>, Facts)>,
     unchecked: Vec<String>,
     keep: &[Requirement],
     management: &BTreeMap<String, Vec<Requirement>>,

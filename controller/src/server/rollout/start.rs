@@ -35,7 +35,7 @@ pub struct Compiled<'a> {
     /// The revision's rows (host, policy, expected hash).
     pub rows: &'a [RevisionHost],
     /// Per host with known facts: the compiled ruleset and those facts.
-    pub rulesets: BTreeMap<String, (portcullis_policy::Ruleset, Facts)>,
+    pub rulesets: BTreeMap<String, (Arc<portcullis_policy::Ruleset>, Facts)>,
     /// Hosts without facts (not checked).
     pub unchecked: Vec<String>,
     /// `management:` requirements of the site file, per host.
