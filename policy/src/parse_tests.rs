@@ -259,7 +259,11 @@ fn suggestions() {
 fn a_burst_the_kernel_cannot_hold_is_refused() {
     errs(
         "log: { rate: 1/day, burst: 4294967295 }\n",
-        &[(1, 28, "too large for a rate per day (the kernel allows at most 213503)")],
+        &[(
+            1,
+            28,
+            "too large for a rate per day (the kernel allows at most 213503)",
+        )],
     );
     assert!(pol("log: { rate: 1/day, burst: 213503 }\n").is_ok());
     assert!(pol("log: { rate: 5/second, burst: 4294967295 }\n").is_ok());
