@@ -32,7 +32,8 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub json: bool,
     /// Change nothing: show per host what this apply would change against the revision
-    /// it runs (as attested); exit 2 if anything would change, 0 if nothing would
+    /// it runs (as attested); exit 2 if anything would change (or, with --replay, seen
+    /// traffic would be newly denied), 0 if nothing would
     #[arg(long)]
     pub check: bool,
     /// With --check: print each host's semantic changes, not only how many

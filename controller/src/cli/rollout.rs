@@ -28,7 +28,7 @@ pub struct RolloutArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub confirm_timeout: Option<Duration>,
     /// Access that must stay open, refused otherwise: `tcp/22`, `tcp/22 from 10.0.0.0/8`
-    /// (repeatable)
+    /// (repeatable; added to the site file's `management:` entries)
     #[arg(long)]
     pub keep: Vec<String>,
     /// Send even if the anti-lockout check finds a problem (commit-confirmed still reverts
