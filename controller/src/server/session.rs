@@ -177,9 +177,12 @@ async fn read_reports(
             }
             Some(v1::agent_message::Msg::Heartbeat(hb)) => {
                 let h = host.to_string();
+                // Our table has a dozen rules: anything beyond these bounds is not ours.
                 let hits: Vec<store::hits::Hit> = hb
                     .rule_hits
                     .iter()
+                    .filter(|r| r.chain.len() <= 64)
+                    .take(256)
                     .map(|r| store::hits::Hit {
                         chain: r.chain.clone(),
                         index: r.index,
