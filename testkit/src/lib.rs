@@ -2,6 +2,8 @@
 //!
 //! - [`NetNs`]: a network namespace created with `ip netns add` under a unique name
 //!   (`pct-<pid>-<n>`) and deleted on drop, also when the test panics.
+//! - [`Bridge`]: a switch namespace with `br0` that namespaces are plugged into (fleets);
+//!   [`terminate`] stops a child process (SIGTERM, then SIGKILL).
 //! - [`Topology`]: two or more namespaces joined by veth pairs, addressed from
 //!   10.77.0.0/16 and fd77::/16 (IPv6 with `nodad`, so addresses are usable at once).
 //! - [`probe`]: TCP connect probes that tell Accepted / Refused (RST) / TimedOut (dropped)
@@ -12,11 +14,13 @@
 //! This crate must only touch namespaces it created and only use 10.77.0.0/16, fd77::/16
 //! and loopback addresses. It never changes the caller's own namespace.
 
+mod bridge;
 mod gate;
 mod netns;
 pub mod probe;
 mod topology;
 
+pub use bridge::{Bridge, terminate};
 pub use gate::require_root_netns;
 pub use netns::NetNs;
 pub use probe::{TcpOutcome, TcpServer, UdpEcho, UdpOutcome};

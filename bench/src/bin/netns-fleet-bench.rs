@@ -11,7 +11,7 @@
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use portcullis_bench::{Stats, Table, machine, ms, write_section};
-use portcullis_testkit::NetNs;
+use portcullis_testkit::{Bridge, NetNs, terminate};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -47,48 +47,16 @@ fn bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 struct Node {
     ns: NetNs,
     v4: IpAddr,
 }
 
-/// A veth from the bridge in `sw` to `ns`, addressed 10.77.X.Y/16.
-fn attach(sw: &NetNs, ns: NetNs, index: usize) -> Result<Node> {
-    let outer = format!("pcb{}n{index}", std::process::id() % 10_000);
-    ip(&[
-        "link",
-        "add",
-        &outer,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
-    ip(&["link", "set", &outer, "netns", sw.name()])?;
-    sw.ip(&["link", "set", &outer, "master", "br0", "up"])?;
+/// Plugged into the bridge, addressed 10.77.X.Y/16.
+fn attach(sw: &Bridge, ns: NetNs, index: usize) -> Result<Node> {
     let (hi, lo) = (index / 250, index % 250 + 1);
     let v4 = format!("10.77.{hi}.{lo}");
-    ns.ip(&["addr", "add", &format!("{v4}/16"), "dev", "eth0"])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&["route", "add", "default", "dev", "eth0"])?;
+    sw.attach(&ns, &format!("{v4}/16"), None)?;
     Ok(Node {
         ns,
         v4: v4.parse()?,
@@ -102,31 +70,16 @@ struct Lab {
     controller: Option<Child>,
     agents: Vec<Child>,
     // Last: namespaces go after the processes in them.
-    _sw: NetNs,
-}
-
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    _sw: Bridge,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         for a in &mut self.agents {
-            stop(a);
+            terminate(a);
         }
         if let Some(c) = &mut self.controller {
-            stop(c);
+            terminate(c);
         }
     }
 }
@@ -138,9 +91,7 @@ fn host_name(i: usize) -> String {
 impl Lab {
     fn new(n: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let sw = NetNs::new()?;
-        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
-        sw.ip(&["link", "set", "br0", "up"])?;
+        let sw = Bridge::new()?;
         let ctl = attach(&sw, NetNs::new()?, 0)?;
         let mut hosts = BTreeMap::new();
         for i in 0..n {

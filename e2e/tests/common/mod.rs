@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use anyhow::{Context as _, Result, bail};
-use portcullis_testkit::NetNs;
+use portcullis_testkit::{Bridge, NetNs, terminate};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -52,50 +52,12 @@ pub struct Fleet {
     controller: Option<Child>,
     agents: BTreeMap<String, Child>,
     // Declared last: namespaces go after the processes in them.
-    _sw: NetNs,
+    _sw: Bridge,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn attach(sw: &NetNs, ns: NetNs, octet: u8) -> Result<Node> {
-    // Interface names are global while they sit in our namespace: make them unique.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let outer = format!("pc{}n{n}", std::process::id() % 100_000);
-    ip(&[
-        "link",
-        "add",
-        &outer,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
-    ip(&["link", "set", &outer, "netns", sw.name()])?;
-    sw.ip(&["link", "set", &outer, "master", "br0", "up"])?;
-    let v4 = format!("10.77.0.{octet}");
-    let v6 = format!("fd77::{octet:x}");
-    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&["route", "add", "default", "dev", "eth0"])?;
-    ns.ip(&["-6", "route", "add", "default", "dev", "eth0"])?;
+fn attach(sw: &Bridge, ns: NetNs, octet: u8) -> Result<Node> {
+    let (v4, v6) = (format!("10.77.0.{octet}"), format!("fd77::{octet:x}"));
+    sw.attach(&ns, &format!("{v4}/24"), Some(&format!("{v6}/64")))?;
     Ok(Node {
         ns,
         v4: v4.parse()?,
@@ -103,28 +65,11 @@ fn attach(sw: &NetNs, ns: NetNs, octet: u8) -> Result<Node> {
     })
 }
 
-fn kill(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 impl Fleet {
     /// Namespaces and certificates for `hosts`; nothing started yet.
     pub fn new(hosts: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let sw = NetNs::new()?;
-        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
-        sw.ip(&["link", "set", "br0", "up"])?;
+        let sw = Bridge::new()?;
         let ctl = attach(&sw, NetNs::new()?, 1)?;
         let outside = attach(&sw, NetNs::new()?, 100)?;
         let mut nodes = BTreeMap::new();
@@ -261,7 +206,7 @@ impl Fleet {
 
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {
-            kill(&mut c);
+            terminate(&mut c);
         }
     }
 
@@ -312,7 +257,7 @@ impl Fleet {
 
     pub fn stop_agent(&mut self, host: &str) {
         if let Some(mut c) = self.agents.remove(host) {
-            kill(&mut c);
+            terminate(&mut c);
         }
     }
 
