@@ -29,9 +29,13 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             return Ok(super::connect::status_exit(&s));
         }
     };
-    // Rollouts by revision (a revision is rolled out at most once).
+    // Rollouts by revision (a revision is rolled out at most once, rollouts are numbered
+    // in revision order): the newest `limit` rollouts cover the newest `limit` revisions.
     let rollouts: BTreeMap<u64, v1::RolloutInfo> = match client
-        .rollouts(v1::RolloutsRequest { limit: 0, id: 0 })
+        .rollouts(v1::RolloutsRequest {
+            limit: args.limit,
+            id: 0,
+        })
         .await
     {
         Ok(r) => r

@@ -119,7 +119,7 @@ fn evidence(
     revision: u64,
     since: i64,
 ) -> anyhow::Result<Evidence> {
-    let (groups, truncated) = store::hits::denial_groups(c, host, since, REPLAY_MAX_GROUPS)?;
+    let (groups, truncated) = store::denial_groups(c, host, since, REPLAY_MAX_GROUPS)?;
     let logged = groups
         .into_iter()
         .filter_map(|g| {

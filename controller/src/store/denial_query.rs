@@ -1,6 +1,7 @@
 //! Denial log reads: the filter behind `portcullis logs` (host pattern, port, protocol,
 //! source CIDR, time window), turned into one parameterised SQL query that the
-//! (host, last_ms), (dport, last_ms) and (last_ms) indexes serve, plus the `--top` ranking.
+//! (host, last_ms), (dport, last_ms) and (last_ms) indexes serve, plus the `--top` ranking,
+//! and the per-host reads of `apply --check --replay` and the rollout's denial gate.
 //!
 //! A source CIDR that is one address is matched in SQL; a wider one is matched on the parsed
 //! address while reading (addresses are stored as canonical text). The same filter also
@@ -10,7 +11,7 @@
 use super::denials::{DenialRecord, NewDenial};
 use ipnet::IpNet;
 use rusqlite::types::Value;
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, params, params_from_iter};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -306,6 +307,61 @@ pub fn top_denials(
             total,
         })
         .collect())
+}
+
+/// One `(proto, source, port, interface)` group of a host's denial log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenialGroup {
+    pub proto: u8,
+    pub src: String,
+    pub dport: u16,
+    pub ifname: String,
+    pub count: u64,
+    pub last_ms: i64,
+}
+
+/// The host's logged packets since `since_ms`, grouped, most packets first, at most
+/// `limit` groups (the second value: whether more exist).
+pub fn denial_groups(
+    c: &Connection,
+    host: &str,
+    since_ms: i64,
+    limit: usize,
+) -> anyhow::Result<(Vec<DenialGroup>, bool)> {
+    let mut st = c.prepare_cached(
+        "SELECT proto, src, dport, ifname, SUM(count), MAX(last_ms) FROM denials
+         WHERE host = ?1 AND last_ms >= ?2
+         GROUP BY proto, src, dport, ifname ORDER BY SUM(count) DESC LIMIT ?3",
+    )?;
+    let rows = st.query_map(
+        params![host, since_ms, i64::try_from(limit + 1).unwrap_or(i64::MAX)],
+        |r| {
+            Ok(DenialGroup {
+                proto: u8::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                src: r.get(1)?,
+                dport: u16::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                ifname: r.get(3)?,
+                count: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                last_ms: r.get(5)?,
+            })
+        },
+    )?;
+    let mut v: Vec<DenialGroup> = rows.collect::<Result<_, _>>()?;
+    let more = v.len() > limit;
+    v.truncate(limit);
+    Ok((v, more))
+}
+
+/// Packets a host logged as denied (or would-deny, in audit mode) with their last
+/// occurrence in `[from_ms, to_ms)`.
+pub fn logged_between(c: &Connection, host: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<u64> {
+    let n: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(count), 0) FROM denials
+             WHERE host = ?1 AND last_ms >= ?2 AND last_ms < ?3",
+        )?
+        .query_row(params![host, from_ms, to_ms], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -122,6 +122,29 @@ pub fn revision_before(conn: &Connection, host: &str, before: u64) -> anyhow::Re
         .map(to_u64))
 }
 
+/// How the latest rollout was run: (serial, max-fail, confirm timeout, gates).
+pub fn latest_settings(conn: &Connection) -> anyhow::Result<Option<(String, String, u64, Gates)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT serial, max_fail, confirm_timeout_ms, max_denial_increase, denial_window_ms,
+                    denial_baseline_ms
+               FROM rollouts ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                to_u64(r.get(2)?),
+                Gates {
+                    max_denial_increase: r.get(3)?,
+                    denial_window_ms: to_u64(r.get(4)?),
+                    denial_baseline_ms: to_u64(r.get(5)?),
+                },
+            ))
+        })
+        .optional()?)
+}
+
 pub fn insert_rollout(conn: &Connection, r: &NewRollout<'_>) -> anyhow::Result<u64> {
     let now = now_ms();
     conn.prepare_cached(

@@ -169,8 +169,8 @@ pub async fn check(
             .call(move |c| {
                 let mut out = BTreeMap::new();
                 for h in &hs {
-                    let base = store::hits::logged_between(c, h, b_from, b_to)?;
-                    let win = store::hits::logged_between(c, h, from_ms, to_ms)?;
+                    let base = store::logged_between(c, h, b_from, b_to)?;
+                    let win = store::logged_between(c, h, from_ms, to_ms)?;
                     out.insert(h.clone(), (base, win));
                 }
                 Ok(out)

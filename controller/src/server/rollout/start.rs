@@ -226,18 +226,18 @@ pub async fn rollback_request(
         && rb.max_fail.is_empty()
         && rb.confirm_timeout_ms == 0
         && rb.max_denial_increase == 0.0
-        && let Some(last) = shared
+        && let Some((serial, max_fail, confirm_ms, gates)) = shared
             .store
-            .call(|c| Ok(store::rollout::list_rollouts(c, 1, 0)?.into_iter().next()))
+            .call(|c| store::rollout::latest_settings(c))
             .await
             .map_err(crate::server::session::internal)?
     {
-        rb.serial = last.serial;
-        rb.max_fail = last.max_fail;
-        rb.confirm_timeout_ms = last.confirm_timeout_ms;
-        rb.max_denial_increase = last.gates.max_denial_increase;
-        rb.denial_window_ms = last.gates.denial_window_ms;
-        rb.denial_baseline_ms = last.gates.denial_baseline_ms;
+        rb.serial = serial;
+        rb.max_fail = max_fail;
+        rb.confirm_timeout_ms = confirm_ms;
+        rb.max_denial_increase = gates.max_denial_increase;
+        rb.denial_window_ms = gates.denial_window_ms;
+        rb.denial_baseline_ms = gates.denial_baseline_ms;
     }
     let latest = shared
         .store
