@@ -5,6 +5,7 @@
 //! error located. Variables are parsed but not interpreted, except `ansible_host`, which is
 //! kept. This module must not read files, resolve names, or evaluate patterns.
 
+use crate::budget::Budget;
 use crate::diag::{Diagnostics, Source};
 use crate::parse::suggest;
 use crate::yaml::{self, Node, NodeKind};
@@ -44,14 +45,25 @@ struct Builder<'a> {
     children: BTreeMap<String, Vec<(String, &'a Node)>>,
     direct: BTreeMap<String, BTreeSet<String>>,
     hosts: BTreeMap<String, HostEntry>,
+    budget: Budget,
+    /// Host listings so far (a range counts every name it expands to).
+    listed: usize,
+    /// The listing budget was exceeded (reported once; later hosts are skipped).
+    over_budget: bool,
 }
 
 impl Inventory {
     /// Parse an Ansible YAML inventory. Every problem is reported, sorted by location.
     pub fn parse(src: &Source) -> Result<Inventory, Diagnostics> {
-        let root = yaml::parse(src)?;
+        Self::parse_with(src, &Budget::default())
+    }
+
+    /// [`Inventory::parse`] within `budget` (YAML limits and host listings).
+    pub fn parse_with(src: &Source, budget: &Budget) -> Result<Inventory, Diagnostics> {
+        let root = yaml::parse_with(src, budget)?;
         let mut b = Builder {
             file: &src.name,
+            budget: *budget,
             ..Builder::default()
         };
         b.direct.insert("all".into(), BTreeSet::new());
@@ -179,13 +191,23 @@ impl<'a> Builder<'a> {
                     .push(key.diag(self.file, "expected a host name as key"));
                 continue;
             };
-            let names = match expand_range(pattern) {
+            if self.over_budget {
+                return;
+            }
+            let limit = self.budget.max_range_hosts;
+            let names = match expand_range(pattern, limit.saturating_sub(self.listed), limit) {
                 Ok(n) => n,
-                Err(e) => {
+                Err(RangeError::Malformed(e)) => {
                     self.diags.push(key.diag(self.file, e));
                     continue;
                 }
+                Err(RangeError::OverBudget(e)) => {
+                    self.over_budget = true;
+                    self.diags.push(key.diag(self.file, e));
+                    return;
+                }
             };
+            self.listed = self.listed.saturating_add(names.len());
             for host in names {
                 self.direct
                     .entry(group.to_string())
@@ -328,33 +350,58 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Why a host key could not be expanded (the message says which host and why).
+enum RangeError {
+    Malformed(String),
+    OverBudget(String),
+}
+
 /// Expand Ansible host ranges: `web[01:03].x` -> web01.x, web02.x, web03.x (numeric only,
-/// zero padding kept when the start has leading zeros; several ranges multiply).
-fn expand_range(pattern: &str) -> Result<Vec<String>, String> {
-    let Some(open) = pattern.find('[') else {
-        return Ok(vec![pattern.to_string()]);
-    };
-    let bad = || format!("host `{pattern}`: a range must look like `name[1:9]` or `name[01:20]`");
-    let close = pattern[open..]
-        .find(']')
-        .map(|i| open + i)
-        .ok_or_else(bad)?;
-    let (a, b) = pattern[open + 1..close].split_once(':').ok_or_else(bad)?;
-    let (start, end): (u32, u32) = match (a.parse(), b.parse()) {
-        (Ok(s), Ok(e)) if s <= e && e - s < 10_000 => (s, e),
-        _ => return Err(bad()),
-    };
-    let width = if a.starts_with('0') && a.len() > 1 {
-        a.len()
-    } else {
-        0
-    };
-    let rest = expand_range(&pattern[close + 1..])?;
-    let mut out = Vec::new();
-    for n in start..=end {
-        for tail in &rest {
-            out.push(format!("{}{n:0width$}{tail}", &pattern[..open]));
+/// zero padding kept when the start has leading zeros; several ranges multiply). The count
+/// is computed before anything is built: more than `limit` names is an error.
+fn expand_range(pattern: &str, remaining: usize, limit: usize) -> Result<Vec<String>, RangeError> {
+    let mut parts: Vec<(&str, u32, u32, usize)> = Vec::new();
+    let mut rest = pattern;
+    while let Some(open) = rest.find('[') {
+        let bad = || {
+            RangeError::Malformed(format!(
+                "host `{pattern}`: a range must look like `name[1:9]` or `name[01:20]`"
+            ))
+        };
+        let close = rest[open..].find(']').map(|i| open + i).ok_or_else(bad)?;
+        let (a, b) = rest[open + 1..close].split_once(':').ok_or_else(bad)?;
+        let (start, end): (u32, u32) = match (a.parse(), b.parse()) {
+            (Ok(s), Ok(e)) if s <= e => (s, e),
+            _ => return Err(bad()),
+        };
+        let width = if a.starts_with('0') && a.len() > 1 {
+            a.len()
+        } else {
+            0
+        };
+        parts.push((&rest[..open], start, end, width));
+        rest = &rest[close + 1..];
+    }
+    let count = parts.iter().fold(1usize, |n, (_, s, e, _)| {
+        n.saturating_mul((e - s) as usize + 1)
+    });
+    if count > remaining {
+        return Err(RangeError::OverBudget(format!(
+            "host `{pattern}`: expands to {count} host names, too many host listings (limit {limit} per inventory)"
+        )));
+    }
+    let mut out = vec![String::new()];
+    for (prefix, start, end, width) in parts {
+        let mut next = Vec::with_capacity(out.len() * ((end - start) as usize + 1));
+        for head in &out {
+            for n in start..=end {
+                next.push(format!("{head}{prefix}{n:0width$}"));
+            }
         }
+        out = next;
+    }
+    for name in &mut out {
+        name.push_str(rest);
     }
     Ok(out)
 }

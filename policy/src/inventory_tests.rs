@@ -84,6 +84,48 @@ fn host_ranges() {
 }
 
 #[test]
+fn multiplied_ranges_are_refused_before_expansion() {
+    let e = inv("all:\n  hosts:\n    h[0:9999][0:9999]:\n  children:\n    g:\n      hosts:\n        x[0:9999][0:999]:\n").unwrap_err();
+    assert_eq!(e.len(), 1, "{e}");
+    assert_eq!(
+        e.to_string(),
+        "inv.yml:3:5: host `h[0:9999][0:9999]`: expands to 100000000 host names, too many host listings (limit 1000000 per inventory)"
+    );
+    // The budget is per inventory: two listings that together exceed it fail at the second.
+    let budget = crate::budget::Budget {
+        max_range_hosts: 15,
+        ..Default::default()
+    };
+    let src = Source::new(
+        "inv.yml",
+        "all:\n  hosts:\n    a[1:10]:\n    b[1:5]:\n    c[1:2]:\n    d:\n",
+    );
+    let e = Inventory::parse_with(&src, &budget).unwrap_err();
+    assert_eq!(e.len(), 1, "{e}");
+    assert_eq!((e.0[0].line, e.0[0].column), (5, 5));
+}
+
+#[test]
+fn a_100k_host_inventory_fits_the_default_budget() {
+    let mut text = String::from(
+        "all:\n  children:\n    web:\n      hosts:\n        web[00000:99999].example:\n    db:\n      hosts:\n",
+    );
+    for n in 0..100_000 {
+        text.push_str(&format!(
+            "        db{n}.example: {{ansible_host: 10.{}.{}.{}, rack: r{}, zone: z{}}}\n",
+            n >> 16,
+            (n >> 8) & 255,
+            n & 255,
+            n % 40,
+            n % 3
+        ));
+    }
+    assert!(text.len() < crate::budget::MAX_DOCUMENT_BYTES);
+    let i = inv(&text).unwrap();
+    assert_eq!(i.hosts.len(), 200_000);
+}
+
+#[test]
 fn unknown_group_keys_are_errors() {
     let e = inv("all:\n  host:\n    a:\n  children:\n    g:\n      varz: {}\n      foo: 1\n")
         .unwrap_err();

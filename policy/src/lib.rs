@@ -9,6 +9,7 @@
 //! This crate must not do I/O, use a clock, spawn threads or be async: every function takes
 //! values and returns values, so it is tested with plain unit and property tests.
 
+pub mod budget;
 pub mod compile;
 pub mod diag;
 pub mod diff;
@@ -27,6 +28,7 @@ pub mod services;
 pub mod site;
 pub mod yaml;
 
+pub use budget::Budget;
 pub use compile::{CompileError, compile};
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use diff::{Plan, RulesetDiff, diff, plan};

@@ -18,6 +18,12 @@ pub enum PatternError {
         "pattern `{pattern}`: `{term}` is not supported (regexes `~` and subscripts `[..]` are not; use names, globs, `:&` and `:!`)"
     )]
     Unsupported { pattern: String, term: String },
+    #[error(
+        "the host pattern is too long: {bytes} bytes and {terms} terms (limits {} bytes, {} terms)",
+        crate::budget::MAX_PATTERN_BYTES,
+        crate::budget::MAX_PATTERN_TERMS
+    )]
+    TooLong { bytes: usize, terms: usize },
     #[error("pattern `{pattern}` matches no host{}", unknown_note(.unknown))]
     NoMatch {
         pattern: String,
@@ -93,13 +99,21 @@ pub fn select(inv: &Inventory, pattern: &str) -> Result<BTreeSet<String>, Patter
     Ok(out)
 }
 
-/// Split on `,` if present, else on `:` (Ansible's rule); trims each term.
+/// Split on `,` if present, else on `:` (Ansible's rule); trims each term. A pattern over
+/// the budget (each term scans every group and host) is refused before any matching.
 fn split(pattern: &str) -> Result<Vec<String>, PatternError> {
     let p = pattern.trim();
     if p.is_empty() {
         return Err(PatternError::Empty);
     }
     let sep = if p.contains(',') { ',' } else { ':' };
+    let terms = p.matches(sep).count() + 1;
+    if p.len() > crate::budget::MAX_PATTERN_BYTES || terms > crate::budget::MAX_PATTERN_TERMS {
+        return Err(PatternError::TooLong {
+            bytes: p.len(),
+            terms,
+        });
+    }
     Ok(p.split(sep).map(|t| t.trim().to_string()).collect())
 }
 
@@ -237,5 +251,23 @@ all:
             select(&inv(), "web[0]"),
             Err(PatternError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn oversized_patterns_are_refused_before_matching() {
+        let many = vec!["web"; 257].join(":");
+        assert_eq!(
+            select(&inv(), &many).unwrap_err().to_string(),
+            "the host pattern is too long: 1027 bytes and 257 terms (limits 4096 bytes, 256 terms)"
+        );
+        let long = format!("{}x", "*".repeat(4096));
+        assert!(matches!(
+            select(&inv(), &long),
+            Err(PatternError::TooLong {
+                bytes: 4097,
+                terms: 1
+            })
+        ));
+        assert!(select(&inv(), &vec!["web"; 256].join(":")).is_ok());
     }
 }

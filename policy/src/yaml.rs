@@ -3,8 +3,11 @@
 //! Every node carries the 1-based line and column where it starts, and scalars keep the
 //! text exactly as written (`22`, `"22"` and `yes` are all just text here): typing is done
 //! by the callers, explicitly, never by YAML 1.1 magic. Duplicate mapping keys are errors.
+//! The [`Budget`] (document size, nesting depth, nodes, alias expansions) is enforced event
+//! by event, before an alias is copied, so an alias bomb costs nothing but one error.
 //! This module must not interpret the policy or the inventory, and does no I/O.
 
+use crate::budget::Budget;
 use crate::diag::{Diagnostic, Diagnostics, Source};
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use std::collections::{BTreeMap, HashMap};
@@ -110,15 +113,39 @@ enum Frame {
     ),
 }
 
-/// Parse one YAML document into a [`Node`] tree.
+/// Parse one YAML document into a [`Node`] tree within the default [`Budget`].
 ///
 /// An empty text gives a [`NodeKind::Null`] node at 1:1. Syntax errors, more than one
 /// document, unknown aliases and duplicate keys are reported with file:line:column.
 pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
+    parse_with(src, &Budget::default())
+}
+
+/// [`parse`] within `budget`. Exceeding a limit stops the parse with exactly one error,
+/// located where the limit was crossed.
+pub fn parse_with(src: &Source, budget: &Budget) -> Result<Node, Diagnostics> {
     let file = src.name.as_str();
     let mut diags = Diagnostics::default();
+    if src.text.len() > budget.max_document_bytes {
+        diags.push(Diagnostic {
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "document too large: {} bytes (limit {})",
+                src.text.len(),
+                budget.max_document_bytes
+            ),
+        });
+        return Err(diags);
+    }
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: BTreeMap<usize, Node> = BTreeMap::new();
+    // Nodes in each open collection so far (parallel to `stack`), for anchor sizes.
+    let mut sizes: Vec<usize> = Vec::new();
+    // Each anchored node and its size in nodes (what one alias to it copies).
+    let mut anchors: BTreeMap<usize, (Node, usize)> = BTreeMap::new();
+    let mut nodes = 0usize;
+    let mut expanded = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     let err_at = |span: &Span, msg: String| Diagnostic {
@@ -142,7 +169,21 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
                 return Err(diags.finish());
             }
         };
-        let done: Option<(Node, usize)> = match event {
+        let over = |what: &str, limit: usize| {
+            let mut d = Diagnostics::default();
+            d.push(err_at(&span, format!("{what} (limit {limit})")));
+            Err(d)
+        };
+        if matches!(
+            event,
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..)
+        ) {
+            nodes = nodes.saturating_add(1);
+            if nodes > budget.max_nodes {
+                return over("too many YAML nodes", budget.max_nodes);
+            }
+        }
+        let done: Option<(Node, usize, usize)> = match event {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
@@ -164,16 +205,30 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
                 };
                 let mut node = Node::new(kind, &span);
                 node.quoted = !plain;
-                Some((node, anchor))
+                Some((node, anchor, 1))
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(n) => Some((n.clone(), 0)),
+                Some((n, size)) => {
+                    expanded = expanded.saturating_add(*size);
+                    if expanded > budget.max_alias_expansions {
+                        return over("too many alias expansions", budget.max_alias_expansions);
+                    }
+                    nodes = nodes.saturating_add(*size);
+                    if nodes > budget.max_nodes {
+                        return over("too many YAML nodes", budget.max_nodes);
+                    }
+                    Some((n.clone(), 0, *size))
+                }
                 None => {
                     diags.push(err_at(&span, "alias to an unknown anchor".into()));
                     return Err(diags.finish());
                 }
             },
             Event::SequenceStart(anchor, _) => {
+                if stack.len() >= budget.max_depth {
+                    return over("nesting too deep", budget.max_depth);
+                }
+                sizes.push(0);
                 stack.push(Frame::Seq(
                     Node::new(NodeKind::Null, &span),
                     Vec::new(),
@@ -182,6 +237,10 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
                 None
             }
             Event::MappingStart(anchor, _) => {
+                if stack.len() >= budget.max_depth {
+                    return over("nesting too deep", budget.max_depth);
+                }
+                sizes.push(0);
                 stack.push(Frame::Map(
                     Node::new(NodeKind::Null, &span),
                     Vec::new(),
@@ -191,22 +250,30 @@ pub fn parse(src: &Source) -> Result<Node, Diagnostics> {
                 ));
                 None
             }
-            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq(mut node, items, anchor)) => {
-                    node.kind = NodeKind::Seq(items);
-                    Some((node, anchor))
+            Event::SequenceEnd | Event::MappingEnd => {
+                let size = sizes.pop().unwrap_or(0).saturating_add(1);
+                match stack.pop() {
+                    Some(Frame::Seq(mut node, items, anchor)) => {
+                        node.kind = NodeKind::Seq(items);
+                        Some((node, anchor, size))
+                    }
+                    Some(Frame::Map(mut node, entries, _, anchor, _)) => {
+                        node.kind = NodeKind::Map(entries);
+                        Some((node, anchor, size))
+                    }
+                    None => None,
                 }
-                Some(Frame::Map(mut node, entries, _, anchor, _)) => {
-                    node.kind = NodeKind::Map(entries);
-                    Some((node, anchor))
-                }
-                None => None,
-            },
+            }
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
         };
-        let Some((node, anchor)) = done else { continue };
+        let Some((node, anchor, size)) = done else {
+            continue;
+        };
+        if let Some(open) = sizes.last_mut() {
+            *open = open.saturating_add(size);
+        }
         if anchor != 0 {
-            anchors.insert(anchor, node.clone());
+            anchors.insert(anchor, (node.clone(), size));
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -263,71 +330,5 @@ fn key_text(n: &Node) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn p(text: &str) -> Result<Node, Diagnostics> {
-        parse(&Source::new("t.yml", text))
-    }
-
-    #[test]
-    fn spans_and_raw_scalars() {
-        let n = p("a: 22\nb: \"22\"\nc: yes\nd:\n  - x\n  - {k: ~}\n").unwrap();
-        let a = n.get("a").unwrap();
-        assert_eq!(
-            (a.as_str(), a.line, a.column, a.quoted),
-            (Some("22"), 1, 4, false)
-        );
-        let b = n.get("b").unwrap();
-        assert_eq!(
-            (b.as_str(), b.line, b.column, b.quoted),
-            (Some("22"), 2, 4, true)
-        );
-        assert_eq!(n.get("c").unwrap().as_str(), Some("yes"));
-        let d = n.get("d").unwrap().as_seq().unwrap();
-        assert_eq!((d[0].line, d[0].column), (5, 5));
-        assert!(d[1].get("k").unwrap().is_null());
-        let (k, _) = &d[1].as_map().unwrap()[0];
-        assert_eq!((k.line, k.column), (6, 6));
-    }
-
-    #[test]
-    fn empty_is_null() {
-        assert!(p("").unwrap().is_null());
-        assert!(p("# only a comment\n").unwrap().is_null());
-    }
-
-    #[test]
-    fn duplicate_keys_are_errors() {
-        let e = p("a: 1\nb:\n  x: 1\n  x: 2\na: 3\n").unwrap_err();
-        assert_eq!(e.len(), 2);
-        assert_eq!((e.0[0].line, e.0[0].column), (4, 3));
-        assert!(
-            e.0[0]
-                .message
-                .contains("duplicate key `x` (first defined at 3:3)")
-        );
-        assert_eq!((e.0[1].line, e.0[1].column), (5, 1));
-    }
-
-    #[test]
-    fn syntax_error_has_location() {
-        let e = p("a: [1, 2\nb: 3\n").unwrap_err();
-        assert_eq!(e.len(), 1);
-        assert!(e.0[0].message.starts_with("YAML syntax error"), "{e}");
-        assert_eq!(e.0[0].file, "t.yml");
-        assert!(e.0[0].line >= 1);
-    }
-
-    #[test]
-    fn two_documents_rejected() {
-        let e = p("a: 1\n---\nb: 2\n").unwrap_err();
-        assert_eq!(e.0[0].line, 2);
-    }
-
-    #[test]
-    fn anchors_and_aliases() {
-        let n = p("a: &x [1, 2]\nb: *x\n").unwrap();
-        assert_eq!(n.get("b").unwrap().as_seq().unwrap().len(), 2);
-    }
-}
+#[path = "yaml_tests.rs"]
+mod tests;

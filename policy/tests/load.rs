@@ -77,6 +77,21 @@ fn broken_site_reports_every_error_sorted() {
     assert!(e.to_string().contains("did you mean `mode`?"));
 }
 
+#[test]
+fn alias_bomb_site_gives_exactly_one_error() {
+    let e = load_fleet(&fixture("alias-bomb.yml"), &fixture("inventory.yml"))
+        .expect_err("the bomb is refused");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:9:12: too many alias expansions (limit 1000000)",
+            fixture("alias-bomb.yml").name
+        )
+    );
+    let e = portcullis_policy::load_host_policy(&fixture("alias-bomb.yml")).expect_err("refused");
+    assert_eq!(e.len(), 1, "{e}");
+}
+
 // ---- round trip: a tiny emitter and generated policies ----
 
 fn emit(p: &HostPolicy) -> String {
