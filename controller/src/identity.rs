@@ -188,6 +188,18 @@ pub fn identity_from_der(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
     })
 }
 
+/// The normalized serial and the `notAfter` of a DER certificate (the accept loop's view
+/// of a peer: what revocation and expiry act on).
+pub fn serial_and_expiry(der: &[u8]) -> Result<(String, SystemTime), IdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok((
+        serial_hex(cert.tbs_certificate.raw_serial()),
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(not_after),
+    ))
+}
+
 /// The identity of the peer of a tonic request (TCP + TLS servers only).
 ///
 /// `Unauthenticated` if the connection carried no client certificate, `PermissionDenied`

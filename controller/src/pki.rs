@@ -84,6 +84,10 @@ pub enum PkiError {
     RevokeCa,
     #[error(transparent)]
     Revocation(#[from] RevocationError),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("signing the revocation list: {0}")]
+    Sign(String),
 }
 
 /// Result of issuing one certificate.

@@ -183,6 +183,7 @@ async fn one(n: usize, runs: usize) -> Result<Measured> {
         db: dir.path().join("controller.db"),
         pki: pki_dir.clone(),
         max_connections: n + 64,
+        pre_auth: Default::default(),
         logs: Default::default(),
     };
     let server = tokio::spawn(run(config, listener, async {

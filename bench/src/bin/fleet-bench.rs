@@ -127,6 +127,7 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
                 db: dir.path().join("controller.db"),
                 pki: pki.dir().to_path_buf(),
                 max_connections: n + 64,
+                pre_auth: Default::default(),
                 logs: Default::default(),
             };
             tokio::spawn(run(config, listener, shutdown))

@@ -359,6 +359,7 @@ async fn one(n: usize, cli: &Cli) -> Result<OneResult> {
         pki: pki.dir().to_path_buf(),
         // Reconnecting agents may briefly hold two connections.
         max_connections: 2 * n + 64,
+        pre_auth: Default::default(),
         logs: Default::default(),
     };
     let server = tokio::spawn(run(config, listener, async {

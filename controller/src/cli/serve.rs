@@ -23,6 +23,19 @@ pub struct ServeArgs {
     /// Close connections beyond this many (keep below the fd limit, RLIMIT_NOFILE)
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 19_000)]
     pub max_connections: usize,
+    /// Deadline for a client's TLS handshake; slower ones are closed
+    #[arg(long, env = "PORTCULLIS_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Connections still in the TLS handshake, all sources together (at most half of
+    /// --max-connections; authenticated sessions keep the rest)
+    #[arg(long, env = "PORTCULLIS_MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
+    pub max_pending_handshakes: usize,
+    /// Connections still in the TLS handshake from one source address (IPv6: one /64)
+    #[arg(long, env = "PORTCULLIS_MAX_PENDING_PER_SOURCE", default_value_t = 16)]
+    pub max_pending_per_source: usize,
+    /// TCP keepalive idle time on accepted connections
+    #[arg(long, env = "PORTCULLIS_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub tcp_keepalive: std::time::Duration,
     /// Delete denial log rows older than this (e.g. 14d, 36h); 0 keeps them
     #[arg(long, env = "PORTCULLIS_LOG_RETENTION", default_value = "14d", value_parser = humantime::parse_duration)]
     pub log_retention: std::time::Duration,
@@ -32,6 +45,17 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let nofile = crate::server::incoming::check_fd_limit(args.max_connections)
+        .context("checking --max-connections against RLIMIT_NOFILE")?;
+    tracing::debug!(nofile, "file descriptor limit");
+    anyhow::ensure!(
+        args.max_pending_per_source > 0 && args.max_pending_handshakes > 0,
+        "--max-pending-handshakes and --max-pending-per-source: expected at least 1, found 0"
+    );
+    anyhow::ensure!(
+        !args.tls_handshake_timeout.is_zero(),
+        "--tls-handshake-timeout: expected a duration above 0, found 0"
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -39,6 +63,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         db: args.db,
         pki: args.pki,
         max_connections: args.max_connections,
+        pre_auth: crate::server::incoming::PreAuth {
+            max_pending: args.max_pending_handshakes,
+            max_pending_per_source: args.max_pending_per_source,
+            handshake_timeout: args.tls_handshake_timeout,
+            tcp_keepalive: args.tcp_keepalive,
+        },
         logs: crate::server::logs::LogsConfig {
             retention: (!args.log_retention.is_zero()).then_some(args.log_retention),
             max_rows: (args.log_max_rows > 0).then_some(args.log_max_rows),

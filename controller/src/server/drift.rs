@@ -2,8 +2,8 @@
 //! call that asks connected agents to verify now.
 //!
 //! `drift` sends `VerifyNow{request_id}` to every targeted connected agent and waits (with
-//! a deadline) for the `DriftReport` echoing that id; the waiting calls live in
-//! [`DriftState`]. The controller does not take the agent's word for "in sync": it
+//! a deadline) for the `DriftReport` echoing that id from that same host's session; the
+//! waiting calls live in [`DriftState`] under (host, random id). The controller does not take the agent's word for "in sync": it
 //! compiles the policy of the revision the agent enforces against the agent's facts and
 //! compares that hash with the kernel hash the agent read back.
 
@@ -19,7 +19,6 @@ use portcullis_policy::{Facts, HostPolicy};
 use portcullis_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -27,46 +26,51 @@ use tonic::Status;
 /// Default wait for agents' answers when the request gives none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Outstanding verification requests (request id -> waiting admin call).
-#[derive(Debug)]
-pub struct DriftState {
-    next_id: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<v1::DriftReport>>>,
-}
+/// The waiting `drift` calls: (host, request id) -> its waiter. The id is random
+/// ([`super::answers::random_id`]) and only the asked host's session can answer it.
+type Waiting = HashMap<(String, u64), oneshot::Sender<v1::DriftReport>>;
 
-impl Default for DriftState {
-    fn default() -> Self {
-        Self {
-            next_id: AtomicU64::new(1),
-            waiting: Mutex::new(HashMap::new()),
-        }
-    }
+/// Outstanding verification requests.
+#[derive(Debug, Default)]
+pub struct DriftState {
+    waiting: Mutex<Waiting>,
 }
 
 impl DriftState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<v1::DriftReport>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         // Single map operations under the lock: a panic cannot leave it inconsistent.
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn register(&self) -> (u64, oneshot::Receiver<v1::DriftReport>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    fn register(&self, host: &str) -> (u64, oneshot::Receiver<v1::DriftReport>) {
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(id, tx);
-        (id, rx)
+        let mut map = self.lock();
+        loop {
+            let id = super::answers::random_id();
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry((host.to_owned(), id)) {
+                e.insert(tx);
+                return (id, rx);
+            }
+        }
     }
 
-    fn forget(&self, id: u64) {
-        self.lock().remove(&id);
+    fn forget(&self, host: &str, id: u64) {
+        self.lock().remove(&(host.to_owned(), id));
     }
 
-    /// Hands `report` to the call waiting for its request id; `false` if none waits.
-    fn answer(&self, report: &v1::DriftReport) -> bool {
+    /// Hands `report` from `host`'s session to the call waiting for (host, request id);
+    /// `false` if none waits (another host's id, unknown, or already answered).
+    fn answer(&self, host: &str, report: &v1::DriftReport) -> bool {
         if report.request_id == 0 {
             return false;
         }
-        let waiter = self.lock().remove(&report.request_id);
+        let waiter = self.lock().remove(&(host.to_owned(), report.request_id));
         waiter.is_some_and(|w| w.send(report.clone()).is_ok())
+    }
+
+    /// Requests waiting for an answer.
+    pub fn outstanding(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -83,9 +87,16 @@ pub fn state_name(r: &v1::DriftReport) -> &'static str {
     }
 }
 
-/// Record an agent's drift report (and answer a waiting `drift` call).
+/// Record an agent's drift report (and answer a waiting `drift` call). A report naming a
+/// request id that no `VerifyNow` to this host carries is ignored (and counted): it is
+/// someone else's question, a forged or a stale one.
 pub async fn on_report(shared: &Shared, host: &str, report: v1::DriftReport) -> anyhow::Result<()> {
-    shared.drift.answer(&report);
+    if report.request_id != 0 && !shared.drift.answer(host, &report) {
+        shared
+            .unmatched
+            .count(super::answers::Kind::Drift, host, report.request_id);
+        return Ok(());
+    }
     let state = state_name(&report);
     if report.diff.is_empty() {
         tracing::debug!(%host, trigger = %report.trigger, "drift report: in sync");
@@ -226,7 +237,7 @@ pub async fn verify_now<'a>(
             out.insert(host.clone(), Err("not connected".to_owned()));
             continue;
         };
-        let (id, rx) = shared.drift.register();
+        let (id, rx) = shared.drift.register(host);
         let msg = v1::ControllerMessage {
             msg: Some(v1::controller_message::Msg::Verify(v1::VerifyNow {
                 request_id: id,
@@ -235,7 +246,7 @@ pub async fn verify_now<'a>(
         match tokio::time::timeout_at(deadline, handle.tx.send(Ok(msg))).await {
             Ok(Ok(())) => asked.push((host.clone(), id, rx, handle.facts)),
             _ => {
-                shared.drift.forget(id);
+                shared.drift.forget(host, id);
                 out.insert(host.clone(), Err("session closed".to_owned()));
             }
         }
@@ -250,7 +261,7 @@ pub async fn verify_now<'a>(
         let answer = match report {
             Some(r) => Ok((r, facts)),
             None => {
-                shared.drift.forget(id);
+                shared.drift.forget(&host, id);
                 Err(format!(
                     "no answer within {}",
                     humantime::format_duration(timeout)

@@ -5,11 +5,14 @@
 //! tests start it on an ephemeral port in-process.
 
 mod admin;
+pub mod answers;
 mod check;
+pub mod conns;
 pub mod drift;
-mod incoming;
+pub mod incoming;
 pub mod logs;
 pub mod registry;
+mod revocation;
 pub mod rollout;
 mod session;
 
@@ -34,6 +37,8 @@ pub struct ServeConfig {
     pub pki: PathBuf,
     /// Connections beyond this are closed at accept (stay below RLIMIT_NOFILE).
     pub max_connections: usize,
+    /// Handshake deadline and the budgets of not-yet-authenticated connections.
+    pub pre_auth: incoming::PreAuth,
     /// Denial log retention.
     pub logs: logs::LogsConfig,
 }
@@ -45,7 +50,13 @@ pub struct Shared {
     /// Group commit for agent reports (Applied, Heartbeat, Hello).
     pub writer: crate::store::GroupWriter,
     pub registry: Registry,
-    pub revoked: RevocationList,
+    pub revoked: Arc<RevocationList>,
+    /// Open TLS connections by certificate serial (cut on revocation and expiry).
+    pub connections: Arc<conns::Connections>,
+    /// What the accept loop refused (pre-authentication limits).
+    pub refusals: Arc<incoming::Refusals>,
+    /// Answers that matched no question of their host (ignored; see `drift`, `rollout`).
+    pub unmatched: answers::Unmatched,
     /// Outstanding `portcullis drift` verification requests.
     pub drift: drift::DriftState,
     /// Live `logs --follow` subscribers.
@@ -94,26 +105,54 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tls = crate::pki::tls::server_tls(&config.pki)
-        .with_context(|| format!("loading TLS material from {}", config.pki.display()))?;
+    if let Err(error) = incoming::check_fd_limit(config.max_connections) {
+        tracing::warn!(%error, "connection cap above the file descriptor limit");
+    }
     let store = Store::open(&config.db)?;
     rollout::recover(&store)?;
+    let revoked = Arc::new(
+        RevocationList::open(config.pki.join("revoked.txt"))
+            .context("loading the revocation list")?,
+    );
+    let connections = Arc::new(conns::Connections::default());
+    let refusals = Arc::new(incoming::Refusals::default());
+    let limits = incoming::Limits {
+        max_connections: config.max_connections,
+        max_pending: config.pre_auth.max_pending,
+        max_pending_per_source: config.pre_auth.max_pending_per_source,
+        handshake_timeout: config.pre_auth.handshake_timeout,
+        tcp_keepalive: config.pre_auth.tcp_keepalive,
+    };
+    let addr = listener.local_addr()?;
+    let incoming = incoming::start(
+        listener,
+        incoming::Acceptor {
+            limits,
+            pki: config.pki.clone(),
+            connections: connections.clone(),
+            revoked: revoked.clone(),
+            refusals: refusals.clone(),
+        },
+    )
+    .with_context(|| format!("loading TLS material from {}", config.pki.display()))?;
     let shared = Arc::new(Shared {
         writer: crate::store::GroupWriter::start(store.clone()),
         store,
         registry: Registry::new(),
-        revoked: RevocationList::open(config.pki.join("revoked.txt"))
-            .context("loading the revocation list")?,
+        revoked,
+        connections,
+        refusals,
+        unmatched: answers::Unmatched::default(),
         drift: drift::DriftState::default(),
         logs: logs::LogsState::start(&config.db, &config.logs)
             .context("starting the denial log writer")?,
         rollouts: rollout::Rollouts::default(),
     });
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, db = %config.db.display(), max_connections = config.max_connections, "controller listening");
-    let incoming = incoming::Limited::new(listener, config.max_connections);
-    tonic::transport::Server::builder()
-        .tls_config(tls)?
+    tracing::info!(%addr, db = %config.db.display(), max_connections = limits.max_connections,
+        max_pending = limits.pending_budget(), max_pending_per_source = limits.max_pending_per_source,
+        handshake_timeout_ms = limits.handshake_timeout.as_millis(), "controller listening");
+    let watcher = tokio::spawn(revocation::watch(shared.clone()));
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(portcullis_proto::v1::session_server::SessionServer::new(
@@ -122,11 +161,14 @@ pub async fn run(
             },
         ))
         .add_service(portcullis_proto::v1::admin_server::AdminServer::new(
-            AdminService { shared },
+            AdminService {
+                shared: shared.clone(),
+            },
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("gRPC server failed")?;
+        .await;
+    watcher.abort();
+    served.context("gRPC server failed")?;
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! Connected agents: one entry per host with the channel to its session stream, and a
 //! broadcast of host events (applied, connected, disconnected) that rollouts wait on.
 //!
+//! A newer session for a host replaces the older one, and the older one is ended (its
+//! [`AgentHandle::end`] is cancelled: its reads stop and its stream closes with
+//! `ABORTED`), so it can neither receive that host's pushes nor write reports for it.
+//!
 //! In memory only; the store keeps the durable view. Must not block: std mutex held for
 //! map operations only.
 
@@ -10,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
@@ -21,6 +26,30 @@ pub struct AgentHandle {
     pub facts: Facts,
     pub agent_version: String,
     pub peer: String,
+    /// Cancelled when this session is replaced by a newer one of the same host.
+    pub end: CancellationToken,
+}
+
+/// The session's outbound stream: what `rx` yields until `end` is cancelled (the session
+/// was replaced), then `ABORTED` and the end.
+pub fn outbound_stream(
+    rx: mpsc::Receiver<Result<v1::ControllerMessage, Status>>,
+    end: CancellationToken,
+) -> impl futures::Stream<Item = Result<v1::ControllerMessage, Status>> + Send + 'static {
+    use futures::StreamExt as _;
+    let ended = end.clone();
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+        .take_until(end.cancelled_owned())
+        .chain(
+            futures::stream::once(async move {
+                ended.is_cancelled().then(|| {
+                    Err(Status::aborted(
+                        "replaced by a newer session of the same host",
+                    ))
+                })
+            })
+            .filter_map(std::future::ready),
+        )
 }
 
 /// Something a waiting rollout may care about.
@@ -63,10 +92,15 @@ impl Registry {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Register a session; an older session of the same host is replaced (its stream ends
-    /// when its sender is dropped).
+    /// Register a session; an older session of the same host is replaced and ended.
     pub fn register(&self, host: &str, handle: AgentHandle) {
-        self.lock().insert(host.to_string(), handle);
+        let (session, peer) = (handle.session, handle.peer.clone());
+        let old = self.lock().insert(host.to_string(), handle);
+        if let Some(old) = old {
+            tracing::warn!(%host, old_peer = %old.peer, new_peer = %peer, new_session = session,
+                "a newer session for this host replaces the open one: closing the older");
+            old.end.cancel();
+        }
         let _ = self.events.send(HostEvent::Connected {
             host: host.to_string(),
         });

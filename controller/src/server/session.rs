@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// How long an agent has to send `Hello` after opening the stream.
@@ -98,6 +98,7 @@ impl v1::session_server::Session for SessionService {
         }
 
         let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+        let end = tokio_util::sync::CancellationToken::new();
         let session = self.shared.registry.new_session_id();
         self.shared.registry.register(
             &host,
@@ -107,6 +108,7 @@ impl v1::session_server::Session for SessionService {
                 facts: facts.clone(),
                 agent_version: hello.agent_version.clone(),
                 peer: peer.clone(),
+                end: end.clone(),
             },
         );
         tracing::info!(%host, %peer, agent_version = %hello.agent_version,
@@ -130,12 +132,18 @@ impl v1::session_server::Session for SessionService {
         }
 
         let shared = self.shared.clone();
+        let replaced = end.clone();
         tokio::spawn(async move {
-            read_reports(&shared, &host, &mut inbound, &tx).await;
+            // A replaced session stops reading at once: it must not write for the host.
+            tokio::select! {
+                () = read_reports(&shared, &host, &mut inbound, &tx) => {}
+                () = replaced.cancelled() => {}
+            }
             shared.registry.unregister(&host, session);
             tracing::info!(%host, "agent disconnected");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let out = super::registry::outbound_stream(rx, end);
+        Ok(Response::new(Box::pin(out)))
     }
 }
 

@@ -57,6 +57,7 @@ impl TestController {
             db: self.dir.path().join("controller.db"),
             pki: self.pki.dir().to_path_buf(),
             max_connections: 1000,
+            pre_auth: Default::default(),
             logs: self.logs.clone(),
         };
         self.shutdown = Some(tx);
