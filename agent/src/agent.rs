@@ -217,6 +217,13 @@ impl Agent {
             }
             None => {}
         }
+        // A real revision is in force: no longer failed closed (revision 0 is the
+        // minimal policy itself).
+        if revision != 0
+            && let Err(e) = crate::restore::clear_fail_closed(&self.state)
+        {
+            tracing::warn!(error = %e, "cannot clear the fail-closed record");
+        }
         let report = AppliedReport {
             revision,
             hash,
@@ -347,7 +354,7 @@ impl Agent {
                     let (packets, bytes) = counters
                         .get(&(name.as_str(), index))
                         .map_or((0, 0), |c| (c.packets, c.bytes));
-                    if matches!(rule, Rule::LogLimited { .. } | Rule::Counted { .. }) {
+                    if rule.is_deny() {
                         deny_packets += packets;
                     }
                     rules.push(RuleStatus {
@@ -377,6 +384,7 @@ impl Agent {
             deny_packets,
             chains,
             sets,
+            fail_closed: crate::restore::fail_closed(&self.state),
         })
     }
 

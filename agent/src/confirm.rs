@@ -7,11 +7,14 @@
 //! clears the record. If the deadline passes first (or the controller sends `Revert`),
 //! the previous policy is re-applied by the agent on its own and a `Reverted` report is
 //! kept in `<state>/reverted.json` until it could be sent. Both files survive a restart,
-//! so an agent restarted inside the confirm window still reverts on time.
+//! so an agent restarted inside the confirm window still reverts on time. Both are written
+//! like last-known-good ([`crate::durable`]); when `pending-confirm.json` cannot be made
+//! durable the revision is not applied (reported as a failed apply).
 //! Never opens the host: with no previous policy the revert removes only our table,
 //! which is exactly the state before the unconfirmed revision.
 
 use crate::Agent;
+use crate::durable::{self, DurableError};
 use crate::session::Uplink;
 use portcullis_policy::HostPolicy;
 use portcullis_proto::v1;
@@ -62,22 +65,32 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
         .ok()
 }
 
-fn write<T: Serialize>(path: &Path, value: &T) {
-    let tmp = path.with_extension("tmp");
-    let result = serde_json::to_vec_pretty(value)
-        .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        tracing::error!(path = %path.display(), error = %e, "cannot persist the confirm record");
-    }
+/// A confirm record could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    #[error("cannot persist the commit-confirm record: {0}")]
+    Durable(#[from] DurableError),
+    #[error("cannot create the state dir {}: {source}", dir.display())]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Written like last-known-good ([`crate::durable::write_atomic`]).
+fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), ConfirmError> {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| DurableError {
+        path: path.to_path_buf(),
+        action: "serialize",
+        source: std::io::Error::other(e),
+    })?;
+    Ok(durable::write_atomic(path, &body, 0o600)?)
 }
 
 fn remove(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::error!(path = %path.display(), error = %e, "cannot remove the confirm record");
+    if let Err(e) = durable::remove(path) {
+        tracing::error!(error = %e, "cannot remove the confirm record");
     }
 }
 
@@ -103,19 +116,22 @@ impl Confirmer {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set(&self, p: Option<Pending>) {
+    /// Records `p` durably, then in memory. On error nothing changed in memory.
+    fn set(&self, p: Option<Pending>) -> Result<(), ConfirmError> {
         let path = self.dir.join(PENDING_FILE);
         match &p {
             Some(p) => {
-                if let Err(e) = std::fs::create_dir_all(&self.dir) {
-                    tracing::error!(error = %e, "cannot create the state dir");
-                }
-                write(&path, p);
+                std::fs::create_dir_all(&self.dir).map_err(|source| ConfirmError::Dir {
+                    dir: self.dir.clone(),
+                    source,
+                })?;
+                write(&path, p)?;
             }
             None => remove(&path),
         }
         *self.lock() = p;
         self.changed.notify_one();
+        Ok(())
     }
 
     /// The revision waiting for `Confirm`, if any.
@@ -124,8 +140,10 @@ impl Confirmer {
     }
 
     /// Before applying `revision` under a deadline: remember what to go back to (the last
-    /// *confirmed* policy when one is already pending).
-    pub fn begin(&self, agent: &Agent, revision: u64, timeout_ms: u64) {
+    /// *confirmed* policy when one is already pending). The record is durable when this
+    /// returns `Ok`, so a crash at any point of the apply that follows still reverts; on
+    /// error the caller must not apply.
+    pub fn begin(&self, agent: &Agent, revision: u64, timeout_ms: u64) -> Result<(), ConfirmError> {
         let previous = match self.lock().as_ref() {
             Some(p) => p.previous.clone(),
             None => agent.last_known_good().ok().flatten().map(|l| Previous {
@@ -138,21 +156,28 @@ impl Confirmer {
             revision,
             deadline_unix_ms: crate::session::now_ms().saturating_add(timeout),
             previous,
-        }));
+        }))?;
         tracing::info!(revision, timeout_ms, "applying under commit-confirmed");
+        Ok(())
     }
 
     /// The apply failed (nothing changed) or a revision without deadline superseded it.
     pub fn cancel(&self) {
         if self.awaiting().is_some() {
-            self.set(None);
+            self.clear();
         }
+    }
+
+    /// No revision pending any more (removing a record cannot fail in a way that matters:
+    /// a stale record reverts to the policy in force, which is the confirmed one).
+    fn clear(&self) {
+        let _ = self.set(None);
     }
 
     /// `Confirm` from the controller.
     pub fn confirm(&self, revision: u64) {
         if self.awaiting() == Some(revision) {
-            self.set(None);
+            self.clear();
             tracing::info!(revision, "revision confirmed by the controller");
         } else {
             tracing::debug!(revision, "Confirm for a revision not pending; ignored");
@@ -185,19 +210,27 @@ impl Confirmer {
                 }
             }
         };
-        write(
-            &self.dir.join(REVERTED_FILE),
-            &RevertedRecord {
-                revision,
-                restored_revision: restored,
-                reason: reason.to_string(),
-                hash,
-            },
-        );
-        self.set(None);
+        let record = RevertedRecord {
+            revision,
+            restored_revision: restored,
+            reason: reason.to_string(),
+            hash,
+        };
+        // The revert is done; if its report cannot be kept it is still sent now (and only
+        // lost if no session is up either).
+        let kept = write(&self.dir.join(REVERTED_FILE), &record)
+            .inspect_err(
+                |e| tracing::error!(error = %e, "the Reverted report is kept in memory only"),
+            )
+            .is_ok();
+        self.clear();
         let tx = uplink.borrow().clone();
-        if let Some(tx) = tx {
-            self.flush(&tx).await;
+        match (tx, kept) {
+            (Some(tx), true) => self.flush(&tx).await,
+            (Some(tx), false) => {
+                let _ = tx.send(reverted_message(record)).await;
+            }
+            (None, _) => {}
         }
     }
 
@@ -207,15 +240,7 @@ impl Confirmer {
         let Some(r) = read::<RevertedRecord>(&path) else {
             return;
         };
-        let msg = v1::AgentMessage {
-            msg: Some(v1::agent_message::Msg::Reverted(v1::Reverted {
-                revision: r.revision,
-                restored_revision: r.restored_revision,
-                reason: r.reason,
-                hash: r.hash,
-            })),
-        };
-        if tx.send(msg).await.is_ok() {
+        if tx.send(reverted_message(r)).await.is_ok() {
             remove(&path);
         }
     }
@@ -247,6 +272,17 @@ impl Confirmer {
                 }
             }
         }
+    }
+}
+
+fn reverted_message(r: RevertedRecord) -> v1::AgentMessage {
+    v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Reverted(v1::Reverted {
+            revision: r.revision,
+            restored_revision: r.restored_revision,
+            reason: r.reason,
+            hash: r.hash,
+        })),
     }
 }
 

@@ -10,12 +10,16 @@
 //!
 //! Implementations must only ever touch `table inet portcullis`.
 
+mod child;
 mod fake;
+#[doc(hidden)]
+pub mod fuzzing;
 mod netlink;
 mod netlink_table;
 mod nft;
 pub mod nft_json;
 
+pub use child::{DEFAULT_NFT_TIMEOUT, run_bounded};
 pub use fake::FakeDataplane;
 pub use nft::NftDataplane;
 
@@ -36,6 +40,12 @@ pub enum DataplaneError {
         command: String,
         status: String,
         stderr: String,
+    },
+    /// The process did not finish in time; it was killed (with its process group).
+    #[error("`{command}` did not finish within {}; killed", humantime::format_duration(*.timeout))]
+    Timeout {
+        command: String,
+        timeout: std::time::Duration,
     },
     #[error("`{command}` printed non-UTF-8 output")]
     Output { command: String },

@@ -6,9 +6,11 @@
 //!   hash, persist last-known-good), verify, show, remove.
 //! - [`facts`]: links, addresses, default-route interface and hostname over rtnetlink.
 //! - [`state`]: the state dir and its atomically written last-known-good record.
+//! - [`durable`]: the one atomic, fsynced write every safety record goes through.
 //! - [`report`]: the serializable results of those operations.
 //! - [`session`]: `run` — the mutual-TLS session with the controller (fail-static,
 //!   reconnect with jittered backoff).
+//! - [`restore`]: `restore` at boot (last-known-good, else the fail-closed minimal policy).
 //! - [`confirm`]: commit-confirmed (pending revert persisted, reverts on its own).
 //! - [`nflog`] and [`denials`]: denied packets from NFLOG, aggregated, counted, spooled
 //!   on disk and sent to the controller.
@@ -24,9 +26,11 @@ pub mod confirm;
 pub mod dataplane;
 pub mod denials;
 pub mod drift;
+pub mod durable;
 pub mod facts;
 pub mod nflog;
 pub mod report;
+pub mod restore;
 pub mod session;
 pub mod state;
 

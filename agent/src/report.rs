@@ -130,10 +130,15 @@ pub struct ShowReport {
     pub chains: BTreeMap<String, Vec<RuleStatus>>,
     /// Element count per set.
     pub sets: BTreeMap<String, usize>,
+    /// Set when `restore` failed closed and no real revision was applied since.
+    pub fail_closed: Option<crate::restore::FailClosed>,
 }
 
 impl fmt::Display for ShowReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(fc) = &self.fail_closed {
+            writeln!(f, "FAIL-CLOSED: {fc}")?;
+        }
         if !self.table_present {
             writeln!(f, "table inet portcullis: absent")?;
         } else {

@@ -312,12 +312,18 @@ async fn session(
                 match msg.msg {
                     Some(v1::controller_message::Msg::Desired(d)) => {
                         let confirming = d.confirm_timeout_ms > 0;
-                        if confirming {
-                            confirm.begin(agent, d.revision, d.confirm_timeout_ms);
+                        // The confirm record is durable before anything is applied; if it
+                        // cannot be, nothing is (a crash after the apply must find it).
+                        let begun = if confirming {
+                            confirm.begin(agent, d.revision, d.confirm_timeout_ms)
                         } else {
                             confirm.cancel();
-                        }
-                        let (applied, report) = apply_desired(agent, &d).await;
+                            Ok(())
+                        };
+                        let (applied, report) = match begun {
+                            Ok(()) => apply_desired(agent, &d).await,
+                            Err(e) => (not_applied(agent, &d, e.to_string(), 0), None),
+                        };
                         tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
                             .await
                             .context("session channel closed")?;
@@ -415,18 +421,20 @@ async fn apply_desired(
             };
             (applied, Some(r))
         }
-        Err(error) => {
-            tracing::error!(revision = d.revision, %error, "apply failed; previous ruleset stays");
-            let applied = v1::Applied {
-                revision: d.revision,
-                ok: false,
-                hash: kernel_hash(agent),
-                error,
-                duration_us,
-                changes: String::new(),
-            };
-            (applied, None)
-        }
+        Err(error) => (not_applied(agent, d, error, duration_us), None),
+    }
+}
+
+/// The `Applied` of a revision that was not applied (the previous ruleset stays).
+fn not_applied(agent: &Agent, d: &v1::Desired, error: String, duration_us: u64) -> v1::Applied {
+    tracing::error!(revision = d.revision, %error, "apply failed; previous ruleset stays");
+    v1::Applied {
+        revision: d.revision,
+        ok: false,
+        hash: kernel_hash(agent),
+        error,
+        duration_us,
+        changes: String::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! `last-known-good.json` holds the host policy, revision, ruleset hash, the compiled
 //! ruleset that was verified in the kernel, and when (compact JSON). It is written
-//! atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves either
+//! atomically ([`crate::durable`]: temp file, fsync, rename, fsync of the directory), so a crash leaves either
 //! the old record or the new one, never a torn file. Nothing else in the agent writes this
 //! file. The last record read or written is kept in memory with the file's bytes: a load
 //! reads the file and parses it only when the bytes differ (another process, e.g. a CLI
@@ -10,11 +10,12 @@
 //! [`StateDir::lock`] (an exclusive `flock` on `<dir>/lock`) serializes every agent
 //! process and thread that changes the table or the record (the daemon and a CLI `apply`).
 
+use crate::durable::{self, DurableError};
 use nix::fcntl::{Flock, FlockArg};
 use portcullis_policy::{HostPolicy, Ruleset, RulesetHash};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,8 @@ pub enum StateError {
     },
     #[error("{path}: unsupported format {found} (this agent reads format {FORMAT})")]
     Format { path: PathBuf, found: u32 },
+    #[error(transparent)]
+    Durable(#[from] DurableError),
 }
 
 /// The state directory. Created (mode 0700) on first write. Clones share the in-memory
@@ -218,37 +221,25 @@ impl StateDir {
             source,
         })?;
         body.push(b'\n');
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
         let record = PreparedRecord {
             state: self,
             lkg,
             body,
             committed: false,
         };
-        file.write_all(&record.body).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
+        durable::write_synced(&tmp, &record.body, 0o600)?;
         Ok(record)
     }
 
     fn tmp_path(&self) -> PathBuf {
-        self.dir.join(format!("{LKG_FILE}.tmp"))
+        durable::tmp_path(&self.lkg_path())
     }
 
     /// Deletes the record (durably); no error when there is none.
     pub fn clear(&self) -> Result<(), StateError> {
         let path = self.lkg_path();
         *self.cache.get() = None;
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io { path, source }),
-        }
+        Ok(durable::remove(&path)?)
     }
 }
 
@@ -272,9 +263,10 @@ impl PreparedRecord<'_> {
     /// Replaces the record with this one: rename over it, sync the directory.
     pub fn commit(mut self) -> Result<(), StateError> {
         let (tmp, path) = (self.state.tmp_path(), self.state.lkg_path());
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        self.committed = true;
-        sync_dir(&self.state.dir)?;
+        let renamed = durable::rename_synced(&tmp, &path);
+        // Renamed but the directory sync failed: the file is the new record either way.
+        self.committed = path.exists() && !tmp.exists();
+        renamed?;
         *self.state.cache.get() = Some((std::mem::take(&mut self.body), self.lkg.clone()));
         Ok(())
     }
@@ -295,15 +287,6 @@ pub struct StateLock(#[allow(dead_code)] Flock<File>);
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
     let path = path.to_path_buf();
     move |source| StateError::Io { path, source }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| StateError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 #[cfg(test)]

@@ -5,13 +5,15 @@
 //! including a missing table); `2` bad input (policy errors, printed as
 //! `file:line:col: message`, or bad arguments; nothing applied); `3` nothing applied yet
 //! (`verify` without last-known-good); `4` operational failure (nft refused, readback did
-//! not match, state dir unwritable...; the kernel keeps its previous table).
+//! not match, state dir unwritable...; the kernel keeps its previous table); `5` `restore`
+//! failed closed (the minimal policy is enforced, last-known-good could not be).
 //!
 //! Every flag has an environment variable (`PORTCULLIS_*`). Logs go to stderr (`tracing`),
 //! results to stdout (`--json` for machines).
 
 mod apply;
 mod remove;
+mod restore;
 mod run;
 mod show;
 mod verify;
@@ -29,6 +31,7 @@ pub enum Exit {
     BadInput = 2,
     NothingApplied = 3,
     Failure = 4,
+    FailedClosed = 5,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -65,6 +68,10 @@ pub struct Global {
     /// recognize; the table is read back over netlink, in the agent's own network namespace).
     #[arg(long, global = true, env = "PORTCULLIS_NFT", default_value = "nft")]
     pub nft: PathBuf,
+    /// Deadline of each nft process: past it, it is killed (with its children) and the
+    /// operation fails; a hung nft never wedges the agent.
+    #[arg(long, global = true, env = "PORTCULLIS_NFT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub nft_timeout: std::time::Duration,
     /// Log filter for stderr (tracing `EnvFilter` syntax), e.g. `info` or `portcullis_agent=debug`.
     #[arg(long, global = true, env = "PORTCULLIS_LOG", default_value = "warn")]
     pub log: String,
@@ -80,6 +87,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Delete `table inet portcullis` (only it) and, unless --keep-state, last-known-good.
     Remove(remove::RemoveArgs),
+    /// Boot oneshot: enforce last-known-good with no controller and no network, else fail
+    /// closed to the minimal policy (exit 5).
+    Restore(restore::RestoreArgs),
     /// Run the daemon: enforce last-known-good, then follow the controller over mutual TLS.
     Run(run::RunArgs),
 }
@@ -97,7 +107,7 @@ pub fn init_tracing(global: &Global) {
 /// Runs one subcommand and turns its outcome into an exit code (printing errors).
 pub fn run(cli: Cli) -> Exit {
     let agent = Agent::new(
-        Arc::new(NftDataplane::new(&cli.global.nft)),
+        Arc::new(NftDataplane::new(&cli.global.nft).with_timeout(cli.global.nft_timeout)),
         StateDir::new(&cli.global.state_dir),
     );
     let result = match cli.command {
@@ -105,6 +115,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Show(args) => show::run(&agent, args),
         Command::Verify(args) => verify::run(&agent, args),
         Command::Remove(args) => remove::run(&agent, args),
+        Command::Restore(args) => restore::run(&agent, args),
         Command::Run(args) => run::run(&agent, args, &cli.global),
     };
     match result {

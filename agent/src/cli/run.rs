@@ -101,6 +101,7 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
         spool_dir,
         spool_max_bytes: args.spool_max,
         nft: global.nft.clone(),
+        nft_timeout: global.nft_timeout,
     });
     let mut drift = crate::drift::DriftConfig::new(
         args.drift_interval.max(Duration::from_millis(100)),

@@ -1,7 +1,9 @@
 //! [`NftDataplane`]: the real dataplane, driving the `nft` binary.
 //!
 //! One process per operation; scripts go through stdin (`nft -f -`), never through a
-//! temporary file. Errors carry nft's stderr verbatim (it names the offending line).
+//! temporary file. Errors carry nft's stderr verbatim (it names the offending line). Each
+//! process has a deadline ([`NftDataplane::with_timeout`], default 30 s): past it, it is
+//! killed and the operation fails ([`super::child`]).
 //!
 //! [`Dataplane::read_table`] (the agent's verification) does not use `nft -j list table`,
 //! whose cost at 10k set elements exceeds the apply's (nft decomposes the intervals and
@@ -21,18 +23,21 @@
 
 use super::netlink::{Decoded, NfTables};
 use super::netlink_table;
-use super::{Dataplane, DataplaneError, KernelTable, parse_table};
+use super::{
+    DEFAULT_NFT_TIMEOUT, Dataplane, DataplaneError, KernelTable, parse_table, run_bounded,
+};
 use portcullis_policy::render::delete_script;
 use portcullis_policy::ruleset::{Rule, Set};
 use portcullis_policy::{TABLE_NAME, parse_ruleset_readback};
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+use std::time::Duration;
 
 /// The real nftables dataplane (the `nft` binary, found on `PATH` by default).
 #[derive(Debug, Clone)]
 pub struct NftDataplane {
     nft: PathBuf,
+    timeout: Duration,
 }
 
 impl Default for NftDataplane {
@@ -44,42 +49,21 @@ impl Default for NftDataplane {
 impl NftDataplane {
     /// A dataplane running the given `nft` binary.
     pub fn new(nft: impl Into<PathBuf>) -> Self {
-        Self { nft: nft.into() }
+        Self {
+            nft: nft.into(),
+            timeout: DEFAULT_NFT_TIMEOUT,
+        }
     }
 
+    /// The same dataplane with another deadline for each `nft` process.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// One `nft` process, killed (with its process group) at the deadline.
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, DataplaneError> {
-        let spawn_err = |source| DataplaneError::Spawn {
-            program: self.nft.display().to_string(),
-            source,
-        };
-        let mut child = Command::new(&self.nft)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        // Feed stdin from a second thread so a chatty nft can never block us on a full
-        // stdout/stderr pipe while we are still writing.
-        let input = child.stdin.take();
-        let written = std::thread::scope(|s| {
-            let writer = s.spawn(move || match (input, stdin) {
-                (Some(mut pipe), Some(text)) => pipe.write_all(text.as_bytes()),
-                _ => Ok(()),
-            });
-            let output = child.wait_with_output();
-            (writer.join(), output)
-        });
-        let output = written.1.map_err(spawn_err)?;
-        if let (Ok(Err(e)), true) = (written.0, output.status.success()) {
-            // nft succeeded without reading everything: should not happen, but say so.
-            return Err(spawn_err(e));
-        }
-        Ok(output)
+        run_bounded(&self.nft, args, stdin, self.timeout)
     }
 
     fn command_line(&self, args: &[&str]) -> String {
@@ -90,18 +74,8 @@ impl NftDataplane {
     /// `Err(why)` when it holds anything that module does not recognize, or on any
     /// error. [`Dataplane::read_table`] tries this first; public for tests and benchmarks.
     pub fn read_table_netlink(&self) -> Result<Option<KernelTable>, String> {
-        const ATTEMPTS: usize = 3;
         let mut nl = NfTables::open().map_err(|e| format!("netlink: {e}"))?;
-        for _ in 0..ATTEMPTS {
-            let generation = nl.generation().map_err(|e| format!("netlink: {e}"))?;
-            let table = netlink_table::read(&mut nl).map_err(|e| format!("netlink: {e}"))??;
-            if nl.generation().map_err(|e| format!("netlink: {e}"))? == generation {
-                return Ok(table);
-            }
-        }
-        Err(format!(
-            "the ruleset changed during each of {ATTEMPTS} reads"
-        ))
+        read_netlink_consistent(&mut nl)
     }
 
     /// Our table read as terse listing + netlink element dumps (see the module docs);
@@ -159,6 +133,21 @@ impl NftDataplane {
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         }
     }
+}
+
+/// [`netlink_table::read`] between two equal ruleset generations (a few attempts).
+pub(super) fn read_netlink_consistent(nl: &mut NfTables) -> Result<Option<KernelTable>, String> {
+    const ATTEMPTS: usize = 3;
+    for _ in 0..ATTEMPTS {
+        let generation = nl.generation().map_err(|e| format!("netlink: {e}"))?;
+        let table = netlink_table::read(nl).map_err(|e| format!("netlink: {e}"))??;
+        if nl.generation().map_err(|e| format!("netlink: {e}"))? == generation {
+            return Ok(table);
+        }
+    }
+    Err(format!(
+        "the ruleset changed during each of {ATTEMPTS} reads"
+    ))
 }
 
 impl Dataplane for NftDataplane {

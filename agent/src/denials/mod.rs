@@ -37,8 +37,9 @@ pub struct DenialConfig {
     pub interval: Duration,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
-    /// The nft binary (to read the over-limit drop counter).
+    /// The nft binary (to read the over-limit drop counter) and its deadline.
     pub nft: PathBuf,
+    pub nft_timeout: Duration,
 }
 
 /// The running pipeline; also the session [`Companion`] that sends and acknowledges.
@@ -141,10 +142,10 @@ fn to_wire(b: nflog::DenialBatch, names: &mut IfNames) -> v1::DenialBatch {
 
 /// Packets counted by the last rule of our `guard` chain: denied over the log rate limit
 /// (dropped or, in audit mode, accepted) without being logged.
-fn over_limit_counter(nft: &std::path::Path) -> Option<u64> {
-    let out = std::process::Command::new(nft)
-        .args(["-j", "list", "chain", "inet", "portcullis", "guard"])
-        .output()
+fn over_limit_counter(nft: &std::path::Path, timeout: Duration) -> Option<u64> {
+    let args = ["-j", "list", "chain", "inet", "portcullis", "guard"];
+    let out = crate::dataplane::run_bounded(nft, &args, None, timeout)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot read the over-limit counter"))
         .ok()?;
     if !out.status.success() {
         return None;
@@ -208,7 +209,7 @@ impl Denials {
         names.refresh();
         // No table yet means counters at zero: a table created later starts from 0, so
         // nothing denied over the limit before the first reading goes uncounted.
-        let start = over_limit_counter(&config.nft).or(Some(0));
+        let start = over_limit_counter(&config.nft, config.nft_timeout).or(Some(0));
         agg.baseline(SystemTime::now(), &reader.stats(), start);
         let mut last = Instant::now();
         let tick = (config.interval / 4).max(Duration::from_millis(10));
@@ -230,7 +231,7 @@ impl Denials {
                 continue;
             }
             last = Instant::now();
-            let counter = over_limit_counter(&config.nft);
+            let counter = over_limit_counter(&config.nft, config.nft_timeout);
             let Some(batch) = agg.drain(SystemTime::now(), &reader.stats(), counter) else {
                 continue;
             };

@@ -3,7 +3,8 @@
 //! spooled. Bounded by bytes: when full, the oldest batches are dropped and *counted*
 //! (the count rides on the next batch as `spool_dropped`).
 //!
-//! Layout: `spool/<seq:020>.json` (one wire batch each, written temp + fsync + rename),
+//! Layout: `spool/<seq:020>.pb` (one wire batch each, written with [`crate::durable`]:
+//! temp + fsync + rename + directory fsync),
 //! `spool/meta.json` (`epoch`, `next_seq`, `dropped` not yet reported). Sequence numbers
 //! never go back within an epoch; a new spool gets a new random epoch. Single writer: the
 //! agent's denial pipeline. No network I/O here.
@@ -12,9 +13,7 @@ use portcullis_proto::v1;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,21 +52,17 @@ pub struct Spool {
     files: BTreeMap<u64, (u64, u64)>,
     /// Batches dropped because the spool was full (cumulative, this process).
     pub dropped_total: u64,
+    /// Batches lost because they could not be written (ENOSPC, EIO...; cumulative, this
+    /// process). Each is also counted in the next stored batch's `spool_dropped`.
+    pub lost_total: u64,
 }
 
+/// Through the agent's one durable-write helper (temp, fsync, rename, directory fsync).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_data().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
+    crate::durable::write_atomic(path, bytes, 0o600).map_err(|e| SpoolError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 impl Spool {
@@ -114,6 +109,7 @@ impl Spool {
             meta,
             files,
             dropped_total: 0,
+            lost_total: 0,
         };
         if let Some((&last, _)) = spool.files.last_key_value() {
             spool.meta.next_seq = spool.meta.next_seq.max(last + 1);
@@ -152,7 +148,8 @@ impl Spool {
     }
 
     /// Number, stamp (epoch, seq, unreported drops) and store `batch` durably.
-    /// Returns its seq.
+    /// Returns its seq. When it cannot be written (disk full, I/O error) it is lost and
+    /// counted: the next batch stored reports it in `spool_dropped`.
     pub fn append(&mut self, mut batch: v1::DenialBatch) -> Result<u64, SpoolError> {
         let seq = self.meta.next_seq;
         batch.seq = seq;
@@ -170,12 +167,19 @@ impl Spool {
         }
         let bytes = batch.encode_to_vec();
         let carried = batch.spool_dropped;
+        // The batch first: until it is on disk, the drops it carries stay in the meta.
+        if let Err(e) = write_atomic(&self.path(seq), &bytes) {
+            self.meta.dropped += 1;
+            self.lost_total += 1;
+            // Best effort: the count is kept in memory if this fails too.
+            let _ = self.save_meta();
+            return Err(e);
+        }
+        self.files.insert(seq, (bytes.len() as u64, carried));
         self.meta.next_seq = seq + 1;
         // Reported with this batch from now on.
         self.meta.dropped = 0;
         self.save_meta()?;
-        write_atomic(&self.path(seq), &bytes)?;
-        self.files.insert(seq, (bytes.len() as u64, carried));
         Ok(seq)
     }
 
@@ -291,5 +295,28 @@ mod tests {
         let dropped: u64 = pending.iter().map(|b| b.spool_dropped).sum();
         assert_eq!(dropped + pending.len() as u64, 10, "{pending:?}");
         assert_eq!(s.dropped_total, 10 - pending.len() as u64);
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_written_is_counted_in_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.append(batch(1)).unwrap(), 1);
+        // seq 2 cannot be written: a directory stands where its temporary file goes.
+        let blocker = crate::durable::tmp_path(&s.path(2));
+        fs::create_dir(&blocker).unwrap();
+        s.append(batch(2)).unwrap_err();
+        s.append(batch(3)).unwrap_err();
+        assert_eq!(s.lost_total, 2);
+        fs::remove_dir(&blocker).unwrap();
+        let seq = s.append(batch(4)).unwrap();
+        let stored = s.read_after(1, 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!((stored[0].seq, stored[0].spool_dropped), (seq, 2));
+        // The count survives a restart before it was reported.
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.read_after(0, 10).unwrap().len(), 2);
+        let next = s.append(batch(5)).unwrap();
+        assert_eq!(s.read_after(next - 1, 1).unwrap()[0].spool_dropped, 0);
     }
 }

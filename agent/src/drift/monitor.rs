@@ -5,7 +5,10 @@
 //! Our own transactions wake it too: the loop then verifies (readback + semantic diff) and
 //! finds nothing, so no pid bookkeeping is needed and no own change is ever reported as
 //! drift. If `nft monitor` exits, it is restarted with backoff; the timer path covers the
-//! gap. Read only: this never changes the ruleset.
+//! gap. Read only: this never changes the ruleset. The monitor runs in its own process
+//! group, killed as a whole when it is restarted or the loop ends; a monitor that stops
+//! printing is not a hang (the timer path still verifies, each check bounded by the
+//! dataplane's own deadline).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -32,14 +35,36 @@ pub async fn run(nft: PathBuf, wake: Arc<Notify>) {
     }
 }
 
+/// How long `nft monitor` may take to exit once it closed its output.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Kills the monitor's whole process group (a wrapper and its children) when dropped:
+/// when the loop ends, is aborted, or the monitor misbehaves.
+struct GroupGuard(Option<nix::unistd::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 async fn watch_once(nft: &PathBuf, wake: &Notify) -> std::io::Result<()> {
     let mut child = tokio::process::Command::new(nft)
         .arg("monitor")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
+    let _group = GroupGuard(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(nix::unistd::Pid::from_raw),
+    );
     let stdout = child
         .stdout
         .take()
@@ -50,7 +75,13 @@ async fn watch_once(nft: &PathBuf, wake: &Notify) -> std::io::Result<()> {
         tracing::trace!(%line, "nft event");
         wake.notify_one();
     }
-    let status = child.wait().await?;
-    tracing::debug!(%status, "nft monitor ended");
+    // Output closed: it should be exiting; bounded, then killed (with its group).
+    match tokio::time::timeout(EXIT_WAIT, child.wait()).await {
+        Ok(status) => tracing::debug!(status = %status?, "nft monitor ended"),
+        Err(_) => {
+            tracing::warn!("`nft monitor` closed its output but did not exit; killed");
+            child.kill().await?;
+        }
+    }
     Ok(())
 }
