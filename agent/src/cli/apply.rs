@@ -67,9 +67,21 @@ pub fn run(agent: &Agent, args: ApplyArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// Reads a policy file, refusing one larger than the YAML budget before reading it.
 fn read_source(path: &Path) -> Result<Source> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
+    let bad = |e: std::io::Error| BadInput(format!("{}: {e}", path.display()));
+    let limit = portcullis_policy::budget::MAX_DOCUMENT_BYTES;
+    let file = std::fs::File::open(path).map_err(bad)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, limit as u64 + 1), &mut text)
+        .map_err(bad)?;
+    if text.len() > limit {
+        return Err(BadInput(format!(
+            "{}:1:1: document too large: more than {limit} bytes",
+            path.display()
+        ))
+        .into());
+    }
     Ok(Source::new(path.display().to_string(), text))
 }
 
