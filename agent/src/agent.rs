@@ -60,6 +60,9 @@ pub struct Agent {
     /// Serializes kernel operations (apply, verify, heal) of every clone, so a drift check
     /// never sees an apply half done, and a heal never overwrites a newer revision.
     op: Arc<Mutex<()>>,
+    /// The NFLOG group of the policy last applied (`None` before the first apply): what
+    /// the denial pipeline reads.
+    log_group: Arc<tokio::sync::watch::Sender<Option<u16>>>,
 }
 
 impl Agent {
@@ -68,7 +71,14 @@ impl Agent {
             dataplane,
             state,
             op: Arc::new(Mutex::new(())),
+            log_group: Arc::new(tokio::sync::watch::channel(None).0),
         }
+    }
+
+    /// The NFLOG group of the policy last applied by any clone, updated on every
+    /// successful apply (revert and heal included).
+    pub fn log_group(&self) -> tokio::sync::watch::Receiver<Option<u16>> {
+        self.log_group.subscribe()
     }
 
     /// Holds the operation lock (a panic while holding it leaves nothing half-written:
@@ -217,6 +227,11 @@ impl Agent {
             }
             None => {}
         }
+        self.log_group.send_if_modified(|g| {
+            let changed = *g != Some(policy.log_group);
+            *g = Some(policy.log_group);
+            changed
+        });
         // A real revision is in force: no longer failed closed (revision 0 is the
         // minimal policy itself).
         if revision != 0

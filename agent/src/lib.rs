@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod conditions;
 pub mod confirm;
 pub mod dataplane;
 pub mod denials;

@@ -8,6 +8,7 @@
 //! Nothing here ever flushes or opens the firewall on error.
 
 use crate::Agent;
+use crate::conditions::Conditions;
 use anyhow::Context as _;
 use portcullis_policy::HostPolicy;
 use portcullis_proto::{PROTOCOL_VERSION, v1};
@@ -45,6 +46,7 @@ pub trait Companion: Send + Sync {
 pub struct Companions {
     list: Vec<Arc<dyn Companion>>,
     link: watch::Sender<Option<mpsc::Sender<v1::AgentMessage>>>,
+    conditions: Conditions,
 }
 
 impl Default for Companions {
@@ -64,7 +66,12 @@ impl Companions {
         Self {
             list: Vec::new(),
             link: watch::channel(None).0,
+            conditions: Conditions::default(),
         }
+    }
+    /// Where companions report what keeps them from working (sent in heartbeats).
+    pub fn conditions(&self) -> Conditions {
+        self.conditions.clone()
     }
     /// The uplink a companion uses to send when it has something to say.
     pub fn uplink(&self) -> Uplink {
@@ -283,6 +290,7 @@ async fn session(
         applied_revision: lkg.as_ref().map_or(0, |l| l.revision),
         applied_hash: lkg.as_ref().map(|l| l.hash.0.clone()).unwrap_or_default(),
         kernel_hash: kernel_hash(agent),
+        conditions: conditions(agent, &companions.conditions),
     };
     let (tx, rx) = mpsc::channel(16);
     tx.send(v1::AgentMessage {
@@ -370,6 +378,7 @@ async fn session(
                     kernel_hash,
                     verified_unix_ms: now_ms(),
                     rule_hits,
+                    conditions: conditions(agent, &companions.conditions),
                 };
                 tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Heartbeat(hb)) })
                     .await
@@ -377,6 +386,15 @@ async fn session(
             }
         }
     }
+}
+
+/// The conditions reported to the controller: the companions' and a fail-closed host's.
+fn conditions(agent: &Agent, companions: &Conditions) -> Vec<String> {
+    let mut lines = companions.lines();
+    if let Some(fc) = crate::restore::fail_closed(agent.state()) {
+        lines.insert(0, format!("fail-closed: {fc}"));
+    }
+    lines
 }
 
 /// Milliseconds since the Unix epoch.

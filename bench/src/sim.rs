@@ -122,6 +122,7 @@ fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
             applied_revision: applied.0,
             applied_hash: applied.1.clone(),
             kernel_hash: applied.1.clone(),
+            conditions: Vec::new(),
         })),
     }
 }

@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// Do not collect denial logs (NFLOG)
     #[arg(long, env = "PORTCULLIS_NO_DENIALS")]
     pub no_denials: bool,
-    /// NFLOG group to read (the policy's `log.group`, default 7)
+    /// NFLOG group to read before a policy is applied; from then on the agent reads the
+    /// applied policy's `log.group` (switching when a policy with another group is applied)
     #[arg(long, env = "PORTCULLIS_NFLOG_GROUP", default_value_t = 7)]
     pub nflog_group: u16,
     /// Denials are aggregated per (source, protocol, port) over this interval
@@ -94,9 +95,14 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
         None => crate::session::host_from_cert(&config.cert)?,
     };
     let spool_dir = agent.state().path().join("spool");
+    // Until a policy is applied: last-known-good's group, else --nflog-group.
+    let group = match agent.last_known_good() {
+        Ok(Some(lkg)) => lkg.policy.log_group,
+        _ => args.nflog_group,
+    };
     let denial_config = (!args.no_denials).then(|| crate::denials::DenialConfig {
         host,
-        group: args.nflog_group,
+        group,
         interval: args.denial_interval,
         spool_dir,
         spool_max_bytes: args.spool_max,
@@ -117,7 +123,12 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
             companions.uplink(),
         ));
         if let Some(dc) = denial_config {
-            companions.add(crate::denials::Denials::start(dc, companions.uplink())?);
+            companions.add(crate::denials::Denials::start(
+                dc,
+                companions.uplink(),
+                agent.log_group(),
+                companions.conditions(),
+            ));
         }
         run_session(agent.clone(), config, companions, shutdown_signal()).await
     })?;

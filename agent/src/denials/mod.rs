@@ -9,29 +9,32 @@
 //!   de-duplicates by (epoch, seq)).
 //! ```
 //! Nothing is lost without being counted: reader drops, socket overruns/gaps, kernel
-//! suppression and spool overflow all travel in the batches. The reading thread never
-//! does disk or network I/O.
+//! suppression, spool overflow and batches that could not be written all travel in the
+//! batches. The reading thread never does disk or network I/O. The group read follows the
+//! applied policy, and a pipeline that cannot start is reported and retried without
+//! touching the session or the policy ([`supervisor`]).
 
 mod spool;
+mod supervisor;
 
 pub use spool::{Spool, SpoolError};
 
-use crate::nflog::{self, Action, Aggregator, DenialReader, ReaderConfig};
+use crate::conditions::Conditions;
+use crate::nflog::{self, Action};
 use crate::session::{Companion, Uplink};
 use portcullis_proto::v1;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Notify, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
 pub struct DenialConfig {
     pub host: String,
-    /// NFLOG group of the compiled ruleset.
+    /// NFLOG group read until a policy is applied (then the policy's `log.group`).
     pub group: u16,
     /// Aggregation interval (one batch per interval at most).
     pub interval: Duration,
@@ -44,7 +47,8 @@ pub struct DenialConfig {
 
 /// The running pipeline; also the session [`Companion`] that sends and acknowledges.
 pub struct Denials {
-    spool: Mutex<Spool>,
+    /// `None` until the supervisor could open it.
+    spool: Mutex<Option<Spool>>,
     notify: Notify,
     sent_upto: AtomicU64,
     uplink: Uplink,
@@ -161,90 +165,40 @@ fn over_limit_counter(nft: &std::path::Path, timeout: Duration) -> Option<u64> {
 }
 
 impl Denials {
-    /// Start reading the group (in this thread's network namespace), aggregating and
-    /// spooling. Sending happens through the session once this is added as a companion.
-    pub fn start(config: DenialConfig, uplink: Uplink) -> anyhow::Result<Arc<Self>> {
-        use anyhow::Context as _;
-        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)
-            .context("opening the denial spool")?;
-        let (reader, rx) = DenialReader::start_with(ReaderConfig {
-            group: config.group,
-            ..ReaderConfig::default()
-        })
-        .with_context(|| format!("binding NFLOG group {}", config.group))?;
-        tracing::info!(
-            group = config.group,
-            rcvbuf = reader.rcvbuf(),
-            spooled = spool.len(),
-            "denial reader started"
-        );
+    /// Starts the pipeline's supervisor thread (see [`supervisor`]): it binds the group
+    /// the applied policy logs to (`group`, `config.group` until a policy is applied) in
+    /// this thread's network namespace, aggregates and spools; failures are reported in
+    /// `conditions` and retried, never returned. Sending happens through the session once
+    /// this is added as a companion.
+    pub fn start(
+        config: DenialConfig,
+        uplink: Uplink,
+        group: watch::Receiver<Option<u16>>,
+        conditions: Conditions,
+    ) -> Arc<Self> {
         let me = Arc::new(Self {
-            spool: Mutex::new(spool),
+            spool: Mutex::new(None),
             notify: Notify::new(),
             sent_upto: AtomicU64::new(0),
             uplink,
             strikes: Mutex::new((0, 0)),
         });
-        let agg_me = me.clone();
-        std::thread::Builder::new()
+        let sup = me.clone();
+        let sup_conditions = conditions.clone();
+        let spawned = std::thread::Builder::new()
             .name("pc-denials".into())
-            .spawn(move || agg_me.aggregate(config, reader, rx))
-            .context("spawning the aggregator thread")?;
-        tokio::spawn(me.clone().send_loop());
-        Ok(me)
-    }
-
-    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
-        self.spool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn aggregate(
-        &self,
-        config: DenialConfig,
-        reader: DenialReader,
-        rx: std::sync::mpsc::Receiver<nflog::DenialEvent>,
-    ) {
-        let mut agg = Aggregator::new(config.host.clone(), config.interval);
-        let mut names = IfNames::default();
-        names.refresh();
-        // No table yet means counters at zero: a table created later starts from 0, so
-        // nothing denied over the limit before the first reading goes uncounted.
-        let start = over_limit_counter(&config.nft, config.nft_timeout).or(Some(0));
-        agg.baseline(SystemTime::now(), &reader.stats(), start);
-        let mut last = Instant::now();
-        let tick = (config.interval / 4).max(Duration::from_millis(10));
-        loop {
-            match rx.recv_timeout(tick) {
-                Ok(ev) => {
-                    agg.push(ev);
-                    while let Ok(ev) = rx.try_recv() {
-                        agg.push(ev);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    tracing::error!("NFLOG reader stopped; denial logs are no longer collected");
-                    return;
-                }
-            }
-            if last.elapsed() < config.interval {
-                continue;
-            }
-            last = Instant::now();
-            let counter = over_limit_counter(&config.nft, config.nft_timeout);
-            let Some(batch) = agg.drain(SystemTime::now(), &reader.stats(), counter) else {
-                continue;
-            };
-            let wire = to_wire(batch, &mut names);
-            let (entries, seen) = (wire.entries.len(), wire.seen);
-            match self.spool().append(wire) {
-                Ok(seq) => tracing::debug!(seq, entries, seen, "denial batch spooled"),
-                Err(e) => {
-                    tracing::error!(error = %e, seen, "cannot spool a denial batch; its events are lost")
-                }
-            }
-            self.notify.notify_one();
+            .spawn(move || sup.supervise(config, group, sup_conditions));
+        if let Err(e) = spawned {
+            let text = format!("cannot start the denial pipeline thread: {e}");
+            tracing::error!(%text);
+            conditions.set(supervisor::CONDITION, text);
         }
+        tokio::spawn(me.clone().send_loop());
+        me
+    }
+
+    fn spool(&self) -> std::sync::MutexGuard<'_, Option<Spool>> {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn send_loop(self: Arc<Self>) {
@@ -258,7 +212,8 @@ impl Denials {
                 continue;
             };
             let after = self.sent_upto.load(Ordering::Acquire);
-            let batches = match self.spool().read_after(after, 64) {
+            let read = self.spool().as_ref().map(|s| s.read_after(after, 64));
+            let batches = match read.unwrap_or(Ok(Vec::new())) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the denial spool");
@@ -290,8 +245,7 @@ impl Denials {
 impl Companion for Denials {
     async fn on_connect(&self, _tx: &mpsc::Sender<v1::AgentMessage>) {
         // A batch that stays the oldest across many sessions is poison: drop it, counted.
-        {
-            let mut spool = self.spool();
+        if let Some(spool) = self.spool().as_mut() {
             let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
             match spool.oldest() {
                 Some(seq) if seq == strikes.0 => {
@@ -322,8 +276,9 @@ impl Companion for Denials {
         msg: &v1::controller_message::Msg,
         _tx: &mpsc::Sender<v1::AgentMessage>,
     ) {
-        if let v1::controller_message::Msg::DenialAck(ack) = msg {
-            let mut spool = self.spool();
+        if let v1::controller_message::Msg::DenialAck(ack) = msg
+            && let Some(spool) = self.spool().as_mut()
+        {
             spool.ack(ack.seq);
             if let Err(e) = spool.sync_dir() {
                 tracing::warn!(error = %e, "syncing the spool directory");

@@ -2,6 +2,8 @@
 //! expected hash (computed by the controller) vs the hash the agent read back from the
 //! kernel and when it last verified, drift and coexistence findings, agent version. A
 //! hash mismatch on the applied revision is shown as drift even if the agent said nothing.
+//! The agents' conditions (a failed-closed host, a denial pipeline that cannot run) are
+//! printed below the table, one line each.
 
 use super::connect::ConnectArgs;
 use super::output::{ago_ms, print_json, short_hash, table};
@@ -36,6 +38,7 @@ struct HostJson<'a> {
     drift_detected_unix_ms: i64,
     drift_healed_unix_ms: i64,
     coexistence: Vec<serde_json::Value>,
+    conditions: &'a [String],
 }
 
 fn in_sync(h: &v1::HostStatus) -> bool {
@@ -82,6 +85,7 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                     .iter()
                     .map(super::drift::finding_json)
                     .collect(),
+                conditions: &h.conditions,
             })
             .collect();
         print_json(&serde_json::json!({ "hosts": hosts }))?;
@@ -100,6 +104,8 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                     Some(d) if h.drift_state != "in_sync" => format!("DRIFT: {d}"),
                     _ => "DRIFT: kernel hash is not the expected one".into(),
                 }
+            } else if h.conditions.iter().any(|c| c.starts_with("fail-closed")) {
+                "FAIL-CLOSED: minimal policy enforced".to_string()
             } else if in_sync(h) {
                 "in sync".to_string()
             } else if !h.last_error.is_empty() {
@@ -157,8 +163,24 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 super::drift::finding_line(f)
             );
         }
+        for c in &h.conditions {
+            println!("{}: {}", h.host, printable(c));
+        }
     }
     Ok(super::exit::OK)
+}
+
+/// Agent-controlled text with control characters escaped (no terminal escapes).
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn rev(r: u64) -> String {

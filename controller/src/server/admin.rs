@@ -364,6 +364,7 @@ impl v1::admin_server::Admin for AdminService {
             .into_iter()
             .map(|h| v1::HostStatus {
                 connected: self.shared.registry.is_connected(&h.name),
+                conditions: self.shared.registry.conditions(&h.name),
                 hash_match: !h.expected_hash.is_empty() && h.expected_hash == h.reported_hash,
                 host: h.name,
                 last_seen_unix_ms: h.last_seen_ms,
@@ -378,7 +379,10 @@ impl v1::admin_server::Admin for AdminService {
             })
             .collect::<Vec<_>>();
         super::drift::attest(&self.shared, &mut hosts).await?;
-        Ok(Response::new(v1::StatusResponse { hosts }))
+        Ok(Response::new(v1::StatusResponse {
+            hosts,
+            counters: Some(self.shared.counters()),
+        }))
     }
 
     async fn history(

@@ -63,6 +63,8 @@ pub enum HostEvent {
 #[derive(Debug)]
 pub struct Registry {
     agents: Mutex<HashMap<String, AgentHandle>>,
+    /// The conditions each connected agent last reported (Hello / Heartbeat), bounded.
+    conditions: Mutex<HashMap<String, Vec<String>>>,
     events: broadcast::Sender<HostEvent>,
     next_session: AtomicU64,
 }
@@ -78,6 +80,7 @@ impl Registry {
         let (events, _) = broadcast::channel(65_536);
         Self {
             agents: Mutex::new(HashMap::new()),
+            conditions: Mutex::new(HashMap::new()),
             events,
             next_session: AtomicU64::new(1),
         }
@@ -118,6 +121,7 @@ impl Registry {
             }
         };
         if removed {
+            self.conditions_map().remove(host);
             let _ = self.events.send(HostEvent::Disconnected {
                 host: host.to_string(),
             });
@@ -130,6 +134,37 @@ impl Registry {
 
     pub fn is_connected(&self, host: &str) -> bool {
         self.lock().contains_key(host)
+    }
+
+    fn conditions_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.conditions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records what the agent of `host` reports as wrong (at most 16 lines of 512 bytes:
+    /// agent-controlled input).
+    pub fn set_conditions(&self, host: &str, lines: &[String]) {
+        let lines: Vec<String> = lines
+            .iter()
+            .take(16)
+            .map(|l| {
+                let mut end = l.len().min(512);
+                while !l.is_char_boundary(end) {
+                    end -= 1;
+                }
+                l[..end].to_owned()
+            })
+            .collect();
+        let mut map = self.conditions_map();
+        if lines.is_empty() {
+            map.remove(host);
+        } else {
+            map.insert(host.to_owned(), lines);
+        }
+    }
+
+    /// The conditions the connected agent of `host` last reported.
+    pub fn conditions(&self, host: &str) -> Vec<String> {
+        self.conditions_map().get(host).cloned().unwrap_or_default()
     }
 
     pub fn connected_count(&self) -> usize {

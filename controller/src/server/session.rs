@@ -111,8 +111,12 @@ impl v1::session_server::Session for SessionService {
                 end: end.clone(),
             },
         );
+        self.shared
+            .registry
+            .set_conditions(&host, &hello.conditions);
         tracing::info!(%host, %peer, agent_version = %hello.agent_version,
-            applied_revision = hello.applied_revision, "agent connected");
+            applied_revision = hello.applied_revision, conditions = ?hello.conditions,
+            "agent connected");
 
         // Mid-rollout hosts are driven by the rollout (confirm or revert), not by reconnects.
         let held = self.shared.rollouts.holds(&host);
@@ -184,6 +188,7 @@ async fn read_reports(
                 r
             }
             Some(v1::agent_message::Msg::Heartbeat(hb)) => {
+                shared.registry.set_conditions(host, &hb.conditions);
                 let h = host.to_string();
                 // Our table has a dozen rules: anything beyond these bounds is not ours.
                 let hits: Vec<store::hits::Hit> = hb

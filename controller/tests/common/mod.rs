@@ -18,6 +18,9 @@ pub struct TestController {
     pub dir: tempfile::TempDir,
     /// Denial log retention used by [`TestController::serve`].
     pub logs: portcullis_controller::server::logs::LogsConfig,
+    /// Connection cap and pre-authentication limits used by [`TestController::serve`].
+    pub max_connections: usize,
+    pub pre_auth: portcullis_controller::server::incoming::PreAuth,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -29,6 +32,22 @@ impl TestController {
 
     /// Start with the given denial log retention.
     pub async fn start_with_logs(logs: portcullis_controller::server::logs::LogsConfig) -> Self {
+        Self::start_with(logs, 1000, Default::default()).await
+    }
+
+    /// Start with the given connection cap and pre-authentication limits.
+    pub async fn start_with_limits(
+        max_connections: usize,
+        pre_auth: portcullis_controller::server::incoming::PreAuth,
+    ) -> Self {
+        Self::start_with(Default::default(), max_connections, pre_auth).await
+    }
+
+    async fn start_with(
+        logs: portcullis_controller::server::logs::LogsConfig,
+        max_connections: usize,
+        pre_auth: portcullis_controller::server::incoming::PreAuth,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let pki_dir = dir.path().join("pki");
@@ -41,6 +60,8 @@ impl TestController {
             pki,
             dir,
             logs,
+            max_connections,
+            pre_auth,
             shutdown: None,
             handle: None,
         };
@@ -56,8 +77,8 @@ impl TestController {
         let config = ServeConfig {
             db: self.dir.path().join("controller.db"),
             pki: self.pki.dir().to_path_buf(),
-            max_connections: 1000,
-            pre_auth: Default::default(),
+            max_connections: self.max_connections,
+            pre_auth: self.pre_auth,
             logs: self.logs.clone(),
         };
         self.shutdown = Some(tx);
@@ -135,6 +156,7 @@ pub fn hello(host: &str) -> v1::AgentMessage {
             applied_revision: 0,
             applied_hash: String::new(),
             kernel_hash: String::new(),
+            conditions: Vec::new(),
         })),
     }
 }
