@@ -74,6 +74,22 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// What the trust boundary refused or cut so far (`status`).
+    pub fn counters(&self) -> portcullis_proto::v1::ControllerCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.refusals;
+        portcullis_proto::v1::ControllerCounters {
+            ignored_answers: self.unmatched.total(),
+            cut_connections: self.connections.cut_total(),
+            handshake_timeouts: r.handshake_timeout.load(Relaxed),
+            refused_connections: r.full.load(Relaxed)
+                + r.pending_full.load(Relaxed)
+                + r.per_source.load(Relaxed),
+        }
+    }
+}
+
 /// The store row of a revision built from an `Apply` request (apply and rollout both).
 pub(crate) fn new_revision<'a>(
     author: &'a str,
