@@ -295,3 +295,69 @@ impl Drop for WatchGuard {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{FakeDataplane, StateDir};
+    use portcullis_policy::{AllowEntry, Facts, PortRange, Proto};
+
+    fn policy(port: u16) -> HostPolicy {
+        HostPolicy {
+            allow: vec![AllowEntry {
+                proto: Proto::Tcp,
+                ports: PortRange::single(port),
+                from: Vec::new(),
+                label: format!("{port}/tcp"),
+            }],
+            ..HostPolicy::default()
+        }
+    }
+
+    fn agent(dir: &Path) -> Agent {
+        Agent::new(Arc::new(FakeDataplane::new()), StateDir::new(dir))
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_written_refuses_the_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path());
+        let confirmer = Confirmer::open(dir.path());
+        std::fs::create_dir(durable::tmp_path(&dir.path().join(PENDING_FILE))).unwrap();
+        let err = confirmer.begin(&agent, 2, 5_000).unwrap_err();
+        assert!(
+            err.to_string().contains("pending-confirm.json.tmp"),
+            "{err}"
+        );
+        assert_eq!(confirmer.awaiting(), None);
+    }
+
+    #[test]
+    fn a_crash_after_the_apply_finds_the_record_and_reverts() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path());
+        agent.reconcile(&policy(25), &Facts::default(), 1).unwrap();
+        {
+            let confirmer = Confirmer::open(dir.path());
+            confirmer.begin(&agent, 2, 0).unwrap();
+            agent.reconcile(&policy(80), &Facts::default(), 2).unwrap();
+            // Crash: the process ends here, nothing else runs.
+        }
+        assert_eq!(agent.last_known_good().unwrap().unwrap().revision, 2);
+        let restarted = Confirmer::open(dir.path());
+        assert_eq!(restarted.awaiting(), Some(2));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_link, uplink) = tokio::sync::watch::channel(None);
+        runtime.block_on(restarted.revert(&agent, 2, "deadline", &uplink));
+        assert_eq!(restarted.awaiting(), None);
+        let lkg = agent.last_known_good().unwrap().unwrap();
+        assert_eq!((lkg.revision, lkg.policy), (1, policy(25)));
+        let report: RevertedRecord = read(&dir.path().join(REVERTED_FILE)).unwrap();
+        assert_eq!((report.revision, report.restored_revision), (2, 1));
+        assert!(!dir.path().join(PENDING_FILE).exists());
+    }
+}

@@ -1,6 +1,8 @@
 //! The controller's certificate authority: `portcullis ca init|issue|revoke|list`.
 //!
-//! A [`Pki`] is a directory holding `ca.crt`/`ca.key` (ECDSA P-256), the issued leaf
+//! A [`Pki`] is a directory holding `ca.crt` and `ca/ca.key` (ECDSA P-256; the key apart,
+//! so `serve` never needs to read it: it reads only `ca.crt`, its own pair and
+//! `revoked.txt`), the issued leaf
 //! certificates and keys (`controller.*`, `agent-<host>.*`, `admin-<name>.*`), the ledger
 //! `issued.json` and the revocation list `revoked.txt` that the server reads through
 //! [`crate::identity::RevocationList`]. Each leaf carries exactly one role URI
@@ -115,12 +117,15 @@ impl Pki {
         Self { dir: dir.into() }
     }
 
-    /// Creates the directory (0700) and a new CA in it: `ca.crt` and `ca.key`.
+    /// Creates the directory (0700) and a new CA in it: `ca.crt` and `ca/ca.key`.
     pub fn init(dir: impl Into<PathBuf>, force: bool) -> Result<Issued, PkiError> {
         let pki = Self::new(dir);
         let (cert, key) = (pki.ca_cert(), pki.ca_key());
         store::refuse_existing(&[&cert, &key], force)?;
         store::ensure_dir(&pki.dir)?;
+        if let Some(key_dir) = key.parent() {
+            store::ensure_dir(key_dir)?;
+        }
 
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -150,9 +155,17 @@ impl Pki {
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
-    /// `ca.key`.
+    /// `ca/ca.key`: the CA key lives in a subdirectory of its own (0700), so the server,
+    /// which reads this directory, can be denied it (`InaccessiblePaths=`, group
+    /// permissions) or run where it was never copied. A PKI made before this layout
+    /// (`ca.key` beside `ca.crt`) is still read.
     pub fn ca_key(&self) -> PathBuf {
-        self.dir.join("ca.key")
+        let apart = self.dir.join("ca").join("ca.key");
+        let legacy = self.dir.join("ca.key");
+        if !apart.exists() && legacy.exists() {
+            return legacy;
+        }
+        apart
     }
     /// `issued.json`.
     pub fn issued_path(&self) -> PathBuf {

@@ -36,7 +36,9 @@ fn init_and_issue_write_expected_files() {
     let (_tmp, pki) = setup();
     let dir = pki.dir().to_owned();
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    assert_eq!(mode(&dir.join("ca/ca.key")), 0o600);
+    assert_eq!(mode(&dir.join("ca")), 0o700);
+    assert!(!dir.join("ca.key").exists(), "the CA key is kept apart");
     assert_eq!(mode(&dir.join("ca.crt")), 0o644);
 
     let ctl = pki
@@ -458,4 +460,28 @@ fn tonic_tls_configs_load() {
         None,
     );
     assert!(missing.is_err());
+}
+
+/// `serve` needs `ca.crt`, its own pair and `revoked.txt`: not the CA key.
+#[test]
+fn the_server_config_loads_without_the_ca_key() {
+    let (_tmp, pki) = setup();
+    pki.issue_controller(&["10.77.0.1".into()], false)
+        .expect("controller");
+    std::fs::remove_dir_all(pki.dir().join("ca")).expect("remove the CA key dir");
+    portcullis_controller::pki::tls::server_config(pki.dir()).expect("server config");
+    // Issuing needs it, and says so.
+    let err = pki.issue_agent("web1", false).expect_err("no CA key");
+    assert!(matches!(err, PkiError::NoCa(_)), "{err}");
+}
+
+/// A PKI made before the CA key moved to `ca/` still issues.
+#[test]
+fn a_legacy_ca_key_beside_ca_crt_is_still_used() {
+    let (_tmp, pki) = setup();
+    let dir = pki.dir().to_owned();
+    std::fs::rename(dir.join("ca/ca.key"), dir.join("ca.key")).expect("move");
+    assert_eq!(pki.ca_key(), dir.join("ca.key"));
+    pki.issue_agent("web1", false)
+        .expect("issue with the legacy key");
 }

@@ -60,6 +60,8 @@ impl Denials {
                 match Spool::open(&config.spool_dir, config.spool_max_bytes) {
                     Ok(spool) => {
                         tracing::info!(spooled = spool.len(), "denial spool open");
+                        // What fails next (if anything) is another problem: retry it soon.
+                        backoff = RETRY_MIN;
                         *self.spool() = Some(spool);
                         self.notify.notify_one();
                     }

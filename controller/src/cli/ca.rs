@@ -12,7 +12,7 @@ use crate::pki::{Issued, Listed, Pki};
 /// Arguments shared by every command that touches the PKI directory.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirArg {
-    /// PKI directory (ca.crt, ca.key, issued certificates, issued.json, revoked.txt).
+    /// PKI directory (ca.crt, ca/ca.key, issued certificates, issued.json, revoked.txt).
     #[arg(long, env = "PORTCULLIS_PKI", default_value = "pki")]
     pub dir: PathBuf,
 }
@@ -20,7 +20,8 @@ pub struct DirArg {
 /// Certificate authority: `init`, `issue`, `revoke`, `list`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CaCommand {
-    /// Create a new CA (ECDSA P-256, 10 years): writes ca.crt and ca.key (mode 0600).
+    /// Create a new CA (ECDSA P-256, 10 years): writes ca.crt and ca/ca.key (mode 0600, in a
+    /// 0700 directory of its own: `serve` never reads it).
     Init {
         #[command(flatten)]
         dir: DirArg,
@@ -230,7 +231,7 @@ mod tests {
         let dir = tmp.path().join("pki");
         let d = dir.to_str().expect("utf-8 path");
         let out = run_args(&["init", "--dir", d]).expect("init");
-        assert!(out.contains(&format!("wrote {d}/ca.key\n")), "{out}");
+        assert!(out.contains(&format!("wrote {d}/ca/ca.key\n")), "{out}");
         assert!(out.contains(&format!("wrote {d}/ca.crt\n")), "{out}");
         let err = run_args(&["init", "--dir", d]).expect_err("second init");
         assert!(format!("{err:#}").contains("--force"), "{err:#}");
