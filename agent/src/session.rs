@@ -436,6 +436,7 @@ async fn apply_desired(
                 error: String::new(),
                 duration_us,
                 changes: r.diff.join("\n"),
+                request_id: d.request_id,
             };
             (applied, Some(r))
         }
@@ -453,6 +454,7 @@ fn not_applied(agent: &Agent, d: &v1::Desired, error: String, duration_us: u64) 
         error,
         duration_us,
         changes: String::new(),
+        request_id: d.request_id,
     }
 }
 

@@ -147,6 +147,7 @@ fn answer(host: &str, d: &v1::Desired) -> v1::AgentMessage {
             hash,
             error,
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            request_id: d.request_id,
             ..Default::default()
         })),
     }

@@ -59,9 +59,7 @@ async fn ends_within(
 /// A TCP connection from `source` that never sends anything.
 async fn idle_from(source: &str, to: std::net::SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{source}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -87,7 +85,11 @@ async fn idle_sockets_from_one_source_do_not_lock_out_status() {
     }
     // An operator and an agent from another source still get in.
     let mut admin = ctl.admin("ops").await;
-    let status = admin.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let status = admin
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let counters = status.counters.unwrap();
     assert!(
         counters.refused_connections >= 150 - 16,
@@ -164,7 +166,10 @@ async fn another_hosts_answers_are_ignored_and_drift_reports_the_real_state() {
                 for id in ids.into_iter().filter(|id| *id != v.request_id) {
                     h9.tx.send(drift_report(id, true, &[])).await.unwrap();
                 }
-                h9.tx.send(drift_report(v.request_id, true, &[])).await.unwrap();
+                h9.tx
+                    .send(drift_report(v.request_id, true, &[]))
+                    .await
+                    .unwrap();
             }
         }
     });
@@ -218,8 +223,7 @@ async fn revoking_an_agent_closes_its_open_session_and_it_cannot_reconnect() {
         .pki
         .cert_paths(&portcullis_controller::identity::Role::Agent("h1".into()));
     let tls =
-        portcullis_controller::pki::tls::client_tls(&ctl.pki.ca_cert(), &cert, &key, None)
-            .unwrap();
+        portcullis_controller::pki::tls::client_tls(&ctl.pki.ca_cert(), &cert, &key, None).unwrap();
     let again = async {
         let ch = tonic::transport::Endpoint::from_shared(ctl.url())
             .unwrap()
@@ -266,7 +270,10 @@ async fn revoking_an_admin_ends_its_logs_follow_stream() {
         }
     })
     .await;
-    assert!(ended.is_ok(), "logs --follow still streaming 3 s after revoke");
+    assert!(
+        ended.is_ok(),
+        "logs --follow still streaming 3 s after revoke"
+    );
 }
 
 #[tokio::test]
@@ -288,8 +295,64 @@ async fn a_second_session_for_the_same_host_closes_the_first() {
     let _ = first.tx.send(stale).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut admin = ctl.admin("ops").await;
-    let status = admin.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let status = admin
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let h1 = status.hosts.iter().find(|h| h.host == "h1").unwrap();
     assert!(h1.connected, "the newer session is the registered one");
-    assert_ne!(h1.reported_hash, "stale-session", "the replaced session wrote a report");
+    assert_ne!(
+        h1.reported_hash, "stale-session",
+        "the replaced session wrote a report"
+    );
+}
+
+#[tokio::test]
+async fn applied_and_reverted_that_answer_nothing_are_ignored() {
+    let ctl = TestController::start().await;
+    let h1 = open(&ctl, "h1").await;
+    // An Applied for a revision h1 was never sent, and a Reverted of no rollout.
+    let forged = [
+        v1::agent_message::Msg::Applied(v1::Applied {
+            revision: 5,
+            ok: true,
+            hash: "forged".into(),
+            request_id: 0x1234_5678,
+            ..Default::default()
+        }),
+        v1::agent_message::Msg::Reverted(v1::Reverted {
+            revision: 5,
+            restored_revision: 4,
+            reason: "forged".into(),
+            hash: "forged".into(),
+        }),
+    ];
+    for msg in forged {
+        h1.tx
+            .send(v1::AgentMessage { msg: Some(msg) })
+            .await
+            .unwrap();
+    }
+    let mut admin = ctl.admin("ops").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let s = admin
+            .status(v1::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.counters.as_ref().unwrap().ignored_answers >= 2 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.counters.as_ref().unwrap().ignored_answers,
+        2,
+        "{status:?}"
+    );
+    let h = status.hosts.iter().find(|h| h.host == "h1").unwrap();
+    assert_ne!(h.applied_revision, 5, "{h:?}");
+    assert_ne!(h.reported_hash, "forged", "{h:?}");
 }

@@ -60,6 +60,7 @@ impl FakeAgent {
                     error: String::new(),
                     duration_us: 1234,
                     changes: String::new(),
+                    request_id: d.request_id,
                 })),
             })
             .await

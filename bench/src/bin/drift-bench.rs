@@ -137,6 +137,7 @@ async fn fake_agent(
                     revision: d.revision,
                     ok,
                     hash: hash.clone(),
+                    request_id: d.request_id,
                     ..Default::default()
                 })
             }

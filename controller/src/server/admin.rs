@@ -329,6 +329,7 @@ impl v1::admin_server::Admin for AdminService {
                     policy: Some(policy),
                     expected_hash,
                     confirm_timeout_ms: 0,
+                    request_id: self.shared.asked.ask(host, revision),
                 })),
             };
             if handle.tx.send(Ok(msg)).await.is_err() {

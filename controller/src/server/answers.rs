@@ -4,7 +4,13 @@
 //! id; an answer from another host, to an unknown id or to a question already answered
 //! is ignored and counted here ([`Unmatched`]; logged, and shown by `status`).
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `Desired` messages sent and not answered yet, kept per host (the newest
+/// [`ASKED_PER_HOST`]; an older unanswered one is forgotten).
+pub const ASKED_PER_HOST: usize = 16;
 
 /// A request id: random, never 0 (0 means "not an answer" on the wire).
 pub fn random_id() -> u64 {
@@ -14,6 +20,50 @@ pub fn random_id() -> u64 {
         if id != 0 {
             return id;
         }
+    }
+}
+
+/// The `Desired` questions put to each host: (random id, revision), until answered.
+#[derive(Debug, Default)]
+pub struct Asked {
+    by_host: Mutex<HashMap<String, VecDeque<(u64, u64)>>>,
+}
+
+impl Asked {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<(u64, u64)>>> {
+        // Single map operations under the lock: a panic cannot leave it inconsistent.
+        self.by_host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remember a `Desired` for `revision` about to be sent to `host`; returns its id.
+    pub fn ask(&self, host: &str, revision: u64) -> u64 {
+        let id = random_id();
+        let mut map = self.lock();
+        let q = map.entry(host.to_owned()).or_default();
+        if q.len() >= ASKED_PER_HOST {
+            q.pop_front();
+        }
+        q.push_back((id, revision));
+        id
+    }
+
+    /// Whether (`id`, `revision`) answers a `Desired` sent to `host`; it is consumed.
+    pub fn answered(&self, host: &str, id: u64, revision: u64) -> bool {
+        if id == 0 {
+            return false;
+        }
+        let mut map = self.lock();
+        let Some(q) = map.get_mut(host) else {
+            return false;
+        };
+        let Some(pos) = q.iter().position(|e| *e == (id, revision)) else {
+            return false;
+        };
+        q.remove(pos);
+        if q.is_empty() {
+            map.remove(host);
+        }
+        true
     }
 }
 
@@ -91,9 +141,29 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len(), "64 random ids collide");
         assert!(
-            ids.windows(2).filter(|w| w[1] == w[0].wrapping_add(1)).count() < 2,
+            ids.windows(2)
+                .filter(|w| w[1] == w[0].wrapping_add(1))
+                .count()
+                < 2,
             "ids look sequential: {ids:?}"
         );
+    }
+
+    #[test]
+    fn applied_must_answer_a_desired_of_that_host() {
+        let asked = Asked::default();
+        let id = asked.ask("h1", 7);
+        assert!(!asked.answered("h9", id, 7), "another host");
+        assert!(!asked.answered("h1", id, 8), "another revision");
+        assert!(!asked.answered("h1", id ^ 1, 7), "another id");
+        assert!(!asked.answered("h1", 0, 7), "no id");
+        assert!(asked.answered("h1", id, 7));
+        assert!(!asked.answered("h1", id, 7), "answered twice");
+        let first = asked.ask("h1", 1);
+        for _ in 0..ASKED_PER_HOST {
+            asked.ask("h1", 2);
+        }
+        assert!(!asked.answered("h1", first, 1), "oldest forgotten");
     }
 
     #[test]

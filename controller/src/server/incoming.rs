@@ -125,7 +125,11 @@ struct PendingSlot {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        let mut p = self.budget.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self
+            .budget
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         p.0 = p.0.saturating_sub(1);
         if let Some(n) = p.1.get_mut(&self.source) {
             *n -= 1;
@@ -145,7 +149,11 @@ impl Drop for EstablishedSlot {
 }
 
 impl Budget {
-    fn admit(self: &Arc<Self>, peer: IpAddr, refusals: &Refusals) -> Result<PendingSlot, &'static str> {
+    fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        refusals: &Refusals,
+    ) -> Result<PendingSlot, &'static str> {
         let source = source_key(peer);
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let from_source = p.1.get(&source).copied().unwrap_or(0);
@@ -252,8 +260,11 @@ async fn accept_loop(listener: TcpListener, a: Acceptor, mut tls: TlsSource, tx:
         let now = Instant::now();
         if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
             last_warning = Some(now);
-            tracing::warn!(peer = peer.map(tracing::field::display),
-                error = err.map(tracing::field::display), "{what}");
+            tracing::warn!(
+                peer = peer.map(tracing::field::display),
+                error = err.map(tracing::field::display),
+                "{what}"
+            );
         }
     };
     loop {
@@ -320,12 +331,16 @@ impl Handshake {
         let mut tls = match tokio::time::timeout(self.timeout, acceptor.accept(guarded)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
-                self.refusals.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                self.refusals
+                    .handshake_failed
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, %error, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                self.refusals.handshake_timeout.fetch_add(1, Ordering::Relaxed);
+                self.refusals
+                    .handshake_timeout
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, timeout_ms = self.timeout.as_millis(), "TLS handshake deadline passed: closed");
                 return;
             }
@@ -428,7 +443,10 @@ mod tests {
         assert_eq!(source_key(a), source_key(b));
         assert_ne!(source_key(a), source_key(c));
         let mapped: IpAddr = "::ffff:10.77.0.1".parse().expect("ip");
-        assert_eq!(source_key(mapped), "10.77.0.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            source_key(mapped),
+            "10.77.0.1".parse::<IpAddr>().expect("ip")
+        );
     }
 
     #[test]
@@ -447,11 +465,15 @@ mod tests {
         });
         let r = Refusals::default();
         let one: IpAddr = "127.0.0.1".parse().expect("ip");
-        let held: Vec<_> = (0..3).map(|_| budget.admit(one, &r).expect("admit")).collect();
+        let held: Vec<_> = (0..3)
+            .map(|_| budget.admit(one, &r).expect("admit"))
+            .collect();
         assert!(budget.admit(one, &r).is_err(), "per-source limit");
         // The pending budget is half of 10: two more sources fill it.
         let two: IpAddr = "127.0.0.2".parse().expect("ip");
-        let more: Vec<_> = (0..2).map(|_| budget.admit(two, &r).expect("admit")).collect();
+        let more: Vec<_> = (0..2)
+            .map(|_| budget.admit(two, &r).expect("admit"))
+            .collect();
         let three: IpAddr = "127.0.0.3".parse().expect("ip");
         assert!(budget.admit(three, &r).is_err(), "pending budget");
         assert_eq!(r.per_source.load(Ordering::Relaxed), 1);

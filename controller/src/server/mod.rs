@@ -57,6 +57,8 @@ pub struct Shared {
     pub refusals: Arc<incoming::Refusals>,
     /// Answers that matched no question of their host (ignored; see `drift`, `rollout`).
     pub unmatched: answers::Unmatched,
+    /// `Desired` messages sent and not answered yet, per host.
+    pub asked: answers::Asked,
     /// Outstanding `portcullis drift` verification requests.
     pub drift: drift::DriftState,
     /// Live `logs --follow` subscribers.
@@ -159,6 +161,7 @@ pub async fn run(
         connections,
         refusals,
         unmatched: answers::Unmatched::default(),
+        asked: answers::Asked::default(),
         drift: drift::DriftState::default(),
         logs: logs::LogsState::start(&config.db, &config.logs)
             .context("starting the denial log writer")?,

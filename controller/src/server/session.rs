@@ -170,6 +170,15 @@ async fn read_reports(
             None => return,
         };
         let result = match msg.msg {
+            Some(v1::agent_message::Msg::Applied(a))
+                if !shared.asked.answered(host, a.request_id, a.revision) =>
+            {
+                // Not an answer to a Desired this host was sent: ignored (and counted).
+                shared
+                    .unmatched
+                    .count(super::answers::Kind::Applied, host, a.request_id);
+                Ok(())
+            }
             Some(v1::agent_message::Msg::Applied(a)) => {
                 let (h, report) = (host.to_string(), a.clone());
                 let r = shared
@@ -285,6 +294,7 @@ impl Shared {
             policy: Some(v1::HostPolicy::from(&policy)),
             expected_hash: hash,
             confirm_timeout_ms: 0,
+            request_id: self.asked.ask(host, revision),
         }))
     }
 }

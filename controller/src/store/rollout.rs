@@ -75,6 +75,23 @@ pub fn desired_revision(conn: &Connection, host: &str) -> anyhow::Result<u64> {
 
 /// Make `revision` the desired one of `host` (with that revision's stored expected hash);
 /// 0 clears it.
+/// Whether a rollout sent `host` `revision` under commit-confirmed with `previous` as the
+/// revision it had before (what a `Reverted` from that host must match).
+pub fn was_sent_for_confirm(
+    conn: &Connection,
+    host: &str,
+    revision: u64,
+    previous: u64,
+) -> anyhow::Result<bool> {
+    let (rev, prev) = (to_i64(revision), to_i64(previous));
+    let mut st = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
+          WHERE h.host = ?1 AND r.revision = ?2 AND r.confirm_timeout_ms > 0
+            AND h.previous_revision = ?3 AND h.state NOT IN ('pending', 'skipped', 'offline'))",
+    )?;
+    Ok(st.query_row(rusqlite::params![host, rev, prev], |r| r.get::<_, bool>(0))?)
+}
+
 pub fn set_desired(conn: &Connection, host: &str, revision: u64) -> anyhow::Result<()> {
     conn.prepare_cached(
         "UPDATE hosts SET desired_revision = ?2,

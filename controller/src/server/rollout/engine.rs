@@ -436,6 +436,7 @@ async fn wave(
             policy: Some(policy_wire.clone()),
             expected_hash: hash,
             confirm_timeout_ms,
+            request_id: ctx.shared.asked.ask(host, rev),
         };
         if !ctx
             .send(host, v1::controller_message::Msg::Desired(d))

@@ -145,7 +145,23 @@ impl Rollouts {
 /// An agent reverted an unconfirmed revision by itself: the rollout waiting on it (if
 /// any) counts it as failed; the host's desired revision goes back to what it restored,
 /// so a reconnect does not push the refused revision again.
+///
+/// Only a `Reverted` that answers a question put to this host is taken: a rollout sent
+/// it `revision` under commit-confirmed, with `restored_revision` as its previous one
+/// (durable, so it holds across a controller restart). Anything else is ignored and
+/// counted: a host must not move its own desired revision where no rollout put it.
 pub async fn on_reverted(shared: &Shared, host: &str, r: v1::Reverted) -> anyhow::Result<()> {
+    let (h, rev, restored) = (host.to_string(), r.revision, r.restored_revision);
+    let asked = shared
+        .store
+        .call(move |c| store::rollout::was_sent_for_confirm(c, &h, rev, restored))
+        .await?;
+    if !asked {
+        shared
+            .unmatched
+            .count(super::answers::Kind::Reverted, host, r.revision);
+        return Ok(());
+    }
     tracing::warn!(%host, revision = r.revision, restored = r.restored_revision, reason = %r.reason,
         "agent reverted an unconfirmed revision");
     let (h, rev, restored) = (host.to_string(), r.revision, r.restored_revision);
