@@ -59,8 +59,8 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let inv_src = read(&args.inventory)?;
     // Fail fast and locally, with file:line:column, before contacting anyone.
     if let Err(diags) = site::load_fleet(&site_src, &inv_src) {
-        eprintln!("{diags}");
-        eprintln!(
+        crate::eoutln!("{diags}");
+        crate::eoutln!(
             "error: {} problem(s) found; nothing was applied",
             diags.len()
         );
@@ -87,7 +87,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let mut stream = match client.apply(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(status_exit(&s));
         }
     };
@@ -96,7 +96,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             event: Some(v1::apply_event::Event::Accepted(a)),
         })) => a,
         Some(Err(s)) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(status_exit(&s));
         }
         _ => anyhow::bail!("controller ended the apply stream without accepting it"),
@@ -118,10 +118,13 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     bar.set_message(revision.to_string());
     bar.enable_steady_tick(Duration::from_millis(100));
     if !args.json && !accepted.offline.is_empty() {
-        bar.println(format!(
-            "offline, will get r{revision} when they connect: {}",
-            accepted.offline.join(", ")
-        ));
+        bar.println(
+            super::output::term_lines(&format!(
+                "offline, will get r{revision} when they connect: {}",
+                accepted.offline.join(", ")
+            ))
+            .into_owned(),
+        );
     }
     let mut results: BTreeMap<String, v1::HostResult> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + args.timeout;
@@ -131,7 +134,10 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             Err(_) => break,
             Ok(None) => break,
             Ok(Some(Err(s))) => {
-                bar.println(format!("stream error: {}", s.message()));
+                bar.println(
+                    super::output::term_lines(&format!("stream error: {}", s.message()))
+                        .into_owned(),
+                );
                 break;
             }
             Ok(Some(Ok(ev))) => ev,
@@ -141,14 +147,19 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         };
         let outcome = v1::HostOutcome::try_from(r.outcome).unwrap_or_default();
         if outcome == v1::HostOutcome::Disconnected {
-            bar.println(format!(
-                "{}: disconnected before answering (still pending)",
-                r.host
-            ));
+            bar.println(
+                super::output::term_lines(&format!(
+                    "{}: disconnected before answering (still pending)",
+                    r.host
+                ))
+                .into_owned(),
+            );
             continue;
         }
         if !args.json {
-            bar.println(format!("{}: {}", r.host, describe(&r)));
+            bar.println(
+                super::output::term_lines(&format!("{}: {}", r.host, describe(&r))).into_owned(),
+            );
         }
         results.insert(r.host.clone(), r);
         bar.set_position(results.len() as u64);
@@ -201,8 +212,8 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 ],
             })
             .collect();
-        println!("revision r{revision}");
-        print!(
+        crate::outln!("revision r{revision}");
+        crate::out!(
             "{}",
             table(&["HOST", "RESULT", "HASH", "APPLY+VERIFY", "DETAIL"], &rows)
         );
@@ -210,7 +221,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             .values()
             .filter(|r| r.outcome == v1::HostOutcome::Applied as i32)
             .count();
-        println!("{applied}/{total} hosts applied r{revision}");
+        crate::outln!("{applied}/{total} hosts applied r{revision}");
     }
     Ok(if all_ok { exit::OK } else { exit::INCOMPLETE })
 }

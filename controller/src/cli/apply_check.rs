@@ -20,7 +20,7 @@ pub async fn run(
     let mut stream = match client.apply(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(super::connect::status_exit(&s));
         }
     };
@@ -29,7 +29,7 @@ pub async fn run(
             event: Some(v1::apply_event::Event::Check(c)),
         })) => c,
         Some(Err(s)) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(super::connect::status_exit(&s));
         }
         _ => anyhow::bail!(
@@ -103,10 +103,10 @@ pub async fn run(
         } else {
             format!("{} change(s)", h.changes.len())
         };
-        println!("{}: {base}: {what}", h.host);
+        crate::outln!("{}: {base}: {what}", h.host);
         if diff {
             for line in &h.changes {
-                println!("  {line}");
+                crate::outln!("  {line}");
             }
         }
         if replay {
@@ -114,12 +114,12 @@ pub async fn run(
         }
     }
     if replay {
-        println!(
+        crate::outln!(
             "replay: {denied} of {} host(s) saw traffic the new policy would deny",
             result.hosts.len()
         );
     }
-    println!(
+    crate::outln!(
         "check: {changed} of {} host(s) would change{}; nothing was applied",
         result.hosts.len(),
         if failed > 0 {
@@ -140,9 +140,10 @@ fn print_replay(h: &v1::HostCheck) {
     };
     if h.newly_denied.is_empty() {
         if h.error.is_empty() {
-            println!(
+            crate::outln!(
                 "  replay: nothing seen would be newly denied ({} log group(s){truncated}, {} rule counter(s))",
-                h.replay_log_groups, h.replay_counters
+                h.replay_log_groups,
+                h.replay_counters
             );
         }
         return;
@@ -159,7 +160,7 @@ fn print_replay(h: &v1::HostCheck) {
         } else {
             format!("; e.g. {}", f.example)
         };
-        println!(
+        crate::outln!(
             "  NEWLY DENIED {}/{} from {}{more}: {} packet(s), last {seen}; evidence: {}{example}",
             f.proto,
             f.ports.join(","),

@@ -72,7 +72,7 @@ pub async fn run(args: DriftArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let resp = match client.drift(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(status_exit(&s));
         }
     };
@@ -86,7 +86,7 @@ pub async fn run(args: DriftArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         return Ok(code);
     }
     if resp.hosts.is_empty() {
-        println!("no hosts selected");
+        crate::outln!("no hosts selected");
         return Ok(code);
     }
     let rows: Vec<Vec<String>> = resp
@@ -107,7 +107,7 @@ pub async fn run(args: DriftArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    print!(
+    crate::out!(
         "{}",
         table(
             &["HOST", "STATE", "REVISION", "EXPECTED", "KERNEL", "NOTE"],
@@ -117,17 +117,17 @@ pub async fn run(args: DriftArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     for h in &resp.hosts {
         let s = state_of(h);
         if args.diff && matches!(s, v1::DriftState::Drifted | v1::DriftState::Healed) {
-            println!("{} ({}):", h.host, state_name(s));
+            crate::outln!("{} ({}):", h.host, state_name(s));
             for line in &h.diff {
-                println!("  {line}");
+                crate::outln!("  {line}");
             }
         }
         for f in &h.coexistence {
-            println!("{}: coexists with {}", h.host, finding_line(f));
+            crate::outln!("{}: coexists with {}", h.host, finding_line(f));
         }
     }
     let s = summary(&resp.hosts);
-    println!(
+    crate::outln!(
         "{} host(s): {} in sync, {} drifted, {} healed, {} unreachable",
         resp.hosts.len(),
         s["in_sync"],

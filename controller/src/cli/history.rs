@@ -25,7 +25,7 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(super::connect::status_exit(&s));
         }
     };
@@ -45,7 +45,7 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             .map(|r| (r.revision, r))
             .collect(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(super::connect::status_exit(&s));
         }
     };
@@ -72,7 +72,7 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         return Ok(super::exit::OK);
     }
     if resp.revisions.is_empty() {
-        println!("no revisions yet");
+        crate::outln!("no revisions yet");
         return Ok(super::exit::OK);
     }
     let rows: Vec<Vec<String>> = resp
@@ -97,7 +97,7 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    print!(
+    crate::out!(
         "{}",
         table(
             &[
@@ -108,7 +108,7 @@ pub async fn run(args: HistoryArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     );
     for r in &resp.revisions {
         if let Some(o) = rollouts.get(&r.revision) {
-            println!("{}", describe(o));
+            crate::outln!("{}", describe(o));
         }
     }
     Ok(super::exit::OK)

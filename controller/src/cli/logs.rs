@@ -129,7 +129,7 @@ pub async fn run(args: LogsArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     if let (Some(s), Some(u)) = (args.since, args.until)
         && u < s
     {
-        eprintln!(
+        crate::eoutln!(
             "error: --until ({}) is before --since ({})",
             time_ms(u),
             time_ms(s)
@@ -168,19 +168,19 @@ pub async fn run(args: LogsArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     // Follow: the recent rows oldest first, then each new row as it is stored.
     rows.reverse();
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             json!({ "totals": totals.iter().map(totals_json).collect::<Vec<_>>() })
         );
     } else {
-        print!("{}", follow_line(&HEADER.map(String::from)));
+        crate::out!("{}", follow_line(&HEADER.map(String::from)));
     }
     let print = |rows: &[v1::DenialRow]| {
         for r in rows {
             if args.json {
                 println!("{}", row_json(r));
             } else {
-                print!("{}", follow_line(&cells(r)));
+                crate::out!("{}", follow_line(&cells(r)));
             }
         }
     };
@@ -192,7 +192,7 @@ pub async fn run(args: LogsArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         match e {
             Ok(e) => {
                 if e.missed_batches > 0 {
-                    eprintln!(
+                    crate::eoutln!(
                         "warning: fell behind, {} stored batches not shown",
                         e.missed_batches
                     );
@@ -206,7 +206,7 @@ pub async fn run(args: LogsArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
 }
 
 fn fail(s: &tonic::Status) -> i32 {
-    eprintln!("error: {}", s.message());
+    crate::eoutln!("error: {}", s.message());
     super::connect::status_exit(s)
 }
 
@@ -216,9 +216,10 @@ const FOLLOW_WIDTHS: [usize; 6] = [20, 16, 24, 11, 7, 10];
 fn follow_line(cells: &[String]) -> String {
     let mut out = String::new();
     for (i, c) in cells.iter().enumerate() {
+        let c = super::output::term(c);
         match FOLLOW_WIDTHS.get(i) {
             Some(w) => out.push_str(&format!("{c:<w$}  ")),
-            None => out.push_str(c),
+            None => out.push_str(&c),
         }
     }
     out.push('\n');
@@ -226,11 +227,10 @@ fn follow_line(cells: &[String]) -> String {
 }
 
 pub fn proto_name(p: u32) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        n => format!("proto{n}"),
-    }
+    u8::try_from(p)
+        .ok()
+        .and_then(portcullis_policy::Proto::from_number)
+        .map_or_else(|| format!("proto{p}"), |p| p.to_string())
 }
 
 fn cells(r: &v1::DenialRow) -> Vec<String> {
@@ -283,7 +283,8 @@ pub fn loss_lines(totals: &[v1::HostLogTotals]) -> Vec<String> {
             .filter(|(_, n)| *n > 0)
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
-            (!parts.is_empty()).then(|| format!("  {}: {}", t.host, parts.join(", ")))
+            (!parts.is_empty())
+                .then(|| format!("  {}: {}", super::output::term(&t.host), parts.join(", ")))
         })
         .collect()
 }
@@ -291,9 +292,9 @@ pub fn loss_lines(totals: &[v1::HostLogTotals]) -> Vec<String> {
 fn print_loss(totals: &[v1::HostLogTotals]) {
     let lines = loss_lines(totals);
     if !lines.is_empty() {
-        println!("\nnot stored (counted, since the first batch):");
+        crate::outln!("\nnot stored (counted, since the first batch):");
         for l in lines {
-            println!("{l}");
+            crate::outln!("{l}");
         }
     }
 }
@@ -310,10 +311,10 @@ fn print_rows(
         }));
     }
     if rows.is_empty() {
-        println!("no denials match");
+        crate::outln!("no denials match");
     } else {
         let cells: Vec<Vec<String>> = rows.iter().map(cells).collect();
-        print!("{}", table(&HEADER, &cells));
+        crate::out!("{}", table(&HEADER, &cells));
     }
     print_loss(totals);
     Ok(())
@@ -334,7 +335,7 @@ fn print_top(resp: &v1::LogsTopResponse, json: bool) -> anyhow::Result<()> {
         return print_json(&json!({ "hosts": hosts }));
     }
     if resp.hosts.is_empty() {
-        println!("no denials match");
+        crate::outln!("no denials match");
         return Ok(());
     }
     let mut rows = Vec::new();
@@ -360,7 +361,7 @@ fn print_top(resp: &v1::LogsTopResponse, json: bool) -> anyhow::Result<()> {
             ]);
         }
     }
-    print!(
+    crate::out!(
         "{}",
         table(
             &["HOST", "KIND", "RANK", "KEY", "EVENTS", "HOST TOTAL"],

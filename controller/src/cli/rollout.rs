@@ -121,19 +121,25 @@ pub async fn follow(
     let mut rolled: BTreeMap<String, v1::HostResult> = BTreeMap::new();
     let mut finished: Option<v1::RolloutFinished> = None;
     if !json {
-        let _ = multi.println(format!(
-            "rollout {} of r{}: {} host(s) in {} wave(s)",
-            accepted.rollout_id,
-            accepted.revision,
-            accepted.hosts.len(),
-            accepted.waves.len()
-        ));
+        let _ = multi.println(
+            super::output::term_lines(&format!(
+                "rollout {} of r{}: {} host(s) in {} wave(s)",
+                accepted.rollout_id,
+                accepted.revision,
+                accepted.hosts.len(),
+                accepted.waves.len()
+            ))
+            .into_owned(),
+        );
     }
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => ev,
             Err(s) => {
-                let _ = multi.println(format!("stream error: {}", s.message()));
+                let _ = multi.println(
+                    super::output::term_lines(&format!("stream error: {}", s.message()))
+                        .into_owned(),
+                );
                 break;
             }
         };
@@ -146,7 +152,7 @@ pub async fn follow(
                 bars.insert(w.index, bar);
             }
             Some(v1::apply_event::Event::Host(r)) => {
-                let line = format!(
+                let line = super::output::term_lines(&format!(
                     "  {}: {}{}",
                     r.host,
                     outcome(r.outcome),
@@ -155,7 +161,8 @@ pub async fn follow(
                     } else {
                         format!(" ({})", r.error)
                     }
-                );
+                ))
+                .into_owned();
                 if r.outcome == v1::HostOutcome::RolledBack as i32 {
                     if !json {
                         let _ = multi.println(line);
@@ -165,7 +172,7 @@ pub async fn follow(
                 }
                 if let Some(b) = bars.get(&r.wave) {
                     b.inc(1);
-                    b.set_message(r.host.clone());
+                    b.set_message(super::output::term(&r.host).into_owned());
                     if !json {
                         b.println(line);
                     }
@@ -237,17 +244,18 @@ pub async fn follow(
                 ]
             })
             .collect();
-        print!("{}", table(&["HOST", "WAVE", "RESULT", "DETAIL"], &rows));
-        println!(
+        crate::out!("{}", table(&["HOST", "WAVE", "RESULT", "DETAIL"], &rows));
+        crate::outln!(
             "rollout {} of r{}: {status}",
-            accepted.rollout_id, accepted.revision
+            accepted.rollout_id,
+            accepted.revision
         );
         if let Some(f) = &finished {
             if !f.reason.is_empty() {
-                println!("reason: {}", f.reason);
+                crate::outln!("reason: {}", f.reason);
             }
             for r in &f.rollback_failed {
-                println!("NOT rolled back: {r}");
+                crate::outln!("NOT rolled back: {r}");
             }
         }
     }
@@ -289,7 +297,7 @@ pub async fn rollback(args: RollbackArgs, conn: &ConnectArgs) -> anyhow::Result<
     let mut stream = match client.rollback(req).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(status_exit(&s));
         }
     };
@@ -298,7 +306,7 @@ pub async fn rollback(args: RollbackArgs, conn: &ConnectArgs) -> anyhow::Result<
             event: Some(v1::apply_event::Event::Accepted(a)),
         })) => follow(a, stream, args.json).await,
         Some(Err(s)) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             Ok(status_exit(&s))
         }
         _ => anyhow::bail!("controller ended the rollback stream without accepting it"),
@@ -372,7 +380,7 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
                     if json {
                         print_json(&serde_json::json!({ "rollout": id, "aborting": true }))?;
                     } else {
-                        println!(
+                        crate::outln!(
                             "rollout {id} is stopping: hosts not sent the revision keep theirs, \
                              hosts in flight finish; follow it with `portcullis rollout show {id}`"
                         );
@@ -380,7 +388,7 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
                     Ok(exit::OK)
                 }
                 Err(s) => {
-                    eprintln!("error: {}", s.message());
+                    crate::eoutln!("error: {}", s.message());
                     Ok(status_exit(&s))
                 }
             };
@@ -391,7 +399,7 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
     let resp = match client.rollouts(v1::RolloutsRequest { limit, id }).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(status_exit(&s));
         }
     };
@@ -417,7 +425,7 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
                 ]
             })
             .collect();
-        print!(
+        crate::out!(
             "{}",
             table(
                 &[
@@ -428,9 +436,14 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
         );
     } else {
         for r in &resp.rollouts {
-            println!(
+            crate::outln!(
                 "rollout {} ({}) of r{} by {}: {} {}",
-                r.id, r.kind, r.revision, r.author, r.status, r.reason
+                r.id,
+                r.kind,
+                r.revision,
+                r.author,
+                r.status,
+                r.reason
             );
             let rows: Vec<Vec<String>> = r
                 .hosts
@@ -445,7 +458,7 @@ pub async fn run(cmd: RolloutCommand, conn: &ConnectArgs) -> anyhow::Result<i32>
                     ]
                 })
                 .collect();
-            print!(
+            crate::out!(
                 "{}",
                 table(&["WAVE", "HOST", "PREVIOUS", "STATE", "DETAIL"], &rows)
             );

@@ -53,7 +53,7 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let resp = match client.status(v1::StatusRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}", s.message());
+            crate::eoutln!("error: {}", s.message());
             return Ok(super::connect::status_exit(&s));
         }
     };
@@ -92,7 +92,7 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         return Ok(super::exit::OK);
     }
     if resp.hosts.is_empty() {
-        println!("no hosts known yet: apply a policy or start an agent");
+        crate::outln!("no hosts known yet: apply a policy or start an agent");
         return Ok(super::exit::OK);
     }
     let rows: Vec<Vec<String>> = resp
@@ -137,7 +137,7 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    print!(
+    crate::out!(
         "{}",
         table(
             &[
@@ -157,14 +157,14 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     );
     for h in &resp.hosts {
         for f in &h.coexistence {
-            println!(
+            crate::outln!(
                 "{}: coexists with {}",
                 h.host,
                 super::drift::finding_line(f)
             );
         }
         for c in &h.conditions {
-            println!("{}: {}", h.host, printable(c));
+            crate::outln!("{}: {}", h.host, printable(c));
         }
     }
     Ok(super::exit::OK)
@@ -172,15 +172,7 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
 
 /// Agent-controlled text with control characters escaped (no terminal escapes).
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    super::output::term(text).into_owned()
 }
 
 fn rev(r: u64) -> String {

@@ -91,7 +91,11 @@ impl LogsState {
         let conn = writer::open_connection(db)?;
         writer::tune_for_ingest(&conn)?;
         let writer = Writer::spawn(conn, live.clone())?;
-        tokio::spawn(retention(writer.downgrade(), config.clone()));
+        tokio::spawn(retention(
+            writer.downgrade(),
+            db.to_path_buf(),
+            config.clone(),
+        ));
         Ok(Self {
             db: db.to_path_buf(),
             writer,
@@ -120,36 +124,65 @@ impl LogsState {
     }
 }
 
-/// Every `retention.sweep_interval`: delete expired and surplus rows, a chunk per writer
-/// job so agents' batches interleave. Ends with the writer.
-async fn retention(writer: writer::WeakWriter, config: LogsConfig) {
+/// Every `retention.sweep_interval`: delete expired rows, then the rows of hosts over their
+/// fair share of `max_rows` ([`store::fair_excess`], counted on a reader connection), a
+/// chunk per writer job so agents' batches interleave. Ends with the writer.
+async fn retention(writer: writer::WeakWriter, db: PathBuf, config: LogsConfig) {
     let mut tick = tokio::time::interval(config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(w) = writer.upgrade() else { return };
-        let mut sweeps = Vec::new();
         if let Some(age) = config.retention {
             let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            sweeps.push(Sweep::OlderThan(store::now_ms().saturating_sub(age)));
+            let cutoff = store::now_ms().saturating_sub(age);
+            sweep(&w, Sweep::OlderThan(cutoff), usize::MAX).await;
         }
-        sweeps.extend(config.max_rows.map(Sweep::MaxRows));
-        for sweep in sweeps {
-            let mut deleted = 0;
-            loop {
-                match w.sweep(sweep, SWEEP_CHUNK).await {
-                    Ok(0) => break,
-                    Ok(n) => deleted += n,
-                    Err(e) => {
-                        tracing::error!(error = %e, "denial retention failed");
-                        break;
-                    }
+        let Some(max_rows) = config.max_rows else {
+            continue;
+        };
+        let excess = read(&db, move |c| {
+            if store::denial_rows_bound(c)? <= max_rows {
+                return Ok(Vec::new());
+            }
+            Ok(store::fair_excess(
+                &store::denial_rows_per_host(c)?,
+                max_rows,
+            ))
+        })
+        .await;
+        match excess {
+            Ok(excess) => {
+                for (host, n) in excess {
+                    let n = usize::try_from(n).unwrap_or(usize::MAX);
+                    sweep(&w, Sweep::HostOldest(host), n).await;
                 }
             }
-            if deleted > 0 {
-                tracing::info!(?sweep, deleted, "denial retention");
+            Err(e) => {
+                tracing::error!(error = %e.message(), "denial retention: counting rows failed")
             }
         }
+    }
+}
+
+/// Run one retention step to completion (at most `total` rows), a chunk at a time.
+async fn sweep(w: &Writer, sweep: Sweep, total: usize) {
+    let mut deleted = 0usize;
+    while deleted < total {
+        match w
+            .sweep(sweep.clone(), SWEEP_CHUNK.min(total - deleted))
+            .await
+        {
+            Ok(0) => break,
+            Ok(n) => deleted += n,
+            Err(e) => {
+                tracing::error!(error = %e, "denial retention failed");
+                break;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(?sweep, deleted, "denial retention");
     }
 }
 
@@ -337,10 +370,9 @@ pub async fn top(shared: &Shared, req: v1::LogsRequest) -> Result<v1::LogsTopRes
         n => usize::try_from(n).unwrap_or(1000).min(1000),
     };
     let hosts = read(&shared.logs.db, move |c| store::top_denials(c, &filter, n)).await?;
-    let proto = |p: u8| match p {
-        6 => "tcp".to_string(),
-        17 => "udp".to_string(),
-        n => format!("proto{n}"),
+    let proto = |p: u8| {
+        portcullis_policy::Proto::from_number(p)
+            .map_or_else(|| format!("proto{p}"), |p| p.to_string())
     };
     Ok(v1::LogsTopResponse {
         hosts: hosts

@@ -245,16 +245,17 @@ pub fn top_denials(
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     let mut add = |host: String, src: Option<String>, port: Option<(u8, u16)>, c: u64| {
         if let Some(p) = port {
-            *ports.entry(host.clone()).or_default().entry(p).or_default() += c;
-            *totals.entry(host.clone()).or_default() += c;
+            let e = ports.entry(host.clone()).or_default().entry(p).or_default();
+            *e = e.saturating_add(c);
+            let t = totals.entry(host.clone()).or_default();
+            *t = t.saturating_add(c);
         }
         if let Some(s) = src {
-            *sources.entry(host).or_default().entry(s).or_default() += c;
+            let e = sources.entry(host).or_default().entry(s).or_default();
+            *e = e.saturating_add(c);
         }
     };
-    let get = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
-        Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
-    };
+    let get = total_at;
     let port_of = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(u8, u16)> {
         Ok((
             u8::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
@@ -264,7 +265,7 @@ pub fn top_denials(
     if post {
         // A CIDR wider than one address: group finely in SQL, filter and fold here.
         let sql = format!(
-            "SELECT host, proto, dport, src, SUM(count) FROM denials{wh}
+            "SELECT host, proto, dport, src, TOTAL(count) FROM denials{wh}
              GROUP BY host, src, proto, dport"
         );
         let mut stmt = conn.prepare(&sql)?;
@@ -282,7 +283,7 @@ pub fn top_denials(
         }
     } else {
         let sql = format!(
-            "SELECT host, proto, dport, SUM(count) FROM denials{wh} GROUP BY host, proto, dport"
+            "SELECT host, proto, dport, TOTAL(count) FROM denials{wh} GROUP BY host, proto, dport"
         );
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(params_from_iter(args.iter()))?;
@@ -290,7 +291,7 @@ pub fn top_denials(
             let c = get(r, 3)?;
             add(r.get(0)?, None, Some(port_of(r)?), c);
         }
-        let sql = format!("SELECT host, src, SUM(count) FROM denials{wh} GROUP BY host, src");
+        let sql = format!("SELECT host, src, TOTAL(count) FROM denials{wh} GROUP BY host, src");
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(params_from_iter(args.iter()))?;
         while let Some(r) = rows.next()? {
@@ -329,9 +330,9 @@ pub fn denial_groups(
     limit: usize,
 ) -> anyhow::Result<(Vec<DenialGroup>, bool)> {
     let mut st = c.prepare_cached(
-        "SELECT proto, src, dport, ifname, SUM(count), MAX(last_ms) FROM denials
+        "SELECT proto, src, dport, ifname, TOTAL(count), MAX(last_ms) FROM denials
          WHERE host = ?1 AND last_ms >= ?2
-         GROUP BY proto, src, dport, ifname ORDER BY SUM(count) DESC LIMIT ?3",
+         GROUP BY proto, src, dport, ifname ORDER BY TOTAL(count) DESC LIMIT ?3",
     )?;
     let rows = st.query_map(
         params![host, since_ms, i64::try_from(limit + 1).unwrap_or(i64::MAX)],
@@ -341,7 +342,7 @@ pub fn denial_groups(
                 src: r.get(1)?,
                 dport: u16::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
                 ifname: r.get(3)?,
-                count: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                count: total_at(r, 4)?,
                 last_ms: r.get(5)?,
             })
         },
@@ -355,13 +356,21 @@ pub fn denial_groups(
 /// Packets a host logged as denied (or would-deny, in audit mode) with their last
 /// occurrence in `[from_ms, to_ms)`.
 pub fn logged_between(c: &Connection, host: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<u64> {
-    let n: i64 = c
-        .prepare_cached(
-            "SELECT COALESCE(SUM(count), 0) FROM denials
+    Ok(c.prepare_cached(
+        "SELECT TOTAL(count) FROM denials
              WHERE host = ?1 AND last_ms >= ?2 AND last_ms < ?3",
-        )?
-        .query_row(params![host, from_ms, to_ms], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    )?
+    .query_row(params![host, from_ms, to_ms], |r| total_at(r, 0))?)
+}
+
+/// A `TOTAL(count)` column as a count. SQLite's `SUM()` of integers fails the whole query
+/// with "integer overflow" past i64::MAX (one hostile host's rows would break `logs --top`,
+/// replay and the denial gate for every host); `TOTAL()` sums in floating point, exact up
+/// to 2^53, and the conversion saturates.
+fn total_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    let v: f64 = r.get(i)?;
+    // `as` saturates (and maps NaN to 0).
+    Ok(v.max(0.0) as u64)
 }
 
 #[cfg(test)]

@@ -81,9 +81,14 @@ pub struct HostTotals {
     pub spool_dropped: u64,
 }
 
+/// Where stored counters and totals saturate: half of i64::MAX, so `total + batch` in SQL
+/// never overflows (SQLite turns an overflowing `+` into a REAL, which would then fail
+/// every read of `denial_totals` for every host).
+pub const TOTAL_CAP: i64 = i64::MAX / 2;
+
 fn i(v: u64) -> i64 {
-    // Validation bounds every counter far below i64::MAX; saturate as a last resort.
-    i64::try_from(v).unwrap_or(i64::MAX)
+    // Validation bounds every counter far below the cap; saturate as a last resort.
+    i64::try_from(v).unwrap_or(i64::MAX).min(TOTAL_CAP)
 }
 
 fn u(v: i64) -> u64 {
@@ -155,6 +160,8 @@ fn insert_rows(
     Ok(tx.last_insert_rowid())
 }
 
+/// Totals add up saturating at [`TOTAL_CAP`] (4611686018427387903): `MIN(total, cap - x) + x`
+/// with both operands at most the cap, so no step overflows.
 const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
     (host, last_seq, seen, stored, dropped_by_agent, socket_overruns, kernel_suppressed,
      spool_dropped, epoch, socket_lost)
@@ -162,13 +169,17 @@ const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
     ON CONFLICT(host) DO UPDATE SET
       last_seq = excluded.last_seq,
       epoch = excluded.epoch,
-      socket_lost = socket_lost + excluded.socket_lost,
-      seen = seen + excluded.seen,
-      stored = stored + excluded.stored,
-      dropped_by_agent = dropped_by_agent + excluded.dropped_by_agent,
-      socket_overruns = socket_overruns + excluded.socket_overruns,
-      kernel_suppressed = kernel_suppressed + excluded.kernel_suppressed,
-      spool_dropped = spool_dropped + excluded.spool_dropped";
+      socket_lost = MIN(socket_lost, 4611686018427387903 - excluded.socket_lost) + excluded.socket_lost,
+      seen = MIN(seen, 4611686018427387903 - excluded.seen) + excluded.seen,
+      stored = MIN(stored, 4611686018427387903 - excluded.stored) + excluded.stored,
+      dropped_by_agent = MIN(dropped_by_agent, 4611686018427387903 - excluded.dropped_by_agent)
+        + excluded.dropped_by_agent,
+      socket_overruns = MIN(socket_overruns, 4611686018427387903 - excluded.socket_overruns)
+        + excluded.socket_overruns,
+      kernel_suppressed = MIN(kernel_suppressed, 4611686018427387903 - excluded.kernel_suppressed)
+        + excluded.kernel_suppressed,
+      spool_dropped = MIN(spool_dropped, 4611686018427387903 - excluded.spool_dropped)
+        + excluded.spool_dropped";
 
 /// Store `batches` (in order) in ONE transaction: rows and totals of every new batch, nothing
 /// for a batch whose seq is not above its host's last stored seq in the same epoch (an agent
@@ -339,6 +350,26 @@ mod tests {
             },
             rows,
         }
+    }
+
+    #[test]
+    fn totals_saturate_instead_of_overflowing() {
+        let mut c = conn();
+        let huge = |seq| HostBatch {
+            host: "evil".into(),
+            counters: BatchCounters {
+                seq,
+                seen: u64::MAX,
+                socket_lost: u64::MAX,
+                ..Default::default()
+            },
+            rows: vec![row("192.0.2.1", 22, u64::MAX, 1000)],
+        };
+        store_batches(&mut c, &[huge(1), huge(2), huge(3)]).unwrap();
+        let t = denial_totals(&c, None).unwrap();
+        let cap = u64::try_from(TOTAL_CAP).unwrap();
+        assert_eq!((t[0].seen, t[0].stored, t[0].socket_lost), (cap, cap, cap));
+        assert!(UPSERT_TOTALS.contains(&TOTAL_CAP.to_string()));
     }
 
     #[test]

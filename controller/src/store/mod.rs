@@ -6,6 +6,7 @@
 //! gRPC.
 
 mod denial_query;
+mod denial_retention;
 mod denials;
 pub mod drift;
 mod group;
@@ -15,6 +16,7 @@ mod model;
 pub mod rollout;
 
 pub use denial_query::*;
+pub use denial_retention::*;
 pub use denials::*;
 pub use group::GroupWriter;
 pub use model::*;

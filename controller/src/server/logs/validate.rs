@@ -1,6 +1,10 @@
 //! Bounds on an agent's `DenialBatch` before anything is stored: entry count, addresses that
-//! parse (stored canonical), protocol/port ranges, short interface names, positive counts,
-//! sane times and counters. A batch that fails is rejected whole; nothing of it is stored.
+//! parse (stored canonical), protocol/port ranges, short interface names, positive counts.
+//! A batch that fails is rejected whole; nothing of it is stored. Numbers that are merely
+//! absurd are clamped, not fatal: counters above [`MAX_COUNTER`] are stored as
+//! `MAX_COUNTER` (so no sum of them can overflow a total), times ahead of the controller's
+//! clock by more than a day are stored as now + 1 day. The aggregator's overflow entry
+//! (`src` = [`OVERFLOW_SRC`], protocol 0, port 0: events past its key cap) is stored as is.
 //!
 //! Also turns a `LogsRequest` into a store filter. Pure: no I/O; the clock is a parameter.
 
@@ -17,15 +21,16 @@ pub const MAX_ENTRIES: usize = 20_000;
 pub const MAX_COUNTER: u64 = 1_000_000_000_000_000;
 /// Interface names are at most 15 bytes on Linux; allow some slack for other encodings.
 const MAX_IFNAME: usize = 32;
-/// Times may run ahead of the controller's clock by this much (agent clock skew).
-const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+/// Times may run ahead of the controller's clock by this much (agent clock skew); later
+/// ones are clamped to it.
+pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+/// The `src` of the agent aggregator's overflow entry (every event past its key cap).
+pub const OVERFLOW_SRC: &str = "(other)";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
     #[error("{0} entries is more than the {MAX_ENTRIES} allowed per batch")]
     TooManyEntries(usize),
-    #[error("{field} = {value} is out of range")]
-    Counter { field: &'static str, value: u64 },
     #[error("entry {index}: {field}: {message}")]
     Entry {
         index: usize,
@@ -34,11 +39,12 @@ pub enum BatchError {
     },
 }
 
-fn counter(field: &'static str, value: u64) -> Result<u64, BatchError> {
+/// A batch counter, clamped to [`MAX_COUNTER`] (a lie or a bug, but not worth the session).
+fn counter(field: &'static str, value: u64) -> u64 {
     if value > MAX_COUNTER {
-        return Err(BatchError::Counter { field, value });
+        tracing::debug!(field, value, "denial batch counter clamped");
     }
-    Ok(value)
+    value.min(MAX_COUNTER)
 }
 
 fn addr(s: &str, allow_empty: bool) -> Result<String, String> {
@@ -55,7 +61,18 @@ fn truncate(s: &str) -> String {
 }
 
 fn entry(e: v1::DenialEntry, now_ms: i64) -> Result<NewDenial, (&'static str, String)> {
-    let src = addr(&e.src, false).map_err(|m| ("src", m))?;
+    let overflow = e.src == OVERFLOW_SRC;
+    if overflow && (e.proto != 0 || e.dport != 0) {
+        return Err((
+            "src",
+            format!("{OVERFLOW_SRC:?} (the overflow entry) must have protocol 0 and port 0"),
+        ));
+    }
+    let src = if overflow {
+        OVERFLOW_SRC.to_string()
+    } else {
+        addr(&e.src, false).map_err(|m| ("src", m))?
+    };
     let dst = addr(&e.dst, true).map_err(|m| ("dst", m))?;
     let proto = u8::try_from(e.proto).map_err(|_| ("proto", format!("{} > 255", e.proto)))?;
     let dport = u16::try_from(e.dport).map_err(|_| ("dport", format!("{} > 65535", e.dport)))?;
@@ -68,31 +85,31 @@ fn entry(e: v1::DenialEntry, now_ms: i64) -> Result<NewDenial, (&'static str, St
             format!("{:?} is not an interface name", truncate(&e.ifname)),
         ));
     }
-    if e.count == 0 || e.count > MAX_COUNTER {
-        return Err(("count", format!("{} is not in 1..={MAX_COUNTER}", e.count)));
+    if e.count == 0 {
+        return Err(("count", "0 is not a count of events".into()));
     }
     if e.revision > MAX_COUNTER {
         return Err(("revision", format!("{} is out of range", e.revision)));
     }
-    let latest = now_ms.saturating_add(MAX_FUTURE_MS);
-    if e.first_unix_ms <= 0 || e.first_unix_ms > e.last_unix_ms || e.last_unix_ms > latest {
+    if e.first_unix_ms <= 0 || e.first_unix_ms > e.last_unix_ms {
         return Err((
             "first_unix_ms/last_unix_ms",
             format!(
-                "{}..{} is not a time range ending before the controller's now + 1 day",
+                "{}..{} is not a time range",
                 e.first_unix_ms, e.last_unix_ms
             ),
         ));
     }
+    let latest = now_ms.saturating_add(MAX_FUTURE_MS);
     Ok(NewDenial {
         src,
         dst,
         proto,
         dport,
         ifname: e.ifname,
-        count: e.count,
-        first_ms: e.first_unix_ms,
-        last_ms: e.last_unix_ms,
+        count: e.count.min(MAX_COUNTER),
+        first_ms: e.first_unix_ms.min(latest),
+        last_ms: e.last_unix_ms.min(latest),
         revision: e.revision,
         audit: e.audit,
     })
@@ -109,19 +126,18 @@ pub fn host_batch(
     }
     let counters = BatchCounters {
         epoch: batch.epoch,
-        seq: counter("seq", batch.seq)?,
-        seen: counter("seen", batch.seen)?,
-        dropped_by_agent: counter("dropped_by_agent", batch.dropped_by_agent)?,
-        socket_overruns: counter("socket_overruns", batch.socket_overruns)?,
-        socket_lost: counter("socket_lost", batch.socket_lost)?,
+        seq: counter("seq", batch.seq),
+        seen: counter("seen", batch.seen),
+        dropped_by_agent: counter("dropped_by_agent", batch.dropped_by_agent),
+        socket_overruns: counter("socket_overruns", batch.socket_overruns),
+        socket_lost: counter("socket_lost", batch.socket_lost),
         kernel_suppressed: if batch.has_kernel_suppressed {
-            counter("kernel_suppressed", batch.kernel_suppressed)?
+            counter("kernel_suppressed", batch.kernel_suppressed)
         } else {
             0
         },
-        spool_dropped: counter("spool_dropped", batch.spool_dropped)?,
+        spool_dropped: counter("spool_dropped", batch.spool_dropped),
     };
-    counter("sent", batch.sent)?;
     let rows = batch
         .entries
         .into_iter()
@@ -242,7 +258,8 @@ mod tests {
             (|e| e.count = 0, "count"),
             (|e| e.ifname = "x".repeat(100), "ifname"),
             (|e| e.first_unix_ms = 3_000, "first_unix_ms"),
-            (|e| e.last_unix_ms = i64::MAX, "first_unix_ms"),
+            (|e| e.first_unix_ms = 0, "first_unix_ms"),
+            (|e| e.src = OVERFLOW_SRC.into(), "src"),
         ];
         for (mutate, field) in cases {
             let mut x = e();
@@ -262,12 +279,34 @@ mod tests {
             host_batch("h1", big, 10_000).unwrap_err(),
             BatchError::TooManyEntries(MAX_ENTRIES + 1)
         );
-        let mut x = b(vec![]);
-        x.seen = u64::MAX;
-        assert!(matches!(
-            host_batch("h1", x, 0),
-            Err(BatchError::Counter { field: "seen", .. })
-        ));
+    }
+
+    #[test]
+    fn clamps_absurd_counters_and_future_times() {
+        let mut x = e();
+        (x.count, x.last_unix_ms) = (u64::MAX, i64::MAX);
+        let mut batch = b(vec![x]);
+        (batch.seen, batch.sent, batch.spool_dropped) = (u64::MAX, u64::MAX, u64::MAX);
+        let hb = host_batch("h1", batch, 10_000).unwrap();
+        assert_eq!(hb.counters.seen, MAX_COUNTER);
+        assert_eq!(hb.counters.spool_dropped, MAX_COUNTER);
+        assert_eq!(hb.rows[0].count, MAX_COUNTER);
+        assert_eq!(hb.rows[0].last_ms, 10_000 + MAX_FUTURE_MS);
+        assert_eq!(hb.rows[0].first_ms, 1_000);
+        let mut x = e();
+        (x.first_unix_ms, x.last_unix_ms) = (i64::MAX - 1, i64::MAX);
+        let hb = host_batch("h1", b(vec![x]), 10_000).unwrap();
+        assert_eq!(hb.rows[0].first_ms, hb.rows[0].last_ms);
+    }
+
+    #[test]
+    fn accepts_the_aggregator_overflow_entry() {
+        let mut x = e();
+        (x.src, x.dst, x.proto, x.dport, x.revision) =
+            (OVERFLOW_SRC.into(), "0.0.0.0".into(), 0, 0, 0);
+        let hb = host_batch("h1", b(vec![x]), 10_000).unwrap();
+        assert_eq!(hb.rows[0].src, "(other)");
+        assert_eq!((hb.rows[0].proto, hb.rows[0].dport), (0, 0));
     }
 
     #[test]

@@ -29,12 +29,12 @@ pub struct LiveRows {
 pub type Live = broadcast::Sender<Arc<LiveRows>>;
 
 /// One retention step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Sweep {
     /// Delete rows last seen before this time (ms).
     OlderThan(i64),
-    /// Keep only the newest this many rows.
-    MaxRows(u64),
+    /// Delete this host's least recently seen rows (it is over its fair row quota).
+    HostOldest(String),
 }
 
 enum Job {
@@ -130,7 +130,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, live: &Live) {
             Job::Sweep(s, chunk, reply) => {
                 let r = match s {
                     Sweep::OlderThan(t) => store::delete_denials_before(&conn, t, chunk),
-                    Sweep::MaxRows(n) => store::delete_denials_over(&conn, n, chunk),
+                    Sweep::HostOldest(host) => store::delete_host_oldest(&conn, &host, chunk),
                 };
                 let _ = reply.send(r.map_err(|e| format!("{e:#}")));
                 continue;
