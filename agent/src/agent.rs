@@ -19,7 +19,6 @@ use crate::report::{
     AppliedReport, LkgSummary, RuleStatus, ShowReport, VerifyReport, VerifyStatus,
 };
 use crate::state::{LastKnownGood, PreparedRecord, StateDir, StateError};
-use portcullis_policy::ruleset::Rule;
 use portcullis_policy::{
     CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, Ruleset, RulesetDiff,
     compile, diff, plan,

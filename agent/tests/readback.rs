@@ -35,16 +35,18 @@ fn policy(yaml: &str) -> HostPolicy {
     portcullis_policy::site::load_host_policy(&src).expect("policy")
 }
 
-const POLICIES: [&str; 9] = [
+const POLICIES: [&str; 11] = [
     "allow:\n  - smtp/tcp\n  - domain/udp\n  - http/tcp\n",
     "allow:\n  - { port: 1-3, proto: tcp }\n  - { port: 5, proto: tcp }\n  - { port: 60000-65535, proto: tcp }\n  - { port: 65535, proto: udp }\n  - { port: 7, proto: udp }\n",
     "replies: stateful\nmode: audit\ninterface: eth9\nallow:\n  - ntp/udp\n  - { port: 22, proto: tcp, from: [10.77.0.0/24, 10.77.1.5/32, \"fd77::/64\"] }\n  - { port: 53, proto: udp, from: [\"fd77:1::7/128\"] }\n",
-    "allow:\n  - { port: 8000-8100, proto: tcp, from: [10.0.0.0/8, 0.0.0.0/0] }\n  - { port: 1-65535, proto: udp, from: [\"::/0\"] }\n  - { port: 443, proto: tcp, from: [192.0.2.0/25, 192.0.2.128/26, \"2001:db8::/33\"] }\n",
+    "allow:\n  - { port: 8000-8100, proto: tcp, from: [10.0.0.0/8, 0.0.0.0/0] }\n  - { port: 1-30000, proto: udp, from: [\"::/0\"] }\n  - { port: 443, proto: tcp, from: [192.0.2.0/25, 192.0.2.128/26, \"2001:db8::/33\"] }\n",
     "allow: []\n",
     "interface: eth0\nmode: audit\nlog: { rate: 10/minute, burst: 20, group: 9 }\nallow:\n  - { port: 22, proto: tcp, from: [192.0.2.1/32] }\n",
     "interface: \"veth*\"\nlog: { rate: 3/hour, burst: 1, group: 0 }\nallow: [http/tcp]\n",
     "interface: wan0\nreplies: stateful\nlog: { rate: 1/day, burst: 1000, group: 65535 }\nallow: [domain/udp]\n",
     "interface: all\nlog: { rate: 5/second, burst: 5 }\nallow: [ssh/tcp]\n",
+    "allow:\n  - 137/udplite\n  - { port: 5000, proto: sctp }\n  - { port: 6000-6001, proto: dccp }\n  - { port: 3868, proto: sctp, from: [10.77.0.0/24, \"fd77::/64\"] }\n  - { port: 9000, proto: udplite, from: [\"fd77::5/128\"] }\n  - { port: 5432, proto: tcp, from: [10.77.200.5/32] }\n",
+    "mode: audit\nallow:\n  - { port: 1000-2000, proto: udp, from: [10.0.0.0/8] }\n  - { port: 4000, proto: dccp, from: [\"fd77::/16\"] }\n",
 ];
 
 #[test]
@@ -86,7 +88,7 @@ fn hand_edits_read_the_same_either_way() {
     let ns = NetNs::new().expect("ns");
     let base = compile(&policy(POLICIES[2]), &Default::default(), 4).expect("compile");
     // (edit, whether the split readback must still take it: elements it decodes itself)
-    let edits: [(&str, bool); 16] = [
+    let edits: [(&str, bool); 18] = [
         // An anonymous set, printed inline by nft (not a set match of ours).
         (
             "add rule inet portcullis guard tcp dport { 22, 80 } counter accept",
@@ -106,8 +108,17 @@ fn hand_edits_read_the_same_either_way() {
             true,
         ),
         (
-            "add rule inet portcullis guard meta l4proto { tcp, udp } th dport 22 counter accept",
+            "add rule inet portcullis guard meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 22 counter accept",
             true,
+        ),
+        // The deny rules' shape of old (tcp and udp only) is not ours any more.
+        (
+            "add rule inet portcullis guard meta l4proto { tcp, udp } th dport 22 counter accept",
+            false,
+        ),
+        (
+            "add rule inet portcullis guard meta l4proto { tcp, udp, udplite, sctp, dccp, icmp } th dport 22 counter accept",
+            false,
         ),
         (
             "add rule inet portcullis guard ip6 saddr . udp dport @allow_tcp_v6 counter drop",

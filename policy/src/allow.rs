@@ -1,5 +1,7 @@
-//! One `allow:` entry: `smtp/tcp`, `25/tcp`, `1000-1010/udp`, a bare single-protocol service
-//! name (`ssh`), or a mapping `{ port | service, proto, from }`. Also port ranges and CIDRs.
+//! One `allow:` entry: `smtp/tcp`, `25/tcp`, `1000-1010/udp`, `5000/sctp`, a bare
+//! single-protocol service name (`ssh`), or a mapping `{ port | service, proto, from }`
+//! (proto: tcp, udp, udplite, sctp or dccp; service names are IANA's tcp/udp ones). Also
+//! port ranges and CIDRs.
 //!
 //! Part of `parse` (a child module). Must not merge, de-duplicate or do I/O.
 
@@ -57,10 +59,9 @@ fn resolve(
     let numeric = looks_numeric(what);
     let proto = match proto {
         None => None,
-        Some(p) => match p.to_ascii_lowercase().as_str() {
-            "tcp" => Some(Proto::Tcp),
-            "udp" => Some(Proto::Udp),
-            _ => {
+        Some(p) => match Proto::from_name(&p.to_ascii_lowercase()) {
+            Some(proto) => Some(proto),
+            None => {
                 let known = services::protos_for(what);
                 let extra = if !numeric && !known.is_empty() {
                     format!(
@@ -72,7 +73,9 @@ fn resolve(
                 };
                 cx.err(
                     proto_at,
-                    format!("unknown protocol `{p}`: expected tcp or udp{extra}"),
+                    format!(
+                        "unknown protocol `{p}`: expected tcp, udp, udplite, sctp or dccp{extra}"
+                    ),
                 );
                 return None;
             }
@@ -112,10 +115,17 @@ fn resolve(
         Some(p) => match services::lookup(what, p) {
             Some(port) => Some((p, PortRange::single(port))),
             None => {
+                // The service table is IANA's tcp/udp registry: other transports take
+                // the port number.
+                let instead = known
+                    .first()
+                    .filter(|_| !matches!(p, Proto::Tcp | Proto::Udp))
+                    .map(|(_, port)| format!("; for {p} write the port: {port}/{p}"))
+                    .unwrap_or_default();
                 cx.err(
                     proto_at,
                     format!(
-                        "service `{what}` is {} only ({}), not {p}",
+                        "service `{what}` is {} only ({}), not {p}{instead}",
                         only(&known),
                         describe(&known)
                     ),

@@ -4,23 +4,33 @@
 //! Deterministic and pure: the same inputs always give the same `Ruleset` (and hash). It
 //! must not look at anything but its arguments, and never emits `Rule::Unknown`.
 //!
-//! Layout:
+//! Layout (the rendered script explains it in `#` comments too):
 //! - sets `allow_tcp` / `allow_udp` (`inet_service`) are always emitted, even when empty,
 //!   with their accept rules, so the rule positions are stable across revisions and a
-//!   changed whitelist shows up as element changes only. The `from:` sets
-//!   `allow_{tcp,udp}_{v4,v6}` (`addr . inet_service`) and their rules are emitted only
-//!   when non-empty.
+//!   changed whitelist shows up as element changes only; `allow_{udplite,sctp,dccp}` only
+//!   when used. The `from:` sets `allow_<proto>_{v4,v6}` (`addr . inet_service`) and
+//!   their rules are emitted only when non-empty.
 //! - base chain `input` (filter, priority -10, policy accept) jumps to `guard` for the
 //!   selected interface (`iifname "x"`), or for everything but `lo`.
-//! - chain `guard`: set accepts, the replies rule, then a rate-limited logging deny and an
-//!   unlogged counted deny for what the limit let through. `replies: stateful` accepts
-//!   `ct state established,related` and denies every other tcp/udp port (0-65535);
-//!   `replies: ports` accepts 1024-65535 and denies 0-1023. `mode: audit` ends both deny
-//!   rules in `accept`. Non-tcp/udp traffic (ICMP, ND) is never matched.
+//! - chain `guard`: set accepts; in `replies: ports`, for each protocol with `from:`
+//!   entries on ports >= 1024, a set `restrict_<proto>` of those ports and a logging +
+//!   a counted deny on it (so the replies rule cannot accept other sources there); the
+//!   replies rule per protocol (1024-65535); then a rate-limited logging deny and an
+//!   unlogged counted deny for what the limit let through, over
+//!   `meta l4proto { tcp, udp, udplite, sctp, dccp }` 0-1023. `replies: stateful`
+//!   accepts `ct state established,related` and denies every port (0-65535), so it
+//!   needs no restrict sets. `mode: audit` ends every deny rule in `accept`. Traffic
+//!   without ports (ICMP, ND) is never matched.
+//! - refused: an unrestricted entry overlapping a restricted one (no silent widening),
+//!   and in `replies: ports` a restricted entry on the ephemeral range 32768-60999.
 
 use crate::facts::Facts;
+use crate::lockout::EPHEMERAL;
 use crate::model::{HostPolicy, InterfaceSel, Mode, PortRange, Proto, Replies};
-use crate::ruleset::{BaseChain, Chain, Element, IfMatch, L3, Rule, Ruleset, Set, SetKey, Verdict};
+use crate::ruleset::{
+    BaseChain, Chain, Element, IfMatch, L3, RESTRICT_SET_PREFIX, Rule, Ruleset, Set, SetKey,
+    Verdict,
+};
 use std::collections::BTreeSet;
 
 /// The hooked chain.
@@ -42,6 +52,55 @@ pub enum CompileError {
     ZeroLogRate { per: crate::model::RateUnit },
     #[error("log burst must be at least 1 packet (nft rejects `burst 0 packets`), found 0")]
     ZeroLogBurst,
+    #[error(
+        "allow entry `{open}` (from anywhere) overlaps `{restricted}` (with `from:`): remove `from:` from one, or restrict both"
+    )]
+    WidenedRestriction { open: String, restricted: String },
+    #[error(
+        "allow entry `{label}` restricts ports in 32768-60999 (the Linux ephemeral range) under `replies: ports`, which would also drop replies to this host's own connections: restrict ports outside 32768-60999, or use `replies: stateful`"
+    )]
+    RestrictedEphemeral { label: String },
+}
+
+/// The ports `replies: ports` accepts as replies to our own connections.
+pub const REPLY_PORTS: PortRange = PortRange {
+    start: 1024,
+    end: 65535,
+};
+
+/// Name of the set of restricted high ports of `proto` (`replies: ports` only).
+pub fn restrict_set_name(proto: Proto) -> String {
+    format!("{RESTRICT_SET_PREFIX}{proto}")
+}
+
+/// `a` ∩ `b`, if not empty.
+fn clip(a: PortRange, b: PortRange) -> Option<PortRange> {
+    PortRange::new(a.start.max(b.start), a.end.min(b.end))
+}
+
+/// The two refusals the loader reports with locations (`site::restrictions`), checked
+/// again here for policies that come from elsewhere (the wire): an unrestricted entry
+/// overlapping a restricted one (the accept of the first would silently widen the
+/// second), and in `replies: ports` a restricted entry on the ephemeral range.
+fn check_restrictions(policy: &HostPolicy) -> Result<(), CompileError> {
+    for r in policy.allow.iter().filter(|a| !a.from.is_empty()) {
+        if let Some(u) = policy
+            .allow
+            .iter()
+            .find(|u| u.from.is_empty() && u.proto == r.proto && clip(u.ports, r.ports).is_some())
+        {
+            return Err(CompileError::WidenedRestriction {
+                open: u.label.clone(),
+                restricted: r.label.clone(),
+            });
+        }
+        if policy.replies == Replies::Ports && clip(r.ports, EPHEMERAL).is_some() {
+            return Err(CompileError::RestrictedEphemeral {
+                label: r.label.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Name of the set for `proto`, restricted to sources of `l3` when `Some`.
@@ -103,24 +162,22 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
         InterfaceSel::Named(name) => checked_ifname(name)?,
     };
 
+    check_restrictions(policy)?;
+
     let mut rs = Ruleset::default();
     let mut guard = Vec::new();
-    for proto in [Proto::Tcp, Proto::Udp] {
+    for proto in Proto::ALL {
         let plain = policy
             .allow
             .iter()
             .filter(|a| a.proto == proto && a.from.is_empty())
             .map(|a| Element::Port(a.ports));
-        add_set(
-            &mut rs,
-            &mut guard,
-            proto,
-            None,
-            Set::new(SetKey::Port, plain),
-            true,
-        );
+        // tcp/udp always (stable rule positions), the others only when used.
+        let always = matches!(proto, Proto::Tcp | Proto::Udp);
+        let set = Set::new(SetKey::Port, plain);
+        add_set(&mut rs, &mut guard, proto, None, set, always);
     }
-    for proto in [Proto::Tcp, Proto::Udp] {
+    for proto in Proto::ALL {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for a in policy.allow.iter().filter(|a| a.proto == proto) {
             for net in &a.from {
@@ -135,16 +192,47 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
         add_set(&mut rs, &mut guard, proto, Some(L3::Ip), v4, false);
         add_set(&mut rs, &mut guard, proto, Some(L3::Ip6), v6, false);
     }
+    let verdict = match policy.mode {
+        Mode::Enforce => Verdict::Drop,
+        Mode::Audit => Verdict::Accept,
+    };
+    let prefix = log_prefix(revision, policy.mode);
 
     let deny_ports = match policy.replies {
         Replies::Ports => {
-            for proto in [Proto::Tcp, Proto::Udp] {
+            // Restricted high ports: what the source-restricted accepts above did not
+            // take is denied (logged like the low ports) before the replies rule.
+            for proto in Proto::ALL {
+                let high = policy
+                    .allow
+                    .iter()
+                    .filter(|a| a.proto == proto && !a.from.is_empty())
+                    .filter_map(|a| clip(a.ports, REPLY_PORTS));
+                let set = Set::new(SetKey::Port, high.map(Element::Port));
+                if set.elements.is_empty() {
+                    continue;
+                }
+                let name = restrict_set_name(proto);
+                guard.push(Rule::SetLogLimited {
+                    proto,
+                    set: name.clone(),
+                    limit: policy.log,
+                    group: policy.log_group,
+                    prefix: prefix.clone(),
+                    verdict,
+                });
+                guard.push(Rule::SetMatch {
+                    saddr: None,
+                    proto,
+                    set: name.clone(),
+                    verdict,
+                });
+                rs.sets.insert(name, set);
+            }
+            for proto in Proto::ALL {
                 guard.push(Rule::Ports {
                     proto,
-                    ports: PortRange {
-                        start: 1024,
-                        end: 65535,
-                    },
+                    ports: REPLY_PORTS,
                     verdict: Verdict::Accept,
                 });
             }
@@ -164,15 +252,11 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
             }
         }
     };
-    let verdict = match policy.mode {
-        Mode::Enforce => Verdict::Drop,
-        Mode::Audit => Verdict::Accept,
-    };
     guard.push(Rule::LogLimited {
         ports: deny_ports,
         limit: policy.log,
         group: policy.log_group,
-        prefix: log_prefix(revision, policy.mode),
+        prefix,
         verdict,
     });
     guard.push(Rule::Counted {

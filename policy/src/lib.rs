@@ -22,6 +22,7 @@ pub mod pattern;
 pub mod readback;
 pub mod render;
 pub mod replay;
+pub mod restrict;
 pub mod rollout;
 pub mod ruleset;
 pub mod services;

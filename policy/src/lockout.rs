@@ -107,15 +107,13 @@ pub fn parse_keep(input: &str) -> Result<Vec<Requirement>, KeepError> {
     let (a, b) = spec
         .split_once('/')
         .ok_or_else(|| err("missing `/` between protocol and port"))?;
-    let proto_of = |s: &str| match s {
-        "tcp" => Some(Proto::Tcp),
-        "udp" => Some(Proto::Udp),
-        _ => None,
-    };
+    let proto_of = Proto::from_name;
     let (proto, port) = match (proto_of(a), proto_of(b)) {
         (Some(p), _) => (p, b),
         (None, Some(p)) => (p, a),
-        (None, None) => return Err(err("protocol must be tcp or udp")),
+        (None, None) => {
+            return Err(err("protocol must be tcp, udp, udplite, sctp or dccp"));
+        }
     };
     let number = |s: &str| s.parse::<u16>().ok();
     let ports = match port.split_once('-') {
@@ -201,6 +199,12 @@ fn eval_chain(rs: &Ruleset, name: &str, flow: &Flow, depth: u8) -> Option<(Verdi
                 set,
                 verdict,
             } => (*proto == flow.proto && in_set(rs, set, *saddr, flow)).then_some(*verdict),
+            Rule::SetLogLimited {
+                proto,
+                set,
+                verdict,
+                ..
+            } => (*proto == flow.proto && in_set(rs, set, None, flow)).then_some(*verdict),
             Rule::Ports {
                 proto,
                 ports,
@@ -209,6 +213,7 @@ fn eval_chain(rs: &Ruleset, name: &str, flow: &Flow, depth: u8) -> Option<(Verdi
             Rule::CtState { states, verdict } => {
                 (flow.established && states.contains("established")).then_some(*verdict)
             }
+            // `meta l4proto { every Proto }`: any flow's protocol is in it.
             Rule::LogLimited { ports, verdict, .. } | Rule::Counted { ports, verdict } => {
                 ports.contains(flow.dport).then_some(*verdict)
             }

@@ -6,20 +6,66 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Transport protocol of an allow entry. The seed speaks of tcp/udp only.
+/// Transport protocol of an allow entry: every port-based transport the kernel parses
+/// (the destination port is at offset 2 of all five headers). The seed rule (replies to
+/// 1024-65535, a whitelist below) applies to each of them; ICMP/ICMPv6 have no ports
+/// and are never denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
+    Udplite,
+    Sctp,
+    Dccp,
+}
+
+impl Proto {
+    /// Every port-based transport, in rule order.
+    pub const ALL: [Proto; 5] = [
+        Proto::Tcp,
+        Proto::Udp,
+        Proto::Udplite,
+        Proto::Sctp,
+        Proto::Dccp,
+    ];
+
+    /// The nft / `/etc/protocols` name (`tcp`, `udplite`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Udplite => "udplite",
+            Proto::Sctp => "sctp",
+            Proto::Dccp => "dccp",
+        }
+    }
+
+    /// The IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Udplite => 136,
+            Proto::Sctp => 132,
+            Proto::Dccp => 33,
+        }
+    }
+
+    /// The protocol named `name` (lowercase, as nft spells it).
+    pub fn from_name(name: &str) -> Option<Proto> {
+        Proto::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The protocol with IP protocol number `n`.
+    pub fn from_number(n: u8) -> Option<Proto> {
+        Proto::ALL.into_iter().find(|p| p.number() == n)
+    }
 }
 
 impl fmt::Display for Proto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -71,7 +117,7 @@ pub enum InterfaceSel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Replies {
-    /// The seed rule: tcp/udp to 1024-65535 accepted.
+    /// The seed rule: every transport to 1024-65535 accepted (except restricted ports).
     Ports,
     /// conntrack: `ct state established,related` accepted instead.
     Stateful,

@@ -44,6 +44,9 @@ pub struct PolicySpec {
     pub replies: Option<Located<Replies>>,
     /// Sorted and de-duplicated (see [`normalize_allow`]).
     pub allow: Vec<AllowEntry>,
+    /// Every entry as written, with where: for the refusals of `restrict` (which name
+    /// both entries of a conflict).
+    pub allow_at: Vec<Located<AllowEntry>>,
     pub log: Option<Located<LogSpec>>,
     pub mode: Option<Located<Mode>>,
     pub drift: Option<Located<DriftMode>>,
@@ -160,7 +163,11 @@ pub fn parse_policy(node: &Node, cx: &mut Ctx<'_>) -> PolicySpec {
             Some("allow") => match &v.kind {
                 NodeKind::Null => {}
                 NodeKind::Seq(items) => {
-                    spec.allow = items.iter().filter_map(|i| allow_entry(i, cx)).collect()
+                    spec.allow_at = items
+                        .iter()
+                        .filter_map(|i| allow_entry(i, cx).map(|a| Located::at(a, i)))
+                        .collect();
+                    spec.allow = spec.allow_at.iter().map(|l| l.value.clone()).collect();
                 }
                 _ => cx.err(
                     v,

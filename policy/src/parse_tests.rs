@@ -44,7 +44,10 @@ allow:
   - ntp/udp
   - ssh
   - 1000-1010/udp
-  - { port: 22, proto: tcp, from: [\"fd77::/64\", 10.77.0.0/24] }
+  - { port: 2222, proto: tcp, from: [\"fd77::/64\", 10.77.0.0/24] }
+  - 137/udplite
+  - { port: 5000, proto: SCTP }
+  - { port: 4000-4001, proto: dccp, from: [10.0.0.0/8] }
   - { service: ntp, proto: udp }
   - { port: \"6000-6010\", proto: tcp }
   - { service: imaps }
@@ -61,15 +64,18 @@ drift: report
         p.allow,
         vec![
             entry(Tcp, 22, 22, &[], "ssh"),
-            entry(Tcp, 22, 22, &["10.77.0.0/24", "fd77::/64"], "22/tcp"),
             entry(Tcp, 25, 25, &[], "smtp/tcp"),
             entry(Tcp, 80, 80, &[], "http/tcp"),
             entry(Tcp, 993, 993, &[], "imaps/tcp"),
+            entry(Tcp, 2222, 2222, &["10.77.0.0/24", "fd77::/64"], "2222/tcp"),
             entry(Tcp, 6000, 6010, &[], "6000-6010/tcp"),
             entry(Tcp, 8080, 8080, &["192.0.2.7/32"], "8080/tcp"),
             entry(Udp, 53, 53, &[], "domain/udp"),
             entry(Udp, 123, 123, &[], "ntp/udp"),
             entry(Udp, 1000, 1010, &[], "1000-1010/udp"),
+            entry(Proto::Udplite, 137, 137, &[], "137/udplite"),
+            entry(Proto::Sctp, 5000, 5000, &[], "5000/sctp"),
+            entry(Proto::Dccp, 4000, 4001, &["10.0.0.0/8"], "4000-4001/dccp"),
         ]
     );
     assert_eq!(p.interface, InterfaceSel::Named("eth2".into()));
@@ -124,7 +130,7 @@ allow:
             (
                 9,
                 5,
-                "unknown protocol `sctp`: expected tcp or udp (service `domain` exists for tcp/udp 53, not sctp)",
+                "service `domain` is tcp/udp only (tcp/udp 53), not sctp; for sctp write the port: 53/sctp",
             ),
             (10, 5, "unknown service `smpt` (did you mean `smtp`?)"),
             (11, 5, "is not a port or port range"),

@@ -15,7 +15,7 @@ const ELEMENTS_PER_LINE: usize = 8;
 /// nft comment (`# unrecognized: <json>`): it describes, it cannot be applied.
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const TH: &str = "meta l4proto { tcp, udp } th dport";
+        const TH: &str = "meta l4proto { tcp, udp, udplite, sctp, dccp } th dport";
         match self {
             Rule::Jump { iifname, target } => {
                 if let Some(m) = iifname {
@@ -53,6 +53,18 @@ impl fmt::Display for Rule {
             } => write!(
                 f,
                 "{TH} {ports} limit rate {}/{} burst {} packets counter log prefix \"{prefix}\" group {group} {verdict}",
+                limit.rate, limit.per, limit.burst
+            ),
+            Rule::SetLogLimited {
+                proto,
+                set,
+                limit,
+                group,
+                prefix,
+                verdict,
+            } => write!(
+                f,
+                "{proto} dport @{set} limit rate {}/{} burst {} packets counter log prefix \"{prefix}\" group {group} {verdict}",
                 limit.rate, limit.per, limit.burst
             ),
             Rule::Counted { ports, verdict } => write!(f, "{TH} {ports} counter {verdict}"),
@@ -100,13 +112,55 @@ impl Ruleset {
             if let Some(b) = &chain.base {
                 writeln!(s, "\t\t{b}")?;
             }
+            let mut prev = None;
             for rule in &chain.rules {
+                if let Some(note) = section(rule, prev) {
+                    writeln!(s, "\t\t# {note}")?;
+                }
                 writeln!(s, "\t\t{rule}")?;
+                prev = Some(rule);
             }
             writeln!(s, "\t}}")?;
         }
         writeln!(s, "}}")
     }
+}
+
+/// The `#` comment that opens a section of the guard chain, where `rule` starts one
+/// (nft drops comments, so they are in the script, never in the readback).
+fn section(rule: &Rule, prev: Option<&Rule>) -> Option<&'static str> {
+    let kind = |r: &Rule| match r {
+        Rule::SetMatch {
+            saddr: None, set, ..
+        } if set.starts_with("allow_") => 1,
+        Rule::SetMatch { saddr: Some(_), .. } => 2,
+        Rule::SetLogLimited { .. } | Rule::SetMatch { .. } => 3,
+        Rule::Ports { .. } | Rule::CtState { .. } => 4,
+        Rule::LogLimited { .. } | Rule::Counted { .. } => 5,
+        Rule::Jump { .. } | Rule::Unknown { .. } => 0,
+    };
+    if prev.is_some_and(|p| kind(p) == kind(rule)) {
+        return None;
+    }
+    Some(match rule {
+        Rule::SetMatch {
+            saddr: None, set, ..
+        } if set.starts_with("allow_") => "whitelist: these ports are accepted from anywhere",
+        Rule::SetMatch { saddr: Some(_), .. } => {
+            "whitelist with `from:`: these (source, port) pairs are accepted"
+        }
+        Rule::SetLogLimited { .. } | Rule::SetMatch { .. } => {
+            "restricted ports >= 1024 (`from:` entries, replies: ports): every other source is denied here, before the replies rule; so are replies to this host's own connections that land on these ports"
+        }
+        Rule::Ports { .. } => {
+            "replies (replies: ports): 1024-65535 is taken as replies to our own connections"
+        }
+        Rule::CtState { .. } => "replies (replies: stateful): conntrack's established/related",
+        Rule::LogLimited { .. } | Rule::Counted { .. } => {
+            "deny every other port of every transport: logged within the rate limit, counted over it (ICMP/ICMPv6 have no ports and never match)"
+        }
+        Rule::Jump { .. } | Rule::Unknown { .. } => return None,
+    })
 }
 
 /// Idempotent removal of our table (and only ours): `add table` + `delete table`.

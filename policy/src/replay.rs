@@ -148,24 +148,36 @@ fn space(rs: &Ruleset, rule: &Rule) -> Vec<(Proto, PortRange, IpNet, bool)> {
             IpNet::V6(ipnet::Ipv6Net::default()),
         ]
     };
-    let both = [Proto::Tcp, Proto::Udp];
-    match rule {
+    let (saddr, proto, set) = match rule {
         Rule::SetMatch {
             saddr, proto, set, ..
-        } => rs
-            .sets
-            .get(set)
-            .into_iter()
-            .flat_map(|s| &s.elements)
-            .flat_map(|e| match (e, saddr) {
-                (Element::Port(p), None) => any().map(|n| (*proto, *p, n, false)).to_vec(),
-                (Element::V4Port(n, p), Some(L3::Ip)) => vec![(*proto, *p, IpNet::V4(*n), false)],
-                (Element::V6Port(n, p), Some(L3::Ip6)) => {
-                    vec![(*proto, *p, IpNet::V6(*n), false)]
-                }
-                _ => Vec::new(),
-            })
-            .collect(),
+        } => (*saddr, *proto, set),
+        Rule::SetLogLimited { proto, set, .. } => (None, *proto, set),
+        _ => return space_of_ports(rule),
+    };
+    rs.sets
+        .get(set)
+        .into_iter()
+        .flat_map(|s| &s.elements)
+        .flat_map(|e| match (e, saddr) {
+            (Element::Port(p), None) => any().map(|n| (proto, *p, n, false)).to_vec(),
+            (Element::V4Port(n, p), Some(L3::Ip)) => vec![(proto, *p, IpNet::V4(*n), false)],
+            (Element::V6Port(n, p), Some(L3::Ip6)) => vec![(proto, *p, IpNet::V6(*n), false)],
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// [`space`] of the rules without a set.
+fn space_of_ports(rule: &Rule) -> Vec<(Proto, PortRange, IpNet, bool)> {
+    let any = || {
+        [
+            IpNet::V4(ipnet::Ipv4Net::default()),
+            IpNet::V6(ipnet::Ipv6Net::default()),
+        ]
+    };
+    let both = Proto::ALL;
+    match rule {
         Rule::Ports { proto, ports, .. } => any().map(|n| (*proto, *ports, n, false)).to_vec(),
         // Replies land on the ephemeral range; established traffic to served ports is
         // covered by the counters of the rules that accepted its first packet.
@@ -275,6 +287,7 @@ fn from_counter(
 fn rule_accepts(rule: &Rule) -> bool {
     match rule {
         Rule::SetMatch { verdict, .. }
+        | Rule::SetLogLimited { verdict, .. }
         | Rule::Ports { verdict, .. }
         | Rule::CtState { verdict, .. }
         | Rule::LogLimited { verdict, .. }

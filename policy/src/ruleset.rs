@@ -126,8 +126,19 @@ pub enum Rule {
         states: BTreeSet<String>,
         verdict: Verdict,
     },
-    /// `meta l4proto { tcp, udp } th dport 0-1023 limit rate R/U burst B packets counter
-    ///  log prefix "P" group G <verdict>`
+    /// `tcp dport @restrict_tcp limit rate R/U burst B packets counter log prefix "P"
+    ///  group G <verdict>`: the logged deny of a restricted port (its unlogged twin is a
+    ///  [`Rule::SetMatch`] with the same set).
+    SetLogLimited {
+        proto: Proto,
+        set: String,
+        limit: LogLimit,
+        group: u16,
+        prefix: String,
+        verdict: Verdict,
+    },
+    /// `meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 limit rate R/U
+    ///  burst B packets counter log prefix "P" group G <verdict>` (every [`Proto::ALL`])
     LogLimited {
         ports: PortRange,
         limit: LogLimit,
@@ -135,7 +146,8 @@ pub enum Rule {
         prefix: String,
         verdict: Verdict,
     },
-    /// `meta l4proto { tcp, udp } th dport 0-1023 counter <verdict>` (over the log limit)
+    /// `meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 counter <verdict>`
+    /// (over the log limit)
     Counted { ports: PortRange, verdict: Verdict },
     /// Anything readback could not map: canonical JSON of the rule's expressions.
     Unknown { expr: String },
@@ -151,6 +163,28 @@ impl fmt::Display for RulesetHash {
         f.write_str(&self.0)
     }
 }
+
+impl Rule {
+    /// A deny rule of the seed layout (logging or counted; in audit mode its verdict is
+    /// accept): the low-port denies and those of restricted ports (`restrict_<proto>`).
+    pub fn is_deny(&self) -> bool {
+        match self {
+            Rule::LogLimited { .. } | Rule::Counted { .. } | Rule::SetLogLimited { .. } => true,
+            Rule::SetMatch {
+                saddr: None, set, ..
+            } => set.starts_with(RESTRICT_SET_PREFIX),
+            _ => false,
+        }
+    }
+
+    /// An unlogged deny: what passed over the log rate limit (counted, not logged).
+    pub fn is_over_limit_deny(&self) -> bool {
+        self.is_deny() && !matches!(self, Rule::LogLimited { .. } | Rule::SetLogLimited { .. })
+    }
+}
+
+/// Prefix of the sets of restricted ports (`restrict_tcp`, ...).
+pub const RESTRICT_SET_PREFIX: &str = "restrict_";
 
 impl Ruleset {
     /// Canonical JSON (ordered maps, no whitespace): the input of the hash.

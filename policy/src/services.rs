@@ -20,7 +20,7 @@ impl On {
     fn has(self, proto: Proto) -> bool {
         matches!(
             (self, proto),
-            (On::Both, _) | (On::Tcp, Proto::Tcp) | (On::Udp, Proto::Udp)
+            (On::Both | On::Tcp, Proto::Tcp) | (On::Both | On::Udp, Proto::Udp)
         )
     }
 }

@@ -170,7 +170,7 @@ fn net() -> impl Strategy<Value = IpNet> {
 
 fn entry() -> impl Strategy<Value = AllowEntry> {
     (
-        prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)],
+        prop::sample::select(Proto::ALL.to_vec()),
         1u16..=65535,
         0u16..200,
         prop::collection::btree_set(net(), 0..3),
@@ -215,6 +215,20 @@ fn policy() -> impl Strategy<Value = HostPolicy> {
             |(interface, stateful, mut allow, (rate, per, burst, group), audit, report)| {
                 allow.sort();
                 allow.dedup_by(|b, a| (a.proto, a.ports, &a.from) == (b.proto, b.ports, &b.from));
+                // Without the entries the loader refuses (see `restrict`).
+                let open: Vec<(Proto, PortRange)> = allow
+                    .iter()
+                    .filter(|a| a.from.is_empty())
+                    .map(|a| (a.proto, a.ports))
+                    .collect();
+                let meets = |a: PortRange, b: PortRange| a.start <= b.end && b.start <= a.end;
+                allow.retain(|a| {
+                    a.from.is_empty()
+                        || !(open
+                            .iter()
+                            .any(|(p, r)| *p == a.proto && meets(*r, a.ports))
+                            || !stateful && meets(a.ports, portcullis_policy::lockout::EPHEMERAL))
+                });
                 HostPolicy {
                     interface,
                     replies: if stateful {

@@ -37,6 +37,9 @@ impl From<Proto> for v1::Proto {
         match p {
             Proto::Tcp => v1::Proto::Tcp,
             Proto::Udp => v1::Proto::Udp,
+            Proto::Udplite => v1::Proto::Udplite,
+            Proto::Sctp => v1::Proto::Sctp,
+            Proto::Dccp => v1::Proto::Dccp,
         }
     }
 }
@@ -45,7 +48,12 @@ fn proto_from_wire(v: i32) -> Result<Proto, ProtoError> {
     match v1::Proto::try_from(v) {
         Ok(v1::Proto::Tcp) => Ok(Proto::Tcp),
         Ok(v1::Proto::Udp) => Ok(Proto::Udp),
-        _ => Err(invalid("proto", format!("unknown protocol {v}"))),
+        Ok(v1::Proto::Udplite) => Ok(Proto::Udplite),
+        Ok(v1::Proto::Sctp) => Ok(Proto::Sctp),
+        Ok(v1::Proto::Dccp) => Ok(Proto::Dccp),
+        Ok(v1::Proto::Unspecified) | Err(_) => {
+            Err(invalid("proto", format!("unknown protocol {v}")))
+        }
     }
 }
 
@@ -258,6 +266,17 @@ mod tests {
         };
         let wire = v1::HostPolicy::from(&p);
         assert_eq!(HostPolicy::try_from(&wire).unwrap(), p);
+    }
+
+    #[test]
+    fn every_transport_round_trips_and_keeps_its_wire_number() {
+        let numbers = [1, 2, 3, 4, 5];
+        for (proto, n) in Proto::ALL.into_iter().zip(numbers) {
+            assert_eq!(v1::Proto::from(proto) as i32, n, "{proto}");
+            assert_eq!(proto_from_wire(n).unwrap(), proto);
+        }
+        assert!(proto_from_wire(0).is_err());
+        assert!(proto_from_wire(6).is_err());
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn read(nl: &mut NfTables) -> io::Result<Read> {
         }
     }
     let mut rs = Ruleset::default();
-    // Anonymous sets by name: whether it is exactly `{ tcp, udp }`.
+    // Anonymous sets by name: whether it is exactly `{ tcp, udp, udplite, sctp, dccp }`.
     let mut anonymous: BTreeMap<String, bool> = BTreeMap::new();
     for set in nl.request(NFT_MSG_GETSET, true, NFPROTO_INET, &name_attr)? {
         match set_shape(&set) {
@@ -68,11 +68,11 @@ pub fn read(nl: &mut NfTables) -> io::Result<Read> {
                 rs.sets.insert(name, set);
             }
             Ok(SetShape::L4Protos(name)) => {
-                let tcp_udp = match nl.raw_set_elements(TABLE_NAME, &name)? {
-                    Ok(raw) => is_tcp_udp(&raw),
+                let every = match nl.raw_set_elements(TABLE_NAME, &name)? {
+                    Ok(raw) => is_every_proto(&raw),
                     Err(_) => false,
                 };
-                anonymous.insert(name, tcp_udp);
+                anonymous.insert(name, every);
             }
         }
     }
@@ -175,7 +175,8 @@ const NFT_SET_CONCAT: u32 = 0x80;
 const UDATA_PORT: &[u8] = &[0, 4, 2, 0, 0, 0];
 /// ... for `type ipv4_addr . inet_service` / `ipv6_addr . inet_service`, `flags interval`.
 const UDATA_CONCAT: &[u8] = &[0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0];
-/// ... for the anonymous `meta l4proto { tcp, udp }` set (typeof meta l4proto).
+/// ... for the anonymous `meta l4proto { tcp, udp, udplite, sctp, dccp }` set (typeof
+/// meta l4proto).
 const UDATA_L4PROTO: &[u8] = &[
     0, 4, 1, 0, 0, 0, 3, 14, 0, 4, 9, 0, 0, 0, 1, 6, 0, 4, 16, 0, 0, 0,
 ];
@@ -242,15 +243,18 @@ fn set_shape(a: &[u8]) -> Result<SetShape, String> {
     Ok(shape)
 }
 
-/// Exactly the keys `tcp` (6) and `udp` (17).
-fn is_tcp_udp(raw: &[RawElement]) -> bool {
+/// Exactly the keys of every [`Proto`] (tcp 6, udp 17, udplite 136, sctp 132, dccp 33),
+/// each once, nothing else (an old `{ tcp, udp }` set is not ours any more).
+fn is_every_proto(raw: &[RawElement]) -> bool {
     let mut keys: Vec<&[u8]> = raw
         .iter()
         .filter(|e| e.key_end.is_none() && !e.interval_end && !e.interval_open)
         .map(|e| e.key.as_slice())
         .collect();
     keys.sort_unstable();
-    raw.len() == 2 && keys == [&[6u8][..], &[17u8][..]]
+    let mut every: Vec<[u8; 1]> = Proto::ALL.iter().map(|p| [p.number()]).collect();
+    every.sort_unstable();
+    raw.len() == every.len() && keys.iter().copied().eq(every.iter().map(|k| &k[..]))
 }
 
 /// `Ok(None)` for a chain of another table.
@@ -433,11 +437,10 @@ fn port(d: &[u8]) -> Option<u16> {
     }
 }
 
-/// `meta l4proto tcp` / `udp`: the protocol number compared.
+/// `meta l4proto tcp` / `udp` / ...: the protocol number compared.
 fn proto(d: &[u8]) -> Option<Proto> {
     match d {
-        [6] => Some(Proto::Tcp),
-        [17] => Some(Proto::Udp),
+        [n] => Proto::from_number(*n),
         _ => None,
     }
 }
@@ -578,7 +581,7 @@ fn recognize_l4<'a>(
     meta(l4, META_L4PROTO, REG_1)?;
     payload(dport, REG_1, BASE_TRANSPORT, 2, 2)?;
     if let Some(d) = cmp(sel, CMP_EQ) {
-        // tcp/udp dport @set | tcp/udp dport <ports>
+        // <proto> dport @set [limit ... log ...] | <proto> dport <ports>
         let proto = proto(d)?;
         return match rest {
             [lk, c, v] if named(lk).is_some() => Some((
@@ -590,6 +593,20 @@ fn recognize_l4<'a>(
                 },
                 counter(c)?,
             )),
+            [lk, lim, c, log, v] if named(lk).is_some() => {
+                let (prefix, group) = log_stmt(log)?;
+                Some((
+                    Rule::SetLogLimited {
+                        proto,
+                        set: named(lk)?.to_owned(),
+                        limit: limit(lim)?,
+                        group,
+                        prefix,
+                        verdict: verdict(v)?,
+                    },
+                    counter(c)?,
+                ))
+            }
             _ => {
                 let (p, used) = ports(rest)?;
                 let [c, v] = &rest[used..] else {
@@ -606,7 +623,8 @@ fn recognize_l4<'a>(
             }
         };
     }
-    // meta l4proto { tcp, udp } th dport <ports> [limit] counter [log] <verdict>
+    // meta l4proto { tcp, udp, udplite, sctp, dccp } th dport <ports> [limit] counter [log]
+    // <verdict>
     (*anonymous.get(lookup(sel)?)?).then_some(())?;
     let (p, used) = ports(rest)?;
     match &rest[used..] {

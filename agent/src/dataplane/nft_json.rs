@@ -4,8 +4,8 @@
 //! print, so the agent's logic (readback parsing included) runs unchanged against the fake.
 //! The integration tests check this rendering against the real `nft` output.
 
-use portcullis_policy::PortRange;
 use portcullis_policy::ruleset::{Element, L3, Rule, SetKey, Verdict};
+use portcullis_policy::{PortRange, Proto};
 use portcullis_policy::{Ruleset, TABLE_NAME};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -113,11 +113,16 @@ fn matches(op: &str, left: Value, right: Value) -> Value {
     json!({"match": {"op": op, "left": left, "right": right}})
 }
 
+/// `meta l4proto { tcp, udp, udplite, sctp, dccp }`, in the order nft 1.0.6 prints the
+/// anonymous set (its hash order, by protocol number: 6, 17, 33, 132, 136).
 fn l4_any() -> Value {
+    let mut every = Proto::ALL;
+    every.sort_by_key(|p| p.number());
+    let names: Vec<&str> = every.iter().map(|p| p.name()).collect();
     matches(
         "==",
         json!({"meta": {"key": "l4proto"}}),
-        json!({"set": ["tcp", "udp"]}),
+        json!({ "set": names }),
     )
 }
 
@@ -156,6 +161,20 @@ fn exprs(rule: &Rule, (packets, bytes): (u64, u64)) -> Value {
                 verdict(*vd)
             ])
         }
+        Rule::SetLogLimited {
+            proto,
+            set,
+            limit,
+            group,
+            prefix,
+            verdict: vd,
+        } => json!([
+            matches("==", payload(&proto.to_string(), "dport"), json!(format!("@{set}"))),
+            {"limit": {"rate": limit.rate, "burst": limit.burst, "per": limit.per.to_string()}},
+            counter,
+            {"log": {"prefix": prefix, "group": group}},
+            verdict(*vd)
+        ]),
         Rule::Ports {
             proto,
             ports: p,

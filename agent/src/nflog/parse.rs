@@ -172,11 +172,12 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_UDPLITE: u8 = 136;
+const IPPROTO_DCCP: u8 = 33;
 
 fn ports(proto: u8, l4: Option<&[u8]>) -> (u16, u16) {
     if !matches!(
         proto,
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE | IPPROTO_DCCP
     ) {
         return (0, 0);
     }

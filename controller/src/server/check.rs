@@ -123,11 +123,7 @@ fn evidence(
     let logged = groups
         .into_iter()
         .filter_map(|g| {
-            let proto = match g.proto {
-                6 => Proto::Tcp,
-                17 => Proto::Udp,
-                _ => return None,
-            };
+            let proto = Proto::from_number(g.proto)?;
             Some(Logged {
                 proto,
                 src: g.src.parse().ok()?,

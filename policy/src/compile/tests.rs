@@ -56,8 +56,11 @@ fn seed_layout() {
             "udp dport @allow_udp counter accept",
             "tcp dport 1024-65535 counter accept",
             "udp dport 1024-65535 counter accept",
-            "meta l4proto { tcp, udp } th dport 0-1023 limit rate 50/second burst 100 packets counter log prefix \"pc r42 deny \" group 7 drop",
-            "meta l4proto { tcp, udp } th dport 0-1023 counter drop",
+            "udplite dport 1024-65535 counter accept",
+            "sctp dport 1024-65535 counter accept",
+            "dccp dport 1024-65535 counter accept",
+            "meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 limit rate 50/second burst 100 packets counter log prefix \"pc r42 deny \" group 7 drop",
+            "meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 counter drop",
         ]
     );
     assert_eq!(
@@ -100,8 +103,8 @@ fn stateful_audit_denies_all_ports_but_accepts() {
         rules(&rs, "guard")[2..],
         [
             "ct state established,related counter accept",
-            "meta l4proto { tcp, udp } th dport 0-65535 limit rate 5/minute burst 10 packets counter log prefix \"pc r7 audit \" group 3 accept",
-            "meta l4proto { tcp, udp } th dport 0-65535 counter accept",
+            "meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-65535 limit rate 5/minute burst 10 packets counter log prefix \"pc r7 audit \" group 3 accept",
+            "meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-65535 counter accept",
         ]
     );
 }
@@ -109,6 +112,7 @@ fn stateful_audit_denies_all_ports_but_accepts() {
 #[test]
 fn from_entries_go_to_concat_sets() {
     let mut p = seed();
+    p.allow.retain(|a| a.ports.start != 22);
     p.allow
         .push(allow(Proto::Tcp, 22, 22, &["10.77.0.5/24", "fd77::/64"]));
     p.allow.push(allow(Proto::Tcp, 23, 23, &["10.77.0.0/24"]));
@@ -190,4 +194,133 @@ fn log_prefix_round_trips() {
     );
     assert_eq!(parse_log_prefix("pc rx deny "), None);
     assert_eq!(parse_log_prefix("fail2ban "), None);
+}
+
+#[test]
+fn every_transport_is_whitelisted_and_denied() {
+    let mut p = seed();
+    p.allow.push(allow(Proto::Udplite, 137, 137, &[]));
+    p.allow.push(allow(Proto::Sctp, 5000, 5000, &[]));
+    p.allow.push(allow(Proto::Dccp, 80, 80, &["10.77.0.0/24"]));
+    let rs = compile(&p, &facts(), 1).unwrap();
+    assert_eq!(
+        rs.sets.keys().collect::<Vec<_>>(),
+        [
+            "allow_dccp_v4",
+            "allow_sctp",
+            "allow_tcp",
+            "allow_udp",
+            "allow_udplite"
+        ]
+    );
+    let guard = rules(&rs, "guard");
+    assert_eq!(
+        guard[..5],
+        [
+            "tcp dport @allow_tcp counter accept",
+            "udp dport @allow_udp counter accept",
+            "udplite dport @allow_udplite counter accept",
+            "sctp dport @allow_sctp counter accept",
+            "ip saddr . dccp dport @allow_dccp_v4 counter accept",
+        ]
+    );
+    // dccp/80 is a low port: restricted by the deny range, no restrict set needed.
+    assert!(!rs.sets.contains_key("restrict_dccp"));
+    assert!(
+        guard[5..10]
+            .iter()
+            .all(|r| r.ends_with("dport 1024-65535 counter accept"))
+    );
+    assert!(
+        guard[10]
+            .starts_with("meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 limit")
+    );
+}
+
+#[test]
+fn restricted_high_ports_are_denied_before_the_replies_rule() {
+    let mut p = seed();
+    p.allow.push(allow(
+        Proto::Tcp,
+        5432,
+        5432,
+        &["10.77.200.5/32", "fd77::5/128"],
+    ));
+    p.allow
+        .push(allow(Proto::Udp, 1000, 2000, &["10.77.0.0/16"]));
+    let rs = compile(&p, &facts(), 9).unwrap();
+    let guard = rules(&rs, "guard");
+    assert_eq!(
+        guard[2..9],
+        [
+            "ip saddr . tcp dport @allow_tcp_v4 counter accept",
+            "ip6 saddr . tcp dport @allow_tcp_v6 counter accept",
+            "ip saddr . udp dport @allow_udp_v4 counter accept",
+            "tcp dport @restrict_tcp limit rate 50/second burst 100 packets counter log prefix \"pc r9 deny \" group 7 drop",
+            "tcp dport @restrict_tcp counter drop",
+            "udp dport @restrict_udp limit rate 50/second burst 100 packets counter log prefix \"pc r9 deny \" group 7 drop",
+            "udp dport @restrict_udp counter drop",
+        ]
+    );
+    assert_eq!(guard[9], "tcp dport 1024-65535 counter accept");
+    // Only the part >= 1024 of a range: the low part is denied by the low-port rules.
+    let udp: Vec<String> = rs.sets["restrict_udp"]
+        .elements
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(udp, ["1024-2000"]);
+    assert!(
+        rs.chains["guard"]
+            .rules
+            .iter()
+            .filter(|r| r.is_deny())
+            .count()
+            == 6
+    );
+
+    // Audit: the restricted denies log `audit` and accept, like the low-port ones.
+    p.mode = Mode::Audit;
+    let guard = rules(&compile(&p, &facts(), 9).unwrap(), "guard");
+    assert!(
+        guard[5].ends_with("log prefix \"pc r9 audit \" group 7 accept"),
+        "{}",
+        guard[5]
+    );
+    assert_eq!(guard[6], "tcp dport @restrict_tcp counter accept");
+
+    // Stateful: every port is in the deny range already; no restrict sets.
+    p.mode = Mode::Enforce;
+    p.replies = Replies::Stateful;
+    let rs = compile(&p, &facts(), 9).unwrap();
+    assert!(rs.sets.keys().all(|k| k.starts_with("allow_")));
+    assert_eq!(
+        rules(&rs, "guard")[5],
+        "ct state established,related counter accept"
+    );
+}
+
+#[test]
+fn unenforceable_restrictions_are_refused() {
+    let mut p = seed();
+    p.allow.push(allow(Proto::Tcp, 20, 30, &["10.0.0.0/8"]));
+    assert!(matches!(
+        compile(&p, &facts(), 1),
+        Err(CompileError::WidenedRestriction { .. })
+    ));
+    // Another protocol on the same port is no overlap.
+    let mut p = seed();
+    p.allow.push(allow(Proto::Sctp, 22, 22, &["10.0.0.0/8"]));
+    assert!(compile(&p, &facts(), 1).is_ok());
+    // The ephemeral range under replies: ports, but not under stateful.
+    p.allow
+        .push(allow(Proto::Tcp, 40000, 40000, &["10.0.0.0/8"]));
+    assert_eq!(
+        compile(&p, &facts(), 1),
+        Err(CompileError::RestrictedEphemeral {
+            label: "40000/tcp".into()
+        })
+    );
+    p.replies = Replies::Stateful;
+    assert!(compile(&p, &facts(), 1).is_ok());
 }

@@ -108,7 +108,7 @@ fn plan_display() {
     let created = plan(&r, None).to_string();
     assert!(
         created
-            .starts_with("create table inet portcullis (2 sets, 4 elements, 2 chains, 7 rules)\n")
+            .starts_with("create table inet portcullis (2 sets, 4 elements, 2 chains, 10 rules)\n")
     );
     assert!(created.contains("+ set allow_tcp element 22\n"));
     let mut actual = r.clone();

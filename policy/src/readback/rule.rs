@@ -48,15 +48,31 @@ fn recognize(expr: &[Value]) -> Option<Rule> {
             iifname: None,
             target: jump_target(v)?,
         }),
+        [m, lim, c, log, v] if is_counter(c) => {
+            let (op, left, right) = match_expr(m)?;
+            (op == "==").then_some(())?;
+            let set = right.as_str()?.strip_prefix('@')?;
+            let (p, field) = payload(left)?;
+            (field == "dport").then_some(())?;
+            let (prefix, group) = log_stmt(log)?;
+            Some(Rule::SetLogLimited {
+                proto: proto(p)?,
+                set: set.to_string(),
+                limit: limit(lim)?,
+                group,
+                prefix,
+                verdict: verdict(v)?,
+            })
+        }
         [l4, th, c, v] if is_counter(c) => {
-            l4proto_tcp_udp(l4)?;
+            l4proto_all(l4)?;
             Some(Rule::Counted {
                 ports: th_dport(th)?,
                 verdict: verdict(v)?,
             })
         }
         [l4, th, lim, c, log, v] if is_counter(c) => {
-            l4proto_tcp_udp(l4)?;
+            l4proto_all(l4)?;
             let (prefix, group) = log_stmt(log)?;
             Some(Rule::LogLimited {
                 ports: th_dport(th)?,
@@ -99,11 +115,7 @@ fn payload(v: &Value) -> Option<(&str, &str)> {
 }
 
 fn proto(s: &str) -> Option<Proto> {
-    match s {
-        "tcp" => Some(Proto::Tcp),
-        "udp" => Some(Proto::Udp),
-        _ => None,
-    }
+    Proto::from_name(s)
 }
 
 fn is_counter(v: &Value) -> bool {
@@ -208,15 +220,21 @@ fn single_match(m: &Value, verdict: Verdict) -> Option<Rule> {
     })
 }
 
-fn l4proto_tcp_udp(v: &Value) -> Option<()> {
+/// `meta l4proto { tcp, udp, udplite, sctp, dccp }`: exactly every [`Proto`], each once,
+/// by name or (where `/etc/protocols` lacks it) by number.
+fn l4proto_all(v: &Value) -> Option<()> {
     let (op, left, right) = match_expr(v)?;
     (op == "==" && meta(left)? == "l4proto").then_some(())?;
-    let set: BTreeSet<&str> = single(right, "set")?
-        .as_array()?
+    let items = single(right, "set")?.as_array()?;
+    let set: BTreeSet<Proto> = items
         .iter()
-        .map(Value::as_str)
+        .map(|i| match i {
+            Value::String(s) => Proto::from_name(s),
+            Value::Number(n) => Proto::from_number(u8::try_from(n.as_u64()?).ok()?),
+            _ => None,
+        })
         .collect::<Option<_>>()?;
-    (set == BTreeSet::from(["tcp", "udp"])).then_some(())
+    (items.len() == Proto::ALL.len() && set == BTreeSet::from(Proto::ALL)).then_some(())
 }
 
 fn th_dport(v: &Value) -> Option<PortRange> {

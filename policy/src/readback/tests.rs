@@ -35,7 +35,7 @@ fn seed_parses_to_known_shapes() {
         texts(&rs, "input"),
         ["iifname != \"lo\" counter jump guard"]
     );
-    assert_eq!(counters.len(), 7);
+    assert_eq!(counters.len(), 10);
     assert!(counters.iter().all(|c| c.packets == 0 && c.bytes == 0));
 }
 
@@ -49,11 +49,13 @@ fn counters_are_reported_by_position() {
             .unwrap()
     };
     assert_eq!((c("guard", 0).packets, c("guard", 0).bytes), (1, 60));
-    assert_eq!(c("guard", 4).packets, 2);
+    // The RST answering the SYN came back to the client's high port.
+    assert_eq!((c("guard", 2).packets, c("guard", 2).bytes), (1, 40));
+    assert_eq!(c("guard", 7).packets, 2);
     assert!(
-        c("guard", 4)
+        c("guard", 7)
             .rule
-            .starts_with("meta l4proto { tcp, udp } th dport 0-1023 limit")
+            .starts_with("meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 limit")
     );
     assert_eq!(c("input", 0).rule, "iifname \"lo\" counter jump guard");
 }
@@ -116,11 +118,11 @@ fn foreign_objects_and_edits_are_kept() {
         "{}",
         guard[1]
     );
-    assert!(guard[6].contains("{\"comment\":\"hi\"}"), "{}", guard[6]);
-    assert!(guard[6].contains("{\"counter\":{}}"), "{}", guard[6]);
+    assert!(guard[9].contains("{\"comment\":\"hi\"}"), "{}", guard[9]);
+    assert!(guard[9].contains("{\"counter\":{}}"), "{}", guard[9]);
     // The counter-less edited rule has no counter entry; the commented one does.
     assert!(!counters.iter().any(|c| c.chain == "guard" && c.index == 1));
-    assert!(counters.iter().any(|c| c.chain == "guard" && c.index == 6));
+    assert!(counters.iter().any(|c| c.chain == "guard" && c.index == 9));
 }
 
 #[test]
