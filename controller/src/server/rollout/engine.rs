@@ -40,6 +40,8 @@ pub struct Plan {
 
 type Tx = mpsc::Sender<Result<v1::ApplyEvent, Status>>;
 
+mod lag;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Applying,
@@ -347,6 +349,9 @@ async fn wave(
     let mut results = BTreeMap::new();
     let mut phase: BTreeMap<String, Phase> = BTreeMap::new();
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    // The session each host got the revision on (a newer one means it came back).
+    let mut sent_on: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    let mut lagged = false;
     let mut connected = Vec::with_capacity(hosts.len());
     for host in hosts {
         match ctx.shared.registry.get(host) {
@@ -437,6 +442,7 @@ async fn wave(
             expected_hash: hash,
             confirm_timeout_ms,
             request_id: ctx.shared.asked.ask(host, rev),
+            management: None,
         };
         if !ctx
             .send(host, v1::controller_message::Msg::Desired(d))
@@ -454,6 +460,10 @@ async fn wave(
             continue;
         }
         phase.insert(host.clone(), Phase::Applying);
+        sent_on.insert(
+            host.clone(),
+            ctx.shared.registry.get(host).map(|h| h.session),
+        );
     }
     ctx.store_expected(&expected).await;
     let deadline = Instant::now()
@@ -499,7 +509,9 @@ async fn wave(
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(rollout = ctx.plan.id, skipped = n, "rollout lagged behind host events");
+                    tracing::warn!(rollout = ctx.plan.id, skipped = n,
+                        "rollout lagged behind host events; re-checking its hosts from the store");
+                    lagged = true;
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -525,6 +537,13 @@ async fn wave(
         if let Some((host, outcome, why)) = settled {
             phase.remove(&host);
             results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
+        }
+        if std::mem::take(&mut lagged) {
+            for (host, outcome, why) in
+                lag::recheck_wave(ctx, &mut phase, &expected, &sent_on, confirm).await
+            {
+                results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
+            }
         }
         if events.is_empty() {
             ctx.flush().await;
@@ -586,7 +605,17 @@ async fn roll_back(
                         }
                     }
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(rollout = ctx.plan.id, skipped = n,
+                        "rollback lagged behind host events; re-checking its hosts from the store");
+                    for (host, prev) in lag::recheck_rollback(ctx, &mut pending).await {
+                        let why = format!("back on r{prev}");
+                        ctx.record(&host, "rolled_back", &why).await;
+                        emit(ctx.tx, v1::apply_event::Event::Host(host_result(&host, v1::HostOutcome::RolledBack, 0, &why))).await;
+                        done.push(host);
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             () = tokio::time::sleep_until(deadline) => break,
