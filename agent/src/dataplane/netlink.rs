@@ -72,9 +72,20 @@ pub enum Decoded {
 
 /// A NETLINK_NETFILTER socket in the calling thread's network namespace.
 pub struct NfTables {
-    sock: Socket,
+    link: Link,
     seq: u32,
     buf: Vec<u8>,
+}
+
+/// Where the datagrams come from: the kernel (each one received may also be kept, to
+/// make fuzzing seeds), or recorded answers handed out in order whatever is asked (the
+/// fuzz target drives the decoding with them; none left reads as a receive timeout).
+enum Link {
+    Kernel {
+        sock: Socket,
+        record: Option<Vec<Vec<u8>>>,
+    },
+    Replay(std::collections::VecDeque<Vec<u8>>),
 }
 
 impl NfTables {
@@ -88,10 +99,34 @@ impl NfTables {
         )
         .map_err(io::Error::from)?;
         Ok(Self {
-            sock,
+            link: Link::Kernel { sock, record: None },
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
+    }
+
+    /// Answers every request with the next of `datagrams` (fuzzing and tests).
+    pub(super) fn replay(datagrams: Vec<Vec<u8>>) -> Self {
+        Self {
+            link: Link::Replay(datagrams.into()),
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        }
+    }
+
+    /// From now on keep a copy of every datagram received from the kernel.
+    pub(super) fn start_recording(&mut self) {
+        if let Link::Kernel { record, .. } = &mut self.link {
+            *record = Some(Vec::new());
+        }
+    }
+
+    /// The datagrams kept since [`Self::start_recording`].
+    pub(super) fn recorded(&mut self) -> Vec<Vec<u8>> {
+        match &mut self.link {
+            Link::Kernel { record, .. } => record.take().unwrap_or_default(),
+            Link::Replay(_) => Vec::new(),
+        }
     }
 
     /// The ruleset generation: it changes with every committed transaction.
@@ -210,8 +245,36 @@ impl NfTables {
         // nfgenmsg: family, version 0, resource id 0 (big endian).
         out.extend_from_slice(&[family, 0, 0, 0]);
         out.extend_from_slice(attrs);
-        self.sock.send(&out, 0)?;
+        if let Link::Kernel { sock, .. } = &self.link {
+            sock.send(&out, 0)?;
+        }
         Ok(self.seq)
+    }
+
+    /// One datagram into `self.buf`: its real length (more than the buffer: cut).
+    fn recv(&mut self) -> io::Result<usize> {
+        match &mut self.link {
+            Link::Kernel { sock, record } => {
+                // MSG_TRUNC: `recv` returns the datagram's real length, so a cut one is
+                // noticed.
+                let n = {
+                    let mut view = &mut self.buf[..];
+                    sock.recv(&mut view, MsgFlags::MSG_TRUNC.bits())?
+                };
+                if let Some(record) = record {
+                    record.push(self.buf[..n.min(self.buf.len())].to_vec());
+                }
+                Ok(n)
+            }
+            Link::Replay(datagrams) => {
+                let d = datagrams
+                    .pop_front()
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
+                let n = d.len().min(self.buf.len());
+                self.buf[..n].copy_from_slice(&d[..n]);
+                Ok(d.len())
+            }
+        }
     }
 
     /// Receives the answer to request `seq`, calling `on_msg(nft message type, attributes)`
@@ -223,11 +286,7 @@ impl NfTables {
         mut on_msg: impl FnMut(u16, &[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
         loop {
-            // MSG_TRUNC: `recv` returns the datagram's real length, so a cut one is noticed.
-            let n = {
-                let mut view = &mut self.buf[..];
-                self.sock.recv(&mut view, MsgFlags::MSG_TRUNC.bits())?
-            };
+            let n = self.recv()?;
             if n > self.buf.len() {
                 return Err(invalid("netlink datagram larger than the receive buffer"));
             }
