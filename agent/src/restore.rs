@@ -12,7 +12,9 @@
 //!    stateful` (replies to this host's own connections come back, so the agent still
 //!    reaches its controller), inbound tcp/udp (and every other port-based transport the
 //!    compiler guards) to any port denied and logged, except the management entries;
-//!    ICMP/ICMPv6 (neighbour discovery) accepted as in every policy. It is recorded as
+//!    ICMP/ICMPv6 (neighbour discovery) accepted as in every policy. The management entries
+//!    are the site's `management:` for this host as last sent by the controller with an
+//!    `apply` (`<state>/management.json`) plus `PORTCULLIS_MANAGEMENT`. It is recorded as
 //!    last-known-good revision 0, so the daemon keeps it, verifies it and heals it, and a
 //!    record `fail-closed.json` says why, until a real revision is applied (`show`, the
 //!    daemon's `Hello`/`Heartbeat` conditions and the controller's `status` say so).
@@ -31,11 +33,13 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 const MARKER_FILE: &str = "fail-closed.json";
+const MANAGEMENT_FILE: &str = "management.json";
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreConfig {
-    /// Management access kept by the minimal policy, `--keep` syntax
+    /// Management access kept by the minimal policy besides the site's `management:`
+    /// entries last received from the controller (`management.json`), `--keep` syntax
     /// (`tcp/22 from 10.0.0.0/8`).
     pub management: Vec<String>,
     /// NFLOG group of the minimal policy's log rule (the agent's `--nflog-group`).
@@ -109,6 +113,34 @@ impl std::fmt::Display for RestoreReport {
 
 fn marker_path(state: &StateDir) -> PathBuf {
     state.path().join(MARKER_FILE)
+}
+
+fn management_path(state: &StateDir) -> PathBuf {
+    state.path().join(MANAGEMENT_FILE)
+}
+
+/// Records the site's `management:` entries the controller sent with the revision just
+/// applied (durably; a failure is logged: the previous set stays).
+pub fn keep_management(state: &StateDir, entries: &[String]) {
+    if stored_management(state) == entries {
+        return;
+    }
+    let written = serde_json::to_vec_pretty(entries)
+        .map_err(|e| e.to_string())
+        .and_then(|body| {
+            durable::write_atomic(&management_path(state), &body, 0o600).map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot record the management entries for fail-closed");
+    }
+}
+
+/// The management entries last received from the controller (none if unreadable).
+pub fn stored_management(state: &StateDir) -> Vec<String> {
+    std::fs::read(management_path(state))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// The fail-closed record, if the host is failed closed.
@@ -275,7 +307,14 @@ async fn fail_closed_now(
     facts: &Facts,
     reason: String,
 ) -> Result<RestoreReport, AgentError> {
-    let (policy, errors) = minimal_policy(&config.management, config.log_group);
+    // The site's entries last received with a revision, and the local ones.
+    let mut management = stored_management(agent.state());
+    for m in &config.management {
+        if !management.contains(m) {
+            management.push(m.clone());
+        }
+    }
+    let (policy, errors) = minimal_policy(&management, config.log_group);
     let reason = if errors.is_empty() {
         reason
     } else {
@@ -288,7 +327,7 @@ async fn fail_closed_now(
     let record = FailClosed {
         reason,
         since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        management: config.management.clone(),
+        management,
     };
     // The marker first: if the apply is then interrupted, status still says why.
     let body = serde_json::to_vec_pretty(&record).map_err(|e| {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The current session's outbound channel, for subsystems that report on their own
 /// (drift loop, denial pipeline); `None` while disconnected.
@@ -152,33 +151,23 @@ pub fn host_from_cert(path: &Path) -> anyhow::Result<String> {
         })
 }
 
-fn tls(config: &SessionConfig) -> anyhow::Result<ClientTlsConfig> {
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&config.ca)?))
-        .identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?)))
-}
-
 /// Run until `shutdown` completes. Errors only for unusable configuration (bad
 /// certificate files); network failures are retried forever.
 pub async fn run(
     agent: Agent,
     config: SessionConfig,
-    companions: Companions,
+    mut companions: Companions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let host = match &config.host {
         Some(h) => h.clone(),
         None => host_from_cert(&config.cert)?,
     };
-    let tls = tls(&config)?;
-    let endpoint = Endpoint::from_shared(config.controller.clone())
-        .with_context(|| format!("bad controller URL {:?}", config.controller))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
+    // Our TLS: refuses a revoked or expired controller certificate.
+    let endpoint = crate::dial::Dialer::new(&config, agent.state().path())?;
+    companions.add(Arc::new(crate::dial::RevocationsCompanion(
+        endpoint.revocations(),
+    )));
 
     // Fail-static: enforce last-known-good before talking to anyone.
     match agent.restore_last_known_good().await {
@@ -270,7 +259,7 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 async fn session(
     agent: &Agent,
     host: &str,
-    endpoint: &Endpoint,
+    endpoint: &crate::dial::Dialer,
     heartbeat: Duration,
     companions: &Companions,
     confirm: &crate::confirm::Confirmer,
@@ -336,6 +325,9 @@ async fn session(
                             .await
                             .context("session channel closed")?;
                         let ok = report.is_some();
+                        if let (true, Some(m)) = (ok, &d.management) {
+                            crate::restore::keep_management(agent.state(), &m.entries);
+                        }
                         if let Some(r) = report {
                             for c in &companions.list {
                                 c.on_applied(&r).await;

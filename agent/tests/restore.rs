@@ -177,7 +177,7 @@ fn corrupt_last_known_good_fails_closed_keeping_management() {
 }
 
 #[test]
-fn missing_last_known_good_fails_closed() {
+fn missing_last_known_good_fails_closed_with_the_sites_management() {
     if !require_root_netns() {
         return;
     }
@@ -190,4 +190,19 @@ fn missing_last_known_good_fails_closed() {
     let host = lab.addr(0, "host", false);
     let _ssh = lab.tcp_server("host", host, 22);
     assert_eq!(lab.tcp("peer", host, 22, DROP_WAIT), TcpOutcome::TimedOut);
+    // The site's `management:` as the controller last sent it (management.json).
+    let peer = lab.addr(0, "peer", false);
+    std::fs::write(
+        lab.state_dir().join("management.json"),
+        format!("[\"tcp/22 from {peer}/32\"]"),
+    )
+    .unwrap();
+    let out = lab.agent(&["restore"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("management kept: tcp/22 from {peer}/32")),
+        "{text}"
+    );
+    assert_eq!(lab.tcp("peer", host, 22, ACCEPT_WAIT), TcpOutcome::Accepted);
 }

@@ -25,7 +25,7 @@ const INVENTORY: &str = "all:\n  hosts:\n    h1:\n";
 
 fn site_group(group: u16) -> String {
     format!(
-        "- name: seed\n  hosts: all\n  policy:\n    interface: default\n    allow: [smtp/tcp]\n    log: {{ rate: 1000/second, burst: 1000, group: {group} }}\n"
+        "- name: seed\n  hosts: all\n  management: [tcp/22 from 10.77.0.0/24]\n  policy:\n    interface: default\n    allow: [smtp/tcp, ssh/tcp]\n    log: {{ rate: 1000/second, burst: 1000, group: {group} }}\n"
     )
 }
 
@@ -126,6 +126,9 @@ fn a_non_default_log_group_reaches_logs() {
         h["conditions"].as_array().is_some_and(Vec::is_empty)
     });
     assert!(st.to_string().contains("h1"));
+    // The site's `management:` reached the agent for its fail-closed policy.
+    let kept = std::fs::read_to_string(fleet.dir.path().join("state-h1/management.json")).unwrap();
+    assert!(kept.contains("tcp/22 from 10.77.0.0/24"), "{kept}");
 }
 
 #[test]

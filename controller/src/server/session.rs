@@ -4,6 +4,7 @@
 //! revoked, and the `Hello` must name that same host. Then the host is registered, its
 //! desired revision (if it differs from what it runs) is sent, and reports are recorded.
 
+use super::limits::{Kind, SessionBuckets, SessionRates};
 use super::{Shared, expected_hash};
 use crate::identity::Role;
 use crate::store;
@@ -118,6 +119,10 @@ impl v1::session_server::Session for SessionService {
             applied_revision = hello.applied_revision, conditions = ?hello.conditions,
             "agent connected");
 
+        // The signed revocation list first: the agent checks the next controller with it.
+        if let Some(msg) = self.shared.signed_revocations.message() {
+            let _ = tx.send(Ok(msg)).await;
+        }
         // Mid-rollout hosts are driven by the rollout (confirm or revert), not by reconnects.
         let held = self.shared.rollouts.holds(&host);
         if let Some(desired) = self.shared.desired_message(&host, &facts).await?
@@ -160,6 +165,7 @@ async fn read_reports(
     // Rule counters last written for this session: (revision, counters); only changes
     // are written.
     let mut hits_seen: Option<(u64, Vec<store::hits::Hit>)> = None;
+    let mut buckets = SessionBuckets::new(&SessionRates::default(), std::time::Instant::now());
     loop {
         let msg = match inbound.next().await {
             Some(Ok(m)) => m,
@@ -169,6 +175,12 @@ async fn read_reports(
             }
             None => return,
         };
+        if let Err(why) = buckets.take(rate_kind(&msg), std::time::Instant::now()) {
+            tracing::warn!(%host, reason = %why, "agent over its message rate; ending the session");
+            let end = tx.send(Err(Status::resource_exhausted(why)));
+            let _ = tokio::time::timeout(Duration::from_secs(1), end).await;
+            return;
+        }
         let result = match msg.msg {
             Some(v1::agent_message::Msg::Applied(a))
                 if !shared.asked.answered(host, a.request_id, a.revision) =>
@@ -257,6 +269,19 @@ async fn read_reports(
     }
 }
 
+/// The rate-limit bucket a message draws from (a stray `Hello` or an empty message counts
+/// as a heartbeat: neither may be sent in a loop).
+fn rate_kind(msg: &v1::AgentMessage) -> Kind {
+    use v1::agent_message::Msg;
+    match &msg.msg {
+        Some(Msg::Denials(_)) => Kind::DenialBatch,
+        Some(Msg::Drift(_)) => Kind::DriftReport,
+        Some(Msg::Reverted(_)) => Kind::Reverted,
+        Some(Msg::Applied(_)) => Kind::Applied,
+        Some(Msg::Heartbeat(_) | Msg::Hello(_)) | None => Kind::Heartbeat,
+    }
+}
+
 pub(crate) fn internal(e: anyhow::Error) -> Status {
     tracing::error!(error = %e, "internal error");
     Status::internal("controller store error")
@@ -295,6 +320,7 @@ impl Shared {
             expected_hash: hash,
             confirm_timeout_ms: 0,
             request_id: self.asked.ask(host, revision),
+            management: None,
         }))
     }
 }
