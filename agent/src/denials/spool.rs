@@ -179,7 +179,12 @@ impl Spool {
         self.meta.next_seq = seq + 1;
         // Reported with this batch from now on.
         self.meta.dropped = 0;
-        self.save_meta()?;
+        // The batch is stored: a meta that cannot follow (disk full) is not a loss. A
+        // reopen takes next_seq from the files; the drops the stale meta still holds may
+        // then be reported twice (over-counting, never hiding a loss).
+        if let Err(e) = self.save_meta() {
+            tracing::warn!(error = %e, seq, "denial spool meta not updated");
+        }
         Ok(seq)
     }
 
