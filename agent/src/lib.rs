@@ -26,6 +26,7 @@ pub mod conditions;
 pub mod confirm;
 pub mod dataplane;
 pub mod denials;
+pub mod dial;
 pub mod drift;
 pub mod durable;
 pub mod facts;

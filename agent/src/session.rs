@@ -268,7 +268,9 @@ async fn session(
         .connect()
         .await
         .context("connecting to the controller")?;
-    let mut client = v1::session_client::SessionClient::new(channel);
+    let mut client = v1::session_client::SessionClient::new(channel)
+        .max_decoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
     let facts = crate::facts::gather().await.context("gathering facts")?;
     let lkg = agent.last_known_good().ok().flatten();
     let hello = v1::Hello {

@@ -301,10 +301,23 @@ impl Pki {
             return Err(PkiError::NoCa(self.dir.clone()));
         }
         let key_pair = KeyPair::from_pem(&store::read_text(&key)?)?;
-        Ok(Issuer::from_ca_cert_pem(
-            &store::read_text(&cert)?,
-            key_pair,
-        )?)
+        // During a CA rotation ca.crt is a bundle (old + new): issue with the certificate
+        // that belongs to ca.key.
+        let public = rcgen::PublicKeyData::subject_public_key_info(&key_pair);
+        let ca = tls::pem_certs(&cert)?
+            .into_iter()
+            .find(|der| {
+                x509_parser::parse_x509_certificate(der.as_ref())
+                    .is_ok_and(|(_, c)| c.public_key().raw == public.as_slice())
+            })
+            .ok_or_else(|| {
+                PkiError::Tls(format!(
+                    "{}: no certificate in it belongs to {}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+        Ok(Issuer::from_ca_cert_der(&ca, key_pair)?)
     }
 }
 

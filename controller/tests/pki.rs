@@ -211,7 +211,10 @@ fn revoke_by_serial_label_and_name() {
         serials,
         [a1.record.serial.clone(), a2.record.serial.clone()]
     );
-    assert_eq!(revoked.written, [pki.revoked_path()]);
+    assert_eq!(
+        revoked.written,
+        [pki.revoked_path(), pki.dir().join("revoked.sig")]
+    );
     assert!(list.is_revoked(&a1.record.serial), "reloaded after change");
     assert!(list.is_revoked(&a2.record.serial.to_uppercase()));
     assert!(!list.is_revoked(&admin.record.serial));

@@ -142,7 +142,7 @@ pub enum Update {
 pub struct Revocations {
     /// Where the verified list is kept (`None`: memory only).
     file: Option<PathBuf>,
-    roots: Vec<CertificateDer<'static>>,
+    roots: RwLock<Vec<CertificateDer<'static>>>,
     serials: RwLock<BTreeSet<String>>,
 }
 
@@ -151,7 +151,7 @@ impl Revocations {
     pub fn empty(roots: Vec<CertificateDer<'static>>) -> Self {
         Self {
             file: None,
-            roots,
+            roots: RwLock::new(roots),
             serials: RwLock::new(BTreeSet::new()),
         }
     }
@@ -172,7 +172,7 @@ impl Revocations {
         };
         Self {
             file: Some(file),
-            roots,
+            roots: RwLock::new(roots),
             serials: RwLock::new(serials),
         }
     }
@@ -190,7 +190,7 @@ impl Revocations {
             return Ok(this);
         };
         let set =
-            verify(&list_bytes, &decode_signature(&sig_bytes)?, &this.roots).map_err(|e| {
+            verify(&list_bytes, &decode_signature(&sig_bytes)?, &this.roots()).map_err(|e| {
                 TrustError::File {
                     path: list,
                     source: Box::new(e),
@@ -198,6 +198,15 @@ impl Revocations {
             })?;
         *this.write() = set;
         Ok(this)
+    }
+
+    fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The CA bundle changed (a CA rotation): verify later lists against this one.
+    pub fn set_roots(&self, roots: Vec<CertificateDer<'static>>) {
+        *self.roots.write().unwrap_or_else(|p| p.into_inner()) = roots;
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeSet<String>> {
@@ -222,7 +231,7 @@ impl Revocations {
 
     /// Take a signed list if it verifies and revokes at least what is in force.
     pub fn update(&self, list: &[u8], signature: &[u8]) -> Result<Update, TrustError> {
-        let new = verify(list, signature, &self.roots)?;
+        let new = verify(list, signature, &self.roots())?;
         let mut current = self.write();
         if *current == new {
             return Ok(Update::Same);

@@ -1,14 +1,17 @@
 //! How the CLI reaches the controller: `--controller https://IP:PORT --cert --key --ca`,
 //! from flags, env vars (`PORTCULLIS_CONTROLLER`, `PORTCULLIS_CERT`, `PORTCULLIS_KEY`,
 //! `PORTCULLIS_CA`) or the config file `~/.config/portcullis/cli.toml`
-//! (`controller = "..."`, `cert = "..."`, `key = "..."`, `ca = "..."`).
+//! (`controller = "..."`, `cert = "..."`, `key = "..."`, `ca = "..."`). A controller
+//! certificate revoked in the CA-signed `revoked.txt` + `revoked.sig` next to the CA file
+//! (if they are there) is refused; an expired one fails the WebPKI check.
 
 use anyhow::{Context as _, bail};
 use portcullis_proto::v1::admin_client::AdminClient;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use std::sync::Arc;
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnectArgs {
@@ -109,14 +112,19 @@ impl ConnectArgs {
     /// (exit 2), network ones [`Unreachable`] (exit 4).
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
         let r = self.resolve().map_err(|e| UsageError(format!("{e:#}")))?;
-        let tls = crate::pki::tls::client_tls(&r.ca, &r.cert, &r.key, None)
+        // Our TLS (portcullis-trust): WebPKI against the CA bundle, then the controller
+        // certificate's serial against the CA-signed revoked.txt + revoked.sig beside it.
+        let roots = portcullis_trust::list::read_roots(&r.ca)
             .map_err(|e| UsageError(format!("TLS material: {e}")))?;
-        let endpoint = Endpoint::from_shared(r.controller.clone())
-            .map_err(|e| UsageError(format!("bad controller URL {:?}: {e}", r.controller)))?
-            .tls_config(tls)
-            .map_err(|e| UsageError(format!("TLS configuration: {e}")))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| {
+        let ca_dir = r.ca.parent().unwrap_or(Path::new("."));
+        let revoked = portcullis_trust::Revocations::from_pki_files(ca_dir, roots)
+            .map_err(|e| UsageError(format!("revocation list: {e}")))?;
+        let tls = portcullis_trust::client_config(&r.ca, &r.cert, &r.key, Arc::new(revoked))
+            .map_err(|e| UsageError(format!("TLS material: {e}")))?;
+        let (endpoint, target) = portcullis_trust::endpoint(&r.controller)
+            .map_err(|e| UsageError(e.to_string()))?;
+        let endpoint = endpoint.connect_timeout(Duration::from_secs(5));
+        let channel = portcullis_trust::connect(&endpoint, &target, tls).await.map_err(|e| {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
@@ -128,7 +136,9 @@ impl ConnectArgs {
                 r.controller
             ))
         })?;
-        Ok(AdminClient::new(channel).max_decoding_message_size(64 << 20))
+        Ok(AdminClient::new(channel)
+            .max_decoding_message_size(crate::server::limits::ADMIN_MAX_ENCODE)
+            .max_encoding_message_size(crate::server::limits::ADMIN_MAX_DECODE))
     }
 }
 

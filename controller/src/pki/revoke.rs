@@ -1,6 +1,8 @@
 //! Revocation and listing: which certificates a serial or name designates, appending
-//! them to `revoked.txt`, and the ledger with revocation flags. The server only reads
-//! `revoked.txt` (through [`crate::identity::RevocationList`]); this module only writes it.
+//! them to `revoked.txt`, signing it (`revoked.sig`, the CA key's signature over the
+//! file's exact bytes, which agents and the CLI verify with `ca.crt`), and the ledger
+//! with revocation flags. The server only reads `revoked.txt` (through
+//! [`crate::identity::RevocationList`]); this module only writes it.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ pub struct Revoked {
     pub added: Vec<(String, String)>,
     /// Serials that matched but were already revoked.
     pub already: Vec<String>,
-    /// Files written (`revoked.txt`, empty if nothing was added).
+    /// Files written (`revoked.txt` if something was added, `revoked.sig`).
     pub written: Vec<PathBuf>,
 }
 
@@ -70,11 +72,57 @@ impl Pki {
             store::append_revoked(&path, &added)?;
             written.push(path);
         }
+        // Re-sign when the list changed, or its signature is missing or stale (a list
+        // from before signing, or edited by hand): revoking anything again re-signs.
+        if self.revoked_path().exists()
+            && (!added.is_empty() || self.signed_revocations().is_none())
+        {
+            written.push(self.sign_revoked()?);
+        }
         Ok(Revoked {
             added,
             already,
             written,
         })
+    }
+}
+
+impl Pki {
+    /// `revoked.sig`.
+    pub fn revoked_sig_path(&self) -> PathBuf {
+        self.dir().join("revoked.sig")
+    }
+
+    /// Signs `revoked.txt` as it is now with the CA key into `revoked.sig`.
+    pub fn sign_revoked(&self) -> Result<PathBuf, PkiError> {
+        use rcgen::SigningKey as _;
+        let list_path = self.revoked_path();
+        let list = std::fs::read(&list_path).map_err(store::io_err(&list_path))?;
+        let key = rcgen::KeyPair::from_pem(&store::read_text(&self.ca_key())?)?;
+        let signature = key.sign(&list).map_err(|e| PkiError::Sign(e.to_string()))?;
+        let sig_path = self.revoked_sig_path();
+        store::write_atomic(
+            &sig_path,
+            portcullis_trust::list::encode_signature(&signature).as_bytes(),
+            0o644,
+        )?;
+        Ok(sig_path)
+    }
+
+    /// `revoked.txt` and `revoked.sig` as agents receive them, if both are there and the
+    /// signature verifies against `ca.crt` (never distribute a list agents would refuse).
+    pub fn signed_revocations(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let list = std::fs::read(self.revoked_path()).ok()?;
+        let sig = std::fs::read(self.revoked_sig_path()).ok()?;
+        let sig = portcullis_trust::list::decode_signature(&sig).ok()?;
+        let roots = portcullis_trust::list::read_roots(&self.ca_cert()).ok()?;
+        match portcullis_trust::list::verify(&list, &sig, &roots) {
+            Ok(_) => Some((list, sig)),
+            Err(error) => {
+                tracing::warn!(%error, "revoked.sig does not match revoked.txt: run `portcullis ca revoke` again to re-sign; not sent to agents");
+                None
+            }
+        }
     }
 }
 

@@ -10,9 +10,10 @@ mod check;
 pub mod conns;
 pub mod drift;
 pub mod incoming;
+pub mod limits;
 pub mod logs;
 pub mod registry;
-mod revocation;
+pub mod revocation;
 pub mod rollout;
 mod session;
 
@@ -59,12 +60,19 @@ pub struct Shared {
     pub unmatched: answers::Unmatched,
     /// `Desired` messages sent and not answered yet, per host.
     pub asked: answers::Asked,
+    /// The signed revocation list sent to agents.
+    pub signed_revocations: revocation::Distribution,
     /// Outstanding `portcullis drift` verification requests.
     pub drift: drift::DriftState,
     /// Live `logs --follow` subscribers.
     pub logs: logs::LogsState,
     /// The running rollout and what rollouts need to know about sessions.
     pub rollouts: rollout::Rollouts,
+    /// Held by `Apply`/`Rollback` from choosing the next revision number (hashes are
+    /// compiled for it) until that revision is stored and its rollout claimed: two
+    /// concurrent applies can neither store hashes for the wrong revision nor both start
+    /// a rollout.
+    pub apply_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -162,10 +170,12 @@ pub async fn run(
         refusals,
         unmatched: answers::Unmatched::default(),
         asked: answers::Asked::default(),
+        signed_revocations: revocation::Distribution::new(config.pki.clone()),
         drift: drift::DriftState::default(),
         logs: logs::LogsState::start(&config.db, &config.logs)
             .context("starting the denial log writer")?,
         rollouts: rollout::Rollouts::default(),
+        apply_lock: tokio::sync::Mutex::new(()),
     });
     tracing::info!(%addr, db = %config.db.display(), max_connections = limits.max_connections,
         max_pending = limits.pending_budget(), max_pending_per_source = limits.max_pending_per_source,
@@ -174,16 +184,22 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .add_service(portcullis_proto::v1::session_server::SessionServer::new(
-            SessionService {
+        .max_concurrent_streams(Some(limits::MAX_CONCURRENT_STREAMS))
+        .http2_max_header_list_size(Some(limits::MAX_HEADER_LIST_BYTES))
+        .add_service(
+            portcullis_proto::v1::session_server::SessionServer::new(SessionService {
                 shared: shared.clone(),
-            },
-        ))
-        .add_service(portcullis_proto::v1::admin_server::AdminServer::new(
-            AdminService {
+            })
+            .max_decoding_message_size(limits::SESSION_MAX_DECODE)
+            .max_encoding_message_size(limits::SESSION_MAX_ENCODE),
+        )
+        .add_service(
+            portcullis_proto::v1::admin_server::AdminServer::new(AdminService {
                 shared: shared.clone(),
-            },
-        ))
+            })
+            .max_decoding_message_size(limits::ADMIN_MAX_DECODE)
+            .max_encoding_message_size(limits::ADMIN_MAX_ENCODE),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     watcher.abort();

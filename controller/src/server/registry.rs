@@ -132,6 +132,11 @@ impl Registry {
         self.lock().get(host).cloned()
     }
 
+    /// Every registered session (a snapshot).
+    pub fn handles(&self) -> Vec<AgentHandle> {
+        self.lock().values().cloned().collect()
+    }
+
     pub fn is_connected(&self, host: &str) -> bool {
         self.lock().contains_key(host)
     }
