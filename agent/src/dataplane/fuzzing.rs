@@ -64,6 +64,22 @@ mod tests {
     }
 
     #[test]
+    fn error_code_i32_min_is_an_error_not_an_overflow() {
+        // fuzz/artifacts-regressions/readback_netlink/neg-overflow: an NLMSG_ERROR
+        // answering the first request with error code i32::MIN.
+        let mut d = Vec::new();
+        for v in [20u32, 2, 1, 0] {
+            match v {
+                2 => d.extend_from_slice(&[2, 0, 0, 0]), // type NLMSG_ERROR, flags 0
+                _ => d.extend_from_slice(&v.to_ne_bytes()),
+            }
+        }
+        d.extend_from_slice(&i32::MIN.to_ne_bytes());
+        let err = read_table_replay(&frame(&[d])).unwrap_err();
+        assert!(err.starts_with("netlink: "), "{err}");
+    }
+
+    #[test]
     fn no_answer_is_an_error_not_a_hang() {
         let err = read_table_replay(&[]).unwrap_err();
         assert!(err.starts_with("netlink: "), "{err}");

@@ -312,7 +312,8 @@ impl NfTables {
                         if code == 0 {
                             return Ok(()); // an ACK
                         }
-                        return Err(io::Error::from_raw_os_error(-code));
+                        // Saturating: i32::MIN (fuzzing found it) must not overflow.
+                        return Err(io::Error::from_raw_os_error(code.saturating_neg()));
                     }
                     NLMSG_DONE => return Ok(()),
                     _ => {

@@ -77,7 +77,8 @@ pub fn parse_buffer(
                     .and_then(|b| b.try_into().ok())
                     .map_or(0, i32::from_ne_bytes);
                 let seq = wire::ne32(rest, 8).unwrap_or(0);
-                out.ack = Some((seq, -errno));
+                // Saturating: i32::MIN (fuzzing found it) must not overflow.
+                out.ack = Some((seq, errno.saturating_neg()));
             }
             NLMSG_DONE | NLMSG_NOOP | NLMSG_OVERRUN => {}
             _ => {}
@@ -401,5 +402,16 @@ mod tests {
         buf.extend_from_slice(&[0; 16]);
         let (_, out) = parse_all(&buf);
         assert_eq!(out.ack, Some((5, 16)));
+    }
+
+    #[test]
+    fn error_code_i32_min_is_an_error_not_an_overflow() {
+        // fuzz/artifacts-regressions/nflog_parse/neg-overflow (cargo fuzz, nflog_parse).
+        let buf = [
+            0x15, 0, 0, 0, 0x02, 0, 0x65, 0, 0, 0, 0, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x80,
+            0x80, 0x80,
+        ];
+        let (_, out) = parse_all(&buf);
+        assert_eq!(out.ack, Some((0x0d00_0000, i32::MAX)));
     }
 }
