@@ -181,6 +181,7 @@ impl Budget {
 /// The rustls configuration, re-read when its files change.
 struct TlsSource {
     pki: PathBuf,
+    revoked: Arc<RevocationList>,
     config: Arc<rustls::ServerConfig>,
     stamps: Vec<Option<(SystemTime, u64)>>,
     checked: Instant,
@@ -203,7 +204,7 @@ impl TlsSource {
             self.checked = Instant::now();
             let now = stamps(&self.pki);
             if now != self.stamps {
-                match crate::pki::tls::server_config(&self.pki) {
+                match checked_config(&self.pki, &self.revoked) {
                     Ok(config) => {
                         tracing::info!(pki = %self.pki.display(), "TLS configuration reloaded");
                         self.config = config;
@@ -217,6 +218,30 @@ impl TlsSource {
         }
         self.config.clone()
     }
+}
+
+/// The server configuration, refused if the controller's own certificate is revoked
+/// (`ca revoke controller` locks out that certificate here too, not only at clients).
+fn checked_config(
+    pki: &Path,
+    revoked: &RevocationList,
+) -> Result<Arc<rustls::ServerConfig>, crate::pki::PkiError> {
+    let config = crate::pki::tls::server_config(pki)?;
+    let cert = crate::pki::Pki::new(pki)
+        .cert_paths(&crate::identity::Role::Controller)
+        .0;
+    for der in crate::pki::tls::pem_certs(&cert)?.iter().take(1) {
+        let (serial, _) = crate::identity::serial_and_expiry(der.as_ref())
+            .map_err(|e| crate::pki::PkiError::Tls(format!("{}: {e}", cert.display())))?;
+        if revoked.is_revoked(&serial) {
+            return Err(crate::pki::PkiError::Tls(format!(
+                "{} (serial {serial}) is revoked: issue a new controller certificate \
+                 (`portcullis ca issue controller --force`)",
+                cert.display()
+            )));
+        }
+    }
+    Ok(config)
 }
 
 /// What the accept loop needs besides the listener.
@@ -234,8 +259,9 @@ pub fn start(
     listener: TcpListener,
     acceptor: Acceptor,
 ) -> Result<ReceiverStream<io::Result<TlsStream<Guarded>>>, crate::pki::PkiError> {
-    let config = crate::pki::tls::server_config(&acceptor.pki)?;
+    let config = checked_config(&acceptor.pki, &acceptor.revoked)?;
     let tls = TlsSource {
+        revoked: acceptor.revoked.clone(),
         stamps: stamps(&acceptor.pki),
         pki: acceptor.pki.clone(),
         config,
