@@ -213,6 +213,8 @@ fn eval_chain(rs: &Ruleset, name: &str, flow: &Flow, depth: u8) -> Option<(Verdi
             Rule::CtState { states, verdict } => {
                 (flow.established && states.contains("established")).then_some(*verdict)
             }
+            // A flow is a whole datagram (its first fragment, when fragmented).
+            Rule::Fragment { .. } => None,
             // `meta l4proto { every Proto }`: any flow's protocol is in it.
             Rule::LogLimited { ports, verdict, .. } | Rule::Counted { ports, verdict } => {
                 ports.contains(flow.dport).then_some(*verdict)

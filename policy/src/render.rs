@@ -5,7 +5,7 @@
 //! `flush table` (a flush keeps sets and their elements); it is always `add table` +
 //! `delete table` + the full table, which the kernel applies as one batch or not at all.
 
-use crate::ruleset::{Rule, Ruleset, TABLE_NAME};
+use crate::ruleset::{L3, Rule, Ruleset, TABLE_NAME};
 use std::fmt::{self, Write as _};
 
 /// Elements per line in a rendered set (readability only; nft does not care).
@@ -35,6 +35,10 @@ impl fmt::Display for Rule {
                 }
                 write!(f, "{proto} dport @{set} counter {verdict}")
             }
+            Rule::Fragment { l3, verdict } => match l3 {
+                L3::Ip => write!(f, "ip frag-off & 8191 != 0 counter {verdict}"),
+                L3::Ip6 => write!(f, "frag frag-off != 0 counter {verdict}"),
+            },
             Rule::Ports {
                 proto,
                 ports,
@@ -137,6 +141,7 @@ fn section(rule: &Rule, prev: Option<&Rule>) -> Option<&'static str> {
         Rule::SetLogLimited { .. } | Rule::SetMatch { .. } => 3,
         Rule::Ports { .. } | Rule::CtState { .. } => 4,
         Rule::LogLimited { .. } | Rule::Counted { .. } => 5,
+        Rule::Fragment { .. } => 6,
         Rule::Jump { .. } | Rule::Unknown { .. } => 0,
     };
     if prev.is_some_and(|p| kind(p) == kind(rule)) {
@@ -158,6 +163,9 @@ fn section(rule: &Rule, prev: Option<&Rule>) -> Option<&'static str> {
         Rule::CtState { .. } => "replies (replies: stateful): conntrack's established/related",
         Rule::LogLimited { .. } | Rule::Counted { .. } => {
             "deny every other port of every transport: logged within the rate limit, counted over it (ICMP/ICMPv6 have no ports and never match)"
+        }
+        Rule::Fragment { .. } => {
+            "non-first fragments (replies: ports, no reassembly before us): no ports to judge; the first fragment decides for the datagram"
         }
         Rule::Jump { .. } | Rule::Unknown { .. } => return None,
     })

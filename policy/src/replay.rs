@@ -289,6 +289,7 @@ fn rule_accepts(rule: &Rule) -> bool {
         Rule::SetMatch { verdict, .. }
         | Rule::SetLogLimited { verdict, .. }
         | Rule::Ports { verdict, .. }
+        | Rule::Fragment { verdict, .. }
         | Rule::CtState { verdict, .. }
         | Rule::LogLimited { verdict, .. }
         | Rule::Counted { verdict, .. } => *verdict == Verdict::Accept,

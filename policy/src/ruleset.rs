@@ -115,6 +115,12 @@ pub enum Rule {
         set: String,
         verdict: Verdict,
     },
+    /// `ip frag-off & 8191 != 0 counter accept` (`L3::Ip`) / `frag frag-off != 0 counter
+    /// accept` (`L3::Ip6`): a non-first fragment. It has no transport header, so port
+    /// rules would read ports out of its payload (IPv6: out of the flow label); without
+    /// conntrack nothing reassembles before us, and the first fragment, which carries
+    /// the ports, decides for the whole datagram.
+    Fragment { l3: L3, verdict: Verdict },
     /// `tcp dport 1024-65535 counter accept`
     Ports {
         proto: Proto,

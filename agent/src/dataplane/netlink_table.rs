@@ -562,8 +562,56 @@ fn recognize(e: &[Expr<'_>], anonymous: &BTreeMap<String, bool>) -> Option<(Rule
                 counter(c)?,
             ))
         }
+        // ip frag-off & 8191 != 0 | frag frag-off != 0, counter <verdict>
+        [nf, nfc, load, bw, nz, c, v] if meta(nf, META_NFPROTO, REG_1).is_some() => {
+            let (l3, mask) = match cmp(nfc, CMP_EQ)? {
+                [2] => {
+                    payload(load, REG_1, BASE_NETWORK, 6, 2)?;
+                    (L3::Ip, [0x1f, 0xff])
+                }
+                [10] => {
+                    frag_off_exthdr(load)?;
+                    (L3::Ip6, [0xff, 0xf8])
+                }
+                _ => return None,
+            };
+            let [s, dr, len, op, m, xor] = bw.exact("bitwise", [1, 2, 3, 6, 4, 5])?;
+            (u32_attr(s)? == REG_1
+                && u32_attr(dr)? == REG_1
+                && u32_attr(len)? == 2
+                && u32_attr(op)? == 0
+                && data_value(m)? == mask
+                && data_value(xor)? == [0, 0]
+                && cmp(nz, CMP_NEQ)? == [0, 0])
+            .then_some(())?;
+            Some((
+                Rule::Fragment {
+                    l3,
+                    verdict: verdict(v)?,
+                },
+                counter(c)?,
+            ))
+        }
         _ => recognize_l4(e, anonymous),
     }
+}
+
+/// `exthdr load ipv6 2b @ 44 + 2 => reg 1` (the fragment header's offset field), with
+/// nothing else set (no `exists` flag, the IPv6 extension-header operation).
+fn frag_off_exthdr(e: &Expr<'_>) -> Option<()> {
+    (e.name == "exthdr").then_some(())?;
+    let (mut dreg, mut kind, mut offset, mut len) = (None, None, None, None);
+    for (t, v) in &e.attrs {
+        match t {
+            1 => dreg = u32_attr(v),
+            2 => kind = v.first().copied().filter(|_| v.len() == 1),
+            3 => offset = u32_attr(v),
+            4 => len = u32_attr(v),
+            5 | 6 => (u32_attr(v)? == 0).then_some(())?, // flags, op (ipv6)
+            _ => return None,
+        }
+    }
+    (dreg? == REG_1 && kind? == 44 && offset? == 2 && len? == 2).then_some(())
 }
 
 /// Rules that start with `meta l4proto` (or `meta nfproto`).

@@ -175,6 +175,13 @@ fn exprs(rule: &Rule, (packets, bytes): (u64, u64)) -> Value {
             {"log": {"prefix": prefix, "group": group}},
             verdict(*vd)
         ]),
+        Rule::Fragment { l3, verdict: vd } => {
+            let left = match l3 {
+                L3::Ip => json!({"&": [payload("ip", "frag-off"), 8191]}),
+                L3::Ip6 => json!({"exthdr": {"name": "frag", "field": "frag-off"}}),
+            };
+            json!([matches("!=", left, json!(0)), counter, verdict(*vd)])
+        }
         Rule::Ports {
             proto,
             ports: p,

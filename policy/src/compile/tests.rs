@@ -52,6 +52,8 @@ fn seed_layout() {
     assert_eq!(
         rules(&rs, "guard"),
         [
+            "ip frag-off & 8191 != 0 counter accept",
+            "frag frag-off != 0 counter accept",
             "tcp dport @allow_tcp counter accept",
             "udp dport @allow_udp counter accept",
             "tcp dport 1024-65535 counter accept",
@@ -135,7 +137,7 @@ fn from_entries_go_to_concat_sets() {
         .collect();
     assert_eq!(v4, ["10.77.0.0/24 . 22-23"]);
     assert_eq!(
-        rules(&rs, "guard")[2..5],
+        rules(&rs, "guard")[4..7],
         [
             "ip saddr . tcp dport @allow_tcp_v4 counter accept",
             "ip6 saddr . tcp dport @allow_tcp_v6 counter accept",
@@ -215,7 +217,7 @@ fn every_transport_is_whitelisted_and_denied() {
     );
     let guard = rules(&rs, "guard");
     assert_eq!(
-        guard[..5],
+        guard[2..7],
         [
             "tcp dport @allow_tcp counter accept",
             "udp dport @allow_udp counter accept",
@@ -227,12 +229,12 @@ fn every_transport_is_whitelisted_and_denied() {
     // dccp/80 is a low port: restricted by the deny range, no restrict set needed.
     assert!(!rs.sets.contains_key("restrict_dccp"));
     assert!(
-        guard[5..10]
+        guard[7..12]
             .iter()
             .all(|r| r.ends_with("dport 1024-65535 counter accept"))
     );
     assert!(
-        guard[10]
+        guard[12]
             .starts_with("meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 limit")
     );
 }
@@ -251,7 +253,7 @@ fn restricted_high_ports_are_denied_before_the_replies_rule() {
     let rs = compile(&p, &facts(), 9).unwrap();
     let guard = rules(&rs, "guard");
     assert_eq!(
-        guard[2..9],
+        guard[4..11],
         [
             "ip saddr . tcp dport @allow_tcp_v4 counter accept",
             "ip6 saddr . tcp dport @allow_tcp_v6 counter accept",
@@ -262,7 +264,7 @@ fn restricted_high_ports_are_denied_before_the_replies_rule() {
             "udp dport @restrict_udp counter drop",
         ]
     );
-    assert_eq!(guard[9], "tcp dport 1024-65535 counter accept");
+    assert_eq!(guard[11], "tcp dport 1024-65535 counter accept");
     // Only the part >= 1024 of a range: the low part is denied by the low-port rules.
     let udp: Vec<String> = rs.sets["restrict_udp"]
         .elements
@@ -283,11 +285,11 @@ fn restricted_high_ports_are_denied_before_the_replies_rule() {
     p.mode = Mode::Audit;
     let guard = rules(&compile(&p, &facts(), 9).unwrap(), "guard");
     assert!(
-        guard[5].ends_with("log prefix \"pc r9 audit \" group 7 accept"),
+        guard[7].ends_with("log prefix \"pc r9 audit \" group 7 accept"),
         "{}",
-        guard[5]
+        guard[7]
     );
-    assert_eq!(guard[6], "tcp dport @restrict_tcp counter accept");
+    assert_eq!(guard[8], "tcp dport @restrict_tcp counter accept");
 
     // Stateful: every port is in the deny range already; no restrict sets.
     p.mode = Mode::Enforce;

@@ -186,6 +186,9 @@ fn single_match(m: &Value, verdict: Verdict) -> Option<Rule> {
         };
         return Some(Rule::CtState { states, verdict });
     }
+    if op == "!=" {
+        return fragment(left, right).map(|l3| Rule::Fragment { l3, verdict });
+    }
     (op == "==").then_some(())?;
     if let Some(set) = right.as_str().and_then(|s| s.strip_prefix('@')) {
         let (saddr, dport) = match single(left, "concat").and_then(Value::as_array) {
@@ -235,6 +238,20 @@ fn l4proto_all(v: &Value) -> Option<()> {
         })
         .collect::<Option<_>>()?;
     (items.len() == Proto::ALL.len() && set == BTreeSet::from(Proto::ALL)).then_some(())
+}
+
+/// `ip frag-off & 8191 != 0` or `frag frag-off != 0` (left and right of the `!=`).
+fn fragment(left: &Value, right: &Value) -> Option<L3> {
+    (right.as_u64()? == 0).then_some(())?;
+    if let Some(e) = single(left, "exthdr") {
+        let e = exact(e, &["name", "field"])?;
+        return (e["name"].as_str()? == "frag" && e["field"].as_str()? == "frag-off")
+            .then_some(L3::Ip6);
+    }
+    match single(left, "&")?.as_array()?.as_slice() {
+        [p, mask] if payload(p)? == ("ip", "frag-off") && mask.as_u64()? == 0x1fff => Some(L3::Ip),
+        _ => None,
+    }
 }
 
 fn th_dport(v: &Value) -> Option<PortRange> {
