@@ -18,3 +18,7 @@ pub const PROTOCOL_VERSION: u32 = v1::ProtocolVersion::V1 as u32;
 
 /// Protocol versions a controller of this build accepts.
 pub const ACCEPTED_PROTOCOL_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
+
+/// The largest message either side of `Session.Open` sends or accepts (a `DenialBatch` of
+/// 20,000 IPv6 entries is ~3 MB); the controller and the agent both set it explicitly.
+pub const SESSION_MAX_MESSAGE_BYTES: usize = 4 << 20;

@@ -175,6 +175,9 @@ impl v1::admin_server::Admin for AdminService {
                 "no host is targeted: no play matches a host (within --limit)",
             ));
         }
+        // One apply at a time from here until its revision is stored (and its rollout,
+        // if any, claimed): the hashes below are compiled for `next_revision`.
+        let _serial = self.shared.apply_lock.lock().await;
         // Compile for every host whose facts are known before anything is stored or sent.
         let next_revision = self
             .shared
@@ -263,6 +266,7 @@ impl v1::admin_server::Admin for AdminService {
                 rulesets: compiled,
                 unchecked,
                 management: &management,
+                revision: next_revision,
             },
         )
         .await?
@@ -283,6 +287,10 @@ impl v1::admin_server::Admin for AdminService {
                     let tx = c.transaction()?;
                     let rev =
                         store::insert_revision(&tx, &super::new_revision(&author, &req, &rows))?;
+                    anyhow::ensure!(
+                        rev == next_revision,
+                        "revision {rev} stored, but its hashes were compiled for {next_revision}"
+                    );
                     store::audit(
                         &tx,
                         &author,
@@ -473,12 +481,15 @@ async fn follow_rollout(
             }
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    revision,
-                    skipped = n,
-                    "rollout follower lagged behind host events"
+                // Its results are lost; waiting on would only hold events for a client that
+                // does not read them. The revision itself is stored and pushed regardless.
+                tracing::warn!(revision, skipped = n, "apply follower fell behind; dropped");
+                let why = format!(
+                    "this apply's progress stream fell behind ({n} host events skipped) and \
+                     was stopped; r{revision} is stored and pushed: see `portcullis status`"
                 );
-                continue;
+                let _ = tx.send(Err(Status::resource_exhausted(why))).await;
+                return;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };

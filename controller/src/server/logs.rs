@@ -39,8 +39,11 @@ pub const MAX_LIMIT: usize = 100_000;
 const ROWS_PER_EVENT: usize = 5_000;
 /// Rows deleted per retention step (one short write transaction).
 const SWEEP_CHUNK: usize = 5_000;
-/// Live batches buffered per `--follow` subscriber before it misses rows.
-const LIVE_DEPTH: usize = 4_096;
+/// Live batches kept for `--follow` subscribers (one ring shared by all; a batch is freed
+/// once every subscriber has it). A subscriber this far behind is dropped.
+pub const LIVE_DEPTH: usize = 256;
+/// Events queued per `--follow` subscriber (then it is behind: see [`LIVE_DEPTH`]).
+pub const FOLLOW_QUEUE: usize = 16;
 
 /// Retention of the denial log (`serve --log-retention`, `--log-max-rows`).
 #[derive(Debug, Clone)]
@@ -307,7 +310,7 @@ pub async fn logs(shared: &Shared, req: v1::LogsRequest) -> Result<LogsStream, S
             missed_batches: 0,
         });
     }
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
     tokio::spawn(async move {
         for e in events {
             if tx.send(Ok(e)).await.is_err() {
@@ -336,9 +339,16 @@ async fn follow(
         let batch = match batch {
             Ok(b) => b,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(skipped_batches = n, "logs --follow subscriber fell behind");
-                missed = missed.saturating_add(n);
-                continue;
+                // Holding rows for a reader that does not read would cost memory without
+                // bound: drop it with a status that says why.
+                tracing::warn!(skipped_batches = n, "logs --follow subscriber fell behind; dropped");
+                let why = format!(
+                    "logs --follow fell behind by more than {LIVE_DEPTH} batches ({n} skipped) \
+                     and was stopped; read the output faster (not through a paused pager) or \
+                     narrow the filter, then query the gap with --since"
+                );
+                let _ = tx.send(Err(Status::resource_exhausted(why))).await;
+                return;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };

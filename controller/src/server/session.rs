@@ -191,7 +191,9 @@ async fn read_reports(
                     .count(super::answers::Kind::Applied, host, a.request_id);
                 Ok(())
             }
-            Some(v1::agent_message::Msg::Applied(a)) => {
+            Some(v1::agent_message::Msg::Applied(mut a)) => {
+                // Stored, shown by `status` and held in the host-event ring: bounded.
+                truncate_utf8(&mut a.error, MAX_REPORTED_ERROR);
                 let (h, report) = (host.to_string(), a.clone());
                 let r = shared
                     .writer
@@ -266,6 +268,21 @@ async fn read_reports(
         if let Err(e) = result {
             tracing::error!(%host, error = %e, "recording agent report failed");
         }
+    }
+}
+
+/// Bytes of an agent's `Applied.error` kept (an nft error is a few lines).
+const MAX_REPORTED_ERROR: usize = 16 << 10;
+
+/// Cut `s` to at most `max` bytes on a character boundary, marking the cut.
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" [truncated]");
     }
 }
 

@@ -119,9 +119,7 @@ impl Store {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| anyhow::anyhow!("store mutex poisoned"))?;
+            let mut guard = lock_recovered(&conn);
             f(&mut guard)
         })
         .await
@@ -133,11 +131,29 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let mut guard = self
-            .conn
-            .lock()
-            .map_err(|_| anyhow::anyhow!("store mutex poisoned"))?;
+        let mut guard = lock_recovered(&self.conn);
         f(&mut guard)
+    }
+}
+
+/// Lock the connection, recovering it if a call panicked while holding it: a rusqlite
+/// `Transaction` rolls back when dropped during the unwind, and any transaction still open
+/// is rolled back here, so the connection is as the last commit left it. Without this one
+/// panic would fail every later store call until the controller is restarted.
+fn lock_recovered(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    match conn.lock() {
+        Ok(g) => g,
+        Err(poisoned) => {
+            conn.clear_poison();
+            let g = poisoned.into_inner();
+            tracing::error!("a store call panicked; connection recovered");
+            if !g.is_autocommit()
+                && let Err(e) = g.execute_batch("ROLLBACK")
+            {
+                tracing::error!(error = %e, "rolling back after a panicked store call");
+            }
+            g
+        }
     }
 }
 

@@ -76,12 +76,22 @@ pub fn tune_for_ingest(conn: &Connection) -> anyhow::Result<()> {
 }
 
 impl Writer {
-    /// Start the writer thread on `conn`.
+    /// Start the writer thread on `conn`. If the thread ever panics the process exits
+    /// (status 70): every later batch would otherwise fail until a restart, so the
+    /// service manager restarts the controller instead.
     pub fn spawn(conn: Connection, live: Live) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("denial-writer".into())
-            .spawn(move || run(conn, rx, &live))?;
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(conn, rx, &live);
+                }));
+                if ran.is_err() {
+                    tracing::error!("the denial writer panicked; exiting for a restart");
+                    std::process::exit(70);
+                }
+            })?;
         Ok(Self { tx })
     }
 

@@ -40,6 +40,9 @@ pub struct Compiled<'a> {
     pub unchecked: Vec<String>,
     /// `management:` requirements of the site file, per host.
     pub management: &'a BTreeMap<String, Vec<portcullis_policy::lockout::Requirement>>,
+    /// The revision the hashes in `rows` were compiled for (the caller holds
+    /// `Shared::apply_lock`, so it is the one stored).
+    pub revision: u64,
 }
 
 pub async fn from_apply(
@@ -49,7 +52,7 @@ pub async fn from_apply(
     req: &v1::ApplyRequest,
     c: Compiled<'_>,
 ) -> Result<Option<EventStream>, Status> {
-    let rows = c.rows;
+    let (rows, compiled_for) = (c.rows, c.revision);
     if let Some(id) = shared.rollouts.running() {
         return Err(Status::failed_precondition(format!(
             "rollout {id} is running; wait for it or stop it with `portcullis rollout abort`"
@@ -120,6 +123,10 @@ pub async fn from_apply(
                     &tx,
                     &crate::server::new_revision(&author, &req, &rows),
                 )?;
+                anyhow::ensure!(
+                    rev == compiled_for,
+                    "revision {rev} stored, but its hashes were compiled for {compiled_for}"
+                );
                 // Staged: each wave makes it the desired revision of its hosts.
                 for (h, p) in &previous {
                     store::rollout::set_desired(&tx, h, *p)?;
