@@ -201,14 +201,28 @@ fn a_held_nflog_group_and_a_broken_spool_are_reported_and_retried() {
         text.contains("h1: denials: cannot read NFLOG group 9"),
         "{text}"
     );
-    // The holder goes: the agent's retry binds the group, the condition clears, denials flow.
+    // A policy with a free group: read at once (no waiting out the backoff).
+    let site11 = fleet.write("site11.yml", &site_group(11));
+    fleet.apply_ok(&inv, &site11);
+    fleet.wait_status(&["h1"], "reading group 11", |h| {
+        h["conditions"].as_array().is_some_and(Vec::is_empty)
+    });
+    fleet.blast_udp(SocketAddr::new(h1, 23), 4);
+    wait_until(&fleet, "denials of group 11 never flowed", 15, || {
+        stored(&fleet, 23) == 4
+    });
+    // Back to 9, still held; then the holder goes: the retry binds it, denials flow.
+    fleet.apply_ok(&inv, &site);
+    fleet.wait_status(&["h1"], "reporting the held group again", |h| {
+        conditions(h).contains("cannot read NFLOG group 9")
+    });
     portcullis_testkit::terminate(&mut holder);
     fleet.wait_status(&["h1"], "without conditions", |h| {
         h["connected"] == true && h["conditions"].as_array().is_some_and(Vec::is_empty)
     });
-    fleet.blast_udp(SocketAddr::new(h1, 23), 4);
+    fleet.blast_udp(SocketAddr::new(h1, 23), 3);
     wait_until(&fleet, "denials never flowed after the retry", 15, || {
-        stored(&fleet, 23) == 4
+        stored(&fleet, 23) == 7
     });
 }
 

@@ -26,6 +26,18 @@ pub const CONDITION: &str = "denials";
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// Sleeps `d`, or less when the applied policy's group is no longer `tried` (a group that
+/// was busy need not delay reading the next one).
+fn pause(group: &watch::Receiver<Option<u16>>, tried: Option<u16>, d: Duration) {
+    let until = Instant::now() + d;
+    let moved = || tried.is_some() && group.borrow().is_some_and(|g| Some(g) != tried);
+    while Instant::now() < until && !moved() {
+        std::thread::sleep(
+            Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+}
+
 /// Why one reader's run ended.
 enum Stop {
     /// The applied policy logs to another group now.
@@ -45,14 +57,15 @@ impl Denials {
         conditions: Conditions,
     ) {
         let mut backoff = RETRY_MIN;
-        let fail = |what: String, backoff: &mut Duration| {
+        let changes = group.clone();
+        let fail = |what: String, tried: Option<u16>, backoff: &mut Duration| {
             let text = format!(
                 "{what}; retrying in {} (the policy is enforced; its denials are not collected)",
                 humantime::format_duration(*backoff)
             );
             tracing::error!(condition = %text, "denial pipeline not running");
             conditions.set(CONDITION, text);
-            std::thread::sleep(*backoff);
+            pause(&changes, tried, *backoff);
             *backoff = (*backoff * 2).min(RETRY_MAX);
         };
         loop {
@@ -66,7 +79,11 @@ impl Denials {
                         self.notify.notify_one();
                     }
                     Err(e) => {
-                        fail(format!("cannot open the denial spool: {e}"), &mut backoff);
+                        fail(
+                            format!("cannot open the denial spool: {e}"),
+                            None,
+                            &mut backoff,
+                        );
                         continue;
                     }
                 }
@@ -81,6 +98,7 @@ impl Denials {
                 Err(e) => {
                     fail(
                         format!("cannot read NFLOG group {want} (held by another program?): {e}"),
+                        Some(want),
                         &mut backoff,
                     );
                     continue;
@@ -103,6 +121,7 @@ impl Denials {
                 Stop::ReaderStopped => {
                     fail(
                         format!("the NFLOG reader of group {want} stopped"),
+                        Some(want),
                         &mut backoff,
                     );
                 }
