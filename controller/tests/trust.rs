@@ -99,10 +99,9 @@ async fn an_agent_refuses_a_revoked_controller_certificate() {
         state.path().join("revocations.signed"),
         roots,
     ));
-    let err = connect(&ctl, &ctl.pki.ca_cert(), &ctl.pki, "h1", &restarted)
-        .await
-        .err()
-        .expect("connected to a revoked controller");
+    let Err(err) = connect(&ctl, &ctl.pki.ca_cert(), &ctl.pki, "h1", &restarted).await else {
+        panic!("connected to a revoked controller");
+    };
     assert!(err.contains("Revoked"), "{err}");
 
     // The admin CLI refuses it too (it reads revoked.txt + revoked.sig beside its CA).
@@ -115,11 +114,9 @@ async fn an_agent_refuses_a_revoked_controller_certificate() {
         config: Some(state.path().join("no-cli.toml")),
     };
     std::fs::write(state.path().join("no-cli.toml"), "").unwrap();
-    let err = args
-        .admin()
-        .await
-        .err()
-        .expect("CLI connected to a revoked controller");
+    let Err(err) = args.admin().await else {
+        panic!("CLI connected to a revoked controller");
+    };
     assert!(format!("{err:#}").contains("Revoked"), "{err:#}");
 }
 

@@ -13,12 +13,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+/// (mtime and size of revoked.sig, the message) last read.
+type Current = (Option<(SystemTime, u64)>, Option<v1::SignedRevocations>);
+
 /// The signed revocation list agents are sent.
 #[derive(Debug)]
 pub struct Distribution {
     pki: crate::pki::Pki,
-    /// (stamp of revoked.sig, the message) last read.
-    current: Mutex<(Option<(SystemTime, u64)>, Option<v1::SignedRevocations>)>,
+    current: Mutex<Current>,
 }
 
 impl Distribution {
@@ -31,9 +33,7 @@ impl Distribution {
         this
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (Option<(SystemTime, u64)>, Option<v1::SignedRevocations>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -47,18 +47,22 @@ fn verdicts() {
 }
 
 #[test]
-fn answers_reach_only_their_request() {
+fn answers_reach_only_their_request_from_the_asked_host() {
     let st = DriftState::default();
-    let (id, mut rx) = st.register();
+    let (id, mut rx) = st.register("h1");
+    let (other, _rx9) = st.register("h9");
+    assert_ne!(id.wrapping_add(1), other, "ids are not sequential");
     let mut r = report(true, &[], "abc");
-    r.request_id = id + 1000;
-    assert!(!st.answer(&r), "unknown id");
+    r.request_id = id.wrapping_add(1000);
+    assert!(!st.answer("h1", &r), "unknown id");
     r.request_id = 0;
-    assert!(!st.answer(&r), "spontaneous report");
+    assert!(!st.answer("h1", &r), "spontaneous report");
     r.request_id = id;
-    assert!(st.answer(&r));
+    assert!(!st.answer("h9", &r), "another host answering h1's id");
+    assert!(st.answer("h1", &r));
     assert_eq!(rx.try_recv().unwrap().request_id, id);
-    assert!(!st.answer(&r), "answered once");
+    assert!(!st.answer("h1", &r), "answered once");
+    assert_eq!(st.outstanding(), 1);
 }
 
 #[test]
