@@ -86,3 +86,26 @@ fn a_panicking_store_call_does_not_poison_the_store() {
         .expect("the store still works after a panic");
     assert_eq!(rows, [1], "the panicked call's transaction was rolled back");
 }
+
+#[test]
+fn cli_apply_refuses_an_alias_bomb_locally_with_one_error() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy/tests/fixtures");
+    let site = format!("{fixtures}/alias-bomb.yml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["apply", "-i", &format!("{fixtures}/inventory.yml"), &site])
+        .env("HOME", dir.path())
+        .env("PORTCULLIS_CONTROLLER", "https://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{site}:9:12: too many alias expansions (limit 1000000)").as_str(),
+            "error: 1 problem(s) found; nothing was applied"
+        ]
+    );
+}

@@ -48,9 +48,19 @@ pub struct ApplyArgs {
     pub rollout: super::rollout::RolloutArgs,
 }
 
+/// Read a policy file, refusing one over the YAML budget without reading all of it.
 fn read(path: &PathBuf) -> anyhow::Result<Source> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    use std::io::Read as _;
+    let limit = portcullis_policy::budget::MAX_DOCUMENT_BYTES;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit as u64 + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        text.len() <= limit,
+        "{}:1:1: document too large: more than {limit} bytes",
+        path.display()
+    );
     Ok(Source::new(path.display().to_string(), text))
 }
 
