@@ -128,13 +128,10 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     bar.set_message(revision.to_string());
     bar.enable_steady_tick(Duration::from_millis(100));
     if !args.json && !accepted.offline.is_empty() {
-        bar.println(
-            super::output::term_lines(&format!(
-                "offline, will get r{revision} when they connect: {}",
-                accepted.offline.join(", ")
-            ))
-            .into_owned(),
-        );
+        bar.println(&*super::output::term_lines(&format!(
+            "offline, will get r{revision} when they connect: {}",
+            accepted.offline.join(", ")
+        )));
     }
     let mut results: BTreeMap<String, v1::HostResult> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + args.timeout;
@@ -144,10 +141,10 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             Err(_) => break,
             Ok(None) => break,
             Ok(Some(Err(s))) => {
-                bar.println(
-                    super::output::term_lines(&format!("stream error: {}", s.message()))
-                        .into_owned(),
-                );
+                bar.println(&*super::output::term_lines(&format!(
+                    "stream error: {}",
+                    s.message()
+                )));
                 break;
             }
             Ok(Some(Ok(ev))) => ev,
@@ -157,19 +154,18 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         };
         let outcome = v1::HostOutcome::try_from(r.outcome).unwrap_or_default();
         if outcome == v1::HostOutcome::Disconnected {
-            bar.println(
-                super::output::term_lines(&format!(
-                    "{}: disconnected before answering (still pending)",
-                    r.host
-                ))
-                .into_owned(),
-            );
+            bar.println(&*super::output::term_lines(&format!(
+                "{}: disconnected before answering (still pending)",
+                r.host
+            )));
             continue;
         }
         if !args.json {
-            bar.println(
-                super::output::term_lines(&format!("{}: {}", r.host, describe(&r))).into_owned(),
-            );
+            bar.println(&*super::output::term_lines(&format!(
+                "{}: {}",
+                r.host,
+                describe(&r)
+            )));
         }
         results.insert(r.host.clone(), r);
         bar.set_position(results.len() as u64);

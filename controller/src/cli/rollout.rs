@@ -121,25 +121,22 @@ pub async fn follow(
     let mut rolled: BTreeMap<String, v1::HostResult> = BTreeMap::new();
     let mut finished: Option<v1::RolloutFinished> = None;
     if !json {
-        let _ = multi.println(
-            super::output::term_lines(&format!(
-                "rollout {} of r{}: {} host(s) in {} wave(s)",
-                accepted.rollout_id,
-                accepted.revision,
-                accepted.hosts.len(),
-                accepted.waves.len()
-            ))
-            .into_owned(),
-        );
+        let _ = multi.println(&*super::output::term_lines(&format!(
+            "rollout {} of r{}: {} host(s) in {} wave(s)",
+            accepted.rollout_id,
+            accepted.revision,
+            accepted.hosts.len(),
+            accepted.waves.len()
+        )));
     }
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => ev,
             Err(s) => {
-                let _ = multi.println(
-                    super::output::term_lines(&format!("stream error: {}", s.message()))
-                        .into_owned(),
-                );
+                let _ = multi.println(&*super::output::term_lines(&format!(
+                    "stream error: {}",
+                    s.message()
+                )));
                 break;
             }
         };
