@@ -411,6 +411,9 @@ impl Agent {
         self.dataplane.remove()?;
         if forget {
             self.state.clear()?;
+            if let Err(e) = crate::restore::clear_fail_closed(&self.state) {
+                tracing::warn!(error = %e, "cannot clear the fail-closed record");
+            }
         }
         tracing::info!(existed, forget, "removed table inet portcullis");
         Ok(existed)
