@@ -148,6 +148,9 @@ fn to_wire(b: nflog::DenialBatch, names: &mut IfNames) -> v1::DenialBatch {
 /// (dropped or, in audit mode, accepted) without being logged.
 fn over_limit_counter(nft: &std::path::Path, timeout: Duration) -> Option<u64> {
     let args = ["-j", "list", "chain", "inet", "portcullis", "guard"];
+    // Read once per interval on the aggregator thread: a hung nft may delay a batch by a
+    // few seconds (events queue meanwhile, counted if they overflow), never more.
+    let timeout = timeout.min(Duration::from_secs(5));
     let out = crate::dataplane::run_bounded(nft, &args, None, timeout)
         .inspect_err(|e| tracing::warn!(error = %e, "cannot read the over-limit counter"))
         .ok()?;
