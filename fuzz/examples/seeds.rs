@@ -154,7 +154,7 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     out.message("DenialBatch", "batch", &batch)?;
-    let mut denial = |name: &str, sel: u8, m: &dyn Fn() -> Vec<u8>| {
+    let denial = |name: &str, sel: u8, m: &dyn Fn() -> Vec<u8>| {
         let mut bytes = vec![sel];
         bytes.extend(now_ms.to_le_bytes());
         bytes.extend(m());
@@ -206,7 +206,9 @@ fn main() -> Result<()> {
     for e in std::fs::read_dir(&fixtures).context("listing readback fixtures")? {
         let path = e?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x");
-        out.put("readback_json", name, read(&path)?.as_bytes())?;
+        if name.ends_with(".json") {
+            out.put("readback_json", name, read(&path)?.as_bytes())?;
+        }
     }
     let nft = NftDataplane::new("nft");
     let (_, absent) = record_table_read().context("reading an absent table")?;
@@ -225,6 +227,30 @@ fn main() -> Result<()> {
             .context("nft -j list table")?
             .unwrap_or_default();
         out.put("readback_json", &format!("kernel{i}.json"), json.as_bytes())?;
+    }
+    // Hand edits of the first table, as drift or another tool would make them: each one
+    // makes the netlink readback answer "not ours" somewhere else.
+    let edits = [
+        "add rule inet portcullis guard tcp dport 9 counter accept comment \"x\"",
+        "add element inet portcullis allow_tcp { 7777 }",
+        "add element inet portcullis allow_tcp_v4 { 192.0.2.0/24 . 1-2 }",
+        "add set inet portcullis extra { type ipv4_addr; }",
+        "add chain inet portcullis other { type filter hook output priority 0; policy accept; }",
+        "add counter inet portcullis named",
+        "add table inet portcullis { flags dormant; }",
+    ];
+    let first = policies.first().context("no policies")?;
+    let rs = compile(first, &facts(), 7).map_err(|e| anyhow::anyhow!("{e}"))?;
+    nft.replace(&rs).context("nft apply")?;
+    for (i, edit) in edits.iter().enumerate() {
+        nft.apply(edit).with_context(|| format!("nft {edit}"))?;
+        let (_, recording) = record_table_read().context("netlink readback")?;
+        out.put("readback_netlink", &format!("edit{i}"), &recording)?;
+        let json = nft
+            .read_back()
+            .context("nft -j list table")?
+            .unwrap_or_default();
+        out.put("readback_json", &format!("edit{i}.json"), json.as_bytes())?;
     }
     println!("{} policies; seeds in {}", policies.len(), out.0.display());
     Ok(())

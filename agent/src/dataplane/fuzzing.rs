@@ -14,6 +14,9 @@ use super::netlink::NfTables;
 use super::nft::read_netlink_consistent;
 use std::io;
 
+/// What the netlink readback made of the kernel's answers (`Err`: why nft must read it).
+pub type Decoded = Result<Option<KernelTable>, String>;
+
 /// The datagrams of a recording.
 pub fn unframe(mut input: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -37,13 +40,13 @@ pub fn frame(datagrams: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Our table as the netlink readback decodes the recorded answers `input`.
-pub fn read_table_replay(input: &[u8]) -> Result<Option<KernelTable>, String> {
+pub fn read_table_replay(input: &[u8]) -> Decoded {
     read_netlink_consistent(&mut NfTables::replay(unframe(input)))
 }
 
 /// Reads our table from the kernel (the calling thread's network namespace) over netlink
 /// and returns what was decoded with the recording of the kernel's answers.
-pub fn record_table_read() -> io::Result<(Result<Option<KernelTable>, String>, Vec<u8>)> {
+pub fn record_table_read() -> io::Result<(Decoded, Vec<u8>)> {
     let mut nl = NfTables::open()?;
     nl.start_recording();
     let table = read_netlink_consistent(&mut nl);
