@@ -179,6 +179,6 @@ mod tests {
             &["HOST", "ERROR"],
             &[vec!["h1\x1b[2J".into(), "x\ny".into()]],
         );
-        assert_eq!(t, "HOST          ERROR\nh1\\u{1b}[2J  x\\u{a}y\n");
+        assert_eq!(t, "HOST         ERROR\nh1\\u{1b}[2J  x\\u{a}y\n");
     }
 }
