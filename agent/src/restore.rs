@@ -19,7 +19,9 @@
 //!    record `fail-closed.json` says why, until a real revision is applied (`show`, the
 //!    daemon's `Hello`/`Heartbeat` conditions and the controller's `status` say so).
 //!
-//! An unreadable record is kept beside as `last-known-good.json.unusable` for forensics.
+//! A record that could not be used (unreadable, or refused) is kept beside as
+//! `last-known-good.json.unusable` (for forensics, or to put back by hand once the cause is
+//! fixed); the minimal policy becomes last-known-good.
 
 use crate::durable;
 use crate::state::StateDir;
@@ -209,7 +211,10 @@ pub async fn restore(agent: &Agent, config: &RestoreConfig) -> Result<RestoreRep
     let reason = match agent.state().load() {
         Ok(Some(lkg)) if lkg.revision != 0 => match enforce_lkg(agent, &lkg, &facts).await {
             Ok(report) => return Ok(report),
-            Err(why) => why,
+            Err(why) => {
+                set_aside(agent.state());
+                why
+            }
         },
         // Revision 0 is the minimal policy itself: still failed closed.
         Ok(Some(_)) => fail_closed(agent.state()).map_or_else(
@@ -292,7 +297,7 @@ fn apply_stored(agent: &Agent, lkg: &LastKnownGood) -> Result<RulesetHash, Strin
     Ok(lkg.hash.clone())
 }
 
-/// Keeps an unreadable record for forensics (best effort: it is replaced anyway).
+/// Keeps an unusable record beside (best effort: it is replaced anyway).
 fn set_aside(state: &StateDir) {
     let path = state.path().join("last-known-good.json");
     let aside = state.path().join("last-known-good.json.unusable");

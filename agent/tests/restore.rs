@@ -206,3 +206,46 @@ fn missing_last_known_good_fails_closed_with_the_sites_management() {
     );
     assert_eq!(lab.tcp("peer", host, 22, ACCEPT_WAIT), TcpOutcome::Accepted);
 }
+
+/// `--nft` that refuses every transaction of revision 5 (its log prefix `pc r5 `).
+const REFUSING_R5: &str = "#!/bin/sh
+if [ \"$1\" = \"-f\" ]; then
+    script=$(cat)
+    case \"$script\" in
+        *'pc r5 '*) echo 'Error: injected refusal' >&2; exit 1 ;;
+    esac
+    printf '%s\\n' \"$script\" | exec nft \"$@\"
+fi
+exec nft \"$@\"
+";
+
+#[test]
+fn last_known_good_the_kernel_refuses_fails_closed() {
+    if !require_root_netns() {
+        return;
+    }
+    let lab = Lab::pair();
+    let policy = HostPolicy {
+        allow: vec![tcp_allow(25)],
+        ..HostPolicy::default()
+    };
+    store_lkg(&lab, policy, &Facts::default(), 5);
+    let nft = lab.file("refusing-nft", REFUSING_R5);
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let nft = nft.to_string_lossy().into_owned();
+    let out = lab.agent(&["--nft", &nft, "restore", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = report["record"]["reason"].as_str().unwrap();
+    assert!(reason.contains("injected refusal"), "{report}");
+    assert!(reason.contains("stored ruleset failed too"), "{report}");
+    let aside =
+        std::fs::read_to_string(lab.state_dir().join("last-known-good.json.unusable")).unwrap();
+    assert!(
+        aside.contains("\"revision\":5"),
+        "the refused record is kept aside"
+    );
+    let host = lab.addr(0, "host", false);
+    let _smtp = lab.tcp_server("host", host, 25);
+    assert_eq!(lab.tcp("peer", host, 25, DROP_WAIT), TcpOutcome::TimedOut);
+}
