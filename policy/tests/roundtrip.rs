@@ -307,7 +307,7 @@ fn rule_json(rule: &Rule, packets: u64) -> Value {
     let l4 = m(
         "==",
         json!({"meta": {"key": "l4proto"}}),
-        if packets % 2 == 0 {
+        if packets.is_multiple_of(2) {
             json!({"set": ["tcp", "udp", "dccp", "sctp", "udplite"]})
         } else {
             json!({"set": [6, 17, 33, 132, 136]})

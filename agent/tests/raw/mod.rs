@@ -172,7 +172,7 @@ pub fn fragments(
         .enumerate()
         .map(|(i, w)| {
             let (start, end) = (w[0], w[1]);
-            assert!(start % 8 == 0, "fragment offsets are multiples of 8");
+            assert!(start.is_multiple_of(8), "fragment offsets are multiples of 8");
             let more = u16::from(i + 2 < bounds.len());
             let mut body = vec![next, 0];
             body.extend((((start / 8) as u16) << 3 | more).to_be_bytes());
@@ -186,7 +186,7 @@ pub fn fragments(
 /// A Destination Options header of `len` bytes (a multiple of 8, at least 8) filled with
 /// PadN, followed by next header `next`.
 pub fn dest_opts(next: u8, len: usize) -> Vec<u8> {
-    assert!(len >= 8 && len % 8 == 0);
+    assert!(len >= 8 && len.is_multiple_of(8));
     let mut h = vec![next, (len / 8 - 1) as u8];
     let mut left = len - 2;
     while left > 0 {
