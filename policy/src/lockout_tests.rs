@@ -176,3 +176,46 @@ proptest! {
         prop_assert_eq!(first_denied(&r, &req, "eth0").is_some(), brute);
     }
 }
+
+#[test]
+fn restricted_high_ports_and_other_transports() {
+    let r = rs(
+        vec![
+            allow(Proto::Tcp, 5432, 5432, &["10.77.200.5/32"]),
+            allow(Proto::Sctp, 5000, 5000, &[]),
+        ],
+        Replies::Ports,
+    );
+    let v = |proto, src, port| verdict(&r, &flow(proto, src, port, false));
+    assert_eq!(v(Proto::Tcp, "10.77.200.5", 5432), Verdict::Accept);
+    assert_eq!(v(Proto::Tcp, "10.77.200.9", 5432), Verdict::Drop);
+    assert_eq!(
+        v(Proto::Tcp, "fd77::5", 5432),
+        Verdict::Drop,
+        "no v6 source"
+    );
+    assert_eq!(
+        v(Proto::Udp, "10.77.200.9", 5432),
+        Verdict::Accept,
+        "udp replies"
+    );
+    assert_eq!(v(Proto::Tcp, "10.77.200.9", 5433), Verdict::Accept);
+    assert_eq!(v(Proto::Sctp, "10.77.200.9", 5000), Verdict::Accept);
+    assert_eq!(v(Proto::Dccp, "10.77.200.9", 22), Verdict::Drop);
+    assert_eq!(v(Proto::Udplite, "10.77.200.9", 40000), Verdict::Accept);
+    // A keep from a refused source names the packet it would lose.
+    let keep = parse_keep("tcp/5432 from 10.77.200.0/24").unwrap();
+    let found = check(&r, &keep, &ifs());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_ne!(found[0].denied.src.to_string(), "10.77.200.5");
+    assert!(
+        check(
+            &r,
+            &parse_keep("tcp/5432 from 10.77.200.5/32").unwrap(),
+            &ifs()
+        )
+        .is_empty()
+    );
+    assert_eq!(parse_keep("5000/sctp").unwrap()[0].proto, Proto::Sctp);
+    assert!(check(&r, &parse_keep("sctp/5000").unwrap(), &ifs()).is_empty());
+}

@@ -161,3 +161,60 @@ fn merge_joins_adjacent_ranges() {
         vec![r(1, 5), r(7, 10)]
     );
 }
+
+#[test]
+fn restricting_a_high_port_reports_the_replies_counter() {
+    let cur = rs(vec![allow(Proto::Tcp, 25, 25, &[])], Mode::Enforce);
+    let new = rs(
+        vec![
+            allow(Proto::Tcp, 25, 25, &[]),
+            allow(Proto::Tcp, 5432, 5432, &["10.0.0.0/8"]),
+        ],
+        Mode::Enforce,
+    );
+    let guard = &cur.chains["guard"];
+    let index = guard
+        .rules
+        .iter()
+        .position(|x| {
+            matches!(
+                x,
+                Rule::Ports {
+                    proto: Proto::Tcp,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    let hits = RuleHits {
+        chain: "guard".into(),
+        index,
+        packets: 9,
+        last_ms: 7,
+    };
+    let f = replay(&cur, &new, &[], &[hits], &ifs());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].ports, vec![PortRange::single(5432)]);
+    assert!(!f[0].sources.iter().any(|s| s == "10.0.0.0/8"), "{f:?}");
+    // In audit mode the restricted deny rules accept (and log `audit`).
+    let audit = rs(
+        vec![allow(Proto::Tcp, 5432, 5432, &["10.0.0.0/8"])],
+        Mode::Audit,
+    );
+    let flow = Flow {
+        proto: Proto::Tcp,
+        src: "192.0.2.1".parse().unwrap(),
+        dport: 5432,
+        iif: "eth0".into(),
+        established: false,
+    };
+    let (v, by) = decide(&audit, &flow);
+    assert_eq!(v, Verdict::Accept);
+    let Decider::Rule(chain, i) = by else {
+        panic!("{by:?}")
+    };
+    assert!(matches!(
+        audit.chains[&chain].rules[i],
+        Rule::SetLogLimited { .. }
+    ));
+}
