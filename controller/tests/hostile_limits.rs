@@ -97,7 +97,7 @@ async fn a_heartbeat_flood_ends_that_session_only() {
 async fn a_drift_report_flood_is_refused_too() {
     let ctl = TestController::start().await;
     let mut evil = Agent::open(&ctl, "evil").await;
-    for _ in 0..500 {
+    for _ in 0..2_000 {
         let msg = v1::AgentMessage {
             msg: Some(v1::agent_message::Msg::Drift(v1::DriftReport::default())),
         };

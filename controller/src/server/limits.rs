@@ -54,7 +54,7 @@ impl Default for SessionRates {
             },
             drift: Rate {
                 per_second: 5.0,
-                burst: 100.0,
+                burst: 300.0,
             },
             reverted: Rate {
                 per_second: 1.0,
