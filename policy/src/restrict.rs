@@ -10,11 +10,13 @@
 //!   also the replies to this host's own connections that land on it.
 //!
 //! `compile` checks both again (without locations) for policies that come from elsewhere.
-//! Pure: values in, findings out; it must not format diagnostics for a particular file.
+//! Pure: values in, findings (or the loader's diagnostics) out; no I/O.
 
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::lockout::EPHEMERAL;
-use crate::model::{AllowEntry, PortRange, Proto, Replies};
-use crate::parse::Located;
+use crate::model::{AllowEntry, HostPolicy, PortRange, Proto, Replies};
+use crate::parse::{Located, PolicySpec};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Where an entry was written: the play (its index in the site file; `None` for a
 /// one-host policy file) and the entry.
@@ -116,6 +118,88 @@ pub fn message(
                 at(restricted),
             ),
         ),
+    }
+}
+
+/// The refusals of a one-host policy file, as diagnostics of `file`.
+pub(crate) fn file_refusals(spec: &PolicySpec, file: &str, diags: &mut Diagnostics) {
+    let placed: Vec<Placed<'_>> = spec
+        .allow_at
+        .iter()
+        .map(|entry| Placed { play: None, entry })
+        .collect();
+    let replies = spec
+        .replies
+        .as_ref()
+        .map_or(HostPolicy::default().replies, |l| l.value);
+    for f in check(&placed, replies) {
+        let label = |k: &Key| {
+            placed
+                .iter()
+                .find(|p| (p.entry.line, p.entry.column) == (k.1, k.2))
+                .map(|p| p.entry.value.label.clone())
+                .unwrap_or_default()
+        };
+        let at = |k: &Key| format!("{file}:{}:{}", k.1, k.2);
+        let ((_, line, column), text) = message(&f, at, label);
+        diags.push(Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            message: text,
+        });
+    }
+}
+
+/// The refusals for each group of hosts with the same plays (`plays`: name and policy
+/// of every play, by index; `groups`: the plays of a group and its `replies`), one
+/// diagnostic per finding, at the restricted entry, naming the hosts concerned.
+pub(crate) fn fleet_refusals(
+    plays: &[(&str, Option<&PolicySpec>)],
+    groups: &BTreeMap<(Vec<usize>, Replies), BTreeSet<&str>>,
+    file: &str,
+    diags: &mut Diagnostics,
+) {
+    let mut found: BTreeMap<Finding, BTreeSet<&str>> = BTreeMap::new();
+    for ((played, replies), hosts) in groups {
+        let entries: Vec<Placed<'_>> = played
+            .iter()
+            .filter_map(|i| plays[*i].1.map(|s| (*i, s)))
+            .flat_map(|(i, s)| {
+                s.allow_at.iter().map(move |entry| Placed {
+                    play: Some(i),
+                    entry,
+                })
+            })
+            .collect();
+        for f in check(&entries, *replies) {
+            found.entry(f).or_default().extend(hosts.iter().copied());
+        }
+    }
+    let entry = |k: &Key| {
+        let spec = k.0.and_then(|i| plays[i].1);
+        spec.and_then(|s| s.allow_at.iter().find(|l| (l.line, l.column) == (k.1, k.2)))
+    };
+    for (f, hosts) in found {
+        let at = |k: &Key| {
+            let play = k.0.map(|i| plays[i].0).unwrap_or("?");
+            format!("{file}:{}:{}, play `{play}`", k.1, k.2)
+        };
+        let label = |k: &Key| entry(k).map(|l| l.value.label.clone()).unwrap_or_default();
+        let ((_, line, column), text) = message(&f, at, label);
+        let names: Vec<&str> = hosts.iter().copied().take(5).collect();
+        let more = hosts.len().saturating_sub(names.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        diags.push(Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            message: format!("{text} (host {}{more})", names.join(", ")),
+        });
     }
 }
 

@@ -144,32 +144,7 @@ pub fn load_host_policy(src: &Source) -> Result<HostPolicy, Diagnostics> {
         _ => &root,
     };
     let spec = parse_policy(body, &mut cx);
-    let placed: Vec<restrict::Placed<'_>> = spec
-        .allow_at
-        .iter()
-        .map(|entry| restrict::Placed { play: None, entry })
-        .collect();
-    let replies = spec
-        .replies
-        .as_ref()
-        .map_or(HostPolicy::default().replies, |l| l.value);
-    for f in restrict::check(&placed, replies) {
-        let label = |k: &restrict::Key| {
-            placed
-                .iter()
-                .find(|p| (p.entry.line, p.entry.column) == (k.1, k.2))
-                .map(|p| p.entry.value.label.clone())
-                .unwrap_or_default()
-        };
-        let at = |k: &restrict::Key| format!("{}:{}:{}", src.name, k.1, k.2);
-        let ((_, line, column), text) = restrict::message(&f, at, label);
-        diags.push(crate::diag::Diagnostic {
-            file: src.name.clone(),
-            line,
-            column,
-            message: text,
-        });
-    }
+    restrict::file_refusals(&spec, &src.name, &mut diags);
     if !diags.is_empty() {
         return Err(diags.finish());
     }
@@ -401,57 +376,6 @@ fn slot<T: PartialEq + Clone + Show>(
     }
 }
 
-/// The refusals of [`restrict::check`] for each group of hosts, one diagnostic per
-/// finding (at the restricted entry) naming the hosts concerned.
-fn restrictions(
-    plays: &[Play],
-    groups: &BTreeMap<(Vec<usize>, Replies), BTreeSet<&str>>,
-    file: &str,
-    diags: &mut Diagnostics,
-) {
-    let mut found: BTreeMap<restrict::Finding, BTreeSet<&str>> = BTreeMap::new();
-    for ((played, replies), hosts) in groups {
-        let entries: Vec<restrict::Placed<'_>> = played
-            .iter()
-            .filter_map(|i| plays[*i].spec.as_ref().map(|s| (*i, s)))
-            .flat_map(|(i, s)| {
-                s.allow_at.iter().map(move |entry| restrict::Placed {
-                    play: Some(i),
-                    entry,
-                })
-            })
-            .collect();
-        for f in restrict::check(&entries, *replies) {
-            found.entry(f).or_default().extend(hosts.iter().copied());
-        }
-    }
-    let entry = |k: &restrict::Key| {
-        let spec = k.0.and_then(|i| plays[i].spec.as_ref());
-        spec.and_then(|s| s.allow_at.iter().find(|l| (l.line, l.column) == (k.1, k.2)))
-    };
-    for (f, hosts) in found {
-        let at = |k: &restrict::Key| {
-            let play = k.0.map(|i| plays[i].name.as_str()).unwrap_or("?");
-            format!("{file}:{}:{}, play `{play}`", k.1, k.2)
-        };
-        let label = |k: &restrict::Key| entry(k).map(|l| l.value.label.clone()).unwrap_or_default();
-        let ((_, line, column), text) = restrict::message(&f, at, label);
-        let names: Vec<&str> = hosts.iter().copied().take(5).collect();
-        let more = hosts.len().saturating_sub(names.len());
-        let more = if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        };
-        diags.push(crate::diag::Diagnostic {
-            file: file.to_string(),
-            line,
-            column,
-            message: format!("{text} (host {}{more})", names.join(", ")),
-        });
-    }
-}
-
 fn merge(
     plays: &[Play],
     targeted: &[(usize, BTreeSet<String>)],
@@ -515,7 +439,11 @@ fn merge(
             .map_or(d.replies, |(_, l)| l.value);
         groups.entry((played, replies)).or_default().insert(host);
     }
-    restrictions(plays, &groups, file, diags);
+    let specs: Vec<(&str, Option<&PolicySpec>)> = plays
+        .iter()
+        .map(|p| (p.name.as_str(), p.spec.as_ref()))
+        .collect();
+    restrict::fleet_refusals(&specs, &groups, file, diags);
     slots
         .into_iter()
         .map(|(host, s)| {
