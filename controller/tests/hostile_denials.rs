@@ -265,3 +265,40 @@ async fn row_retention_is_fair_per_host() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_agents_own_overflow_entry_is_valid_and_stored() {
+    use portcullis_agent::nflog::{Action, Aggregator, DenialEvent, ReaderStats};
+    let ctl = TestController::start().await;
+    let at = SystemTime::now() - Duration::from_secs(1);
+    // The agent's aggregator with a cap of 2 keys: the third key goes to `(other)`.
+    let mut agg = Aggregator::new("h1", Duration::from_secs(1)).with_max_entries(2);
+    for port in [22u16, 23, 25, 110] {
+        agg.push(DenialEvent {
+            ts: at,
+            ifindex_in: 1,
+            ifname: None,
+            src: "192.0.2.9".parse().unwrap(),
+            dst: "10.0.0.1".parse().unwrap(),
+            proto: 6,
+            sport: 40_000,
+            dport: port,
+            prefix: "pc r1 deny ".into(),
+            revision: Some(1),
+            action: Action::Deny,
+        });
+    }
+    let aggregated = agg
+        .drain(SystemTime::now(), &ReaderStats::default(), None)
+        .unwrap();
+    let mut wire = portcullis_agent::denials::wire_batch(aggregated);
+    wire.seq = 1;
+    assert!(wire.entries.iter().any(|e| e.src == "(other)"), "{wire:?}");
+    let mut a = Agent::open(&ctl, "h1").await;
+    a.store(wire).await;
+    let mut admin = ctl.admin("ops").await;
+    let (rows, totals) = query(&mut admin, v1::LogsRequest::default()).await;
+    let other = rows.iter().find(|r| r.src == "(other)").unwrap();
+    assert_eq!((other.count, other.dport), (2, 0));
+    assert_eq!(totals[0].stored, 4);
+}

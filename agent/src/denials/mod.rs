@@ -105,6 +105,12 @@ impl IfNames {
     }
 }
 
+/// [`to_wire`] with this network namespace's interface names: what the agent sends for an
+/// aggregated batch (seq/epoch are set by the spool). For tests across crates.
+pub fn wire_batch(b: nflog::DenialBatch) -> v1::DenialBatch {
+    to_wire(b, &mut IfNames::default())
+}
+
 /// Wire form of an aggregated batch (seq/epoch are set by the spool).
 fn to_wire(b: nflog::DenialBatch, names: &mut IfNames) -> v1::DenialBatch {
     v1::DenialBatch {
