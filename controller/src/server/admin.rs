@@ -154,11 +154,16 @@ impl v1::admin_server::Admin for AdminService {
             };
             return Ok(Response::new(Box::pin(tokio_stream::once(Ok(event)))));
         }
-        let fleet = site::load_fleet(
-            &Source::new(&req.site_name, &req.site_yaml),
-            &Source::new(&req.inventory_name, &req.inventory_yaml),
-        )
-        .map_err(|d| Status::invalid_argument(format!("invalid policy:\n{d}")))?;
+        // Parsing a large inventory takes CPU seconds: off the async workers, so sessions
+        // and other admins are served meanwhile (the YAML budget bounds it).
+        let (site_src, inv_src) = (
+            Source::new(&req.site_name, &req.site_yaml),
+            Source::new(&req.inventory_name, &req.inventory_yaml),
+        );
+        let fleet = tokio::task::spawn_blocking(move || site::load_fleet(&site_src, &inv_src))
+            .await
+            .map_err(|e| super::session::internal(e.into()))?
+            .map_err(|d| Status::invalid_argument(format!("invalid policy:\n{d}")))?;
         let site::Fleet {
             inventory,
             hosts: mut targets,
