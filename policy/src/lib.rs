@@ -15,10 +15,16 @@ pub mod diag;
 pub mod diff;
 pub mod facts;
 pub mod inventory;
+mod inventory_data;
+mod inventory_ini;
+pub mod inventory_json;
+mod inventory_range;
+mod inventory_yaml;
 pub mod lockout;
 pub mod model;
 pub mod parse;
 pub mod pattern;
+pub mod pattern_syntax;
 pub mod readback;
 pub mod render;
 pub mod replay;
@@ -34,12 +40,12 @@ pub use compile::{CompileError, compile};
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use diff::{Plan, RulesetDiff, diff, plan};
 pub use facts::{Facts, InterfaceFacts};
-pub use inventory::{HostEntry, Inventory};
+pub use inventory::{GroupNode, HostEntry, Inventory, VarsDir, VarsDirs};
 pub use model::{
     AllowEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, PortRange, Proto, RateUnit,
     Replies,
 };
-pub use pattern::{PatternError, select};
+pub use pattern::{PatternError, select, select_ordered};
 pub use readback::{ReadbackError, RuleCounter, parse_readback, parse_ruleset_readback};
 pub use ruleset::{Ruleset, RulesetHash, TABLE_NAME};
 pub use site::{Fleet, PlaySummary, load_fleet, load_host_policy};

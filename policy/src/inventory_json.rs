@@ -1,0 +1,181 @@
+//! The `ansible-inventory --list` JSON shape (also what a dynamic inventory script prints):
+//! reading it (groups with `hosts`/`children` lists and `vars`, `_meta.hostvars`), writing
+//! it back from an [`Inventory`], and `ansible-inventory --graph`'s tree. No I/O.
+
+use crate::diag::Diagnostics;
+use crate::inventory::Inventory;
+use crate::inventory_data::InvData;
+use crate::inventory_yaml::{node_value, node_vars};
+use crate::yaml::{Node, NodeKind};
+use serde_json::{Map, Value, json};
+
+/// Whether a parsed document is in the list shape: `_meta`, or (in a JSON text) a group
+/// whose `hosts` or `children` is a list.
+pub(crate) fn is_list_shape(root: &Node, json: bool) -> bool {
+    let Some(entries) = root.as_map() else {
+        return false;
+    };
+    entries.iter().any(|(k, v)| {
+        k.as_str() == Some("_meta")
+            || json
+                && ["hosts", "children"]
+                    .iter()
+                    .any(|s| v.get(s).is_some_and(|x| x.as_seq().is_some()))
+    })
+}
+
+/// Read the list shape into `data`, as ansible-core's `script` plugin does.
+pub(crate) fn read(root: &Node, file: &str, data: &mut InvData, diags: &mut Diagnostics) {
+    let Some(entries) = root.as_map() else {
+        diags.push(root.diag(file, "expected a JSON object of groups"));
+        return;
+    };
+    let mut meta: Option<&Node> = None;
+    for (key, body) in entries {
+        let Some(name) = key.as_str() else {
+            diags.push(key.diag(file, "expected a group name as key"));
+            continue;
+        };
+        if name == "_meta" {
+            meta = body.get("hostvars");
+            continue;
+        }
+        let g = data.group(name);
+        let fields = ["hosts", "vars", "children"];
+        let simple = body.as_map().is_some() && !fields.iter().any(|f| body.get(f).is_some());
+        let hosts = match &body.kind {
+            NodeKind::Map(_) if simple => {
+                // `{"group": {"var": 1}}`: a host of the group's name with those vars.
+                let h = data.host(name, file, key.line, key.column);
+                data.add_host(g, h);
+                data.groups[g]
+                    .vars
+                    .extend(node_vars(body, file, name, diags));
+                continue;
+            }
+            NodeKind::Map(_) => body.get("hosts"),
+            _ => Some(body),
+        };
+        if let Some(list) = hosts.filter(|h| !h.is_null()) {
+            match list.as_seq() {
+                Some(items) => {
+                    for item in items {
+                        match item.as_str() {
+                            Some(h) => {
+                                let hi = data.host(h, file, item.line, item.column);
+                                data.add_host(g, hi);
+                            }
+                            None => diags.push(item.diag(file, "expected a host name")),
+                        }
+                    }
+                }
+                None => diags.push(list.diag(
+                    file,
+                    format!(
+                        "group `{name}`: `hosts` must be a list of host names, found {}",
+                        list.type_name()
+                    ),
+                )),
+            }
+        }
+        if let Some(v) = body.get("vars") {
+            let vars = node_vars(v, file, &format!("group `{name}`: `vars`"), diags);
+            data.groups[g].vars.extend(vars);
+        }
+        if let Some(kids) = body.get("children").filter(|c| !c.is_null()) {
+            let Some(items) = kids.as_seq() else {
+                diags.push(kids.diag(
+                    file,
+                    format!("group `{name}`: `children` must be a list of group names"),
+                ));
+                continue;
+            };
+            for item in items {
+                let Some(c) = item.as_str() else {
+                    diags.push(item.diag(file, "expected a group name"));
+                    continue;
+                };
+                let ci = data.group(c);
+                if let Err(e) = data.add_child(g, ci) {
+                    diags.push(item.diag(file, e));
+                }
+            }
+        }
+    }
+    if let Some(hv) = meta.and_then(Node::as_map) {
+        for (host, vars) in hv {
+            let Some(h) = host.as_str() else { continue };
+            let hi = data.host(h, file, host.line, host.column);
+            if let Value::Object(m) = node_value(vars) {
+                data.hosts[hi].vars.extend(m);
+            }
+        }
+    }
+}
+
+/// `ansible-inventory --list`: every group with its direct `hosts` and `children` (empty
+/// lists left out, empty groups other than `all` and `ungrouped` too), and every host's
+/// merged variables under `_meta.hostvars`.
+pub fn to_list(inv: &Inventory) -> Value {
+    let mut out = Map::new();
+    let mut hostvars = Map::new();
+    for name in &inv.host_order {
+        if let Some(h) = inv.hosts.get(name) {
+            hostvars.insert(
+                name.clone(),
+                Value::Object(h.vars.clone().into_iter().collect()),
+            );
+        }
+    }
+    out.insert("_meta".into(), json!({ "hostvars": hostvars }));
+    for g in &inv.tree {
+        let mut body = Map::new();
+        if !g.children.is_empty() {
+            body.insert("children".into(), json!(g.children));
+        }
+        if !g.hosts.is_empty() {
+            body.insert("hosts".into(), json!(g.hosts));
+        }
+        if !body.is_empty() || g.name == "all" {
+            out.insert(g.name.clone(), Value::Object(body));
+        }
+    }
+    Value::Object(out)
+}
+
+/// `ansible-inventory --graph [GROUP]`: `@group:` lines, children then hosts, indented by
+/// `  |--`, in inventory order; `None` if the group does not exist.
+pub fn graph(inv: &Inventory, group: &str) -> Option<String> {
+    let by_name: std::collections::HashMap<&str, &crate::inventory::GroupNode> =
+        inv.tree.iter().map(|g| (g.name.as_str(), g)).collect();
+    by_name.get(group)?;
+    let mut out = String::new();
+    fn walk(
+        name: &str,
+        depth: usize,
+        by: &std::collections::HashMap<&str, &crate::inventory::GroupNode>,
+        out: &mut String,
+    ) {
+        let pad = |d: usize| {
+            if d == 0 {
+                String::new()
+            } else {
+                format!("{}|--", "  |".repeat(d - 1) + "  ")
+            }
+        };
+        out.push_str(&format!("{}@{name}:\n", pad(depth)));
+        let Some(g) = by.get(name) else { return };
+        let mut kids: Vec<&String> = g.children.iter().collect();
+        kids.sort();
+        for c in kids {
+            walk(c, depth + 1, by, out);
+        }
+        let mut hosts: Vec<&String> = g.hosts.iter().collect();
+        hosts.sort();
+        for h in hosts {
+            out.push_str(&format!("{}{h}\n", pad(depth + 1)));
+        }
+    }
+    walk(group, 0, &by_name, &mut out);
+    Some(out)
+}
