@@ -34,6 +34,14 @@ pub fn host_name(i: usize) -> String {
     format!("sim{i:05}")
 }
 
+/// The loopback source address of simulated agent `i` (127.1.x.y): like a real fleet,
+/// every agent connects from an address of its own, so the controller's per-source
+/// pre-authentication limit applies to each as it would in production.
+pub fn source_addr(i: usize) -> std::net::IpAddr {
+    let (x, y) = ((i / 250) % 255, i % 250 + 1);
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 1, x as u8, y as u8))
+}
+
 /// The facts every simulated agent reports (hostname aside).
 pub fn facts(host: &str) -> Facts {
     Facts {
@@ -82,6 +90,7 @@ impl SimArgs {
 
 struct AgentCert {
     host: String,
+    source: std::net::IpAddr,
     cert_pem: String,
     key_pem: String,
 }
@@ -106,6 +115,7 @@ fn issue(issuer: &Issuer<'_, KeyPair>, i: usize) -> Result<AgentCert> {
     let cert = params.signed_by(&key, issuer)?;
     Ok(AgentCert {
         host,
+        source: source_addr(i),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
@@ -201,6 +211,7 @@ async fn connect(
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
     let channel = Endpoint::from_shared(url.to_owned())?
         .tls_config(tls)?
+        .local_address(Some(cert.source))
         .connect()
         .await
         .context("connect")?;

@@ -88,7 +88,14 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
                 conditions: &h.conditions,
             })
             .collect();
-        print_json(&serde_json::json!({ "hosts": hosts }))?;
+        let c = resp.counters.unwrap_or_default();
+        let counters = serde_json::json!({
+            "ignored_answers": c.ignored_answers,
+            "cut_connections": c.cut_connections,
+            "handshake_timeouts": c.handshake_timeouts,
+            "refused_connections": c.refused_connections,
+        });
+        print_json(&serde_json::json!({ "hosts": hosts, "counters": counters }))?;
         return Ok(super::exit::OK);
     }
     if resp.hosts.is_empty() {
@@ -166,6 +173,16 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         for c in &h.conditions {
             crate::outln!("{}: {}", h.host, printable(c));
         }
+    }
+    // The trust boundary, only when it did something.
+    if let Some(c) = resp.counters.filter(|c| *c != Default::default()) {
+        crate::outln!(
+            "controller: {} ignored agent answers, {} connections cut (revoked), {} TLS handshake timeouts, {} connections refused before authentication",
+            c.ignored_answers,
+            c.cut_connections,
+            c.handshake_timeouts,
+            c.refused_connections
+        );
     }
     Ok(super::exit::OK)
 }

@@ -169,6 +169,11 @@ impl Fleet {
 
     pub fn start_controller(&mut self) -> Result<()> {
         let pki = self.pki();
+        self.start_controller_with_pki(&pki)
+    }
+
+    /// [`Fleet::start_controller`] with another PKI directory (e.g. a stolen key's copy).
+    pub fn start_controller_with_pki(&mut self, pki: &Path) -> Result<()> {
         let child = self
             .ctl
             .ns
@@ -177,7 +182,7 @@ impl Fleet {
             .arg("--db")
             .arg(self.dir.path().join("controller.db"))
             .arg("--pki")
-            .arg(&pki)
+            .arg(pki)
             .env("PORTCULLIS_LOG", "info,portcullis_controller=debug")
             .stdout(Stdio::null())
             .stderr(self.log("controller"))
