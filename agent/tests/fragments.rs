@@ -4,7 +4,8 @@
 //! transport layer (the deny rule takes their first fragment, which carries the ports);
 //! the same fragments to an allowed port must (so the test can fail). Also the RFC 7112
 //! case: a first fragment holding only extension headers, the transport header in the
-//! second, whose first fragment shows nft no port at all.
+//! second, whose first fragment shows nft no port at all. IPv4, reassembled before the
+//! input hook, for comparison.
 //!
 //! Packets are made by hand (`raw`) and sent from a raw socket in `peer`. Fails without
 //! root unless `PORTCULLIS_SKIP_NETNS=1`.
@@ -42,13 +43,14 @@ fn fragmented(
     id: u32,
 ) -> Vec<Vec<u8>> {
     let (src, dst) = (v6(lab, "peer"), v6(lab, "host"));
+    // Zeros: a port read from the payload of a later fragment would be 0, a low port.
     let seg = raw::segment(
         proto,
         src.into(),
         dst.into(),
         20000 + dport,
         dport,
-        &[7u8; 200],
+        &[0u8; 200],
     );
     let (next, inner) = if ext == 0 {
         (proto.number(), seg)
@@ -175,4 +177,48 @@ fn first_fragments_without_the_transport_header_never_reach_the_listener() {
     // One parameter problem per datagram, from the kernel's fragment handler.
     assert_eq!(raw::snmp6(host, "Icmp6OutParmProblems"), problems + 3);
     assert_eq!(raw::snmp6(host, "Ip6ReasmFails"), fails, "never queued");
+}
+
+/// IPv4 reassembles before the input hook (`ip_local_deliver`), so our rules judge whole
+/// datagrams and need no fragment rule; this shows it (the payload would read as port 0).
+#[test]
+fn ipv4_fragments_are_judged_by_their_first_fragment() {
+    if !require_root_netns() {
+        return;
+    }
+    let lab = Lab::pair();
+    lab.apply_policy("allow:\n  - domain/udp\n", &[]);
+    let peer = lab.topo.ns("peer");
+    let (IpAddr::V4(src), IpAddr::V4(dst)) =
+        (lab.addr(0, "peer", false), lab.addr(0, "host", false))
+    else {
+        unreachable!()
+    };
+    let echo53 = lab.udp_echo("host", dst.into(), 53);
+    let echo137 = lab.udp_echo("host", dst.into(), 137);
+    let datagram = |dport: u16, id: u16| {
+        let seg = raw::segment(
+            Proto::Udp,
+            src.into(),
+            dst.into(),
+            20000 + dport,
+            dport,
+            &[0u8; 200],
+        );
+        raw::fragments_v4(src, dst, 17, &seg, &[64, 128], id)
+    };
+    let before = denied(&lab);
+    raw::send(peer, dst.into(), &datagram(53, 1));
+    assert!(
+        eventually(ACCEPT_WAIT, || echo53.answered() == 1),
+        "udp/53 in fragments"
+    );
+    raw::send(peer, dst.into(), &datagram(137, 2));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(echo137.answered(), 0, "udp/137 in fragments");
+    assert_eq!(
+        denied(&lab),
+        before + 1,
+        "the first fragment of udp/137 only"
+    );
 }

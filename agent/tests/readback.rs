@@ -88,7 +88,7 @@ fn hand_edits_read_the_same_either_way() {
     let ns = NetNs::new().expect("ns");
     let base = compile(&policy(POLICIES[2]), &Default::default(), 4).expect("compile");
     // (edit, whether the split readback must still take it: elements it decodes itself)
-    let edits: [(&str, bool); 18] = [
+    let edits: [(&str, bool); 19] = [
         // An anonymous set, printed inline by nft (not a set match of ours).
         (
             "add rule inet portcullis guard tcp dport { 22, 80 } counter accept",
@@ -155,6 +155,11 @@ fn hand_edits_read_the_same_either_way() {
             false,
         ),
         ("add chain inet portcullis x", true),
+        // The IPv4 twin of our fragment rule (compile writes only the IPv6 one).
+        (
+            "insert rule inet portcullis guard ip frag-off & 8191 != 0 counter accept",
+            true,
+        ),
     ];
     ns.enter(|| {
         let nft = NftDataplane::default();

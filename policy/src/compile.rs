@@ -12,9 +12,10 @@
 //!   their rules are emitted only when non-empty.
 //! - base chain `input` (filter, priority -10, policy accept) jumps to `guard` for the
 //!   selected interface (`iifname "x"`), or for everything but `lo`.
-//! - chain `guard`: in `replies: ports`, first an accept of non-first fragments (IPv4,
-//!   IPv6): they carry no ports, nothing reassembled them before us, and port rules
-//!   would judge them by payload bytes; their first fragment decides. Then set accepts;
+//! - chain `guard`: in `replies: ports`, first an accept of IPv6 non-first fragments:
+//!   they carry no ports, nothing reassembled them before us (IPv4 is reassembled before
+//!   the input hook), and port rules would judge them by the flow label; their first
+//!   fragment decides. Then set accepts;
 //!   in `replies: ports`, for each protocol with `from:`
 //!   entries on ports >= 1024, a set `restrict_<proto>` of those ports and a logging +
 //!   a counted deny on it (so the replies rule cannot accept other sources there); the
@@ -170,13 +171,12 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
     let mut rs = Ruleset::default();
     let mut guard = Vec::new();
     if policy.replies == Replies::Ports {
-        // (stateful: conntrack reassembles before our hook, we see whole datagrams)
-        for l3 in [L3::Ip, L3::Ip6] {
-            guard.push(Rule::Fragment {
-                l3,
-                verdict: Verdict::Accept,
-            });
-        }
+        // IPv6 only: IPv4 reassembles before the input hook (ip_local_deliver), IPv6 after
+        // it; with `stateful`, conntrack reassembles both before our hook.
+        guard.push(Rule::Fragment {
+            l3: L3::Ip6,
+            verdict: Verdict::Accept,
+        });
     }
     for proto in Proto::ALL {
         let plain = policy

@@ -169,7 +169,7 @@ fn kernel_drift_shows_as_diff() {
     };
     assert_eq!(
         lines("drift-extra-rule"),
-        ["- chain guard rule 5: tcp dport 8080 counter accept"]
+        ["- chain guard rule 4: tcp dport 8080 counter accept"]
     );
     // `add element { 8443, 23 }`: 23 touches 22, so the canonical form merges them.
     assert_eq!(
@@ -186,8 +186,8 @@ fn kernel_drift_shows_as_diff() {
     );
     let foreign = lines("drift-foreign");
     assert_eq!(foreign.len(), 6, "{foreign:#?}");
-    assert!(foreign[0].starts_with("~ chain guard rule 4: # unrecognized: "));
-    assert!(foreign[2].starts_with("- chain guard rule 12: # unrecognized: "));
+    assert!(foreign[0].starts_with("~ chain guard rule 3: # unrecognized: "));
+    assert!(foreign[2].starts_with("- chain guard rule 11: # unrecognized: "));
     assert!(foreign[3].starts_with("- unrecognized counter c1: "));
 }
 

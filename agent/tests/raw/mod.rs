@@ -172,13 +172,55 @@ pub fn fragments(
         .enumerate()
         .map(|(i, w)| {
             let (start, end) = (w[0], w[1]);
-            assert!(start.is_multiple_of(8), "fragment offsets are multiples of 8");
+            assert!(
+                start.is_multiple_of(8),
+                "fragment offsets are multiples of 8"
+            );
             let more = u16::from(i + 2 < bounds.len());
             let mut body = vec![next, 0];
             body.extend((((start / 8) as u16) << 3 | more).to_be_bytes());
             body.extend(id.to_be_bytes());
             body.extend(&inner[start..end]);
             ipv6(src, dst, NEXTHDR_FRAGMENT, &body)
+        })
+        .collect()
+}
+
+/// `segment` (a transport segment of protocol `proto`) cut into IPv4 fragments at the
+/// byte offsets `cuts` (multiples of 8), identification `id`.
+pub fn fragments_v4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    segment: &[u8],
+    cuts: &[usize],
+    id: u16,
+) -> Vec<Vec<u8>> {
+    let mut bounds = vec![0];
+    bounds.extend(cuts.iter().copied());
+    bounds.push(segment.len());
+    bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let (start, end) = (w[0], w[1]);
+            assert!(
+                start.is_multiple_of(8),
+                "fragment offsets are multiples of 8"
+            );
+            let more: u16 = if i + 2 < bounds.len() { 0x2000 } else { 0 };
+            let body = &segment[start..end];
+            let mut p = vec![0x45, 0];
+            p.extend(((20 + body.len()) as u16).to_be_bytes());
+            p.extend(id.to_be_bytes());
+            p.extend((more | (start / 8) as u16).to_be_bytes());
+            p.extend([64, proto, 0, 0]);
+            p.extend(src.octets());
+            p.extend(dst.octets());
+            let sum = checksum(&[&p]);
+            p[10..12].copy_from_slice(&sum.to_be_bytes());
+            p.extend(body);
+            p
         })
         .collect()
 }

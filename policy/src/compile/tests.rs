@@ -52,7 +52,6 @@ fn seed_layout() {
     assert_eq!(
         rules(&rs, "guard"),
         [
-            "ip frag-off & 8191 != 0 counter accept",
             "frag frag-off != 0 counter accept",
             "tcp dport @allow_tcp counter accept",
             "udp dport @allow_udp counter accept",
@@ -137,7 +136,7 @@ fn from_entries_go_to_concat_sets() {
         .collect();
     assert_eq!(v4, ["10.77.0.0/24 . 22-23"]);
     assert_eq!(
-        rules(&rs, "guard")[4..7],
+        rules(&rs, "guard")[3..6],
         [
             "ip saddr . tcp dport @allow_tcp_v4 counter accept",
             "ip6 saddr . tcp dport @allow_tcp_v6 counter accept",
@@ -217,7 +216,7 @@ fn every_transport_is_whitelisted_and_denied() {
     );
     let guard = rules(&rs, "guard");
     assert_eq!(
-        guard[2..7],
+        guard[1..6],
         [
             "tcp dport @allow_tcp counter accept",
             "udp dport @allow_udp counter accept",
@@ -229,12 +228,12 @@ fn every_transport_is_whitelisted_and_denied() {
     // dccp/80 is a low port: restricted by the deny range, no restrict set needed.
     assert!(!rs.sets.contains_key("restrict_dccp"));
     assert!(
-        guard[7..12]
+        guard[6..11]
             .iter()
             .all(|r| r.ends_with("dport 1024-65535 counter accept"))
     );
     assert!(
-        guard[12]
+        guard[11]
             .starts_with("meta l4proto { tcp, udp, udplite, sctp, dccp } th dport 0-1023 limit")
     );
 }
@@ -253,7 +252,7 @@ fn restricted_high_ports_are_denied_before_the_replies_rule() {
     let rs = compile(&p, &facts(), 9).unwrap();
     let guard = rules(&rs, "guard");
     assert_eq!(
-        guard[4..11],
+        guard[3..10],
         [
             "ip saddr . tcp dport @allow_tcp_v4 counter accept",
             "ip6 saddr . tcp dport @allow_tcp_v6 counter accept",
@@ -264,7 +263,7 @@ fn restricted_high_ports_are_denied_before_the_replies_rule() {
             "udp dport @restrict_udp counter drop",
         ]
     );
-    assert_eq!(guard[11], "tcp dport 1024-65535 counter accept");
+    assert_eq!(guard[10], "tcp dport 1024-65535 counter accept");
     // Only the part >= 1024 of a range: the low part is denied by the low-port rules.
     let udp: Vec<String> = rs.sets["restrict_udp"]
         .elements
@@ -285,11 +284,11 @@ fn restricted_high_ports_are_denied_before_the_replies_rule() {
     p.mode = Mode::Audit;
     let guard = rules(&compile(&p, &facts(), 9).unwrap(), "guard");
     assert!(
-        guard[7].ends_with("log prefix \"pc r9 audit \" group 7 accept"),
+        guard[6].ends_with("log prefix \"pc r9 audit \" group 7 accept"),
         "{}",
-        guard[7]
+        guard[6]
     );
-    assert_eq!(guard[8], "tcp dport @restrict_tcp counter accept");
+    assert_eq!(guard[7], "tcp dport @restrict_tcp counter accept");
 
     // Stateful: every port is in the deny range already; no restrict sets.
     p.mode = Mode::Enforce;
