@@ -62,6 +62,8 @@ pub struct Agent {
     /// The NFLOG group of the policy last applied (`None` before the first apply): what
     /// the denial pipeline reads.
     log_group: Arc<tokio::sync::watch::Sender<Option<u16>>>,
+    /// Apply and verify durations (Prometheus, `run --metrics-listen`).
+    metrics: crate::metrics::Instruments,
 }
 
 impl Agent {
@@ -71,7 +73,13 @@ impl Agent {
             state,
             op: Arc::new(Mutex::new(())),
             log_group: Arc::new(tokio::sync::watch::channel(None).0),
+            metrics: crate::metrics::Instruments::default(),
         }
+    }
+
+    /// Apply and verify durations of every clone.
+    pub fn metrics(&self) -> &crate::metrics::Instruments {
+        &self.metrics
     }
 
     /// The NFLOG group of the policy last applied by any clone, updated on every
@@ -128,7 +136,10 @@ impl Agent {
         revision: u64,
     ) -> Result<AppliedReport, AgentError> {
         let _op = self.exclusive();
-        self.reconcile_locked(policy, facts, revision)
+        let started = Instant::now();
+        let result = self.reconcile_locked(policy, facts, revision);
+        self.metrics.applied(&result, started.elapsed());
+        result
     }
 
     /// [`Agent::reconcile`] for a caller that holds the operation lock.
@@ -310,7 +321,10 @@ impl Agent {
     /// Compares the kernel's table with last-known-good.
     pub fn verify(&self) -> Result<VerifyReport, AgentError> {
         let _op = self.exclusive();
-        self.verify_locked()
+        let started = Instant::now();
+        let result = self.verify_locked();
+        self.metrics.verified(&result, started.elapsed());
+        result
     }
 
     /// [`Agent::verify`] for a caller that holds the operation lock.

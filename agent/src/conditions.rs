@@ -25,6 +25,11 @@ impl Conditions {
         self.map().remove(key);
     }
 
+    /// The keys of the subsystems failing now, sorted.
+    pub fn keys(&self) -> Vec<&'static str> {
+        self.map().keys().copied().collect()
+    }
+
     /// `key: text` lines, sorted by key.
     pub fn lines(&self) -> Vec<String> {
         self.map()

@@ -30,6 +30,7 @@ pub mod dial;
 pub mod drift;
 pub mod durable;
 pub mod facts;
+pub mod metrics;
 pub mod nflog;
 pub mod report;
 pub mod restore;

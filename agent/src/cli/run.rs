@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Heal storm limit: heals allowed per minute before backing off exponentially
     #[arg(long, env = "PORTCULLIS_DRIFT_HEAL_BURST", default_value_t = 5)]
     pub drift_heal_burst: usize,
+    /// Serve Prometheus metrics (plain HTTP, `GET /metrics`, unauthenticated) on this
+    /// address, e.g. 127.0.0.1:9642; off unless set. Keep it on loopback
+    #[arg(long, env = "PORTCULLIS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -115,22 +119,50 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
         global.nft.clone(),
     );
     drift.heal_burst = args.drift_heal_burst;
+    let metrics_listen = args.metrics_listen;
     runtime.block_on(async move {
+        let metrics_listener = match metrics_listen {
+            Some(addr) => {
+                if !portcullis_metrics::is_loopback(&addr) {
+                    tracing::warn!(%addr, "metrics endpoint is not on loopback: it is unauthenticated");
+                }
+                Some(portcullis_metrics::bind(addr).await?)
+            }
+            None => None,
+        };
         let mut companions = Companions::new();
         companions.add(crate::drift::DriftCompanion::spawn(
             agent.clone(),
             drift,
             companions.uplink(),
         ));
-        if let Some(dc) = denial_config {
-            companions.add(crate::denials::Denials::start(
+        let denials = denial_config.map(|dc| {
+            crate::denials::Denials::start(
                 dc,
                 companions.uplink(),
                 agent.log_group(),
                 companions.conditions(),
-            ));
+            )
+        });
+        if let Some(d) = &denials {
+            companions.add(d.clone());
         }
-        run_session(agent.clone(), config, companions, shutdown_signal()).await
+        let exporter = metrics_listener.map(|l| {
+            let e = crate::metrics::Exposition::new(agent.clone(), denials, companions.conditions());
+            tokio::spawn(portcullis_metrics::serve(
+                l,
+                move || {
+                    let e = e.clone();
+                    async move { e.render().await }
+                },
+                std::future::pending(),
+            ))
+        });
+        let result = run_session(agent.clone(), config, companions, shutdown_signal()).await;
+        if let Some(e) = exporter {
+            e.abort();
+        }
+        result
     })?;
     tracing::info!("agent stopped; the kernel keeps enforcing the applied table");
     Ok(Exit::Ok)

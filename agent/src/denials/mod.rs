@@ -54,6 +54,8 @@ pub struct Denials {
     uplink: Uplink,
     /// (oldest unacknowledged seq at the last connect, sessions in a row it survived)
     strikes: Mutex<(u64, u32)>,
+    /// What the batches spooled so far counted (metrics).
+    stats: crate::metrics::DenialStats,
 }
 
 /// Sessions in a row that may end without the oldest batch acknowledged before it is
@@ -191,6 +193,7 @@ impl Denials {
             sent_upto: AtomicU64::new(0),
             uplink,
             strikes: Mutex::new((0, 0)),
+            stats: crate::metrics::DenialStats::default(),
         });
         let sup = me.clone();
         let sup_conditions = conditions.clone();
@@ -204,6 +207,16 @@ impl Denials {
         }
         tokio::spawn(me.clone().send_loop());
         me
+    }
+
+    /// What the batches spooled so far counted (seen, lost by cause).
+    pub fn stats(&self) -> &crate::metrics::DenialStats {
+        &self.stats
+    }
+
+    /// Unacknowledged batches in the spool and their bytes (`None`: no spool open).
+    pub fn spool_depth(&self) -> Option<(usize, u64)> {
+        self.spool().as_ref().map(|s| (s.len(), s.bytes()))
     }
 
     fn spool(&self) -> std::sync::MutexGuard<'_, Option<Spool>> {

@@ -194,6 +194,7 @@ impl Denials {
         };
         let wire = to_wire(batch, names);
         let (entries, seen) = (wire.entries.len(), wire.seen);
+        self.stats.record(&wire);
         let appended = match self.spool().as_mut() {
             Some(spool) => spool.append(wire).map_err(|e| e.to_string()),
             None => Err("no spool".to_owned()),

@@ -1,6 +1,6 @@
 //! `portcullis serve`: run the controller until SIGTERM/SIGINT.
 
-use crate::server::{ServeConfig, run};
+use crate::server::{ServeConfig, run_with_metrics};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// Keep at most this many denial log rows (the newest); 0 is unlimited
     #[arg(long, env = "PORTCULLIS_LOG_MAX_ROWS", default_value_t = 20_000_000)]
     pub log_max_rows: u64,
+    /// Serve Prometheus metrics (plain HTTP, `GET /metrics`, unauthenticated) on this
+    /// address, e.g. 127.0.0.1:9641; off unless set. Keep it on loopback or a management
+    /// network: anyone who reaches it reads fleet-wide counts
+    #[arg(long, env = "PORTCULLIS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -59,6 +64,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            if !portcullis_metrics::is_loopback(&addr) {
+                tracing::warn!(%addr, "metrics endpoint is not on loopback: it is unauthenticated");
+            }
+            Some(portcullis_metrics::bind(addr).await?)
+        }
+        None => None,
+    };
     let config = ServeConfig {
         db: args.db,
         pki: args.pki,
@@ -75,7 +89,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
     };
-    run(config, listener, shutdown_signal()).await?;
+    run_with_metrics(config, listener, metrics, shutdown_signal()).await?;
     Ok(0)
 }
 

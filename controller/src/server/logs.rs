@@ -205,6 +205,10 @@ pub async fn on_batch(
     let status = match state.ingest(host, batch).await {
         Ok(outcome) => {
             tracing::debug!(%host, seq, entries, ?outcome, "denial batch stored");
+            shared.metrics.denial_batch(match outcome {
+                BatchOutcome::Stored { .. } => "stored",
+                BatchOutcome::Duplicate { .. } => "duplicate",
+            });
             let ack = v1::ControllerMessage {
                 msg: Some(v1::controller_message::Msg::DenialAck(v1::DenialAck {
                     seq,
@@ -215,10 +219,12 @@ pub async fn on_batch(
         }
         Err(e @ IngestError::Invalid { .. }) => {
             tracing::warn!(%host, seq, entries, error = %e, "denial batch rejected; ending the session");
+            shared.metrics.denial_batch("invalid");
             Status::invalid_argument(e.to_string())
         }
         Err(e @ IngestError::Store { .. }) => {
             tracing::error!(%host, seq, error = %e, "denial batch not stored; ending the session");
+            shared.metrics.denial_batch("store_failed");
             Status::unavailable(e.to_string())
         }
     };

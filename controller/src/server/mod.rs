@@ -12,6 +12,7 @@ pub mod drift;
 pub mod incoming;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod registry;
 pub mod revocation;
 pub mod rollout;
@@ -73,6 +74,8 @@ pub struct Shared {
     /// concurrent applies can neither store hashes for the wrong revision nor both start
     /// a rollout.
     pub apply_lock: tokio::sync::Mutex<()>,
+    /// Prometheus instruments (exposed with `serve --metrics-listen`).
+    pub metrics: metrics::Instruments,
 }
 
 impl Shared {
@@ -131,6 +134,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`run`], also answering `GET /metrics` on `metrics` (Prometheus) when given.
+pub async fn run_with_metrics(
+    config: ServeConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     if let Err(error) = incoming::check_fd_limit(config.max_connections) {
         tracing::warn!(%error, "connection cap above the file descriptor limit");
     }
@@ -176,11 +189,23 @@ pub async fn run(
             .context("starting the denial log writer")?,
         rollouts: rollout::Rollouts::default(),
         apply_lock: tokio::sync::Mutex::new(()),
+        metrics: metrics::Instruments::default(),
     });
     tracing::info!(%addr, db = %config.db.display(), max_connections = limits.max_connections,
         max_pending = limits.pending_budget(), max_pending_per_source = limits.max_pending_per_source,
         handshake_timeout_ms = limits.handshake_timeout.as_millis(), "controller listening");
     let watcher = tokio::spawn(revocation::watch(shared.clone()));
+    let exporter = metrics_listener.map(|l| {
+        let exposition = metrics::Exposition::new(shared.clone());
+        tokio::spawn(portcullis_metrics::serve(
+            l,
+            move || {
+                let e = exposition.clone();
+                async move { e.render().await }
+            },
+            std::future::pending(),
+        ))
+    });
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
@@ -203,6 +228,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     watcher.abort();
+    if let Some(e) = exporter {
+        e.abort();
+    }
     served.context("gRPC server failed")?;
     tracing::info!("controller stopped");
     Ok(())

@@ -41,10 +41,15 @@ impl v1::session_server::Session for SessionService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let identity = self.shared.authenticate(&request)?;
+        let m = &self.shared.metrics;
+        let identity = self
+            .shared
+            .authenticate(&request)
+            .inspect_err(|_| m.session_closed("refused_certificate"))?;
         self.shared.rollouts.seen_local_addr(request.local_addr());
         let Role::Agent(cert_host) = identity.role else {
             tracing::warn!(%peer, role = ?identity.role, "session refused: not an agent certificate");
+            m.session_closed("refused_not_agent");
             return Err(Status::permission_denied(
                 "only agent certificates may open a session",
             ));
@@ -54,12 +59,22 @@ impl v1::session_server::Session for SessionService {
             Ok(Some(Ok(v1::AgentMessage {
                 msg: Some(v1::agent_message::Msg::Hello(h)),
             }))) => h,
-            Ok(Some(Err(e))) => return Err(e),
-            Ok(_) => return Err(Status::invalid_argument("the first message must be Hello")),
-            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
+            Ok(Some(Err(e))) => {
+                m.session_closed("stream_error");
+                return Err(e);
+            }
+            Ok(_) => {
+                m.session_closed("refused_no_hello");
+                return Err(Status::invalid_argument("the first message must be Hello"));
+            }
+            Err(_) => {
+                m.session_closed("hello_timeout");
+                return Err(Status::deadline_exceeded("no Hello within 10 s"));
+            }
         };
         if !ACCEPTED_PROTOCOL_VERSIONS.contains(&hello.protocol_version) {
             tracing::warn!(host = %cert_host, version = hello.protocol_version, "session refused: protocol version");
+            m.session_closed("refused_protocol_version");
             return Err(Status::failed_precondition(format!(
                 "protocol version {} is not supported by this controller (accepted: {:?}); \
                  upgrade the agent",
@@ -69,6 +84,7 @@ impl v1::session_server::Session for SessionService {
         if hello.host != cert_host {
             tracing::warn!(cert_host = %cert_host, hello_host = %hello.host, %peer,
                 "session refused: Hello names another host than the certificate");
+            m.session_closed("refused_host_mismatch");
             return Err(Status::permission_denied(format!(
                 "certificate is for host {cert_host:?}, Hello names {:?}",
                 hello.host
@@ -115,6 +131,7 @@ impl v1::session_server::Session for SessionService {
         self.shared
             .registry
             .set_conditions(&host, &hello.conditions);
+        m.sessions_opened.inc();
         tracing::info!(%host, %peer, agent_version = %hello.agent_version,
             applied_revision = hello.applied_revision, conditions = ?hello.conditions,
             "agent connected");
@@ -144,24 +161,26 @@ impl v1::session_server::Session for SessionService {
         let replaced = end.clone();
         tokio::spawn(async move {
             // A replaced session stops reading at once: it must not write for the host.
-            tokio::select! {
-                () = read_reports(&shared, &host, &mut inbound, &tx) => {}
-                () = replaced.cancelled() => {}
-            }
+            let reason = tokio::select! {
+                r = read_reports(&shared, &host, &mut inbound, &tx) => r,
+                () = replaced.cancelled() => "replaced",
+            };
             shared.registry.unregister(&host, session);
-            tracing::info!(%host, "agent disconnected");
+            shared.metrics.session_closed(reason);
+            tracing::info!(%host, reason, "agent disconnected");
         });
         let out = super::registry::outbound_stream(rx, end);
         Ok(Response::new(Box::pin(out)))
     }
 }
 
+/// Record the session's reports until it ends; returns why it ended (a metrics label).
 async fn read_reports(
     shared: &Shared,
     host: &str,
     inbound: &mut Streaming<v1::AgentMessage>,
     tx: &super::registry::Outbound,
-) {
+) -> &'static str {
     // Rule counters last written for this session: (revision, counters); only changes
     // are written.
     let mut hits_seen: Option<(u64, Vec<store::hits::Hit>)> = None;
@@ -171,15 +190,15 @@ async fn read_reports(
             Some(Ok(m)) => m,
             Some(Err(e)) => {
                 tracing::debug!(%host, error = %e, "session stream error");
-                return;
+                return "stream_error";
             }
-            None => return,
+            None => return "closed_by_agent",
         };
         if let Err(why) = buckets.take(rate_kind(&msg), std::time::Instant::now()) {
             tracing::warn!(%host, reason = %why, "agent over its message rate; ending the session");
             let end = tx.send(Err(Status::resource_exhausted(why)));
             let _ = tokio::time::timeout(Duration::from_secs(1), end).await;
-            return;
+            return "rate_limited";
         }
         let result = match msg.msg {
             Some(v1::agent_message::Msg::Applied(a))
@@ -202,6 +221,7 @@ async fn read_reports(
                         store::host_reported(c, &h, report.revision, &report.hash, err)
                     })
                     .await;
+                shared.metrics.applied(a.ok, a.duration_us);
                 if a.ok {
                     tracing::info!(%host, revision = a.revision, hash = %a.hash, duration_us = a.duration_us, "applied");
                 } else {

@@ -9,6 +9,7 @@ mod denial_query;
 mod denial_retention;
 mod denials;
 pub mod drift;
+mod gauges;
 mod group;
 pub mod hits;
 mod migrations;
@@ -18,10 +19,12 @@ pub mod rollout;
 pub use denial_query::*;
 pub use denial_retention::*;
 pub use denials::*;
+pub use gauges::*;
 pub use group::GroupWriter;
 pub use model::*;
 
 use anyhow::Context as _;
+use portcullis_metrics::prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,6 +44,8 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Time of each [`Store::call`], waiting for the connection included (metrics).
+    latency: Histogram,
 }
 
 impl std::fmt::Debug for Store {
@@ -108,7 +113,13 @@ impl Store {
         migrations::migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            latency: Histogram::new(portcullis_metrics::collect::duration_buckets()),
         })
+    }
+
+    /// The histogram of [`Store::call`] durations (registered by the metrics endpoint).
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
     }
 
     /// Run `f` with the connection on the blocking pool.
@@ -118,12 +129,14 @@ impl Store {
         F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
     {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
             let mut guard = lock_recovered(&conn);
             f(&mut guard)
         })
-        .await
-        .context("store task panicked")?
+        .await;
+        self.latency.observe(started.elapsed().as_secs_f64());
+        result.context("store task panicked")?
     }
 
     /// Run `f` with the connection on the current thread (startup, tests).
