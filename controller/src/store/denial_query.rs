@@ -383,6 +383,38 @@ mod tests {
     }
 
     #[test]
+    fn sums_past_i64_max_do_not_fail_the_queries() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut c).unwrap();
+        let row = |i: u32| NewDenial {
+            src: format!("10.0.{}.{}", i / 256, i % 256),
+            dst: "10.0.0.1".into(),
+            proto: 6,
+            dport: 22,
+            ifname: "eth0".into(),
+            count: 1_000_000_000_000_000,
+            first_ms: 1_000,
+            last_ms: 1_000,
+            revision: 1,
+            audit: false,
+        };
+        // 10,000 x 1e15 = 1e19 > i64::MAX: SQLite's SUM() would fail every one of these.
+        let batch = crate::store::HostBatch {
+            host: "evil".into(),
+            counters: crate::store::BatchCounters::default(),
+            rows: (0..10_000).map(row).collect(),
+        };
+        crate::store::store_batches(&mut c, &[batch]).unwrap();
+        let total = logged_between(&c, "evil", 0, 2_000).unwrap();
+        assert!(total >= 9_000_000_000_000_000_000, "{total}");
+        let (groups, more) = denial_groups(&c, "evil", 0, 5).unwrap();
+        assert!(more && groups.len() == 5);
+        let top = top_denials(&c, &f(), 3).unwrap();
+        assert_eq!(top[0].ports[0].1, top[0].total);
+        assert!(top[0].total >= 9_000_000_000_000_000_000);
+    }
+
+    #[test]
     fn host_patterns() {
         let p = HostPattern::parse("web*:db1:!web3").unwrap();
         assert!(p.matches("web1") && p.matches("db1"));
