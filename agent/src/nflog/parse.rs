@@ -109,8 +109,10 @@ fn parse_packet(
             NFULA_PREFIX => prefix = value,
             NFULA_TIMESTAMP => {
                 if let (Some(sec), Some(usec)) = (wire::be64(value, 0), wire::be64(value, 8)) {
-                    ts =
-                        UNIX_EPOCH.checked_add(Duration::new(sec, 0) + Duration::from_micros(usec));
+                    // Checked: `Duration + Duration` panics on overflow (fuzzing found it).
+                    ts = Duration::new(sec, 0)
+                        .checked_add(Duration::from_micros(usec))
+                        .and_then(|d| UNIX_EPOCH.checked_add(d));
                 }
             }
             NFULA_PAYLOAD => payload = Some(value),
@@ -405,11 +407,44 @@ mod tests {
     }
 
     #[test]
+    fn timestamp_past_the_end_of_time_falls_back_to_the_receive_time() {
+        // fuzz/artifacts-regressions/nflog_parse/timestamp-overflow: seconds + microseconds
+        // overflowed `Duration + Duration` (a panic, in release builds too).
+        let payload = ip_packet(
+            "10.77.0.9".parse().unwrap(),
+            "10.77.1.2".parse().unwrap(),
+            6,
+            40000,
+            23,
+        );
+        for timestamp in [(u64::MAX, u64::MAX), (u64::MAX, 0), (0, u64::MAX)] {
+            let mut buf = Vec::new();
+            let p = SynthPacket {
+                group: 7,
+                ifindex_in: 3,
+                prefix: "pc r7 deny ",
+                seq: None,
+                timestamp: Some(timestamp),
+                payload: &payload,
+            };
+            encode_packet(&mut buf, &p, false);
+            let (got, out) = parse_all(&buf);
+            assert_eq!((out.packets, out.malformed), (1, 0));
+            let ev = got[0].1.as_ref().unwrap();
+            assert_eq!(ev.dport, 23);
+            assert!(
+                timestamp == (0, u64::MAX) || ev.ts == UNIX_EPOCH,
+                "{timestamp:?}"
+            );
+        }
+    }
+
+    #[test]
     fn error_code_i32_min_is_an_error_not_an_overflow() {
         // fuzz/artifacts-regressions/nflog_parse/neg-overflow (cargo fuzz, nflog_parse).
         let buf = [
-            0x15, 0, 0, 0, 0x02, 0, 0x65, 0, 0, 0, 0, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x80,
-            0x80, 0x80,
+            0x15, 0, 0, 0, 0x02, 0, 0x65, 0, 0, 0, 0, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x80, 0x80,
+            0x80,
         ];
         let (_, out) = parse_all(&buf);
         assert_eq!(out.ack, Some((0x0d00_0000, i32::MAX)));
