@@ -347,7 +347,10 @@ async fn follow(
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // Holding rows for a reader that does not read would cost memory without
                 // bound: drop it with a status that says why.
-                tracing::warn!(skipped_batches = n, "logs --follow subscriber fell behind; dropped");
+                tracing::warn!(
+                    skipped_batches = n,
+                    "logs --follow subscriber fell behind; dropped"
+                );
                 let why = format!(
                     "logs --follow fell behind by more than {LIVE_DEPTH} batches ({n} skipped) \
                      and was stopped; read the output faster (not through a paused pager) or \
