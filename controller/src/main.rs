@@ -1,7 +1,7 @@
 //! `portcullis`: the Portcullis controller and operator CLI. Thin: parses arguments and
 //! calls into the library (`portcullis_controller::cli`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use portcullis_controller::cli::{self, connect::ConnectArgs, exit};
 
 /// Portcullis: one declarative port policy on a fleet of Linux hosts, proven in place.
@@ -13,8 +13,6 @@ use portcullis_controller::cli::{self, connect::ConnectArgs, exit};
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, propagate_version = true)]
 struct Cli {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `portcullis_controller=debug`
     #[arg(long, global = true, env = "PORTCULLIS_LOG", default_value = "info")]
     log: String,
@@ -35,24 +33,66 @@ enum Command {
     /// Run the controller (gRPC over mutual TLS, SQLite store)
     Serve(cli::serve::ServeArgs),
     /// Validate, compile, store and push a policy revision; wait for every host to apply it
-    Apply(cli::apply::ApplyArgs),
+    Apply {
+        #[command(flatten)]
+        args: cli::apply::ApplyArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Offline: what an inventory holds and what a host pattern selects (--list-hosts,
+    /// --graph, --list, --host); no controller or certificates needed
+    Inventory(cli::inventory::InventoryArgs),
     /// Per-host state: connected, last seen, desired vs applied revision, hash match
-    Status(cli::status::StatusArgs),
+    Status {
+        #[command(flatten)]
+        args: cli::status::StatusArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Revisions: who applied what, when, to which hosts
-    History(cli::history::HistoryArgs),
+    History {
+        #[command(flatten)]
+        args: cli::history::HistoryArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Ask the agents to verify their kernel now: in sync, drifted, healed, unreachable
     /// (exit 0 in sync, 2 drift found, 3 some hosts unreachable)
-    Drift(cli::drift::DriftArgs),
+    Drift {
+        #[command(flatten)]
+        args: cli::drift::DriftArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Denied connection attempts from every host: filter, follow live, top ports/sources
-    Logs(cli::logs::LogsArgs),
+    Logs {
+        #[command(flatten)]
+        args: cli::logs::LogsArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Re-roll a previous revision (default: the one before the latest) as a rollout;
     /// without wave/confirm/gate flags, those of the latest rollout (exit 0 done, 5 halted,
     /// 6 rolled back, 7 aborted)
-    Rollback(cli::rollout::RollbackArgs),
+    Rollback {
+        #[command(flatten)]
+        args: cli::rollout::RollbackArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Rollouts: list, show one (waves, per-host results, who ran it), abort the running one
     Rollout {
         #[command(subcommand)]
         cmd: cli::rollout::RolloutCommand,
+        /// Connection flags (global within `rollout`: given before or after its subcommand)
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Shell completions and man pages from this CLI's definition (for packaging)
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        cmd: cli::generate::GenerateCommand,
     },
 }
 
@@ -90,13 +130,15 @@ fn main() {
         match cli.command {
             Command::Ca { cmd } => cli::ca::run(cmd).map(|()| exit::OK),
             Command::Serve(a) => cli::serve::serve(a).await,
-            Command::Apply(a) => cli::apply::run(a, &cli.connect).await,
-            Command::Status(a) => cli::status::run(a, &cli.connect).await,
-            Command::History(a) => cli::history::run(a, &cli.connect).await,
-            Command::Drift(a) => cli::drift::run(a, &cli.connect).await,
-            Command::Logs(a) => cli::logs::run(a, &cli.connect).await,
-            Command::Rollback(a) => cli::rollout::rollback(a, &cli.connect).await,
-            Command::Rollout { cmd } => cli::rollout::run(cmd, &cli.connect).await,
+            Command::Apply { args, connect } => cli::apply::run(args, &connect).await,
+            Command::Inventory(a) => cli::inventory::run(a),
+            Command::Status { args, connect } => cli::status::run(args, &connect).await,
+            Command::History { args, connect } => cli::history::run(args, &connect).await,
+            Command::Drift { args, connect } => cli::drift::run(args, &connect).await,
+            Command::Logs { args, connect } => cli::logs::run(args, &connect).await,
+            Command::Rollback { args, connect } => cli::rollout::rollback(args, &connect).await,
+            Command::Rollout { cmd, connect } => cli::rollout::run(cmd, &connect).await,
+            Command::Generate { cmd } => cli::generate::run(cmd, Cli::command()).map(|()| exit::OK),
         }
     });
     match result {

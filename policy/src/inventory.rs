@@ -95,6 +95,17 @@ impl Inventory {
     }
 }
 
+/// One `group_vars/` or `host_vars/` file: a YAML (or JSON) mapping of variables.
+pub fn vars_file(src: &Source) -> Result<serde_json::Map<String, Value>, Diagnostics> {
+    let root = yaml::parse(src)?;
+    let mut d = Diagnostics::default();
+    let vars = crate::inventory_yaml::node_vars(&root, &src.name, "a variables file", &mut d);
+    if !d.is_empty() {
+        return Err(d.finish());
+    }
+    Ok(vars)
+}
+
 fn ext(name: &str) -> &str {
     let base = name.rsplit('/').next().unwrap_or(name);
     base.rsplit_once('.').map_or("", |(_, e)| e)
@@ -143,7 +154,9 @@ fn read_source(src: &Source, budget: &Budget, data: &mut InvData, diags: &mut Di
         return;
     }
     let e = ext(&src.name);
-    let yaml_ext = matches!(e, "yml" | "yaml" | "json" | "");
+    // A JSON object (a dynamic inventory's answer, `--list` output) is read as such.
+    let json = src.text.trim_start().starts_with('{');
+    let yaml_ext = json || matches!(e, "yml" | "yaml" | "json" | "");
     if !yaml_ext {
         // Ansible's yaml plugin only takes .yml/.yaml/.json or no extension.
         let mut d = Diagnostics::default();
@@ -157,7 +170,7 @@ fn read_source(src: &Source, budget: &Budget, data: &mut InvData, diags: &mut Di
     let root = match yaml::parse_with(src, budget) {
         Ok(root) => root,
         Err(yerr) => {
-            if e != "" && e != "yml" && e != "yaml" || !looks_like_ini(&src.text) {
+            if json || !matches!(e, "" | "yml" | "yaml") || !looks_like_ini(&src.text) {
                 let h = if looks_like_ini(&src.text) {
                     Some(format!(
                         "this looks like an INI inventory; name it `{}.ini` or drop the extension",
@@ -191,7 +204,7 @@ fn read_source(src: &Source, budget: &Budget, data: &mut InvData, diags: &mut Di
         crate::inventory_ini::read(src, data, budget.max_range_hosts, diags);
         return;
     }
-    if crate::inventory_json::is_list_shape(&root, src.text.trim_start().starts_with('{')) {
+    if crate::inventory_json::is_list_shape(&root, json) {
         crate::inventory_json::read(&root, &src.name, data, diags);
         return;
     }

@@ -3,11 +3,12 @@
 //! it back from an [`Inventory`], and `ansible-inventory --graph`'s tree. No I/O.
 
 use crate::diag::Diagnostics;
-use crate::inventory::Inventory;
+use crate::inventory::{GroupNode, Inventory};
 use crate::inventory_data::InvData;
 use crate::inventory_yaml::{node_value, node_vars};
 use crate::yaml::{Node, NodeKind};
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 
 /// Whether a parsed document is in the list shape: `_meta`, or (in a JSON text) a group
 /// whose `hosts` or `children` is a list.
@@ -113,69 +114,68 @@ pub(crate) fn read(root: &Node, file: &str, data: &mut InvData, diags: &mut Diag
     }
 }
 
-/// `ansible-inventory --list`: every group with its direct `hosts` and `children` (empty
-/// lists left out, empty groups other than `all` and `ungrouped` too), and every host's
-/// merged variables under `_meta.hostvars`.
+/// `ansible-inventory --list`: every group with its direct `hosts` (not for `all`) and
+/// `children` (empty lists left out, groups left with nothing too), and every host's
+/// merged variables under `_meta.hostvars` (hosts without variables left out).
 pub fn to_list(inv: &Inventory) -> Value {
     let mut out = Map::new();
     let mut hostvars = Map::new();
     for name in &inv.host_order {
-        if let Some(h) = inv.hosts.get(name) {
+        if let Some(h) = inv.hosts.get(name).filter(|h| !h.vars.is_empty()) {
             hostvars.insert(
                 name.clone(),
                 Value::Object(h.vars.clone().into_iter().collect()),
             );
         }
     }
-    out.insert("_meta".into(), json!({ "hostvars": hostvars }));
+    out.insert(
+        "_meta".into(),
+        json!({ "hostvars": hostvars, "profile": "inventory_legacy" }),
+    );
     for g in &inv.tree {
         let mut body = Map::new();
         if !g.children.is_empty() {
             body.insert("children".into(), json!(g.children));
         }
-        if !g.hosts.is_empty() {
+        if !g.hosts.is_empty() && g.name != "all" {
             body.insert("hosts".into(), json!(g.hosts));
         }
-        if !body.is_empty() || g.name == "all" {
+        if !body.is_empty() {
             out.insert(g.name.clone(), Value::Object(body));
         }
     }
     Value::Object(out)
 }
 
-/// `ansible-inventory --graph [GROUP]`: `@group:` lines, children then hosts, indented by
-/// `  |--`, in inventory order; `None` if the group does not exist.
+/// `ansible-inventory --graph [GROUP]`: `@group:` lines, children then hosts (not those of
+/// `all`) in inventory order, each level indented by `  |`; `None` if there is no such
+/// group.
 pub fn graph(inv: &Inventory, group: &str) -> Option<String> {
-    let by_name: std::collections::HashMap<&str, &crate::inventory::GroupNode> =
-        inv.tree.iter().map(|g| (g.name.as_str(), g)).collect();
-    by_name.get(group)?;
+    let by: HashMap<&str, &GroupNode> = inv.tree.iter().map(|g| (g.name.as_str(), g)).collect();
     let mut out = String::new();
-    fn walk(
-        name: &str,
-        depth: usize,
-        by: &std::collections::HashMap<&str, &crate::inventory::GroupNode>,
-        out: &mut String,
-    ) {
-        let pad = |d: usize| {
-            if d == 0 {
-                String::new()
-            } else {
-                format!("{}|--", "  |".repeat(d - 1) + "  ")
-            }
-        };
-        out.push_str(&format!("{}@{name}:\n", pad(depth)));
-        let Some(g) = by.get(name) else { return };
-        let mut kids: Vec<&String> = g.children.iter().collect();
-        kids.sort();
-        for c in kids {
-            walk(c, depth + 1, by, out);
-        }
-        let mut hosts: Vec<&String> = g.hosts.iter().collect();
-        hosts.sort();
-        for h in hosts {
-            out.push_str(&format!("{}{h}\n", pad(depth + 1)));
+    walk(by.get(group)?, 0, &by, &mut out);
+    Some(out)
+}
+
+fn line(out: &mut String, depth: usize, name: &str) {
+    if depth > 0 {
+        out.push_str(&"  |".repeat(depth));
+        out.push_str("--");
+    }
+    out.push_str(name);
+    out.push('\n');
+}
+
+fn walk(g: &GroupNode, depth: usize, by: &HashMap<&str, &GroupNode>, out: &mut String) {
+    line(out, depth, &format!("@{}:", g.name));
+    for c in &g.children {
+        if let Some(child) = by.get(c.as_str()) {
+            walk(child, depth + 1, by, out);
         }
     }
-    walk(group, 0, &by_name, &mut out);
-    Some(out)
+    if g.name != "all" {
+        for h in &g.hosts {
+            line(out, depth + 1, h);
+        }
+    }
 }

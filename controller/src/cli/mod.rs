@@ -1,12 +1,16 @@
-//! The operator CLI: one module per subcommand. Connection settings are global flags, env
-//! vars, or `~/.config/portcullis/cli.toml`, in that order of precedence.
+//! The operator CLI: one module per subcommand. Connection settings ([`connect::ConnectArgs`],
+//! flattened into each subcommand that talks to the controller, and only those) are flags,
+//! env vars, or `~/.config/portcullis/cli.toml`, in that order of precedence.
 
 pub mod apply;
 pub mod apply_check;
 pub mod ca;
 pub mod connect;
 pub mod drift;
+pub mod generate;
 pub mod history;
+pub mod inventory;
+pub mod inventory_files;
 pub mod logs;
 pub mod output;
 pub mod rollout;

@@ -1,0 +1,132 @@
+//! `portcullis inventory -i FILE...`: what an inventory and a host pattern select, offline
+//! (no controller, no certificates): `--list-hosts PATTERN`, `--graph [GROUP]`, `--list`
+//! (the `ansible-inventory --list` JSON) and `--host NAME` (its variables and, with a site
+//! file, the plays that match it and the merged policy). Exit 2 on bad input.
+
+use super::exit;
+use super::inventory_files;
+use super::output::print_json;
+use portcullis_policy::{Source, inventory_json, pattern, site};
+use std::path::PathBuf;
+
+/// Patterns are read as ansible-core 2.19 reads them. Surprises kept for compatibility:
+/// `:` separates terms only when there is no `,` (`a,b:!c` is two terms, `a` and `b:!c`);
+/// plain terms are applied first, then every `&` term, then every `!` term, wherever they
+/// stand (`!staging:web` is `web` minus `staging`); a pattern of only `&`/`!` terms starts
+/// from `all`; `~regex` matches from the start of a name, not the whole name; `web[0]`,
+/// `web[-1]`, `web[1:2]` and `web[1:]` are subscripts in inventory order, but `web[:3]` is
+/// an fnmatch class (matching `web:` or `web3`); empty terms (`web:`) are dropped.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct InventoryArgs {
+    /// Inventory source (repeatable, merged in order): an INI, YAML or `--list` JSON file,
+    /// an executable dynamic inventory, a directory of sources, or `host1,host2,`
+    #[arg(short = 'i', long = "inventory", required = true)]
+    pub inventory: Vec<PathBuf>,
+    /// Site file: its plays for --host, and its group_vars/ host_vars/
+    pub site: Option<PathBuf>,
+    /// Print the hosts a pattern selects, one per line, sorted
+    #[arg(long, value_name = "PATTERN", group = "action")]
+    pub list_hosts: Option<String>,
+    /// Draw the group tree (of GROUP, default all)
+    #[arg(long, value_name = "GROUP", num_args = 0..=1, default_missing_value = "all", group = "action")]
+    pub graph: Option<String>,
+    /// Print the inventory as `ansible-inventory --list` JSON
+    #[arg(long, group = "action")]
+    pub list: bool,
+    /// Print one host's variables (and, with a site file, the plays and policy it gets)
+    #[arg(long, value_name = "NAME", group = "action")]
+    pub host: Option<String>,
+    /// JSON output for --list-hosts and --graph
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: InventoryArgs) -> anyhow::Result<i32> {
+    let loaded = match inventory_files::load(&args.inventory, args.site.as_deref()) {
+        Ok(Ok(l)) => l,
+        Err(e) => {
+            crate::eoutln!("error: {e:#}");
+            return Ok(exit::INVALID);
+        }
+        Ok(Err(d)) => {
+            crate::eoutln!("{d}");
+            return Ok(exit::INVALID);
+        }
+    };
+    let inv = &loaded.inventory;
+    if let Some(p) = &args.list_hosts {
+        let (hosts, unknown) = match pattern::select_ordered(inv, p) {
+            Ok(x) => x,
+            Err(e) => {
+                crate::eoutln!("error: {e}");
+                return Ok(exit::INVALID);
+            }
+        };
+        for u in unknown {
+            crate::eoutln!("warning: Could not match supplied host pattern, ignoring: {u}");
+        }
+        let mut hosts = hosts;
+        hosts.sort();
+        if hosts.is_empty() {
+            crate::eoutln!("warning: No hosts matched, nothing to do");
+        }
+        if args.json {
+            print_json(&hosts)?;
+        } else {
+            for h in hosts {
+                crate::outln!("{h}");
+            }
+        }
+        return Ok(exit::OK);
+    }
+    if let Some(g) = &args.graph {
+        let Some(text) = inventory_json::graph(inv, g) else {
+            crate::eoutln!("error: no group named `{g}` in the inventory");
+            return Ok(exit::INVALID);
+        };
+        if args.json {
+            print_json(&text.lines().collect::<Vec<_>>())?;
+        } else {
+            crate::out!("{text}");
+        }
+        return Ok(exit::OK);
+    }
+    if args.list {
+        print_json(&inventory_json::to_list(inv))?;
+        return Ok(exit::OK);
+    }
+    if let Some(name) = &args.host {
+        let Some(host) = inv.hosts.get(name) else {
+            crate::eoutln!("error: no host named `{name}` in the inventory");
+            return Ok(exit::INVALID);
+        };
+        let Some(site_path) = &args.site else {
+            print_json(&host.vars)?;
+            return Ok(exit::OK);
+        };
+        let site_src = inventory_files::read_bounded(site_path)?;
+        let inv_src = Source::new(loaded.name.clone(), loaded.list_json());
+        let fleet = match site::load_fleet(&site_src, &inv_src) {
+            Ok(f) => f,
+            Err(d) => {
+                crate::eoutln!("{d}");
+                return Ok(exit::INVALID);
+            }
+        };
+        let plays: Vec<serde_json::Value> = fleet
+            .plays
+            .iter()
+            .filter(|p| p.matched.contains(name))
+            .map(|p| serde_json::json!({"name": p.name, "hosts": p.hosts, "line": p.line}))
+            .collect();
+        print_json(&serde_json::json!({
+            "vars": host.vars,
+            "plays": plays,
+            "policy": fleet.hosts.get(name),
+        }))?;
+        return Ok(exit::OK);
+    }
+    crate::eoutln!("error: give one of --list-hosts PATTERN, --graph [GROUP], --list, --host NAME");
+    Ok(exit::INVALID)
+}

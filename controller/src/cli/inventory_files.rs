@@ -1,0 +1,268 @@
+//! Reading inventory sources from disk the way ansible-core does, for the pure parser in
+//! `portcullis-policy`: each `-i` path is a file, a directory (entries in name order,
+//! recursively, skipping hidden files, `group_vars`/`host_vars`/`vars_plugins` and
+//! Ansible's ignored extensions), an executable dynamic inventory (run with `--list`,
+//! bounded in time and output, its stderr shown on failure) or a `host1,host2,` list; plus
+//! the `group_vars/` and `host_vars/` beside each source and beside the site file.
+
+use anyhow::{Context as _, bail};
+use portcullis_policy::budget::{Budget, MAX_DOCUMENT_BYTES};
+use portcullis_policy::{Diagnostics, Inventory, Source, VarsDir, VarsDirs};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Ansible's `INVENTORY_IGNORE_EXTS` (REJECT_EXTS + .orig, .cfg, .retry).
+const IGNORED_EXTS: &[&str] = &[
+    ".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig", ".cfg", ".retry",
+];
+/// Extensions of variable files in `group_vars/` and `host_vars/` (or none).
+const VARS_EXTS: &[&str] = &["yml", "yaml", "json"];
+/// How long a dynamic inventory script may run.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every source read, the vars directories found, and the merged inventory.
+#[derive(Debug)]
+pub struct Loaded {
+    pub sources: Vec<Source>,
+    pub inventory: Inventory,
+    /// The `-i` paths as given, joined with `,` (the revision's inventory name).
+    pub name: String,
+}
+
+impl Loaded {
+    /// The inventory as one `ansible-inventory --list` JSON text (what the controller
+    /// stores with a revision: a dynamic inventory's answer is kept as it was).
+    pub fn list_json(&self) -> String {
+        portcullis_policy::inventory_json::to_list(&self.inventory).to_string()
+    }
+}
+
+/// Load every `-i` path (and the vars beside `site`). I/O problems are `Err`; problems in
+/// the files are the inner `Err` with file:line:column.
+pub fn load(paths: &[PathBuf], site: Option<&Path>) -> anyhow::Result<Result<Loaded, Diagnostics>> {
+    let mut sources = Vec::new();
+    let mut dirs = VarsDirs::default();
+    for p in paths {
+        let text = p.display().to_string();
+        if !p.exists() && text.contains(',') {
+            // Ansible's host_list plugin: `-i 'h1,h2,'`.
+            let lines: Vec<&str> = text
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect();
+            sources.push(Source::new(format!("{text}.ini"), lines.join("\n")));
+            continue;
+        }
+        collect(p, &mut sources)?;
+        let base = if p.is_dir() {
+            p.clone()
+        } else {
+            p.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        dirs.inventory.push(vars_dir(&base)?);
+    }
+    if let Some(site) = site {
+        let base = site.parent().map(Path::to_path_buf).unwrap_or_default();
+        dirs.playbook.push(vars_dir(&base)?);
+    }
+    let name = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(
+        Inventory::load(&sources, &dirs, &Budget::default()).map(|inventory| Loaded {
+            sources,
+            inventory,
+            name,
+        }),
+    )
+}
+
+fn ignored(name: &str) -> bool {
+    name.starts_with('.')
+        || matches!(name, "host_vars" | "group_vars" | "vars_plugins")
+        || IGNORED_EXTS.iter().any(|e| name.ends_with(e))
+}
+
+fn collect(path: &Path, out: &mut Vec<Source>) -> anyhow::Result<()> {
+    if path.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("reading directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        for n in names {
+            if !ignored(&n.to_string_lossy()) {
+                collect(&path.join(n), out)?;
+            }
+        }
+        return Ok(());
+    }
+    if is_executable(path) {
+        out.push(run_script(path)?);
+    } else {
+        out.push(read_bounded(path)?);
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Read a file, refusing one over the YAML budget without reading all of it.
+pub fn read_bounded(path: &Path) -> anyhow::Result<Source> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_DOCUMENT_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() > MAX_DOCUMENT_BYTES {
+        bail!(
+            "{}:1:1: document too large: more than {MAX_DOCUMENT_BYTES} bytes",
+            path.display()
+        );
+    }
+    Ok(Source::new(path.display().to_string(), text))
+}
+
+/// Run a dynamic inventory with `--list`: at most [`SCRIPT_TIMEOUT`], at most the document
+/// budget of output; a failure shows the script's exit status and stderr.
+fn run_script(path: &Path) -> anyhow::Result<Source> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(path)
+        .arg("--list")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running dynamic inventory {} --list", path.display()))?;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        bail!("{}: no pipes to the dynamic inventory", path.display());
+    };
+    let limit = MAX_DOCUMENT_BYTES as u64 + 1;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        out.take(limit).read_to_end(&mut buf).map(|_| buf)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        err.take(64 << 10).read_to_end(&mut buf).map(|_| buf)
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > SCRIPT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{}: dynamic inventory did not finish within {}s (killed)",
+                path.display(),
+                SCRIPT_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let stderr = err_reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let stderr = String::from_utf8_lossy(&stderr);
+    if !status.success() {
+        bail!(
+            "{}: dynamic inventory failed ({status}): {}",
+            path.display(),
+            stderr.trim()
+        );
+    }
+    if stdout.len() as u64 >= limit {
+        bail!(
+            "{}: dynamic inventory printed more than {MAX_DOCUMENT_BYTES} bytes",
+            path.display()
+        );
+    }
+    let text = String::from_utf8(stdout)
+        .with_context(|| format!("{}: dynamic inventory output is not UTF-8", path.display()))?;
+    if !text.trim_start().starts_with('{') {
+        bail!(
+            "{}:1:1: dynamic inventory printed no JSON object (expected `ansible-inventory --list` output){}",
+            path.display(),
+            if stderr.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; stderr: {}", stderr.trim())
+            }
+        );
+    }
+    Ok(Source::new(format!("{} --list", path.display()), text))
+}
+
+/// `group_vars/` and `host_vars/` under `base` (each entry a file `NAME`, `NAME.yml`,
+/// `NAME.yaml`, `NAME.json`, or a directory `NAME/` of such files, in name order).
+fn vars_dir(base: &Path) -> anyhow::Result<VarsDir> {
+    let mut d = VarsDir::default();
+    for (sub, into) in [("group_vars", &mut d.groups), ("host_vars", &mut d.hosts)] {
+        let dir = base.join(sub);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        names.sort();
+        for n in names {
+            let n = n.to_string_lossy().to_string();
+            if n.starts_with('.') || n.ends_with('~') {
+                continue;
+            }
+            let path = dir.join(&n);
+            let (entity, files) = if path.is_dir() {
+                (n.clone(), dir_files(&path)?)
+            } else {
+                match n.rsplit_once('.') {
+                    Some((stem, e)) if VARS_EXTS.contains(&e) => (stem.to_string(), vec![path]),
+                    Some(_) => continue,
+                    None => (n.clone(), vec![path]),
+                }
+            };
+            for f in files {
+                let src = read_bounded(&f)?;
+                let vars = portcullis_policy::inventory::vars_file(&src)
+                    .map_err(|d| anyhow::anyhow!("{d}"))?;
+                into.entry(entity.clone()).or_default().extend(vars);
+            }
+        }
+    }
+    Ok(d)
+}
+
+fn dir_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        let s = n.to_string_lossy();
+        if s.starts_with('.') || s.ends_with('~') {
+            continue;
+        }
+        let p = dir.join(&n);
+        let ext = p.extension().map(|e| e.to_string_lossy().to_string());
+        if p.is_dir() && ext.is_none() {
+            out.extend(dir_files(&p)?);
+        } else if p.is_file() && ext.as_deref().is_none_or(|e| VARS_EXTS.contains(&e)) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
