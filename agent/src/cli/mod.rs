@@ -6,12 +6,15 @@
 //! `file:line:col: message`, or bad arguments; nothing applied); `3` nothing applied yet
 //! (`verify` without last-known-good); `4` operational failure (nft refused, readback did
 //! not match, state dir unwritable...; the kernel keeps its previous table); `5` `restore`
-//! failed closed (the minimal policy is enforced, last-known-good could not be).
+//! failed closed (the minimal policy is enforced, last-known-good could not be); `6` the
+//! nft binary is missing (`run`, `apply`, `restore` check it before anything else).
 //!
 //! Every flag has an environment variable (`PORTCULLIS_*`). Logs go to stderr (`tracing`),
 //! results to stdout (`--json` for machines).
 
 mod apply;
+pub mod generate;
+mod nft_check;
 mod remove;
 mod restore;
 mod run;
@@ -32,6 +35,7 @@ pub enum Exit {
     NothingApplied = 3,
     Failure = 4,
     FailedClosed = 5,
+    NftMissing = 6,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -92,6 +96,12 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Run the daemon: enforce last-known-good, then follow the controller over mutual TLS.
     Run(run::RunArgs),
+    /// Shell completions and man pages from this CLI's definition (for packaging)
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        cmd: generate::GenerateCommand,
+    },
 }
 
 /// Logs to stderr, filtered by `--log` / `PORTCULLIS_LOG`.
@@ -105,7 +115,30 @@ pub fn init_tracing(global: &Global) {
 }
 
 /// Runs one subcommand and turns its outcome into an exit code (printing errors).
-pub fn run(cli: Cli) -> Exit {
+pub fn run(mut cli: Cli) -> Exit {
+    if let Command::Generate { cmd } = cli.command {
+        use clap::CommandFactory as _;
+        return match generate::run(cmd, Cli::command()) {
+            Ok(()) => Exit::Ok,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                Exit::Failure
+            }
+        };
+    }
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Apply(_) | Command::Restore(_)
+    ) {
+        // The binary found is the one run (also when only /usr/sbin has it).
+        match nft_check::find(&cli.global.nft) {
+            Ok(nft) => cli.global.nft = nft,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::NftMissing;
+            }
+        }
+    }
     let agent = Agent::new(
         Arc::new(NftDataplane::new(&cli.global.nft).with_timeout(cli.global.nft_timeout)),
         StateDir::new(&cli.global.state_dir),
@@ -117,6 +150,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Remove(args) => remove::run(&agent, args),
         Command::Restore(args) => restore::run(&agent, args),
         Command::Run(args) => run::run(&agent, args, &cli.global),
+        Command::Generate { .. } => Ok(Exit::Ok),
     };
     match result {
         Ok(exit) => exit,
