@@ -190,6 +190,8 @@ fn fake_json_matches_the_real_kernel() {
     let policies = [
         "allow:\n  - smtp/tcp\n  - domain/udp\n  - http/tcp\n  - { port: 8000-8080, proto: tcp }\n",
         "replies: stateful\nmode: audit\ninterface: eth9\nallow:\n  - ntp/udp\n  - { port: 22, proto: tcp, from: [10.77.0.0/24, 10.77.1.5/32, \"fd77::/64\"] }\n  - { port: 53, proto: udp, from: [\"fd77:1::7/128\"] }\n",
+        // Every transport, restricted high ports (and the fragment rule of replies: ports).
+        "mode: audit\nallow:\n  - 137/udplite\n  - { port: 5000, proto: sctp }\n  - { port: 5432, proto: tcp, from: [10.77.200.5/32] }\n  - { port: 4000, proto: dccp, from: [\"fd77::/64\"] }\n",
     ];
     for (i, yaml) in policies.iter().enumerate() {
         let src = portcullis_policy::Source::new(format!("p{i}.yml"), *yaml);
