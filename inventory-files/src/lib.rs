@@ -1,11 +1,13 @@
-//! Reading inventory sources from disk the way ansible-core does, for the pure parser in
+//! `portcullis-inventory-files`: reading inventory sources from disk the way ansible-core does, for the pure parser in
 //! `portcullis-policy`: each `-i` path is a file, a directory (entries in name order,
 //! recursively, skipping hidden files, `group_vars`/`host_vars`/`vars_plugins` and
 //! Ansible's ignored extensions), an executable dynamic inventory (run with `--list`,
 //! bounded in time and output, its stderr shown on failure) or a `host1,host2,` list; plus
 //! the `group_vars/` and `host_vars/` beside each source and beside the site file.
+//!
+//! Parsing is `portcullis-policy`'s (pure); this crate only reads and runs. Shared by the
+//! `portcullis` CLI and `portcullis-agent apply`.
 
-use anyhow::{Context as _, bail};
 use portcullis_policy::budget::{Budget, MAX_DOCUMENT_BYTES};
 use portcullis_policy::{Diagnostics, Inventory, Source, VarsDir, VarsDirs};
 use std::io::Read as _;
@@ -20,6 +22,36 @@ const IGNORED_EXTS: &[&str] = &[
 const VARS_EXTS: &[&str] = &["yml", "yaml", "json"];
 /// How long a dynamic inventory script may run.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A source that could not be read or run (problems inside a file are [`Diagnostics`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:1:1: document too large: more than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge { path: String },
+    #[error("{path}: dynamic inventory {message}")]
+    Script { path: String, message: String },
+    #[error("{0}")]
+    Vars(Diagnostics),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn script(path: &Path, message: String) -> LoadError {
+    LoadError::Script {
+        path: path.display().to_string(),
+        message,
+    }
+}
 
 /// Every source read, the vars directories found, and the merged inventory.
 #[derive(Debug)]
@@ -40,7 +72,10 @@ impl Loaded {
 
 /// Load every `-i` path (and the vars beside `site`). I/O problems are `Err`; problems in
 /// the files are the inner `Err` with file:line:column.
-pub fn load(paths: &[PathBuf], site: Option<&Path>) -> anyhow::Result<Result<Loaded, Diagnostics>> {
+pub fn load(
+    paths: &[PathBuf],
+    site: Option<&Path>,
+) -> Result<Result<Loaded, Diagnostics>, LoadError> {
     let mut sources = Vec::new();
     let mut dirs = VarsDirs::default();
     for p in paths {
@@ -87,10 +122,10 @@ fn ignored(name: &str) -> bool {
         || IGNORED_EXTS.iter().any(|e| name.ends_with(e))
 }
 
-fn collect(path: &Path, out: &mut Vec<Source>) -> anyhow::Result<()> {
+fn collect(path: &Path, out: &mut Vec<Source>) -> Result<(), LoadError> {
     if path.is_dir() {
         let mut names: Vec<_> = std::fs::read_dir(path)
-            .with_context(|| format!("reading directory {}", path.display()))?
+            .map_err(io(path))?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         names.sort();
@@ -115,26 +150,25 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Read a file, refusing one over the YAML budget without reading all of it.
-pub fn read_bounded(path: &Path) -> anyhow::Result<Source> {
+pub fn read_bounded(path: &Path) -> Result<Source, LoadError> {
     let mut text = String::new();
     std::fs::File::open(path)
         .and_then(|f| {
             f.take(MAX_DOCUMENT_BYTES as u64 + 1)
                 .read_to_string(&mut text)
         })
-        .with_context(|| format!("reading {}", path.display()))?;
+        .map_err(io(path))?;
     if text.len() > MAX_DOCUMENT_BYTES {
-        bail!(
-            "{}:1:1: document too large: more than {MAX_DOCUMENT_BYTES} bytes",
-            path.display()
-        );
+        return Err(LoadError::TooLarge {
+            path: path.display().to_string(),
+        });
     }
     Ok(Source::new(path.display().to_string(), text))
 }
 
 /// Run a dynamic inventory with `--list`: at most [`SCRIPT_TIMEOUT`], at most the document
-/// budget of output; a failure shows the script's exit status and stderr.
-fn run_script(path: &Path) -> anyhow::Result<Source> {
+/// budget of output (it is killed at either); a failure shows its exit status and stderr.
+fn run_script(path: &Path) -> Result<Source, LoadError> {
     use std::process::{Command, Stdio};
     let mut child = Command::new(path)
         .arg("--list")
@@ -142,9 +176,11 @@ fn run_script(path: &Path) -> anyhow::Result<Source> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("running dynamic inventory {} --list", path.display()))?;
+        .map_err(io(path))?;
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        bail!("{}: no pipes to the dynamic inventory", path.display());
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(script(path, "has no output pipes".into()));
     };
     let limit = MAX_DOCUMENT_BYTES as u64 + 1;
     let reader = std::thread::spawn(move || {
@@ -156,60 +192,82 @@ fn run_script(path: &Path) -> anyhow::Result<Source> {
         err.take(64 << 10).read_to_end(&mut buf).map(|_| buf)
     });
     let start = Instant::now();
+    let mut stdout: Option<Vec<u8>> = None;
     let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
+        if stdout.is_none() && reader.is_finished() {
+            let buf = match reader.join() {
+                Ok(r) => r.map_err(io(path))?,
+                Err(_) => Vec::new(),
+            };
+            if buf.len() as u64 >= limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(script(
+                    path,
+                    format!("printed more than {MAX_DOCUMENT_BYTES} bytes (killed)"),
+                ));
+            }
+            stdout = Some(buf);
+            // The reader is consumed; keep polling for the exit status.
+            break loop {
+                if let Some(s) = child.try_wait().map_err(io(path))? {
+                    break s;
+                }
+                if start.elapsed() > SCRIPT_TIMEOUT {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(timeout(path));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
         }
         if start.elapsed() > SCRIPT_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "{}: dynamic inventory did not finish within {}s (killed)",
-                path.display(),
-                SCRIPT_TIMEOUT.as_secs()
-            );
+            return Err(timeout(path));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     };
-    let stdout = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    let stderr = err_reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    let stderr = String::from_utf8_lossy(&stderr);
+    let stderr = match err_reader.join() {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b).trim().to_string(),
+        _ => String::new(),
+    };
+    let with_stderr = |m: String| {
+        if stderr.is_empty() {
+            m
+        } else {
+            format!("{m}; its stderr: {stderr}")
+        }
+    };
     if !status.success() {
-        bail!(
-            "{}: dynamic inventory failed ({status}): {}",
-            path.display(),
-            stderr.trim()
-        );
+        return Err(script(path, with_stderr(format!("failed ({status})"))));
     }
-    if stdout.len() as u64 >= limit {
-        bail!(
-            "{}: dynamic inventory printed more than {MAX_DOCUMENT_BYTES} bytes",
-            path.display()
-        );
-    }
-    let text = String::from_utf8(stdout)
-        .with_context(|| format!("{}: dynamic inventory output is not UTF-8", path.display()))?;
+    let text = String::from_utf8(stdout.unwrap_or_default())
+        .map_err(|_| script(path, "printed text that is not UTF-8".into()))?;
     if !text.trim_start().starts_with('{') {
-        bail!(
-            "{}:1:1: dynamic inventory printed no JSON object (expected `ansible-inventory --list` output){}",
-            path.display(),
-            if stderr.trim().is_empty() {
-                String::new()
-            } else {
-                format!("; stderr: {}", stderr.trim())
-            }
-        );
+        return Err(script(
+            path,
+            with_stderr(
+                "printed no JSON object (expected `ansible-inventory --list` output)".into(),
+            ),
+        ));
     }
     Ok(Source::new(format!("{} --list", path.display()), text))
 }
 
+fn timeout(path: &Path) -> LoadError {
+    script(
+        path,
+        format!(
+            "did not finish within {}s (killed)",
+            SCRIPT_TIMEOUT.as_secs()
+        ),
+    )
+}
+
 /// `group_vars/` and `host_vars/` under `base` (each entry a file `NAME`, `NAME.yml`,
 /// `NAME.yaml`, `NAME.json`, or a directory `NAME/` of such files, in name order).
-fn vars_dir(base: &Path) -> anyhow::Result<VarsDir> {
+fn vars_dir(base: &Path) -> Result<VarsDir, LoadError> {
     let mut d = VarsDir::default();
     for (sub, into) in [("group_vars", &mut d.groups), ("host_vars", &mut d.hosts)] {
         let dir = base.join(sub);
@@ -235,8 +293,8 @@ fn vars_dir(base: &Path) -> anyhow::Result<VarsDir> {
             };
             for f in files {
                 let src = read_bounded(&f)?;
-                let vars = portcullis_policy::inventory::vars_file(&src)
-                    .map_err(|d| anyhow::anyhow!("{d}"))?;
+                let vars =
+                    portcullis_policy::inventory::vars_file(&src).map_err(LoadError::Vars)?;
                 into.entry(entity.clone()).or_default().extend(vars);
             }
         }
@@ -244,9 +302,9 @@ fn vars_dir(base: &Path) -> anyhow::Result<VarsDir> {
     Ok(d)
 }
 
-fn dir_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
+        .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
     names.sort();

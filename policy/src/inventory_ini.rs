@@ -100,6 +100,12 @@ pub(crate) fn read(src: &Source, data: &mut InvData, limit: usize, diags: &mut D
                     }
                 }
                 let (base, port) = inventory_range::split_port(pattern);
+                if base.ends_with(':') && port.is_none() {
+                    diags.push(err(lineno, col, format!(
+                        "invalid host `{pattern}`: a name ending in `:` is not allowed (`:` is reserved for a port, `host:2222`)"
+                    )));
+                    continue;
+                }
                 let left = limit.saturating_sub(data.listed);
                 let names = match inventory_range::expand(base, left, limit) {
                     Ok(n) => n,

@@ -20,9 +20,11 @@ pub struct ApplyArgs {
     /// Site file (list of plays); needs --inventory.
     #[arg(long, env = "PORTCULLIS_SITE", requires = "inventory")]
     pub site: Option<PathBuf>,
-    /// Ansible YAML inventory; needs --site.
-    #[arg(long, env = "PORTCULLIS_INVENTORY", requires = "site")]
-    pub inventory: Option<PathBuf>,
+    /// Inventory source, repeatable (merged in order, as Ansible does): INI, YAML or
+    /// `--list` JSON file, executable dynamic inventory, directory, or `host1,host2,`;
+    /// needs --site.
+    #[arg(short = 'i', long, env = "PORTCULLIS_INVENTORY", requires = "site")]
+    pub inventory: Vec<PathBuf>,
     /// This host's name in the inventory [default: the kernel's hostname].
     #[arg(long, env = "PORTCULLIS_HOST")]
     pub host: Option<String>,
@@ -91,10 +93,14 @@ fn load_policy(args: &ApplyArgs) -> Result<HostPolicy> {
         let source = read_source(path)?;
         return load_host_policy(&source).map_err(|d| BadInput(d.to_string()).into());
     }
-    let (Some(site), Some(inventory)) = (&args.site, &args.inventory) else {
+    let (Some(site), false) = (&args.site, args.inventory.is_empty()) else {
         return Err(BadInput("give --policy FILE, or --site FILE --inventory FILE".into()).into());
     };
-    let (site_src, inv_src) = (read_source(site)?, read_source(inventory)?);
+    let site_src = read_source(site)?;
+    let loaded = portcullis_inventory_files::load(&args.inventory, Some(site))
+        .map_err(|e| BadInput(e.to_string()))?
+        .map_err(|d| BadInput(d.to_string()))?;
+    let inv_src = Source::new(loaded.name.clone(), loaded.list_json());
     let mut fleet = load_fleet(&site_src, &inv_src).map_err(|d| BadInput(d.to_string()))?;
     let host = args.host.clone().unwrap_or_else(crate::facts::hostname);
     fleet.hosts.remove(&host).ok_or_else(|| {

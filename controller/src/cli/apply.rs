@@ -17,12 +17,15 @@ use tokio_stream::StreamExt as _;
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// Ansible YAML inventory (all/children/hosts/vars)
-    #[arg(short = 'i', long, env = "PORTCULLIS_INVENTORY")]
-    pub inventory: PathBuf,
+    /// Inventory source, repeatable (merged in order, as Ansible does): INI, YAML or
+    /// `--list` JSON file, executable dynamic inventory, directory, or `host1,host2,`;
+    /// group_vars/ and host_vars/ beside it or the site file apply
+    #[arg(short = 'i', long, env = "PORTCULLIS_INVENTORY", required = true)]
+    pub inventory: Vec<PathBuf>,
     /// Site file: a list of plays (hosts pattern + policy)
     pub site: PathBuf,
-    /// Only these hosts (Ansible pattern: group, host, a:b, a:&b, a:!b)
+    /// Only these hosts (an Ansible pattern, read as ansible-core does: see
+    /// `portcullis inventory --help`)
     #[arg(long)]
     pub limit: Option<String>,
     /// How long to wait for every host to report
@@ -66,7 +69,21 @@ fn read(path: &PathBuf) -> anyhow::Result<Source> {
 
 pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let site_src = read(&args.site)?;
-    let inv_src = read(&args.inventory)?;
+    let loaded = match portcullis_inventory_files::load(&args.inventory, Some(&args.site)) {
+        Ok(Ok(l)) => l,
+        Err(e) => {
+            crate::eoutln!("error: {e:#}");
+            crate::eoutln!("error: the inventory could not be read; nothing was applied");
+            return Ok(exit::INVALID);
+        }
+        Ok(Err(diags)) => {
+            crate::eoutln!("{diags}");
+            crate::eoutln!("error: {} problem(s) found; nothing was applied", diags.len());
+            return Ok(exit::INVALID);
+        }
+    };
+    // The controller stores the inventory as read (a dynamic inventory's answer included).
+    let inv_src = Source::new(loaded.name.clone(), loaded.list_json());
     // Fail fast and locally, with file:line:column, before contacting anyone.
     if let Err(diags) = site::load_fleet(&site_src, &inv_src) {
         crate::eoutln!("{diags}");

@@ -4,7 +4,7 @@
 //! file, the plays that match it and the merged policy). Exit 2 on bad input.
 
 use super::exit;
-use super::inventory_files;
+use portcullis_inventory_files as inventory_files;
 use super::output::print_json;
 use portcullis_policy::{Source, inventory_json, pattern, site};
 use std::path::PathBuf;

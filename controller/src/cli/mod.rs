@@ -10,7 +10,6 @@ pub mod drift;
 pub mod generate;
 pub mod history;
 pub mod inventory;
-pub mod inventory_files;
 pub mod logs;
 pub mod output;
 pub mod rollout;
