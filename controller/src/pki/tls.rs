@@ -44,10 +44,12 @@ pub fn server_config(pki_dir: &Path) -> Result<Arc<rustls::ServerConfig>, PkiErr
             .map_err(|e| bad(&ca, format!("unusable CA certificate: {e}")))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| bad(&ca, format!("client verifier: {e}")))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad(&ca, format!("client verifier: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Tls(e.to_string()))?
@@ -63,7 +65,12 @@ pub fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> 
     let text = store::read_text(path)?;
     let certs = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PkiError::Tls(format!("{}: expected PEM certificates: {e}", path.display())))?;
+        .map_err(|e| {
+            PkiError::Tls(format!(
+                "{}: expected PEM certificates: {e}",
+                path.display()
+            ))
+        })?;
     if certs.is_empty() {
         return Err(PkiError::Tls(format!(
             "{}: expected PEM certificates, found none",
