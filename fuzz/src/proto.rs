@@ -4,7 +4,8 @@
 //! Checks: nothing panics; re-encoding a decoded message is stable (encode, decode,
 //! encode gives the same bytes); a wire policy or facts value that converts converts back
 //! to a wire value that converts to the same policy value. The table names every message
-//! of `proto/portcullis.proto`; a message added there should be added here.
+//! of `proto/portcullis.proto`; a message added there should be appended here (appended, so
+//! that the selector bytes of the committed corpus keep their meaning).
 
 use portcullis_policy::{Facts, HostPolicy};
 use portcullis_proto::v1;
@@ -142,6 +143,10 @@ pub const MESSAGES: &[(&str, fn(&[u8]))] = &[
     ("RolloutHost", plain::<v1::RolloutHost>),
     ("RolloutInfo", plain::<v1::RolloutInfo>),
     ("RolloutsResponse", plain::<v1::RolloutsResponse>),
+    // Added after the first corpus: appended so that its selector bytes keep their meaning.
+    ("Management", plain::<v1::Management>),
+    ("ControllerCounters", plain::<v1::ControllerCounters>),
+    ("SignedRevocations", plain::<v1::SignedRevocations>),
 ];
 
 /// The index of message `name` in [`MESSAGES`] (the selector byte of an input).
