@@ -9,8 +9,8 @@ use anyhow::{Context as _, bail};
 use portcullis_proto::v1::admin_client::AdminClient;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -121,21 +121,23 @@ impl ConnectArgs {
             .map_err(|e| UsageError(format!("revocation list: {e}")))?;
         let tls = portcullis_trust::client_config(&r.ca, &r.cert, &r.key, Arc::new(revoked))
             .map_err(|e| UsageError(format!("TLS material: {e}")))?;
-        let (endpoint, target) = portcullis_trust::endpoint(&r.controller)
-            .map_err(|e| UsageError(e.to_string()))?;
+        let (endpoint, target) =
+            portcullis_trust::endpoint(&r.controller).map_err(|e| UsageError(e.to_string()))?;
         let endpoint = endpoint.connect_timeout(Duration::from_secs(5));
-        let channel = portcullis_trust::connect(&endpoint, &target, tls).await.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            Unreachable(format!(
-                "cannot reach the controller at {}: {msg}",
-                r.controller
-            ))
-        })?;
+        let channel = portcullis_trust::connect(&endpoint, &target, tls)
+            .await
+            .map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg = format!("{msg}: {s}");
+                    src = s.source();
+                }
+                Unreachable(format!(
+                    "cannot reach the controller at {}: {msg}",
+                    r.controller
+                ))
+            })?;
         Ok(AdminClient::new(channel)
             .max_decoding_message_size(crate::server::limits::ADMIN_MAX_ENCODE)
             .max_encoding_message_size(crate::server::limits::ADMIN_MAX_DECODE))

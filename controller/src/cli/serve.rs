@@ -28,7 +28,11 @@ pub struct ServeArgs {
     pub tls_handshake_timeout: std::time::Duration,
     /// Connections still in the TLS handshake, all sources together (at most half of
     /// --max-connections; authenticated sessions keep the rest)
-    #[arg(long, env = "PORTCULLIS_MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "PORTCULLIS_MAX_PENDING_HANDSHAKES",
+        default_value_t = 1024
+    )]
     pub max_pending_handshakes: usize,
     /// Connections still in the TLS handshake from one source address (IPv6: one /64)
     #[arg(long, env = "PORTCULLIS_MAX_PENDING_PER_SOURCE", default_value_t = 16)]
