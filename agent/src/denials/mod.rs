@@ -152,8 +152,9 @@ fn to_wire(b: nflog::DenialBatch, names: &mut IfNames) -> v1::DenialBatch {
     }
 }
 
-/// Packets counted by the last rule of our `guard` chain: denied over the log rate limit
-/// (dropped or, in audit mode, accepted) without being logged.
+/// Packets counted by the unlogged deny rules of our `guard` chain (the low-port one and
+/// those of restricted high ports): denied over the log rate limit (dropped or, in audit
+/// mode, accepted) without being logged. Saturating: a sum of kernel counters.
 fn over_limit_counter(nft: &std::path::Path, timeout: Duration) -> Option<u64> {
     let args = ["-j", "list", "chain", "inet", "portcullis", "guard"];
     // Read once per interval on the aggregator thread: a hung nft may delay a batch by a
@@ -166,13 +167,20 @@ fn over_limit_counter(nft: &std::path::Path, timeout: Duration) -> Option<u64> {
         return None;
     }
     let json = String::from_utf8(out.stdout).ok()?;
-    let (_, counters) = portcullis_policy::parse_readback(&json).ok()?;
-    counters
+    let (ruleset, counters) = portcullis_policy::parse_readback(&json).ok()?;
+    let guard = ruleset.chains.get("guard")?;
+    let over_limit: Vec<u64> = counters
         .iter()
         .filter(|c| c.chain == "guard")
-        .max_by_key(|c| c.index)
-        .filter(|c| !c.rule.contains(" log "))
+        .filter(|c| {
+            guard
+                .rules
+                .get(c.index)
+                .is_some_and(|r| r.is_over_limit_deny())
+        })
         .map(|c| c.packets)
+        .collect();
+    (!over_limit.is_empty()).then(|| over_limit.iter().fold(0u64, |a, p| a.saturating_add(*p)))
 }
 
 impl Denials {
