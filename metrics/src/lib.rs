@@ -1,7 +1,9 @@
 //! Prometheus exposition shared by `portcullis serve` and `portcullis-agent run`.
 //!
 //! [`serve`] answers `GET /metrics` (and `HEAD`) with the OpenMetrics text a render
-//! function produces; anything else gets 404/405. The port is unauthenticated, so every
+//! function produces when the client accepts it (Prometheus does), else the same samples
+//! in the classic Prometheus text format 0.0.4 (curl, `promtool check metrics`);
+//! anything else gets 404/405. The port is unauthenticated, so every
 //! request is bounded: at most [`MAX_REQUEST_BYTES`] of request head, read within
 //! [`REQUEST_TIMEOUT`], at most [`MAX_CONNECTIONS`] at once (more wait in the kernel's
 //! backlog), one request per connection. It never reads a request body and never
@@ -31,6 +33,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 16;
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `Content-Type` of the classic text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A metrics endpoint failure.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +107,7 @@ where
 /// What a request head asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Request {
-    Metrics { head_only: bool },
+    Metrics { head_only: bool, openmetrics: bool },
     NotFound,
     MethodNotAllowed,
     Bad,
@@ -128,9 +132,20 @@ fn parse(head: &[u8], complete: bool) -> Request {
         return Request::Bad;
     }
     let path = target.split('?').next().unwrap_or_default();
+    let openmetrics = String::from_utf8_lossy(head).lines().skip(1).any(|h| {
+        h.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("accept") && v.contains("application/openmetrics-text")
+        })
+    });
     match (method, path) {
-        ("GET", "/metrics") => Request::Metrics { head_only: false },
-        ("HEAD", "/metrics") => Request::Metrics { head_only: true },
+        ("GET", "/metrics") => Request::Metrics {
+            head_only: false,
+            openmetrics,
+        },
+        ("HEAD", "/metrics") => Request::Metrics {
+            head_only: true,
+            openmetrics,
+        },
         (_, "/metrics") => Request::MethodNotAllowed,
         _ => Request::NotFound,
     }
@@ -165,8 +180,12 @@ where
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let (status, content_type, body, head_only) = match parse(&head, complete) {
-        Request::Metrics { head_only } => match render().await {
-            Ok(text) => ("200 OK", CONTENT_TYPE, text, head_only),
+        Request::Metrics {
+            head_only,
+            openmetrics,
+        } => match render().await {
+            Ok(text) if openmetrics => ("200 OK", CONTENT_TYPE, text, head_only),
+            Ok(text) => ("200 OK", TEXT_CONTENT_TYPE, classic_text(&text), head_only),
             Err(e) => {
                 tracing::error!(error = %e, "metrics endpoint: rendering failed");
                 (
@@ -217,6 +236,32 @@ where
     })
     .await
     .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// OpenMetrics text as the classic Prometheus text format 0.0.4: counter families are
+/// named with their `_total` suffix in `# HELP`/`# TYPE` (as the samples are), and the
+/// `# UNIT` and `# EOF` lines, which that format does not have, are left out.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// The address a `--metrics-listen` value names, for the log line and docs: loopback is

@@ -37,14 +37,26 @@ async fn request(addr: SocketAddr, raw: &[u8]) -> String {
 #[tokio::test]
 async fn get_metrics_returns_the_exposition_and_counts_move() {
     let (addr, counter, _stop) = start().await;
-    let a = request(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let a = request(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+    )
+    .await;
     assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
     assert!(a.contains(CONTENT_TYPE), "{a}");
+    assert!(a.contains("# TYPE portcullis_test_things counter\n"), "{a}");
     assert!(a.contains("portcullis_test_things_total 0\n"), "{a}");
     assert!(a.ends_with("# EOF\n"), "{a}");
     counter.inc_by(3);
+    // Without OpenMetrics in Accept: the classic text format.
     let b = request(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
+    assert!(b.contains(TEXT_CONTENT_TYPE), "{b}");
+    assert!(
+        b.contains("# TYPE portcullis_test_things_total counter\n"),
+        "{b}"
+    );
     assert!(b.contains("portcullis_test_things_total 3\n"), "{b}");
+    assert!(!b.contains("# EOF"), "{b}");
 }
 
 #[tokio::test]
@@ -97,7 +109,20 @@ async fn a_silent_client_is_dropped_after_the_request_timeout() {
 fn parse_request_lines() {
     assert_eq!(
         parse(b"GET /metrics HTTP/1.1\r\n\r\n", true),
-        Request::Metrics { head_only: false }
+        Request::Metrics {
+            head_only: false,
+            openmetrics: false
+        }
+    );
+    assert_eq!(
+        parse(
+            b"GET /metrics HTTP/1.1\r\naccept: application/openmetrics-text\r\n\r\n",
+            true
+        ),
+        Request::Metrics {
+            head_only: false,
+            openmetrics: true
+        }
     );
     assert_eq!(parse(b"GET /metrics HTTP/2\r\n\r\n", true), Request::Bad);
     assert_eq!(parse(b"GET /metrics\r\n\r\n", true), Request::Bad);
@@ -106,4 +131,16 @@ fn parse_request_lines() {
         Request::NotFound
     );
     assert_eq!(parse(b"GET /metrics HTTP/1.1", false), Request::TooLarge);
+}
+
+#[test]
+fn classic_text_renames_counter_families_and_drops_openmetrics_only_lines() {
+    let om = "# HELP a_things Things.\n# TYPE a_things counter\na_things_total 2\n\
+              # HELP a_dur Durations.\n# TYPE a_dur histogram\n# UNIT a_dur seconds\n\
+              a_dur_sum 1.0\n# EOF\n";
+    assert_eq!(
+        classic_text(om),
+        "# HELP a_things_total Things.\n# TYPE a_things_total counter\na_things_total 2\n\
+         # HELP a_dur Durations.\n# TYPE a_dur histogram\na_dur_sum 1.0\n"
+    );
 }

@@ -174,6 +174,16 @@ impl Fleet {
 
     /// [`Fleet::start_controller`] with another PKI directory (e.g. a stolen key's copy).
     pub fn start_controller_with_pki(&mut self, pki: &Path) -> Result<()> {
+        self.start_controller_full(pki, &[])
+    }
+
+    /// [`Fleet::start_controller`] with extra `serve` flags.
+    pub fn start_controller_with(&mut self, extra: &[&str]) -> Result<()> {
+        let pki = self.pki();
+        self.start_controller_full(&pki, extra)
+    }
+
+    fn start_controller_full(&mut self, pki: &Path, extra: &[&str]) -> Result<()> {
         let child = self
             .ctl
             .ns
@@ -183,6 +193,7 @@ impl Fleet {
             .arg(self.dir.path().join("controller.db"))
             .arg("--pki")
             .arg(pki)
+            .args(extra)
             .env("PORTCULLIS_LOG", "info,portcullis_controller=debug")
             .stdout(Stdio::null())
             .stderr(self.log("controller"))
