@@ -8,9 +8,14 @@
 #   deploy/lab.sh down   # stop everything, delete namespaces and lab state
 #
 # Namespaces: lab-sw (the bridge), ctl (10.77.0.1, fd77::1), h1..h3 (10.77.0.11-13,
-# fd77::11-13), outside (10.77.0.100, fd77::100). Needs root, nft, ip. Idempotent; cleans
-# up on failure. State (PKI, database, logs) in $LAB_STATE (default ./lab-state).
+# fd77::11-13), outside (10.77.0.100, fd77::100). Needs root, nft, ip and a Rust toolchain:
+# it checks them before building (as root with apt, it installs nftables and iproute2;
+# otherwise it stops at once naming the packages). Idempotent; a failure at any step (or
+# Ctrl-C) takes the lab down again. State (PKI, database, logs) in $LAB_STATE (default
+# ./lab-state).
 set -euo pipefail
+# ip and nft live in /usr/sbin on Debian, which a plain `su` or sudo PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${LAB_STATE:-$ROOT/lab-state}
@@ -24,6 +29,50 @@ declare -A ADDR6=([ctl]=fd77::1 [h1]=fd77::11 [h2]=fd77::12 [h3]=fd77::13 [outsi
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
 ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
+
+# What the lab runs, and the Debian package that has it.
+declare -A NEEDS=([ip]=iproute2 [nft]=nftables [awk]=mawk [grep]=grep [sed]=sed
+  [seq]=coreutils [xargs]=findutils)
+
+# Check every tool before anything is built or changed; install the missing ones with apt
+# when we can, else stop naming them.
+preflight() {
+  local missing=() pkgs=() t
+  [[ -z ${LAB_NO_BUILD:-} ]] && ! command -v cargo >/dev/null 2>&1 &&
+    die "cargo not found: install a Rust toolchain (https://rustup.rs, or apt-get install cargo), or set LAB_NO_BUILD=1 with built binaries in \$LAB_BIN"
+  for t in "${!NEEDS[@]}"; do
+    command -v "$t" >/dev/null 2>&1 || { missing+=("$t"); pkgs+=("${NEEDS[$t]}"); }
+  done
+  ((${#missing[@]})) || return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${pkgs[*]} (missing: ${missing[*]})"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" ||
+      die "apt-get install ${pkgs[*]} failed; install them and run again"
+    for t in "${missing[@]}"; do
+      command -v "$t" >/dev/null 2>&1 || die "$t still missing after installing ${NEEDS[$t]}"
+    done
+  else
+    die "missing: ${missing[*]}. Install them first (Debian/Ubuntu, as root: apt-get install ${pkgs[*]}), then run again"
+  fi
+}
+
+# Armed while the lab is being built or demonstrated: any failure (set -e, die, Ctrl-C)
+# then takes it down, so a failed first run leaves no namespaces or processes behind.
+CLEANUP_ON_FAIL=
+on_exit() {
+  local rc=$?
+  if ((rc != 0)) && [[ -n $CLEANUP_ON_FAIL ]]; then
+    CLEANUP_ON_FAIL=
+    echo "lab: failed (exit $rc); cleaning up: logs were in $STATE/logs" >&2
+    if [[ -d $STATE/logs ]]; then
+      tail -n 5 "$STATE"/logs/*.log >&2 2>/dev/null || true
+    fi
+    down
+  fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
 
 admin() {
   ip netns exec ctl env \
@@ -105,17 +154,18 @@ procs_up() {
 }
 
 up() {
+  preflight
   build
   if ns_exists ctl || ns_exists lab-sw; then
     say "lab already up: recreating"
     down
   fi
   rm -rf "$STATE"; mkdir -p "$STATE"
-  trap 'echo "lab: failed; cleaning up" >&2; down' ERR
+  CLEANUP_ON_FAIL=1
   net_up
   pki_up
   procs_up
-  trap - ERR
+  [[ -n ${IN_DEMO:-} ]] || CLEANUP_ON_FAIL=
   say "lab is up: deploy/lab.sh status | deploy/lab.sh down"
 }
 
@@ -130,6 +180,7 @@ probe_all() {
 }
 
 demo() {
+  IN_DEMO=1
   up
   say "portcullis apply -i deploy/examples/inventory.yml deploy/examples/site.yml"
   admin apply -i "$ROOT/deploy/examples/inventory.yml" "$ROOT/deploy/examples/site.yml" --timeout 30s
@@ -153,6 +204,7 @@ demo() {
   admin rollback --confirm-timeout 10s
   say "portcullis rollout list"
   admin rollout list
+  CLEANUP_ON_FAIL=
   say "the lab stays up: deploy/lab.sh down removes it"
 }
 
