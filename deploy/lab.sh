@@ -64,7 +64,7 @@ on_exit() {
   local rc=$?
   if ((rc != 0)) && [[ -n $CLEANUP_ON_FAIL ]]; then
     CLEANUP_ON_FAIL=
-    echo "lab: failed (exit $rc); cleaning up: logs were in $STATE/logs" >&2
+    echo "lab: failed (exit $rc); taking the lab down (logs stay in $STATE/logs)" >&2
     if [[ -d $STATE/logs ]]; then
       tail -n 5 "$STATE"/logs/*.log >&2 2>/dev/null || true
     fi
