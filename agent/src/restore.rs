@@ -194,6 +194,7 @@ pub fn minimal_policy(management: &[String], log_group: u16) -> (HostPolicy, Vec
         log_group,
         mode: Mode::Enforce,
         drift: DriftMode::Heal,
+        management: None,
     };
     (policy, errors)
 }

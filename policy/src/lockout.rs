@@ -62,6 +62,13 @@ pub struct Requirement {
     pub established: bool,
 }
 
+impl Requirement {
+    /// The requirement in `--keep` syntax: `tcp/22 from 10.0.0.0/8`.
+    pub fn keep_syntax(&self) -> String {
+        format!("{}/{} from {}", self.proto, self.ports, self.from)
+    }
+}
+
 /// A requirement the ruleset breaks, with one packet it would drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {

@@ -202,6 +202,13 @@ pub struct HostPolicy {
     pub log_group: u16,
     pub mode: Mode,
     pub drift: DriftMode,
+    /// The site's `management:` entries for this host in `--keep` syntax
+    /// (`tcp/22 from 10.0.0.0/8`), stored with the revision so that every push (apply,
+    /// rollout wave, reconnect) gives the agent what its fail-closed policy must keep
+    /// open. `None`: not known (a one-host policy file, a revision stored before this
+    /// field). Not an input of `compile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<Vec<String>>,
 }
 
 impl Default for HostPolicy {
@@ -214,6 +221,7 @@ impl Default for HostPolicy {
             log_group: DEFAULT_LOG_GROUP,
             mode: Mode::Enforce,
             drift: DriftMode::Heal,
+            management: None,
         }
     }
 }

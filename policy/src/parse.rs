@@ -65,6 +65,7 @@ impl PolicySpec {
             log_group: log.map_or(d.log_group, |l| l.group),
             mode: self.mode.map_or(d.mode, |l| l.value),
             drift: self.drift.map_or(d.drift, |l| l.value),
+            management: None,
         }
     }
 }

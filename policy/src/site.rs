@@ -111,9 +111,13 @@ pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostic
             line: play.line,
         });
     }
-    let hosts = merge(&plays, &targeted, &site.name, &mut diags);
+    let mut hosts = merge(&plays, &targeted, &site.name, &mut diags);
     if !diags.is_empty() {
         return Err(diags.finish());
+    }
+    for (host, policy) in &mut hosts {
+        let reqs = management.get(host).map(Vec::as_slice).unwrap_or_default();
+        policy.management = Some(reqs.iter().map(Requirement::keep_syntax).collect());
     }
     Ok(Fleet {
         inventory: inv,
@@ -458,6 +462,7 @@ fn merge(
                 log_group: log.map_or(d.log_group, |l| l.group),
                 mode: s.mode.map_or(d.mode, |(_, l)| l.value),
                 drift: s.drift.map_or(d.drift, |(_, l)| l.value),
+                management: None, // filled by the caller from the plays' `management:`
             };
             (host, p)
         })

@@ -243,6 +243,22 @@ fn management_entries_per_host() {
     );
     assert_eq!(f.management["spare"].len(), 1);
     assert_eq!(f.management["h3"].len(), 1);
+    // The targeted hosts' policies carry them in `--keep` syntax (stored with the
+    // revision, pushed with every Desired for the agent's fail-closed policy).
+    assert_eq!(
+        f.hosts["h1"].management.as_deref(),
+        Some(
+            &[
+                "tcp/22 from 10.0.0.0/8".to_string(),
+                "tcp/8443 from 0.0.0.0/0".to_string(),
+                "tcp/8443 from ::/0".to_string(),
+            ][..]
+        )
+    );
+    let entries = f.hosts["h1"].management.clone().unwrap_or_default();
+    for e in &entries {
+        crate::lockout::parse_keep(e).unwrap_or_else(|err| panic!("{e}: {err}"));
+    }
 }
 
 #[test]

@@ -245,6 +245,7 @@ fn policy() -> impl Strategy<Value = HostPolicy> {
                     } else {
                         DriftMode::Heal
                     },
+                    management: None,
                 }
             },
         )

@@ -455,6 +455,7 @@ fn policy() -> impl Strategy<Value = HostPolicy> {
                     log_group,
                     mode,
                     drift: DriftMode::Heal,
+                    management: None,
                 })
             },
         )

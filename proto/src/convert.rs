@@ -181,6 +181,8 @@ impl TryFrom<&v1::HostPolicy> for HostPolicy {
                 Ok(v1::DriftMode::Report) => DriftMode::Report,
                 _ => return Err(invalid("drift", format!("unknown value {}", p.drift))),
             },
+            // Travels beside the policy (`Desired.management`), not inside it.
+            management: None,
         })
     }
 }
@@ -263,6 +265,7 @@ mod tests {
             log_group: 9,
             mode: Mode::Audit,
             drift: DriftMode::Report,
+            management: None,
         };
         let wire = v1::HostPolicy::from(&p);
         assert_eq!(HostPolicy::try_from(&wire).unwrap(), p);

@@ -357,7 +357,10 @@ impl Shared {
             expected_hash: hash,
             confirm_timeout_ms: 0,
             request_id: self.asked.ask(host, revision),
-            management: None,
+            management: policy
+                .management
+                .clone()
+                .map(|entries| v1::Management { entries }),
         }))
     }
 }

@@ -442,7 +442,10 @@ async fn wave(
             expected_hash: hash,
             confirm_timeout_ms,
             request_id: ctx.shared.asked.ask(host, rev),
-            management: None,
+            management: policy
+                .management
+                .clone()
+                .map(|entries| v1::Management { entries }),
         };
         if !ctx
             .send(host, v1::controller_message::Msg::Desired(d))
