@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt as _;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = super::inventory::PATTERN_HELP)]
 pub struct ApplyArgs {
     /// Inventory source, repeatable (merged in order, as Ansible does): INI, YAML or
     /// `--list` JSON file, executable dynamic inventory, directory, or `host1,host2,`;

@@ -22,8 +22,10 @@ this check; takes precedence over 3); 3 no drift found but some hosts unreachabl
 4 controller unreachable."
 )]
 pub struct DriftArgs {
-    /// Hosts to check: an Ansible pattern (group, host, glob, a:b, a:&b, a:!b) over the
-    /// newest inventory and every known host; default all
+    /// Hosts to check: an Ansible pattern (group, host, glob, ~regex, web[0], a:b, a:&b,
+    /// a:!b; unions, then every &, then every !, wherever written, as Ansible does; see
+    /// `portcullis inventory --help`) over the newest inventory and every known host;
+    /// default all
     pub pattern: Option<String>,
     /// Show the semantic diff (kernel vs last-known-good) of drifted and healed hosts
     #[arg(long)]

@@ -4,20 +4,27 @@
 //! file, the plays that match it and the merged policy). Exit 2 on bad input.
 
 use super::exit;
-use portcullis_inventory_files as inventory_files;
 use super::output::print_json;
+use portcullis_inventory_files as inventory_files;
 use portcullis_policy::{Source, inventory_json, pattern, site};
 use std::path::PathBuf;
 
-/// Patterns are read as ansible-core 2.19 reads them. Surprises kept for compatibility:
-/// `:` separates terms only when there is no `,` (`a,b:!c` is two terms, `a` and `b:!c`);
-/// plain terms are applied first, then every `&` term, then every `!` term, wherever they
-/// stand (`!staging:web` is `web` minus `staging`); a pattern of only `&`/`!` terms starts
-/// from `all`; `~regex` matches from the start of a name, not the whole name; `web[0]`,
-/// `web[-1]`, `web[1:2]` and `web[1:]` are subscripts in inventory order, but `web[:3]` is
-/// an fnmatch class (matching `web:` or `web3`); empty terms (`web:`) are dropped.
+/// How host patterns are read (shown by the `--help` of commands that take patterns).
+pub const PATTERN_HELP: &str = "\
+Host patterns are read as ansible-core 2.19 reads them, surprises included:
+  - `:` separates terms only when there is no `,`: `a,b:!c` is the two terms `a` and `b:!c`;
+    `fe80::1`, `host:22` and `web[1:3]` are one term each.
+  - Plain terms are applied first, then every `&` term, then every `!` term, wherever they
+    are written: `!staging:web` is `web` minus `staging`; only `&`/`!` terms start from `all`.
+  - `~regex` matches from the start of a name (Python's re.match), not the whole name.
+  - `web[0]`, `web[-1]`, `web[1:2]`, `web[1:]` pick hosts in inventory order (a group's own
+    hosts, then its children's). `web[:3]` is not a subscript but an fnmatch class (`web:` or
+    `web3`), and `app[12]` is subscript 12, not the class 1-or-2 (write `app[1-2]`).
+  - An empty term (`web:`) is dropped. Unlike Ansible, a pattern of separators only (`,`) is
+    refused rather than meaning `all`, and `localhost` is never added implicitly.";
+
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = PATTERN_HELP)]
 pub struct InventoryArgs {
     /// Inventory source (repeatable, merged in order): an INI, YAML or `--list` JSON file,
     /// an executable dynamic inventory, a directory of sources, or `host1,host2,`

@@ -262,8 +262,10 @@ pub async fn follow(
 /// `portcullis rollback`: without --serial, --max-fail, --confirm-timeout and
 /// --max-denial-increase, the latest rollout's waves, confirmation and gates are reused.
 #[derive(Debug, clap::Args)]
+#[command(after_help = super::inventory::PATTERN_HELP)]
 pub struct RollbackArgs {
-    /// Hosts to roll back (Ansible pattern over that revision's inventory); default all
+    /// Hosts to roll back (Ansible pattern over that revision's inventory, read as
+    /// ansible-core does: see `portcullis inventory --help`); default all
     pub pattern: Option<String>,
     /// Revision to go back to (default: the one before the latest)
     #[arg(long)]
