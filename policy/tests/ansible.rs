@@ -97,3 +97,22 @@ fn ini_and_yaml_select_the_same_hosts_for_every_pattern() {
     assert_eq!(ini.host_names(), yaml.host_names());
     assert_eq!(ini.groups, yaml.groups);
 }
+
+/// `portcullis apply` sends the inventory as `--list` JSON (what the controller stores):
+/// read back, it has the same hosts, groups, variables and selections.
+#[test]
+fn list_json_round_trip_keeps_every_selection() {
+    for name in ["hosts.ini", "hosts.yml", "list.json"] {
+        let inv = inventory(name);
+        let text = inventory_json::to_list(&inv).to_string();
+        let back = Inventory::parse(&Source::new("sent", text)).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(back.groups, inv.groups, "{name}");
+        for (h, e) in &inv.hosts {
+            assert_eq!(back.hosts[h].vars, e.vars, "{name}: {h}");
+            assert_eq!(back.hosts[h].ansible_host, e.ansible_host, "{name}: {h}");
+        }
+        for (p, _) in expected_hosts(name) {
+            assert_eq!(ours(&back, &p), ours(&inv, &p), "{name}: `{p}`");
+        }
+    }
+}
