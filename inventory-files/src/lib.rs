@@ -166,19 +166,70 @@ pub fn read_bounded(path: &Path) -> Result<Source, LoadError> {
     Ok(Source::new(path.display().to_string(), text))
 }
 
-/// Run a dynamic inventory with `--list`: at most [`SCRIPT_TIMEOUT`], at most the document
-/// budget of output (it is killed at either); a failure shows its exit status and stderr.
+/// Run a dynamic inventory with `--list`; without `_meta` in its answer, once more per
+/// host with `--host NAME` (as Ansible does). Each run: at most [`SCRIPT_TIMEOUT`] and the
+/// document budget of output; a failure shows its exit status and stderr.
 fn run_script(path: &Path) -> Result<Source, LoadError> {
+    let text = capture(path, &["--list"], SCRIPT_TIMEOUT)?;
+    let bad_json = |e: serde_json::Error| {
+        script(
+            path,
+            format!("printed invalid JSON at {}:{}: {e}", e.line(), e.column()),
+        )
+    };
+    let mut list: serde_json::Value = serde_json::from_str(&text).map_err(bad_json)?;
+    let Some(groups) = list.as_object_mut() else {
+        return Err(script(path, "printed no JSON object".into()));
+    };
+    if groups.contains_key("_meta") {
+        return Ok(Source::new(format!("{} --list", path.display()), text));
+    }
+    let mut hosts: Vec<String> = Vec::new();
+    for body in groups.values() {
+        let list = body.get("hosts").unwrap_or(body);
+        for h in list.as_array().into_iter().flatten() {
+            if let Some(h) = h.as_str()
+                && !hosts.iter().any(|x| x == h)
+            {
+                hosts.push(h.to_string());
+            }
+        }
+    }
+    if hosts.len() > Budget::default().max_range_hosts {
+        return Err(script(
+            path,
+            format!("lists {} hosts without `_meta`", hosts.len()),
+        ));
+    }
+    let mut hostvars = serde_json::Map::new();
+    for h in hosts {
+        let vars = capture(path, &["--host", &h], SCRIPT_TIMEOUT)?;
+        let vars: serde_json::Value = serde_json::from_str(&vars).map_err(bad_json)?;
+        hostvars.insert(h, vars);
+    }
+    groups.insert("_meta".into(), serde_json::json!({ "hostvars": hostvars }));
+    Ok(Source::new(
+        format!("{} --list", path.display()),
+        list.to_string(),
+    ))
+}
+
+/// Run `path args`: its stdout (UTF-8, a JSON object), within `limit` time and the
+/// document budget of output (killed at either).
+fn capture(path: &Path, args: &[&str], limit_time: Duration) -> Result<String, LoadError> {
+    use std::os::unix::process::CommandExt as _;
     use std::process::{Command, Stdio};
     let mut child = Command::new(path)
-        .arg("--list")
+        .args(args)
+        // Its own process group, so a kill reaches what it started too.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(io(path))?;
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        let _ = child.kill();
+        kill_group(&mut child);
         let _ = child.wait();
         return Err(script(path, "has no output pipes".into()));
     };
@@ -200,7 +251,7 @@ fn run_script(path: &Path) -> Result<Source, LoadError> {
                 Err(_) => Vec::new(),
             };
             if buf.len() as u64 >= limit {
-                let _ = child.kill();
+                kill_group(&mut child);
                 let _ = child.wait();
                 return Err(script(
                     path,
@@ -213,18 +264,18 @@ fn run_script(path: &Path) -> Result<Source, LoadError> {
                 if let Some(s) = child.try_wait().map_err(io(path))? {
                     break s;
                 }
-                if start.elapsed() > SCRIPT_TIMEOUT {
-                    let _ = child.kill();
+                if start.elapsed() > limit_time {
+                    kill_group(&mut child);
                     let _ = child.wait();
-                    return Err(timeout(path));
+                    return Err(timeout(path, limit_time));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             };
         }
-        if start.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
+        if start.elapsed() > limit_time {
+            kill_group(&mut child);
             let _ = child.wait();
-            return Err(timeout(path));
+            return Err(timeout(path, limit_time));
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -252,17 +303,22 @@ fn run_script(path: &Path) -> Result<Source, LoadError> {
             ),
         ));
     }
-    Ok(Source::new(format!("{} --list", path.display()), text))
+    Ok(text)
 }
 
-fn timeout(path: &Path) -> LoadError {
-    script(
-        path,
-        format!(
-            "did not finish within {}s (killed)",
-            SCRIPT_TIMEOUT.as_secs()
-        ),
-    )
+/// SIGKILL the script's process group (it and its children), then reap it.
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+}
+
+fn timeout(path: &Path, limit: Duration) -> LoadError {
+    script(path, format!("did not finish within {limit:?} (killed)"))
 }
 
 /// `group_vars/` and `host_vars/` under `base` (each entry a file `NAME`, `NAME.yml`,
@@ -323,4 +379,66 @@ fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn script_file(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("inv");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_hung_script_is_killed_at_the_deadline() {
+        let d = tempfile::tempdir().unwrap();
+        let p = script_file(d.path(), "sleep 20");
+        let e = capture(&p, &["--list"], Duration::from_millis(300)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("did not finish within 300ms (killed)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_endless_script_is_cut_at_the_document_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let p = script_file(d.path(), "yes '{}'");
+        let e = capture(&p, &["--list"], SCRIPT_TIMEOUT).unwrap_err();
+        assert!(e.to_string().contains("printed more than"), "{e}");
+    }
+
+    #[test]
+    fn without_meta_each_host_is_asked_with_host() {
+        let d = tempfile::tempdir().unwrap();
+        let p = script_file(
+            d.path(),
+            r#"if [ "$1" = --list ]; then echo '{"web": ["a", "b"]}'; else echo "{\"me\": \"$2\"}"; fi"#,
+        );
+        let l = load(&[p], None).unwrap().unwrap();
+        assert_eq!(l.inventory.hosts["b"].vars["me"], "b");
+        assert!(l.inventory.groups["web"].contains("a"));
+    }
+
+    #[test]
+    fn directories_skip_what_ansible_skips() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("b.ini", "[g]\nb\n"),
+            ("a.yml", "g:\n  hosts:\n    a:\n"),
+            ("c.bak", "x y z\n"),
+            (".hidden", "h\n"),
+            ("d~", "[\n"),
+        ] {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        let l = load(&[d.path().to_path_buf()], None).unwrap().unwrap();
+        assert_eq!(l.inventory.host_order, ["a", "b"]);
+    }
 }
