@@ -167,3 +167,134 @@ fn duplicate_host_in_one_group_is_a_yaml_error() {
     let e = inv("all:\n  hosts:\n    a:\n    a:\n").unwrap_err();
     assert_eq!((e.0[0].line, e.0[0].column), (4, 5));
 }
+
+fn budget(hosts: usize, bytes: usize) -> crate::budget::Budget {
+    crate::budget::Budget {
+        max_range_hosts: hosts,
+        max_document_bytes: bytes,
+        ..crate::budget::Budget::default()
+    }
+}
+
+#[test]
+fn every_format_keeps_the_budgets() {
+    let b = budget(10, 200);
+    let ini = Source::new("hosts.ini", "[web]\nweb[01:08]\n[db]\ndb[1:3]\n");
+    let e = Inventory::parse_with(&ini, &b).unwrap_err().to_string();
+    assert!(
+        e.starts_with("hosts.ini:4:1: host `db[1:3]`: expands to 3 host names"),
+        "{e}"
+    );
+    // The listing budget covers every source of one inventory (`-i a -i b`).
+    let yaml = Source::new("more.yml", "all:\n  hosts:\n    x[1:3]:\n");
+    let ok = Source::new("hosts.ini", "[web]\nweb[01:08]\n");
+    let e = Inventory::load(&[ok, yaml], &VarsDirs::default(), &b)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("more.yml:3:5: host `x[1:3]`: expands to 3"),
+        "{e}"
+    );
+    for name in ["big.ini", "big.json", "big"] {
+        let big = Source::new(name, format!("[g]\n{}", "h\n".repeat(200)));
+        let e = Inventory::parse_with(&big, &b).unwrap_err().to_string();
+        assert!(
+            e.contains(":1:1: document too large: 404 bytes (limit 200)"),
+            "{e}"
+        );
+    }
+    // JSON goes through the spanned YAML reader: depth and node limits hold there too.
+    let deep = Source::new(
+        "d.json",
+        format!("{{\"_meta\": {}{}}}", "[".repeat(80), "]".repeat(80)),
+    );
+    assert!(
+        Inventory::parse(&deep)
+            .unwrap_err()
+            .to_string()
+            .contains("nesting too deep")
+    );
+}
+
+#[test]
+fn ini_inventory() {
+    let text = "\
+# comment
+lone ansible_host=10.77.0.9
+[web]
+web[01:02] tier=front x=1 flag=True
+web03:2222
+[prod:children]
+web
+later
+[later]
+l1
+[prod:vars]
+env=prod
+";
+    let i = Inventory::parse(&Source::new("hosts", text)).unwrap();
+    assert_eq!(i.host_order, ["lone", "web01", "web02", "web03", "l1"]);
+    assert_eq!(i.groups["prod"], set(&["l1", "web01", "web02", "web03"]));
+    assert_eq!(i.groups["ungrouped"], set(&["lone"]));
+    assert_eq!(i.hosts["lone"].ansible_host.as_deref(), Some("10.77.0.9"));
+    let v = &i.hosts["web01"].vars;
+    assert_eq!((v["x"].clone(), v["flag"].clone()), (1.into(), true.into()));
+    assert_eq!(v["env"], "prod");
+    assert_eq!(i.hosts["web03"].vars["ansible_port"], 2222);
+    assert_eq!((i.hosts["web01"].line, i.hosts["web01"].column), (4, 1));
+    let e = Inventory::parse(&Source::new(
+        "h.ini",
+        "[a:children]\nb\n[a:vars]\nx\n[c:vars]\ny=1\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("h.ini:2:1: section `[a:children]` names group `b`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("h.ini:4:1: section `[a:vars]`: expected key=value, found `x`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("h.ini:5:1: section `[c:vars]` is for group `c`"),
+        "{e}"
+    );
+    let e = Inventory::parse(&Source::new("h.ini", "[a:children]\nb\n[b:children]\na\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(a cycle)"), "{e}");
+}
+
+#[test]
+fn group_vars_precedence() {
+    let text = "[web]\nw1 x=host\nw2\n[prod:children]\nweb\n[prod:vars]\nx=prod\ny=prod\n";
+    let dir = |pairs: &[(&str, &str, &str)]| {
+        let mut d = VarsDir::default();
+        for (g, k, v) in pairs {
+            d.groups
+                .entry(g.to_string())
+                .or_default()
+                .insert(k.to_string(), (*v).into());
+        }
+        d
+    };
+    let mut dirs = VarsDirs {
+        inventory: vec![dir(&[("all", "z", "inv-all"), ("web", "y", "inv-web")])],
+        playbook: vec![dir(&[("all", "z", "play-all"), ("all", "y", "play-all")])],
+    };
+    dirs.inventory[0]
+        .hosts
+        .entry("w1".into())
+        .or_default()
+        .insert("x".into(), "host_vars".into());
+    let i = Inventory::load(&[Source::new("h.ini", text)], &dirs, &Budget::default()).unwrap();
+    let (w1, w2) = (&i.hosts["w1"].vars, &i.hosts["w2"].vars);
+    // Inventory group vars < group_vars/all (inventory, playbook) < group_vars/GROUP.
+    assert_eq!(
+        (w2["x"].clone(), w2["y"].clone(), w2["z"].clone()),
+        ("prod".into(), "inv-web".into(), "play-all".into())
+    );
+    // Inventory host vars beat group_vars; host_vars beat them.
+    assert_eq!(w1["x"], "host_vars");
+}
