@@ -360,3 +360,57 @@ async fn applied_and_reverted_that_answer_nothing_are_ignored() {
     assert_ne!(h.applied_revision, 5, "{h:?}");
     assert_ne!(h.reported_hash, "forged", "{h:?}");
 }
+
+#[tokio::test]
+async fn one_certificate_cannot_hold_more_than_its_share_of_connections() {
+    let pre_auth = PreAuth {
+        max_per_identity: 2,
+        ..PreAuth::default()
+    };
+    let ctl = TestController::start_with_limits(100, pre_auth).await;
+    // One stolen admin key, many connections: the first two are served, the rest closed
+    // right after the handshake (TLS 1.3: the client learns it at its first call).
+    let eve = ctl.pki.issue_admin("eve", true).unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..5 {
+        let ch = ctl
+            .channel_with(ctl.pki.ca_cert(), eve.cert.clone(), eve.key.clone())
+            .await;
+        let mut c = v1::admin_client::AdminClient::new(ch);
+        match c.status(v1::StatusRequest {}).await {
+            Ok(_) => held.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(held.len(), 2, "connections served for one certificate");
+    assert_eq!(refused, 3);
+    // The held ones keep working, and another identity is not affected.
+    for c in &mut held {
+        c.status(v1::StatusRequest {}).await.unwrap();
+    }
+    let mut ops = ctl.admin("ops").await;
+    let counters = ops
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .counters
+        .unwrap();
+    assert!(counters.refused_connections >= 3, "{counters:?}");
+    // A slot freed is a slot for the same certificate again.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let ch = ctl
+            .channel_with(ctl.pki.ca_cert(), eve.cert.clone(), eve.key.clone())
+            .await;
+        let mut c = v1::admin_client::AdminClient::new(ch);
+        if c.status(v1::StatusRequest {}).await.is_ok() {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the freed slot was not given back");
+}

@@ -37,6 +37,14 @@ pub struct ServeArgs {
     /// Connections still in the TLS handshake from one source address (IPv6: one /64)
     #[arg(long, env = "PORTCULLIS_MAX_PENDING_PER_SOURCE", default_value_t = 16)]
     pub max_pending_per_source: usize,
+    /// Authenticated connections one certificate may hold at once (an agent needs 1; an
+    /// admin one per running command); more are closed right after the handshake
+    #[arg(
+        long,
+        env = "PORTCULLIS_MAX_CONNECTIONS_PER_IDENTITY",
+        default_value_t = 16
+    )]
+    pub max_connections_per_identity: usize,
     /// TCP keepalive idle time on accepted connections
     #[arg(long, env = "PORTCULLIS_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub tcp_keepalive: std::time::Duration,
@@ -58,8 +66,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .context("checking --max-connections against RLIMIT_NOFILE")?;
     tracing::debug!(nofile, "file descriptor limit");
     anyhow::ensure!(
-        args.max_pending_per_source > 0 && args.max_pending_handshakes > 0,
-        "--max-pending-handshakes and --max-pending-per-source: expected at least 1, found 0"
+        args.max_pending_per_source > 0
+            && args.max_pending_handshakes > 0
+            && args.max_connections_per_identity > 0,
+        "--max-pending-handshakes, --max-pending-per-source and \
+         --max-connections-per-identity: expected at least 1, found 0"
     );
     anyhow::ensure!(
         !args.tls_handshake_timeout.is_zero(),
@@ -86,6 +97,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             max_pending_per_source: args.max_pending_per_source,
             handshake_timeout: args.tls_handshake_timeout,
             tcp_keepalive: args.tcp_keepalive,
+            max_per_identity: args.max_connections_per_identity,
         },
         logs: crate::server::logs::LogsConfig {
             retention: (!args.log_retention.is_zero()).then_some(args.log_retention),

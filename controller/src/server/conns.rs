@@ -39,15 +39,22 @@ impl Connections {
         self.by_serial.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Enter a handshaken connection; it leaves the table when `token` is cancelled or
-    /// the connection is dropped (see [`Guarded`]).
-    pub fn enter(&self, serial: &str, token: &CancellationToken) -> u64 {
+    /// Enter a handshaken connection unless `serial` already holds `max` connections
+    /// (checked and entered under one lock, so concurrent handshakes cannot overshoot);
+    /// it leaves the table when `token` is cancelled or the connection is dropped (see
+    /// [`Guarded`]).
+    pub fn try_enter(&self, serial: &str, token: &CancellationToken, max: usize) -> Option<u64> {
+        let mut map = self.lock();
+        let conns = map.entry(serial.to_owned()).or_default();
+        if conns.len() >= max {
+            if conns.is_empty() {
+                map.remove(serial);
+            }
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .entry(serial.to_owned())
-            .or_default()
-            .insert(id, token.clone());
-        id
+        conns.insert(id, token.clone());
+        Some(id)
     }
 
     fn leave(&self, serial: &str, id: u64) {

@@ -174,6 +174,7 @@ async fn accept_loop(listener: TcpListener, a: Acceptor, mut tls: TlsSource, tx:
             revoked: a.revoked.clone(),
             refusals: a.refusals.clone(),
             timeout: a.limits.handshake_timeout,
+            max_per_identity: a.limits.max_per_identity,
             tx: tx.clone(),
         };
         tokio::spawn(job.run(stream, slot, peer));
@@ -198,6 +199,7 @@ struct Handshake {
     revoked: Arc<RevocationList>,
     refusals: Arc<Refusals>,
     timeout: Duration,
+    max_per_identity: usize,
     tx: Ready,
 }
 
@@ -244,10 +246,18 @@ impl Handshake {
             tracing::warn!(%peer, %serial, "revoked certificate: connection closed after the handshake");
             return;
         }
-        let established = self.budget.establish();
         let io = tls.get_mut().0;
         let token = io.token().clone();
-        let id = self.connections.enter(&serial, &token);
+        let Some(id) = self
+            .connections
+            .try_enter(&serial, &token, self.max_per_identity)
+        else {
+            self.refusals.per_identity.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, %serial, max = self.max_per_identity,
+                "certificate already holds its maximum of connections: closed");
+            return;
+        };
+        let established = self.budget.establish();
         io.established(
             Box::new(established),
             Some((self.connections.clone(), serial.clone(), id)),

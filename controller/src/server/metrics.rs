@@ -109,6 +109,7 @@ impl Collector for Snapshot {
                 ("handshake_timeout", r.handshake_timeout.load(Relaxed)),
                 ("handshake_failed", r.handshake_failed.load(Relaxed)),
                 ("revoked", r.revoked.load(Relaxed)),
+                ("per_identity", r.per_identity.load(Relaxed)),
             ],
         )?;
         collect::counter(

@@ -98,7 +98,8 @@ impl Shared {
             handshake_timeouts: r.handshake_timeout.load(Relaxed),
             refused_connections: r.full.load(Relaxed)
                 + r.pending_full.load(Relaxed)
-                + r.per_source.load(Relaxed),
+                + r.per_source.load(Relaxed)
+                + r.per_identity.load(Relaxed),
         }
     }
 }
@@ -161,6 +162,7 @@ pub async fn run_with_metrics(
         max_pending_per_source: config.pre_auth.max_pending_per_source,
         handshake_timeout: config.pre_auth.handshake_timeout,
         tcp_keepalive: config.pre_auth.tcp_keepalive,
+        max_per_identity: config.pre_auth.max_per_identity,
     };
     let addr = listener.local_addr()?;
     let incoming = incoming::start(

@@ -19,6 +19,8 @@ pub struct PreAuth {
     pub handshake_timeout: Duration,
     /// `--tcp-keepalive`: idle time before the first probe.
     pub tcp_keepalive: Duration,
+    /// `--max-connections-per-identity`: authenticated connections of one certificate.
+    pub max_per_identity: usize,
 }
 
 impl Default for PreAuth {
@@ -29,6 +31,7 @@ impl Default for PreAuth {
             max_pending_per_source: l.max_pending_per_source,
             handshake_timeout: l.handshake_timeout,
             tcp_keepalive: l.tcp_keepalive,
+            max_per_identity: l.max_per_identity,
         }
     }
 }
@@ -46,6 +49,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// TCP keepalive idle time on accepted sockets.
     pub tcp_keepalive: Duration,
+    /// Authenticated connections one certificate may hold at once: a compromised agent
+    /// (or a leaked admin key) cannot take the slots the rest of the fleet needs.
+    pub max_per_identity: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +62,7 @@ impl Default for Limits {
             max_pending_per_source: 16,
             handshake_timeout: Duration::from_secs(5),
             tcp_keepalive: Duration::from_secs(60),
+            max_per_identity: 16,
         }
     }
 }
@@ -76,6 +83,8 @@ pub struct Refusals {
     pub handshake_timeout: AtomicU64,
     pub handshake_failed: AtomicU64,
     pub revoked: AtomicU64,
+    /// Handshaken connections closed because their certificate held its maximum.
+    pub per_identity: AtomicU64,
 }
 
 #[derive(Debug)]
