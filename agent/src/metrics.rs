@@ -330,3 +330,71 @@ impl Exposition {
         portcullis_metrics::encode(&self.registry)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::StateDir;
+    use crate::dataplane::FakeDataplane;
+    use portcullis_policy::{Facts, HostPolicy};
+
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[tokio::test]
+    async fn applies_verifies_rule_counters_and_conditions_show_in_the_exposition() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeDataplane::new());
+        let agent = Agent::new(fake.clone(), StateDir::new(dir.path()));
+        let conditions = Conditions::default();
+        let e = Exposition::new(agent.clone(), None, conditions.clone());
+        let before = e.render().await.unwrap();
+        assert_eq!(
+            line(&before, "portcullis_agent_applied_revision"),
+            Some("0.0")
+        );
+        assert!(!before.contains("last_known_good_age"), "{before}");
+
+        agent
+            .reconcile(&HostPolicy::default(), &Facts::default(), 1)
+            .unwrap();
+        fake.fail_next_apply("boom");
+        let p = HostPolicy {
+            log_group: 9,
+            ..HostPolicy::default()
+        };
+        assert!(agent.reconcile(&p, &Facts::default(), 2).is_err());
+        agent.verify().unwrap();
+        fake.hit("input", 0, 7, 420);
+        conditions.set("denials", "cannot bind NFLOG group 7");
+
+        let t = e.render().await.unwrap();
+        let ok = "portcullis_agent_apply_duration_seconds_count{result=\"ok\"}";
+        let failed = "portcullis_agent_apply_duration_seconds_count{result=\"failed\"}";
+        assert_eq!(line(&t, ok), Some("1"), "{t}");
+        assert_eq!(line(&t, failed), Some("1"), "{t}");
+        assert_eq!(
+            line(&t, "portcullis_agent_apply_errors_total"),
+            Some("1"),
+            "{t}"
+        );
+        let in_sync = "portcullis_agent_verify_duration_seconds_count{result=\"in_sync\"}";
+        assert_eq!(line(&t, in_sync), Some("1"), "{t}");
+        assert_eq!(
+            line(&t, "portcullis_agent_applied_revision"),
+            Some("1.0"),
+            "{t}"
+        );
+        assert!(line(&t, "portcullis_agent_last_known_good_age_seconds").is_some());
+        let packets = "portcullis_agent_rule_packets_total{chain=\"input\",position=\"0\"}";
+        assert_eq!(line(&t, packets), Some("7"), "{t}");
+        let bytes = "portcullis_agent_rule_bytes_total{chain=\"input\",position=\"0\"}";
+        assert_eq!(line(&t, bytes), Some("420"), "{t}");
+        let cond = "portcullis_agent_condition{subsystem=\"denials\"}";
+        assert_eq!(line(&t, cond), Some("1"), "{t}");
+        assert_eq!(line(&t, "portcullis_agent_conditions"), Some("1.0"), "{t}");
+    }
+}
