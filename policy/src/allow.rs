@@ -258,7 +258,8 @@ fn from_map(entries: &[(Node, Node)], node: &Node, cx: &mut Ctx<'_>) -> Option<A
     })
 }
 
-/// `from:` — a list of networks (or one). `Some(None)` when an element was invalid.
+/// `from:` — a list of networks and list files (`{ file: lists/x.txt }`), or one of
+/// either. `None` when an element was invalid.
 fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
     let items: Vec<&Node> = match &node.kind {
         NodeKind::Seq(items) if items.is_empty() => {
@@ -266,12 +267,12 @@ fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
             return None;
         }
         NodeKind::Seq(items) => items.iter().collect(),
-        NodeKind::Scalar(_) => vec![node],
+        NodeKind::Scalar(_) | NodeKind::Map(_) => vec![node],
         _ => {
             cx.err(
                 node,
                 format!(
-                    "`from` must be a list of networks like [10.0.0.0/8, \"fd00::/64\"], found {}",
+                    "`from` must be a list of networks like [10.0.0.0/8, \"fd00::/64\"] or list files like {{ file: lists/partners.txt }}, found {}",
                     node.type_name()
                 ),
             );
@@ -281,6 +282,10 @@ fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
     let mut out = Vec::new();
     let mut ok = true;
     for item in items {
+        if let NodeKind::Map(entries) = &item.kind {
+            ok &= list_file(entries, item, &mut out, cx);
+            continue;
+        }
         match item.as_str().map(|s| parse_cidr(s.trim())) {
             Some(Ok(n)) => out.push(n),
             Some(Err(e)) => {
@@ -296,7 +301,64 @@ fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
             }
         }
     }
+    if ok && out.is_empty() {
+        cx.err(
+            node,
+            "`from` names only empty list files: it would match no source; omit it to allow from anywhere or put addresses in the files",
+        );
+        return None;
+    }
     ok.then_some(out)
+}
+
+/// `{ file: lists/x.txt }`: the networks of that list file (parsed by the caller into
+/// `cx.lists`). False (and an error) when the mapping or the file is not right.
+fn list_file(
+    entries: &[(Node, Node)],
+    item: &Node,
+    out: &mut Vec<IpNet>,
+    cx: &mut Ctx<'_>,
+) -> bool {
+    let mut file = None;
+    for (k, v) in entries {
+        match k.as_str() {
+            Some("file") => file = Some(v),
+            _ => {
+                cx.unknown_key(k, "`from` list file", &["file"]);
+                return false;
+            }
+        }
+    }
+    let Some(v) = file else {
+        cx.err(
+            item,
+            "a `from` mapping needs `file: <path of an address list>`",
+        );
+        return false;
+    };
+    let Some(name) = v.as_str().map(str::trim) else {
+        cx.err(v, format!("`file` must be a path, found {}", v.type_name()));
+        return false;
+    };
+    if let Err(e) = crate::addrlist::check_name(name) {
+        cx.err(v, e);
+        return false;
+    }
+    match cx.lists.get(name) {
+        Some(list) => {
+            out.extend(list.nets());
+            true
+        }
+        None => {
+            cx.err(
+                v,
+                format!(
+                    "list file `{name}` was not read: the CLI reads every `from: {{ file }}` relative to the site file and sends it with the apply"
+                ),
+            );
+            false
+        }
+    }
 }
 
 /// A network (`10.0.0.0/8`, `fd00::/64`) or an address (as /32 or /128). Host bits set

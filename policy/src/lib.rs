@@ -9,6 +9,7 @@
 //! This crate must not do I/O, use a clock, spawn threads or be async: every function takes
 //! values and returns values, so it is tested with plain unit and property tests.
 
+pub mod addrlist;
 pub mod budget;
 pub mod compile;
 pub mod diag;
@@ -35,6 +36,7 @@ pub mod services;
 pub mod site;
 pub mod yaml;
 
+pub use addrlist::{AddrList, AddrLists};
 pub use budget::Budget;
 pub use compile::{CompileError, compile};
 pub use diag::{Diagnostic, Diagnostics, Source};
@@ -48,4 +50,7 @@ pub use model::{
 pub use pattern::{PatternError, select, select_ordered};
 pub use readback::{ReadbackError, RuleCounter, parse_readback, parse_ruleset_readback};
 pub use ruleset::{Ruleset, RulesetHash, TABLE_NAME};
-pub use site::{Fleet, PlaySummary, load_fleet, load_host_policy};
+pub use site::{
+    Fleet, PlaySummary, load_fleet, load_fleet_with_lists, load_host_policy,
+    load_host_policy_with_lists,
+};

@@ -6,6 +6,7 @@
 //! location, and parsing goes on. This module must not merge plays, look at the inventory,
 //! or do I/O.
 
+use crate::addrlist::AddrLists;
 use crate::diag::Diagnostics;
 use crate::model::{
     AllowEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, RateUnit, Replies,
@@ -78,6 +79,8 @@ const LOG_KEYS: &[&str] = &["rate", "burst", "group"];
 pub struct Ctx<'a> {
     pub file: &'a str,
     pub diags: &'a mut Diagnostics,
+    /// The list files `from: { file: ... }` may name ([`crate::addrlist::NO_LISTS`]: none).
+    pub lists: &'a AddrLists,
 }
 
 impl Ctx<'_> {

@@ -5,6 +5,7 @@
 //! Also the one-host policy file of `portcullis-agent apply --policy`. This module must not
 //! read files (callers pass [`Source`]s) or know about nftables.
 
+use crate::addrlist::{AddrLists, NO_LISTS};
 use crate::diag::{Diagnostics, Source};
 use crate::inventory::Inventory;
 use crate::lockout::{self, Requirement};
@@ -50,6 +51,17 @@ struct Play {
 /// Load and validate a site file against an inventory. Every problem in either file is
 /// reported, sorted by file and location.
 pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostics> {
+    load_fleet_with_lists(site, inventory, &NO_LISTS)
+}
+
+/// [`load_fleet`] for a site whose `from:` entries may name list files (`{ file: x }`),
+/// parsed by [`AddrLists::parse`] from the files [`crate::addrlist::list_references`]
+/// names. A named file missing from `lists` is an error at the `file:` value.
+pub fn load_fleet_with_lists(
+    site: &Source,
+    inventory: &Source,
+    lists: &AddrLists,
+) -> Result<Fleet, Diagnostics> {
     let mut diags = Diagnostics::default();
     let inv = match Inventory::parse(inventory) {
         Ok(i) => Some(i),
@@ -64,6 +76,7 @@ pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostic
             &mut Ctx {
                 file: &site.name,
                 diags: &mut diags,
+                lists,
             },
         ),
         Err(e) => {
@@ -133,11 +146,20 @@ pub fn load_fleet(site: &Source, inventory: &Source) -> Result<Fleet, Diagnostic
 /// Load a one-host policy file: the `policy:` mapping itself (a top-level `policy:` key
 /// wrapping it is accepted too). Unset fields take [`HostPolicy::default`] values.
 pub fn load_host_policy(src: &Source) -> Result<HostPolicy, Diagnostics> {
+    load_host_policy_with_lists(src, &NO_LISTS)
+}
+
+/// [`load_host_policy`] with the list files its `from:` entries may name.
+pub fn load_host_policy_with_lists(
+    src: &Source,
+    lists: &AddrLists,
+) -> Result<HostPolicy, Diagnostics> {
     let root = yaml::parse(src)?;
     let mut diags = Diagnostics::default();
     let mut cx = Ctx {
         file: &src.name,
         diags: &mut diags,
+        lists,
     };
     if root.is_null() {
         cx.err(&root, "the policy file is empty: expected a mapping with allow, interface, replies, log, mode, drift");
