@@ -43,6 +43,14 @@ fn compare(inv: &str) {
     let cases = expected(&format!("{inv}.hosts"));
     for line in cases.lines() {
         let (pattern, want) = line.split_once('\t').unwrap();
+        // ansible-core prints no host where its CLI swallows an invalid regex or an
+        // out-of-range subscript; we refuse those patterns (exit 2).
+        let want = if ["web[9]", "~web(("].contains(&pattern) {
+            assert_eq!(want, "", "ansible on `{pattern}`");
+            "ERROR"
+        } else {
+            want
+        };
         let out = run(&["-i", &path, "--list-hosts", pattern]);
         let got = if out.status.code() == Some(0) {
             text(&out.stdout)
