@@ -96,6 +96,26 @@ fn dynamic_inventory_script_matches_ansible() {
 }
 
 #[test]
+fn dynamic_inventory_without_meta_is_asked_per_host_like_ansible() {
+    compare("script-host.sh");
+}
+
+#[test]
+fn group_vars_beside_the_site_file_apply_like_ansibles_playbook_dir() {
+    let f = fixtures();
+    let out = run(&[
+        "-i",
+        &format!("{f}/dir"),
+        &format!("{f}/site/site.yml"),
+        "--list",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&expected("dir+site.list")).unwrap();
+    assert_eq!(ours, theirs);
+}
+
+#[test]
 fn directory_with_group_vars_and_host_vars_matches_ansible() {
     // Also skips 03-old.bak and notes.txt (Ansible's ignored extensions) and group_vars/.
     compare("dir");
