@@ -20,8 +20,10 @@ Host patterns are read as ansible-core 2.19 reads them, surprises included:
   - `web[0]`, `web[-1]`, `web[1:2]`, `web[1:]` pick hosts in inventory order (a group's own
     hosts, then its children's). `web[:3]` is not a subscript but an fnmatch class (`web:` or
     `web3`), and `app[12]` is subscript 12, not the class 1-or-2 (write `app[1-2]`).
-  - An empty term (`web:`) is dropped. Unlike Ansible, a pattern of separators only (`,`) is
-    refused rather than meaning `all`, and `localhost` is never added implicitly.";
+  - An empty term (`web:`) is dropped.
+Where ansible-core is loose, Portcullis refuses instead: an invalid `~regex` or a subscript
+past the last host (Ansible's CLI prints no host for the whole pattern), a pattern of
+separators only (`,`, which Ansible reads as `all`); and `localhost` is never implied.";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = PATTERN_HELP)]
