@@ -232,6 +232,14 @@ pub fn list_references(root: &Node) -> BTreeSet<String> {
     out
 }
 
+/// [`list_references`] of a site or policy file's text; none when it is not valid YAML
+/// (loading it reports that).
+pub fn references_in(src: &Source) -> BTreeSet<String> {
+    crate::yaml::parse(src)
+        .map(|root| list_references(&root))
+        .unwrap_or_default()
+}
+
 fn walk(node: &Node, out: &mut BTreeSet<String>) {
     match &node.kind {
         NodeKind::Seq(items) => items.iter().for_each(|n| walk(n, out)),

@@ -87,21 +87,62 @@ fn read_source(path: &Path) -> Result<Source> {
     Ok(Source::new(path.display().to_string(), text))
 }
 
+/// The address-list files `src` names (`from: { file }`), read relative to `path`'s
+/// directory and parsed; an unreadable or ill-formed one refuses the apply (fail
+/// closed) with the list's file:line:column.
+fn read_lists(path: &Path, src: &Source) -> Result<portcullis_policy::AddrLists> {
+    use portcullis_policy::addrlist;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let limit = addrlist::MAX_LIST_BYTES;
+    let mut sources = Vec::new();
+    for name in addrlist::references_in(src) {
+        addrlist::check_name(&name).map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
+        let file = dir.join(&name);
+        let mut text = String::new();
+        std::fs::File::open(&file)
+            .and_then(|f| {
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(f, limit as u64 + 1),
+                    &mut text,
+                )
+            })
+            .map_err(|e| {
+                BadInput(format!(
+                    "{}: reading list file `{name}` ({}): {e}",
+                    path.display(),
+                    file.display()
+                ))
+            })?;
+        if text.len() > limit {
+            return Err(BadInput(format!(
+                "{name}:1:1: list file too large: more than {limit} bytes"
+            ))
+            .into());
+        }
+        sources.push(Source::new(name, text));
+    }
+    addrlist::AddrLists::parse(&sources).map_err(|d| BadInput(d.to_string()).into())
+}
+
 fn load_policy(args: &ApplyArgs) -> Result<HostPolicy> {
-    use portcullis_policy::site::{load_fleet, load_host_policy};
+    use portcullis_policy::site::{load_fleet_with_lists, load_host_policy_with_lists};
     if let Some(path) = &args.policy {
         let source = read_source(path)?;
-        return load_host_policy(&source).map_err(|d| BadInput(d.to_string()).into());
+        let lists = read_lists(path, &source)?;
+        return load_host_policy_with_lists(&source, &lists)
+            .map_err(|d| BadInput(d.to_string()).into());
     }
     let (Some(site), false) = (&args.site, args.inventory.is_empty()) else {
         return Err(BadInput("give --policy FILE, or --site FILE --inventory FILE".into()).into());
     };
     let site_src = read_source(site)?;
+    let lists = read_lists(site, &site_src)?;
     let loaded = portcullis_inventory_files::load(&args.inventory, Some(site))
         .map_err(|e| BadInput(e.to_string()))?
         .map_err(|d| BadInput(d.to_string()))?;
     let inv_src = Source::new(loaded.name.clone(), loaded.list_json());
-    let mut fleet = load_fleet(&site_src, &inv_src).map_err(|d| BadInput(d.to_string()))?;
+    let mut fleet =
+        load_fleet_with_lists(&site_src, &inv_src, &lists).map_err(|d| BadInput(d.to_string()))?;
     let host = args.host.clone().unwrap_or_else(crate::facts::hostname);
     fleet.hosts.remove(&host).ok_or_else(|| {
         BadInput(format!(

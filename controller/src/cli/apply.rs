@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use portcullis_policy::{Source, site};
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_stream::StreamExt as _;
 
@@ -68,8 +68,48 @@ fn read(path: &PathBuf) -> anyhow::Result<Source> {
     Ok(Source::new(path.display().to_string(), text))
 }
 
+/// Read the address-list files the site names (`from: { file }`), relative to the
+/// site file's directory, each bounded like the controller bounds it. A file that cannot
+/// be read refuses the apply (fail closed), naming the site file and the list.
+fn read_lists(site: &Path, site_src: &Source) -> anyhow::Result<Vec<Source>> {
+    use std::io::Read as _;
+    let dir = site.parent().unwrap_or(Path::new("."));
+    let limit = portcullis_policy::addrlist::MAX_LIST_BYTES;
+    let mut out = Vec::new();
+    for name in portcullis_policy::addrlist::references_in(site_src) {
+        if let Err(e) = portcullis_policy::addrlist::check_name(&name) {
+            anyhow::bail!("{}: {e}", site.display());
+        }
+        let path = dir.join(&name);
+        let mut text = String::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(limit as u64 + 1).read_to_string(&mut text))
+            .with_context(|| {
+                format!(
+                    "{}: reading list file `{name}` ({})",
+                    site.display(),
+                    path.display()
+                )
+            })?;
+        anyhow::ensure!(
+            text.len() <= limit,
+            "{name}:1:1: list file too large: more than {limit} bytes"
+        );
+        out.push(Source::new(name, text));
+    }
+    Ok(out)
+}
+
 pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let site_src = read(&args.site)?;
+    let list_srcs = match read_lists(&args.site, &site_src) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::eoutln!("error: {e:#}");
+            crate::eoutln!("error: a list file could not be read; nothing was applied");
+            return Ok(exit::INVALID);
+        }
+    };
     let loaded = match portcullis_inventory_files::load(&args.inventory, Some(&args.site)) {
         Ok(Ok(l)) => l,
         Err(e) => {
@@ -79,14 +119,19 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         }
         Ok(Err(diags)) => {
             crate::eoutln!("{diags}");
-            crate::eoutln!("error: {} problem(s) found; nothing was applied", diags.len());
+            crate::eoutln!(
+                "error: {} problem(s) found; nothing was applied",
+                diags.len()
+            );
             return Ok(exit::INVALID);
         }
     };
     // The controller stores the inventory as read (a dynamic inventory's answer included).
     let inv_src = Source::new(loaded.name.clone(), loaded.list_json());
     // Fail fast and locally, with file:line:column, before contacting anyone.
-    if let Err(diags) = site::load_fleet(&site_src, &inv_src) {
+    let checked = portcullis_policy::AddrLists::parse(&list_srcs)
+        .and_then(|lists| site::load_fleet_with_lists(&site_src, &inv_src, &lists));
+    if let Err(diags) = checked {
         crate::eoutln!("{diags}");
         crate::eoutln!(
             "error: {} problem(s) found; nothing was applied",
@@ -100,6 +145,13 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         site_yaml: site_src.text,
         inventory_name: inv_src.name,
         inventory_yaml: inv_src.text,
+        lists: list_srcs
+            .into_iter()
+            .map(|s| v1::ListFile {
+                name: s.name,
+                content: s.text,
+            })
+            .collect(),
         limit: args.limit.clone().unwrap_or_default(),
         check: args.check,
         replay_window_ms: args.replay.map_or(0, |d| {

@@ -8,7 +8,7 @@ use super::Shared;
 use super::registry::HostEvent;
 use crate::identity::Role;
 use crate::store::{self, RevisionHost};
-use portcullis_policy::{Facts, HostPolicy, Ruleset, Source, compile, pattern, site};
+use portcullis_policy::{Facts, HostPolicy, Ruleset, compile, pattern, site};
 use portcullis_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -156,14 +156,7 @@ impl v1::admin_server::Admin for AdminService {
         }
         // Parsing a large inventory takes CPU seconds: off the async workers, so sessions
         // and other admins are served meanwhile (the YAML budget bounds it).
-        let (site_src, inv_src) = (
-            Source::new(&req.site_name, &req.site_yaml),
-            Source::new(&req.inventory_name, &req.inventory_yaml),
-        );
-        let fleet = tokio::task::spawn_blocking(move || site::load_fleet(&site_src, &inv_src))
-            .await
-            .map_err(|e| super::session::internal(e.into()))?
-            .map_err(|d| Status::invalid_argument(format!("invalid policy:\n{d}")))?;
+        let fleet = super::load_request_fleet(&req).await?;
         let site::Fleet {
             inventory,
             hosts: mut targets,

@@ -10,20 +10,14 @@ use super::Shared;
 use super::session::internal;
 use crate::store;
 use portcullis_policy::replay::{self, Evidence as Seen, Logged, RuleHits};
-use portcullis_policy::{
-    Facts, HostPolicy, Plan, Proto, Source, compile, lockout, pattern, plan, site,
-};
+use portcullis_policy::{Facts, HostPolicy, Plan, Proto, compile, lockout, pattern, plan};
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use tonic::Status;
 
 /// The check result for an `ApplyRequest` with `check` set.
 pub async fn check(shared: &Shared, req: &v1::ApplyRequest) -> Result<v1::CheckResult, Status> {
-    let fleet = site::load_fleet(
-        &Source::new(&req.site_name, &req.site_yaml),
-        &Source::new(&req.inventory_name, &req.inventory_yaml),
-    )
-    .map_err(|d| Status::invalid_argument(format!("invalid policy:\n{d}")))?;
+    let fleet = super::load_request_fleet(req).await?;
     let mut targets: BTreeMap<String, HostPolicy> = fleet.hosts;
     if !req.limit.is_empty() {
         let selected = pattern::select(&fleet.inventory, &req.limit)

@@ -131,6 +131,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE rollouts ADD COLUMN max_denial_increase REAL NOT NULL DEFAULT 0;
      ALTER TABLE rollouts ADD COLUMN denial_window_ms INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE rollouts ADD COLUMN denial_baseline_ms INTEGER NOT NULL DEFAULT 0;",
+    // 9: the address-list files of a revision (`from: { file }`), as the CLI sent them.
+    "CREATE TABLE revision_lists (
+        revision INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        content TEXT NOT NULL,
+        PRIMARY KEY (revision, name)
+     );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

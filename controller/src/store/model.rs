@@ -57,6 +57,8 @@ pub struct NewRevision<'a> {
     pub inventory_yaml: &'a str,
     pub limit: &'a str,
     pub hosts: &'a [RevisionHost],
+    /// The address-list files (name, content) the site names.
+    pub lists: Vec<(&'a str, &'a str)>,
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -85,6 +87,12 @@ pub fn insert_revision(conn: &Connection, r: &NewRevision<'_>) -> anyhow::Result
         r.limit
     ])?;
     let id = conn.last_insert_rowid();
+    let mut list = conn.prepare_cached(
+        "INSERT INTO revision_lists (revision, name, content) VALUES (?1, ?2, ?3)",
+    )?;
+    for (name, content) in &r.lists {
+        list.execute(params![id, name, content])?;
+    }
     let mut ins = conn.prepare_cached(
         "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash, policy_id)
          VALUES (?1, ?2, '', ?3, ?4)",

@@ -127,6 +127,15 @@ pub fn revision_sources(
         .optional()?)
 }
 
+/// The stored address-list files of a revision: (name, content), by name.
+pub fn revision_lists(conn: &Connection, revision: u64) -> anyhow::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, content FROM revision_lists WHERE revision = ?1 ORDER BY name",
+    )?;
+    let rows = stmt.query_map(params![to_i64(revision)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// The latest revision before `before` that targeted `host`.
 pub fn revision_before(conn: &Connection, host: &str, before: u64) -> anyhow::Result<Option<u64>> {
     Ok(conn
@@ -389,9 +398,33 @@ mod tests {
                 inventory_yaml: "",
                 limit: "",
                 hosts: &rows,
+                lists: vec![
+                    ("lists/b.txt", "10.77.0.2\n"),
+                    ("lists/a.txt", "10.77.0.1\n"),
+                ],
             },
         )
         .expect("revision")
+    }
+
+    #[test]
+    fn list_files_are_stored_with_their_revision() {
+        let store = Store::in_memory().expect("store");
+        store
+            .call_sync(|c| {
+                let r1 = revision(c, &["a"]);
+                let lists = revision_lists(c, r1)?;
+                assert_eq!(
+                    lists,
+                    vec![
+                        ("lists/a.txt".to_string(), "10.77.0.1\n".to_string()),
+                        ("lists/b.txt".to_string(), "10.77.0.2\n".to_string()),
+                    ]
+                );
+                assert!(revision_lists(c, r1 + 1)?.is_empty());
+                Ok(())
+            })
+            .expect("store");
     }
 
     #[test]

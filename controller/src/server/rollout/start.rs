@@ -269,6 +269,14 @@ pub async fn rollback_request(
     else {
         return Err(Status::not_found(format!("revision {to} does not exist")));
     };
+    let lists = shared
+        .store
+        .call(move |c| store::rollout::revision_lists(c, to))
+        .await
+        .map_err(crate::server::session::internal)?
+        .into_iter()
+        .map(|(name, content)| v1::ListFile { name, content })
+        .collect();
     ext.insert(RollbackOf);
     Ok(tonic::Request::from_parts(
         meta,
@@ -287,6 +295,7 @@ pub async fn rollback_request(
             denial_baseline_ms: rb.denial_baseline_ms,
             keep: rb.keep,
             force_lockout_risk: rb.force_lockout_risk,
+            lists,
             ..Default::default()
         },
     ))
