@@ -2,6 +2,8 @@
 //! with the site, their networks in each host's policy; bad lines refused at list
 //! file:line:column with nothing stored.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestController, apply_request, hello};
