@@ -255,42 +255,10 @@ fn shlex(line: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// The subset of Python's `ast.literal_eval` inventories use: integers, floats, `True`,
-/// `False`, `None` and quoted strings (a trailing `# comment` is ignored, as Python does);
-/// anything else (`10.0.0.1`, `web`) stays text.
+/// A value as Python's `ast.literal_eval` reads it (see [`crate::pyliteral`]); text that is
+/// not a literal (`10.0.0.1`, `web`) stays text, as in Ansible.
 pub(crate) fn literal(v: &str) -> Value {
-    let code = match v.find(" #").or_else(|| v.find("\t#")) {
-        Some(i) if !v.starts_with(['\'', '"']) => v[..i].trim(),
-        _ => v.trim(),
-    };
-    match code {
-        "True" => return Value::Bool(true),
-        "False" => return Value::Bool(false),
-        "None" => return Value::Null,
-        _ => {}
-    }
-    let digits = code.strip_prefix(['-', '+']).unwrap_or(code);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
-        if let Ok(i) = code.replace('_', "").parse::<i64>() {
-            return Value::from(i);
-        }
-    } else if digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && digits.matches('.').count() == 1
-        && digits.len() > 1
-        && let Ok(f) = code.parse::<f64>()
-        && let Some(n) = serde_json::Number::from_f64(f)
-    {
-        return Value::Number(n);
-    }
-    for q in ['\'', '"'] {
-        if code.len() >= 2 && code.starts_with(q) && code.ends_with(q) {
-            let inner = &code[1..code.len() - 1];
-            if !inner.contains(q) {
-                return Value::String(inner.to_string());
-            }
-        }
-    }
-    Value::String(v.to_string())
+    crate::pyliteral::parse(v.trim()).unwrap_or_else(|| Value::String(v.to_string()))
 }
 
 #[cfg(test)]
