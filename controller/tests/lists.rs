@@ -111,3 +111,31 @@ async fn a_list_file_not_sent_is_refused_at_the_site_line() {
     assert!(err.message().contains("relative path"), "{}", err.message());
     assert_eq!(history_len(&mut admin).await, 0);
 }
+
+#[tokio::test]
+async fn a_policy_too_big_for_a_session_message_is_refused_before_storing() {
+    let ctl = TestController::start().await;
+    let mut admin = ctl.admin("ops").await;
+    let mut text = String::with_capacity(300_000 * 14);
+    for n in 0u32..300_000 {
+        text.push_str(&format!(
+            "10.{}.{}.{}\n",
+            78 + (n >> 16),
+            (n >> 8) & 255,
+            n & 255
+        ));
+    }
+    let mut req = apply_request(SITE, "");
+    req.lists = vec![list("lists/admins.txt", &text)];
+    let err = admin.apply(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("h1: its policy is")
+            && err
+                .message()
+                .contains("(300001 `from:` networks), more than one session message carries"),
+        "{}",
+        &err.message()[..err.message().len().min(600)]
+    );
+    assert_eq!(history_len(&mut admin).await, 0);
+}

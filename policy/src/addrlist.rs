@@ -20,7 +20,7 @@ pub const MAX_LIST_ENTRIES: usize = 2_000_000;
 /// Most list files named by one site.
 pub const MAX_LIST_FILES: usize = 256;
 /// Most bytes over every list file of one apply.
-pub const MAX_TOTAL_LIST_BYTES: usize = 256 << 20;
+pub const MAX_TOTAL_LIST_BYTES: usize = 128 << 20;
 /// Bad lines reported per file before the rest are only counted.
 const MAX_LINE_ERRORS: usize = 50;
 

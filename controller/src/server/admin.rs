@@ -195,6 +195,8 @@ impl v1::admin_server::Admin for AdminService {
         let mut index: std::collections::HashMap<&HostPolicy, usize> =
             std::collections::HashMap::new();
         let mut jsons: Vec<String> = Vec::new();
+        // Per distinct policy: its wire size when too big for one session message.
+        let mut oversized: Vec<Option<usize>> = Vec::new();
         let mut cache: std::collections::HashMap<
             (usize, Option<String>),
             (std::sync::Arc<Ruleset>, String),
@@ -208,9 +210,18 @@ impl v1::admin_server::Admin for AdminService {
                             .map_err(|e| Status::internal(e.to_string()))?,
                     );
                     index.insert(policy, jsons.len() - 1);
+                    oversized.push(too_big_for_a_session(policy));
                     jsons.len() - 1
                 }
             };
+            if let Some(bytes) = oversized[idx] {
+                errors.push(format!(
+                    "{host}: its policy is {bytes} bytes on the wire ({} `from:` networks), more than one session message carries ({} bytes); split the lists or shorten them",
+                    policy.allow.iter().map(|a| a.from.len()).sum::<usize>(),
+                    portcullis_proto::SESSION_MAX_MESSAGE_BYTES - DESIRED_SLACK
+                ));
+                continue;
+            }
             let expected = match self.facts_of(host).await? {
                 Some(facts) => {
                     let key = (idx, facts.default_route_interface.clone());
@@ -501,4 +512,16 @@ async fn follow_rollout(
             return;
         }
     }
+}
+
+/// Room left in a session message for the rest of a `Desired` (revision, hash,
+/// management entries).
+const DESIRED_SLACK: usize = 256 << 10;
+
+/// The encoded size of `policy` when a `Desired` carrying it would exceed the session
+/// message limit (the agent could not receive it: refuse the apply before storing it).
+fn too_big_for_a_session(policy: &HostPolicy) -> Option<usize> {
+    use prost::Message as _;
+    let bytes = v1::HostPolicy::from(policy).encoded_len();
+    (bytes + DESIRED_SLACK > portcullis_proto::SESSION_MAX_MESSAGE_BYTES).then_some(bytes)
 }

@@ -12,8 +12,10 @@ pub const SESSION_MAX_DECODE: usize = portcullis_proto::SESSION_MAX_MESSAGE_BYTE
 /// Largest message sent to an agent (`Desired` is a few KiB).
 pub const SESSION_MAX_ENCODE: usize = portcullis_proto::SESSION_MAX_MESSAGE_BYTES;
 /// Largest admin request: `Apply` carries a site file and an inventory, each within the
-/// YAML budget (32 MiB), plus the rest of the request.
-pub const ADMIN_MAX_DECODE: usize = 2 * portcullis_policy::budget::MAX_DOCUMENT_BYTES + (1 << 20);
+/// YAML budget (32 MiB), its address-list files (within their budget), plus the rest.
+pub const ADMIN_MAX_DECODE: usize = 2 * portcullis_policy::budget::MAX_DOCUMENT_BYTES
+    + portcullis_policy::addrlist::MAX_TOTAL_LIST_BYTES
+    + (1 << 20);
 /// Largest admin response (`Status` of 100,000 hosts is ~20-30 MB).
 pub const ADMIN_MAX_ENCODE: usize = 256 << 20;
 /// Concurrent HTTP/2 streams per connection (an agent uses one, the CLI one or two).
