@@ -5,10 +5,11 @@
 //! per-element heap object), bounded in size and count, every bad line reported at
 //! `file:line:column`. The caller reads the files and passes [`Source`]s named by the
 //! path as written in the site file (relative to it); [`list_references`] says which
-//! files a site or policy file names. This module must not do I/O.
+//! files a site or policy file names, and [`from_file_entry`] resolves one
+//! `{ file: x }` of a `from:` against them for `parse`. This module must not do I/O.
 
 use crate::diag::{Diagnostic, Diagnostics, Source};
-use crate::parse::parse_cidr;
+use crate::parse::{Ctx, parse_cidr};
 use crate::yaml::{Node, NodeKind};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet};
@@ -230,6 +231,56 @@ pub fn list_references(root: &Node) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     walk(root, &mut out);
     out
+}
+
+/// `{ file: lists/x.txt }`: the networks of that list file (parsed by the caller into
+/// `cx.lists`). False (and an error) when the mapping or the file is not right.
+pub(crate) fn from_file_entry(
+    entries: &[(Node, Node)],
+    item: &Node,
+    out: &mut Vec<IpNet>,
+    cx: &mut Ctx<'_>,
+) -> bool {
+    let mut file = None;
+    for (k, v) in entries {
+        match k.as_str() {
+            Some("file") => file = Some(v),
+            _ => {
+                cx.unknown_key(k, "`from` list file", &["file"]);
+                return false;
+            }
+        }
+    }
+    let Some(v) = file else {
+        cx.err(
+            item,
+            "a `from` mapping needs `file: <path of an address list>`",
+        );
+        return false;
+    };
+    let Some(name) = v.as_str().map(str::trim) else {
+        cx.err(v, format!("`file` must be a path, found {}", v.type_name()));
+        return false;
+    };
+    if let Err(e) = check_name(name) {
+        cx.err(v, e);
+        return false;
+    }
+    match cx.lists.get(name) {
+        Some(list) => {
+            out.extend(list.nets());
+            true
+        }
+        None => {
+            cx.err(
+                v,
+                format!(
+                    "list file `{name}` was not read: the CLI reads every `from: {{ file }}` relative to the site file and sends it with the apply"
+                ),
+            );
+            false
+        }
+    }
 }
 
 /// [`list_references`] of a site or policy file's text; none when it is not valid YAML

@@ -283,7 +283,7 @@ fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
     let mut ok = true;
     for item in items {
         if let NodeKind::Map(entries) = &item.kind {
-            ok &= list_file(entries, item, &mut out, cx);
+            ok &= crate::addrlist::from_file_entry(entries, item, &mut out, cx);
             continue;
         }
         match item.as_str().map(|s| parse_cidr(s.trim())) {
@@ -309,56 +309,6 @@ fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
         return None;
     }
     ok.then_some(out)
-}
-
-/// `{ file: lists/x.txt }`: the networks of that list file (parsed by the caller into
-/// `cx.lists`). False (and an error) when the mapping or the file is not right.
-fn list_file(
-    entries: &[(Node, Node)],
-    item: &Node,
-    out: &mut Vec<IpNet>,
-    cx: &mut Ctx<'_>,
-) -> bool {
-    let mut file = None;
-    for (k, v) in entries {
-        match k.as_str() {
-            Some("file") => file = Some(v),
-            _ => {
-                cx.unknown_key(k, "`from` list file", &["file"]);
-                return false;
-            }
-        }
-    }
-    let Some(v) = file else {
-        cx.err(
-            item,
-            "a `from` mapping needs `file: <path of an address list>`",
-        );
-        return false;
-    };
-    let Some(name) = v.as_str().map(str::trim) else {
-        cx.err(v, format!("`file` must be a path, found {}", v.type_name()));
-        return false;
-    };
-    if let Err(e) = crate::addrlist::check_name(name) {
-        cx.err(v, e);
-        return false;
-    }
-    match cx.lists.get(name) {
-        Some(list) => {
-            out.extend(list.nets());
-            true
-        }
-        None => {
-            cx.err(
-                v,
-                format!(
-                    "list file `{name}` was not read: the CLI reads every `from: {{ file }}` relative to the site file and sends it with the apply"
-                ),
-            );
-            false
-        }
-    }
 }
 
 /// A network (`10.0.0.0/8`, `fd00::/64`) or an address (as /32 or /128). Host bits set
