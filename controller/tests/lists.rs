@@ -139,3 +139,48 @@ async fn a_policy_too_big_for_a_session_message_is_refused_before_storing() {
     );
     assert_eq!(history_len(&mut admin).await, 0);
 }
+
+/// `portcullis apply` with the site and its list in a temporary directory; no controller
+/// runs: local validation refuses before connecting.
+fn cli_apply(list: Option<&str>) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lists")).unwrap();
+    std::fs::write(dir.path().join("site.yml"), SITE).unwrap();
+    std::fs::write(dir.path().join("inv.yml"), common::INVENTORY).unwrap();
+    if let Some(text) = list {
+        std::fs::write(dir.path().join("lists/admins.txt"), text).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("apply")
+        .arg("-i")
+        .arg(dir.path().join("inv.yml"))
+        .arg(dir.path().join("site.yml"))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_refuses_a_bad_or_missing_list_file_before_contacting_anyone() {
+    let (code, stderr) = cli_apply(Some("10.77.1.5\n10.77.1.300\n"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("lists/admins.txt:2:1: `10.77.1.300` is not an IP network"),
+        "{stderr}"
+    );
+    // A good list passes local validation: the CLI goes on to connect, and fails only
+    // there (no controller configured).
+    let (_, stderr) = cli_apply(Some("# admins\n10.77.1.5\n"));
+    assert!(stderr.contains("no --controller given"), "{stderr}");
+    assert!(!stderr.contains("admins.txt"), "{stderr}");
+    let (code, stderr) = cli_apply(None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("reading list file `lists/admins.txt`"),
+        "{stderr}"
+    );
+}
