@@ -1,11 +1,13 @@
 //! Pieces shared by the benchmarks that run a controller against simulated agents
-//! (fleet-bench, rollout-bench): a throwaway PKI, a loopback listener, the inventory of
-//! `simNNNNN` hosts, the simulated-agents child process, CPU / RSS of this process.
+//! (fleet-bench, rollout-bench, reconnect-bench): a throwaway PKI, a loopback listener,
+//! the site and inventory of `simNNNNN` hosts and an `Admin.Apply` of them, the
+//! simulated-agents child process, CPU / RSS of this process.
 
 use crate::ProcStats;
 use crate::sim::{SimArgs, host_name};
 use anyhow::{Context as _, Result, bail};
 use portcullis_controller::pki::Pki;
+use portcullis_proto::v1;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
+use tokio_stream::StreamExt as _;
 
 /// A fresh CA in `dir/pki` with a controller certificate for loopback and an admin
 /// certificate named `bench`.
@@ -102,13 +105,82 @@ pub struct SimCmd {
     pub pki: PathBuf,
     #[arg(long)]
     pub n: usize,
+    /// Reconnect after a session ends, with the agent's backoff from this (e.g. 250ms) ...
+    #[arg(long, value_parser = parse_millis)]
+    pub backoff_min: Option<Duration>,
+    /// ... to this (e.g. 30000ms).
+    #[arg(long, value_parser = parse_millis, default_value = "30000ms")]
+    pub backoff_max: Duration,
 }
 
 impl SimCmd {
     /// What [`crate::sim::run`] needs (the CA is read from the PKI directory).
     pub fn sim_args(&self, concurrency: usize) -> Result<SimArgs> {
-        SimArgs::from_pki(&self.url, &self.pki, self.n, concurrency)
+        Ok(SimArgs {
+            reconnect: self.backoff_min.map(|min| (min, self.backoff_max)),
+            ..SimArgs::from_pki(&self.url, &self.pki, self.n, concurrency)?
+        })
     }
+}
+
+/// `250ms` or `250` as a duration in milliseconds (for clap).
+pub fn parse_millis(s: &str) -> Result<Duration, String> {
+    let n = s.trim_end_matches("ms");
+    n.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{s}: {e} (write e.g. 250ms)"))
+}
+
+/// ~2 KB policy for every `sim` host: the seed services plus 80 distinct ports.
+pub fn site_yaml() -> String {
+    let mut s = String::from(
+        "- name: fleet\n  hosts: all\n  policy:\n    allow:\n      - smtp/tcp\n      - http/tcp\n      - domain/udp\n",
+    );
+    for i in 0..80 {
+        s.push_str(&format!("      - {}/tcp\n", 2000 + 2 * i));
+    }
+    s
+}
+
+/// `Admin.Apply` of [`site_yaml`] to the `n` sim hosts; waits (at most `timeout`) until
+/// the stream reported every host and returns how many were `Applied`.
+pub async fn apply_all(
+    admin: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+    n: usize,
+    timeout: Duration,
+) -> Result<usize> {
+    let req = v1::ApplyRequest {
+        site_name: "site.yml".into(),
+        site_yaml: site_yaml(),
+        inventory_name: "inventory.yml".into(),
+        inventory_yaml: inventory_yaml(n),
+        ..Default::default()
+    };
+    let mut stream = admin.apply(req).await?.into_inner();
+    let mut ok = 0usize;
+    let mut answered = 0usize;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while answered < n {
+        let ev = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .context("apply: timed out waiting for hosts")?;
+        let Some(ev) = ev else { break };
+        match ev?.event {
+            Some(v1::apply_event::Event::Host(h)) => {
+                answered += 1;
+                if h.outcome == v1::HostOutcome::Applied as i32 {
+                    ok += 1;
+                } else if answered - ok <= 3 {
+                    eprintln!("host {}: outcome {} {}", h.host, h.outcome, h.error);
+                }
+            }
+            Some(v1::apply_event::Event::Accepted(a)) if !a.offline.is_empty() => {
+                eprintln!("apply: {} host(s) offline", a.offline.len());
+            }
+            _ => {}
+        }
+    }
+    Ok(ok)
 }
 
 /// The simulated agents in a child process (this same executable, with `args` selecting
@@ -149,6 +221,33 @@ impl SimChild {
             n.to_string().into(),
             "--pki".into(),
             pki.into(),
+        ])
+    }
+
+    /// Like [`SimChild::start`], the agents reconnecting after their session ends with the
+    /// agent's backoff from `backoff.0` to `backoff.1` (see [`crate::storm::Backoff`]).
+    pub fn start_reconnecting(
+        url: &str,
+        pki: &Path,
+        n: usize,
+        concurrency: usize,
+        backoff: (Duration, Duration),
+    ) -> Result<Self> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        Self::spawn(vec![
+            "--concurrency".into(),
+            concurrency.to_string().into(),
+            "sim".into(),
+            "--url".into(),
+            url.into(),
+            "--n".into(),
+            n.to_string().into(),
+            "--pki".into(),
+            pki.into(),
+            "--backoff-min".into(),
+            ms(backoff.0).into(),
+            "--backoff-max".into(),
+            ms(backoff.1).into(),
         ])
     }
 

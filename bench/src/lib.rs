@@ -7,13 +7,17 @@
 //!   rewrites only its own tables and the hand-written text around them stays.
 //! - [`ProcStats`]: CPU time and RSS of this process (or a child) from `/proc`.
 //! - [`sim`]: simulated agents; [`fleet`]: PKI, listener, inventory and the simulated
-//!   agents' child process for the benchmarks that run a controller against them.
+//!   agents' child process for the benchmarks that run a controller against them;
+//!   [`storm`]: reconnect backoff, storm clock and idle sockets (reconnect-bench);
+//!   [`serve`]: the real `portcullis serve` as a child process.
 //!
 //! Benchmarks only print and write numbers; nothing here asserts a time.
 
 pub mod fleet;
 pub mod raw;
+pub mod serve;
 pub mod sim;
+pub mod storm;
 
 use anyhow::{Context as _, Result, bail};
 use std::fmt::Write as _;

@@ -5,7 +5,12 @@
 //! `DriftReport` of what it applied (a rollout's drift gate). With [`SimArgs::reconnect_on_confirm`], a
 //! `Desired` with a confirm deadline is followed, like the agent does, by closing the
 //! session and opening a new connection whose `Hello` attests the new revision and hash;
-//! `Confirm` is then counted.
+//! `Confirm` is then counted. With [`SimArgs::reconnect`], an agent whose session ends
+//! (the controller restarted, the connection died) comes back like the agent does: after a
+//! full-jitter exponential backoff (`storm::Backoff`), retrying until it is in; a `STORM`
+//! line on stdin times the next storm (see `storm::StormClock`) and is answered with
+//! `STORM <n> <back> <p50 ms> <p99 ms> <max ms> <attempts> <failed attempts>` once every
+//! agent is back (or after 120 s).
 //!
 //! Runs in a child process (`fleet-bench sim ...`) so the controller's process holds only
 //! its own side of the connections (fds, CPU, RSS measured apart). Prints `CERTS <s>`
@@ -13,15 +18,18 @@
 //! controller returned the response headers, i.e. it processed the Hello), answers a
 //! `STATS` line on stdin with its counters, and exits when its stdin closes.
 
+mod certs;
+mod counters;
+
+use crate::storm::{Backoff, StormClock};
 use anyhow::{Context as _, Result};
+use certs::{AgentCert, issue};
+use counters::Counters;
 use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
 use portcullis_proto::v1;
-use rcgen::{
-    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
-};
+use rcgen::{Issuer, KeyPair};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{Semaphore, mpsc};
@@ -66,6 +74,9 @@ pub struct SimArgs {
     /// confirm deadline, close the session and open a new one whose `Hello` attests the
     /// new revision and hash (fleet-bench: off; its pushes carry no deadline anyway).
     pub reconnect_on_confirm: bool,
+    /// Reconnect after a session ends, with the agent's backoff `(min, max)`
+    /// (fleet-bench, rollout-bench: off, an ended session ends the agent).
+    pub reconnect: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 impl SimArgs {
@@ -84,41 +95,9 @@ impl SimArgs {
             n,
             concurrency,
             reconnect_on_confirm: false,
+            reconnect: None,
         })
     }
-}
-
-struct AgentCert {
-    host: String,
-    source: std::net::IpAddr,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn issue(issuer: &Issuer<'_, KeyPair>, i: usize) -> Result<AgentCert> {
-    let host = host_name(i);
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("agent/{host}"));
-    params.subject_alt_names = vec![
-        SanType::DnsName(host.clone().try_into()?),
-        SanType::URI(format!("portcullis://agent/{host}").try_into()?),
-    ];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    let serial = u64::try_from(i)? + 0x5000_0000;
-    params.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let cert = params.signed_by(&key, issuer)?;
-    Ok(AgentCert {
-        host,
-        source: source_addr(i),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
 }
 
 /// `Hello` of `host`, attesting `applied` (revision, hash; `(0, "")` = nothing applied).
@@ -163,38 +142,6 @@ fn answer(host: &str, d: &v1::Desired) -> v1::AgentMessage {
     }
 }
 
-/// What the simulated agents did, for `STATS`.
-#[derive(Debug, Default)]
-struct Counters {
-    /// `Desired` answered with `Applied`.
-    answered: AtomicU64,
-    /// Sessions re-opened after applying under commit-confirmed.
-    reconnects: AtomicU64,
-    /// Re-opening failed (retried).
-    reconnect_errors: AtomicU64,
-    /// `Confirm` received.
-    confirmed: AtomicU64,
-    /// `Revert` received.
-    reverts: AtomicU64,
-    /// `VerifyNow` answered.
-    verified: AtomicU64,
-}
-
-impl Counters {
-    fn line(&self) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "{} {} {} {} {} {}",
-            g(&self.answered),
-            g(&self.reconnects),
-            g(&self.confirmed),
-            g(&self.reverts),
-            g(&self.reconnect_errors),
-            g(&self.verified)
-        )
-    }
-}
-
 type Outbound = mpsc::Sender<v1::AgentMessage>;
 type Inbound = tonic::Streaming<v1::ControllerMessage>;
 
@@ -209,7 +156,12 @@ async fn connect(
     let tls = ClientTlsConfig::new()
         .ca_certificate(ca.clone())
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    // The agent's endpoint settings (agent/src/dial.rs).
     let channel = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true)
         .tls_config(tls)?
         .local_address(Some(cert.source))
         .connect()
@@ -226,16 +178,20 @@ async fn connect(
     Ok((tx, inbound))
 }
 
-async fn run_agent(
+/// One simulated agent: what it shares with the others and what it is.
+struct Agent {
     args: Arc<SimArgs>,
     ca: Certificate,
     cert: AgentCert,
-    opened: mpsc::Sender<Result<()>>,
     counters: Arc<Counters>,
-) {
+    clock: Arc<StormClock>,
+    index: usize,
+}
+
+async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
     // What this agent "runs": (revision, hash), attested in every Hello.
     let mut applied = (0u64, String::new());
-    let (mut tx, mut inbound) = match connect(&args.url, &ca, &cert, &applied).await {
+    let (mut tx, mut inbound) = match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
         Ok(s) => {
             let _ = opened.send(Ok(())).await;
             s
@@ -246,6 +202,35 @@ async fn run_agent(
         }
     };
     drop(opened);
+    let Some((min, max)) = a.args.reconnect else {
+        serve(&a, &mut applied, tx, inbound).await;
+        return;
+    };
+    // Like agent/src/session.rs: back off, retry until in; reset after a long session.
+    let mut backoff = Backoff::new(min, max);
+    loop {
+        let started = Instant::now();
+        serve(&a, &mut applied, tx, inbound).await;
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            backoff.reset();
+        }
+        (tx, inbound) = loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            a.clock.attempts.fetch_add(1, Ordering::Relaxed);
+            match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
+                Ok(s) => break s,
+                Err(_) => {
+                    a.clock.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        a.clock.reopened(a.index);
+    }
+}
+
+/// Answers the controller until the session ends.
+async fn serve(a: &Agent, applied: &mut (u64, String), mut tx: Outbound, mut inbound: Inbound) {
+    let (args, ca, cert, counters) = (&a.args, &a.ca, &a.cert, &a.counters);
     loop {
         let Some(Ok(msg)) = inbound.next().await else {
             return;
@@ -258,7 +243,7 @@ async fn run_agent(
                 if let Some(v1::agent_message::Msg::Applied(a)) = &reply.msg
                     && a.ok
                 {
-                    applied = (a.revision, a.hash.clone());
+                    *applied = (a.revision, a.hash.clone());
                 }
                 if tx.send(reply).await.is_err() {
                     return;
@@ -276,7 +261,7 @@ async fn run_agent(
                     .await;
                     drop(inbound);
                     (tx, inbound) = loop {
-                        match connect(&args.url, &ca, &cert, &applied).await {
+                        match connect(&args.url, ca, cert, applied).await {
                             Ok(s) => break s,
                             Err(e) => {
                                 if counters.reconnect_errors.fetch_add(1, Ordering::Relaxed) < 3 {
@@ -334,20 +319,24 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let t = Instant::now();
     let ca = Certificate::from_pem(&args.ca_cert_pem);
     let counters = Arc::new(Counters::default());
+    let clock = Arc::new(StormClock::new(args.n));
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let args = Arc::new(args);
     let (opened_tx, mut opened_rx) = mpsc::channel(1024);
-    for cert in certs {
+    for (index, cert) in certs.into_iter().enumerate() {
         let permit = permits.clone().acquire_owned().await?;
-        let (args, ca, opened, counters) = (
-            args.clone(),
-            ca.clone(),
-            opened_tx.clone(),
-            counters.clone(),
-        );
+        let opened = opened_tx.clone();
+        let agent = Agent {
+            args: args.clone(),
+            ca: ca.clone(),
+            cert,
+            counters: counters.clone(),
+            clock: clock.clone(),
+            index,
+        };
         // The permit is released once this agent's session is open (or failed).
         let (done_tx, done_rx) = mpsc::channel::<Result<()>>(1);
-        tokio::spawn(run_agent(args, ca, cert, done_tx, counters));
+        tokio::spawn(run_agent(agent, done_tx));
         tokio::spawn(async move {
             let mut done_rx = done_rx;
             let r = done_rx
@@ -379,8 +368,27 @@ pub async fn run(args: SimArgs) -> Result<()> {
     // Serve until the parent closes our stdin.
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim() == "STATS" {
-            println!("STATS {}", counters.line());
+        match line.trim() {
+            "STATS" => println!("STATS {}", counters.line()),
+            "STORM" => {
+                clock.mark();
+                let clock = clock.clone();
+                tokio::spawn(async move {
+                    let r = clock.wait(std::time::Duration::from_secs(120)).await;
+                    let ms = |q: f64| r.quantile(q).as_secs_f64() * 1e3;
+                    println!(
+                        "STORM {} {} {:.1} {:.1} {:.1} {} {}",
+                        r.n,
+                        r.back,
+                        ms(0.5),
+                        ms(0.99),
+                        ms(1.0),
+                        clock.attempts.load(Ordering::Relaxed),
+                        clock.failures.load(Ordering::Relaxed)
+                    );
+                });
+            }
+            _ => {}
         }
     }
     eprintln!(

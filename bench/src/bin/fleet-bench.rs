@@ -18,7 +18,8 @@
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_bench::fleet::{
-    SimChild, SimCmd, bind_loopback, cpu_now, inventory_yaml, make_pki, median, parse_secs, rss_now,
+    SimChild, SimCmd, apply_all, bind_loopback, cpu_now, inventory_yaml, make_pki, median,
+    parse_secs, rss_now, site_yaml,
 };
 use portcullis_bench::raw::{RawSession, RawState};
 use portcullis_bench::{Table, machine, raise_nofile, ratio, write_section};
@@ -34,7 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::sync::oneshot;
-use tokio_stream::StreamExt as _;
 use tonic::transport::{Endpoint, Server};
 
 #[derive(Parser, Debug)]
@@ -97,17 +97,6 @@ struct OneResult {
 }
 
 const PORT_BASE: u16 = 17_400;
-
-/// ~2 KB policy: the seed services plus 80 distinct ports.
-fn site_yaml() -> String {
-    let mut s = String::from(
-        "- name: fleet\n  hosts: all\n  policy:\n    allow:\n      - smtp/tcp\n      - http/tcp\n      - domain/udp\n",
-    );
-    for i in 0..80 {
-        s.push_str(&format!("      - {}/tcp\n", 2000 + 2 * i));
-    }
-    s
-}
 
 /// One run of `kind` with `n` agents, in this process.
 async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
@@ -200,40 +189,7 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     for k in 0..cli.pushes {
         let (cpu_a, t) = (cpu_now(), Instant::now());
         let ok = match (&mut admin, kind) {
-            (Some(admin), Kind::Controller) => {
-                let req = v1::ApplyRequest {
-                    site_name: "site.yml".into(),
-                    site_yaml: site_yaml(),
-                    inventory_name: "inventory.yml".into(),
-                    inventory_yaml: inventory_yaml(n),
-                    ..Default::default()
-                };
-                let mut stream = admin.apply(req).await?.into_inner();
-                let mut ok = 0usize;
-                let mut answered = 0usize;
-                let deadline = tokio::time::Instant::now() + cli.timeout;
-                while answered < n {
-                    let ev = tokio::time::timeout_at(deadline, stream.next())
-                        .await
-                        .context("apply: timed out waiting for hosts")?;
-                    let Some(ev) = ev else { break };
-                    match ev?.event {
-                        Some(v1::apply_event::Event::Host(h)) => {
-                            answered += 1;
-                            if h.outcome == v1::HostOutcome::Applied as i32 {
-                                ok += 1;
-                            } else if answered - ok <= 3 {
-                                eprintln!("host {}: outcome {} {}", h.host, h.outcome, h.error);
-                            }
-                        }
-                        Some(v1::apply_event::Event::Accepted(a)) if !a.offline.is_empty() => {
-                            eprintln!("apply: {} host(s) offline", a.offline.len());
-                        }
-                        _ => {}
-                    }
-                }
-                ok
-            }
+            (Some(admin), Kind::Controller) => apply_all(admin, n, cli.timeout).await?,
             _ => {
                 let target = raw.acks() + n;
                 let msg = desired(u64::try_from(k)? + 1);

@@ -1,0 +1,115 @@
+//! The real controller binary as a child process for the benchmarks (`portcullis serve`
+//! with the default pre-authentication flags spelled out, on loopback), and a scrape of
+//! its pre-authentication refusal counters from its `/metrics` endpoint.
+
+use anyhow::{Context as _, Result};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// The flags the controller runs with (the defaults, spelled out).
+pub const SERVE_FLAGS: &[&str] = &[
+    "--max-connections",
+    "19000",
+    "--tls-handshake-timeout",
+    "5s",
+    "--max-pending-handshakes",
+    "1024",
+    "--max-pending-per-source",
+    "16",
+    "--tcp-keepalive",
+    "60s",
+];
+
+/// A running `portcullis serve`.
+pub struct Controller {
+    child: Child,
+}
+
+impl Controller {
+    /// Starts it and waits until it logs `controller listening`; returns it and how long
+    /// that took.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        listen: SocketAddr,
+        metrics: SocketAddr,
+    ) -> Result<(Self, Duration)> {
+        let t = Instant::now();
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .args(["--listen", &listen.to_string()])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .arg("--db")
+            .arg(dir.join("controller.db"))
+            .arg("--pki")
+            .arg(dir.join("pki"))
+            .args(SERVE_FLAGS)
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut lines = BufReader::new(child.stderr.take().context("controller stderr")?).lines();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .context("controller: not listening within 60 s")??
+                .context("controller exited before listening")?;
+            if line.contains("controller listening") {
+                break;
+            }
+            eprintln!("controller: {line}");
+        }
+        let elapsed = t.elapsed();
+        // Keep draining its log (errors only shown) so it never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("ERROR") {
+                    eprintln!("controller: {line}");
+                }
+            }
+        });
+        Ok((Self { child }, elapsed))
+    }
+
+    /// SIGKILL, and wait for it to be gone (its sockets closed).
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await.context("killing the controller")
+    }
+}
+
+/// The controller's pre-authentication refusal counters (`/metrics`), `reason=count`.
+pub async fn refusals(metrics: SocketAddr) -> String {
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(metrics).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(5), scrape).await else {
+        return "(metrics unavailable)".into();
+    };
+    let counts: Vec<String> = body
+        .lines()
+        .filter(|l| l.contains("preauth_refused_connections") && !l.starts_with('#'))
+        .filter_map(|l| {
+            let reason = l.split("reason=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?;
+            (value != "0").then(|| format!("{reason} {value}"))
+        })
+        .collect();
+    if counts.is_empty() {
+        "none".into()
+    } else {
+        counts.join(", ")
+    }
+}
