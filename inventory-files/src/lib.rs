@@ -63,10 +63,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The inventory as one `ansible-inventory --list` JSON text (what the controller
-    /// stores with a revision: a dynamic inventory's answer is kept as it was).
+    /// The inventory as one `ansible-inventory --list` JSON text with its order (what
+    /// the controller stores with a revision: a dynamic inventory's answer is kept as it
+    /// was).
     pub fn list_json(&self) -> String {
-        portcullis_policy::inventory_json::to_list(&self.inventory).to_string()
+        portcullis_policy::inventory_json::to_transport(&self.inventory)
     }
 }
 

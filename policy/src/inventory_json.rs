@@ -32,6 +32,28 @@ pub(crate) fn read(root: &Node, file: &str, data: &mut InvData, diags: &mut Diag
         return;
     };
     let mut meta: Option<&Node> = None;
+    // Portcullis's own transport (`to_transport`) records Ansible's order of groups and
+    // hosts, which JSON object keys cannot carry; create them in that order first.
+    if let Some((_, m)) = entries.iter().find(|(k, _)| k.as_str() == Some("_meta")) {
+        for item in m
+            .get(ORDER_GROUPS)
+            .and_then(Node::as_seq)
+            .unwrap_or_default()
+        {
+            if let Some(g) = item.as_str() {
+                data.group(g);
+            }
+        }
+        for item in m
+            .get(ORDER_HOSTS)
+            .and_then(Node::as_seq)
+            .unwrap_or_default()
+        {
+            if let Some(h) = item.as_str() {
+                data.host(h, file, item.line, item.column);
+            }
+        }
+    }
     for (key, body) in entries {
         let Some(name) = key.as_str() else {
             diags.push(key.diag(file, "expected a group name as key"));
@@ -145,6 +167,32 @@ pub fn to_list(inv: &Inventory) -> Value {
         }
     }
     Value::Object(out)
+}
+
+const ORDER_GROUPS: &str = "portcullis_group_order";
+const ORDER_HOSTS: &str = "portcullis_host_order";
+
+/// [`to_list`] plus the inventory order of groups and hosts under `_meta` (ignored by
+/// Ansible), so that reading it back gives the same subscripts: what `portcullis apply`
+/// sends the controller, which stores it with the revision.
+pub fn to_transport(inv: &Inventory) -> String {
+    let mut v = to_list(inv);
+    if let Some(meta) = v.get_mut("_meta").and_then(Value::as_object_mut) {
+        let groups: Vec<&str> = inv.tree.iter().map(|g| g.name.as_str()).collect();
+        meta.insert(ORDER_GROUPS.into(), json!(groups));
+        meta.insert(ORDER_HOSTS.into(), json!(inv.host_order));
+    }
+    // Hosts listed in `all` itself come first in `all`'s host order (`all[0]`).
+    if let Some(all) = inv
+        .tree
+        .iter()
+        .find(|g| g.name == "all")
+        .filter(|g| !g.hosts.is_empty())
+        && let Some(body) = v.get_mut("all").and_then(Value::as_object_mut)
+    {
+        body.insert("hosts".into(), json!(all.hosts));
+    }
+    v.to_string()
 }
 
 /// `ansible-inventory --graph [GROUP]`: `@group:` lines, children then hosts (not those of

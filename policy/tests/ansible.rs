@@ -116,9 +116,15 @@ fn ini_and_yaml_select_the_same_hosts_for_every_pattern() {
 fn list_json_round_trip_keeps_every_selection() {
     for name in ["hosts.ini", "hosts.yml", "list.json"] {
         let inv = inventory(name);
-        let text = inventory_json::to_list(&inv).to_string();
+        let text = inventory_json::to_transport(&inv);
         let back = Inventory::parse(&Source::new("sent", text)).unwrap_or_else(|d| panic!("{d}"));
         assert_eq!(back.groups, inv.groups, "{name}");
+        assert_eq!(back.host_order, inv.host_order, "{name}");
+        let names = |i: &Inventory| i.tree.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&back), names(&inv), "{name}");
+        for (a, b) in back.tree.iter().zip(&inv.tree) {
+            assert_eq!((&a.hosts, &a.children), (&b.hosts, &b.children), "{name}");
+        }
         for (h, e) in &inv.hosts {
             assert_eq!(back.hosts[h].vars, e.vars, "{name}: {h}");
             assert_eq!(back.hosts[h].ansible_host, e.ansible_host, "{name}: {h}");
