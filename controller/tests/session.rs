@@ -270,9 +270,12 @@ async fn revoked_certificates_are_refused() {
     ctl.pki.revoke("admin/ops").unwrap();
     assert!(admin.status(v1::StatusRequest {}).await.is_err());
     // And a new connection with a revoked certificate gets nothing either.
-    let issued = ctl.pki.cert_paths(&portcullis_controller::identity::Role::Admin("ops".into()));
-    let tls = portcullis_controller::pki::tls::client_tls(&ctl.pki.ca_cert(), &issued.0, &issued.1, None)
-        .unwrap();
+    let issued = ctl
+        .pki
+        .cert_paths(&portcullis_controller::identity::Role::Admin("ops".into()));
+    let tls =
+        portcullis_controller::pki::tls::client_tls(&ctl.pki.ca_cert(), &issued.0, &issued.1, None)
+            .unwrap();
     let again = async {
         let ch = tonic::transport::Endpoint::from_shared(ctl.url())
             .unwrap()

@@ -71,7 +71,7 @@ fn read(path: &PathBuf) -> anyhow::Result<Source> {
 /// Read the address-list files the site names (`from: { file }`), relative to the
 /// site file's directory, each bounded like the controller bounds it. A file that cannot
 /// be read refuses the apply (fail closed), naming the site file and the list.
-fn read_lists(site: &Path, site_src: &Source) -> anyhow::Result<Vec<Source>> {
+pub(crate) fn read_lists(site: &Path, site_src: &Source) -> anyhow::Result<Vec<Source>> {
     use std::io::Read as _;
     let dir = site.parent().unwrap_or(Path::new("."));
     let limit = portcullis_policy::addrlist::MAX_LIST_BYTES;

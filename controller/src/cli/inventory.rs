@@ -116,7 +116,16 @@ pub fn run(args: InventoryArgs) -> anyhow::Result<i32> {
         };
         let site_src = inventory_files::read_bounded(site_path)?;
         let inv_src = Source::new(loaded.name.clone(), loaded.list_json());
-        let fleet = match site::load_fleet(&site_src, &inv_src) {
+        let list_srcs = match super::apply::read_lists(site_path, &site_src) {
+            Ok(l) => l,
+            Err(e) => {
+                crate::eoutln!("error: {e:#}");
+                return Ok(exit::INVALID);
+            }
+        };
+        let loaded_fleet = portcullis_policy::AddrLists::parse(&list_srcs)
+            .and_then(|lists| site::load_fleet_with_lists(&site_src, &inv_src, &lists));
+        let fleet = match loaded_fleet {
             Ok(f) => f,
             Err(d) => {
                 crate::eoutln!("{d}");
