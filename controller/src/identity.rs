@@ -103,37 +103,9 @@ pub enum RevocationError {
     },
 }
 
-/// Normalized hex of a big-endian serial: lowercase, leading zero bytes stripped.
-pub fn serial_hex(bytes: &[u8]) -> String {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    let digits: String = bytes[start..].iter().map(|b| format!("{b:02x}")).collect();
-    if digits.is_empty() {
-        "00".to_owned()
-    } else {
-        digits
-    }
-}
-
-/// Normalizes an operator-typed serial (`0x` prefix, colons, upper case, odd length and
-/// leading zeros accepted). `None` if it is not hex.
-pub fn normalize_serial(text: &str) -> Option<String> {
-    let text = text.trim();
-    let text = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    let digits: String = text.chars().filter(|c| *c != ':').collect();
-    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let digits = digits.to_ascii_lowercase();
-    let trimmed = digits.trim_start_matches('0');
-    if trimmed.is_empty() {
-        return Some("00".to_owned());
-    }
-    let pad = if trimmed.len() % 2 == 1 { "0" } else { "" };
-    Some(format!("{pad}{trimmed}"))
-}
+// One serial form for the controller, the agent and the CLI: the revocation list's
+// (`portcullis-trust`), so a serial revoked here is the serial checked there.
+pub use portcullis_trust::list::{normalize_serial, serial_hex};
 
 /// Whether `name` is a valid agent host / admin name: 1..=253 chars of `[A-Za-z0-9._-]`,
 /// not starting with `.` or `-` (safe in file names and URI paths).
