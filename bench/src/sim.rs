@@ -9,8 +9,8 @@
 //! (the controller restarted, the connection died) comes back like the agent does: after a
 //! full-jitter exponential backoff (`storm::Backoff`), retrying until it is in; a `STORM`
 //! line on stdin times the next storm (see `storm::StormClock`) and is answered with
-//! `STORM <n> <back> <p50 ms> <p99 ms> <max ms> <attempts> <failed attempts>` once every
-//! agent is back (or after 120 s).
+//! `STORM <n> <back> <p50 ms> <p99 ms> <max ms> <attempts> <failed attempts> <agents
+//! that failed one> <most failures of one agent>` once every agent is back (or after 120 s).
 //!
 //! Runs in a child process (`fleet-bench sim ...`) so the controller's process holds only
 //! its own side of the connections (fds, CPU, RSS measured apart). Prints `CERTS <s>`
@@ -214,17 +214,19 @@ async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
         if started.elapsed() > std::time::Duration::from_secs(30) {
             backoff.reset();
         }
+        let mut failed = 0u32;
         (tx, inbound) = loop {
             tokio::time::sleep(backoff.next_delay()).await;
             a.clock.attempts.fetch_add(1, Ordering::Relaxed);
             match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
                 Ok(s) => break s,
                 Err(_) => {
+                    failed = failed.saturating_add(1);
                     a.clock.failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
         };
-        a.clock.reopened(a.index);
+        a.clock.reopened(a.index, failed);
     }
 }
 
@@ -377,14 +379,16 @@ pub async fn run(args: SimArgs) -> Result<()> {
                     let r = clock.wait(std::time::Duration::from_secs(120)).await;
                     let ms = |q: f64| r.quantile(q).as_secs_f64() * 1e3;
                     println!(
-                        "STORM {} {} {:.1} {:.1} {:.1} {} {}",
+                        "STORM {} {} {:.1} {:.1} {:.1} {} {} {} {}",
                         r.n,
                         r.back,
                         ms(0.5),
                         ms(0.99),
                         ms(1.0),
                         clock.attempts.load(Ordering::Relaxed),
-                        clock.failures.load(Ordering::Relaxed)
+                        clock.failures.load(Ordering::Relaxed),
+                        r.refused_agents,
+                        r.max_failures
                     );
                 });
             }

@@ -61,7 +61,8 @@ pub struct StormClock {
 #[derive(Debug)]
 struct StormState {
     mark: Option<Instant>,
-    back: Vec<Option<Duration>>,
+    /// Per agent: mark → re-opened, and its failed attempts before that.
+    back: Vec<Option<(Duration, u32)>>,
     count: usize,
 }
 
@@ -72,6 +73,10 @@ pub struct StormReport {
     pub back: usize,
     /// Per agent, mark → re-opened, sorted.
     pub times: Vec<Duration>,
+    /// Agents that failed at least one attempt before getting back.
+    pub refused_agents: usize,
+    /// The most failed attempts of one agent before it got back.
+    pub max_failures: u32,
 }
 
 impl StormReport {
@@ -114,14 +119,15 @@ impl StormClock {
         s.count = 0;
     }
 
-    /// Agent `i` re-opened its session (only its first time after the mark counts).
-    pub fn reopened(&self, i: usize) {
+    /// Agent `i` re-opened its session after `failures` failed attempts (only its first
+    /// time after the mark counts).
+    pub fn reopened(&self, i: usize, failures: u32) {
         let mut s = self.lock();
         let Some(mark) = s.mark else { return };
         let at = mark.elapsed();
         let fresh = match s.back.get_mut(i) {
             Some(slot @ None) => {
-                *slot = Some(at);
+                *slot = Some((at, failures));
                 true
             }
             _ => false,
@@ -155,12 +161,15 @@ impl StormClock {
             }
         }
         let s = self.lock();
-        let mut times: Vec<Duration> = s.back.iter().flatten().copied().collect();
+        let back: Vec<(Duration, u32)> = s.back.iter().flatten().copied().collect();
+        let mut times: Vec<Duration> = back.iter().map(|b| b.0).collect();
         times.sort();
         StormReport {
             n: s.back.len(),
             back: times.len(),
             times,
+            refused_agents: back.iter().filter(|b| b.1 > 0).count(),
+            max_failures: back.iter().map(|b| b.1).max().unwrap_or(0),
         }
     }
 }
@@ -291,14 +300,15 @@ mod tests {
     #[tokio::test]
     async fn storm_clock_counts_each_agent_once_after_the_mark() {
         let clock = StormClock::new(3);
-        clock.reopened(0); // before any mark: ignored
+        clock.reopened(0, 0); // before any mark: ignored
         clock.mark();
-        clock.reopened(1);
-        clock.reopened(1);
-        clock.reopened(0);
+        clock.reopened(1, 2);
+        clock.reopened(1, 0);
+        clock.reopened(0, 0);
         let r = clock.wait(Duration::from_millis(50)).await;
         assert_eq!((r.n, r.back, r.times.len()), (3, 2, 2));
-        clock.reopened(2);
+        assert_eq!((r.refused_agents, r.max_failures), (1, 2));
+        clock.reopened(2, 0);
         let r = clock.wait(Duration::from_secs(5)).await;
         assert_eq!(r.back, 3);
         assert!(r.quantile(0.5) <= r.quantile(1.0));

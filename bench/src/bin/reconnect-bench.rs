@@ -93,6 +93,8 @@ struct Storm {
     max_ms: f64,
     attempts: u64,
     failures: u64,
+    refused_agents: usize,
+    max_failures: u64,
     repushed: u64,
     idle_opened: u64,
     idle_refused: u64,
@@ -205,6 +207,8 @@ async fn bench(cli: &Cli) -> Result<(Vec<Storm>, f64)> {
                 max_ms: num(4)?,
                 attempts: (num(5)? as u64).saturating_sub(seen.0),
                 failures: (num(6)? as u64).saturating_sub(seen.1),
+                refused_agents: num(7)? as usize,
+                max_failures: num(8)? as u64,
                 repushed: after.saturating_sub(before),
                 idle_opened,
                 idle_refused,
@@ -254,6 +258,7 @@ fn render(storms: &[Storm], cli: &Cli, apply_s: f64) -> String {
         "p99 s",
         "max = all back s",
         "connect attempts (failed)",
+        "agents refused ≥ 1× / most refusals of one",
         "`Desired` re-pushed",
         "idle: opened / refused / open at end",
         "controller refusals after restart",
@@ -272,6 +277,7 @@ fn render(storms: &[Storm], cli: &Cli, apply_s: f64) -> String {
             format!("{:.2}", s.p99_ms / 1e3),
             format!("{:.2}", s.max_ms / 1e3),
             format!("{} ({})", s.attempts, s.failures),
+            format!("{} / {}", s.refused_agents, s.max_failures),
             s.repushed.to_string(),
             if s.idle {
                 format!(
