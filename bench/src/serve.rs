@@ -1,6 +1,7 @@
 //! The real controller binary as a child process for the benchmarks (`portcullis serve`
 //! with the default pre-authentication flags spelled out, on loopback), and a scrape of
-//! its pre-authentication refusal counters from its `/metrics` endpoint.
+//! its pre-authentication refusal counters from its `/metrics` endpoint; the kernel's
+//! listen-queue overflow counter.
 
 use anyhow::{Context as _, Result};
 use std::net::SocketAddr;
@@ -112,4 +113,21 @@ pub async fn refusals(metrics: SocketAddr) -> String {
     } else {
         counts.join(", ")
     }
+}
+
+/// The kernel's `TcpExt: ListenOverflows` (`/proc/net/netstat`, this network namespace):
+/// connections whose handshake completed while the listener's accept queue was full (the
+/// kernel drops the client's ACK and retransmits its SYN-ACK, 1 s, 2 s, 4 s, ... later).
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if names.starts_with("TcpExt:") {
+            let i = names
+                .split_whitespace()
+                .position(|n| n == "ListenOverflows")?;
+            return values.split_whitespace().nth(i)?.parse().ok();
+        }
+    }
+    None
 }

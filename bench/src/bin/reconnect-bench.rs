@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use portcullis_bench::fleet::{
     SimChild, SimCmd, apply_all, bind_loopback, make_pki, parse_millis, parse_secs,
 };
-use portcullis_bench::serve::{Controller, SERVE_FLAGS, refusals};
+use portcullis_bench::serve::{Controller, SERVE_FLAGS, listen_overflows, refusals};
 use portcullis_bench::storm::IdleSockets;
 use portcullis_bench::{Table, machine, raise_nofile, write_section};
 use portcullis_controller::pki::tls::client_tls;
@@ -96,6 +96,7 @@ struct Storm {
     refused_agents: usize,
     max_failures: u64,
     repushed: u64,
+    listen_overflows: Option<u64>,
     idle_opened: u64,
     idle_refused: u64,
     idle_open_at_end: usize,
@@ -176,12 +177,16 @@ async fn bench(cli: &Cli) -> Result<(Vec<Storm>, f64)> {
             };
             let before = stats(&mut sim).await?;
             eprintln!("reconnect-bench: storm (idle sockets: {idle}) ...");
+            let overflows = listen_overflows();
             sim.say("STORM").await?;
             ctl.kill().await?;
             let (new, restart) = Controller::start(&bin, dir.path(), listen, metrics).await?;
             ctl = new;
             let r = sim.expect("STORM", cli.timeout).await?;
             let after = stats(&mut sim).await?;
+            let overflows = listen_overflows()
+                .zip(overflows)
+                .map(|(b, a)| b.saturating_sub(a));
             let num = |i: usize| -> Result<f64> {
                 r.get(i)
                     .context("short STORM line")?
@@ -210,6 +215,7 @@ async fn bench(cli: &Cli) -> Result<(Vec<Storm>, f64)> {
                 refused_agents: num(7)? as usize,
                 max_failures: num(8)? as u64,
                 repushed: after.saturating_sub(before),
+                listen_overflows: overflows,
                 idle_opened,
                 idle_refused,
                 idle_open_at_end: idle_open,
@@ -218,8 +224,10 @@ async fn bench(cli: &Cli) -> Result<(Vec<Storm>, f64)> {
             seen = (seen.0 + s.attempts, seen.1 + s.failures);
             eprintln!("  {s:?}");
             storms.push(s);
-            // Let the agents' backoff state settle like a fleet that was up a while.
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Every session lasts over 30 s before the next storm, so every agent's backoff
+            // is reset (agent/src/session.rs), like a fleet that was up a while: each storm
+            // starts from the same state.
+            tokio::time::sleep(Duration::from_secs(31)).await;
         }
     }
     sim.stop().await;
@@ -260,6 +268,7 @@ fn render(storms: &[Storm], cli: &Cli, apply_s: f64) -> String {
         "connect attempts (failed)",
         "agents refused ≥ 1× / most refusals of one",
         "`Desired` re-pushed",
+        "kernel listen overflows",
         "idle: opened / refused / open at end",
         "controller refusals after restart",
     ]);
@@ -279,6 +288,7 @@ fn render(storms: &[Storm], cli: &Cli, apply_s: f64) -> String {
             format!("{} ({})", s.attempts, s.failures),
             format!("{} / {}", s.refused_agents, s.max_failures),
             s.repushed.to_string(),
+            s.listen_overflows.map_or("-".into(), |n| n.to_string()),
             if s.idle {
                 format!(
                     "{} / {} / {}",
@@ -296,7 +306,10 @@ fn render(storms: &[Storm], cli: &Cli, apply_s: f64) -> String {
          the controller closes is opened again after {} ms (the controller keeps at most \
          `--max-pending-per-source` of them, each until `--tls-handshake-timeout`). \
          \"Controller refusals\": `portcullis_preauth_refused_connections_total` of the \
-         restarted controller by reason, scraped when every agent was back.\n\n\
+         restarted controller by reason, scraped when every agent was back. \
+         \"Kernel listen overflows\": `ListenOverflows` of `/proc/net/netstat` over the storm \
+         (the accept queue was full: the kernel dropped the client's ACK and retransmits its \
+         SYN-ACK 1, 2, 4, 8, 16 s later while the client, connected, waits for the TLS reply).\n\n\
          Command: `target/release/reconnect-bench --n {} --idle {} --runs {}{}`\n",
         cli.idle_reopen.as_millis(),
         cli.n,
