@@ -97,29 +97,37 @@ pub struct SessionConfig {
     pub backoff_max: Duration,
 }
 
-/// Jittered exponential backoff ("full jitter"): a random delay in [min, current].
-#[derive(Debug)]
-struct Backoff {
+/// Jittered exponential backoff ("full jitter"): a random delay in [0, current], with
+/// `current` starting at `min` and doubling up to `max`. The first retry is jittered too,
+/// so a fleet whose controller restarts does not come back in the same instant (with
+/// [min, current] every agent retried exactly `min` after the cut: reconnect-bench).
+#[derive(Debug, Clone)]
+pub struct Backoff {
     min: Duration,
     max: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
+    pub fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
-            max,
+            max: max.max(min),
             current: min,
         }
     }
-    fn reset(&mut self) {
+    /// After a session that lasted: the next failure starts from `min` again.
+    pub fn reset(&mut self) {
         self.current = self.min;
     }
-    fn next_delay(&mut self) -> Duration {
+    /// The upper bound of the next delay.
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+    pub fn next_delay(&mut self) -> Duration {
         let upper = self.current.max(self.min);
         self.current = (self.current * 2).min(self.max);
-        let ms = rand::rng().random_range(self.min.as_millis()..=upper.as_millis());
+        let ms = rand::rng().random_range(0..=upper.as_millis());
         Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 }
@@ -461,13 +469,16 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(
-                d >= Duration::from_millis(100) && d <= Duration::from_secs(2),
-                "{d:?}"
-            );
+            assert!(d <= Duration::from_secs(2), "{d:?}");
         }
         assert_eq!(b.current, Duration::from_secs(2));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+        // The first retry is spread over [0, min], not all at `min`.
+        let firsts: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|_| Backoff::new(Duration::from_millis(250), Duration::from_secs(30)).next_delay())
+            .collect();
+        assert!(firsts.len() > 10, "{firsts:?}");
+        assert!(firsts.iter().all(|d| *d <= Duration::from_millis(250)));
     }
 }
