@@ -76,7 +76,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         !args.tls_handshake_timeout.is_zero(),
         "--tls-handshake-timeout: expected a duration above 0, found 0"
     );
-    let listener = bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    // The default backlog (128) is kept on purpose: a larger one let a reconnect storm
+    // into the pending-handshake budget faster than 2 vCPUs finish handshakes, so more
+    // agents were refused and backed off (reconnect-bench, docs/BENCHMARKS.md section 8).
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let metrics = match args.metrics_listen {
         Some(addr) => {
             if !portcullis_metrics::is_loopback(&addr) {
@@ -123,22 +128,4 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received");
-}
-
-/// Listen backlog: a fleet reconnecting after a controller restart overflows the default
-/// (128 in tokio/mio), and every overflowed SYN waits out 1-16 s of SYN-ACK retransmits
-/// (reconnect-bench, docs/BENCHMARKS.md section 8). The kernel caps it at
-/// `net.core.somaxconn`.
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As TcpListener::bind: a restarted controller rebinds while old sockets linger.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
