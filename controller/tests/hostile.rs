@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{TestController, hello};
+use common::{FakeAgent, TestController, hello};
 use portcullis_controller::server::incoming::PreAuth;
 use portcullis_proto::v1;
 use std::time::{Duration, Instant};
@@ -17,44 +17,6 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
-
-/// A fake agent session: what it sends, what the controller sends it.
-struct Session {
-    tx: mpsc::Sender<v1::AgentMessage>,
-    inbound: tonic::Streaming<v1::ControllerMessage>,
-}
-
-async fn open(ctl: &TestController, host: &str) -> Session {
-    let ch = ctl.agent_channel(host).await;
-    let mut client = v1::session_client::SessionClient::new(ch);
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(hello(host)).await.unwrap();
-    let inbound = client
-        .open(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    Session { tx, inbound }
-}
-
-/// Waits until the controller's side of the stream ends (error or end); panics after
-/// `within`. Returns the status it ended with, if any.
-async fn ends_within(
-    s: &mut tonic::Streaming<v1::ControllerMessage>,
-    within: Duration,
-) -> Option<tonic::Status> {
-    tokio::time::timeout(within, async {
-        loop {
-            match s.next().await {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Some(e),
-                None => return None,
-            }
-        }
-    })
-    .await
-    .expect("the stream was not closed in time")
-}
 
 /// A TCP connection from `source` that never sends anything.
 async fn idle_from(source: &str, to: std::net::SocketAddr) -> TcpStream {
@@ -95,7 +57,7 @@ async fn idle_sockets_from_one_source_do_not_lock_out_status() {
         counters.refused_connections >= 150 - 16,
         "per-source limit: {counters:?}"
     );
-    let _agent = open(&ctl, "h1").await;
+    let _agent = FakeAgent::open(&ctl, "h1").await;
     // Beyond the per-source limit the surplus was closed at once.
     let mut closed = 0;
     for s in &mut idle {
@@ -141,8 +103,8 @@ async fn a_handshake_that_never_finishes_is_closed_after_the_deadline() {
 #[tokio::test]
 async fn another_hosts_answers_are_ignored_and_drift_reports_the_real_state() {
     let ctl = TestController::start().await;
-    let mut h1 = open(&ctl, "h1").await;
-    let mut h9 = open(&ctl, "h9").await;
+    let mut h1 = FakeAgent::open(&ctl, "h1").await;
+    let mut h9 = FakeAgent::open(&ctl, "h9").await;
     // h1 answers honestly, late: its table was flushed.
     let h1_task = tokio::spawn(async move {
         while let Some(Ok(m)) = h1.inbound.next().await {
@@ -207,10 +169,10 @@ async fn another_hosts_answers_are_ignored_and_drift_reports_the_real_state() {
 #[tokio::test]
 async fn revoking_an_agent_closes_its_open_session_and_it_cannot_reconnect() {
     let ctl = TestController::start().await;
-    let mut h1 = open(&ctl, "h1").await;
-    let mut h2 = open(&ctl, "h2").await;
+    let mut h1 = FakeAgent::open(&ctl, "h1").await;
+    let mut h2 = FakeAgent::open(&ctl, "h2").await;
     ctl.pki.revoke("agent/h1").unwrap();
-    ends_within(&mut h1.inbound, Duration::from_secs(3)).await;
+    h1.ends_within(Duration::from_secs(3)).await;
     // The other host's session stays up (it is sent the new signed list, nothing ends).
     let h2_end = tokio::time::timeout(Duration::from_millis(1500), async {
         loop {
@@ -283,9 +245,9 @@ async fn revoking_an_admin_ends_its_logs_follow_stream() {
 #[tokio::test]
 async fn a_second_session_for_the_same_host_closes_the_first() {
     let ctl = TestController::start().await;
-    let mut first = open(&ctl, "h1").await;
-    let _second = open(&ctl, "h1").await;
-    let status = ends_within(&mut first.inbound, Duration::from_secs(3)).await;
+    let mut first = FakeAgent::open(&ctl, "h1").await;
+    let _second = FakeAgent::open(&ctl, "h1").await;
+    let status = first.ends_within(Duration::from_secs(3)).await;
     let status = status.expect("ended with a status");
     assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
     // Reports sent on the old stream are not written for the host any more.
@@ -315,7 +277,7 @@ async fn a_second_session_for_the_same_host_closes_the_first() {
 #[tokio::test]
 async fn applied_and_reverted_that_answer_nothing_are_ignored() {
     let ctl = TestController::start().await;
-    let h1 = open(&ctl, "h1").await;
+    let h1 = FakeAgent::open(&ctl, "h1").await;
     // An Applied for a revision h1 was never sent, and a Reverted of no rollout.
     let forged = [
         v1::agent_message::Msg::Applied(v1::Applied {

@@ -7,61 +7,19 @@
 
 mod common;
 
-use common::{TestController, hello};
+use common::{FakeAgent, TestController, now_ms};
 use portcullis_controller::server::logs::LogsConfig;
 use portcullis_proto::v1;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 
 const MAX_COUNTER: u64 = 1_000_000_000_000_000;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-struct Agent {
-    tx: mpsc::Sender<v1::AgentMessage>,
-    inbound: tonic::Streaming<v1::ControllerMessage>,
-}
-
-impl Agent {
-    async fn open(ctl: &TestController, host: &str) -> Self {
-        let ch = ctl.agent_channel(host).await;
-        let mut client = v1::session_client::SessionClient::new(ch);
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(hello(host)).await.unwrap();
-        let inbound = client
-            .open(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Self { tx, inbound }
-    }
-
-    /// Send the batch and wait for its acknowledgement (panics on the session's end).
-    async fn store(&mut self, batch: v1::DenialBatch) {
-        let seq = batch.seq;
-        let msg = v1::AgentMessage {
-            msg: Some(v1::agent_message::Msg::Denials(batch)),
-        };
-        self.tx.send(msg).await.unwrap();
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.inbound.next())
-                .await
-                .expect("nothing from the controller within 10 s")
-                .expect("session ended")
-                .unwrap_or_else(|s| panic!("session ended: {s:?}"));
-            if let Some(v1::controller_message::Msg::DenialAck(a)) = msg.msg {
-                assert_eq!(a.seq, seq);
-                return;
-            }
-        }
-    }
+/// A fake agent whose waits give up after 10 s.
+async fn open(ctl: &TestController, host: &str) -> FakeAgent {
+    FakeAgent::open(ctl, host)
+        .await
+        .within(Duration::from_secs(10))
 }
 
 fn entry(src: &str, dport: u32, count: u64, at_ms: i64) -> v1::DenialEntry {
@@ -112,13 +70,13 @@ async fn query(
 async fn counters_at_u64_max_do_not_break_logs_for_everyone() {
     let ctl = TestController::start().await;
     let t = now_ms();
-    let mut good = Agent::open(&ctl, "good").await;
+    let mut good = open(&ctl, "good").await;
     good.store(batch(1, vec![entry("192.0.2.1", 22, 3, t)]))
         .await;
 
     // 10,000 entries at the largest count accepted so far: their SUM() is 1e19 > i64::MAX;
     // one more at u64::MAX, and every batch counter at u64::MAX.
-    let mut evil = Agent::open(&ctl, "evil").await;
+    let mut evil = open(&ctl, "evil").await;
     let mut entries: Vec<v1::DenialEntry> = (0..10_000u32)
         .map(|i| entry(&format!("10.9.{}.{}", i / 256, i % 256), 23, MAX_COUNTER, t))
         .collect();
@@ -182,7 +140,7 @@ async fn counters_at_u64_max_do_not_break_logs_for_everyone() {
 async fn future_times_are_clamped_and_the_overflow_entry_is_stored() {
     let ctl = TestController::start().await;
     let t = now_ms();
-    let mut a = Agent::open(&ctl, "h1").await;
+    let mut a = open(&ctl, "h1").await;
     let ten_years = 10 * 365 * 24 * 3_600_000;
     let overflow = v1::DenialEntry {
         src: "(other)".into(),
@@ -225,7 +183,7 @@ async fn row_retention_is_fair_per_host() {
     })
     .await;
     let t = now_ms();
-    let mut quiet = Agent::open(&ctl, "quiet").await;
+    let mut quiet = open(&ctl, "quiet").await;
     quiet
         .store(batch(
             1,
@@ -235,7 +193,7 @@ async fn row_retention_is_fair_per_host() {
         ))
         .await;
     // A flood after the quiet host's (older) rows: global oldest-first would delete them.
-    let mut loud = Agent::open(&ctl, "loud").await;
+    let mut loud = open(&ctl, "loud").await;
     loud.store(batch(
         1,
         (0..500u32)
@@ -294,7 +252,7 @@ async fn the_agents_own_overflow_entry_is_valid_and_stored() {
     let mut wire = portcullis_agent::denials::wire_batch(aggregated);
     wire.seq = 1;
     assert!(wire.entries.iter().any(|e| e.src == "(other)"), "{wire:?}");
-    let mut a = Agent::open(&ctl, "h1").await;
+    let mut a = open(&ctl, "h1").await;
     a.store(wire).await;
     let mut admin = ctl.admin("ops").await;
     let (rows, totals) = query(&mut admin, v1::LogsRequest::default()).await;

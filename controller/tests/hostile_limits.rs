@@ -8,47 +8,18 @@
 
 mod common;
 
-use common::{TestController, apply_request, hello};
+use common::{FakeAgent, TestController, apply_request, hello};
 use portcullis_policy::{Facts, HostPolicy};
 use portcullis_proto::v1;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-struct Agent {
-    tx: mpsc::Sender<v1::AgentMessage>,
-    inbound: tonic::Streaming<v1::ControllerMessage>,
-}
-
-impl Agent {
-    async fn open(ctl: &TestController, host: &str) -> Self {
-        let ch = ctl.agent_channel(host).await;
-        let mut client = v1::session_client::SessionClient::new(ch);
-        let (tx, rx) = mpsc::channel(64);
-        tx.send(hello(host)).await.unwrap();
-        let inbound = client
-            .open(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Self { tx, inbound }
-    }
-
-    /// The status that ends the session (messages before it are skipped).
-    async fn end(&mut self) -> tonic::Status {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), self.inbound.next())
-                .await
-                .expect("the session did not end within 10 s")
-            {
-                Some(Ok(_)) => continue,
-                Some(Err(s)) => return s,
-                None => return tonic::Status::ok("stream ended"),
-            }
-        }
-    }
+/// A fake agent whose waits give up after 10 s.
+async fn open(ctl: &TestController, host: &str) -> FakeAgent {
+    FakeAgent::open(ctl, host)
+        .await
+        .within(Duration::from_secs(10))
 }
 
 fn heartbeat() -> v1::AgentMessage {
@@ -60,8 +31,8 @@ fn heartbeat() -> v1::AgentMessage {
 #[tokio::test]
 async fn a_heartbeat_flood_ends_that_session_only() {
     let ctl = TestController::start().await;
-    let mut evil = Agent::open(&ctl, "evil").await;
-    let _good = Agent::open(&ctl, "good").await;
+    let mut evil = open(&ctl, "evil").await;
+    let _good = open(&ctl, "good").await;
     let flood = {
         let tx = evil.tx.clone();
         tokio::spawn(async move {
@@ -90,13 +61,13 @@ async fn a_heartbeat_flood_ends_that_session_only() {
     .unwrap()
     .into_inner();
     assert!(status.hosts.iter().any(|h| h.host == "good"));
-    let _again = Agent::open(&ctl, "evil").await;
+    let _again = open(&ctl, "evil").await;
 }
 
 #[tokio::test]
 async fn a_drift_report_flood_is_refused_too() {
     let ctl = TestController::start().await;
-    let mut evil = Agent::open(&ctl, "evil").await;
+    let mut evil = open(&ctl, "evil").await;
     for _ in 0..2_000 {
         let msg = v1::AgentMessage {
             msg: Some(v1::agent_message::Msg::Drift(v1::DriftReport::default())),
@@ -186,7 +157,7 @@ async fn a_follow_that_does_not_read_is_dropped_with_a_final_status() {
     };
     let mut follow = admin.logs(req).await.unwrap().into_inner();
 
-    let mut agent = Agent::open(&ctl, "h1").await;
+    let mut agent = open(&ctl, "h1").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -250,7 +221,7 @@ async fn a_follow_that_does_not_read_is_dropped_with_a_final_status() {
 async fn concurrent_applies_store_hashes_for_their_own_revision() {
     let ctl = TestController::start().await;
     // h1 is known (facts), so Apply compiles and stores its expected hash.
-    let _h1 = Agent::open(&ctl, "h1").await;
+    let _h1 = open(&ctl, "h1").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sites = [
         "- name: a\n  hosts: h1\n  policy:\n    allow: [http/tcp]\n",

@@ -5,67 +5,12 @@
 
 mod common;
 
-use common::{TestController, hello};
+use common::{FakeAgent as Agent, TestController, now_ms};
 use portcullis_controller::server::logs::LogsConfig;
 use portcullis_proto::v1;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-struct Agent {
-    tx: mpsc::Sender<v1::AgentMessage>,
-    inbound: tonic::Streaming<v1::ControllerMessage>,
-}
-
-impl Agent {
-    async fn open(ctl: &TestController, host: &str) -> Self {
-        let ch = ctl.agent_channel(host).await;
-        let mut client = v1::session_client::SessionClient::new(ch);
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(hello(host)).await.unwrap();
-        let inbound = client
-            .open(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Self { tx, inbound }
-    }
-
-    async fn send(&self, batch: v1::DenialBatch) {
-        let msg = v1::AgentMessage {
-            msg: Some(v1::agent_message::Msg::Denials(batch)),
-        };
-        self.tx.send(msg).await.unwrap();
-    }
-
-    /// The next message: Ok(ack seq) or the status that ended the stream.
-    async fn next_ack(&mut self) -> Result<u64, tonic::Status> {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.inbound.next())
-                .await
-                .expect("nothing from the controller within 5 s")
-                .ok_or_else(|| tonic::Status::cancelled("stream ended"))??;
-            if let Some(v1::controller_message::Msg::DenialAck(a)) = msg.msg {
-                return Ok(a.seq);
-            }
-        }
-    }
-
-    async fn store(&mut self, batch: v1::DenialBatch) {
-        let seq = batch.seq;
-        self.send(batch).await;
-        assert_eq!(self.next_ack().await.unwrap(), seq);
-    }
-}
 
 fn entry(src: &str, proto: u32, dport: u32, count: u64, at_ms: i64) -> v1::DenialEntry {
     v1::DenialEntry {

@@ -1,4 +1,5 @@
-//! A controller started in-process on loopback with a fresh PKI, and mTLS clients for it.
+//! A controller started in-process on loopback with a fresh PKI, mTLS clients for it, and
+//! a fake agent session ([`FakeAgent`]) that tests make misbehave.
 
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
@@ -9,7 +10,10 @@ use portcullis_controller::server::{ServeConfig, run};
 use portcullis_proto::v1;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio::sync::oneshot;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub struct TestController {
@@ -158,5 +162,99 @@ pub fn hello(host: &str) -> v1::AgentMessage {
             kernel_hash: String::new(),
             conditions: Vec::new(),
         })),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A fake agent's session over the host's own certificate: what it sends (`tx`), what
+/// the controller sends it (`inbound`). Waits give up after `deadline` (5 s unless
+/// [`FakeAgent::within`] says otherwise).
+pub struct FakeAgent {
+    pub tx: mpsc::Sender<v1::AgentMessage>,
+    pub inbound: tonic::Streaming<v1::ControllerMessage>,
+    deadline: Duration,
+}
+
+impl FakeAgent {
+    /// Opens the session for `host` and sends its `Hello`.
+    pub async fn open(ctl: &TestController, host: &str) -> Self {
+        let ch = ctl.agent_channel(host).await;
+        let mut client = v1::session_client::SessionClient::new(ch);
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(hello(host)).await.unwrap();
+        let inbound = client
+            .open(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Self {
+            tx,
+            inbound,
+            deadline: Duration::from_secs(5),
+        }
+    }
+
+    /// The same session with another deadline for its waits.
+    pub fn within(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub async fn send(&self, batch: v1::DenialBatch) {
+        let msg = v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Denials(batch)),
+        };
+        self.tx.send(msg).await.unwrap();
+    }
+
+    /// The next acknowledgement's seq, or the status that ended the stream (other
+    /// messages are skipped); panics after the deadline.
+    pub async fn next_ack(&mut self) -> Result<u64, tonic::Status> {
+        loop {
+            let msg = tokio::time::timeout(self.deadline, self.inbound.next())
+                .await
+                .expect("nothing from the controller within the deadline")
+                .ok_or_else(|| tonic::Status::cancelled("stream ended"))??;
+            if let Some(v1::controller_message::Msg::DenialAck(a)) = msg.msg {
+                return Ok(a.seq);
+            }
+        }
+    }
+
+    /// Sends the batch and waits for its acknowledgement (panics on the session's end).
+    pub async fn store(&mut self, batch: v1::DenialBatch) {
+        let seq = batch.seq;
+        self.send(batch).await;
+        assert_eq!(self.next_ack().await.unwrap(), seq);
+    }
+
+    /// Waits until the controller's side of the stream ends (error or end) and returns
+    /// the status it ended with, if any; panics after `within`.
+    pub async fn ends_within(&mut self, within: Duration) -> Option<tonic::Status> {
+        tokio::time::timeout(within, async {
+            loop {
+                match self.inbound.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Some(e),
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .expect("the stream was not closed in time")
+    }
+
+    /// The status that ends the session within the deadline (`Ok` if it just ended).
+    pub async fn end(&mut self) -> tonic::Status {
+        let deadline = self.deadline;
+        self.ends_within(deadline)
+            .await
+            .unwrap_or_else(|| tonic::Status::ok("stream ended"))
     }
 }
