@@ -92,7 +92,7 @@ enum Command {
     #[command(hide = true)]
     Generate {
         #[command(subcommand)]
-        cmd: cli::generate::GenerateCommand,
+        cmd: portcullis_generate::GenerateCommand,
     },
 }
 
@@ -138,7 +138,9 @@ fn main() {
             Command::Logs { args, connect } => cli::logs::run(args, &connect).await,
             Command::Rollback { args, connect } => cli::rollout::rollback(args, &connect).await,
             Command::Rollout { cmd, connect } => cli::rollout::run(cmd, &connect).await,
-            Command::Generate { cmd } => cli::generate::run(cmd, Cli::command()).map(|()| exit::OK),
+            Command::Generate { cmd } => {
+                portcullis_generate::run(cmd, Cli::command()).map(|()| exit::OK)
+            }
         }
     });
     match result {

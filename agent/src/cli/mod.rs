@@ -13,7 +13,6 @@
 //! results to stdout (`--json` for machines).
 
 mod apply;
-pub mod generate;
 mod nft_check;
 mod remove;
 mod restore;
@@ -100,7 +99,7 @@ pub enum Command {
     #[command(hide = true)]
     Generate {
         #[command(subcommand)]
-        cmd: generate::GenerateCommand,
+        cmd: portcullis_generate::GenerateCommand,
     },
 }
 
@@ -118,7 +117,7 @@ pub fn init_tracing(global: &Global) {
 pub fn run(mut cli: Cli) -> Exit {
     if let Command::Generate { cmd } = cli.command {
         use clap::CommandFactory as _;
-        return match generate::run(cmd, Cli::command()) {
+        return match portcullis_generate::run(cmd, Cli::command()) {
             Ok(()) => Exit::Ok,
             Err(e) => {
                 eprintln!("error: {e:#}");

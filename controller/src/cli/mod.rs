@@ -7,7 +7,6 @@ pub mod apply_check;
 pub mod ca;
 pub mod connect;
 pub mod drift;
-pub mod generate;
 pub mod history;
 pub mod inventory;
 pub mod logs;

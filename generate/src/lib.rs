@@ -1,5 +1,6 @@
-//! `portcullis-agent generate` (hidden; used by `deploy/package.sh`): shell completions and man
-//! pages generated from the CLI definition itself, so they never disagree with `--help`.
+//! The hidden `generate` subcommand of `portcullis` and `portcullis-agent` (used by
+//! `deploy/package.sh`): shell completions and man pages generated from the binary's own
+//! CLI definition, so they never disagree with `--help`.
 
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ pub enum GenerateCommand {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write one man page per command (`portcullis-agent.1`, `portcullis-agent-run.1`, ...) into DIR
+    /// Write one man page per command (`<binary>.1`, `<binary>-<command>.1`, ...) into DIR
     Man { dir: PathBuf },
 }
 
