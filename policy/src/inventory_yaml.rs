@@ -104,6 +104,24 @@ impl YamlReader<'_> {
         }
     }
 
+    /// The entries of `node` if it is a mapping; `None` for null (nothing to read) and for
+    /// anything else, which is reported as `what`, found <its type>.
+    fn mapping_or_null<'n>(
+        &mut self,
+        node: &'n Node,
+        what: impl FnOnce() -> String,
+    ) -> Option<&'n [(Node, Node)]> {
+        match &node.kind {
+            NodeKind::Null => None,
+            NodeKind::Map(e) => Some(e),
+            _ => {
+                let message = format!("{}, found {}", what(), node.type_name());
+                self.diags.push(node.diag(self.file, message));
+                None
+            }
+        }
+    }
+
     fn group_name<'n>(&mut self, key: &'n Node) -> Option<&'n str> {
         match key.as_str() {
             Some(s) if !s.trim().is_empty() && !s.contains(char::is_whitespace) => Some(s),
@@ -118,19 +136,10 @@ impl YamlReader<'_> {
     }
 
     fn group(&mut self, g: usize, name: &str, body: &Node) {
-        let entries = match &body.kind {
-            NodeKind::Null => return,
-            NodeKind::Map(e) => e,
-            _ => {
-                self.diags.push(body.diag(
-                    self.file,
-                    format!(
-                        "group `{name}`: expected a mapping with hosts/children/vars, found {}",
-                        body.type_name()
-                    ),
-                ));
-                return;
-            }
+        let Some(entries) = self.mapping_or_null(body, || {
+            format!("group `{name}`: expected a mapping with hosts/children/vars")
+        }) else {
+            return;
         };
         for (key, value) in entries {
             match key.as_str() {
@@ -162,19 +171,10 @@ impl YamlReader<'_> {
     }
 
     fn hosts_of(&mut self, g: usize, group: &str, value: &Node) {
-        let entries = match &value.kind {
-            NodeKind::Null => return,
-            NodeKind::Map(e) => e,
-            _ => {
-                self.diags.push(value.diag(
-                    self.file,
-                    format!(
-                        "group `{group}`: `hosts` must be a mapping of host names, found {}",
-                        value.type_name()
-                    ),
-                ));
-                return;
-            }
+        let Some(entries) = self.mapping_or_null(value, || {
+            format!("group `{group}`: `hosts` must be a mapping of host names")
+        }) else {
+            return;
         };
         for (key, vars) in entries {
             let Some(pattern) = key.as_str().filter(|s| !s.trim().is_empty()) else {
@@ -225,19 +225,10 @@ impl YamlReader<'_> {
     }
 
     fn children_of(&mut self, g: usize, group: &str, value: &Node) {
-        let entries = match &value.kind {
-            NodeKind::Null => return,
-            NodeKind::Map(e) => e,
-            _ => {
-                self.diags.push(value.diag(
-                    self.file,
-                    format!(
-                        "group `{group}`: `children` must be a mapping of groups, found {}",
-                        value.type_name()
-                    ),
-                ));
-                return;
-            }
+        let Some(entries) = self.mapping_or_null(value, || {
+            format!("group `{group}`: `children` must be a mapping of groups")
+        }) else {
+            return;
         };
         for (key, body) in entries {
             let Some(child) = self.group_name(key) else {
