@@ -153,6 +153,26 @@ pub fn packet(proto: Proto, src: IpAddr, dst: IpAddr, sport: u16, dport: u16) ->
     }
 }
 
+/// The fragments of `len` bytes cut at `cuts` (offsets, multiples of 8): (start, end,
+/// more fragments follow).
+fn pieces(len: usize, cuts: &[usize]) -> Vec<(usize, usize, bool)> {
+    let mut bounds = vec![0];
+    bounds.extend(cuts.iter().copied());
+    bounds.push(len);
+    let last = bounds.len() - 2;
+    bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            assert!(
+                w[0].is_multiple_of(8),
+                "fragment offsets are multiples of 8"
+            );
+            (w[0], w[1], i < last)
+        })
+        .collect()
+}
+
 /// `inner` (what follows the IPv6 header: extension headers and the segment, first
 /// next header `next`) cut into fragments at the byte offsets `cuts` (multiples of 8),
 /// each a complete IPv6 packet with a Fragment header (identification `id`).
@@ -164,19 +184,10 @@ pub fn fragments(
     cuts: &[usize],
     id: u32,
 ) -> Vec<Vec<u8>> {
-    let mut bounds = vec![0];
-    bounds.extend(cuts.iter().copied());
-    bounds.push(inner.len());
-    bounds
-        .windows(2)
-        .enumerate()
-        .map(|(i, w)| {
-            let (start, end) = (w[0], w[1]);
-            assert!(
-                start.is_multiple_of(8),
-                "fragment offsets are multiples of 8"
-            );
-            let more = u16::from(i + 2 < bounds.len());
+    pieces(inner.len(), cuts)
+        .into_iter()
+        .map(|(start, end, more)| {
+            let more = u16::from(more);
             let mut body = vec![next, 0];
             body.extend((((start / 8) as u16) << 3 | more).to_be_bytes());
             body.extend(id.to_be_bytes());
@@ -196,19 +207,10 @@ pub fn fragments_v4(
     cuts: &[usize],
     id: u16,
 ) -> Vec<Vec<u8>> {
-    let mut bounds = vec![0];
-    bounds.extend(cuts.iter().copied());
-    bounds.push(segment.len());
-    bounds
-        .windows(2)
-        .enumerate()
-        .map(|(i, w)| {
-            let (start, end) = (w[0], w[1]);
-            assert!(
-                start.is_multiple_of(8),
-                "fragment offsets are multiples of 8"
-            );
-            let more: u16 = if i + 2 < bounds.len() { 0x2000 } else { 0 };
+    pieces(segment.len(), cuts)
+        .into_iter()
+        .map(|(start, end, more)| {
+            let more: u16 = if more { 0x2000 } else { 0 };
             let body = &segment[start..end];
             let mut p = vec![0x45, 0];
             p.extend(((20 + body.len()) as u16).to_be_bytes());
