@@ -216,20 +216,21 @@ pub fn load_revoked(path: &Path) -> Result<BTreeSet<String>, RevocationError> {
             });
         }
     };
-    let mut set = BTreeSet::new();
-    for (index, line) in text.lines().enumerate() {
-        let entry = line.split('#').next().unwrap_or("").trim();
-        if entry.is_empty() {
-            continue;
-        }
-        let serial = normalize_serial(entry).ok_or_else(|| RevocationError::BadLine {
-            path: path.to_owned(),
-            line: index + 1,
-            text: entry.to_owned(),
-        })?;
-        set.insert(serial);
-    }
-    Ok(set)
+    // The same parser the agents and the CLI use on the signed copy of this file.
+    portcullis_trust::list::parse_serials(text.as_bytes(), &path.display().to_string()).map_err(
+        |e| match e {
+            portcullis_trust::TrustError::BadList { line, text, .. } => RevocationError::BadLine {
+                path: path.to_owned(),
+                line,
+                text,
+            },
+            other => RevocationError::BadLine {
+                path: path.to_owned(),
+                line: 0,
+                text: other.to_string(),
+            },
+        },
+    )
 }
 
 /// What identifies one version of the file: (mtime, size, inode). `None`: file absent.
