@@ -331,6 +331,7 @@ impl v1::admin_server::Admin for AdminService {
             let Some(policy) = targets.get(host) else {
                 continue;
             };
+            let management = super::management_message(policy);
             let policy = wire
                 .entry(policy)
                 .or_insert_with(|| v1::HostPolicy::from(policy))
@@ -347,7 +348,7 @@ impl v1::admin_server::Admin for AdminService {
                     expected_hash,
                     confirm_timeout_ms: 0,
                     request_id: self.shared.asked.ask(host, revision),
-                    management: Some(management_of(&management, host)),
+                    management,
                 })),
             };
             if handle.tx.send(Ok(msg)).await.is_err() {
@@ -431,21 +432,6 @@ impl v1::admin_server::Admin for AdminService {
                 })
                 .collect(),
         }))
-    }
-}
-
-/// The host's `management:` entries in `--keep` syntax, for the agent's fail-closed policy.
-fn management_of(
-    management: &BTreeMap<String, Vec<portcullis_policy::lockout::Requirement>>,
-    host: &str,
-) -> v1::Management {
-    v1::Management {
-        entries: management
-            .get(host)
-            .into_iter()
-            .flatten()
-            .map(|r| format!("{}/{} from {}", r.proto, r.ports, r.from))
-            .collect(),
     }
 }
 

@@ -128,6 +128,16 @@ pub(crate) async fn load_request_fleet(
     .map_err(|d| tonic::Status::invalid_argument(format!("invalid policy:\n{d}")))
 }
 
+/// The site's `management:` entries stored with `policy`, as every `Desired` carries them
+/// (apply, rollout wave, reconnect) for the agent's fail-closed policy; `None` when the
+/// revision predates them (the agent keeps what it has).
+pub(crate) fn management_message(policy: &HostPolicy) -> Option<portcullis_proto::v1::Management> {
+    policy
+        .management
+        .clone()
+        .map(|entries| portcullis_proto::v1::Management { entries })
+}
+
 /// The store row of a revision built from an `Apply` request (apply and rollout both).
 pub(crate) fn new_revision<'a>(
     author: &'a str,

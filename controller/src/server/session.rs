@@ -5,7 +5,7 @@
 //! desired revision (if it differs from what it runs) is sent, and reports are recorded.
 
 use super::limits::{Kind, SessionBuckets, SessionRates};
-use super::{Shared, expected_hash};
+use super::{Shared, expected_hash, management_message};
 use crate::identity::Role;
 use crate::store;
 use portcullis_policy::{Facts, HostPolicy};
@@ -357,10 +357,7 @@ impl Shared {
             expected_hash: hash,
             confirm_timeout_ms: 0,
             request_id: self.asked.ask(host, revision),
-            management: policy
-                .management
-                .clone()
-                .map(|entries| v1::Management { entries }),
+            management: management_message(&policy),
         }))
     }
 }

@@ -442,10 +442,7 @@ async fn wave(
             expected_hash: hash,
             confirm_timeout_ms,
             request_id: ctx.shared.asked.ask(host, rev),
-            management: policy
-                .management
-                .clone()
-                .map(|entries| v1::Management { entries }),
+            management: super::super::management_message(policy),
         };
         if !ctx
             .send(host, v1::controller_message::Msg::Desired(d))
