@@ -309,6 +309,7 @@ mod tests {
                 proto: Proto::Tcp,
                 ports: PortRange::single(port),
                 from: Vec::new(),
+                lists: Vec::new(),
                 label: format!("{port}/tcp"),
             }],
             ..HostPolicy::default()

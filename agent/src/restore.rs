@@ -177,6 +177,7 @@ pub fn minimal_policy(management: &[String], log_group: u16) -> (HostPolicy, Vec
                         proto: r.proto,
                         ports: r.ports,
                         from: if anywhere { Vec::new() } else { vec![r.from] },
+                        lists: Vec::new(),
                         label: format!("management {text}"),
                     });
                 }

@@ -18,6 +18,7 @@ fn tcp_allow(port: u16) -> AllowEntry {
         proto: Proto::Tcp,
         ports: PortRange::single(port),
         from: Vec::new(),
+        lists: Vec::new(),
         label: format!("{port}/tcp"),
     }
 }

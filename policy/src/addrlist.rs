@@ -9,10 +9,13 @@
 //! `{ file: x }` of a `from:` against them for `parse`. This module must not do I/O.
 
 use crate::diag::{Diagnostic, Diagnostics, Source};
+use crate::model::HostPolicy;
 use crate::parse::{Ctx, parse_cidr};
 use crate::yaml::{Node, NodeKind};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Largest list file accepted (bytes).
 pub const MAX_LIST_BYTES: usize = 64 << 20;
@@ -26,8 +29,9 @@ pub const MAX_TOTAL_LIST_BYTES: usize = 128 << 20;
 const MAX_LINE_ERRORS: usize = 50;
 
 /// One list file's networks: v4 and v6 apart, each sorted and de-duplicated, host bits
-/// clear (a bare address is a /32 or /128).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+/// clear (a bare address is a /32 or /128). Serialized compactly (see [`AddrList::pack`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "Packed", try_from = "Packed")]
 pub struct AddrList {
     pub v4: Vec<(u32, u8)>,
     pub v6: Vec<(u128, u8)>,
@@ -58,16 +62,240 @@ impl AddrList {
     }
 }
 
+/// Bytes of one packed v4 entry: the address (big-endian) and the prefix length.
+pub const PACKED_V4: usize = 5;
+/// Bytes of one packed v6 entry.
+pub const PACKED_V6: usize = 17;
+
+/// The serialized form of an [`AddrList`]: the packed entries, base64 (a 1M-entry list is
+/// a few MB of JSON, parsed in milliseconds, not a million strings).
+#[derive(Serialize, Deserialize)]
+struct Packed {
+    #[serde(default)]
+    v4: String,
+    #[serde(default)]
+    v6: String,
+}
+
+impl From<AddrList> for Packed {
+    fn from(l: AddrList) -> Self {
+        use base64::Engine as _;
+        let (v4, v6) = l.pack();
+        let b = base64::engine::general_purpose::STANDARD;
+        Packed {
+            v4: b.encode(v4),
+            v6: b.encode(v6),
+        }
+    }
+}
+
+impl TryFrom<Packed> for AddrList {
+    type Error = String;
+    fn try_from(p: Packed) -> Result<Self, String> {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD;
+        let v4 = b
+            .decode(p.v4)
+            .map_err(|e| format!("address list v4: {e}"))?;
+        let v6 = b
+            .decode(p.v6)
+            .map_err(|e| format!("address list v6: {e}"))?;
+        AddrList::unpack(&v4, &v6)
+    }
+}
+
+impl AddrList {
+    /// A list from networks in any order (sorted, de-duplicated, host bits cleared).
+    pub fn from_nets(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut l = AddrList::default();
+        for n in nets {
+            match n.trunc() {
+                IpNet::V4(n) => l.v4.push((u32::from(n.network()), n.prefix_len())),
+                IpNet::V6(n) => l.v6.push((u128::from(n.network()), n.prefix_len())),
+            }
+        }
+        l.v4.sort_unstable();
+        l.v4.dedup();
+        l.v6.sort_unstable();
+        l.v6.dedup();
+        l
+    }
+
+    /// The entries packed: v4 as [`PACKED_V4`] bytes each (address big-endian, prefix
+    /// length), v6 as [`PACKED_V6`] bytes each; in list order.
+    pub fn pack(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut v4 = Vec::with_capacity(self.v4.len() * PACKED_V4);
+        for &(a, p) in &self.v4 {
+            v4.extend_from_slice(&a.to_be_bytes());
+            v4.push(p);
+        }
+        let mut v6 = Vec::with_capacity(self.v6.len() * PACKED_V6);
+        for &(a, p) in &self.v6 {
+            v6.extend_from_slice(&a.to_be_bytes());
+            v6.push(p);
+        }
+        (v4, v6)
+    }
+
+    /// Inverse of [`AddrList::pack`], for bytes from a peer or a file: refused unless
+    /// every entry is a valid prefix with its host bits clear, in strictly ascending
+    /// order (the one canonical form), and within [`MAX_LIST_ENTRIES`].
+    pub fn unpack(v4: &[u8], v6: &[u8]) -> Result<AddrList, String> {
+        if v4.len() % PACKED_V4 != 0 || v6.len() % PACKED_V6 != 0 {
+            return Err("packed address list has a partial entry".into());
+        }
+        let n = v4.len() / PACKED_V4 + v6.len() / PACKED_V6;
+        if n > MAX_LIST_ENTRIES {
+            return Err(format!(
+                "address list has {n} entries, more than {MAX_LIST_ENTRIES}"
+            ));
+        }
+        let mut l = AddrList {
+            v4: Vec::with_capacity(v4.len() / PACKED_V4),
+            v6: Vec::with_capacity(v6.len() / PACKED_V6),
+        };
+        for c in v4.chunks_exact(PACKED_V4) {
+            let a = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            let p = c[4];
+            let ok = p <= 32 && (p == 32 || a & (u32::MAX >> p) == 0);
+            if !ok || l.v4.last().is_some_and(|&last| last >= (a, p)) {
+                return Err(format!(
+                    "packed address list: bad or unordered v4 entry {}/{p}",
+                    std::net::Ipv4Addr::from(a)
+                ));
+            }
+            l.v4.push((a, p));
+        }
+        for c in v6.chunks_exact(PACKED_V6) {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&c[..16]);
+            let a = u128::from_be_bytes(b);
+            let p = c[16];
+            let ok = p <= 128 && (p == 128 || a & (u128::MAX >> p) == 0);
+            if !ok || l.v6.last().is_some_and(|&last| last >= (a, p)) {
+                return Err(format!(
+                    "packed address list: bad or unordered v6 entry {}/{p}",
+                    std::net::Ipv6Addr::from(a)
+                ));
+            }
+            l.v6.push((a, p));
+        }
+        Ok(l)
+    }
+
+    /// SHA-256 (hex) of the packed form: what a delta names as its base and result.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.v4.len() as u64).to_be_bytes());
+        for &(a, p) in &self.v4 {
+            h.update(a.to_be_bytes());
+            h.update([p]);
+        }
+        for &(a, p) in &self.v6 {
+            h.update(a.to_be_bytes());
+            h.update([p]);
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// What `self -> new` adds and removes (both sorted): `(added, removed)`.
+    pub fn diff(&self, new: &AddrList) -> (AddrList, AddrList) {
+        let (a4, r4) = sorted_diff(&self.v4, &new.v4);
+        let (a6, r6) = sorted_diff(&self.v6, &new.v6);
+        (AddrList { v4: a4, v6: a6 }, AddrList { v4: r4, v6: r6 })
+    }
+
+    /// This list with `added` put in and `removed` taken out. Refused when `removed`
+    /// holds an entry the list does not or `added` one it already holds: a delta against
+    /// another base.
+    pub fn apply_delta(&self, added: &AddrList, removed: &AddrList) -> Result<AddrList, String> {
+        let v4 = sorted_apply(&self.v4, &added.v4, &removed.v4)
+            .ok_or("the v4 delta does not fit this list")?;
+        let v6 = sorted_apply(&self.v6, &added.v6, &removed.v6)
+            .ok_or("the v6 delta does not fit this list")?;
+        Ok(AddrList { v4, v6 })
+    }
+}
+
+/// `(in new, not old; in old, not new)` of two sorted, de-duplicated vectors.
+fn sorted_diff<T: Ord + Copy>(old: &[T], new: &[T]) -> (Vec<T>, Vec<T>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        match old[i].cmp(&new[j]) {
+            std::cmp::Ordering::Less => {
+                removed.push(old[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                added.push(new[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    removed.extend_from_slice(&old[i..]);
+    added.extend_from_slice(&new[j..]);
+    (added, removed)
+}
+
+/// `base + added - removed` (all sorted, de-duplicated); `None` when `added` meets `base`
+/// or `removed` is not all in `base`.
+fn sorted_apply<T: Ord + Copy>(base: &[T], added: &[T], removed: &[T]) -> Option<Vec<T>> {
+    let mut out = Vec::with_capacity(base.len() + added.len());
+    let (mut a, mut r) = (0, 0);
+    for &x in base {
+        while a < added.len() && added[a] < x {
+            out.push(added[a]);
+            a += 1;
+        }
+        if a < added.len() && added[a] == x {
+            return None;
+        }
+        if r < removed.len() && removed[r] == x {
+            r += 1;
+            continue;
+        }
+        if r < removed.len() && removed[r] < x {
+            return None;
+        }
+        out.push(x);
+    }
+    out.extend_from_slice(&added[a..]);
+    (r == removed.len()).then_some(out)
+}
+
 /// Every list file of one apply, by the name the site file uses for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AddrLists(BTreeMap<String, AddrList>);
+pub struct AddrLists(BTreeMap<String, Arc<AddrList>>);
 
 /// No list files (what a site without `file:` entries gets).
 pub static NO_LISTS: AddrLists = AddrLists(BTreeMap::new());
 
 impl AddrLists {
-    pub fn get(&self, name: &str) -> Option<&AddrList> {
+    pub fn get(&self, name: &str) -> Option<&Arc<AddrList>> {
         self.0.get(name)
+    }
+
+    /// Lists already parsed (a stored revision's, or a policy's), by name.
+    pub fn from_map(lists: BTreeMap<String, Arc<AddrList>>) -> Self {
+        AddrLists(lists)
+    }
+
+    /// Give `policy` the content of every list its entries name (and only those).
+    pub fn attach(&self, policy: &mut HostPolicy) {
+        let names = policy
+            .allow
+            .iter()
+            .flat_map(|a| &a.lists)
+            .chain(policy.deny.iter().flat_map(|d| &d.lists));
+        policy.lists = names
+            .filter_map(|n| Some((n.clone(), self.0.get(n)?.clone())))
+            .collect();
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -114,7 +342,7 @@ impl AddrLists {
             }
             match parse_list(src) {
                 Ok(l) => {
-                    out.insert(src.name.clone(), l);
+                    out.insert(src.name.clone(), Arc::new(l));
                 }
                 Err(e) => diags.extend(e),
             }
@@ -233,12 +461,13 @@ pub fn list_references(root: &Node) -> BTreeSet<String> {
     out
 }
 
-/// `{ file: lists/x.txt }`: the networks of that list file (parsed by the caller into
-/// `cx.lists`). False (and an error) when the mapping or the file is not right.
+/// `{ file: lists/x.txt }`: the name of that list file (parsed by the caller into
+/// `cx.lists`), pushed to `out`. False (and an error) when the mapping or the file is not
+/// right.
 pub(crate) fn from_file_entry(
     entries: &[(Node, Node)],
     item: &Node,
-    out: &mut Vec<IpNet>,
+    out: &mut Vec<String>,
     cx: &mut Ctx<'_>,
 ) -> bool {
     let mut file = None;
@@ -267,8 +496,8 @@ pub(crate) fn from_file_entry(
         return false;
     }
     match cx.lists.get(name) {
-        Some(list) => {
-            out.extend(list.nets());
+        Some(_) => {
+            out.push(name.to_string());
             true
         }
         None => {

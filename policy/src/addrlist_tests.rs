@@ -4,7 +4,7 @@
 use super::*;
 use crate::site::{load_fleet_with_lists, load_host_policy_with_lists};
 
-const INV: &str = "all:\n  hosts:\n    h1:\n";
+const INV: &str = "all:\n  hosts:\n    h1:\n    h2:\n";
 
 fn lists(files: &[(&str, &str)]) -> Result<AddrLists, Diagnostics> {
     let src: Vec<Source> = files.iter().map(|(n, t)| Source::new(*n, *t)).collect();
@@ -93,13 +93,35 @@ fn site_from_mixes_list_files_and_inline_networks() {
         ["lists/admins.txt", "lists/partners.txt"]
     );
     let fleet = load_fleet_with_lists(&site, &Source::new("inv.yml", INV), &l).expect("valid");
-    let allow = &fleet.hosts["h1"].allow;
-    let from = |port: u16| -> Vec<String> {
-        let a = allow.iter().find(|a| a.ports.start == port).expect("entry");
-        a.from.iter().map(|n| n.to_string()).collect()
+    let h1 = &fleet.hosts["h1"];
+    let from = |port: u16| -> (Vec<String>, Vec<String>) {
+        let a = h1
+            .allow
+            .iter()
+            .find(|a| a.ports.start == port)
+            .expect("entry");
+        (
+            a.from.iter().map(|n| n.to_string()).collect(),
+            a.lists.clone(),
+        )
     };
-    assert_eq!(from(22), ["10.77.3.0/28"]);
-    assert_eq!(from(443), ["10.77.1.1/32", "10.77.9.0/24", "fd77::5/128"]);
+    assert_eq!(from(22), (vec![], vec!["lists/admins.txt".to_string()]));
+    assert_eq!(
+        from(443),
+        (
+            vec!["10.77.9.0/24".to_string()],
+            vec!["lists/partners.txt".to_string()]
+        )
+    );
+    // The content travels once per list, shared (not copied per entry or host).
+    let nets =
+        |name: &str| -> Vec<String> { h1.lists[name].nets().map(|n| n.to_string()).collect() };
+    assert_eq!(nets("lists/partners.txt"), ["10.77.1.1/32", "fd77::5/128"]);
+    assert_eq!(nets("lists/admins.txt"), ["10.77.3.0/28"]);
+    assert!(std::sync::Arc::ptr_eq(
+        &h1.lists["lists/admins.txt"],
+        &fleet.hosts["h2"].lists["lists/admins.txt"]
+    ));
 }
 
 #[test]
@@ -122,11 +144,88 @@ fn policy_file_list_entries_are_checked() {
     let l = lists(&[("empty.txt", "# none yet\n"), ("a.txt", "10.77.0.7\n")]).expect("lists");
     let load = |text: &str| load_host_policy_with_lists(&Source::new("p.yml", text), &l);
     let ok = load("allow:\n  - { port: 22, proto: tcp, from: { file: a.txt } }\n").expect("ok");
-    assert_eq!(ok.allow[0].from.len(), 1);
+    assert_eq!(ok.allow[0].lists, ["a.txt"]);
+    assert_eq!(ok.lists["a.txt"].len(), 1);
     let e = load("allow:\n  - { port: 22, proto: tcp, from: { file: empty.txt } }\n").unwrap_err();
     assert!(e.to_string().contains("only empty list files"), "{e}");
     let e = load("allow:\n  - { port: 22, proto: tcp, from: { path: a.txt } }\n").unwrap_err();
     assert!(e.to_string().contains("unknown key `path`"), "{e}");
     let e = load("allow:\n  - { port: 22, proto: tcp, from: { file: /etc/a.txt } }\n").unwrap_err();
     assert!(e.to_string().starts_with("p.yml:2:43: "), "{e}");
+}
+
+#[test]
+fn deny_entries_read_lists_and_inline_networks_with_locations() {
+    let l = lists(&[(
+        "lists/blocked.txt",
+        "192.0.2.7\n198.51.100.0/24\n2001:db8::/32\n",
+    )])
+    .expect("lists");
+    let load = |text: &str| load_host_policy_with_lists(&Source::new("p.yml", text), &l);
+    let p = load(
+        "allow: [22/tcp]\ndeny:\n  - { from: { file: lists/blocked.txt } }\n  - { from: [203.0.113.0/24, 203.0.113.0/24], port: 80-90, proto: tcp }\n  - { from: [203.0.113.9], proto: udp }\n",
+    )
+    .expect("valid");
+    assert_eq!(p.deny.len(), 3);
+    assert_eq!(p.deny[0].lists, ["lists/blocked.txt"]);
+    assert_eq!((p.deny[0].proto, p.deny[0].ports), (None, None));
+    assert_eq!(p.deny[1].from.len(), 1, "de-duplicated");
+    assert_eq!(p.deny[1].ports.map(|r| (r.start, r.end)), Some((80, 90)));
+    assert_eq!(p.deny[2].proto, Some(crate::model::Proto::Udp));
+    assert_eq!(p.lists["lists/blocked.txt"].len(), 3);
+
+    let at = |text: &str| {
+        let e = load(text).unwrap_err();
+        let d = &e.0[0];
+        (d.line, d.column, d.message.clone())
+    };
+    let (line, col, m) = at("deny:\n  - { port: 22, proto: tcp }\n");
+    assert_eq!((line, col), (2, 5), "{m}");
+    assert!(m.contains("needs `from:`"), "{m}");
+    let (line, col, m) = at("deny:\n  - { from: [192.0.2.1], port: 22 }\n");
+    assert_eq!((line, col), (2, 32), "{m}");
+    assert!(m.contains("needs `proto`"), "{m}");
+    let (line, _, m) = at("deny:\n  - { from: [192.0.2.1], prot: tcp }\n");
+    assert_eq!(line, 2);
+    assert!(m.contains("did you mean `proto`"), "{m}");
+    let (_, _, m) = at("deny:\n  - { from: { file: lists/missing.txt } }\n");
+    assert!(m.contains("was not read"), "{m}");
+    let (_, _, m) = at("deny: { from: [192.0.2.1] }\n");
+    assert!(m.contains("`deny` must be a list"), "{m}");
+}
+
+#[test]
+fn packed_lists_round_trip_and_refuse_bad_bytes() {
+    let l = lists(&[("a", "10.0.0.1\n10.0.0.0/8\nfd77::/16\n::1\n")]).expect("lists");
+    let a = l.get("a").expect("a");
+    let (v4, v6) = a.pack();
+    assert_eq!(&AddrList::unpack(&v4, &v6).expect("unpack"), &**a);
+    let json = serde_json::to_string(&**a).expect("json");
+    assert_eq!(
+        &serde_json::from_str::<AddrList>(&json).expect("back"),
+        &**a
+    );
+    // Out of order, host bits set, a bad prefix length, a partial entry: refused.
+    let mut rev = v4[5..10].to_vec();
+    rev.extend_from_slice(&v4[..5]);
+    assert!(AddrList::unpack(&rev, &[]).is_err());
+    assert!(AddrList::unpack(&[10, 0, 0, 1, 8], &[]).is_err());
+    assert!(AddrList::unpack(&[10, 0, 0, 0, 33], &[]).is_err());
+    assert!(AddrList::unpack(&[10, 0, 0, 0], &[]).is_err());
+}
+
+#[test]
+fn deltas_apply_only_to_their_base() {
+    let old = AddrList::from_nets(
+        ["10.0.0.1/32", "10.0.0.2/32", "fd77::/16"].map(|s| s.parse().unwrap()),
+    );
+    let new = AddrList::from_nets(
+        ["10.0.0.2/32", "10.0.0.3/32", "fd77::/16", "fd78::/16"].map(|s| s.parse().unwrap()),
+    );
+    let (added, removed) = old.diff(&new);
+    assert_eq!((added.len(), removed.len()), (2, 1));
+    assert_eq!(old.apply_delta(&added, &removed).expect("fits"), new);
+    // Applied twice, or to the new list: the delta does not fit.
+    assert!(new.apply_delta(&added, &removed).is_err());
+    assert_ne!(old.digest(), new.digest());
 }

@@ -39,17 +39,18 @@ fn from_text(s: &str, node: &Node, cx: &mut Ctx<'_>) -> Option<AllowEntry> {
         proto,
         ports,
         from: Vec::new(),
+        lists: Vec::new(),
         label: s.to_string(),
     })
 }
 
-fn looks_numeric(s: &str) -> bool {
+pub(super) fn looks_numeric(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_digit() || c == '-')
 }
 
 /// Turn (port-or-service, optional proto) into (proto, ports). `at` locates the port or
 /// service, `proto_at` the protocol.
-fn resolve(
+pub(super) fn resolve(
     what: &str,
     proto: Option<&str>,
     at: &Node,
@@ -246,21 +247,29 @@ fn from_map(entries: &[(Node, Node)], node: &Node, cx: &mut Ctx<'_>) -> Option<A
     }
     let (proto_v, ports) = resolve(&what, proto_s.as_deref(), at, proto.unwrap_or(at), cx)?;
     let from = match nets {
-        None => Vec::new(),
+        None => Sources::default(),
         Some(Some(v)) => v,
         Some(None) => return None,
     };
     Some(AllowEntry {
         proto: proto_v,
         ports,
-        from,
+        from: from.nets,
+        lists: from.lists,
         label: format!("{what}/{proto_v}"),
     })
 }
 
+/// What one `from:` names: inline networks and list files.
+#[derive(Debug, Default)]
+pub(super) struct Sources {
+    pub nets: Vec<IpNet>,
+    pub lists: Vec<String>,
+}
+
 /// `from:` — a list of networks and list files (`{ file: lists/x.txt }`), or one of
 /// either. `None` when an element was invalid.
-fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
+pub(super) fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Sources> {
     let items: Vec<&Node> = match &node.kind {
         NodeKind::Seq(items) if items.is_empty() => {
             cx.err(node, "`from` is empty: omit it to allow from anywhere");
@@ -279,15 +288,15 @@ fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
             return None;
         }
     };
-    let mut out = Vec::new();
+    let mut out = Sources::default();
     let mut ok = true;
     for item in items {
         if let NodeKind::Map(entries) = &item.kind {
-            ok &= crate::addrlist::from_file_entry(entries, item, &mut out, cx);
+            ok &= crate::addrlist::from_file_entry(entries, item, &mut out.lists, cx);
             continue;
         }
         match item.as_str().map(|s| parse_cidr(s.trim())) {
-            Some(Ok(n)) => out.push(n),
+            Some(Ok(n)) => out.nets.push(n),
             Some(Err(e)) => {
                 cx.err(item, format!("`from`: {e}"));
                 ok = false;
@@ -301,7 +310,8 @@ fn networks(node: &Node, cx: &mut Ctx<'_>) -> Option<Vec<IpNet>> {
             }
         }
     }
-    if ok && out.is_empty() {
+    let listed = |name: &String| cx.lists.get(name).is_some_and(|l| !l.is_empty());
+    if ok && out.nets.is_empty() && !out.lists.iter().any(listed) {
         cx.err(
             node,
             "`from` names only empty list files: it would match no source; omit it to allow from anywhere or put addresses in the files",

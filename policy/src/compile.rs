@@ -28,14 +28,17 @@
 //! - refused: an unrestricted entry overlapping a restricted one (no silent widening),
 //!   and in `replies: ports` a restricted entry on the ephemeral range 32768-60999.
 
+use crate::addrlist::AddrList;
 use crate::facts::Facts;
 use crate::lockout::EPHEMERAL;
 use crate::model::{HostPolicy, InterfaceSel, Mode, PortRange, Proto, Replies};
 use crate::ruleset::{
-    BaseChain, Chain, Element, IfMatch, L3, RESTRICT_SET_PREFIX, Rule, Ruleset, Set, SetKey,
-    Verdict,
+    BaseChain, Chain, DENY_SET_PREFIX, Element, IfMatch, L3, LIST_SET_PREFIX, LogSpec,
+    RESTRICT_SET_PREFIX, Rule, Ruleset, Set, SetKey, Verdict,
 };
-use std::collections::BTreeSet;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The hooked chain.
 pub const CHAIN_INPUT: &str = "input";
@@ -60,6 +63,10 @@ pub enum CompileError {
         "allow entry `{open}` (from anywhere) overlaps `{restricted}` (with `from:`): remove `from:` from one, or restrict both"
     )]
     WidenedRestriction { open: String, restricted: String },
+    #[error("address list `{name}` is named by an entry but missing from the policy")]
+    MissingList { name: String },
+    #[error("address lists `{a}` and `{b}` would share the set name {set}: rename one")]
+    ListNameClash { a: String, b: String, set: String },
     #[error(
         "allow entry `{label}` restricts ports in 32768-60999 (the Linux ephemeral range) under `replies: ports`, which would also drop replies to this host's own connections: restrict ports outside 32768-60999, or use `replies: stateful`"
     )]
@@ -87,11 +94,11 @@ fn clip(a: PortRange, b: PortRange) -> Option<PortRange> {
 /// overlapping a restricted one (the accept of the first would silently widen the
 /// second), and in `replies: ports` a restricted entry on the ephemeral range.
 fn check_restrictions(policy: &HostPolicy) -> Result<(), CompileError> {
-    for r in policy.allow.iter().filter(|a| !a.from.is_empty()) {
+    for r in policy.allow.iter().filter(|a| a.is_restricted()) {
         if let Some(u) = policy
             .allow
             .iter()
-            .find(|u| u.from.is_empty() && u.proto == r.proto && clip(u.ports, r.ports).is_some())
+            .find(|u| !u.is_restricted() && u.proto == r.proto && clip(u.ports, r.ports).is_some())
         {
             return Err(CompileError::WidenedRestriction {
                 open: u.label.clone(),
@@ -178,11 +185,47 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
             verdict: Verdict::Accept,
         });
     }
+    let deny_verdict = match policy.mode {
+        Mode::Enforce => Verdict::Drop,
+        Mode::Audit => Verdict::Accept,
+    };
+    let log = LogSpec {
+        limit: policy.log,
+        group: policy.log_group,
+        prefix: log_prefix(revision, policy.mode),
+    };
+    let mut names = BTreeMap::new();
+    // Blocklists first: a listed source is dropped before any accept.
+    for (i, d) in policy.deny.iter().enumerate() {
+        let mut sources = Vec::new();
+        if !d.from.is_empty() {
+            let nets = AddrList::from_nets(d.from.iter().copied());
+            let base = address_set_base(DENY_SET_PREFIX, &format!("#{i}"), &mut names)?;
+            sources.extend(add_address_sets(&mut rs, &base, &nets));
+        }
+        for name in &d.lists {
+            let list = list_of(policy, name)?;
+            let base = address_set_base(DENY_SET_PREFIX, name, &mut names)?;
+            sources.extend(add_address_sets(&mut rs, &base, list));
+        }
+        for (l3, set) in sources {
+            for log in [Some(log.clone()), None] {
+                guard.push(Rule::SourceSet {
+                    l3,
+                    set: set.clone(),
+                    proto: d.proto,
+                    ports: d.ports,
+                    log,
+                    verdict: deny_verdict,
+                });
+            }
+        }
+    }
     for proto in Proto::ALL {
         let plain = policy
             .allow
             .iter()
-            .filter(|a| a.proto == proto && a.from.is_empty())
+            .filter(|a| a.proto == proto && !a.is_restricted())
             .map(|a| Element::Port(a.ports));
         // tcp/udp always (stable rule positions), the others only when used.
         let always = matches!(proto, Proto::Tcp | Proto::Udp);
@@ -204,6 +247,24 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
         add_set(&mut rs, &mut guard, proto, Some(L3::Ip), v4, false);
         add_set(&mut rs, &mut guard, proto, Some(L3::Ip6), v6, false);
     }
+    // Allow entries' list files: one address set per list and kind, matched with the
+    // entry's protocol and ports in the rule.
+    for a in &policy.allow {
+        for name in &a.lists {
+            let list = list_of(policy, name)?;
+            let base = address_set_base(LIST_SET_PREFIX, name, &mut names)?;
+            for (l3, set) in add_address_sets(&mut rs, &base, list) {
+                guard.push(Rule::SourceSet {
+                    l3,
+                    set,
+                    proto: Some(a.proto),
+                    ports: Some(a.ports),
+                    log: None,
+                    verdict: Verdict::Accept,
+                });
+            }
+        }
+    }
     let verdict = match policy.mode {
         Mode::Enforce => Verdict::Drop,
         Mode::Audit => Verdict::Accept,
@@ -218,7 +279,7 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
                 let high = policy
                     .allow
                     .iter()
-                    .filter(|a| a.proto == proto && !a.from.is_empty())
+                    .filter(|a| a.proto == proto && a.is_restricted())
                     .filter_map(|a| clip(a.ports, REPLY_PORTS));
                 let set = Set::new(SetKey::Port, high.map(Element::Port));
                 if set.elements.is_empty() {
@@ -298,6 +359,92 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
         },
     );
     Ok(rs)
+}
+
+fn list_of<'p>(policy: &'p HostPolicy, name: &str) -> Result<&'p AddrList, CompileError> {
+    policy
+        .lists
+        .get(name)
+        .map(|l| &**l)
+        .ok_or_else(|| CompileError::MissingList {
+            name: name.to_string(),
+        })
+}
+
+/// `list_<id>` / `deny_<id>`: a stable set name for a list (`id`: the first 10 hex
+/// digits of SHA-256 of its name), so that a list whose content changes keeps its sets
+/// and the change is element additions and removals. `names` catches a clash.
+fn address_set_base(
+    prefix: &str,
+    name: &str,
+    names: &mut BTreeMap<String, String>,
+) -> Result<String, CompileError> {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(name.as_bytes()));
+    let base = format!("{prefix}{}", &digest[..10]);
+    match names.get(&base) {
+        Some(other) if other != name => Err(CompileError::ListNameClash {
+            a: other.clone(),
+            b: name.to_string(),
+            set: base,
+        }),
+        _ => {
+            names.insert(base.clone(), name.to_string());
+            Ok(base)
+        }
+    }
+}
+
+/// The address sets of `list` under `base` (`_v4a`: single v4 addresses, a hash set;
+/// `_v4n`: v4 prefixes, an interval set; `_v6a`, `_v6n`), the empty ones left out; added
+/// to `rs` once (several entries may name one list). Returns what a rule matches them
+/// with.
+fn add_address_sets(rs: &mut Ruleset, base: &str, list: &AddrList) -> Vec<(L3, String)> {
+    let kinds: [(L3, SetKey, &str); 4] = [
+        (L3::Ip, SetKey::V4Addr, "v4a"),
+        (L3::Ip, SetKey::V4Net, "v4n"),
+        (L3::Ip6, SetKey::V6Addr, "v6a"),
+        (L3::Ip6, SetKey::V6Net, "v6n"),
+    ];
+    let mut out = Vec::new();
+    for (l3, key, suffix) in kinds {
+        let name = format!("{base}_{suffix}");
+        if !rs.sets.contains_key(&name) {
+            let set = Set::new(key, list_elements(list, key));
+            if set.elements.is_empty() {
+                continue;
+            }
+            rs.sets.insert(name.clone(), set);
+        }
+        out.push((l3, name));
+    }
+    out
+}
+
+/// The elements of `list` that belong in a set of `key` (addresses or prefixes of one
+/// family).
+pub fn list_elements(list: &AddrList, key: SetKey) -> Vec<Element> {
+    match key {
+        SetKey::V4Addr | SetKey::V4Net => {
+            let single = key == SetKey::V4Addr;
+            list.v4
+                .iter()
+                .filter(|&&(_, p)| (p == 32) == single)
+                .filter_map(|&(a, p)| Ipv4Net::new(Ipv4Addr::from(a), p).ok())
+                .map(Element::V4)
+                .collect()
+        }
+        SetKey::V6Addr | SetKey::V6Net => {
+            let single = key == SetKey::V6Addr;
+            list.v6
+                .iter()
+                .filter(|&&(_, p)| (p == 128) == single)
+                .filter_map(|&(a, p)| Ipv6Net::new(Ipv6Addr::from(a), p).ok())
+                .map(Element::V6)
+                .collect()
+        }
+        SetKey::Port | SetKey::V4Port | SetKey::V6Port => Vec::new(),
+    }
 }
 
 /// Add `set` (and its accept rule) unless it is empty and not `always`.

@@ -226,6 +226,17 @@ fn eval_chain(rs: &Ruleset, name: &str, flow: &Flow, depth: u8) -> Option<(Verdi
             Rule::LogLimited { ports, verdict, .. } | Rule::Counted { ports, verdict } => {
                 ports.contains(flow.dport).then_some(*verdict)
             }
+            Rule::SourceSet {
+                l3,
+                set,
+                proto,
+                ports,
+                verdict,
+                ..
+            } => (proto.is_none_or(|p| p == flow.proto)
+                && ports.is_none_or(|p| p.contains(flow.dport))
+                && in_address_set(rs, set, *l3, flow.src))
+            .then_some(*verdict),
             Rule::Unknown { .. } => None,
         };
         if let Some(v) = hit {
@@ -251,6 +262,32 @@ fn in_set(rs: &Ruleset, set: &str, saddr: Option<L3>, flow: &Flow) -> bool {
     })
 }
 
+/// `src` in an address set. Its elements never overlap (compile normalizes them, the
+/// kernel refuses overlapping intervals, hash sets hold single addresses), so the one
+/// element that can hold `src` is the last one that starts at or below it.
+fn in_address_set(rs: &Ruleset, set: &str, l3: L3, src: IpAddr) -> bool {
+    let Some(set) = rs.sets.get(set) else {
+        return false;
+    };
+    match (l3, src) {
+        (L3::Ip, IpAddr::V4(a)) => {
+            let probe = Element::V4(ipnet::Ipv4Net::from(a));
+            set.elements
+                .range(..=probe)
+                .next_back()
+                .is_some_and(|e| matches!(e, Element::V4(n) if n.contains(&a)))
+        }
+        (L3::Ip6, IpAddr::V6(a)) => {
+            let probe = Element::V6(ipnet::Ipv6Net::from(a));
+            set.elements
+                .range(..=probe)
+                .next_back()
+                .is_some_and(|e| matches!(e, Element::V6(n) if n.contains(&a)))
+        }
+        _ => false,
+    }
+}
+
 /// Every boundary of a port range the ruleset names, inside `within` (plus its ends).
 pub(crate) fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
     let mut ranges: Vec<PortRange> = Vec::new();
@@ -258,6 +295,7 @@ pub(crate) fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
         for e in &set.elements {
             match e {
                 Element::Port(p) | Element::V4Port(_, p) | Element::V6Port(_, p) => ranges.push(*p),
+                Element::V4(_) | Element::V6(_) => {}
             }
         }
     }
@@ -266,7 +304,10 @@ pub(crate) fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
             match r {
                 Rule::Ports { ports, .. }
                 | Rule::LogLimited { ports, .. }
-                | Rule::Counted { ports, .. } => ranges.push(*ports),
+                | Rule::Counted { ports, .. }
+                | Rule::SourceSet {
+                    ports: Some(ports), ..
+                } => ranges.push(*ports),
                 _ => {}
             }
         }
@@ -292,14 +333,48 @@ pub(crate) fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
 
 /// Every boundary of a source network the ruleset names, inside `within` (plus its ends).
 pub(crate) fn addr_points(rs: &Ruleset, within: IpNet) -> BTreeSet<IpAddr> {
+    addr_points_for(rs, within, None)
+}
+
+/// [`addr_points`] for flows of one protocol to some ports only (`Some`): the address sets
+/// only rules on other protocols or ports look at (a big partner list on tcp/443, when
+/// the question is tcp/22) cannot change those flows' verdicts, so their boundaries are
+/// left out.
+fn addr_points_for(
+    rs: &Ruleset,
+    within: IpNet,
+    flows: Option<(Proto, PortRange)>,
+) -> BTreeSet<IpAddr> {
     let mut points = BTreeSet::from([within.network(), within.broadcast()]);
+    let relevant = |name: &str| {
+        let Some((proto, ports)) = flows else {
+            return true;
+        };
+        rs.chains.values().flat_map(|c| &c.rules).any(|r| match r {
+            Rule::SourceSet {
+                set,
+                proto: p,
+                ports: pr,
+                ..
+            } if set == name => {
+                p.is_none_or(|p| p == proto)
+                    && pr.is_none_or(|pr| pr.start <= ports.end && ports.start <= pr.end)
+            }
+            Rule::SourceSet { .. } => false,
+            Rule::SetMatch { set, .. } | Rule::SetLogLimited { set, .. } => set == name,
+            _ => false,
+        })
+    };
     let nets = rs
         .sets
-        .values()
-        .flat_map(|s| &s.elements)
+        .iter()
+        .filter(|(name, set)| !set.key.is_address() || relevant(name))
+        .flat_map(|(_, s)| &s.elements)
         .filter_map(|e| match e {
             Element::V4Port(n, _) => Some(IpNet::V4(*n)),
             Element::V6Port(n, _) => Some(IpNet::V6(*n)),
+            Element::V4(n) => Some(IpNet::V4(*n)),
+            Element::V6(n) => Some(IpNet::V6(*n)),
             Element::Port(_) => None,
         });
     for n in nets {
@@ -342,7 +417,7 @@ fn step(a: IpAddr, up: bool) -> Option<IpAddr> {
 /// The first packet of `req` that `rs` would drop on interface `iif`, if any.
 pub fn first_denied(rs: &Ruleset, req: &Requirement, iif: &str) -> Option<Flow> {
     let ports = port_points(rs, req.ports);
-    let addrs = addr_points(rs, req.from);
+    let addrs = addr_points_for(rs, req.from, Some((req.proto, req.ports)));
     for src in &addrs {
         for dport in &ports {
             let flow = Flow {

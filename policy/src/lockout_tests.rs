@@ -9,6 +9,7 @@ fn allow(proto: Proto, a: u16, b: u16, from: &[&str]) -> AllowEntry {
         proto,
         ports: PortRange::new(a, b).expect("range"),
         from: from.iter().map(|s| s.parse().expect("cidr")).collect(),
+        lists: Vec::new(),
         label: format!("{a}/{proto}"),
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! Values only; parsing lives in `site`/`parse`, compiling in `compile`.
 
+use crate::addrlist::AddrList;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Transport protocol of an allow entry: every port-based transport the kernel parses
 /// (the destination port is at offset 2 of all five headers). The seed rule (replies to
@@ -182,9 +185,40 @@ impl Default for LogLimit {
 pub struct AllowEntry {
     pub proto: Proto,
     pub ports: PortRange,
-    /// Empty: from anywhere. Otherwise only from these networks (v4 and/or v6).
+    /// Empty (and `lists` empty): from anywhere. Otherwise only from these networks
+    /// (v4 and/or v6) and those of `lists`.
     pub from: Vec<IpNet>,
+    /// Address-list files (`from: { file: x }`) by name, their content in
+    /// [`HostPolicy::lists`]. Sorted, de-duplicated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists: Vec<String>,
     /// What the operator wrote, e.g. `smtp/tcp` or `22/tcp`, for messages and diffs.
+    pub label: String,
+}
+
+impl AllowEntry {
+    /// Only from some sources (`from:` networks or list files).
+    pub fn is_restricted(&self) -> bool {
+        !self.from.is_empty() || !self.lists.is_empty()
+    }
+}
+
+/// A `deny:` entry (blocklist): traffic from these sources is dropped and logged before
+/// any accept, on every protocol (`proto: None`, ICMP included), on one protocol, or on
+/// some of its ports.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DenyEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<Proto>,
+    /// Only with `proto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// Inline networks, sorted and de-duplicated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<IpNet>,
+    /// List files by name, as in [`AllowEntry::lists`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists: Vec<String>,
     pub label: String,
 }
 
@@ -198,6 +232,13 @@ pub struct HostPolicy {
     pub replies: Replies,
     /// Sorted and de-duplicated by the loader.
     pub allow: Vec<AllowEntry>,
+    /// Blocklists, in site order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<DenyEntry>,
+    /// The content of every list file named by `allow`/`deny` entries (and only those),
+    /// shared between the hosts of one revision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lists: BTreeMap<String, Arc<AddrList>>,
     pub log: LogLimit,
     pub log_group: u16,
     pub mode: Mode,
@@ -217,6 +258,8 @@ impl Default for HostPolicy {
             interface: InterfaceSel::All,
             replies: Replies::Ports,
             allow: Vec::new(),
+            deny: Vec::new(),
+            lists: BTreeMap::new(),
             log: LogLimit::default(),
             log_group: DEFAULT_LOG_GROUP,
             mode: Mode::Enforce,

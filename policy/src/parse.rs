@@ -9,7 +9,7 @@
 use crate::addrlist::AddrLists;
 use crate::diag::Diagnostics;
 use crate::model::{
-    AllowEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, RateUnit, Replies,
+    AllowEntry, DenyEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, RateUnit, Replies,
 };
 use crate::yaml::{Node, NodeKind};
 
@@ -48,6 +48,8 @@ pub struct PolicySpec {
     /// Every entry as written, with where: for the refusals of `restrict` (which name
     /// both entries of a conflict).
     pub allow_at: Vec<Located<AllowEntry>>,
+    /// Blocklists as written, in order.
+    pub deny: Vec<DenyEntry>,
     pub log: Option<Located<LogSpec>>,
     pub mode: Option<Located<Mode>>,
     pub drift: Option<Located<DriftMode>>,
@@ -62,6 +64,8 @@ impl PolicySpec {
             interface: self.interface.map_or(d.interface, |l| l.value),
             replies: self.replies.map_or(d.replies, |l| l.value),
             allow: self.allow,
+            deny: self.deny,
+            lists: Default::default(),
             log: log.map_or(d.log, |l| l.limit),
             log_group: log.map_or(d.log_group, |l| l.group),
             mode: self.mode.map_or(d.mode, |l| l.value),
@@ -71,8 +75,17 @@ impl PolicySpec {
     }
 }
 
-pub const POLICY_KEYS: &[&str] = &["interface", "replies", "allow", "log", "mode", "drift"];
+pub const POLICY_KEYS: &[&str] = &[
+    "interface",
+    "replies",
+    "allow",
+    "deny",
+    "log",
+    "mode",
+    "drift",
+];
 const ALLOW_KEYS: &[&str] = &["port", "service", "proto", "from"];
+const DENY_KEYS: &[&str] = &["from", "port", "service", "proto"];
 const LOG_KEYS: &[&str] = &["rate", "burst", "group"];
 
 /// Collects diagnostics for one file.
@@ -178,6 +191,19 @@ pub fn parse_policy(node: &Node, cx: &mut Ctx<'_>) -> PolicySpec {
                     format!("`allow` must be a list, found {}", v.type_name()),
                 ),
             },
+            Some("deny") => match &v.kind {
+                NodeKind::Null => {}
+                NodeKind::Seq(items) => {
+                    spec.deny = items.iter().filter_map(|i| deny_entry(i, cx)).collect();
+                }
+                _ => cx.err(
+                    v,
+                    format!(
+                        "`deny` must be a list such as [{{ from: {{ file: lists/blocked.txt }} }}], found {}",
+                        v.type_name()
+                    ),
+                ),
+            },
             _ => cx.unknown_key(key, "policy", POLICY_KEYS),
         }
     }
@@ -185,14 +211,25 @@ pub fn parse_policy(node: &Node, cx: &mut Ctx<'_>) -> PolicySpec {
     spec
 }
 
-/// Sort by (proto, ports, from) and drop entries equal on those, whatever their labels.
+/// Sort by (proto, ports, from, lists) and drop entries equal on those, whatever their
+/// labels.
 pub fn normalize_allow(allow: &mut Vec<AllowEntry>) {
     for a in allow.iter_mut() {
         a.from.sort();
         a.from.dedup();
+        a.lists.sort();
+        a.lists.dedup();
     }
     allow.sort();
-    allow.dedup_by(|b, a| (a.proto, a.ports, &a.from) == (b.proto, b.ports, &b.from));
+    allow.dedup_by(|b, a| {
+        (a.proto, a.ports, &a.from, &a.lists) == (b.proto, b.ports, &b.from, &b.lists)
+    });
+}
+
+/// Blocklists of several plays in play order, exact repeats (labels aside) dropped.
+pub fn normalize_deny(deny: &mut Vec<DenyEntry>) {
+    let mut seen = std::collections::BTreeSet::new();
+    deny.retain(|d| seen.insert((d.proto, d.ports, d.from.clone(), d.lists.clone())));
 }
 
 fn interface(v: &Node, cx: &mut Ctx<'_>) -> Option<InterfaceSel> {
@@ -353,8 +390,11 @@ fn rate(v: &Node, cx: &mut Ctx<'_>) -> Option<(u32, RateUnit)> {
 
 #[path = "allow.rs"]
 mod allow;
+#[path = "deny.rs"]
+mod deny;
 use allow::allow_entry;
 pub use allow::{parse_cidr, parse_ports};
+use deny::deny_entry;
 
 /// The closest candidate within edit distance 2 of `word` (ties: first), if any.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {

@@ -30,6 +30,7 @@ fn entry(proto: Proto, start: u16, end: u16, from: &[&str], label: &str) -> Allo
         proto,
         ports: PortRange { start, end },
         from: from.iter().map(|s| s.parse::<IpNet>().unwrap()).collect(),
+        lists: Vec::new(),
         label: label.into(),
     }
 }

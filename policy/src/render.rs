@@ -5,7 +5,7 @@
 //! `flush table` (a flush keeps sets and their elements); it is always `add table` +
 //! `delete table` + the full table, which the kernel applies as one batch or not at all.
 
-use crate::ruleset::{L3, Rule, Ruleset, TABLE_NAME};
+use crate::ruleset::{DENY_SET_PREFIX, L3, Rule, Ruleset, TABLE_NAME};
 use std::fmt::{self, Write as _};
 
 /// Elements per line in a rendered set (readability only; nft does not care).
@@ -72,6 +72,29 @@ impl fmt::Display for Rule {
                 limit.rate, limit.per, limit.burst
             ),
             Rule::Counted { ports, verdict } => write!(f, "{TH} {ports} counter {verdict}"),
+            Rule::SourceSet {
+                l3,
+                set,
+                proto,
+                ports,
+                log,
+                verdict,
+            } => {
+                write!(f, "{l3} saddr @{set} ")?;
+                match (proto, ports) {
+                    (Some(p), Some(r)) => write!(f, "{p} dport {r} ")?,
+                    (Some(p), None) => write!(f, "meta l4proto {p} ")?,
+                    (None, _) => {}
+                }
+                match log {
+                    Some(l) => write!(
+                        f,
+                        "limit rate {}/{} burst {} packets counter log prefix \"{}\" group {} {verdict}",
+                        l.limit.rate, l.limit.per, l.limit.burst, l.prefix, l.group
+                    ),
+                    None => write!(f, "counter {verdict}"),
+                }
+            }
             Rule::Unknown { expr } => write!(f, "# unrecognized: {expr}"),
         }
     }
@@ -95,17 +118,25 @@ impl Ruleset {
         for (name, set) in &self.sets {
             writeln!(s, "\tset {name} {{")?;
             writeln!(s, "\t\ttype {}", set.key)?;
-            writeln!(s, "\t\tflags interval")?;
-            let elems: Vec<String> = set.elements.iter().map(ToString::to_string).collect();
-            for (i, line) in elems.chunks(ELEMENTS_PER_LINE).enumerate() {
-                let lead = if i == 0 {
-                    "\t\telements = { "
+            if set.key.interval() {
+                writeln!(s, "\t\tflags interval")?;
+            }
+            // Written element by element (a list of a million is one pass, no strings).
+            let n = set.elements.len();
+            for (i, e) in set.elements.iter().enumerate() {
+                if i == 0 {
+                    s.push_str("\t\telements = { ");
+                } else if i % ELEMENTS_PER_LINE == 0 {
+                    s.push_str("\t\t\t     ");
                 } else {
-                    "\t\t\t     "
-                };
-                let last = (i + 1) * ELEMENTS_PER_LINE >= elems.len();
-                let tail = if last { " }" } else { "," };
-                writeln!(s, "{lead}{}{tail}", line.join(", "))?;
+                    s.push_str(", ");
+                }
+                write!(s, "{e}")?;
+                if i + 1 == n {
+                    s.push_str(" }\n");
+                } else if (i + 1) % ELEMENTS_PER_LINE == 0 {
+                    s.push_str(",\n");
+                }
             }
             writeln!(s, "\t}}")?;
         }
@@ -142,6 +173,8 @@ fn section(rule: &Rule, prev: Option<&Rule>) -> Option<&'static str> {
         Rule::Ports { .. } | Rule::CtState { .. } => 4,
         Rule::LogLimited { .. } | Rule::Counted { .. } => 5,
         Rule::Fragment { .. } => 6,
+        Rule::SourceSet { set, .. } if set.starts_with(DENY_SET_PREFIX) => 7,
+        Rule::SourceSet { .. } => 8,
         Rule::Jump { .. } | Rule::Unknown { .. } => 0,
     };
     if prev.is_some_and(|p| kind(p) == kind(rule)) {
@@ -163,6 +196,12 @@ fn section(rule: &Rule, prev: Option<&Rule>) -> Option<&'static str> {
         Rule::CtState { .. } => "replies (replies: stateful): conntrack's established/related",
         Rule::LogLimited { .. } | Rule::Counted { .. } => {
             "deny every other port of every transport: logged within the rate limit, counted over it (ICMP/ICMPv6 have no ports and never match)"
+        }
+        Rule::SourceSet { set, .. } if set.starts_with(DENY_SET_PREFIX) => {
+            "blocklists (`deny:`): every packet from these sources is dropped before any accept, logged within the rate limit"
+        }
+        Rule::SourceSet { .. } => {
+            "whitelist with `from: { file }`: these ports are accepted from the sources of the list (hash sets of addresses, interval sets of prefixes)"
         }
         Rule::Fragment { .. } => {
             "non-first fragments (replies: ports, no reassembly before us): no ports to judge; the first fragment decides for the datagram"

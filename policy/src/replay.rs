@@ -292,7 +292,8 @@ fn rule_accepts(rule: &Rule) -> bool {
         | Rule::Fragment { verdict, .. }
         | Rule::CtState { verdict, .. }
         | Rule::LogLimited { verdict, .. }
-        | Rule::Counted { verdict, .. } => *verdict == Verdict::Accept,
+        | Rule::Counted { verdict, .. }
+        | Rule::SourceSet { verdict, .. } => *verdict == Verdict::Accept,
         Rule::Jump { .. } | Rule::Unknown { .. } => false,
     }
 }

@@ -55,9 +55,9 @@ fn overlap(a: PortRange, b: PortRange) -> Option<PortRange> {
 /// Every refusal among the entries one host gets, with the host's `replies`.
 pub fn check(entries: &[Placed<'_>], replies: Replies) -> Vec<Finding> {
     let mut out = Vec::new();
-    for r in entries.iter().filter(|p| !p.entry.value.from.is_empty()) {
+    for r in entries.iter().filter(|p| p.entry.value.is_restricted()) {
         let rv = &r.entry.value;
-        for o in entries.iter().filter(|p| p.entry.value.from.is_empty()) {
+        for o in entries.iter().filter(|p| !p.entry.value.is_restricted()) {
             let ov = &o.entry.value;
             if ov.proto != rv.proto {
                 continue;

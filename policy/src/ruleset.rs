@@ -33,7 +33,8 @@ pub struct Ruleset {
     pub unknown: BTreeMap<String, String>,
 }
 
-/// A named set. Every set we create has `flags interval`.
+/// A named set. Port and `addr . port` sets and address-prefix sets have `flags
+/// interval`; single-address sets (`SetKey::V4Addr`/`V6Addr`) are hash sets (no flags).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Set {
     pub key: SetKey,
@@ -50,6 +51,14 @@ pub enum SetKey {
     V4Port,
     /// `type ipv6_addr . inet_service`
     V6Port,
+    /// `type ipv4_addr` (hash: single addresses of an address list)
+    V4Addr,
+    /// `type ipv4_addr; flags interval` (prefixes of an address list)
+    V4Net,
+    /// `type ipv6_addr` (hash)
+    V6Addr,
+    /// `type ipv6_addr; flags interval`
+    V6Net,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -58,6 +67,9 @@ pub enum Element {
     Port(PortRange),
     V4Port(Ipv4Net, PortRange),
     V6Port(Ipv6Net, PortRange),
+    /// An address (`/32`, in a `V4Addr` set) or a prefix (in a `V4Net` set).
+    V4(Ipv4Net),
+    V6(Ipv6Net),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +139,21 @@ pub enum Rule {
         ports: PortRange,
         verdict: Verdict,
     },
+    /// A match on the source address against an address-list set, optionally on one
+    /// protocol and its destination ports: `ip saddr @l1a2b3c4d5e_v4a tcp dport 22
+    /// counter accept` (allow from a list file), or a blocklist's deny `ip saddr @set
+    /// [limit rate R/U burst B packets] counter [log prefix "P" group G] drop`.
+    SourceSet {
+        l3: L3,
+        set: String,
+        /// `Some`: only this protocol (`meta l4proto tcp`), and with `ports` only these
+        /// destination ports (`tcp dport 80-90`).
+        proto: Option<Proto>,
+        ports: Option<PortRange>,
+        /// `Some`: the rate-limited, logged twin of a deny.
+        log: Option<LogSpec>,
+        verdict: Verdict,
+    },
     /// `ct state established,related counter accept` (states sorted, lowercase)
     CtState {
         states: BTreeSet<String>,
@@ -159,6 +186,15 @@ pub enum Rule {
     Unknown { expr: String },
 }
 
+/// The logging of a deny rule: `limit rate R/U burst B packets counter log prefix "P"
+/// group G`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    pub limit: LogLimit,
+    pub group: u16,
+    pub prefix: String,
+}
+
 /// Lowercase hex SHA-256 of the ruleset's canonical JSON.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -176,6 +212,7 @@ impl Rule {
     pub fn is_deny(&self) -> bool {
         match self {
             Rule::LogLimited { .. } | Rule::Counted { .. } | Rule::SetLogLimited { .. } => true,
+            Rule::SourceSet { set, .. } => set.starts_with(DENY_SET_PREFIX),
             Rule::SetMatch {
                 saddr: None, set, ..
             } => set.starts_with(RESTRICT_SET_PREFIX),
@@ -185,12 +222,22 @@ impl Rule {
 
     /// An unlogged deny: what passed over the log rate limit (counted, not logged).
     pub fn is_over_limit_deny(&self) -> bool {
-        self.is_deny() && !matches!(self, Rule::LogLimited { .. } | Rule::SetLogLimited { .. })
+        self.is_deny()
+            && !matches!(
+                self,
+                Rule::LogLimited { .. }
+                    | Rule::SetLogLimited { .. }
+                    | Rule::SourceSet { log: Some(_), .. }
+            )
     }
 }
 
 /// Prefix of the sets of restricted ports (`restrict_tcp`, ...).
 pub const RESTRICT_SET_PREFIX: &str = "restrict_";
+/// Prefix of the address sets of an allow entry's list files (`list_<id>_v4a`, ...).
+pub const LIST_SET_PREFIX: &str = "list_";
+/// Prefix of the address sets of `deny:` entries (`deny_<id>_v4a`, ...).
+pub const DENY_SET_PREFIX: &str = "deny_";
 
 impl Ruleset {
     /// Canonical JSON (ordered maps, no whitespace): the input of the hash.
@@ -243,7 +290,22 @@ impl SetKey {
             SetKey::Port => "inet_service",
             SetKey::V4Port => "ipv4_addr . inet_service",
             SetKey::V6Port => "ipv6_addr . inet_service",
+            SetKey::V4Addr | SetKey::V4Net => "ipv4_addr",
+            SetKey::V6Addr | SetKey::V6Net => "ipv6_addr",
         }
+    }
+
+    /// `flags interval`: every key but the single-address hash sets.
+    pub fn interval(self) -> bool {
+        !matches!(self, SetKey::V4Addr | SetKey::V6Addr)
+    }
+
+    /// An address set (of a list file or a deny entry).
+    pub fn is_address(self) -> bool {
+        matches!(
+            self,
+            SetKey::V4Addr | SetKey::V4Net | SetKey::V6Addr | SetKey::V6Net
+        )
     }
 }
 
@@ -260,6 +322,10 @@ impl fmt::Display for Element {
             Element::Port(p) => write!(f, "{p}"),
             Element::V4Port(n, p) => write!(f, "{n} . {p}"),
             Element::V6Port(n, p) => write!(f, "{n} . {p}"),
+            Element::V4(n) if n.prefix_len() == 32 => write!(f, "{}", n.addr()),
+            Element::V6(n) if n.prefix_len() == 128 => write!(f, "{}", n.addr()),
+            Element::V4(n) => write!(f, "{n}"),
+            Element::V6(n) => write!(f, "{n}"),
         }
     }
 }

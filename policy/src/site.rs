@@ -10,7 +10,9 @@ use crate::diag::{Diagnostics, Source};
 use crate::inventory::Inventory;
 use crate::lockout::{self, Requirement};
 use crate::model::{DriftMode, HostPolicy, InterfaceSel, Mode, Replies};
-use crate::parse::{Ctx, Located, LogSpec, PolicySpec, normalize_allow, parse_policy};
+use crate::parse::{
+    Ctx, Located, LogSpec, PolicySpec, normalize_allow, normalize_deny, parse_policy,
+};
 use crate::pattern;
 use crate::restrict;
 use crate::yaml::{self, Node, NodeKind};
@@ -125,6 +127,9 @@ pub fn load_fleet_with_lists(
         });
     }
     let mut hosts = merge(&plays, &targeted, &site.name, &mut diags);
+    for policy in hosts.values_mut() {
+        lists.attach(policy);
+    }
     if !diags.is_empty() {
         return Err(diags.finish());
     }
@@ -174,7 +179,9 @@ pub fn load_host_policy_with_lists(
     if !diags.is_empty() {
         return Err(diags.finish());
     }
-    Ok(spec.into_policy())
+    let mut policy = spec.into_policy();
+    lists.attach(&mut policy);
+    Ok(policy)
 }
 
 fn read_plays(root: &Node, cx: &mut Ctx<'_>) -> Vec<Play> {
@@ -411,6 +418,7 @@ fn merge(
     let mut slots: BTreeMap<String, Slots> = BTreeMap::new();
     let mut host_plays: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     let mut allows: BTreeMap<String, Vec<crate::model::AllowEntry>> = BTreeMap::new();
+    let mut denies: BTreeMap<String, Vec<crate::model::DenyEntry>> = BTreeMap::new();
     let mut conflicts = Conflicts::new();
     for (i, hosts) in targeted {
         let Some(spec) = &plays[*i].spec else {
@@ -434,6 +442,10 @@ fn merge(
                 .entry(host.clone())
                 .or_default()
                 .extend(spec.allow.iter().cloned());
+            denies
+                .entry(host.clone())
+                .or_default()
+                .extend(spec.deny.iter().cloned());
         }
     }
     for ((field, a, b), (hosts, va, vb)) in conflicts {
@@ -475,11 +487,15 @@ fn merge(
         .map(|(host, s)| {
             let mut allow = allows.remove(&host).unwrap_or_default();
             normalize_allow(&mut allow);
+            let mut deny = denies.remove(&host).unwrap_or_default();
+            normalize_deny(&mut deny);
             let log = s.log.map(|(_, l)| l.value);
             let p = HostPolicy {
                 interface: s.interface.map_or(d.interface.clone(), |(_, l)| l.value),
                 replies: s.replies.map_or(d.replies, |(_, l)| l.value),
                 allow,
+                deny,
+                lists: BTreeMap::new(), // filled by the caller
                 log: log.map_or(d.log, |l| l.limit),
                 log_group: log.map_or(d.log_group, |l| l.group),
                 mode: s.mode.map_or(d.mode, |(_, l)| l.value),

@@ -184,6 +184,7 @@ fn entry() -> impl Strategy<Value = AllowEntry> {
                 proto,
                 ports,
                 from: from.into_iter().collect(),
+                lists: Vec::new(),
                 label: format!("{ports}/{proto}"),
             }
         })
@@ -246,6 +247,7 @@ fn policy() -> impl Strategy<Value = HostPolicy> {
                         DriftMode::Heal
                     },
                     management: None,
+                    ..HostPolicy::default()
                 }
             },
         )

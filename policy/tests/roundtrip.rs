@@ -23,6 +23,7 @@ fn allow(proto: Proto, a: u16, b: u16, from: &[&str]) -> AllowEntry {
         proto,
         ports: PortRange::new(a, b).unwrap(),
         from: from.iter().map(|s| s.parse().unwrap()).collect(),
+        lists: Vec::new(),
         label: format!("{a}/{proto}"),
     }
 }
@@ -247,11 +248,23 @@ fn kernel_json(rs: &Ruleset, split: bool, packets: u64) -> String {
             SetKey::Port => json!("inet_service"),
             SetKey::V4Port => json!(["ipv4_addr", "inet_service"]),
             SetKey::V6Port => json!(["ipv6_addr", "inet_service"]),
+            SetKey::V4Addr | SetKey::V4Net => json!("ipv4_addr"),
+            SetKey::V6Addr | SetKey::V6Net => json!("ipv6_addr"),
         };
-        o["flags"] = json!(["interval"]);
+        if set.key.interval() {
+            o["flags"] = json!(["interval"]);
+        }
         let mut elem = Vec::new();
         for e in &set.elements {
             let (a, p) = match e {
+                Element::V4(n) => {
+                    elem.push(addr(n.addr().to_string(), n.prefix_len(), 32));
+                    continue;
+                }
+                Element::V6(n) => {
+                    elem.push(addr(n.addr().to_string(), n.prefix_len(), 128));
+                    continue;
+                }
                 Element::Port(p) => (None, *p),
                 Element::V4Port(n, p) => (Some(addr(n.addr().to_string(), n.prefix_len(), 32)), *p),
                 Element::V6Port(n, p) => {
@@ -417,6 +430,7 @@ fn entry() -> impl Strategy<Value = AllowEntry> {
         proto,
         ports,
         from,
+        lists: Vec::new(),
         label: String::new(),
     })
 }
@@ -455,7 +469,7 @@ fn policy() -> impl Strategy<Value = HostPolicy> {
                     log_group,
                     mode,
                     drift: DriftMode::Heal,
-                    management: None,
+                    ..HostPolicy::default()
                 })
             },
         )

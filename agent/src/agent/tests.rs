@@ -11,6 +11,7 @@ fn allow(proto: Proto, port: u16, label: &str) -> AllowEntry {
         proto,
         ports: PortRange::single(port),
         from: Vec::new(),
+        lists: Vec::new(),
         label: label.to_owned(),
     }
 }

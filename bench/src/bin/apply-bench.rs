@@ -59,6 +59,7 @@ fn entry(proto: Proto, port: u16, from: Vec<IpNet>) -> AllowEntry {
         proto,
         ports: PortRange::single(port),
         from,
+        lists: Vec::new(),
         label: format!("{port}/{proto}"),
     }
 }

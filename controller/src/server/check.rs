@@ -274,6 +274,7 @@ mod tests {
                     proto: Proto::Tcp,
                     ports: PortRange::single(*p),
                     from: Vec::new(),
+                    lists: Vec::new(),
                     label: format!("{p}/tcp"),
                 })
                 .collect(),

@@ -6,6 +6,7 @@ fn allow(proto: Proto, a: u16, b: u16, from: &[&str]) -> AllowEntry {
         proto,
         ports: PortRange::new(a, b).unwrap(),
         from: from.iter().map(|s| s.parse().unwrap()).collect(),
+        lists: Vec::new(),
         label: format!("{a}/{proto}"),
     }
 }

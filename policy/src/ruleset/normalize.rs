@@ -18,6 +18,7 @@ pub(super) fn normalize(elements: impl IntoIterator<Item = Element>) -> BTreeSet
     let mut ports = Vec::new();
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
+    let (mut a4, mut a6) = (Vec::new(), Vec::new());
     for e in elements {
         match e {
             Element::Port(p) => ports.push(p),
@@ -29,6 +30,8 @@ pub(super) fn normalize(elements: impl IntoIterator<Item = Element>) -> BTreeSet
             Element::V6Port(n, p) => {
                 v6.push((u128::from(n.network()), u128::from(n.broadcast()), p))
             }
+            Element::V4(n) => a4.push(n.trunc()),
+            Element::V6(n) => a6.push(n.trunc()),
         }
     }
     let mut out: BTreeSet<Element> = merge_ports(ports).into_iter().map(Element::Port).collect();
@@ -43,6 +46,47 @@ pub(super) fn normalize(elements: impl IntoIterator<Item = Element>) -> BTreeSet
         if let Ok(n) = Ipv6Net::new(Ipv6Addr::from(addr), len) {
             out.insert(Element::V6Port(n, p));
         }
+    }
+    out.extend(
+        uncovered(a4, |n| {
+            (
+                u128::from(u32::from(n.network())),
+                u128::from(u32::from(n.broadcast())),
+            )
+        })
+        .into_iter()
+        .map(Element::V4),
+    );
+    out.extend(
+        uncovered(a6, |n| (u128::from(n.network()), u128::from(n.broadcast())))
+            .into_iter()
+            .map(Element::V6),
+    );
+    out
+}
+
+/// Prefixes sorted, without those inside another one (an interval set refuses
+/// overlapping elements; touching ones stay apart, as the kernel keeps them).
+pub(crate) fn uncovered<N: Ord + Copy>(
+    mut nets: Vec<N>,
+    range: impl Fn(&N) -> (u128, u128),
+) -> Vec<N> {
+    // By first address, the widest first: a prefix is covered iff it ends inside the
+    // last one kept.
+    nets.sort_by_key(|n| {
+        let (a, b) = range(n);
+        (a, std::cmp::Reverse(b))
+    });
+    nets.dedup();
+    let mut out: Vec<N> = Vec::with_capacity(nets.len());
+    let mut end: Option<u128> = None;
+    for n in nets {
+        let (a, b) = range(&n);
+        if end.is_some_and(|e| a <= e && b <= e) {
+            continue;
+        }
+        end = Some(b);
+        out.push(n);
     }
     out
 }

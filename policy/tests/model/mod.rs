@@ -102,6 +102,7 @@ fn entry() -> impl Strategy<Value = AllowEntry> {
         proto,
         ports,
         from,
+        lists: Vec::new(),
         label: format!("{ports}/{proto}"),
     })
 }

@@ -12,6 +12,7 @@ fn policy(drift: DriftMode) -> HostPolicy {
             proto: Proto::Tcp,
             ports: PortRange::single(25),
             from: Vec::new(),
+            lists: Vec::new(),
             label: "smtp/tcp".into(),
         }],
         drift,
