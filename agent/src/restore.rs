@@ -195,7 +195,7 @@ pub fn minimal_policy(management: &[String], log_group: u16) -> (HostPolicy, Vec
         log_group,
         mode: Mode::Enforce,
         drift: DriftMode::Heal,
-        management: None,
+        ..HostPolicy::default()
     };
     (policy, errors)
 }

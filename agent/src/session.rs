@@ -277,7 +277,7 @@ async fn session(
         .await
         .context("connecting to the controller")?;
     let mut client = v1::session_client::SessionClient::new(channel)
-        .max_decoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
     let facts = crate::facts::gather().await.context("gathering facts")?;
     let lkg = agent.last_known_good().ok().flatten();
@@ -290,6 +290,7 @@ async fn session(
         applied_hash: lkg.as_ref().map(|l| l.hash.0.clone()).unwrap_or_default(),
         kernel_hash: kernel_hash(agent),
         conditions: conditions(agent, &companions.conditions),
+        capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
     };
     let (tx, rx) = mpsc::channel(16);
     tx.send(v1::AgentMessage {
@@ -407,16 +408,49 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What this agent announces in `Hello.capabilities`.
+pub const CAPABILITIES: &[&str] = &[portcullis_proto::CAPABILITY_DENY_LISTS];
+
+/// The policy of a `Desired`, its list deltas resolved against the lists of the policy
+/// in force. `Err((why, need_full))`: `need_full` when a delta's base is not ours.
+fn desired_policy(agent: &Agent, d: &v1::Desired) -> Result<HostPolicy, (String, bool)> {
+    let p = d
+        .policy
+        .as_ref()
+        .ok_or_else(|| ("Desired without a policy".to_owned(), false))?;
+    let held = agent
+        .state()
+        .load_shared()
+        .ok()
+        .flatten()
+        .map(|l| l.policy.lists.clone())
+        .unwrap_or_default();
+    portcullis_proto::convert::policy_from_wire(p, &held).map_err(|e| {
+        let need_full = matches!(
+            e,
+            portcullis_proto::convert::PolicyFromWire::Lists(
+                portcullis_proto::convert::ListError::BaseMismatch { .. }
+            )
+        );
+        (e.to_string(), need_full)
+    })
+}
+
 async fn apply_desired(
     agent: &Agent,
     d: &v1::Desired,
 ) -> (v1::Applied, Option<crate::AppliedReport>) {
     let started = Instant::now();
-    let policy = d
-        .policy
-        .as_ref()
-        .ok_or_else(|| "Desired without a policy".to_owned())
-        .and_then(|p| HostPolicy::try_from(p).map_err(|e| e.to_string()));
+    let policy = match desired_policy(agent, d) {
+        Ok(p) => Ok(p),
+        Err((e, true)) => {
+            let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let mut a = not_applied(agent, d, e, duration_us);
+            a.need_full = true;
+            return (a, None);
+        }
+        Err((e, false)) => Err(e),
+    };
     let result = match policy {
         Ok(p) => agent
             .apply_policy(&p, d.revision)
@@ -439,6 +473,7 @@ async fn apply_desired(
                 duration_us,
                 changes: r.diff.join("\n"),
                 request_id: d.request_id,
+                need_full: false,
             };
             (applied, Some(r))
         }
@@ -457,6 +492,7 @@ fn not_applied(agent: &Agent, d: &v1::Desired, error: String, duration_us: u64) 
         duration_us,
         changes: String::new(),
         request_id: d.request_id,
+        need_full: false,
     }
 }
 

@@ -112,6 +112,7 @@ fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
             applied_hash: applied.1.clone(),
             kernel_hash: applied.1.clone(),
             conditions: Vec::new(),
+            capabilities: vec![portcullis_proto::CAPABILITY_DENY_LISTS.into()],
         })),
     }
 }

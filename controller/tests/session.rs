@@ -61,6 +61,7 @@ impl FakeAgent {
                     duration_us: 1234,
                     changes: String::new(),
                     request_id: d.request_id,
+                    need_full: false,
                 })),
             })
             .await

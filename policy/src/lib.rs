@@ -45,8 +45,8 @@ pub use diff::{Plan, RulesetDiff, diff, plan};
 pub use facts::{Facts, InterfaceFacts};
 pub use inventory::{GroupNode, HostEntry, Inventory, VarsDir, VarsDirs};
 pub use model::{
-    AllowEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, PortRange, Proto, RateUnit,
-    Replies,
+    AllowEntry, DenyEntry, DriftMode, HostPolicy, InterfaceSel, LogLimit, Mode, PortRange, Proto,
+    RateUnit, Replies,
 };
 pub use pattern::{PatternError, select, select_ordered};
 pub use readback::{ReadbackError, RuleCounter, parse_readback, parse_ruleset_readback};

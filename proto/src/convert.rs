@@ -3,9 +3,11 @@
 
 use crate::v1;
 use portcullis_policy::{
-    AllowEntry, DriftMode, Facts, HostPolicy, InterfaceFacts, InterfaceSel, LogLimit, Mode,
-    PortRange, Proto, RateUnit, Replies,
+    AddrList, AllowEntry, DenyEntry, DriftMode, Facts, HostPolicy, InterfaceFacts, InterfaceSel,
+    LogLimit, Mode, PortRange, Proto, RateUnit, Replies,
 };
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A wire message that does not describe a valid policy value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,8 +87,24 @@ impl From<&HostPolicy> for v1::HostPolicy {
                     }),
                     from: a.from.iter().map(ToString::to_string).collect(),
                     label: a.label.clone(),
+                    lists: a.lists.clone(),
                 })
                 .collect(),
+            deny: p
+                .deny
+                .iter()
+                .map(|d| v1::DenyEntry {
+                    proto: d.proto.map_or(v1::Proto::Unspecified, v1::Proto::from) as i32,
+                    ports: d.ports.map(|r| v1::PortRange {
+                        start: r.start.into(),
+                        end: r.end.into(),
+                    }),
+                    from: d.from.iter().map(ToString::to_string).collect(),
+                    lists: d.lists.clone(),
+                    label: d.label.clone(),
+                })
+                .collect(),
+            lists: p.lists.iter().map(|(name, l)| full_list(name, l)).collect(),
             log: Some(v1::LogLimit {
                 rate: p.log.rate,
                 per: match p.log.per {
@@ -110,10 +128,138 @@ impl From<&HostPolicy> for v1::HostPolicy {
     }
 }
 
+/// A list as full content on the wire.
+pub fn full_list(name: &str, l: &AddrList) -> v1::AddressList {
+    let (v4, v6) = l.pack();
+    v1::AddressList {
+        name: name.to_string(),
+        v4,
+        v6,
+        digest: l.digest(),
+        ..Default::default()
+    }
+}
+
+/// A list as a delta against `base` (what the agent holds), when that is smaller than the
+/// full content; else the full content.
+pub fn list_against(name: &str, l: &AddrList, base: Option<&AddrList>) -> v1::AddressList {
+    let Some(base) = base else {
+        return full_list(name, l);
+    };
+    let (added, removed) = base.diff(l);
+    if added.len() + removed.len() >= l.len() {
+        return full_list(name, l);
+    }
+    let (v4, v6) = added.pack();
+    let (removed_v4, removed_v6) = removed.pack();
+    v1::AddressList {
+        name: name.to_string(),
+        v4,
+        v6,
+        base_digest: base.digest(),
+        removed_v4,
+        removed_v6,
+        digest: l.digest(),
+    }
+}
+
+/// Why a policy's lists could not be taken from the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("address list {name:?}: the delta's base {base} is not the list this agent holds")]
+    BaseMismatch { name: String, base: String },
+    #[error("address list {name:?}: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+/// The lists of a wire policy, deltas resolved against `held` (the lists of the policy
+/// the agent applied, by name). Every list's result must match its digest.
+pub fn lists_from_wire(
+    p: &v1::HostPolicy,
+    held: &BTreeMap<String, Arc<AddrList>>,
+) -> Result<BTreeMap<String, Arc<AddrList>>, ListError> {
+    let mut out = BTreeMap::new();
+    for w in &p.lists {
+        let bad = |reason: String| ListError::Invalid {
+            name: w.name.clone(),
+            reason,
+        };
+        let list = if w.base_digest.is_empty() {
+            AddrList::unpack(&w.v4, &w.v6).map_err(bad)?
+        } else {
+            let base = held
+                .get(&w.name)
+                .filter(|b| b.digest() == w.base_digest)
+                .ok_or_else(|| ListError::BaseMismatch {
+                    name: w.name.clone(),
+                    base: w.base_digest.clone(),
+                })?;
+            let added = AddrList::unpack(&w.v4, &w.v6).map_err(bad)?;
+            let removed = AddrList::unpack(&w.removed_v4, &w.removed_v6).map_err(bad)?;
+            base.apply_delta(&added, &removed).map_err(bad)?
+        };
+        if !w.digest.is_empty() && list.digest() != w.digest {
+            return Err(bad("content does not match its digest".to_string()));
+        }
+        if out.insert(w.name.clone(), Arc::new(list)).is_some() {
+            return Err(bad("given twice".to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// A wire policy whose lists may be deltas against `held` (see [`lists_from_wire`]).
+pub fn policy_from_wire(
+    p: &v1::HostPolicy,
+    held: &BTreeMap<String, Arc<AddrList>>,
+) -> Result<HostPolicy, PolicyFromWire> {
+    let lists = lists_from_wire(p, held).map_err(PolicyFromWire::Lists)?;
+    let mut policy = policy_fields(p).map_err(PolicyFromWire::Proto)?;
+    policy.lists = lists;
+    check_list_names(&policy).map_err(PolicyFromWire::Proto)?;
+    Ok(policy)
+}
+
+/// [`policy_from_wire`]'s failure: a bad message, or a list delta against another base.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFromWire {
+    #[error(transparent)]
+    Proto(ProtoError),
+    #[error(transparent)]
+    Lists(ListError),
+}
+
+/// Every list an entry names is in the policy, and no other.
+fn check_list_names(p: &HostPolicy) -> Result<(), ProtoError> {
+    let named: std::collections::BTreeSet<&String> = p
+        .allow
+        .iter()
+        .flat_map(|a| &a.lists)
+        .chain(p.deny.iter().flat_map(|d| &d.lists))
+        .collect();
+    if let Some(n) = named.iter().find(|n| !p.lists.contains_key(n.as_str())) {
+        return Err(invalid("lists", format!("{n:?} is named but not given")));
+    }
+    if let Some(n) = p.lists.keys().find(|n| !named.contains(n)) {
+        return Err(invalid("lists", format!("{n:?} is given but not named")));
+    }
+    Ok(())
+}
+
 impl TryFrom<&v1::HostPolicy> for HostPolicy {
     type Error = ProtoError;
 
+    /// A policy whose lists are all full content (a delta is refused).
     fn try_from(p: &v1::HostPolicy) -> Result<Self, ProtoError> {
+        policy_from_wire(p, &BTreeMap::new()).map_err(|e| match e {
+            PolicyFromWire::Proto(e) => e,
+            PolicyFromWire::Lists(e) => invalid("lists", e.to_string()),
+        })
+    }
+}
+
+fn policy_fields(p: &v1::HostPolicy) -> Result<HostPolicy, ProtoError> {
+    {
         let interface = match p.interface.as_ref().and_then(|i| i.sel.as_ref()) {
             Some(v1::interface::Sel::All(_)) | None => InterfaceSel::All,
             Some(v1::interface::Sel::DefaultRoute(_)) => InterfaceSel::Default,
@@ -146,7 +292,45 @@ impl TryFrom<&v1::HostPolicy> for HostPolicy {
                 proto: proto_from_wire(a.proto)?,
                 ports,
                 from,
+                lists: a.lists.clone(),
                 label: a.label.clone(),
+            });
+        }
+        let mut deny = Vec::with_capacity(p.deny.len());
+        for d in &p.deny {
+            let proto = match d.proto {
+                0 => None,
+                x => Some(proto_from_wire(x)?),
+            };
+            let ports = match &d.ports {
+                None => None,
+                Some(_) if proto.is_none() => {
+                    return Err(invalid("deny.ports", "ports without a protocol"));
+                }
+                Some(r) => Some(
+                    PortRange::new(port(r.start, "deny.ports")?, port(r.end, "deny.ports")?)
+                        .ok_or_else(|| {
+                            invalid("deny.ports", format!("{}-{}: start > end", r.start, r.end))
+                        })?,
+                ),
+            };
+            let from = d
+                .from
+                .iter()
+                .map(|c| {
+                    c.parse()
+                        .map_err(|e| invalid("deny.from", format!("{c:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if from.is_empty() && d.lists.is_empty() {
+                return Err(invalid("deny", "an entry without sources"));
+            }
+            deny.push(DenyEntry {
+                proto,
+                ports,
+                from,
+                lists: d.lists.clone(),
+                label: d.label.clone(),
             });
         }
         let log = p.log.as_ref().ok_or(ProtoError::Missing("log"))?;
@@ -164,6 +348,8 @@ impl TryFrom<&v1::HostPolicy> for HostPolicy {
             interface,
             replies,
             allow,
+            deny,
+            lists: BTreeMap::new(),
             log: LogLimit {
                 rate: log.rate,
                 per,
@@ -255,8 +441,35 @@ mod tests {
                     "10.77.0.0/24".parse().unwrap(),
                     "fd77::/64".parse().unwrap(),
                 ],
+                lists: vec!["partners.txt".into()],
                 label: "22/tcp".into(),
             }],
+            deny: vec![
+                DenyEntry {
+                    proto: None,
+                    ports: None,
+                    from: vec![],
+                    lists: vec!["blocked.txt".into()],
+                    label: "deny".into(),
+                },
+                DenyEntry {
+                    proto: Some(Proto::Udp),
+                    ports: Some(PortRange::single(53)),
+                    from: vec!["192.0.2.0/24".parse().unwrap()],
+                    lists: vec![],
+                    label: "deny 53/udp".into(),
+                },
+            ],
+            lists: [
+                (
+                    "partners.txt",
+                    list(&["10.0.0.1/32", "10.1.0.0/16", "fd77::1/128"]),
+                ),
+                ("blocked.txt", list(&["198.51.100.0/24"])),
+            ]
+            .into_iter()
+            .map(|(n, l)| (n.to_string(), Arc::new(l)))
+            .collect(),
             log: LogLimit {
                 rate: 5,
                 per: RateUnit::Minute,
@@ -269,6 +482,65 @@ mod tests {
         };
         let wire = v1::HostPolicy::from(&p);
         assert_eq!(HostPolicy::try_from(&wire).unwrap(), p);
+    }
+
+    fn list(nets: &[&str]) -> AddrList {
+        AddrList::from_nets(nets.iter().map(|s| s.parse().unwrap()))
+    }
+
+    fn with_lists(lists: &[(&str, &AddrList)]) -> HostPolicy {
+        let mut p = HostPolicy::default();
+        p.deny.push(DenyEntry {
+            proto: None,
+            ports: None,
+            from: vec![],
+            lists: lists.iter().map(|(n, _)| n.to_string()).collect(),
+            label: "deny".into(),
+        });
+        p.lists = lists
+            .iter()
+            .map(|(n, l)| (n.to_string(), Arc::new((*l).clone())))
+            .collect();
+        p
+    }
+
+    #[test]
+    fn a_list_delta_applies_to_its_base_only() {
+        let old = list(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "fd77::/16"]);
+        let new = list(&["10.0.0.1/32", "10.0.0.3/32", "10.0.0.4/32", "fd77::/16"]);
+        let mut wire = v1::HostPolicy::from(&with_lists(&[("b", &new)]));
+        wire.lists = vec![list_against("b", &new, Some(&old))];
+        assert!(!wire.lists[0].base_digest.is_empty(), "smaller as a delta");
+        assert_eq!(wire.lists[0].v4.len(), 5, "one added entry");
+        // With the base held: the new list. Without it, or with another: need the full.
+        let held = BTreeMap::from([("b".to_string(), Arc::new(old.clone()))]);
+        let got = policy_from_wire(&wire, &held).unwrap();
+        assert_eq!(*got.lists["b"], new);
+        for held in [
+            BTreeMap::new(),
+            BTreeMap::from([("b".to_string(), Arc::new(new.clone()))]),
+        ] {
+            let e = policy_from_wire(&wire, &held).unwrap_err();
+            assert!(
+                matches!(e, PolicyFromWire::Lists(ListError::BaseMismatch { .. })),
+                "{e}"
+            );
+        }
+        assert!(
+            HostPolicy::try_from(&wire).is_err(),
+            "a delta is not a full policy"
+        );
+        // A tampered result digest is refused, not applied.
+        wire.lists[0].digest = old.digest();
+        assert!(policy_from_wire(&wire, &held).is_err());
+        // A list named but not given, or given but not named, is refused.
+        let mut wire = v1::HostPolicy::from(&with_lists(&[("b", &new)]));
+        wire.lists.clear();
+        assert!(HostPolicy::try_from(&wire).is_err());
+        let mut wire = v1::HostPolicy::from(&with_lists(&[("b", &new)]));
+        wire.deny[0].lists.clear();
+        wire.deny[0].from.push("192.0.2.1/32".into());
+        assert!(HostPolicy::try_from(&wire).is_err());
     }
 
     #[test]
@@ -293,6 +565,7 @@ mod tests {
             }),
             from: vec![],
             label: String::new(),
+            lists: vec![],
         });
         let err = HostPolicy::try_from(&wire).unwrap_err();
         let status = tonic::Status::from(err);

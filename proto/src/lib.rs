@@ -9,7 +9,7 @@ pub mod v1 {
     tonic::include_proto!("portcullis.v1");
 }
 
-mod convert;
+pub mod convert;
 
 pub use convert::ProtoError;
 
@@ -22,3 +22,11 @@ pub const ACCEPTED_PROTOCOL_VERSIONS: &[u32] = &[PROTOCOL_VERSION];
 /// The largest message either side of `Session.Open` sends or accepts (a `DenialBatch` of
 /// 20,000 IPv6 entries is ~3 MB); the controller and the agent both set it explicitly.
 pub const SESSION_MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Largest controller message an agent accepts (and a controller sends): a `Desired`
+/// may carry full address lists (2M entries of 17 bytes at most, packed).
+pub const DESIRED_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// `Hello.capabilities`: the agent enforces `deny:` entries and address lists (and takes
+/// their deltas). A policy with either is never sent to an agent without it.
+pub const CAPABILITY_DENY_LISTS: &str = "deny-lists";

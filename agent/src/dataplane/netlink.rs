@@ -440,6 +440,8 @@ fn decode(key: SetKey, raw: Vec<RawElement>) -> Decoded {
             })
             .collect::<Option<Vec<_>>>()
             .map(|v| v.into_iter().flatten().collect()),
+        // Address sets: read the general way (nft) until decoded here.
+        SetKey::V4Addr | SetKey::V4Net | SetKey::V6Addr | SetKey::V6Net => None,
     };
     match decoded {
         Some(elements) => Decoded::Elements(elements),

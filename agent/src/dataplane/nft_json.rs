@@ -25,7 +25,12 @@ pub fn render(ruleset: &Ruleset, counters: &Counters) -> String {
     items.push(json!({"table": {"family": "inet", "name": TABLE_NAME, "handle": next()}}));
     for (name, set) in &ruleset.sets {
         let mut obj = json!({"family": "inet", "name": name, "table": TABLE_NAME,
-            "type": set_type(set.key), "handle": next(), "flags": ["interval"]});
+            "type": set_type(set.key), "handle": next()});
+        if set.key.interval()
+            && let Some(map) = obj.as_object_mut()
+        {
+            map.insert("flags".into(), json!(["interval"]));
+        }
         if !set.elements.is_empty()
             && let Some(map) = obj.as_object_mut()
         {
@@ -65,6 +70,8 @@ fn set_type(key: SetKey) -> Value {
         SetKey::Port => json!("inet_service"),
         SetKey::V4Port => json!(["ipv4_addr", "inet_service"]),
         SetKey::V6Port => json!(["ipv6_addr", "inet_service"]),
+        SetKey::V4Addr | SetKey::V4Net => json!("ipv4_addr"),
+        SetKey::V6Addr | SetKey::V6Net => json!("ipv6_addr"),
     }
 }
 
@@ -91,6 +98,8 @@ fn element(e: &Element) -> Value {
             prefix(net.addr().to_string(), net.prefix_len(), 32), ports(p)]}),
         Element::V6Port(net, p) => json!({"concat": [
             prefix(net.addr().to_string(), net.prefix_len(), 128), ports(p)]}),
+        Element::V4(net) => prefix(net.addr().to_string(), net.prefix_len(), 32),
+        Element::V6(net) => prefix(net.addr().to_string(), net.prefix_len(), 128),
     }
 }
 
@@ -229,6 +238,43 @@ fn exprs(rule: &Rule, (packets, bytes): (u64, u64)) -> Value {
             counter,
             verdict(*vd)
         ]),
+        Rule::SourceSet {
+            l3,
+            set,
+            proto,
+            ports: p,
+            log,
+            verdict: vd,
+        } => {
+            let mut v = vec![matches(
+                "==",
+                payload(&l3.to_string(), "saddr"),
+                json!(format!("@{set}")),
+            )];
+            match (proto, p) {
+                (Some(pr), Some(r)) => {
+                    v.push(matches("==", payload(&pr.to_string(), "dport"), ports(r)));
+                }
+                (Some(pr), None) => v.push(matches(
+                    "==",
+                    json!({"meta": {"key": "l4proto"}}),
+                    json!(pr.to_string()),
+                )),
+                (None, _) => {}
+            }
+            if let Some(l) = log {
+                v.push(
+                    json!({"limit": {"rate": l.limit.rate, "burst": l.limit.burst,
+                    "per": l.limit.per.to_string()}}),
+                );
+                v.push(counter);
+                v.push(json!({"log": {"prefix": l.prefix, "group": l.group}}));
+            } else {
+                v.push(counter);
+            }
+            v.push(verdict(*vd));
+            v.into()
+        }
         Rule::Unknown { expr } => serde_json::from_str(expr).unwrap_or(Value::Null),
     }
 }

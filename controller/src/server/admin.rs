@@ -218,7 +218,7 @@ impl v1::admin_server::Admin for AdminService {
                 errors.push(format!(
                     "{host}: its policy is {bytes} bytes on the wire ({} `from:` networks), more than one session message carries ({} bytes); split the lists or shorten them",
                     policy.allow.iter().map(|a| a.from.len()).sum::<usize>(),
-                    portcullis_proto::SESSION_MAX_MESSAGE_BYTES - DESIRED_SLACK
+                    portcullis_proto::DESIRED_MAX_MESSAGE_BYTES - DESIRED_SLACK
                 ));
                 continue;
             }
@@ -509,5 +509,5 @@ const DESIRED_SLACK: usize = 256 << 10;
 fn too_big_for_a_session(policy: &HostPolicy) -> Option<usize> {
     use prost::Message as _;
     let bytes = v1::HostPolicy::from(policy).encoded_len();
-    (bytes + DESIRED_SLACK > portcullis_proto::SESSION_MAX_MESSAGE_BYTES).then_some(bytes)
+    (bytes + DESIRED_SLACK > portcullis_proto::DESIRED_MAX_MESSAGE_BYTES).then_some(bytes)
 }

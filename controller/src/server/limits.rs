@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 /// Largest message an agent may send (a `DenialBatch` of 20,000 IPv6 entries is ~3 MB).
 pub const SESSION_MAX_DECODE: usize = portcullis_proto::SESSION_MAX_MESSAGE_BYTES;
-/// Largest message sent to an agent (`Desired` is a few KiB).
-pub const SESSION_MAX_ENCODE: usize = portcullis_proto::SESSION_MAX_MESSAGE_BYTES;
+/// Largest message sent to an agent (`Desired` is a few KiB, up to tens of MB with full
+/// address lists; deltas are small).
+pub const SESSION_MAX_ENCODE: usize = portcullis_proto::DESIRED_MAX_MESSAGE_BYTES;
 /// Largest admin request: `Apply` carries a site file and an inventory, each within the
 /// YAML budget (32 MiB), its address-list files (within their budget), plus the rest.
 pub const ADMIN_MAX_DECODE: usize = 2 * portcullis_policy::budget::MAX_DOCUMENT_BYTES

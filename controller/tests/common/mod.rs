@@ -161,6 +161,7 @@ pub fn hello(host: &str) -> v1::AgentMessage {
             applied_hash: String::new(),
             kernel_hash: String::new(),
             conditions: Vec::new(),
+            capabilities: vec![portcullis_proto::CAPABILITY_DENY_LISTS.into()],
         })),
     }
 }
