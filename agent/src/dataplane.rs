@@ -23,6 +23,7 @@ pub use child::{DEFAULT_NFT_TIMEOUT, run_bounded};
 pub use fake::FakeDataplane;
 pub use nft::NftDataplane;
 
+use portcullis_policy::ruleset::{Element, SetKey};
 use portcullis_policy::{ReadbackError, RuleCounter, Ruleset, parse_readback};
 
 /// Why a dataplane operation failed.
@@ -52,6 +53,9 @@ pub enum DataplaneError {
     /// Only from [`FakeDataplane`]: an injected failure or an unsupported script.
     #[error("fake dataplane: {0}")]
     Fake(String),
+    /// This dataplane cannot do that (the caller falls back to a full replace).
+    #[error("not supported by this dataplane: {0}")]
+    Unsupported(String),
     /// The table was read but is not what `nft -j list table` prints for a table.
     #[error("cannot parse the kernel's table: {0}")]
     Readback(#[from] ReadbackError),
@@ -94,6 +98,36 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
     fn read_ruleset(&self) -> Result<Option<String>, DataplaneError> {
         Ok(None)
     }
+
+    /// Element additions and removals on existing sets of our table, all in one
+    /// transaction (all or nothing; removing an absent element or adding a present one
+    /// fails it). Returns the ruleset generation the transaction produced, when the
+    /// dataplane knows it.
+    fn update_elements(&self, changes: &[SetChange]) -> Result<Option<u32>, DataplaneError>;
+
+    /// Whether each of `elements` is in set `set` (of `key`) right now, in order.
+    fn has_elements(
+        &self,
+        set: &str,
+        key: SetKey,
+        elements: &[Element],
+    ) -> Result<Vec<bool>, DataplaneError>;
+
+    /// The ruleset generation now (it moves on every committed transaction, anyone's);
+    /// `None` when the dataplane has none.
+    fn generation(&self) -> Result<Option<u32>, DataplaneError> {
+        Ok(None)
+    }
+}
+
+/// The element changes of one set in [`Dataplane::update_elements`] (as `compile`
+/// normalizes them: what the kernel holds element for element).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange {
+    pub set: String,
+    pub key: SetKey,
+    pub add: Vec<Element>,
+    pub remove: Vec<Element>,
 }
 
 /// `nft -j list table` output, parsed.

@@ -5,9 +5,10 @@
 //! with the "kernel" to simulate drift, bump counters, and count transactions.
 
 use super::nft_json::{self, Counters};
-use super::{Dataplane, DataplaneError};
+use super::{Dataplane, DataplaneError, SetChange};
 use portcullis_policy::Ruleset;
 use portcullis_policy::render::delete_script;
+use portcullis_policy::ruleset::{Element, SetKey};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -113,5 +114,52 @@ impl Dataplane for FakeDataplane {
 
     fn remove(&self) -> Result<(), DataplaneError> {
         self.apply(&delete_script())
+    }
+
+    fn update_elements(&self, changes: &[SetChange]) -> Result<Option<u32>, DataplaneError> {
+        self.with(|k| {
+            Self::take_failure(k)?;
+            let Some(table) = k.table.as_mut() else {
+                return Err(DataplaneError::Fake("no table".into()));
+            };
+            // All or nothing, like the kernel's batch: work on a copy.
+            let mut sets = table.sets.clone();
+            for c in changes {
+                let set = sets
+                    .get_mut(&c.set)
+                    .filter(|s| s.key == c.key)
+                    .ok_or_else(|| DataplaneError::Fake(format!("no set {} of that key", c.set)))?;
+                for e in &c.remove {
+                    if !set.elements.remove(e) {
+                        return Err(DataplaneError::Fake(format!("{e} is not in {}", c.set)));
+                    }
+                }
+                for e in &c.add {
+                    if !set.elements.insert(e.clone()) {
+                        return Err(DataplaneError::Fake(format!("{e} is in {} already", c.set)));
+                    }
+                }
+            }
+            table.sets = sets;
+            k.transactions += 1;
+            Ok(None)
+        })
+    }
+
+    fn has_elements(
+        &self,
+        set: &str,
+        key: SetKey,
+        elements: &[Element],
+    ) -> Result<Vec<bool>, DataplaneError> {
+        self.with(|k| {
+            let s = k
+                .table
+                .as_ref()
+                .and_then(|t| t.sets.get(set))
+                .filter(|s| s.key == key)
+                .ok_or_else(|| DataplaneError::Fake(format!("no set {set} of that key")))?;
+            Ok(elements.iter().map(|e| s.elements.contains(e)).collect())
+        })
     }
 }

@@ -24,9 +24,11 @@
 use super::netlink::{Decoded, NfTables};
 use super::netlink_table;
 use super::{
-    DEFAULT_NFT_TIMEOUT, Dataplane, DataplaneError, KernelTable, parse_table, run_bounded,
+    DEFAULT_NFT_TIMEOUT, Dataplane, DataplaneError, KernelTable, SetChange, parse_table,
+    run_bounded,
 };
 use portcullis_policy::render::delete_script;
+use portcullis_policy::ruleset::{Element, SetKey};
 use portcullis_policy::ruleset::{Rule, Set};
 use portcullis_policy::{TABLE_NAME, parse_ruleset_readback};
 use std::path::PathBuf;
@@ -196,6 +198,25 @@ impl Dataplane for NftDataplane {
 
     fn remove(&self) -> Result<(), DataplaneError> {
         self.apply(&delete_script())
+    }
+
+    fn update_elements(&self, changes: &[SetChange]) -> Result<Option<u32>, DataplaneError> {
+        let _ = changes;
+        Err(DataplaneError::Unsupported(
+            "element updates over netlink".into(),
+        ))
+    }
+
+    fn has_elements(
+        &self,
+        set: &str,
+        key: SetKey,
+        elements: &[Element],
+    ) -> Result<Vec<bool>, DataplaneError> {
+        let _ = (set, key, elements);
+        Err(DataplaneError::Unsupported(
+            "element lookups over netlink".into(),
+        ))
     }
 
     fn read_ruleset(&self) -> Result<Option<String>, DataplaneError> {
