@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Address lists are megabytes, shared by every host of a revision: `Bytes`, so
+        // each host's Desired clones a reference, not the list.
+        .bytes(".portcullis.v1.AddressList")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -30,11 +30,27 @@ const MAX_LINE_ERRORS: usize = 50;
 
 /// One list file's networks: v4 and v6 apart, each sorted and de-duplicated, host bits
 /// clear (a bare address is a /32 or /128). Serialized compactly (see [`AddrList::pack`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "Packed", try_from = "Packed")]
 pub struct AddrList {
     pub v4: Vec<(u32, u8)>,
     pub v6: Vec<(u128, u8)>,
+}
+
+/// A sample, not every entry: policies are hash-map keys (one compile per distinct
+/// policy), and hashing a million entries per lookup would cost more than the rest of an
+/// apply. Equal lists hash equal; `==` still compares every entry.
+impl std::hash::Hash for AddrList {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        fn sample<T: std::hash::Hash>(v: &[T], state: &mut impl std::hash::Hasher) {
+            v.len().hash(state);
+            let step = (v.len() / 64).max(1);
+            v.iter().step_by(step).for_each(|e| e.hash(state));
+            v.last().hash(state);
+        }
+        sample(&self.v4, state);
+        sample(&self.v6, state);
+    }
 }
 
 impl AddrList {

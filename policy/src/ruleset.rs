@@ -35,7 +35,12 @@ pub struct Ruleset {
 
 /// A named set. Port and `addr . port` sets and address-prefix sets have `flags
 /// interval`; single-address sets (`SetKey::V4Addr`/`V6Addr`) are hash sets (no flags).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialized as `{"key", "elements": [...]}`, except address sets (a list of a million):
+/// `{"key", "packed": "<base64>"}` (5 bytes per v4 element, address and prefix length;
+/// 17 per v6), which is what the hash and the last-known-good record hold.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SetRepr")]
 pub struct Set {
     pub key: SetKey,
     /// Normalized: ranges merged where adjacent/overlapping (what the kernel stores).
@@ -239,16 +244,196 @@ pub const LIST_SET_PREFIX: &str = "list_";
 /// Prefix of the address sets of `deny:` entries (`deny_<id>_v4a`, ...).
 pub const DENY_SET_PREFIX: &str = "deny_";
 
+/// How a [`Set`] is written (see its docs) and read back.
+#[derive(Serialize, Deserialize)]
+struct SetRepr {
+    key: SetKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    elements: Option<Vec<Element>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    packed: Option<String>,
+}
+
+impl Serialize for Set {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Set", 2)?;
+        st.serialize_field("key", &self.key)?;
+        if self.key.is_address() {
+            use base64::Engine as _;
+            let packed = base64::engine::general_purpose::STANDARD.encode(self.packed());
+            st.serialize_field("packed", &packed)?;
+        } else {
+            st.serialize_field("elements", &self.elements)?;
+        }
+        st.end()
+    }
+}
+
+impl TryFrom<SetRepr> for Set {
+    type Error = String;
+    fn try_from(r: SetRepr) -> Result<Self, String> {
+        match (r.elements, r.packed) {
+            (Some(e), None) if !r.key.is_address() => Ok(Set {
+                key: r.key,
+                elements: e.into_iter().collect(),
+            }),
+            (None, Some(p)) if r.key.is_address() => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(p)
+                    .map_err(|e| format!("set elements: {e}"))?;
+                Set::unpack(r.key, &bytes)
+            }
+            _ => Err(format!("a {} set with the wrong element form", r.key)),
+        }
+    }
+}
+
+impl Set {
+    /// The elements of an address set packed (see [`Set`]); empty for other sets.
+    pub fn packed(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.elements.len() * 17);
+        for e in &self.elements {
+            match e {
+                Element::V4(n) => {
+                    out.extend_from_slice(&n.addr().octets());
+                    out.push(n.prefix_len());
+                }
+                Element::V6(n) => {
+                    out.extend_from_slice(&n.addr().octets());
+                    out.push(n.prefix_len());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn unpack(key: SetKey, b: &[u8]) -> Result<Set, String> {
+        let v4 = matches!(key, SetKey::V4Addr | SetKey::V4Net);
+        let width = if v4 { 5 } else { 17 };
+        if b.len() % width != 0 {
+            return Err("packed set elements: a partial element".into());
+        }
+        let mut elements = BTreeSet::new();
+        for c in b.chunks_exact(width) {
+            let len = c[width - 1];
+            let e = if v4 {
+                let a = std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]);
+                Ipv4Net::new(a, len)
+                    .map(Element::V4)
+                    .map_err(|e| e.to_string())?
+            } else {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&c[..16]);
+                Ipv6Net::new(o.into(), len)
+                    .map(Element::V6)
+                    .map_err(|e| e.to_string())?
+            };
+            elements.insert(e);
+        }
+        Ok(Set { key, elements })
+    }
+}
+
+/// The log prefix with its revision masked (`pc r* deny `): the hash attests what the
+/// rules do, and a list delta keeps the rules (and their prefix) of the revision that
+/// built the table.
+fn masked(prefix: &str) -> String {
+    match prefix.strip_prefix("pc r") {
+        Some(rest) => format!(
+            "pc r*{}",
+            rest.trim_start_matches(|c: char| c.is_ascii_digit())
+        ),
+        None => prefix.to_string(),
+    }
+}
+
+impl Rule {
+    /// This rule with the revision of its log prefix masked (see [`Ruleset::hash`]).
+    pub fn masked(&self) -> Rule {
+        let mut r = self.clone();
+        match &mut r {
+            Rule::LogLimited { prefix, .. } | Rule::SetLogLimited { prefix, .. } => {
+                *prefix = masked(prefix);
+            }
+            Rule::SourceSet { log: Some(l), .. } => l.prefix = masked(&l.prefix),
+            _ => {}
+        }
+        r
+    }
+}
+
+/// `io::Write` into a SHA-256 (the canonical JSON is hashed as it is written).
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Ruleset {
-    /// Canonical JSON (ordered maps, no whitespace): the input of the hash.
+    /// Canonical JSON (ordered maps, no whitespace): what the hash is computed over,
+    /// except that the hash masks the revision in log prefixes.
     pub fn canonical_json(&self) -> String {
         // Serialization of these plain types cannot fail (no maps with non-string keys).
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// SHA-256 of the canonical JSON with log-prefix revisions masked ([`Rule::masked`]):
+    /// two tables that match the same packets the same way hash equal, whichever revision
+    /// built their rules.
     pub fn hash(&self) -> RulesetHash {
-        let digest = Sha256::digest(self.canonical_json().as_bytes());
-        RulesetHash(hex::encode(digest))
+        #[derive(Serialize)]
+        struct View<'a> {
+            sets: &'a BTreeMap<String, Set>,
+            chains: BTreeMap<&'a str, Chain>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            unknown: &'a BTreeMap<String, String>,
+        }
+        let view = View {
+            sets: &self.sets,
+            chains: self
+                .chains
+                .iter()
+                .map(|(n, c)| {
+                    let chain = Chain {
+                        base: c.base.clone(),
+                        rules: c.rules.iter().map(Rule::masked).collect(),
+                    };
+                    (n.as_str(), chain)
+                })
+                .collect(),
+            unknown: &self.unknown,
+        };
+        let mut w = HashWriter(Sha256::new());
+        // Writing into a hasher cannot fail, nor can serializing these types.
+        let _ = serde_json::to_writer(&mut w, &view);
+        RulesetHash(hex::encode(w.0.finalize()))
+    }
+
+    /// Equal but for the revisions in log prefixes.
+    pub fn same_rules(&self, other: &Ruleset) -> bool {
+        self.chains.len() == other.chains.len()
+            && self
+                .chains
+                .iter()
+                .zip(&other.chains)
+                .all(|((na, a), (nb, b))| {
+                    na == nb
+                        && a.base == b.base
+                        && a.rules.len() == b.rules.len()
+                        && a.rules
+                            .iter()
+                            .zip(&b.rules)
+                            .all(|(x, y)| x.masked() == y.masked())
+                })
     }
 
     /// Number of set elements over all sets (for summaries).

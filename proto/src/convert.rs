@@ -133,8 +133,8 @@ pub fn full_list(name: &str, l: &AddrList) -> v1::AddressList {
     let (v4, v6) = l.pack();
     v1::AddressList {
         name: name.to_string(),
-        v4,
-        v6,
+        v4: v4.into(),
+        v6: v6.into(),
         digest: l.digest(),
         ..Default::default()
     }
@@ -154,11 +154,11 @@ pub fn list_against(name: &str, l: &AddrList, base: Option<&AddrList>) -> v1::Ad
     let (removed_v4, removed_v6) = removed.pack();
     v1::AddressList {
         name: name.to_string(),
-        v4,
-        v6,
+        v4: v4.into(),
+        v6: v6.into(),
         base_digest: base.digest(),
-        removed_v4,
-        removed_v6,
+        removed_v4: removed_v4.into(),
+        removed_v6: removed_v6.into(),
         digest: l.digest(),
     }
 }

@@ -321,6 +321,7 @@ impl v1::admin_server::Admin for AdminService {
         // Build each `Desired` from what was compiled above; hosts with the same policy
         // share one wire policy.
         let mut offline = Vec::new();
+        let mut unsupported: Vec<(String, String)> = Vec::new();
         let mut wire: std::collections::HashMap<&HostPolicy, v1::HostPolicy> =
             std::collections::HashMap::new();
         for (host, hash) in &expected {
@@ -332,24 +333,34 @@ impl v1::admin_server::Admin for AdminService {
                 continue;
             };
             let management = super::management_message(policy);
+            let full = policy;
             let policy = wire
                 .entry(policy)
-                .or_insert_with(|| v1::HostPolicy::from(policy))
+                .or_insert_with(|| super::lists::wire_without_lists(policy))
                 .clone();
             let expected_hash = if hash.is_empty() {
                 super::expected_hash(&targets[host], &handle.facts, revision)
             } else {
                 hash.clone()
             };
+            let desired = v1::Desired {
+                revision,
+                policy: Some(policy),
+                expected_hash,
+                confirm_timeout_ms: 0,
+                request_id: self.shared.asked.ask(host, revision),
+                management,
+            };
+            let desired = match self.shared.lists.outgoing(host, desired, full) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%host, revision, "{e}");
+                    unsupported.push((host.clone(), e.to_string()));
+                    continue;
+                }
+            };
             let msg = v1::ControllerMessage {
-                msg: Some(v1::controller_message::Msg::Desired(v1::Desired {
-                    revision,
-                    policy: Some(policy),
-                    expected_hash,
-                    confirm_timeout_ms: 0,
-                    request_id: self.shared.asked.ask(host, revision),
-                    management,
-                })),
+                msg: Some(v1::controller_message::Msg::Desired(desired)),
             };
             if handle.tx.send(Ok(msg)).await.is_err() {
                 offline.push(host.clone());
@@ -365,6 +376,27 @@ impl v1::admin_server::Admin for AdminService {
             })),
         };
         let _ = tx.send(Ok(accepted)).await;
+        // Not sent (an agent too old for the policy): failed now, nothing to wait for.
+        let mut expected = expected;
+        for (host, error) in unsupported {
+            expected.remove(&host);
+            let r = v1::HostResult {
+                host: host.clone(),
+                outcome: v1::HostOutcome::Failed as i32,
+                error: error.clone(),
+                ..Default::default()
+            };
+            let _ = tx
+                .send(Ok(v1::ApplyEvent {
+                    event: Some(v1::apply_event::Event::Host(r)),
+                }))
+                .await;
+            let _ = self
+                .shared
+                .store
+                .call(move |c| store::host_reported(c, &host, 0, "", Some(&error)))
+                .await;
+        }
         tokio::spawn(follow_rollout(revision, expected, events, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

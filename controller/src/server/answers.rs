@@ -47,6 +47,17 @@ impl Asked {
         id
     }
 
+    /// Ask (`id`, `revision`) of `host` again: the same `Desired` is sent once more (with
+    /// its address lists in full, after the agent's `need_full`).
+    pub fn ask_again(&self, host: &str, id: u64, revision: u64) {
+        let mut map = self.lock();
+        let q = map.entry(host.to_owned()).or_default();
+        if q.len() >= ASKED_PER_HOST {
+            q.pop_front();
+        }
+        q.push_back((id, revision));
+    }
+
     /// Whether (`id`, `revision`) answers a `Desired` sent to `host`; it is consumed.
     pub fn answered(&self, host: &str, id: u64, revision: u64) -> bool {
         if id == 0 {

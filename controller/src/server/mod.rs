@@ -11,6 +11,7 @@ pub mod conns;
 pub mod drift;
 pub mod incoming;
 pub mod limits;
+pub mod lists;
 pub mod logs;
 pub mod metrics;
 pub mod registry;
@@ -76,6 +77,8 @@ pub struct Shared {
     pub apply_lock: tokio::sync::Mutex<()>,
     /// Prometheus instruments (exposed with `serve --metrics-listen`).
     pub metrics: metrics::Instruments,
+    /// Address lists sent to each host (deltas, capability check, full re-sends).
+    pub lists: lists::ListTracker,
 }
 
 impl Shared {
@@ -231,6 +234,7 @@ pub async fn run_with_metrics(
         rollouts: rollout::Rollouts::default(),
         apply_lock: tokio::sync::Mutex::new(()),
         metrics: metrics::Instruments::default(),
+        lists: lists::ListTracker::default(),
     });
     tracing::info!(%addr, db = %config.db.display(), max_connections = limits.max_connections,
         max_pending = limits.pending_budget(), max_pending_per_source = limits.max_pending_per_source,

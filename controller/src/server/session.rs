@@ -131,6 +131,7 @@ impl v1::session_server::Session for SessionService {
         self.shared
             .registry
             .set_conditions(&host, &hello.conditions);
+        self.shared.lists.connected(&host, &hello.capabilities);
         m.sessions_opened.inc();
         tracing::info!(%host, %peer, agent_version = %hello.agent_version,
             applied_revision = hello.applied_revision, conditions = ?hello.conditions,
@@ -208,6 +209,21 @@ async fn read_reports(
                 shared
                     .unmatched
                     .count(super::answers::Kind::Applied, host, a.request_id);
+                Ok(())
+            }
+            Some(v1::agent_message::Msg::Applied(a))
+                if let Some(full) = shared.lists.answered(host, &a) =>
+            {
+                // A list delta against a base the agent does not hold: the same Desired
+                // again, every list in full (same request id; its answer is the real one).
+                tracing::info!(%host, revision = a.revision, "agent needs the full address lists; sending them");
+                shared.asked.ask_again(host, full.request_id, full.revision);
+                let msg = v1::ControllerMessage {
+                    msg: Some(v1::controller_message::Msg::Desired(full)),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return "closed";
+                }
                 Ok(())
             }
             Some(v1::agent_message::Msg::Applied(mut a)) => {
@@ -351,13 +367,24 @@ impl Shared {
                 .await
                 .map_err(internal)?;
         }
-        Ok(Some(v1::Desired {
+        if super::lists::needs_lists(&policy) && !self.lists.capable(host) {
+            let why = super::lists::Unsupported.to_string();
+            tracing::warn!(%host, revision, "{why}");
+            let (h, hh) = (host.to_string(), hash.clone());
+            self.store
+                .call(move |c| store::host_reported(c, &h, revision, &hh, Some(&why)))
+                .await
+                .map_err(internal)?;
+            return Ok(None);
+        }
+        let desired = v1::Desired {
             revision,
-            policy: Some(v1::HostPolicy::from(&policy)),
+            policy: Some(super::lists::wire_without_lists(&policy)),
             expected_hash: hash,
             confirm_timeout_ms: 0,
             request_id: self.asked.ask(host, revision),
             management: management_message(&policy),
-        }))
+        };
+        Ok(self.lists.outgoing(host, desired, &policy).ok())
     }
 }

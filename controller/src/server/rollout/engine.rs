@@ -419,7 +419,7 @@ async fn wave(
             serde_json::from_str::<portcullis_policy::HostPolicy>(policy_json)
                 .ok()
                 .map(|p| {
-                    let w = v1::HostPolicy::from(&p);
+                    let w = crate::server::lists::wire_without_lists(&p);
                     (p, w)
                 })
         });
@@ -443,6 +443,17 @@ async fn wave(
             confirm_timeout_ms,
             request_id: ctx.shared.asked.ask(host, rev),
             management: super::super::management_message(policy),
+        };
+        let d = match ctx.shared.lists.outgoing(host, d, policy) {
+            Ok(d) => d,
+            Err(e) => {
+                let why = e.to_string();
+                results.insert(
+                    host.clone(),
+                    ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
+                );
+                continue;
+            }
         };
         if !ctx
             .send(host, v1::controller_message::Msg::Desired(d))
