@@ -51,6 +51,29 @@ pub enum AgentError {
     Join(String),
 }
 
+/// Whether `rs`'s jump rule selects the interface `policy` selects with `facts` (the one
+/// input of the rules that comes from the host, not the policy).
+fn same_interface(rs: &Ruleset, policy: &HostPolicy, facts: &Facts) -> bool {
+    use portcullis_policy::InterfaceSel;
+    let jump = rs
+        .chains
+        .get(portcullis_policy::compile::CHAIN_INPUT)
+        .and_then(|c| c.rules.first());
+    let Some(portcullis_policy::ruleset::Rule::Jump {
+        iifname: Some(m), ..
+    }) = jump
+    else {
+        return false;
+    };
+    match &policy.interface {
+        InterfaceSel::All => m.negate && m.name == "lo",
+        InterfaceSel::Default => {
+            !m.negate && facts.default_route_interface.as_deref() == Some(m.name.as_str())
+        }
+        InterfaceSel::Named(n) => !m.negate && m.name == *n,
+    }
+}
+
 /// The agent's operations. Cheap to clone (shared dataplane, a path).
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -64,6 +87,10 @@ pub struct Agent {
     log_group: Arc<tokio::sync::watch::Sender<Option<u16>>>,
     /// Apply and verify durations (Prometheus, `run --metrics-listen`).
     metrics: crate::metrics::Instruments,
+    /// The ruleset generation right after our last verified change (a full readback, or
+    /// a list delta of ours with its elements checked): a list delta is taken only while
+    /// the kernel is still at it, i.e. nobody committed anything since.
+    verified_generation: Arc<Mutex<Option<u32>>>,
 }
 
 impl Agent {
@@ -74,6 +101,7 @@ impl Agent {
             op: Arc::new(Mutex::new(())),
             log_group: Arc::new(tokio::sync::watch::channel(None).0),
             metrics: crate::metrics::Instruments::default(),
+            verified_generation: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -150,10 +178,24 @@ impl Agent {
         revision: u64,
     ) -> Result<AppliedReport, AgentError> {
         let started = Instant::now();
-        let desired = compile(policy, facts, revision)?;
         let _lock = self.state.lock()?;
         // What the kernel was last verified to hold (a corrupt record counts as none).
         let current = self.state.load_shared().ok().flatten();
+        // Only list contents changed, and the kernel is as we left it: element deltas.
+        if let Some(c) = current.as_ref()
+            && c.revision != revision
+            && same_interface(&c.ruleset, policy, facts)
+            && let Some(changes) = delta::list_delta(&c.policy, &c.ruleset, policy)
+            && self.kernel_as_verified()
+        {
+            match self.apply_delta(c, &changes, policy, revision, started) {
+                Ok(report) => return Ok(report),
+                Err(e) => {
+                    tracing::warn!(error = %e, "list delta not applied; replacing the table");
+                }
+            }
+        }
+        let desired = compile(policy, facts, revision)?;
         let (changes, previous_hash, readback, prepared) =
             match current.as_ref().filter(|c| c.ruleset == desired) {
                 // The same ruleset as last verified: one readback decides whether a
@@ -207,6 +249,7 @@ impl Agent {
                 None,
             ),
         };
+        self.note_generation();
         let mismatch = diff(&desired, &actual);
         if !mismatch.is_empty() {
             // `prepared` is dropped: the record stays what it was.
@@ -261,6 +304,103 @@ impl Agent {
         };
         tracing::info!(revision, hash = %report.hash, changed, elapsed_ms = report.elapsed_ms,
             "reconciled");
+        Ok(report)
+    }
+
+    /// Whether the kernel's ruleset generation is still the one we last verified.
+    fn kernel_as_verified(&self) -> bool {
+        let known = *self
+            .verified_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known.is_some() && matches!(self.dataplane.generation(), Ok(g) if g == known)
+    }
+
+    /// Remember the generation the kernel is at now, after a verification.
+    fn note_generation(&self) {
+        let g = self.dataplane.generation().ok().flatten();
+        *self
+            .verified_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = g;
+    }
+
+    /// A list delta: `changes` in one transaction, the changed elements checked in the
+    /// kernel, then last-known-good is `current`'s table with them (rules unchanged).
+    /// Any failure forgets the verified generation, so the caller's full apply follows.
+    fn apply_delta(
+        &self,
+        current: &LastKnownGood,
+        changes: &[crate::dataplane::SetChange],
+        policy: &HostPolicy,
+        revision: u64,
+        started: Instant,
+    ) -> Result<AppliedReport, AgentError> {
+        let forget = || {
+            *self
+                .verified_generation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None
+        };
+        let generation = if changes.is_empty() {
+            self.dataplane.generation().ok().flatten()
+        } else {
+            self.dataplane
+                .update_elements(changes)
+                .inspect_err(|_| forget())?
+        };
+        let mut wrong = Vec::new();
+        for c in changes {
+            let present = self
+                .dataplane
+                .has_elements(&c.set, c.key, &c.add)
+                .inspect_err(|_| forget())?;
+            let gone = self
+                .dataplane
+                .has_elements(&c.set, c.key, &c.remove)
+                .inspect_err(|_| forget())?;
+            let missing = c.add.iter().zip(&present).filter(|(_, p)| !**p);
+            let stayed = c.remove.iter().zip(&gone).filter(|(_, p)| **p);
+            wrong.extend(
+                missing.map(|(e, _)| format!("set {}: {e} missing after the delta", c.set)),
+            );
+            wrong.extend(
+                stayed.map(|(e, _)| format!("set {}: {e} still there after the delta", c.set)),
+            );
+        }
+        if !wrong.is_empty() {
+            forget();
+            return Err(AgentError::Mismatch { diff: wrong });
+        }
+        *self
+            .verified_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = generation;
+        let ruleset = delta::patched(&current.ruleset, changes);
+        let hash = ruleset.hash();
+        let report = AppliedReport {
+            revision,
+            hash: hash.clone(),
+            changed: !changes.is_empty(),
+            previous_hash: Some(current.hash.clone()),
+            diff: delta::describe(changes),
+            rules: ruleset.rule_count(),
+            set_elements: ruleset.element_count(),
+            elapsed_ms: 0,
+        };
+        let lkg = LastKnownGood::with_hash(policy.clone(), revision, ruleset, hash);
+        self.state.store_shared(Arc::new(lkg))?;
+        if revision != 0
+            && let Err(e) = crate::restore::clear_fail_closed(&self.state)
+        {
+            tracing::warn!(error = %e, "cannot clear the fail-closed record");
+        }
+        let report = AppliedReport {
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ..report
+        };
+        tracing::info!(revision, hash = %report.hash, changes = changes.len(),
+            elapsed_ms = report.elapsed_ms, "list delta applied");
         Ok(report)
     }
 
@@ -449,6 +589,7 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
+mod delta;
 mod drift;
 
 pub use drift::DriftCheck;

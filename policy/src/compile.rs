@@ -371,6 +371,23 @@ fn list_of<'p>(policy: &'p HostPolicy, name: &str) -> Result<&'p AddrList, Compi
         })
 }
 
+/// The base name of the address sets of list `name` under `prefix`
+/// ([`LIST_SET_PREFIX`] for allow entries, [`DENY_SET_PREFIX`] for deny entries); the
+/// sets are `<base>_v4a`, `_v4n`, `_v6a`, `_v6n` ([`ADDRESS_SET_KINDS`]).
+pub fn address_set_name(prefix: &str, name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(name.as_bytes()));
+    format!("{prefix}{}", &digest[..10])
+}
+
+/// The four address sets of one list: how rules match them, their key, their suffix.
+pub const ADDRESS_SET_KINDS: [(L3, SetKey, &str); 4] = [
+    (L3::Ip, SetKey::V4Addr, "v4a"),
+    (L3::Ip, SetKey::V4Net, "v4n"),
+    (L3::Ip6, SetKey::V6Addr, "v6a"),
+    (L3::Ip6, SetKey::V6Net, "v6n"),
+];
+
 /// `list_<id>` / `deny_<id>`: a stable set name for a list (`id`: the first 10 hex
 /// digits of SHA-256 of its name), so that a list whose content changes keeps its sets
 /// and the change is element additions and removals. `names` catches a clash.
@@ -379,9 +396,7 @@ fn address_set_base(
     name: &str,
     names: &mut BTreeMap<String, String>,
 ) -> Result<String, CompileError> {
-    use sha2::{Digest, Sha256};
-    let digest = hex::encode(Sha256::digest(name.as_bytes()));
-    let base = format!("{prefix}{}", &digest[..10]);
+    let base = address_set_name(prefix, name);
     match names.get(&base) {
         Some(other) if other != name => Err(CompileError::ListNameClash {
             a: other.clone(),
@@ -400,14 +415,8 @@ fn address_set_base(
 /// to `rs` once (several entries may name one list). Returns what a rule matches them
 /// with.
 fn add_address_sets(rs: &mut Ruleset, base: &str, list: &AddrList) -> Vec<(L3, String)> {
-    let kinds: [(L3, SetKey, &str); 4] = [
-        (L3::Ip, SetKey::V4Addr, "v4a"),
-        (L3::Ip, SetKey::V4Net, "v4n"),
-        (L3::Ip6, SetKey::V6Addr, "v6a"),
-        (L3::Ip6, SetKey::V6Net, "v6n"),
-    ];
     let mut out = Vec::new();
-    for (l3, key, suffix) in kinds {
+    for (l3, key, suffix) in ADDRESS_SET_KINDS {
         let name = format!("{base}_{suffix}");
         if !rs.sets.contains_key(&name) {
             let set = Set::new(key, list_elements(list, key));

@@ -259,3 +259,65 @@ fn remove_deletes_the_table_and_optionally_the_record() {
         VerifyStatus::NothingApplied
     );
 }
+
+fn listed(nets: &[&str]) -> HostPolicy {
+    let list = portcullis_policy::AddrList::from_nets(nets.iter().map(|s| s.parse().expect("net")));
+    let mut p = seed();
+    p.deny.push(portcullis_policy::DenyEntry {
+        proto: None,
+        ports: None,
+        from: Vec::new(),
+        lists: vec!["blocked.txt".into()],
+        label: "deny".into(),
+    });
+    p.lists.insert("blocked.txt".into(), Arc::new(list));
+    p
+}
+
+#[test]
+fn a_list_only_change_is_an_element_delta_then_drift_forces_a_full_apply() {
+    let s = setup();
+    s.agent
+        .reconcile(&listed(&["192.0.2.1/32", "10.0.0.0/8"]), &facts(), 1)
+        .expect("r1");
+    let full = s.fake.transactions();
+    let r2 = listed(&["192.0.2.2/32", "10.0.0.0/8"]);
+    let report = s.agent.reconcile(&r2, &facts(), 2).expect("r2");
+    assert!(report.changed);
+    assert!(
+        report.diff.iter().all(|l| l.contains("list delta")),
+        "{:?}",
+        report.diff
+    );
+    assert_eq!(s.fake.transactions(), full + 1, "one element transaction");
+    let compiled = compile(&r2, &facts(), 2).expect("compile");
+    let kernel = s.fake.table().expect("table");
+    assert_eq!(kernel.sets, compiled.sets);
+    assert_eq!(
+        report.hash,
+        compiled.hash(),
+        "the controller's expected hash"
+    );
+    let lkg = s.agent.last_known_good().expect("lkg").expect("some");
+    assert_eq!((lkg.revision, &lkg.policy), (2, &r2));
+    assert_eq!(
+        s.agent.verify().expect("verify").status,
+        VerifyStatus::InSync
+    );
+
+    // Someone edits the table: the next list change is a full replace, which heals it.
+    s.fake.tamper(|t| {
+        if let Some(t) = t {
+            t.chains.get_mut("guard").expect("guard").rules.clear();
+        }
+    });
+    let r3 = listed(&["192.0.2.3/32", "10.0.0.0/8"]);
+    let report = s.agent.reconcile(&r3, &facts(), 3).expect("r3");
+    assert!(
+        !report.diff.iter().any(|l| l.contains("list delta")),
+        "{:?}",
+        report.diff
+    );
+    let compiled = compile(&r3, &facts(), 3).expect("compile");
+    assert_eq!(s.fake.table().expect("table"), compiled);
+}

@@ -18,6 +18,8 @@ struct Kernel {
     transactions: usize,
     fail_next_apply: Option<String>,
     mangle_on_apply: Option<Ruleset>,
+    /// Changes made behind the agent's back (they move the generation too).
+    tampered: usize,
 }
 
 /// In-memory dataplane. Cheap to create; one per test.
@@ -60,7 +62,10 @@ impl FakeDataplane {
 
     /// Changes the table behind the agent's back (a hand-made `nft` edit).
     pub fn tamper(&self, f: impl FnOnce(&mut Option<Ruleset>)) {
-        self.with(|k| f(&mut k.table));
+        self.with(|k| {
+            k.tampered += 1;
+            f(&mut k.table)
+        });
     }
 
     /// Adds traffic to a rule's counter.
@@ -142,8 +147,14 @@ impl Dataplane for FakeDataplane {
             }
             table.sets = sets;
             k.transactions += 1;
-            Ok(None)
+            Ok(Some(
+                u32::try_from(k.transactions + k.tampered).unwrap_or(u32::MAX),
+            ))
         })
+    }
+
+    fn generation(&self) -> Result<Option<u32>, DataplaneError> {
+        Ok(self.with(|k| Some(u32::try_from(k.transactions + k.tampered).unwrap_or(u32::MAX))))
     }
 
     fn has_elements(
