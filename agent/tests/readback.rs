@@ -182,3 +182,61 @@ fn hand_edits_read_the_same_either_way() {
     })
     .expect("enter");
 }
+
+/// A list file mixing families, single addresses and prefixes: touching prefixes, a wide
+/// one starting at 0.0.0.0, one ending at 255.255.255.255 (and their IPv6 twins).
+const LIST: &str = "192.0.2.7\n10.0.0.1\n198.51.100.0/24\n198.51.101.0/24\n198.51.102.0/23\n0.0.0.0/2\n255.255.255.0/24\n2001:db8::1\n2001:db8:1::/48\n2001:db8:2::/48\n::/3\nffff:ff00::/24\n";
+
+const LIST_POLICIES: [&str; 3] = [
+    "allow:\n  - ssh/tcp\n  - { port: 5432, proto: tcp, from: [10.77.250.0/24, { file: admins.txt }] }\ndeny:\n  - { from: { file: blocked.txt } }\n  - { from: [203.0.113.0/24, 203.0.113.9], port: 80-90, proto: tcp }\n  - { from: [\"2001:db8:9::/48\"], proto: udp }\n  - { from: [203.0.114.1], port: 53, proto: udp }\n",
+    "mode: audit\nlog: { rate: 10/minute, burst: 20, group: 9 }\nallow:\n  - { port: 1000-2000, proto: udp, from: { file: blocked.txt } }\ndeny:\n  - { from: [{ file: admins.txt }, 100.64.0.0/10] }\n",
+    "allow: []\ndeny:\n  - { from: { file: blocked.txt }, proto: sctp }\n",
+];
+
+#[test]
+fn fast_readbacks_equal_the_general_one_for_address_lists() {
+    if !require_root_netns() {
+        return;
+    }
+    let srcs = [
+        portcullis_policy::Source::new("blocked.txt", LIST),
+        portcullis_policy::Source::new("admins.txt", "10.77.1.2\nfd77:0:0:1::2\n10.77.200.0/24\n"),
+    ];
+    let lists = portcullis_policy::AddrLists::parse(&srcs).expect("lists");
+    let ns = NetNs::new().expect("ns");
+    ns.enter(|| {
+        let nft = NftDataplane::default();
+        for (i, yaml) in LIST_POLICIES.iter().enumerate() {
+            let src = portcullis_policy::Source::new("p.yml", *yaml);
+            let p =
+                portcullis_policy::site::load_host_policy_with_lists(&src, &lists).expect("policy");
+            let compiled = compile(&p, &Default::default(), 3).expect("compile");
+            assert!(
+                compiled.sets.values().any(|s| s.key.is_address()),
+                "policy {i}: address sets"
+            );
+            nft.replace(&compiled).expect("apply");
+            let want = general(&nft);
+            assert_eq!(
+                want.as_ref().map(|t| &t.ruleset),
+                Some(&compiled),
+                "policy {i}"
+            );
+            let split = nft.read_table_split();
+            let netlink = nft.read_table_netlink();
+            assert_eq!(split.as_ref().ok(), Some(&want), "policy {i}: {split:?}");
+            assert_eq!(
+                netlink.as_ref().ok(),
+                Some(&want),
+                "policy {i}: {netlink:?}"
+            );
+            assert_eq!(nft.read_table().unwrap(), want, "policy {i}");
+            assert_eq!(
+                want.map(|t| t.ruleset.hash()),
+                Some(compiled.hash()),
+                "policy {i}"
+            );
+        }
+    })
+    .expect("enter");
+}

@@ -316,11 +316,17 @@ fn parse_set(body: &Map<String, Value>) -> Option<Set> {
     if body.keys().any(|k| !KEYS.contains(&k.as_str())) {
         return None;
     }
-    if body.get("flags")? != &Value::Array(vec![Value::String("interval".into())]) {
-        return None;
-    }
+    let interval = match body.get("flags") {
+        None => false,
+        Some(f) if f == &Value::Array(vec![Value::String("interval".into())]) => true,
+        Some(_) => return None,
+    };
     let key = match body.get("type")? {
         Value::String(s) if s == "inet_service" => SetKey::Port,
+        Value::String(s) if s == "ipv4_addr" && interval => SetKey::V4Net,
+        Value::String(s) if s == "ipv4_addr" => SetKey::V4Addr,
+        Value::String(s) if s == "ipv6_addr" && interval => SetKey::V6Net,
+        Value::String(s) if s == "ipv6_addr" => SetKey::V6Addr,
         Value::Array(a) => match a.iter().map(Value::as_str).collect::<Vec<_>>().as_slice() {
             [Some("ipv4_addr"), Some("inet_service")] => SetKey::V4Port,
             [Some("ipv6_addr"), Some("inet_service")] => SetKey::V6Port,
@@ -328,6 +334,9 @@ fn parse_set(body: &Map<String, Value>) -> Option<Set> {
         },
         _ => return None,
     };
+    if key.interval() != interval {
+        return None;
+    }
     let mut elements = Vec::new();
     for e in body
         .get("elem")
@@ -342,6 +351,12 @@ fn parse_set(body: &Map<String, Value>) -> Option<Set> {
 fn parse_element(key: SetKey, e: &Value) -> Option<Vec<Element>> {
     if key == SetKey::Port {
         return Some(vec![Element::Port(rule::port_range(e)?)]);
+    }
+    if key.is_address() {
+        return addr_nets(e)?
+            .into_iter()
+            .map(|net| address_element(key, net))
+            .collect();
     }
     let o = e.as_object().filter(|o| o.len() == 1)?;
     let parts = o.get("concat")?.as_array()?;
@@ -358,6 +373,18 @@ fn parse_element(key: SetKey, e: &Value) -> Option<Vec<Element>> {
         }
     }
     Some(out)
+}
+
+/// One network of an address-list set of `key`: of its family, and a single address in a
+/// hash set (`V4Addr`/`V6Addr`).
+pub(crate) fn address_element(key: SetKey, net: IpNet) -> Option<Element> {
+    match (key, net) {
+        (SetKey::V4Addr, IpNet::V4(n)) if n.prefix_len() == 32 => Some(Element::V4(n)),
+        (SetKey::V6Addr, IpNet::V6(n)) if n.prefix_len() == 128 => Some(Element::V6(n)),
+        (SetKey::V4Net, IpNet::V4(n)) => Some(Element::V4(n)),
+        (SetKey::V6Net, IpNet::V6(n)) => Some(Element::V6(n)),
+        _ => None,
+    }
 }
 
 /// `"10.0.0.1"`, `{"prefix": {"addr", "len"}}` or `{"range": [a, b]}` as networks.

@@ -12,10 +12,13 @@
 //! each field of a concatenation padded to 4 bytes. `inet_service` interval sets hold a
 //! start element per range and an end element (`NFT_SET_ELEM_INTERVAL_END`, key = last
 //! port + 1), except for a range that ends at 65535 (start flagged "interval open" in its
-//! user data); nft also adds an end element at 0 when no range starts at 0. Concatenated
+//! user data); nft also adds an end element at 0 when no range starts at 0. `ipv4_addr` /
+//! `ipv6_addr` interval sets (address-list prefixes) have the same shape at 4 and 16
+//! bytes; their hash sets hold one key per address. Concatenated
 //! interval sets hold one element per range with `KEY` (first) and `KEY_END` (last).
 
 use crate::nflog::wire::{Attrs, align4, be32, ne16, ne32};
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{MsgFlags, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
@@ -440,8 +443,34 @@ fn decode(key: SetKey, raw: Vec<RawElement>) -> Decoded {
             })
             .collect::<Option<Vec<_>>>()
             .map(|v| v.into_iter().flatten().collect()),
-        // Address sets: read the general way (nft) until decoded here.
-        SetKey::V4Addr | SetKey::V4Net | SetKey::V6Addr | SetKey::V6Net => None,
+        SetKey::V4Addr => raw
+            .iter()
+            .map(|e| Some(Element::V4(Ipv4Net::from(v4(single_key(e)?)?))))
+            .collect(),
+        SetKey::V6Addr => raw
+            .iter()
+            .map(|e| Some(Element::V6(Ipv6Net::from(v6(single_key(e)?)?))))
+            .collect(),
+        SetKey::V4Net => intervals(raw, 4).map(|ranges| {
+            ranges
+                .into_iter()
+                .flat_map(|(a, b)| {
+                    // Width 4: both bounds fit in a u32.
+                    let a = Ipv4Addr::from(u32::try_from(a).unwrap_or(u32::MAX));
+                    let b = Ipv4Addr::from(u32::try_from(b).unwrap_or(u32::MAX));
+                    ipnet::Ipv4Subnets::new(a, b, 0).map(Element::V4)
+                })
+                .collect()
+        }),
+        SetKey::V6Net => intervals(raw, 16).map(|ranges| {
+            ranges
+                .into_iter()
+                .flat_map(|(a, b)| {
+                    ipnet::Ipv6Subnets::new(Ipv6Addr::from(a), Ipv6Addr::from(b), 0)
+                        .map(Element::V6)
+                })
+                .collect()
+        }),
     };
     match decoded {
         Some(elements) => Decoded::Elements(elements),
@@ -474,13 +503,55 @@ fn concat_v6(b: &[u8]) -> Option<(Ipv6Addr, u16)> {
     Some((Ipv6Addr::from(addr), port(&b[16..18])?))
 }
 
+/// The key of a hash-set element: a key and nothing else.
+fn single_key(e: &RawElement) -> Option<&[u8]> {
+    (e.key_end.is_none() && !e.interval_end && !e.interval_open).then_some(e.key.as_slice())
+}
+
+fn v4(b: &[u8]) -> Option<Ipv4Addr> {
+    let b: [u8; 4] = b.try_into().ok()?;
+    Some(Ipv4Addr::from(b))
+}
+
+fn v6(b: &[u8]) -> Option<Ipv6Addr> {
+    let b: [u8; 16] = b.try_into().ok()?;
+    Some(Ipv6Addr::from(b))
+}
+
+/// A big-endian key of exactly `width` bytes (at most 16) as a number.
+fn key_number(b: &[u8], width: usize) -> Option<u128> {
+    (b.len() == width && width <= 16)
+        .then(|| b.iter().fold(0u128, |n, byte| (n << 8) | u128::from(*byte)))
+}
+
 /// The ranges of an `inet_service` interval set from its start and end elements.
 fn port_intervals(raw: Vec<RawElement>) -> Option<Vec<Element>> {
+    intervals(raw, 2)?
+        .into_iter()
+        .map(|(a, b)| {
+            let a = u16::try_from(a).ok()?;
+            let b = u16::try_from(b).ok()?;
+            Some(Element::Port(PortRange::new(a, b)?))
+        })
+        .collect()
+}
+
+/// The inclusive ranges of a one-field interval set whose keys are `width` bytes (2 for
+/// `inet_service`, 4 for `ipv4_addr`, 16 for `ipv6_addr`), from its start elements and
+/// end elements (key = last + 1); a range reaching the largest key has no end element,
+/// its start is "interval open". nft's end element at 0 (when no range starts at 0) is
+/// skipped; touching ranges stay apart.
+pub(super) fn intervals(raw: Vec<RawElement>, width: usize) -> Option<Vec<(u128, u128)>> {
+    let max = if width >= 16 {
+        u128::MAX
+    } else {
+        (1u128 << (8 * width)) - 1
+    };
     let mut points = raw
         .into_iter()
         .map(|e| {
             e.key_end.is_none().then_some(())?;
-            Some((port(&e.key)?, e.interval_end, e.interval_open))
+            Some((key_number(&e.key, width)?, e.interval_end, e.interval_open))
         })
         .collect::<Option<Vec<_>>>()?;
     // Ascending; at one key the end (of the range before) comes before the start.
@@ -495,11 +566,11 @@ fn port_intervals(raw: Vec<RawElement>) -> Option<Vec<Element>> {
         match points {
             [] => return Some(out),
             [(start, false, true)] => {
-                out.push(Element::Port(PortRange::new(*start, u16::MAX)?));
+                out.push((*start, max));
                 return Some(out);
             }
             [(start, false, false), (end, true, false), rest @ ..] if end > start => {
-                out.push(Element::Port(PortRange::new(*start, end - 1)?));
+                out.push((*start, end - 1));
                 points = rest;
             }
             _ => return None,
@@ -575,6 +646,84 @@ mod tests {
                 matches!(decode(SetKey::Port, raw), Decoded::Unrecognized(_)),
                 "accepted"
             );
+        }
+    }
+
+    #[test]
+    fn address_sets_as_the_kernel_dumps_them() {
+        let k = |b: &[u8]| RawElement {
+            key: b.to_vec(),
+            ..start(0)
+        };
+        let hash = vec![k(&[10, 0, 0, 1]), k(&[192, 0, 2, 7])];
+        assert_eq!(
+            ports(decode(SetKey::V4Addr, hash)),
+            ["10.0.0.1", "192.0.2.7"]
+        );
+        let mut six = [0u8; 16];
+        six[..2].copy_from_slice(&[0x20, 0x01]);
+        six[15] = 1;
+        assert_eq!(ports(decode(SetKey::V6Addr, vec![k(&six)])), ["2001::1"]);
+        let flagged = RawElement {
+            interval_end: true,
+            ..k(&[10, 0, 0, 1])
+        };
+        for (key, raw) in [
+            (SetKey::V4Addr, vec![flagged]),
+            (SetKey::V4Addr, vec![k(&six)]),
+            (SetKey::V6Addr, vec![k(&[10, 0, 0, 1])]),
+        ] {
+            assert!(matches!(decode(key, raw), Decoded::Unrecognized(_)));
+        }
+        // 0.0.0.0/2 (no end at 0 then), touching /24s, 255.255.255.0/24 (open).
+        let end = |b: &[u8]| RawElement {
+            interval_end: true,
+            ..k(b)
+        };
+        let open = RawElement {
+            interval_open: true,
+            ..k(&[255, 255, 255, 0])
+        };
+        let raw = vec![
+            open,
+            end(&[198, 51, 102, 0]),
+            k(&[198, 51, 101, 0]),
+            end(&[198, 51, 101, 0]),
+            k(&[198, 51, 100, 0]),
+            end(&[64, 0, 0, 0]),
+            k(&[0, 0, 0, 0]),
+        ];
+        assert_eq!(
+            ports(decode(SetKey::V4Net, raw)),
+            [
+                "0.0.0.0/2",
+                "198.51.100.0/24",
+                "198.51.101.0/24",
+                "255.255.255.0/24"
+            ]
+        );
+        // nft's end at 0; a range that is no prefix is its prefixes.
+        let raw = vec![end(&[0; 4]), k(&[10, 0, 0, 1]), end(&[10, 0, 0, 4])];
+        assert_eq!(
+            ports(decode(SetKey::V4Net, raw)),
+            ["10.0.0.1", "10.0.0.2/31"]
+        );
+        let mut top = [0xffu8; 16];
+        top[2..].fill(0);
+        let v6 = vec![RawElement {
+            interval_open: true,
+            ..k(&top)
+        }];
+        assert_eq!(ports(decode(SetKey::V6Net, v6)), ["ffff::/16"]);
+        for raw in [
+            vec![k(&[10, 0, 0, 0])],
+            vec![k(&[10, 0, 0, 0]), end(&[10, 0, 0])],
+            vec![k(&six), end(&[10, 0, 0, 9])],
+        ] {
+            assert!(matches!(
+                decode(SetKey::V4Net, raw),
+                Decoded::Unrecognized(_)
+            ));
         }
     }
 

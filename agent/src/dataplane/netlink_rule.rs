@@ -302,6 +302,9 @@ fn recognize_l4<'a>(
     anonymous: &BTreeMap<String, bool>,
 ) -> Option<(Rule, (u64, u64))> {
     let named = |lk: &Expr<'a>| named_lookup(lk, anonymous);
+    if let Some(found) = source::source_set(e, anonymous) {
+        return Some(found);
+    }
     if let Some(found) = saddr_set_match(e, named) {
         return Some(found);
     }
@@ -485,6 +488,9 @@ fn log_stmt(e: &Expr<'_>) -> Option<(String, u16)> {
     (g.len() == 2).then_some(())?;
     Some((cstr(p)?.to_owned(), be16(g, 0)?))
 }
+
+#[path = "netlink_source.rs"]
+mod source;
 
 #[cfg(test)]
 mod tests {

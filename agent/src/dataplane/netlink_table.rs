@@ -171,7 +171,8 @@ const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_CONCAT: u32 = 0x80;
-/// nft's set user data for `type inet_service; flags interval` (key byte order: big endian).
+/// nft's set user data for `type inet_service; flags interval`, and for `type ipv4_addr` /
+/// `ipv6_addr` with or without `flags interval` (key byte order: big endian).
 const UDATA_PORT: &[u8] = &[0, 4, 2, 0, 0, 0];
 /// ... for `type ipv4_addr . inet_service` / `ipv6_addr . inet_service`, `flags interval`.
 const UDATA_CONCAT: &[u8] = &[0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0];
@@ -217,7 +218,7 @@ fn set_shape(a: &[u8]) -> Result<SetShape, String> {
     }
     let name = name.ok_or("set without a name")?.to_owned();
     let shape = match (flags, key_type, key_len, udata) {
-        (Some(f), ..) if sized && f & NFT_SET_ANONYMOUS == 0 => {
+        (f, ..) if sized && f.unwrap_or(0) & NFT_SET_ANONYMOUS == 0 => {
             return Err(format!("set {name} has a size"));
         }
         (Some(NFT_SET_INTERVAL), Some(13), Some(2), Some(UDATA_PORT)) => {
@@ -232,6 +233,16 @@ fn set_shape(a: &[u8]) -> Result<SetShape, String> {
             if f == NFT_SET_INTERVAL | NFT_SET_CONCAT =>
         {
             SetShape::Ours(name, SetKey::V6Port)
+        }
+        // Address lists: hash sets of addresses (no flags attribute at all) and interval
+        // sets of prefixes; key types ipv4_addr (7) and ipv6_addr (8).
+        (None, Some(7), Some(4), Some(UDATA_PORT)) => SetShape::Ours(name, SetKey::V4Addr),
+        (None, Some(8), Some(16), Some(UDATA_PORT)) => SetShape::Ours(name, SetKey::V6Addr),
+        (Some(NFT_SET_INTERVAL), Some(7), Some(4), Some(UDATA_PORT)) => {
+            SetShape::Ours(name, SetKey::V4Net)
+        }
+        (Some(NFT_SET_INTERVAL), Some(8), Some(16), Some(UDATA_PORT)) => {
+            SetShape::Ours(name, SetKey::V6Net)
         }
         (Some(f), Some(12), Some(1), Some(UDATA_L4PROTO))
             if f == NFT_SET_ANONYMOUS | NFT_SET_CONSTANT =>

@@ -5,7 +5,7 @@
 //! statement is not ours and becomes `Rule::Unknown`, so a foreign edit is never hidden.
 
 use crate::model::{LogLimit, PortRange, Proto, RateUnit};
-use crate::ruleset::{IfMatch, L3, Rule, Verdict};
+use crate::ruleset::{IfMatch, L3, LogSpec, Rule, Verdict};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
@@ -34,6 +34,9 @@ pub(super) fn parse_rule(expr: &[Value], comment: Option<&Value>) -> (Rule, Opti
 }
 
 fn recognize(expr: &[Value]) -> Option<Rule> {
+    if let Some(rule) = source_set(expr) {
+        return Some(rule);
+    }
     match expr {
         [m, c, v] if is_counter(c) => {
             if let Some(target) = jump_target(v) {
@@ -82,6 +85,64 @@ fn recognize(expr: &[Value]) -> Option<Rule> {
                 verdict: verdict(v)?,
             })
         }
+        _ => None,
+    }
+}
+
+/// `ip saddr @set [meta l4proto P | P dport R] [limit ...] counter [log ...] <verdict>`
+/// (an address-list rule).
+fn source_set(expr: &[Value]) -> Option<Rule> {
+    let (first, rest) = expr.split_first()?;
+    let (op, left, right) = match_expr(first)?;
+    (op == "==").then_some(())?;
+    let set = right.as_str()?.strip_prefix('@')?;
+    let l3 = match payload(left)? {
+        ("ip", "saddr") => L3::Ip,
+        ("ip6", "saddr") => L3::Ip6,
+        _ => return None,
+    };
+    let (proto_match, ports, rest) = match rest {
+        [m, more @ ..] if match_expr(m).is_some() => {
+            let (op, left, right) = match_expr(m)?;
+            (op == "==").then_some(())?;
+            if meta(left) == Some("l4proto") {
+                (Some(l4proto_one(right)?), None, more)
+            } else {
+                let (p, field) = payload(left)?;
+                (field == "dport").then_some(())?;
+                (Some(proto(p)?), Some(port_range(right)?), more)
+            }
+        }
+        _ => (None, None, rest),
+    };
+    let log = match rest {
+        [c, _] if is_counter(c) => None,
+        [lim, c, log, _] if is_counter(c) => {
+            let (prefix, group) = log_stmt(log)?;
+            Some(LogSpec {
+                limit: limit(lim)?,
+                group,
+                prefix,
+            })
+        }
+        _ => return None,
+    };
+    Some(Rule::SourceSet {
+        l3,
+        set: set.to_string(),
+        proto: proto_match,
+        ports,
+        log,
+        verdict: verdict(rest.last()?)?,
+    })
+}
+
+/// `meta l4proto <one protocol>`'s right side: by name or (where `/etc/protocols` lacks
+/// it) by number.
+fn l4proto_one(v: &Value) -> Option<Proto> {
+    match v {
+        Value::String(s) => Proto::from_name(s),
+        Value::Number(n) => Proto::from_number(u8::try_from(n.as_u64()?).ok()?),
         _ => None,
     }
 }

@@ -7,6 +7,8 @@ fn fixture(name: &str) -> &'static str {
         "empty-table" => include_str!("../../tests/fixtures/readback/empty-table.json"),
         "foreign" => include_str!("../../tests/fixtures/readback/drift-foreign.json"),
         "from" => include_str!("../../tests/fixtures/readback/from.json"),
+        // Real `nft -j list table` (1.0.6) of address-list sets and rules of every shape.
+        "lists" => include_str!("../../tests/fixtures/readback/lists.json"),
         _ => unreachable!(),
     }
 }
@@ -108,10 +110,13 @@ fn foreign_objects_and_edits_are_kept() {
     let (rs, counters) = parse_readback(fixture("foreign")).unwrap();
     assert_eq!(
         rs.unknown.keys().collect::<Vec<_>>(),
-        ["counter c1", "map m", "set foo"]
+        ["counter c1", "map m"]
     );
     assert!(!rs.unknown["counter c1"].contains("packets"));
-    assert!(!rs.unknown["set foo"].contains("handle"));
+    // A hand-made `type ipv4_addr` set has the shape of an address-list set now: it reads
+    // as one (and differs from what compile wants by being there).
+    assert_eq!(rs.sets["foo"].key, crate::ruleset::SetKey::V4Addr);
+    assert_eq!(rs.sets["foo"].elements.len(), 1);
     let guard = texts(&rs, "guard");
     assert!(
         guard[2].starts_with("# unrecognized: [{\"match\""),
@@ -194,10 +199,19 @@ fn typed_and_value_paths_agree() {
     let v4 = r#""family":"inet","name":"c","table":"portcullis","type":["ipv4_addr","inet_service"],"handle":3"#;
     let v6 =
         r#""family":"inet","name":"c6","table":"portcullis","type":["ipv6_addr","inet_service"]"#;
-    let mut docs: Vec<String> = ["seed", "counters", "empty-table", "foreign", "from"]
-        .iter()
-        .map(|f| fixture(f).to_owned())
-        .collect();
+    let a4 = r#""family":"inet","name":"a4","table":"portcullis","type":"ipv4_addr""#;
+    let a6 = r#""family":"inet","name":"a6","table":"portcullis","type":"ipv6_addr""#;
+    let mut docs: Vec<String> = [
+        "seed",
+        "counters",
+        "empty-table",
+        "foreign",
+        "from",
+        "lists",
+    ]
+    .iter()
+    .map(|f| fixture(f).to_owned())
+    .collect();
     for body in [
         format!(r#"{{{ports},"flags":["interval"],"elem":[22,{{"range":[80,90]}},65535]}}"#),
         format!(r#"{{{ports},"flags":["interval"]}}"#),
@@ -233,6 +247,18 @@ fn typed_and_value_paths_agree() {
         format!(r#"{{{v4},"flags":["interval"],"elem":[{{"concat":["not-an-ip",22]}}]}}"#),
         format!(r#"{{{v6},"flags":["interval"],"elem":[{{"concat":[{{"prefix":{{"addr":"fd77::","len":64}}}},22]}},{{"concat":["10.0.0.1",22]}}]}}"#),
         format!(r#"{{{v6},"flags":["interval"],"elem":[{{"concat":[{{"range":["fd77::1","fd77::9"]}},{{"range":[5,6]}}]}}]}}"#),
+        // Address-list sets: hash (no flags) and interval, every spelling, wrong ones.
+        format!(r#"{{{a4},"elem":["10.0.0.1","10.0.0.2"]}}"#),
+        format!(r#"{{{a4},"elem":[{{"prefix":{{"addr":"10.0.0.0","len":8}}}}]}}"#),
+        format!(r#"{{{a4},"elem":["fd77::1"]}}"#),
+        format!(r#"{{{a4},"flags":["interval"],"elem":["10.0.0.1",{{"prefix":{{"addr":"10.0.0.0","len":8}}}},{{"range":["11.0.0.1","11.0.0.6"]}}]}}"#),
+        format!(r#"{{{a4},"flags":["interval"],"elem":[{{"range":["11.0.0.1",6]}}]}}"#),
+        format!(r#"{{{a4},"flags":["interval"],"elem":[22]}}"#),
+        format!(r#"{{{a4},"flags":["interval","timeout"],"elem":["10.0.0.1"]}}"#),
+        format!(r#"{{{a6},"elem":["fd77::1"]}}"#),
+        format!(r#"{{{a6},"elem":["10.0.0.1"]}}"#),
+        format!(r#"{{{a6},"flags":["interval"],"elem":[{{"prefix":{{"addr":"fd77::","len":16}}}},{{"range":["fd78::","fd78::5"]}}]}}"#),
+        format!(r#"{{{ports},"elem":[22]}}"#),
     ] {
         docs.push(set(&body));
     }
@@ -253,7 +279,7 @@ fn typed_and_value_paths_agree() {
         }
     }
     // The typed path did take our shapes: every set of the kernel's own listings.
-    for f in ["seed", "from"] {
+    for f in ["seed", "from", "lists"] {
         let items = typed::split(fixture(f)).unwrap();
         let sets: Vec<_> = items.iter().filter(|(k, _)| k == "set").collect();
         assert!(!sets.is_empty());
@@ -267,4 +293,147 @@ fn typed_and_value_paths_agree() {
     let items = typed::split(&taken).unwrap();
     assert!(typed::set(items[2].1.get()).is_some());
     assert!(typed::set(r#"{"family":"inet"}"#).is_none());
+}
+
+#[test]
+fn address_list_sets_and_rules_as_nft_lists_them() {
+    use crate::model::{LogLimit, PortRange, Proto, RateUnit};
+    use crate::ruleset::{Element, L3, LogSpec, SetKey};
+    let (rs, counters) = parse_readback(fixture("lists")).unwrap();
+    assert!(rs.unknown.is_empty(), "{:?}", rs.unknown);
+    let set = |n: &str| &rs.sets[&format!("deny_aaaaaaaaaa_{n}")];
+    let texts =
+        |n: &str| -> Vec<String> { set(n).elements.iter().map(ToString::to_string).collect() };
+    assert_eq!(set("v4a").key, SetKey::V4Addr);
+    assert_eq!(texts("v4a"), ["1.2.3.4", "10.0.0.1", "192.0.2.7"]);
+    assert_eq!(set("v4n").key, SetKey::V4Net);
+    assert_eq!(
+        texts("v4n"),
+        [
+            "0.0.0.0/1",
+            "198.51.100.0/24",
+            "198.51.101.0/24",
+            "255.255.255.0/24"
+        ],
+        "touching prefixes stay apart"
+    );
+    assert_eq!(set("v6a").key, SetKey::V6Addr);
+    assert_eq!(set("v6n").key, SetKey::V6Net);
+    // A range that is not a prefix (written by hand) is its covering prefixes.
+    assert_eq!(
+        texts("v6n"),
+        [
+            "2001:db8:1::/48",
+            "2001:db8:2::/48",
+            "2001:db8:4::/126",
+            "2001:db8:4::4/127",
+            "ffff::/16"
+        ]
+    );
+    assert!(matches!(set("v4n").elements.first(), Some(Element::V4(_))));
+    let rules = &rs.chains["guard"].rules;
+    let log = LogSpec {
+        limit: LogLimit {
+            rate: 50,
+            per: RateUnit::Second,
+            burst: 100,
+        },
+        group: 7,
+        prefix: "pc r1 deny ".into(),
+    };
+    let v4a = "deny_aaaaaaaaaa_v4a".to_string();
+    let v6n = "deny_aaaaaaaaaa_v6n".to_string();
+    assert_eq!(
+        rules,
+        &[
+            Rule::SourceSet {
+                l3: L3::Ip,
+                set: v4a.clone(),
+                proto: None,
+                ports: None,
+                log: Some(log),
+                verdict: Verdict::Drop
+            },
+            Rule::SourceSet {
+                l3: L3::Ip,
+                set: v4a,
+                proto: None,
+                ports: None,
+                log: None,
+                verdict: Verdict::Drop
+            },
+            Rule::SourceSet {
+                l3: L3::Ip6,
+                set: v6n.clone(),
+                proto: Some(Proto::Tcp),
+                ports: PortRange::new(80, 90),
+                log: None,
+                verdict: Verdict::Drop
+            },
+            Rule::SourceSet {
+                l3: L3::Ip6,
+                set: v6n,
+                proto: Some(Proto::Tcp),
+                ports: Some(PortRange::single(22)),
+                log: None,
+                verdict: Verdict::Drop
+            },
+            Rule::SourceSet {
+                l3: L3::Ip,
+                set: "deny_aaaaaaaaaa_v4n".into(),
+                proto: Some(Proto::Udp),
+                ports: None,
+                log: None,
+                verdict: Verdict::Accept
+            },
+        ]
+    );
+    assert_eq!(counters.len(), 5);
+    // Each rule prints back as the nft text it was read from.
+    assert_eq!(
+        rules[0].to_string(),
+        "ip saddr @deny_aaaaaaaaaa_v4a limit rate 50/second burst 100 packets counter log prefix \"pc r1 deny \" group 7 drop"
+    );
+    assert_eq!(
+        rules[4].to_string(),
+        "ip saddr @deny_aaaaaaaaaa_v4n meta l4proto udp counter accept"
+    );
+}
+
+#[test]
+fn address_list_rules_of_other_shapes_are_unknown() {
+    let doc = |expr: &str| {
+        format!(
+            r#"{{"nftables":[{{"table":{{"family":"inet","name":"portcullis"}}}},{{"chain":{{"family":"inet","table":"portcullis","name":"g"}}}},{{"rule":{{"family":"inet","table":"portcullis","chain":"g","expr":{expr}}}}}]}}"#
+        )
+    };
+    let saddr = r#"{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@s"}}"#;
+    let c = r#"{"counter":{"packets":0,"bytes":0}}"#;
+    for expr in [
+        format!(r#"[{saddr},{{"drop":null}}]"#),
+        format!(r#"[{},{c},{{"drop":null}}]"#, saddr.replace("==", "!=")),
+        format!(
+            r#"[{},{c},{{"drop":null}}]"#,
+            saddr.replace("saddr", "daddr")
+        ),
+        format!(
+            r#"[{saddr},{{"match":{{"op":"==","left":{{"meta":{{"key":"l4proto"}}}},"right":"icmp"}}}},{c},{{"drop":null}}]"#
+        ),
+        format!(
+            r#"[{saddr},{{"match":{{"op":"==","left":{{"payload":{{"protocol":"tcp","field":"sport"}}}},"right":22}}}},{c},{{"drop":null}}]"#
+        ),
+        format!(r#"[{saddr},{c},{{"log":{{"prefix":"x","group":1}}}},{{"drop":null}}]"#),
+        format!(r#"[{saddr},{c},{{"jump":{{"target":"x"}}}}]"#),
+    ] {
+        let (rs, _) = parse_readback(&doc(&expr)).unwrap();
+        assert!(
+            matches!(rs.chains["g"].rules[0], Rule::Unknown { .. }),
+            "{expr}"
+        );
+    }
+    let (rs, _) = parse_readback(&doc(&format!(r#"[{saddr},{c},{{"drop":null}}]"#))).unwrap();
+    assert_eq!(
+        rs.chains["g"].rules[0].to_string(),
+        "ip saddr @s counter drop"
+    );
 }

@@ -97,7 +97,8 @@ pub(super) struct TypedSet {
 }
 
 /// `body` as one of our set shapes (exactly the keys `family`, `name`, `table`, `type`,
-/// optional `handle`, `flags: ["interval"]`, optional `elem`), or `None`.
+/// optional `handle`, `flags: ["interval"]` (absent for the address hash sets), optional
+/// `elem`), or `None`.
 pub(super) fn set(body: &str) -> Option<TypedSet> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -113,13 +114,20 @@ pub(super) fn set(body: &str) -> Option<TypedSet> {
         #[serde(default)]
         #[allow(dead_code)]
         handle: Option<IgnoredAny>,
-        #[allow(dead_code)]
-        flags: [Interval; 1],
+        #[serde(default)]
+        flags: Option<[Interval; 1]>,
         #[serde(default)]
         elem: Vec<Elem>,
     }
     let b: Body<'_> = serde_json::from_str(body).ok()?;
-    let key = b.key.0;
+    // `Key` reads `ipv4_addr`/`ipv6_addr` as the hash sets; with `flags interval` they are
+    // the prefix sets.
+    let key = match (b.key.0, b.flags.is_some()) {
+        (SetKey::V4Addr, true) => SetKey::V4Net,
+        (SetKey::V6Addr, true) => SetKey::V6Net,
+        (k, interval) if k.interval() == interval => k,
+        _ => return None,
+    };
     let mut elements = Vec::with_capacity(b.elem.len());
     for e in b.elem {
         match (key, e) {
@@ -131,6 +139,11 @@ pub(super) fn set(body: &str) -> Option<TypedSet> {
                         (SetKey::V6Port, IpNet::V6(n)) => Element::V6Port(n, p),
                         _ => return None,
                     });
+                }
+            }
+            (SetKey::V4Addr | SetKey::V4Net | SetKey::V6Addr | SetKey::V6Net, Elem::Nets(nets)) => {
+                for net in nets {
+                    elements.push(crate::readback::address_element(key, net)?);
                 }
             }
             _ => return None,
@@ -158,6 +171,8 @@ impl<'de> Deserialize<'de> for Key {
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
                 match s {
                     "inet_service" => Ok(Key(SetKey::Port)),
+                    "ipv4_addr" => Ok(Key(SetKey::V4Addr)),
+                    "ipv6_addr" => Ok(Key(SetKey::V6Addr)),
                     _ => Err(E::custom("another set type")),
                 }
             }
@@ -194,10 +209,12 @@ fn too_short<E: de::Error>() -> E {
     E::custom("too short")
 }
 
-/// One element: a port spelling, or `{"concat": [address, port]}`.
+/// One element: a port spelling, `{"concat": [address, port]}`, or an address spelling
+/// (address, prefix, address range) as networks.
 enum Elem {
     Ports(PortRange),
     Concat(Vec<IpNet>, PortRange),
+    Nets(Vec<IpNet>),
 }
 
 impl<'de> Deserialize<'de> for Elem {
@@ -211,12 +228,20 @@ impl<'de> Deserialize<'de> for Elem {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Elem, E> {
                 Ok(Elem::Ports(PortRange::single(port(v)?)))
             }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Elem, E> {
+                Ok(Elem::Nets(vec![IpNet::from(ip(s)?)]))
+            }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Elem, A::Error> {
                 let CowStr(key) = map.next_key()?.ok_or_else(too_short)?;
                 let elem = match key.as_ref() {
-                    "range" => {
-                        let [a, b]: [u64; 2] = map.next_value()?;
-                        Elem::Ports(range(a, b)?)
+                    "range" => match map.next_value::<[Bound; 2]>()? {
+                        [Bound::Port(a), Bound::Port(b)] => Elem::Ports(range(a, b)?),
+                        [Bound::Addr(a), Bound::Addr(b)] => Elem::Nets(addr_range(a, b)?),
+                        _ => return Err(de::Error::custom("mixed range")),
+                    },
+                    "prefix" => {
+                        let p: Prefix<'de> = map.next_value()?;
+                        Elem::Nets(vec![prefix(&p)?])
                     }
                     "concat" => {
                         let Concat(nets, ports) = map.next_value()?;
@@ -232,6 +257,51 @@ impl<'de> Deserialize<'de> for Elem {
         }
         d.deserialize_any(V)
     }
+}
+
+/// One bound of a `range`: a port or an address.
+enum Bound {
+    Port(u64),
+    Addr(IpAddr),
+}
+
+impl<'de> Deserialize<'de> for Bound {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Bound;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port or an address")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bound, E> {
+                Ok(Bound::Port(v))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Bound, E> {
+                Ok(Bound::Addr(ip(s)?))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The address range `a`-`b` as the prefixes covering exactly it.
+fn addr_range<E: de::Error>(a: IpAddr, b: IpAddr) -> Result<Vec<IpNet>, E> {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => Ok(ipnet::Ipv4Subnets::new(a, b, 0)
+            .map(|n: Ipv4Net| IpNet::V4(n))
+            .collect()),
+        (IpAddr::V6(a), IpAddr::V6(b)) => Ok(ipnet::Ipv6Subnets::new(a, b, 0)
+            .map(|n: Ipv6Net| IpNet::V6(n))
+            .collect()),
+        _ => Err(de::Error::custom("mixed address range")),
+    }
+}
+
+/// `{"addr": A, "len": N}` as its network.
+fn prefix<E: de::Error>(p: &Prefix<'_>) -> Result<IpNet, E> {
+    let len = u8::try_from(p.len).map_err(|_| E::custom("length"))?;
+    let net = IpNet::new(ip(&p.addr.0)?, len).map_err(|_| E::custom("prefix length"))?;
+    Ok(net.trunc())
 }
 
 fn port<E: de::Error>(v: u64) -> Result<u16, E> {
@@ -258,6 +328,7 @@ impl<'de> Deserialize<'de> for Concat {
                 let ports = match seq.next_element()?.ok_or_else(too_short)? {
                     Elem::Ports(p) => p,
                     Elem::Concat(..) => return Err(de::Error::custom("nested concatenation")),
+                    Elem::Nets(_) => return Err(de::Error::custom("an address as the port")),
                 };
                 if seq.next_element::<IgnoredAny>()?.is_some() {
                     return Err(de::Error::custom("longer concatenation"));
@@ -288,22 +359,11 @@ impl<'de> Deserialize<'de> for Addr {
                 let nets = match key.as_ref() {
                     "prefix" => {
                         let p: Prefix<'de> = map.next_value()?;
-                        let len = u8::try_from(p.len).map_err(|_| de::Error::custom("length"))?;
-                        let net = IpNet::new(ip(&p.addr.0)?, len)
-                            .map_err(|_| de::Error::custom("prefix length"))?;
-                        vec![net.trunc()]
+                        vec![prefix(&p)?]
                     }
                     "range" => {
                         let [CowStr(a), CowStr(b)]: [CowStr<'de>; 2] = map.next_value()?;
-                        match (ip(&a)?, ip(&b)?) {
-                            (IpAddr::V4(a), IpAddr::V4(b)) => ipnet::Ipv4Subnets::new(a, b, 0)
-                                .map(|n: Ipv4Net| IpNet::V4(n))
-                                .collect(),
-                            (IpAddr::V6(a), IpAddr::V6(b)) => ipnet::Ipv6Subnets::new(a, b, 0)
-                                .map(|n: Ipv6Net| IpNet::V6(n))
-                                .collect(),
-                            _ => return Err(de::Error::custom("mixed address range")),
-                        }
+                        addr_range(ip(&a)?, ip(&b)?)?
                     }
                     _ => return Err(de::Error::custom("another address spelling")),
                 };
