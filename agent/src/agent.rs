@@ -51,6 +51,16 @@ pub enum AgentError {
     Join(String),
 }
 
+/// File in the state directory: `<boot id> <generation>` verified last.
+const GENERATION_FILE: &str = "verified-generation";
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
 /// Whether `rs`'s jump rule selects the interface `policy` selects with `facts` (the one
 /// input of the rules that comes from the host, not the policy).
 fn same_interface(rs: &Ruleset, policy: &HostPolicy, facts: &Facts) -> bool {
@@ -249,7 +259,6 @@ impl Agent {
                 None,
             ),
         };
-        self.note_generation();
         let mismatch = diff(&desired, &actual);
         if !mismatch.is_empty() {
             // `prepared` is dropped: the record stays what it was.
@@ -280,6 +289,8 @@ impl Agent {
             }
             None => {}
         }
+        // Verified and recorded: list deltas may start from here.
+        self.note_generation();
         self.log_group.send_if_modified(|g| {
             let changed = *g != Some(policy.log_group);
             *g = Some(policy.log_group);
@@ -307,22 +318,49 @@ impl Agent {
         Ok(report)
     }
 
-    /// Whether the kernel's ruleset generation is still the one we last verified.
+    /// Whether the kernel's ruleset generation is still the one we last verified (in
+    /// this process, or recorded by an earlier one in this boot).
     fn kernel_as_verified(&self) -> bool {
-        let known = *self
+        let mut known = *self
             .verified_generation
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        if known.is_none() {
+            known = self.recorded_generation();
+        }
         known.is_some() && matches!(self.dataplane.generation(), Ok(g) if g == known)
     }
 
     /// Remember the generation the kernel is at now, after a verification.
     fn note_generation(&self) {
-        let g = self.dataplane.generation().ok().flatten();
+        self.set_generation(self.dataplane.generation().ok().flatten());
+    }
+
+    /// Keep `g` as the verified generation, in memory and in the state directory (with
+    /// the boot id: generations restart at boot), so a later `apply` process can take a
+    /// list delta too. `None` forgets it.
+    fn set_generation(&self, g: Option<u32>) {
         *self
             .verified_generation
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = g;
+        let path = self.state.path().join(GENERATION_FILE);
+        let result = match (g, boot_id()) {
+            (Some(g), Some(boot)) => {
+                crate::durable::write_atomic(&path, format!("{boot} {g}\n").as_bytes(), 0o600)
+            }
+            _ => crate::durable::remove(&path),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot record the verified ruleset generation");
+        }
+    }
+
+    /// The generation an earlier process of this boot recorded.
+    fn recorded_generation(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.state.path().join(GENERATION_FILE)).ok()?;
+        let (boot, g) = text.trim().split_once(' ')?;
+        (Some(boot) == boot_id().as_deref()).then(|| g.parse().ok())?
     }
 
     /// A list delta: `changes` in one transaction, the changed elements checked in the
@@ -372,10 +410,6 @@ impl Agent {
             forget();
             return Err(AgentError::Mismatch { diff: wrong });
         }
-        *self
-            .verified_generation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = generation;
         let ruleset = delta::patched(&current.ruleset, changes);
         let hash = ruleset.hash();
         let report = AppliedReport {
@@ -390,6 +424,7 @@ impl Agent {
         };
         let lkg = LastKnownGood::with_hash(policy.clone(), revision, ruleset, hash);
         self.state.store_shared(Arc::new(lkg))?;
+        self.set_generation(generation);
         if revision != 0
             && let Err(e) = crate::restore::clear_fail_closed(&self.state)
         {

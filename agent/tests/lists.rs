@@ -63,3 +63,72 @@ fn a_listed_source_is_accepted_and_its_neighbour_is_not_before_and_after_a_chang
     lab.apply_policy(POLICY, &[]);
     verdicts("changed list", false);
 }
+
+const DENY_POLICY: &str = "allow:\n  - smtp/tcp\ndeny:\n  - { from: { file: blocked.txt } }\n  - { from: [10.77.1.4, \"fd77:0:0:1::4\"], port: 25, proto: tcp }\n";
+
+fn peer_addr(last: u8, v6: bool) -> IpAddr {
+    if v6 {
+        format!("fd77:0:0:1::{last}")
+    } else {
+        format!("10.77.1.{last}")
+    }
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn a_blocklist_drops_its_sources_on_every_port_before_and_after_a_list_delta() {
+    if !require_root_netns() {
+        return;
+    }
+    let lab = Lab::pair();
+    for last in [3, 4] {
+        for v6 in [false, true] {
+            let a = peer_addr(last, v6);
+            let len = if v6 { 64 } else { 24 };
+            lab.topo.add_addr("peer", "eth0", &format!("{a}/{len}")).unwrap();
+        }
+    }
+    lab.file("blocked.txt", "# scanners\n10.77.1.3\nfd77:0:0:1::3\n198.51.100.0/24\n2001:db8::/32\n");
+    lab.apply_policy(DENY_POLICY, &[]);
+    let peer = lab.topo.ns("peer");
+    // (source, port 25 accepted?, port 2000 accepted?) for each source.
+    let verdicts = |ctx: &str, blocked: u8| {
+        for v6 in [false, true] {
+            let host = lab.addr(0, "host", v6);
+            let _smtp = lab.tcp_server("host", host, 25);
+            let _high = lab.tcp_server("host", host, 2000);
+            let tcp = |src: IpAddr, port: u16, ok: bool| {
+                let wait = if ok { ACCEPT_WAIT } else { DROP_WAIT };
+                let got =
+                    probe::tcp_connect_from(peer, Some(src), SocketAddr::new(host, port), wait)
+                        .unwrap();
+                let want = if ok {
+                    TcpOutcome::Accepted
+                } else {
+                    TcpOutcome::TimedOut
+                };
+                assert_eq!(got, want, "{ctx}: {src} -> {port}");
+            };
+            let free = if blocked == 3 { 2 } else { 3 };
+            // The blocklisted source: nothing, not even the open port or a reply port.
+            tcp(peer_addr(blocked, v6), 25, false);
+            tcp(peer_addr(blocked, v6), 2000, false);
+            // Its neighbour: everything the policy allows.
+            tcp(peer_addr(free, v6), 25, true);
+            tcp(peer_addr(free, v6), 2000, true);
+            // The port-limited deny: only port 25.
+            tcp(peer_addr(4, v6), 25, false);
+            tcp(peer_addr(4, v6), 2000, true);
+        }
+    };
+    verdicts("first list", 3);
+    // Only the list changes: an element delta, no table rewrite.
+    lab.file("blocked.txt", "10.77.1.2\nfd77:0:0:1::2\n198.51.100.0/24\n2001:db8::/32\n");
+    let out = lab.apply_policy(DENY_POLICY, &[]);
+    assert!(out.contains("list delta"), "{out}");
+    verdicts("after the delta", 2);
+    // The kernel reads back as the policy compiles (no drift after the delta).
+    let verify = lab.agent_ok(&["verify"]);
+    assert!(verify.contains("in sync"), "{verify}");
+}
