@@ -86,10 +86,15 @@ fn a_blocklist_drops_its_sources_on_every_port_before_and_after_a_list_delta() {
         for v6 in [false, true] {
             let a = peer_addr(last, v6);
             let len = if v6 { 64 } else { 24 };
-            lab.topo.add_addr("peer", "eth0", &format!("{a}/{len}")).unwrap();
+            lab.topo
+                .add_addr("peer", "eth0", &format!("{a}/{len}"))
+                .unwrap();
         }
     }
-    lab.file("blocked.txt", "# scanners\n10.77.1.3\nfd77:0:0:1::3\n198.51.100.0/24\n2001:db8::/32\n");
+    lab.file(
+        "blocked.txt",
+        "# scanners\n10.77.1.3\nfd77:0:0:1::3\n198.51.100.0/24\n2001:db8::/32\n",
+    );
     lab.apply_policy(DENY_POLICY, &[]);
     let peer = lab.topo.ns("peer");
     // (source, port 25 accepted?, port 2000 accepted?) for each source.
@@ -124,7 +129,10 @@ fn a_blocklist_drops_its_sources_on_every_port_before_and_after_a_list_delta() {
     };
     verdicts("first list", 3);
     // Only the list changes: an element delta, no table rewrite.
-    lab.file("blocked.txt", "10.77.1.2\nfd77:0:0:1::2\n198.51.100.0/24\n2001:db8::/32\n");
+    lab.file(
+        "blocked.txt",
+        "10.77.1.2\nfd77:0:0:1::2\n198.51.100.0/24\n2001:db8::/32\n",
+    );
     let out = lab.apply_policy(DENY_POLICY, &[]);
     assert!(out.contains("list delta"), "{out}");
     verdicts("after the delta", 2);

@@ -220,3 +220,84 @@ fn restricted_high_ports_and_other_transports() {
     assert_eq!(parse_keep("5000/sctp").unwrap()[0].proto, Proto::Sctp);
     assert!(check(&r, &parse_keep("sctp/5000").unwrap(), &ifs()).is_empty());
 }
+
+fn listed(deny: bool, nets: impl IntoIterator<Item = ipnet::IpNet>) -> Ruleset {
+    use std::sync::Arc;
+    let list = crate::addrlist::AddrList::from_nets(nets);
+    let mut p = HostPolicy {
+        allow: vec![allow(Proto::Tcp, 22, 22, &[])],
+        ..HostPolicy::default()
+    };
+    if deny {
+        p.deny.push(crate::model::DenyEntry {
+            proto: None,
+            ports: None,
+            from: vec![],
+            lists: vec!["l".into()],
+            label: "deny".into(),
+        });
+    } else {
+        p.allow = vec![AllowEntry {
+            lists: vec!["l".into()],
+            ..allow(Proto::Tcp, 443, 443, &[])
+        }];
+        p.allow.push(allow(Proto::Tcp, 22, 22, &[]));
+    }
+    p.lists.insert("l".into(), Arc::new(list));
+    compile(&p, &Facts::default(), 1).expect("compile")
+}
+
+#[test]
+fn a_blocklist_covering_management_or_the_controller_is_a_lockout() {
+    let nets = ["192.0.2.7/32", "198.51.100.0/24", "fd77::9/128"].map(|s| s.parse().unwrap());
+    let r = listed(true, nets);
+    // Blocked sources are dropped on every port, the open one included.
+    assert_eq!(
+        verdict(&r, &flow(Proto::Tcp, "192.0.2.7", 22, false)),
+        Verdict::Drop
+    );
+    assert_eq!(
+        verdict(&r, &flow(Proto::Tcp, "192.0.2.8", 22, false)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        verdict(&r, &flow(Proto::Tcp, "198.51.100.200", 40000, true)),
+        Verdict::Drop
+    );
+    assert_eq!(
+        verdict(&r, &flow(Proto::Tcp, "fd77::9", 22, false)),
+        Verdict::Drop
+    );
+    let keep = |k: &str| check(&r, &parse_keep(k).unwrap(), &ifs());
+    let v = keep("tcp/22 from 192.0.2.0/24");
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].denied.src.to_string(), "192.0.2.7");
+    assert!(keep("tcp/22 from 203.0.113.0/24").is_empty());
+    assert_eq!(
+        check(
+            &r,
+            &[agent_replies("198.51.100.1".parse().unwrap())],
+            &ifs()
+        )
+        .len(),
+        1
+    );
+    assert!(check(&r, &[agent_replies("203.0.113.1".parse().unwrap())], &ifs()).is_empty());
+}
+
+#[test]
+fn a_million_entry_list_is_checked_in_one_pass() {
+    // 1M addresses in 11.0.0.0/8 and up; management from anywhere on another port than
+    // the list's (allow) and across it (deny): both answered without a point per entry.
+    let nets = (0..1_000_000u32).map(|i| {
+        ipnet::IpNet::V4(
+            ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0b00_0000 + i * 3), 32).unwrap(),
+        )
+    });
+    let allowed = listed(false, nets.clone());
+    assert!(check(&allowed, &parse_keep("tcp/22").unwrap(), &ifs()).is_empty());
+    let blocked = listed(true, nets);
+    let v = check(&blocked, &parse_keep("tcp/22").unwrap(), &ifs());
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].denied.src.to_string(), "11.0.0.0");
+}
