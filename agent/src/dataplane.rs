@@ -53,6 +53,10 @@ pub enum DataplaneError {
     /// Only from [`FakeDataplane`]: an injected failure or an unsupported script.
     #[error("fake dataplane: {0}")]
     Fake(String),
+    /// A netlink request to nf_tables failed (for an element transaction: nothing was
+    /// changed; the message names the element the kernel refused when it said which).
+    #[error("nf_tables netlink: {0}")]
+    Netlink(String),
     /// This dataplane cannot do that (the caller falls back to a full replace).
     #[error("not supported by this dataplane: {0}")]
     Unsupported(String),

@@ -27,34 +27,34 @@ use portcullis_policy::ruleset::{Element, SetKey};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_GETSETELEM: u16 = 13;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 
-const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 const NFPROTO_UNSPEC: u8 = 0;
 pub(super) const NFPROTO_INET: u8 = 1;
 
 const NFTA_GEN_ID: u16 = 1;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_FLAGS: u16 = 3;
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub(super) const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_PAD: u16 = 8;
-const NFTA_SET_ELEM_KEY_END: u16 = 10;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+pub(super) const NFTA_SET_ELEM_KEY_END: u16 = 10;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 /// libnftnl's element user data: TLV type of the flags, and the "interval open" flag.
 const NFTNL_UDATA_SET_ELEM_FLAGS: u8 = 1;
 const NFTNL_SET_ELEM_F_INTERVAL_OPEN: u32 = 1;
@@ -101,6 +101,10 @@ impl NfTables {
             &TimeVal::new(RECV_TIMEOUT_SECS, 0),
         )
         .map_err(io::Error::from)?;
+        // Acks without the request echoed (an element batch is megabytes), with the
+        // kernel's reason and the offending attribute's offset.
+        sock.set_cap_ack(true)?;
+        sock.set_ext_ack(true)?;
         Ok(Self {
             link: Link::Kernel { sock, record: None },
             seq: 0,
@@ -254,6 +258,35 @@ impl NfTables {
         Ok(self.seq)
     }
 
+    /// Sends one nfnetlink batch in one datagram (the kernel takes a batch only whole),
+    /// the socket's send buffer raised to hold it; the receive buffer too, for its acks.
+    fn send_batch(&mut self, batch: &[u8]) -> io::Result<()> {
+        if let Link::Kernel { sock, .. } = &self.link {
+            let size = batch.len().saturating_add(64 * 1024);
+            setsockopt(sock, sockopt::SndBufForce, &size).map_err(io::Error::from)?;
+            setsockopt(sock, sockopt::RcvBufForce, &(4 << 20)).map_err(io::Error::from)?;
+            let n = sock.send(batch, 0)?;
+            if n != batch.len() {
+                return Err(invalid("netlink batch sent in part"));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::recv`] without waiting: `WouldBlock` when nothing is queued.
+    fn recv_nonblocking(&mut self) -> io::Result<usize> {
+        match &mut self.link {
+            Link::Kernel { sock, .. } => {
+                let mut view = &mut self.buf[..];
+                sock.recv(
+                    &mut view,
+                    (MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT).bits(),
+                )
+            }
+            Link::Replay(_) => self.recv(),
+        }
+    }
+
     /// One datagram into `self.buf`: its real length (more than the buffer: cut).
     fn recv(&mut self) -> io::Result<usize> {
         match &mut self.link {
@@ -332,7 +365,7 @@ impl NfTables {
     }
 }
 
-fn invalid(what: &str) -> io::Error {
+pub(super) fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
@@ -577,6 +610,10 @@ pub(super) fn intervals(raw: Vec<RawElement>, width: usize) -> Option<Vec<(u128,
         }
     }
 }
+
+#[path = "netlink_write.rs"]
+mod write;
+pub(crate) use write::ElementOp;
 
 #[cfg(test)]
 mod tests {

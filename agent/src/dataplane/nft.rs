@@ -21,7 +21,7 @@
 //! element or option we would not write, a netlink error) goes on to the next way, so what
 //! they return is what 3 would. Tests compare the three on the real kernel.
 
-use super::netlink::{Decoded, NfTables};
+use super::netlink::{Decoded, ElementOp, NfTables};
 use super::netlink_table;
 use super::{
     DEFAULT_NFT_TIMEOUT, Dataplane, DataplaneError, KernelTable, SetChange, parse_table,
@@ -200,11 +200,31 @@ impl Dataplane for NftDataplane {
         self.apply(&delete_script())
     }
 
+    /// One nf_tables transaction over netlink ([`NfTables::update_elements`]); the
+    /// generation read right after it (a later one if someone else committed between).
     fn update_elements(&self, changes: &[SetChange]) -> Result<Option<u32>, DataplaneError> {
-        let _ = changes;
-        Err(DataplaneError::Unsupported(
-            "element updates over netlink".into(),
-        ))
+        let ops: Vec<ElementOp<'_>> = changes
+            .iter()
+            .flat_map(|c| {
+                let op = move |add| {
+                    move |element| ElementOp {
+                        set: &c.set,
+                        key: c.key,
+                        element,
+                        add,
+                    }
+                };
+                c.remove
+                    .iter()
+                    .map(op(false))
+                    .chain(c.add.iter().map(op(true)))
+            })
+            .collect();
+        let netlink = |e: std::io::Error| DataplaneError::Netlink(e.to_string());
+        let mut nl = NfTables::open().map_err(netlink)?;
+        nl.update_elements(TABLE_NAME, &ops).map_err(netlink)?;
+        tracing::debug!(elements = ops.len(), "element transaction committed");
+        nl.generation().map(Some).map_err(netlink)
     }
 
     fn has_elements(
@@ -213,10 +233,16 @@ impl Dataplane for NftDataplane {
         key: SetKey,
         elements: &[Element],
     ) -> Result<Vec<bool>, DataplaneError> {
-        let _ = (set, key, elements);
-        Err(DataplaneError::Unsupported(
-            "element lookups over netlink".into(),
-        ))
+        let netlink = |e: std::io::Error| DataplaneError::Netlink(e.to_string());
+        let mut nl = NfTables::open().map_err(netlink)?;
+        nl.has_elements(TABLE_NAME, set, key, elements)
+            .map_err(netlink)
+    }
+
+    fn generation(&self) -> Result<Option<u32>, DataplaneError> {
+        let netlink = |e: std::io::Error| DataplaneError::Netlink(e.to_string());
+        let mut nl = NfTables::open().map_err(netlink)?;
+        nl.generation().map(Some).map_err(netlink)
     }
 
     fn read_ruleset(&self) -> Result<Option<String>, DataplaneError> {
