@@ -309,3 +309,89 @@ fn two_hundred_thousand_additions_in_one_call() {
     })
     .expect("enter");
 }
+
+/// The figures for a large blocklist: `nft -f` of a table with 1,000,000 address-list
+/// elements (900k addresses, 100k prefixes; v4 and v6), its readback over netlink, and
+/// one-element transactions in it. Run with
+/// `cargo test --release -p portcullis-agent --test elements -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+fn figures_for_a_million_elements() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::time::Instant;
+    if !require_root_netns() {
+        return;
+    }
+    let mut rs = compiled();
+    let fill = |rs: &mut Ruleset, key: SetKey, elements: Vec<Element>| {
+        let name = set_name(rs, "deny_", key);
+        rs.sets.insert(name, Set::new(key, elements));
+    };
+    fill(
+        &mut rs,
+        SetKey::V4Addr,
+        (0..600_000u32)
+            .map(|i| Element::V4(Ipv4Addr::from(0x0a00_0000 + i * 3).into()))
+            .collect(),
+    );
+    fill(
+        &mut rs,
+        SetKey::V6Addr,
+        (0..300_000u128)
+            .map(|i| Element::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) + i * 7).into()))
+            .collect(),
+    );
+    fill(
+        &mut rs,
+        SetKey::V4Net,
+        (0..70_000u32)
+            .map(|i| {
+                Element::V4(
+                    ipnet::Ipv4Net::new(Ipv4Addr::from(0x6400_0000 + (i << 9)), 24).unwrap(),
+                )
+            })
+            .collect(),
+    );
+    fill(
+        &mut rs,
+        SetKey::V6Net,
+        (0..30_000u128)
+            .map(|i| {
+                let a = Ipv6Addr::from((0x2a00u128 << 112) + (i << 81));
+                Element::V6(ipnet::Ipv6Net::new(a, 48).unwrap())
+            })
+            .collect(),
+    );
+    let total = rs.element_count();
+    assert!(total >= 1_000_000, "{total}");
+    let ns = NetNs::new().expect("ns");
+    ns.enter(|| {
+        let nft = NftDataplane::default().with_timeout(std::time::Duration::from_secs(600));
+        let t = Instant::now();
+        nft.replace(&rs).unwrap();
+        eprintln!("nft -f of {total} elements: {:?}", t.elapsed());
+        let t = Instant::now();
+        let got = nft.read_table_netlink().unwrap().unwrap();
+        eprintln!("readback over netlink: {:?}", t.elapsed());
+        assert_eq!(got.ruleset, rs);
+        let t = Instant::now();
+        let split = nft.read_table_split().unwrap().unwrap();
+        eprintln!("readback nft -j -t + netlink elements: {:?}", t.elapsed());
+        assert_eq!(split.ruleset, rs);
+        for (key, e) in [
+            (SetKey::V4Addr, v4("192.0.2.200/32")),
+            (SetKey::V4Net, v4("203.0.113.0/24")),
+            (SetKey::V6Addr, v6("fd00::1/128")),
+        ] {
+            let one = vec![change(&rs, "deny_", key, std::slice::from_ref(&e), &[])];
+            let t = Instant::now();
+            nft.update_elements(&one).unwrap();
+            eprintln!("update_elements, 1 addition ({key:?}): {:?}", t.elapsed());
+            let name = set_name(&rs, "deny_", key);
+            let t = Instant::now();
+            assert_eq!(nft.has_elements(&name, key, &[e]).unwrap(), [true]);
+            eprintln!("has_elements, 1 element ({key:?}): {:?}", t.elapsed());
+        }
+    })
+    .expect("enter");
+}

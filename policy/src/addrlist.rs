@@ -157,7 +157,7 @@ impl AddrList {
     /// every entry is a valid prefix with its host bits clear, in strictly ascending
     /// order (the one canonical form), and within [`MAX_LIST_ENTRIES`].
     pub fn unpack(v4: &[u8], v6: &[u8]) -> Result<AddrList, String> {
-        if v4.len() % PACKED_V4 != 0 || v6.len() % PACKED_V6 != 0 {
+        if !v4.len().is_multiple_of(PACKED_V4) || !v6.len().is_multiple_of(PACKED_V6) {
             return Err("packed address list has a partial entry".into());
         }
         let n = v4.len() / PACKED_V4 + v6.len() / PACKED_V6;

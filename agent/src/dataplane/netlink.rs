@@ -1,5 +1,7 @@
-//! nf_tables over netlink, read only: the ruleset generation (`NFT_MSG_GETGEN`) and the
-//! elements of one of our sets (`NFT_MSG_GETSETELEM` dump), decoded into [`Element`]s.
+//! nf_tables over netlink: the ruleset generation (`NFT_MSG_GETGEN`) and the elements of
+//! one of our sets (`NFT_MSG_GETSETELEM` dump), decoded into [`Element`]s; and the one
+//! thing written this way, element additions and removals in one transaction
+//! ([`write`], `netlink_write.rs`). Tables, sets, chains and rules are written by nft only.
 //!
 //! Used by [`super::NftDataplane::read_table`] so that verifying a large set does not go
 //! through `nft -j list table` (nft's listing of interval sets and its JSON output cost
