@@ -596,7 +596,13 @@ impl Agent {
     pub fn remove(&self, forget: bool) -> Result<bool, AgentError> {
         let _op = self.exclusive();
         let _lock = self.state.lock()?;
-        let existed = self.dataplane.read_back()?.is_some();
+        // The netlink read (a table we cannot parse exists too): `nft -j list` of a
+        // million-element table takes longer than nft's deadline.
+        let existed = match self.dataplane.read_table() {
+            Ok(t) => t.is_some(),
+            Err(DataplaneError::Readback(_)) => true,
+            Err(e) => return Err(e.into()),
+        };
         self.dataplane.remove()?;
         if forget {
             self.state.clear()?;

@@ -12,7 +12,9 @@
 use crate::dataplane::SetChange;
 use portcullis_policy::HostPolicy;
 use portcullis_policy::addrlist::AddrList;
-use portcullis_policy::compile::{ADDRESS_SET_KINDS, address_set_name, list_elements};
+use portcullis_policy::compile::{
+    ADDRESS_SET_KINDS, address_set_name, list_elements, shard_count, shard_name, shard_of,
+};
 use portcullis_policy::ruleset::{DENY_SET_PREFIX, Element, LIST_SET_PREFIX, Ruleset, SetKey};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,33 +57,63 @@ pub(crate) fn list_delta(
                 if add.is_empty() && remove.is_empty() {
                     continue;
                 }
-                let set_name = format!("{base}_{suffix}");
-                // A set that does not exist yet, or would be left empty, changes the
-                // rules: a full apply.
-                let set = old_rs.sets.get(&set_name).filter(|s| s.key == key)?;
-                if set.elements.len() + add.len() <= remove.len() {
-                    return None;
+                // Hash sets are sharded by count: a change of shard count renames them.
+                let k = if key.interval() {
+                    1
+                } else {
+                    let k = shard_count(kind_len(old_list, key));
+                    if shard_count(kind_len(new_list, key)) != k {
+                        return None;
+                    }
+                    k
+                };
+                let mut by_shard: BTreeMap<usize, (Vec<Element>, Vec<Element>)> = BTreeMap::new();
+                for e in add {
+                    by_shard.entry(shard_of(&e, k)).or_default().0.push(e);
                 }
-                if matches!(key, SetKey::V4Net | SetKey::V6Net)
-                    && !prefixes_stand_alone(&set.elements, &add, &remove, new_list)
-                {
-                    return None;
+                for e in remove {
+                    by_shard.entry(shard_of(&e, k)).or_default().1.push(e);
                 }
-                if remove.iter().any(|e| !set.elements.contains(e))
-                    || add.iter().any(|e| set.elements.contains(e))
-                {
-                    return None;
+                for (i, (add, remove)) in by_shard {
+                    let set_name = shard_name(&base, suffix, k, i);
+                    // A set that does not exist yet, or would be left empty, changes the
+                    // rules: a full apply.
+                    let set = old_rs.sets.get(&set_name).filter(|s| s.key == key)?;
+                    if set.elements.len() + add.len() <= remove.len() {
+                        return None;
+                    }
+                    if key.interval()
+                        && !prefixes_stand_alone(&set.elements, &add, &remove, new_list)
+                    {
+                        return None;
+                    }
+                    if remove.iter().any(|e| !set.elements.contains(e))
+                        || add.iter().any(|e| set.elements.contains(e))
+                    {
+                        return None;
+                    }
+                    changes.push(SetChange {
+                        set: set_name,
+                        key,
+                        add,
+                        remove,
+                    });
                 }
-                changes.push(SetChange {
-                    set: set_name,
-                    key,
-                    add,
-                    remove,
-                });
             }
         }
     }
     Some(changes)
+}
+
+/// Entries of `list` that go to sets of `key`.
+fn kind_len(list: &AddrList, key: SetKey) -> usize {
+    match key {
+        SetKey::V4Addr => list.v4.iter().filter(|e| e.1 == 32).count(),
+        SetKey::V4Net => list.v4.iter().filter(|e| e.1 != 32).count(),
+        SetKey::V6Addr => list.v6.iter().filter(|e| e.1 == 128).count(),
+        SetKey::V6Net => list.v6.iter().filter(|e| e.1 != 128).count(),
+        SetKey::Port | SetKey::V4Port | SetKey::V6Port => 0,
+    }
 }
 
 /// The inclusive address range of a prefix element, as `u128`.
@@ -231,6 +263,34 @@ mod tests {
         assert_eq!((c[0].add.len(), c[0].remove.len()), (1, 1));
         assert!(c[0].set.ends_with("_v4a"));
         assert_eq!(delta(&["192.0.2.1/32"], &["192.0.2.1/32"]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn big_hash_sets_are_sharded_and_a_delta_touches_one_shard() {
+        let many: Vec<String> = (0..40_000u32)
+            .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0b00_0000 + i)))
+            .collect();
+        let mut more = many.clone();
+        more.push("203.0.113.77/32".into());
+        let a: Vec<&str> = many.iter().map(String::as_str).collect();
+        let b: Vec<&str> = more.iter().map(String::as_str).collect();
+        let rs = compile(&policy(&a), &facts(), 1).unwrap();
+        let shards: Vec<_> = rs.sets.keys().filter(|n| n.contains("_v4a_2_")).collect();
+        assert_eq!(shards.len(), 2, "{:?}", rs.sets.keys().collect::<Vec<_>>());
+        assert!(
+            rs.sets
+                .values()
+                .all(|s| s.elements.len() <= portcullis_policy::compile::SHARD_ELEMENTS)
+        );
+        let c = delta(&a, &b).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].add.len(), 1);
+        // Growing past a shard boundary renames the sets: a full apply.
+        let huge: Vec<String> = (0..70_000u32)
+            .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0b00_0000 + i)))
+            .collect();
+        let h: Vec<&str> = huge.iter().map(String::as_str).collect();
+        assert!(delta(&a, &h).is_none());
     }
 
     #[test]

@@ -155,8 +155,11 @@ const CASES: [Case; 2] = [
 struct Row {
     ipset: Stats,
     first: Stats,
+    first_reported: Stats,
     add: Stats,
+    add_reported: Stats,
     remove: Stats,
+    remove_reported: Stats,
     verify: Stats,
     rss_first: u64,
     rss_delta: u64,
@@ -207,6 +210,7 @@ fn bench_case(c: &Case, args: &Args, agent: &Path, ipset_file: &Path, text: &str
             ],
         )?;
         row.ipset.push(t.elapsed());
+        eprintln!("    ipset restore + rules {:?}", t.elapsed());
         run("iptables", &["-F", "INPUT"])?;
         run("ip6tables", &["-F", "INPUT"])?;
         run("ipset", &["destroy", "pc4"])?;
@@ -230,22 +234,38 @@ fn bench_case(c: &Case, args: &Args, agent: &Path, ipset_file: &Path, text: &str
             cmd.arg(p);
             timed(cmd)
         };
-        let (d, rss, _) = apply()?;
+        let (d, rss, out) = apply()?;
+        eprintln!(
+            "    first apply {d:?}, peak RSS {} MiB, {} ms reported",
+            rss / 1024,
+            reported(&out)
+        );
+        row.first_reported
+            .push(Duration::from_millis(reported(&out)));
         row.first.push(d);
         row.rss_first = row.rss_first.max(rss);
         std::fs::write(&list, format!("{text}203.0.113.77\n"))?;
         let (d, rss, out) = apply()?;
         row.delta_seen |= out.contains("list delta");
+        eprintln!(
+            "    one added {d:?} (delta: {}) {}",
+            out.contains("list delta"),
+            reported(&out)
+        );
+        row.add_reported.push(Duration::from_millis(reported(&out)));
         row.add.push(d);
         row.rss_delta = row.rss_delta.max(rss);
         std::fs::write(&list, text)?;
-        let (d, rss, _) = apply()?;
+        let (d, rss, out) = apply()?;
+        row.remove_reported
+            .push(Duration::from_millis(reported(&out)));
         row.remove.push(d);
         row.rss_delta = row.rss_delta.max(rss);
         let (d, _, out) = timed(agent_cmd(&["verify"]))?;
         if !out.contains("in sync") {
             bail!("not in sync after the deltas: {out}");
         }
+        eprintln!("    verify {d:?}");
         row.verify.push(d);
         row.lkg_bytes = std::fs::read_dir(&state)?
             .filter_map(|e| e.ok()?.metadata().ok())
@@ -255,6 +275,16 @@ fn bench_case(c: &Case, args: &Args, agent: &Path, ipset_file: &Path, text: &str
         timed(agent_cmd(&["remove"]))?;
     }
     Ok(row)
+}
+
+/// The agent's own apply + verify time from `apply`'s output (`..., 32 ms)`).
+fn reported(out: &str) -> u64 {
+    out.lines()
+        .find(|l| l.starts_with("applied:"))
+        .and_then(|l| l.rsplit(", ").next())
+        .and_then(|t| t.strip_suffix(" ms)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn med(s: &Stats) -> String {
@@ -315,7 +345,7 @@ fn main() -> Result<()> {
     drop(ns);
 
     let mut out = format!(
-        "Machine: {}. {} entries ({} v4, {} v6; 90 % v4 addresses, 5 % v4 /24, 4 % v6 addresses, 1 % v6 /48), {} runs, median / p90 ms, each step a separate `portcullis-agent` process (`apply --policy`, `verify`) in one fresh namespace; ipset: `ipset restore` of the same entries into two `hash:net` sets + one iptables and one ip6tables rule.\n\n",
+        "Machine: {}. {} entries ({} v4, {} v6; 90 % v4 addresses, 5 % v4 /24, 4 % v6 addresses, 1 % v6 /48), {} runs, medians (ipset and verify: median / p90) in ms. Each step is a separate `portcullis-agent` process (`apply --policy`, `verify`) in one fresh namespace: \"process\" is its wall time (reading and parsing the million-line list file, loading last-known-good, ...), \"agent-reported\" the apply + verify inside it (what a running agent spends on a pushed revision). ipset: `ipset restore` of the same entries into two `hash:net` sets + one iptables and one ip6tables rule.\n\n",
         machine(),
         args.entries,
         v4.len(),
@@ -325,9 +355,9 @@ fn main() -> Result<()> {
     let mut t = Table::new(&[
         "policy",
         "ipset restore + rules",
-        "first apply + verify",
-        "one address added",
-        "one address removed",
+        "first apply + verify: process / agent-reported",
+        "one address added: process / agent-reported",
+        "one address removed: process / agent-reported",
         "`verify` (full readback)",
         "agent peak RSS first / delta",
         "last-known-good",
@@ -337,9 +367,17 @@ fn main() -> Result<()> {
         t.row(vec![
             c.name.to_string(),
             med(&r.ipset),
-            med(&r.first),
-            med(&r.add),
-            med(&r.remove),
+            format!(
+                "{} / {}",
+                ms(r.first.median()),
+                ms(r.first_reported.median())
+            ),
+            format!("{} / {}", ms(r.add.median()), ms(r.add_reported.median())),
+            format!(
+                "{} / {}",
+                ms(r.remove.median()),
+                ms(r.remove_reported.median())
+            ),
             med(&r.verify),
             format!("{} / {} MiB", r.rss_first / 1024, r.rss_delta / 1024),
             format!("{:.1} MB", r.lkg_bytes as f64 / 1e6),
