@@ -23,8 +23,8 @@
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_bench::fleet::{
-    SimChild, SimCmd, apply_request, bind_loopback, cpu_now, inventory_yaml, make_pki,
-    parse_secs, rss_now,
+    SimChild, SimCmd, apply_request, bind_loopback, cpu_now, inventory_yaml, make_pki, parse_secs,
+    rss_now,
 };
 use portcullis_bench::{Table, machine, raise_nofile, write_section};
 use portcullis_controller::pki::tls::client_tls;
@@ -306,7 +306,10 @@ async fn run_one(kind: Kind, cli: &Cli) -> Result<OneResult> {
         .output()
         .await?;
     if !out.status.success() {
-        bail!("list-fleet-bench one --kind {kind_arg} failed ({})", out.status);
+        bail!(
+            "list-fleet-bench one --kind {kind_arg} failed ({})",
+            out.status
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().context("no result line")?;
@@ -332,7 +335,11 @@ fn desired_sizes(cli: &Cli) -> Result<(usize, usize, usize)> {
         )
         .map_err(|d| anyhow::anyhow!("invalid bench site: {d}"))?;
         let host0 = portcullis_bench::sim::host_name(0);
-        fleet.hosts.get(&host0).cloned().context("host 0 not targeted")
+        fleet
+            .hosts
+            .get(&host0)
+            .cloned()
+            .context("host 0 not targeted")
     };
     let desired = |policy: v1::HostPolicy| {
         v1::Desired {
@@ -435,7 +442,10 @@ fn main() -> Result<()> {
         None => {
             eprintln!("list-fleet-bench: {} agents, no lists ...", cli.n);
             let plain = rt.block_on(run_one(Kind::Plain, &cli))?;
-            eprintln!("list-fleet-bench: {} agents, {}-entry blocklist ...", cli.n, cli.entries);
+            eprintln!(
+                "list-fleet-bench: {} agents, {}-entry blocklist ...",
+                cli.n, cli.entries
+            );
             let lists = rt.block_on(run_one(Kind::Lists, &cli))?;
             let sizes = desired_sizes(&cli)?;
             let out = render(&plain, &lists, sizes, &cli);
