@@ -55,7 +55,12 @@ pub async fn check(
     // The verdict depends only on (ruleset, requirements, interfaces): hosts share
     // rulesets (one `Arc` per distinct compile), and scanning a 1M-element address set
     // per host made this the slowest part of an apply (0.1 s a host).
-    type Verdict = (usize, Vec<Requirement>, Vec<String>, Vec<lockout::Violation>);
+    type Verdict = (
+        usize,
+        Vec<Requirement>,
+        Vec<String>,
+        Vec<lockout::Violation>,
+    );
     let mut seen: Vec<Verdict> = Vec::new();
     for (host, (rs, facts)) in compiled {
         let mut reqs: Vec<Requirement> = keep.to_vec();
