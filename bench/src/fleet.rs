@@ -156,6 +156,17 @@ pub async fn apply_all(
         inventory_yaml: inventory_yaml(n),
         ..Default::default()
     };
+    apply_request(admin, req, n, timeout).await
+}
+
+/// `Admin.Apply` of `req` (targeting `n` hosts); waits (at most `timeout`) until the
+/// stream reported every host and returns how many were `Applied`.
+pub async fn apply_request(
+    admin: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+    req: v1::ApplyRequest,
+    n: usize,
+    timeout: Duration,
+) -> Result<usize> {
     let mut stream = admin.apply(req).await?.into_inner();
     let mut ok = 0usize;
     let mut answered = 0usize;

@@ -1,7 +1,8 @@
 //! Simulated agents for fleet-bench and rollout-bench: N mutual-TLS sessions from one
 //! process, each with its own agent certificate (issued in memory from the bench CA),
 //! sending `Hello` and answering every `Desired` with `Applied` and the hash it compiles
-//! (like a real agent, minus nftables), and every `VerifyNow` with an in-sync
+//! (like a real agent, minus nftables; address-list deltas resolved against the lists it
+//! holds, `need_full` on a foreign base, see `resolve`), and every `VerifyNow` with an in-sync
 //! `DriftReport` of what it applied (a rollout's drift gate). With [`SimArgs::reconnect_on_confirm`], a
 //! `Desired` with a confirm deadline is followed, like the agent does, by closing the
 //! session and opening a new connection whose `Hello` attests the new revision and hash;
@@ -20,14 +21,16 @@
 
 mod certs;
 mod counters;
+mod resolve;
 
 use crate::storm::{Backoff, StormClock};
 use anyhow::{Context as _, Result};
 use certs::{AgentCert, issue};
 use counters::Counters;
-use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
+use portcullis_policy::{Facts, InterfaceFacts};
 use portcullis_proto::v1;
 use rcgen::{Issuer, KeyPair};
+use resolve::{Held, Resolved, Resolver};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -117,18 +120,40 @@ fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
     }
 }
 
-/// Answers `d` as an agent would: compile with its facts, report the hash.
-fn answer(host: &str, d: &v1::Desired) -> v1::AgentMessage {
+/// Answers `d` as an agent would: resolve its lists against `held` (replaced by the new
+/// lists when it applies), compile with its facts, report the hash; `need_full` when a
+/// delta's base is not what it holds.
+fn answer(
+    host: &str,
+    d: &v1::Desired,
+    held: &mut Held,
+    resolver: &Resolver,
+    counters: &Counters,
+) -> v1::AgentMessage {
     let started = Instant::now();
-    let result = d
-        .policy
-        .as_ref()
-        .context("Desired without a policy")
-        .and_then(|p| HostPolicy::try_from(p).map_err(|e| anyhow::anyhow!("{e}")))
-        .and_then(|p| Ok(compile(&p, &facts(host), d.revision)?));
-    let (ok, hash, error) = match result {
-        Ok(r) => (true, r.hash().0, String::new()),
-        Err(e) => (false, String::new(), e.to_string()),
+    let result = match d.policy.as_ref() {
+        None => Resolved::Failed("Desired without a policy".into()),
+        Some(p) => {
+            let deltas = p.lists.iter().filter(|l| !l.base_digest.is_empty()).count();
+            let (deltas, full) = (deltas as u64, (p.lists.len() - deltas) as u64);
+            counters.lists_delta.fetch_add(deltas, Ordering::Relaxed);
+            counters.lists_full.fetch_add(full, Ordering::Relaxed);
+            resolver.resolve(host, d.revision, p, held)
+        }
+    };
+    let (ok, need_full, hash, error) = match result {
+        Resolved::Ok { hash, lists } => {
+            *held = lists;
+            (true, false, hash, String::new())
+        }
+        Resolved::NeedFull(e) => {
+            counters.need_full.fetch_add(1, Ordering::Relaxed);
+            (false, true, String::new(), e)
+        }
+        Resolved::Failed(e) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            (false, false, String::new(), e)
+        }
     };
     v1::AgentMessage {
         msg: Some(v1::agent_message::Msg::Applied(v1::Applied {
@@ -138,6 +163,7 @@ fn answer(host: &str, d: &v1::Desired) -> v1::AgentMessage {
             error,
             duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             request_id: d.request_id,
+            need_full,
             ..Default::default()
         })),
     }
@@ -168,7 +194,10 @@ async fn connect(
         .connect()
         .await
         .context("connect")?;
-    let mut client = v1::session_client::SessionClient::new(channel);
+    // The agent's message limits (agent/src/session.rs): a Desired with full lists is big.
+    let mut client = v1::session_client::SessionClient::new(channel)
+        .max_decoding_message_size(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(8);
     tx.send(hello(&cert.host, applied)).await?;
     let inbound = client
@@ -186,12 +215,15 @@ struct Agent {
     cert: AgentCert,
     counters: Arc<Counters>,
     clock: Arc<StormClock>,
+    resolver: Arc<Resolver>,
     index: usize,
 }
 
 async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
     // What this agent "runs": (revision, hash), attested in every Hello.
     let mut applied = (0u64, String::new());
+    // The lists of the policy it applied last (kept across sessions, like the agent).
+    let mut held = Held::new();
     let (mut tx, mut inbound) = match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
         Ok(s) => {
             let _ = opened.send(Ok(())).await;
@@ -204,14 +236,14 @@ async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
     };
     drop(opened);
     let Some((min, max)) = a.args.reconnect else {
-        serve(&a, &mut applied, tx, inbound).await;
+        serve(&a, &mut applied, &mut held, tx, inbound).await;
         return;
     };
     // Like agent/src/session.rs: back off, retry until in; reset after a long session.
     let mut backoff = Backoff::new(min, max);
     loop {
         let started = Instant::now();
-        serve(&a, &mut applied, tx, inbound).await;
+        serve(&a, &mut applied, &mut held, tx, inbound).await;
         if started.elapsed() > std::time::Duration::from_secs(30) {
             backoff.reset();
         }
@@ -232,7 +264,13 @@ async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
 }
 
 /// Answers the controller until the session ends.
-async fn serve(a: &Agent, applied: &mut (u64, String), mut tx: Outbound, mut inbound: Inbound) {
+async fn serve(
+    a: &Agent,
+    applied: &mut (u64, String),
+    held: &mut Held,
+    mut tx: Outbound,
+    mut inbound: Inbound,
+) {
     let (args, ca, cert, counters) = (&a.args, &a.ca, &a.cert, &a.counters);
     loop {
         let Some(Ok(msg)) = inbound.next().await else {
@@ -240,7 +278,7 @@ async fn serve(a: &Agent, applied: &mut (u64, String), mut tx: Outbound, mut inb
         };
         match msg.msg {
             Some(v1::controller_message::Msg::Desired(d)) => {
-                let reply = answer(&cert.host, &d);
+                let reply = answer(&cert.host, &d, held, &a.resolver, counters);
                 let ok = matches!(&reply.msg,
                     Some(v1::agent_message::Msg::Applied(a)) if a.ok);
                 if let Some(v1::agent_message::Msg::Applied(a)) = &reply.msg
@@ -310,7 +348,8 @@ async fn serve(a: &Agent, applied: &mut (u64, String), mut tx: Outbound, mut inb
 
 /// The child process's main: issue, connect, then serve until stdin closes. A `STATS`
 /// line on stdin is answered with `STATS <answered> <reconnects> <confirmed> <reverts>
-/// <reconnect errors> <verified>` on stdout.
+/// <reconnect errors> <verified> <lists in full> <lists as delta> <need_full> <failed>`
+/// on stdout.
 pub async fn run(args: SimArgs) -> Result<()> {
     let t = Instant::now();
     let issuer = Issuer::from_ca_cert_pem(&args.ca_cert_pem, KeyPair::from_pem(&args.ca_key_pem)?)?;
@@ -323,6 +362,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let ca = Certificate::from_pem(&args.ca_cert_pem);
     let counters = Arc::new(Counters::default());
     let clock = Arc::new(StormClock::new(args.n));
+    let resolver = Arc::new(Resolver::default());
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let args = Arc::new(args);
     let (opened_tx, mut opened_rx) = mpsc::channel(1024);
@@ -335,6 +375,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
             cert,
             counters: counters.clone(),
             clock: clock.clone(),
+            resolver: resolver.clone(),
             index,
         };
         // The permit is released once this agent's session is open (or failed).

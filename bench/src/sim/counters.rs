@@ -17,19 +17,30 @@ pub(super) struct Counters {
     pub(super) reverts: AtomicU64,
     /// `VerifyNow` answered.
     pub(super) verified: AtomicU64,
+    /// Address lists received in full / as a delta (`base_digest` set).
+    pub(super) lists_full: AtomicU64,
+    pub(super) lists_delta: AtomicU64,
+    /// `Desired` answered with `need_full` (a delta against a base not held).
+    pub(super) need_full: AtomicU64,
+    /// `Desired` answered with `ok: false` for another reason.
+    pub(super) failed: AtomicU64,
 }
 
 impl Counters {
     pub(super) fn line(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "{} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {}",
             g(&self.answered),
             g(&self.reconnects),
             g(&self.confirmed),
             g(&self.reverts),
             g(&self.reconnect_errors),
-            g(&self.verified)
+            g(&self.verified),
+            g(&self.lists_full),
+            g(&self.lists_delta),
+            g(&self.need_full),
+            g(&self.failed)
         )
     }
 }

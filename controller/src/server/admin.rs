@@ -194,7 +194,7 @@ impl v1::admin_server::Admin for AdminService {
         // an index (fleets share a handful); JSON is serialized once per distinct policy.
         let mut index: std::collections::HashMap<&HostPolicy, usize> =
             std::collections::HashMap::new();
-        let mut jsons: Vec<String> = Vec::new();
+        let mut jsons: Vec<std::sync::Arc<str>> = Vec::new();
         // Per distinct policy: its wire size when too big for one session message.
         let mut oversized: Vec<Option<usize>> = Vec::new();
         let mut cache: std::collections::HashMap<
@@ -207,7 +207,8 @@ impl v1::admin_server::Admin for AdminService {
                 None => {
                     jsons.push(
                         serde_json::to_string(policy)
-                            .map_err(|e| Status::internal(e.to_string()))?,
+                            .map_err(|e| Status::internal(e.to_string()))?
+                            .into(),
                     );
                     index.insert(policy, jsons.len() - 1);
                     oversized.push(too_big_for_a_session(policy));

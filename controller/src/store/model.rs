@@ -45,7 +45,8 @@ pub struct AuditEntry {
 #[derive(Debug, Clone)]
 pub struct RevisionHost {
     pub host: String,
-    pub policy_json: String,
+    /// Shared by the hosts with the same policy (with a 1M-entry address list it is MBs).
+    pub policy_json: std::sync::Arc<str>,
     pub expected_hash: String,
 }
 
@@ -98,6 +99,8 @@ pub fn insert_revision(conn: &Connection, r: &NewRevision<'_>) -> anyhow::Result
          VALUES (?1, ?2, '', ?3, ?4)",
     )?;
     let mut pol = conn.prepare_cached("INSERT INTO policies (json) VALUES (?1)")?;
+    // By the shared string first (no hashing of MBs per host), then by content.
+    let mut by_ptr: std::collections::HashMap<*const u8, i64> = std::collections::HashMap::new();
     let mut ids: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut upd = conn.prepare(
         "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, desired_revision, expected_hash)
@@ -105,15 +108,17 @@ pub fn insert_revision(conn: &Connection, r: &NewRevision<'_>) -> anyhow::Result
          ON CONFLICT(name) DO UPDATE SET desired_revision = ?2, expected_hash = ?3",
     )?;
     for h in r.hosts {
-        let policy_id = match ids.get(h.policy_json.as_str()) {
+        let ptr = h.policy_json.as_ptr();
+        let policy_id = match by_ptr.get(&ptr).or_else(|| ids.get(&*h.policy_json)) {
             Some(p) => *p,
             None => {
-                pol.execute(params![h.policy_json])?;
+                pol.execute(params![&*h.policy_json])?;
                 let p = conn.last_insert_rowid();
                 ids.insert(&h.policy_json, p);
                 p
             }
         };
+        by_ptr.insert(ptr, policy_id);
         ins.execute(params![id, h.host, h.expected_hash, policy_id])?;
         upd.execute(params![h.host, id, h.expected_hash])?;
     }
