@@ -196,6 +196,7 @@ impl Agent {
             && c.revision != revision
             && same_interface(&c.ruleset, policy, facts)
             && let Some(changes) = delta::list_delta(&c.policy, &c.ruleset, policy)
+            && !changes.is_empty()
             && self.kernel_as_verified()
         {
             match self.apply_delta(c, &changes, policy, revision, started) {

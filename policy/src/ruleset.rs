@@ -313,7 +313,7 @@ impl Set {
     fn unpack(key: SetKey, b: &[u8]) -> Result<Set, String> {
         let v4 = matches!(key, SetKey::V4Addr | SetKey::V4Net);
         let width = if v4 { 5 } else { 17 };
-        if b.len() % width != 0 {
+        if !b.len().is_multiple_of(width) {
             return Err("packed set elements: a partial element".into());
         }
         let mut elements = BTreeSet::new();

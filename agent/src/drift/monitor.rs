@@ -50,8 +50,21 @@ impl Drop for GroupGuard {
     }
 }
 
+/// util-linux's `setpriv` (Debian: always installed).
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 async fn watch_once(nft: &PathBuf, wake: &Notify) -> std::io::Result<()> {
-    let mut child = tokio::process::Command::new(nft)
+    // Under `setpriv --pdeathsig KILL` when there is one: a monitor outliving a
+    // SIGKILLed agent would otherwise sit on its netlink socket forever (found as an
+    // orphan holding the test run's inherited file descriptors).
+    let mut cmd = if std::path::Path::new(SETPRIV).exists() {
+        let mut c = tokio::process::Command::new(SETPRIV);
+        c.args(["--pdeathsig", "KILL", "--"]).arg(nft);
+        c
+    } else {
+        tokio::process::Command::new(nft)
+    };
+    let mut child = cmd
         .arg("monitor")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -13,11 +13,14 @@
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
+use portcullis_agent::{Agent, NftDataplane, StateDir};
 use portcullis_bench::{Stats, Table, machine, ms, write_section};
+use portcullis_policy::{AddrLists, Facts, HostPolicy, Source, load_host_policy_with_lists};
 use portcullis_testkit::NetNs;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -160,6 +163,8 @@ struct Row {
     add_reported: Stats,
     remove: Stats,
     remove_reported: Stats,
+    inproc_add: Stats,
+    inproc_remove: Stats,
     verify: Stats,
     rss_first: u64,
     rss_delta: u64,
@@ -273,6 +278,40 @@ fn bench_case(c: &Case, args: &Args, agent: &Path, ipset_file: &Path, text: &str
             .max()
             .unwrap_or(0);
         timed(agent_cmd(&["remove"]))?;
+
+        // (f) what a running agent spends on a pushed one-address change: the same
+        // reconciles in this process, last-known-good already in memory.
+        let a = Agent::new(
+            Arc::new(NftDataplane::default()),
+            StateDir::new(dir.path().join("inproc")),
+        );
+        let load = |text: &str| -> Result<HostPolicy> {
+            let lists = AddrLists::parse(&[Source::new("list.txt", text)])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            load_host_policy_with_lists(&Source::new("policy.yml", c.policy), &lists)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        let facts = Facts {
+            hostname: "bench".into(),
+            ..Facts::default()
+        };
+        let (p1, p2) = (load(text)?, load(&format!("{text}203.0.113.77\n"))?);
+        a.reconcile(&p1, &facts, 1)?;
+        let t = Instant::now();
+        let r = a.reconcile(&p2, &facts, 2)?;
+        row.inproc_add.push(t.elapsed());
+        if !r.diff.iter().any(|l| l.contains("list delta")) {
+            bail!("in-process change was not a delta: {:?}", r.diff);
+        }
+        let t = Instant::now();
+        a.reconcile(&p1, &facts, 3)?;
+        row.inproc_remove.push(t.elapsed());
+        eprintln!(
+            "    in-process: added {:?}, removed {:?}",
+            row.inproc_add.median(),
+            row.inproc_remove.median()
+        );
+        a.remove(true)?;
     }
     Ok(row)
 }
@@ -358,6 +397,7 @@ fn main() -> Result<()> {
         "first apply + verify: process / agent-reported",
         "one address added: process / agent-reported",
         "one address removed: process / agent-reported",
+        "running agent: one added / removed",
         "`verify` (full readback)",
         "agent peak RSS first / delta",
         "last-known-good",
@@ -377,6 +417,11 @@ fn main() -> Result<()> {
                 "{} / {}",
                 ms(r.remove.median()),
                 ms(r.remove_reported.median())
+            ),
+            format!(
+                "{} / {}",
+                ms(r.inproc_add.median()),
+                ms(r.inproc_remove.median())
             ),
             med(&r.verify),
             format!("{} / {} MiB", r.rss_first / 1024, r.rss_delta / 1024),
