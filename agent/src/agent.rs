@@ -61,10 +61,8 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-/// Whether `rs`'s jump rule selects the interface `policy` selects with `facts` (the one
-/// input of the rules that comes from the host, not the policy).
+/// Whether `rs`'s jump rule selects the interface `policy` selects with `facts`.
 fn same_interface(rs: &Ruleset, policy: &HostPolicy, facts: &Facts) -> bool {
-    use portcullis_policy::InterfaceSel;
     let jump = rs
         .chains
         .get(portcullis_policy::compile::CHAIN_INPUT)
@@ -75,13 +73,7 @@ fn same_interface(rs: &Ruleset, policy: &HostPolicy, facts: &Facts) -> bool {
     else {
         return false;
     };
-    match &policy.interface {
-        InterfaceSel::All => m.negate && m.name == "lo",
-        InterfaceSel::Default => {
-            !m.negate && facts.default_route_interface.as_deref() == Some(m.name.as_str())
-        }
-        InterfaceSel::Named(n) => !m.negate && m.name == *n,
-    }
+    portcullis_policy::compile::input_interface(policy, facts).is_ok_and(|want| want == *m)
 }
 
 /// The agent's operations. Cheap to clone (shared dataplane, a path).
@@ -413,17 +405,8 @@ impl Agent {
         }
         let ruleset = delta::patched(&current.ruleset, changes);
         let hash = ruleset.hash();
-        let report = AppliedReport {
-            revision,
-            hash: hash.clone(),
-            changed: !changes.is_empty(),
-            previous_hash: Some(current.hash.clone()),
-            diff: delta::describe(changes),
-            rules: ruleset.rule_count(),
-            set_elements: ruleset.element_count(),
-            elapsed_ms: 0,
-        };
-        let lkg = LastKnownGood::with_hash(policy.clone(), revision, ruleset, hash);
+        let (rules, set_elements) = (ruleset.rule_count(), ruleset.element_count());
+        let lkg = LastKnownGood::with_hash(policy.clone(), revision, ruleset, hash.clone());
         self.state.store_shared(Arc::new(lkg))?;
         self.set_generation(generation);
         if revision != 0
@@ -432,8 +415,14 @@ impl Agent {
             tracing::warn!(error = %e, "cannot clear the fail-closed record");
         }
         let report = AppliedReport {
+            revision,
+            hash,
+            changed: !changes.is_empty(),
+            previous_hash: Some(current.hash.clone()),
+            diff: delta::describe(changes),
+            rules,
+            set_elements,
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            ..report
         };
         tracing::info!(revision, hash = %report.hash, changes = changes.len(),
             elapsed_ms = report.elapsed_ms, "list delta applied");

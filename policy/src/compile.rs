@@ -157,21 +157,7 @@ pub fn compile(policy: &HostPolicy, facts: &Facts, revision: u64) -> Result<Rule
     if policy.log.burst == 0 {
         return Err(CompileError::ZeroLogBurst);
     }
-    let iifname = match &policy.interface {
-        InterfaceSel::All => IfMatch {
-            negate: true,
-            name: "lo".to_string(),
-        },
-        InterfaceSel::Default => match &facts.default_route_interface {
-            Some(name) => checked_ifname(name)?,
-            None => {
-                return Err(CompileError::NoDefaultRoute {
-                    hostname: facts.hostname.clone(),
-                });
-            }
-        },
-        InterfaceSel::Named(name) => checked_ifname(name)?,
-    };
+    let iifname = input_interface(policy, facts)?;
 
     check_restrictions(policy)?;
 
@@ -507,6 +493,24 @@ pub fn list_elements(list: &AddrList, key: SetKey) -> Vec<Element> {
                 .collect()
         }
         SetKey::Port | SetKey::V4Port | SetKey::V6Port => Vec::new(),
+    }
+}
+
+/// The interface match of the input chain's jump: what `policy.interface` selects with
+/// `facts` (the one input of the rules that comes from the host, not the policy).
+pub fn input_interface(policy: &HostPolicy, facts: &Facts) -> Result<IfMatch, CompileError> {
+    match &policy.interface {
+        InterfaceSel::All => Ok(IfMatch {
+            negate: true,
+            name: "lo".to_string(),
+        }),
+        InterfaceSel::Default => match &facts.default_route_interface {
+            Some(name) => checked_ifname(name),
+            None => Err(CompileError::NoDefaultRoute {
+                hostname: facts.hostname.clone(),
+            }),
+        },
+        InterfaceSel::Named(name) => checked_ifname(name),
     }
 }
 

@@ -22,6 +22,13 @@ struct Kernel {
     tampered: usize,
 }
 
+impl Kernel {
+    /// Moves on every change, ours (a transaction) or not (a tamper), like the kernel's.
+    fn generation(&self) -> u32 {
+        u32::try_from(self.transactions + self.tampered).unwrap_or(u32::MAX)
+    }
+}
+
 /// In-memory dataplane. Cheap to create; one per test.
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
@@ -147,14 +154,12 @@ impl Dataplane for FakeDataplane {
             }
             table.sets = sets;
             k.transactions += 1;
-            Ok(Some(
-                u32::try_from(k.transactions + k.tampered).unwrap_or(u32::MAX),
-            ))
+            Ok(Some(k.generation()))
         })
     }
 
     fn generation(&self) -> Result<Option<u32>, DataplaneError> {
-        Ok(self.with(|k| Some(u32::try_from(k.transactions + k.tampered).unwrap_or(u32::MAX))))
+        Ok(self.with(|k| Some(k.generation())))
     }
 
     fn has_elements(

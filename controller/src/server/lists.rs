@@ -14,9 +14,9 @@
 //! (or a reconnect) a host's first push carries full lists.
 
 use portcullis_policy::{AddrList, HostPolicy};
-use portcullis_proto::convert::{full_list, list_against};
+use portcullis_proto::convert::list_against;
 use portcullis_proto::{CAPABILITY_DENY_LISTS, v1};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// Lists by name, as a policy holds them.
@@ -174,30 +174,20 @@ impl ListTracker {
         {
             return w.clone();
         }
-        let w = match base {
-            Some(b) => list_against(name, l, Some(b)),
-            None => full_list(name, l),
-        };
+        let w = list_against(name, l, base.map(|b| &**b));
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
         cache.insert(key, (w.clone(), base.cloned(), l.clone()));
         w
     }
-
-    /// Hosts with a session known here (for tests).
-    pub fn known(&self) -> HashSet<String> {
-        self.with(|h| h.keys().cloned().collect())
-    }
 }
 
 /// The wire policy without its lists (they are added per host by
 /// [`ListTracker::outgoing`]).
 pub fn wire_without_lists(policy: &HostPolicy) -> v1::HostPolicy {
-    let mut w = v1::HostPolicy::from(&HostPolicy {
+    v1::HostPolicy::from(&HostPolicy {
         lists: BTreeMap::new(),
         ..policy.clone()
-    });
-    w.lists.clear();
-    w
+    })
 }
