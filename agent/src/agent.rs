@@ -21,8 +21,9 @@ use crate::report::{
 use crate::state::{LastKnownGood, PreparedRecord, StateDir, StateError};
 use portcullis_policy::{
     CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, Ruleset, RulesetDiff,
-    compile, diff, plan,
+    RulesetHash, compile, diff, plan,
 };
+use portcullis_policy::ruleset::SetDigests;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -93,6 +94,9 @@ pub struct Agent {
     /// a list delta of ours with its elements checked): a list delta is taken only while
     /// the kernel is still at it, i.e. nobody committed anything since.
     verified_generation: Arc<Mutex<Option<u32>>>,
+    /// The set digests of the ruleset last applied, with its hash: a list delta rehashes
+    /// only the sets it changed ([`Ruleset::hash_with`]).
+    digests: Arc<Mutex<Option<(RulesetHash, SetDigests)>>>,
 }
 
 impl Agent {
@@ -104,6 +108,7 @@ impl Agent {
             log_group: Arc::new(tokio::sync::watch::channel(None).0),
             metrics: crate::metrics::Instruments::default(),
             verified_generation: Arc::new(Mutex::new(None)),
+            digests: Arc::default(),
         }
     }
 
@@ -187,11 +192,11 @@ impl Agent {
         if let Some(c) = current.as_ref()
             && c.revision != revision
             && same_interface(&c.ruleset, policy, facts)
-            && let Some(changes) = delta::list_delta(&c.policy, &c.ruleset, policy)
-            && !changes.is_empty()
+            && let Some(d) = delta::list_delta(&c.policy, &c.ruleset, policy)
+            && !d.sets.is_empty()
             && self.kernel_as_verified()
         {
-            match self.apply_delta(c, &changes, policy, revision, started) {
+            match self.apply_delta(c, d, policy, revision, started) {
                 Ok(report) => return Ok(report),
                 Err(e) => {
                     tracing::warn!(error = %e, "list delta not applied; replacing the table");
@@ -338,10 +343,14 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = g;
         let path = self.state.path().join(GENERATION_FILE);
+        // Meaningful only within this boot, so not synced (a power cut starts a new
+        // boot); replaced by rename, so another process never reads half of it.
         let result = match (g, boot_id()) {
-            (Some(g), Some(boot)) => {
-                crate::durable::write_atomic(&path, format!("{boot} {g}\n").as_bytes(), 0o600)
-            }
+            (Some(g), Some(boot)) => crate::durable::replace_unsynced(
+                &path,
+                format!("{boot} {g}\n").as_bytes(),
+                0o600,
+            ),
             _ => crate::durable::remove(&path),
         };
         if let Err(e) = result {
@@ -361,8 +370,8 @@ impl Agent {
     /// Any failure forgets the verified generation, so the caller's full apply follows.
     fn apply_delta(
         &self,
-        current: &LastKnownGood,
-        changes: &[crate::dataplane::SetChange],
+        current: &Arc<LastKnownGood>,
+        delta: delta::ListDelta,
         policy: &HostPolicy,
         revision: u64,
         started: Instant,
@@ -373,13 +382,11 @@ impl Agent {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = None
         };
-        let generation = if changes.is_empty() {
-            self.dataplane.generation().ok().flatten()
-        } else {
-            self.dataplane
-                .update_elements(changes)
-                .inspect_err(|_| forget())?
-        };
+        let changes = &delta.sets;
+        let generation = self
+            .dataplane
+            .update_elements(changes)
+            .inspect_err(|_| forget())?;
         let mut wrong = Vec::new();
         for c in changes {
             let present = self
@@ -403,11 +410,28 @@ impl Agent {
             forget();
             return Err(AgentError::Mismatch { diff: wrong });
         }
-        let ruleset = delta::patched(&current.ruleset, changes);
-        let hash = ruleset.hash();
+        let ruleset = delta
+            .record
+            .patch_ruleset(&current.ruleset)
+            .map_err(|why| {
+                forget();
+                AgentError::Mismatch {
+                    diff: vec![format!("the delta does not fit the verified ruleset: {why}")],
+                }
+            })?;
+        // Only the changed sets are rehashed (one shard of a big list).
+        let mut digests = self.set_digests(&current.ruleset, &current.hash);
+        for name in delta.record.sets.keys() {
+            if let Some(set) = ruleset.sets.get(name) {
+                digests.insert(name.clone(), set.digest());
+            }
+        }
+        let hash = ruleset.hash_with(&digests);
+        self.keep_digests(&hash, digests);
         let (rules, set_elements) = (ruleset.rule_count(), ruleset.element_count());
         let lkg = LastKnownGood::with_hash(policy.clone(), revision, ruleset, hash.clone());
-        self.state.store_shared(Arc::new(lkg))?;
+        self.state
+            .store_delta(current, delta.record, Arc::new(lkg))?;
         self.set_generation(generation);
         if revision != 0
             && let Err(e) = crate::restore::clear_fail_closed(&self.state)
@@ -417,7 +441,7 @@ impl Agent {
         let report = AppliedReport {
             revision,
             hash,
-            changed: !changes.is_empty(),
+            changed: true,
             previous_hash: Some(current.hash.clone()),
             diff: delta::describe(changes),
             rules,
@@ -427,6 +451,21 @@ impl Agent {
         tracing::info!(revision, hash = %report.hash, changes = changes.len(),
             elapsed_ms = report.elapsed_ms, "list delta applied");
         Ok(report)
+    }
+
+    /// The set digests of `ruleset` (whose hash is `hash`): those kept from the last
+    /// apply when they are its, else computed.
+    fn set_digests(&self, ruleset: &Ruleset, hash: &RulesetHash) -> SetDigests {
+        let kept = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.as_ref() {
+            Some((h, d)) if h == hash => d.clone(),
+            _ => ruleset.set_digests(),
+        }
+    }
+
+    /// Keep `digests` (of the ruleset hashing to `hash`) for the next list delta.
+    fn keep_digests(&self, hash: &RulesetHash, digests: SetDigests) {
+        *self.digests.lock().unwrap_or_else(|p| p.into_inner()) = Some((hash.clone(), digests));
     }
 
     /// Applies `ruleset` and meanwhile (nft works in its own process) hashes it and writes
@@ -440,7 +479,9 @@ impl Agent {
     ) -> Result<PreparedRecord<'_>, AgentError> {
         std::thread::scope(|s| {
             let preparing = s.spawn(|| {
-                let hash = ruleset.hash();
+                let digests = ruleset.set_digests();
+                let hash = ruleset.hash_with(&digests);
+                self.keep_digests(&hash, digests);
                 let lkg = LastKnownGood::with_hash(policy.clone(), revision, ruleset.clone(), hash);
                 self.state.prepare(Arc::new(lkg))
             });
@@ -620,7 +661,7 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-mod delta;
+pub(crate) mod delta;
 mod drift;
 
 pub use drift::DriftCheck;

@@ -55,6 +55,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DurableE
     Ok(())
 }
 
+/// [`write_atomic`] without the syncs: another process reads the old or the new file,
+/// never half of one, but a power cut may lose it. Only for a record that means nothing
+/// after a reboot.
+pub fn replace_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DurableError> {
+    let tmp = tmp_path(path);
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(DurableError::new(&tmp, "write"))?;
+    fs::rename(&tmp, path).map_err(DurableError::new(path, "rename"))
+}
+
 /// The first half: `bytes` into `tmp` (created or truncated, `mode`), fsynced.
 pub fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> Result<(), DurableError> {
     let mut file = OpenOptions::new()
@@ -67,6 +83,27 @@ pub fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> Result<(), DurableEr
     file.write_all(bytes)
         .map_err(DurableError::new(tmp, "write"))?;
     file.sync_all().map_err(DurableError::new(tmp, "fsync"))
+}
+
+/// Appends `bytes` to `path` (created with `mode` if absent; then the directory is
+/// fsynced too) and syncs the file's data: an append-only log. A crash can leave a torn
+/// last line, which the reader must tolerate; everything a call returned `Ok` for is on
+/// disk.
+pub fn append_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DurableError> {
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .open(path)
+        .map_err(DurableError::new(path, "open for append"))?;
+    file.write_all(bytes)
+        .map_err(DurableError::new(path, "append"))?;
+    file.sync_data().map_err(DurableError::new(path, "fsync"))?;
+    if !existed {
+        sync_parent(path)?;
+    }
+    Ok(())
 }
 
 /// The second half: `tmp` renamed over `path`, then the directory fsynced.

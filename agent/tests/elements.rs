@@ -70,7 +70,7 @@ fn applied(rs: &Ruleset, changes: &[SetChange]) -> Ruleset {
     let mut out = rs.clone();
     for c in changes {
         let set = out.sets.get_mut(&c.set).unwrap();
-        let mut elements = set.elements.clone();
+        let mut elements = (*set.elements).clone();
         for e in &c.remove {
             assert!(elements.remove(e), "{e} not in {}", c.set);
         }

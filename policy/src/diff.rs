@@ -178,7 +178,7 @@ fn diff_set(out: &mut Vec<Change>, name: &str, d: Option<&Set>, a: Option<&Set>)
                 set: set.clone(),
                 key,
             });
-            (&d.elements, &empty)
+            (&*d.elements, &empty)
         }
         (None, Some(a)) => {
             let key = a.key.to_string();
@@ -186,7 +186,7 @@ fn diff_set(out: &mut Vec<Change>, name: &str, d: Option<&Set>, a: Option<&Set>)
                 set: set.clone(),
                 key,
             });
-            (&empty, &a.elements)
+            (&empty, &*a.elements)
         }
         (Some(d), Some(a)) => {
             if d.key != a.key {
@@ -196,7 +196,7 @@ fn diff_set(out: &mut Vec<Change>, name: &str, d: Option<&Set>, a: Option<&Set>)
                     to: d.key.to_string(),
                 });
             }
-            (&d.elements, &a.elements)
+            (&*d.elements, &*a.elements)
         }
         (None, None) => return,
     };

@@ -292,7 +292,7 @@ fn in_address_set(rs: &Ruleset, set: &str, l3: L3, src: IpAddr) -> bool {
 pub(crate) fn port_points(rs: &Ruleset, within: PortRange) -> BTreeSet<u16> {
     let mut ranges: Vec<PortRange> = Vec::new();
     for set in rs.sets.values() {
-        for e in &set.elements {
+        for e in set.elements.iter() {
             match e {
                 Element::Port(p) | Element::V4Port(_, p) | Element::V6Port(_, p) => ranges.push(*p),
                 Element::V4(_) | Element::V6(_) => {}
@@ -369,7 +369,7 @@ fn addr_points_for(
         .sets
         .iter()
         .filter(|(name, set)| !set.key.is_address() || relevant(name))
-        .flat_map(|(_, s)| &s.elements)
+        .flat_map(|(_, s)| s.elements.iter())
         .filter_map(|e| match e {
             Element::V4Port(n, _) => Some(IpNet::V4(*n)),
             Element::V6Port(n, _) => Some(IpNet::V6(*n)),

@@ -158,7 +158,7 @@ fn space(rs: &Ruleset, rule: &Rule) -> Vec<(Proto, PortRange, IpNet, bool)> {
     rs.sets
         .get(set)
         .into_iter()
-        .flat_map(|s| &s.elements)
+        .flat_map(|s| s.elements.iter())
         .flat_map(|e| match (e, saddr) {
             (Element::Port(p), None) => any().map(|n| (proto, *p, n, false)).to_vec(),
             (Element::V4Port(n, p), Some(L3::Ip)) => vec![(proto, *p, IpNet::V4(*n), false)],

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 pub(crate) mod normalize;
 
@@ -44,7 +45,9 @@ pub struct Ruleset {
 pub struct Set {
     pub key: SetKey,
     /// Normalized: ranges merged where adjacent/overlapping (what the kernel stores).
-    pub elements: BTreeSet<Element>,
+    /// Shared: a ruleset clone (a list delta patches one shard of a million-element list)
+    /// copies no elements; change them with `Arc::make_mut`.
+    pub elements: Arc<BTreeSet<Element>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -276,7 +279,7 @@ impl TryFrom<SetRepr> for Set {
         match (r.elements, r.packed) {
             (Some(e), None) if !r.key.is_address() => Ok(Set {
                 key: r.key,
-                elements: e.into_iter().collect(),
+                elements: Arc::new(e.into_iter().collect()),
             }),
             (None, Some(p)) if r.key.is_address() => {
                 use base64::Engine as _;
@@ -294,7 +297,7 @@ impl Set {
     /// The elements of an address set packed (see [`Set`]); empty for other sets.
     pub fn packed(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.elements.len() * 17);
-        for e in &self.elements {
+        for e in self.elements.iter() {
             match e {
                 Element::V4(n) => {
                     out.extend_from_slice(&n.addr().octets());
@@ -333,7 +336,10 @@ impl Set {
             };
             elements.insert(e);
         }
-        Ok(Set { key, elements })
+        Ok(Set {
+            key,
+            elements: Arc::new(elements),
+        })
     }
 }
 
@@ -386,19 +392,39 @@ impl Ruleset {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// SHA-256 of the canonical JSON with log-prefix revisions masked ([`Rule::masked`]):
-    /// two tables that match the same packets the same way hash equal, whichever revision
-    /// built their rules.
+    /// SHA-256 of the canonical JSON with log-prefix revisions masked ([`Rule::masked`])
+    /// and each set's elements replaced by that set's own digest ([`Set::digest`]): two
+    /// tables that match the same packets the same way hash equal, whichever revision
+    /// built their rules; and a caller that changed a few sets of a million-element
+    /// ruleset rehashes only those ([`Ruleset::hash_with`]).
     pub fn hash(&self) -> RulesetHash {
+        self.hash_with(&self.set_digests())
+    }
+
+    /// Every set's [`Set::digest`], by set name.
+    pub fn set_digests(&self) -> SetDigests {
+        self.sets
+            .iter()
+            .map(|(name, set)| (name.clone(), set.digest()))
+            .collect()
+    }
+
+    /// [`Ruleset::hash`] from digests the caller kept ([`Ruleset::set_digests`] of this
+    /// ruleset, or of an earlier one with the digests of changed sets recomputed).
+    pub fn hash_with(&self, digests: &SetDigests) -> RulesetHash {
         #[derive(Serialize)]
         struct View<'a> {
-            sets: &'a BTreeMap<String, Set>,
+            sets: BTreeMap<&'a str, String>,
             chains: BTreeMap<&'a str, Chain>,
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
             unknown: &'a BTreeMap<String, String>,
         }
+        debug_assert!(digests.keys().eq(self.sets.keys()), "digests of other sets");
         let view = View {
-            sets: &self.sets,
+            sets: digests
+                .iter()
+                .map(|(n, d)| (n.as_str(), hex::encode(d.0)))
+                .collect(),
             chains: self
                 .chains
                 .iter()
@@ -447,12 +473,27 @@ impl Ruleset {
     }
 }
 
+/// SHA-256 of one set's canonical JSON (its key and elements, address sets packed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetDigest(pub [u8; 32]);
+
+/// [`SetDigest`]s by set name (see [`Ruleset::hash_with`]).
+pub type SetDigests = BTreeMap<String, SetDigest>;
+
 impl Set {
+    /// This set's part of [`Ruleset::hash`].
+    pub fn digest(&self) -> SetDigest {
+        let mut w = HashWriter(Sha256::new());
+        // Writing into a hasher cannot fail, nor can serializing a set.
+        let _ = serde_json::to_writer(&mut w, self);
+        SetDigest(w.0.finalize().into())
+    }
+
     /// A set of `key` holding `elements` in canonical form (see [`Set::normalize`]).
     pub fn new(key: SetKey, elements: impl IntoIterator<Item = Element>) -> Self {
         Self {
             key,
-            elements: normalize::normalize(elements),
+            elements: Arc::new(normalize::normalize(elements)),
         }
     }
 
@@ -464,7 +505,8 @@ impl Set {
     /// intervals", pipapo: EEXIST) and keeps touching ones apart, so two element lists
     /// covering the same packets normalize to the same set.
     pub fn normalize(&mut self) {
-        self.elements = normalize::normalize(std::mem::take(&mut self.elements));
+        let elements = Arc::unwrap_or_clone(std::mem::take(&mut self.elements));
+        self.elements = Arc::new(normalize::normalize(elements));
     }
 }
 

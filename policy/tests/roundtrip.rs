@@ -204,7 +204,7 @@ fn rendered_script_spells_every_part() {
     assert!(script.starts_with("add table inet portcullis\ndelete table inet portcullis\n"));
     assert!(!script.contains("flush"));
     for set in rs.sets.values() {
-        for e in &set.elements {
+        for e in set.elements.iter() {
             assert!(script.contains(&e.to_string()), "{e}");
         }
     }
@@ -260,7 +260,7 @@ fn kernel_json(rs: &Ruleset, split: bool, packets: u64) -> String {
             o["flags"] = json!(["interval"]);
         }
         let mut elem = Vec::new();
-        for e in &set.elements {
+        for e in set.elements.iter() {
             let (a, p) = match e {
                 Element::V4(n) => {
                     elem.push(addr(n.addr().to_string(), n.prefix_len(), 32));
@@ -537,7 +537,7 @@ proptest! {
             PortRange::new(p, p + n).unwrap(),
         )).collect();
         let set = Set::new(SetKey::V4Port, elems.clone());
-        let again = Set::new(SetKey::V4Port, set.elements.clone());
+        let again = Set::new(SetKey::V4Port, set.elements.iter().cloned());
         prop_assert_eq!(&again, &set);
         let hits = |es: &[&Element], a: u32, port: u16| es.iter().filter(|e| match e {
             Element::V4Port(n, p) => n.contains(&std::net::Ipv4Addr::from(0x0a00_0000 + a)) && p.contains(port),

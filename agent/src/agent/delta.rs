@@ -10,12 +10,15 @@
 //! difference); the caller then replaces the table as usual.
 
 use crate::dataplane::SetChange;
+use crate::state::{ListChange, RecordDelta, SetPatch};
 use portcullis_policy::HostPolicy;
 use portcullis_policy::addrlist::AddrList;
 use portcullis_policy::compile::{
     ADDRESS_SET_KINDS, address_set_name, list_elements, shard_count, shard_name, shard_of,
 };
-use portcullis_policy::ruleset::{DENY_SET_PREFIX, Element, LIST_SET_PREFIX, Ruleset, SetKey};
+use portcullis_policy::ruleset::{
+    DENY_SET_PREFIX, Element, LIST_SET_PREFIX, Ruleset, Set, SetKey,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -28,24 +31,36 @@ fn shape(policy: &HostPolicy) -> HostPolicy {
     }
 }
 
+/// A list delta: the kernel's element changes, and the same as the last-known-good
+/// journal records them (with the lists' own changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListDelta {
+    pub sets: Vec<SetChange>,
+    pub record: RecordDelta,
+}
+
 /// The element changes turning the table of `old` (compiled as `old_rs`) into that of
-/// `new`, if only list contents differ; `None` when a full apply is needed. An empty
-/// vector: nothing changes.
-pub(crate) fn list_delta(
-    old: &HostPolicy,
-    old_rs: &Ruleset,
-    new: &HostPolicy,
-) -> Option<Vec<SetChange>> {
+/// `new`, if only list contents differ; `None` when a full apply is needed. No set
+/// changes: nothing changes.
+pub(crate) fn list_delta(old: &HostPolicy, old_rs: &Ruleset, new: &HostPolicy) -> Option<ListDelta> {
     if shape(old) != shape(new) || !old.lists.keys().eq(new.lists.keys()) {
         return None;
     }
     let mut changes = Vec::new();
+    let mut record = RecordDelta::default();
     for (name, new_list) in &new.lists {
         let old_list = old.lists.get(name)?;
         if Arc::ptr_eq(old_list, new_list) || old_list == new_list {
             continue;
         }
         let (added, removed) = old_list.diff(new_list);
+        record.lists.insert(
+            name.clone(),
+            ListChange {
+                added: added.clone(),
+                removed: removed.clone(),
+            },
+        );
         let allow = new.allow.iter().any(|a| a.lists.contains(name));
         let deny = new.deny.iter().any(|d| d.lists.contains(name));
         let bases = [(allow, LIST_SET_PREFIX), (deny, DENY_SET_PREFIX)];
@@ -92,6 +107,17 @@ pub(crate) fn list_delta(
                     {
                         return None;
                     }
+                    let set = |elements: &[Element]| Set {
+                        key,
+                        elements: Arc::new(elements.iter().cloned().collect()),
+                    };
+                    record.sets.insert(
+                        set_name.clone(),
+                        SetPatch {
+                            add: set(&add),
+                            remove: set(&remove),
+                        },
+                    );
                     changes.push(SetChange {
                         set: set_name,
                         key,
@@ -102,7 +128,10 @@ pub(crate) fn list_delta(
             }
         }
     }
-    Some(changes)
+    Some(ListDelta {
+        sets: changes,
+        record,
+    })
 }
 
 /// Entries of `list` that go to sets of `key`.
@@ -183,20 +212,6 @@ fn prefixes_stand_alone(
     })
 }
 
-/// `rs` with `changes` applied to its sets (what the kernel holds after them).
-pub(crate) fn patched(rs: &Ruleset, changes: &[SetChange]) -> Ruleset {
-    let mut out = rs.clone();
-    for c in changes {
-        if let Some(set) = out.sets.get_mut(&c.set) {
-            for e in &c.remove {
-                set.elements.remove(e);
-            }
-            set.elements.extend(c.add.iter().cloned());
-        }
-    }
-    out
-}
-
 /// One line per changed set, for the apply report: `set deny_ab12..._v4a: +1 -0`.
 pub(crate) fn describe(changes: &[SetChange]) -> Vec<String> {
     changes
@@ -244,12 +259,13 @@ mod tests {
     fn delta(a: &[&str], b: &[&str]) -> Option<Vec<SetChange>> {
         let (pa, pb) = (policy(a), policy(b));
         let ra = compile(&pa, &facts(), 1).unwrap();
-        let changes = list_delta(&pa, &ra, &pb)?;
+        let d = list_delta(&pa, &ra, &pb)?;
         let rb = compile(&pb, &facts(), 2).unwrap();
-        let got = patched(&ra, &changes);
+        let got = d.record.patch_ruleset(&ra).unwrap();
         assert_eq!(got.sets, rb.sets, "the patched sets are the compiled ones");
         assert_eq!(got.hash(), rb.hash());
-        Some(changes)
+        assert_eq!(d.record.patch_policy(&pa).unwrap(), pb, "the journal's list changes");
+        Some(d.sets)
     }
 
     #[test]

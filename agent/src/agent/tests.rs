@@ -133,7 +133,7 @@ fn a_kernel_that_reads_back_differently_is_an_error_and_not_recorded() {
     let s = setup();
     let mut wrong = compile(&seed(), &facts(), 1).expect("compile");
     if let Some(set) = wrong.sets.get_mut("allow_tcp") {
-        set.elements.insert(Element::Port(PortRange::single(23)));
+        std::sync::Arc::make_mut(&mut set.elements).insert(Element::Port(PortRange::single(23)));
     }
     s.fake.mangle_next_apply(wrong);
     let err = s
@@ -178,7 +178,7 @@ fn verify_reports_nothing_applied_in_sync_and_drift() {
     // A hand-made `nft add element inet portcullis allow_tcp { 23 }`.
     s.fake.tamper(|t| {
         if let Some(set) = t.as_mut().and_then(|t| t.sets.get_mut("allow_tcp")) {
-            set.elements.insert(Element::Port(PortRange::single(23)));
+            std::sync::Arc::make_mut(&mut set.elements).insert(Element::Port(PortRange::single(23)));
         }
     });
     let v = s.agent.verify().expect("verify");

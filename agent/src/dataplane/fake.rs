@@ -9,7 +9,7 @@ use super::{Dataplane, DataplaneError, SetChange};
 use portcullis_policy::Ruleset;
 use portcullis_policy::render::delete_script;
 use portcullis_policy::ruleset::{Element, SetKey};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct Kernel {
@@ -142,12 +142,12 @@ impl Dataplane for FakeDataplane {
                     .filter(|s| s.key == c.key)
                     .ok_or_else(|| DataplaneError::Fake(format!("no set {} of that key", c.set)))?;
                 for e in &c.remove {
-                    if !set.elements.remove(e) {
+                    if !Arc::make_mut(&mut set.elements).remove(e) {
                         return Err(DataplaneError::Fake(format!("{e} is not in {}", c.set)));
                     }
                 }
                 for e in &c.add {
-                    if !set.elements.insert(e.clone()) {
+                    if !Arc::make_mut(&mut set.elements).insert(e.clone()) {
                         return Err(DataplaneError::Fake(format!("{e} is in {} already", c.set)));
                     }
                 }

@@ -47,7 +47,7 @@ fn seed_layout() {
         ["allow_tcp", "allow_udp"]
     );
     assert_eq!(
-        rs.sets["allow_tcp"].elements,
+        *rs.sets["allow_tcp"].elements,
         [22, 25].map(|p| Element::Port(PortRange::single(p))).into()
     );
     assert_eq!(
