@@ -98,10 +98,51 @@ fn fresh_db(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
+/// Where a run stores: a fresh SQLite file, or a fresh database of a PostgreSQL cluster
+/// started for the benchmark with durable settings (fsync on, full page writes;
+/// synchronous_commit=off, the same durability class as SQLite's WAL +
+/// synchronous=NORMAL: a crash loses at most the last moments, never consistency).
+enum Engine {
+    Sqlite(PathBuf),
+    Postgres(portcullis_testkit::postgres::Cluster),
+}
+
+impl Engine {
+    fn name(&self) -> &'static str {
+        match self {
+            Engine::Sqlite(_) => "SQLite",
+            Engine::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    async fn fresh(&self) -> store::Store {
+        match self {
+            Engine::Sqlite(dir) => {
+                let db = fresh_db(dir, "ingest.db");
+                store::Store::open(&db).expect("open")
+            }
+            Engine::Postgres(c) => {
+                let url = c.fresh_database().expect("database");
+                store::Store::open_postgres(&url, None).await.expect("open")
+            }
+        }
+    }
+}
+
+fn postgres_cluster() -> Result<portcullis_testkit::postgres::Cluster, String> {
+    portcullis_testkit::postgres::Cluster::start(&[
+        "fsync=on",
+        "full_page_writes=on",
+        "synchronous_commit=off",
+        "shared_buffers=512MB",
+        "max_wal_size=4GB",
+        "checkpoint_timeout=15min",
+    ])
+}
+
 /// Ingest `agents * batches` batches of `per_batch` entries through `LogsState::ingest`.
-async fn real_ingest(dir: &Path, agents: usize, batches: usize, per_batch: usize, count: u64) {
-    let db = fresh_db(dir, "ingest.db");
-    drop(store::Store::open(&db).expect("open"));
+async fn real_ingest(engine: &Engine, agents: usize, batches: usize, per_batch: usize, count: u64) {
+    let db = engine.fresh().await;
     let config = LogsConfig {
         retention: None,
         max_rows: None,
@@ -144,7 +185,8 @@ async fn real_ingest(dir: &Path, agents: usize, batches: usize, per_batch: usize
     let (d, cpu) = (started.elapsed(), cpu_secs() - cpu);
     let rows = (agents * batches * per_batch) as u64;
     println!(
-        "| real ingest path: {agents} agents x {batches} batches x {per_batch} entries, count {count}/row | {rows} rows in {:.2} s ({cpu:.2} CPU-s) | **{} rows**, **{} events** (per CPU-second: {} rows) |",
+        "| {}: real ingest path, {agents} agents x {batches} batches x {per_batch} entries, count {count}/row | {rows} rows in {:.2} s ({cpu:.2} CPU-s, both engines' processes) | **{} rows**, **{} events** (per CPU-second: {} rows) |",
+        engine.name(),
         d.as_secs_f64(),
         rate(rows, d),
         rate(rows * count, d),
@@ -207,7 +249,8 @@ fn per_row(dir: &Path, label: &str, wal: bool, secs: u64) {
 /// Fill `db` with `rows` rows over 14 days on 500 hosts, 100k rows per transaction.
 fn generate(db: &Path, rows: u64) {
     let s = store::Store::open(db).expect("open");
-    s.call_sync(|c| writer::tune_for_ingest(c)).expect("tune");
+    s.call_sync(|c| writer::tune_for_ingest(c.as_sqlite().expect("SQLite")))
+        .expect("tune");
     let (started, cpu) = (Instant::now(), cpu_secs());
     let mut rng = Rng(3);
     let t0 = now_ms() - 14 * 24 * 3_600_000;
@@ -273,6 +316,7 @@ fn median_ms(mut f: impl FnMut() -> usize) -> (f64, usize) {
 
 fn queries(db: &Path, rows: u64) {
     let conn = Connection::open(db).expect("open");
+    let conn = store::Db::sqlite(&conn);
     let now = now_ms();
     let h = |m: i64| Some(now - m * 3_600_000);
     let host = |p: &str| HostPattern::parse(p).expect("pattern");
@@ -401,10 +445,17 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!("| ingest | volume | rate |");
     println!("|---|---|---|");
-    rt.block_on(real_ingest(&dir, 1, 100, 5_000, 1));
-    rt.block_on(real_ingest(&dir, 16, 50, 1_000, 1));
-    rt.block_on(real_ingest(&dir, 200, 10, 200, 1));
-    rt.block_on(real_ingest(&dir, 16, 50, 1_000, 10));
+    let mut engines = vec![Engine::Sqlite(dir.clone())];
+    match postgres_cluster() {
+        Ok(c) => engines.push(Engine::Postgres(c)),
+        Err(e) => println!("| PostgreSQL | not measured: {e} | |"),
+    }
+    for engine in &engines {
+        rt.block_on(real_ingest(engine, 1, 100, 5_000, 1));
+        rt.block_on(real_ingest(engine, 16, 50, 1_000, 1));
+        rt.block_on(real_ingest(engine, 200, 10, 200, 1));
+        rt.block_on(real_ingest(engine, 16, 50, 1_000, 10));
+    }
     per_row(
         &dir,
         "one transaction per row, rollback journal, synchronous=FULL (ulogd2 sqlite3 output)",

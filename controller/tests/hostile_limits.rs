@@ -244,14 +244,12 @@ async fn concurrent_applies_store_hashes_for_their_own_revision() {
         portcullis_controller::store::Store::open(&ctl.dir.path().join("controller.db")).unwrap();
     let rows: Vec<(u64, String, String)> = store
         .call_sync(|c| {
-            let mut st = c.prepare(
+            c.query(
                 "SELECT rh.revision, p.json, rh.expected_hash FROM revision_hosts rh
                    JOIN policies p ON p.id = rh.policy_id WHERE rh.host = 'h1'",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                portcullis_controller::args![],
+                |r| Ok((r.get::<i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+            )
         })
         .unwrap();
     assert_eq!(rows.len(), 16);

@@ -63,28 +63,48 @@ async fn status_escapes_agent_controlled_text() {
 #[test]
 fn a_panicking_store_call_does_not_poison_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = portcullis_controller::store::Store::open(&dir.path().join("c.db")).unwrap();
-    store
-        .call_sync(|c| {
-            c.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")?;
-            Ok(())
-        })
-        .unwrap();
-    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = store.call_sync(|c| -> anyhow::Result<()> {
-            c.execute_batch("BEGIN; INSERT INTO t VALUES (2);")?;
-            panic!("a bug in a store call");
-        });
-    }));
-    assert!(panicked.is_err());
-    let rows: Vec<i64> = store
-        .call_sync(|c| {
-            let mut st = c.prepare("SELECT x FROM t ORDER BY x")?;
-            let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            Ok(v)
-        })
-        .expect("the store still works after a panic");
-    assert_eq!(rows, [1], "the panicked call's transaction was rolled back");
+    let sqlite = portcullis_controller::store::Store::open(&dir.path().join("c.db")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut stores = vec![sqlite];
+    if let Some(pg) = portcullis_testkit::require_postgres() {
+        let url = pg.fresh_schema().unwrap();
+        stores.push(
+            rt.block_on(portcullis_controller::store::Store::open_postgres(
+                &url, None,
+            ))
+            .unwrap(),
+        );
+    }
+    for store in stores {
+        store
+            .call_sync(|c| c.batch("CREATE TABLE t (x BIGINT); INSERT INTO t VALUES (1);"))
+            .unwrap();
+        // Twice: on PostgreSQL the second would find a pooled connection still inside the
+        // first's transaction if it went back to the pool.
+        for _ in 0..2 {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = store.call_sync(|c| -> anyhow::Result<()> {
+                    c.batch("BEGIN; INSERT INTO t VALUES (2);")?;
+                    panic!("a bug in a store call");
+                });
+            }));
+            assert!(panicked.is_err());
+        }
+        let rows: Vec<i64> = store
+            .call_sync(|c| {
+                c.query(
+                    "SELECT x FROM t ORDER BY x",
+                    portcullis_controller::args![],
+                    |r| r.get(0),
+                )
+            })
+            .expect("the store still works after a panic");
+        assert_eq!(
+            rows,
+            [1],
+            "{store:?}: the panicked call's transaction was rolled back"
+        );
+    }
 }
 
 #[test]

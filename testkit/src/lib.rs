@@ -10,6 +10,8 @@
 //!   apart, a TCP listener, a UDP echo server and a UDP request/answer probe, all run inside
 //!   a namespace on a thread that entered it with `setns`.
 //! - [`require_root_netns`]: the gate every netns test starts with.
+//! - [`postgres`]: a throwaway PostgreSQL cluster (or the one `PORTCULLIS_TEST_PG` names)
+//!   for tests of the PostgreSQL store; [`require_postgres`] is its gate.
 //!
 //! This crate must only touch namespaces it created and only use 10.77.0.0/16, fd77::/16
 //! and loopback addresses. It never changes the caller's own namespace.
@@ -17,11 +19,13 @@
 mod bridge;
 mod gate;
 mod netns;
+pub mod postgres;
 pub mod probe;
 mod topology;
 
 pub use bridge::{Bridge, terminate};
 pub use gate::require_root_netns;
 pub use netns::NetNs;
+pub use postgres::require_postgres;
 pub use probe::{TcpOutcome, TcpServer, UdpEcho, UdpOutcome};
 pub use topology::{Endpoint, Link, Topology, TopologyBuilder};

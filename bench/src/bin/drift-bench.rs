@@ -181,7 +181,8 @@ async fn one(n: usize, runs: usize) -> Result<Measured> {
     let url = format!("https://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let config = ServeConfig {
-        db: dir.path().join("controller.db"),
+        db: dir.path().join("controller.db").into(),
+        db_ca: None,
         pki: pki_dir.clone(),
         max_connections: n + 64,
         pre_auth: Default::default(),

@@ -113,7 +113,8 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     let server = match kind {
         Kind::Controller => {
             let config = ServeConfig {
-                db: dir.path().join("controller.db"),
+                db: dir.path().join("controller.db").into(),
+                db_ca: None,
                 pki: pki.dir().to_path_buf(),
                 max_connections: n + 64,
                 pre_auth: Default::default(),

@@ -212,7 +212,8 @@ async fn one(kind: Kind, cli: &Cli) -> Result<OneResult> {
     let url = format!("https://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let config = ServeConfig {
-        db: dir.path().join("controller.db"),
+        db: dir.path().join("controller.db").into(),
+        db_ca: None,
         pki: pki.dir().to_path_buf(),
         max_connections: n + 64,
         pre_auth: Default::default(),

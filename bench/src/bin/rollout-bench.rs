@@ -355,7 +355,8 @@ async fn one(n: usize, cli: &Cli) -> Result<OneResult> {
     let url = format!("https://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let config = ServeConfig {
-        db: dir.path().join("controller.db"),
+        db: dir.path().join("controller.db").into(),
+        db_ca: None,
         pki: pki.dir().to_path_buf(),
         // Reconnecting agents may briefly hold two connections.
         max_connections: 2 * n + 64,

@@ -10,13 +10,20 @@ pub struct ServeArgs {
     /// Address to listen on (keep the port outside ip_local_port_range)
     #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:7443")]
     pub listen: SocketAddr,
-    /// SQLite database file
+    /// The store: an SQLite file (one controller), or a PostgreSQL connection string
+    /// shared by several controllers, e.g. postgres://portcullis@db.example/portcullis
+    /// or "host=/run/postgresql dbname=portcullis" (put a password in ~/.pgpass or
+    /// the URL; it is never logged)
     #[arg(
         long,
         env = "PORTCULLIS_DB",
         default_value = "/var/lib/portcullis/controller.db"
     )]
-    pub db: PathBuf,
+    pub db: crate::store::DbSpec,
+    /// CA bundle (PEM) that verifies the PostgreSQL server's certificate when the
+    /// connection uses TLS (sslmode=require); without it TLS connections are refused
+    #[arg(long, env = "PORTCULLIS_DB_CA")]
+    pub db_ca: Option<PathBuf>,
     /// PKI directory (ca.crt, controller.crt/key, revoked.txt)
     #[arg(long, env = "PORTCULLIS_PKI", default_value = "/etc/portcullis/pki")]
     pub pki: PathBuf,
@@ -93,6 +100,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     };
     let config = ServeConfig {
         db: args.db,
+        db_ca: args.db_ca,
         pki: args.pki,
         max_connections: args.max_connections,
         pre_auth: crate::server::incoming::PreAuth {

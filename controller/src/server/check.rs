@@ -107,12 +107,7 @@ pub struct Evidence {
 /// Denial-log groups replayed per host at most (the busiest first).
 const REPLAY_MAX_GROUPS: usize = 100_000;
 
-fn evidence(
-    c: &rusqlite::Connection,
-    host: &str,
-    revision: u64,
-    since: i64,
-) -> anyhow::Result<Evidence> {
+fn evidence(c: &store::Db<'_>, host: &str, revision: u64, since: i64) -> anyhow::Result<Evidence> {
     let (groups, truncated) = store::denial_groups(c, host, since, REPLAY_MAX_GROUPS)?;
     let logged = groups
         .into_iter()

@@ -19,7 +19,6 @@ use super::Shared;
 use super::registry::Outbound;
 use crate::store::{self, BatchOutcome, DenialFilter, DenialRecord, HostTotals, NewDenial};
 use portcullis_proto::v1;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,7 +68,7 @@ impl Default for LogsConfig {
 /// The denial writer, live `--follow` subscribers, and sessions whose batches are refused.
 #[derive(Debug)]
 pub struct LogsState {
-    db: PathBuf,
+    db: store::Store,
     writer: Writer,
     live: writer::Live,
     rejected: Mutex<Vec<Outbound>>,
@@ -89,18 +88,16 @@ pub enum IngestError {
 
 impl LogsState {
     /// Start the writer thread on `db` (already migrated) and the retention task.
-    pub fn start(db: &Path, config: &LogsConfig) -> anyhow::Result<Self> {
+    pub fn start(db: &store::Store, config: &LogsConfig) -> anyhow::Result<Self> {
         let (live, _) = broadcast::channel(LIVE_DEPTH);
-        let conn = writer::open_connection(db)?;
-        writer::tune_for_ingest(&conn)?;
+        let conn = db.writer_connection()?;
+        if let Some(c) = conn.sqlite() {
+            writer::tune_for_ingest(c)?;
+        }
         let writer = Writer::spawn(conn, live.clone())?;
-        tokio::spawn(retention(
-            writer.downgrade(),
-            db.to_path_buf(),
-            config.clone(),
-        ));
+        tokio::spawn(retention(writer.downgrade(), db.clone(), config.clone()));
         Ok(Self {
-            db: db.to_path_buf(),
+            db: db.clone(),
             writer,
             live,
             rejected: Mutex::new(Vec::new()),
@@ -130,7 +127,7 @@ impl LogsState {
 /// Every `retention.sweep_interval`: delete expired rows, then the rows of hosts over their
 /// fair share of `max_rows` ([`store::fair_excess`], counted on a reader connection), a
 /// chunk per writer job so agents' batches interleave. Ends with the writer.
-async fn retention(writer: writer::WeakWriter, db: PathBuf, config: LogsConfig) {
+async fn retention(writer: writer::WeakWriter, db: store::Store, config: LogsConfig) {
     let mut tick = tokio::time::interval(config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -270,16 +267,12 @@ fn totals(t: HostTotals) -> v1::HostLogTotals {
     }
 }
 
-/// Run `f` on a fresh read connection on the blocking pool.
+/// Run `f` on a read connection of its own (see [`store::Store::read`]).
 async fn read<T: Send + 'static>(
-    db: &Path,
-    f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T> + Send + 'static,
+    db: &store::Store,
+    f: impl FnOnce(&store::Db<'_>) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, Status> {
-    let db = db.to_path_buf();
-    tokio::task::spawn_blocking(move || f(&writer::open_connection(&db)?))
-        .await
-        .map_err(|e| super::session::internal(e.into()))?
-        .map_err(super::session::internal)
+    db.read(f).await.map_err(super::session::internal)
 }
 
 fn request_filter(req: &v1::LogsRequest) -> Result<DenialFilter, Status> {

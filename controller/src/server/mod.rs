@@ -36,7 +36,10 @@ pub use session::SessionService;
 /// Everything `serve` needs besides the listener.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub db: PathBuf,
+    /// SQLite file or PostgreSQL connection string.
+    pub db: crate::store::DbSpec,
+    /// CA bundle that verifies the PostgreSQL server's certificate (TLS connections).
+    pub db_ca: Option<PathBuf>,
     pub pki: PathBuf,
     /// Connections beyond this are closed at accept (stay below RLIMIT_NOFILE).
     pub max_connections: usize,
@@ -190,8 +193,10 @@ pub async fn run_with_metrics(
     if let Err(error) = incoming::check_fd_limit(config.max_connections) {
         tracing::warn!(%error, "connection cap above the file descriptor limit");
     }
-    let store = Store::open(&config.db)?;
-    rollout::recover(&store)?;
+    let store = Store::connect(&config.db, config.db_ca.as_deref())
+        .await
+        .with_context(|| format!("opening the store {}", config.db))?;
+    rollout::recover(&store).await?;
     let revoked = Arc::new(
         RevocationList::open(config.pki.join("revoked.txt"))
             .context("loading the revocation list")?,
@@ -220,7 +225,7 @@ pub async fn run_with_metrics(
     .with_context(|| format!("loading TLS material from {}", config.pki.display()))?;
     let shared = Arc::new(Shared {
         writer: crate::store::GroupWriter::start(store.clone()),
-        store,
+        store: store.clone(),
         registry: Registry::new(),
         revoked,
         connections,
@@ -229,14 +234,14 @@ pub async fn run_with_metrics(
         asked: answers::Asked::default(),
         signed_revocations: revocation::Distribution::new(config.pki.clone()),
         drift: drift::DriftState::default(),
-        logs: logs::LogsState::start(&config.db, &config.logs)
+        logs: logs::LogsState::start(&store, &config.logs)
             .context("starting the denial log writer")?,
         rollouts: rollout::Rollouts::default(),
         apply_lock: tokio::sync::Mutex::new(()),
         metrics: metrics::Instruments::default(),
         lists: lists::ListTracker::default(),
     });
-    tracing::info!(%addr, db = %config.db.display(), max_connections = limits.max_connections,
+    tracing::info!(%addr, db = %config.db, max_connections = limits.max_connections,
         max_pending = limits.pending_budget(), max_pending_per_source = limits.max_pending_per_source,
         handshake_timeout_ms = limits.handshake_timeout.as_millis(), "controller listening");
     let watcher = tokio::spawn(revocation::watch(shared.clone()));

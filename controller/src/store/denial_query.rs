@@ -9,9 +9,9 @@
 //! row id.
 
 use super::denials::{DenialRecord, NewDenial};
+use super::sql::{Arg, Db, Dialect, Row};
+use crate::args;
 use ipnet::IpNet;
-use rusqlite::types::Value;
-use rusqlite::{Connection, params, params_from_iter};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -73,15 +73,22 @@ impl HostPattern {
         (self.include.is_empty() || self.include.iter().any(m)) && !self.exclude.iter().any(m)
     }
 
-    fn sql(&self, clauses: &mut Vec<String>, args: &mut Vec<Value>) {
-        let term = |t: &String, args: &mut Vec<Value>| {
-            args.push(Value::Text(t.clone()));
-            if t.contains(['*', '?']) {
-                "host GLOB ?"
-            } else {
-                "host = ?"
-            }
-        };
+    fn sql(&self, dialect: Dialect, clauses: &mut Vec<String>, args: &mut Vec<Arg<'static>>) {
+        let term =
+            |t: &String, args: &mut Vec<Arg<'static>>| match (t.contains(['*', '?']), dialect) {
+                (false, _) => {
+                    args.push(Arg::Text(t.clone().into()));
+                    "host = ?"
+                }
+                (true, Dialect::Sqlite) => {
+                    args.push(Arg::Text(t.clone().into()));
+                    "host GLOB ?"
+                }
+                (true, Dialect::Postgres) => {
+                    args.push(Arg::Text(glob_regex(t).into()));
+                    "host ~ ?"
+                }
+            };
         if !self.include.is_empty() {
             let ors: Vec<&str> = self.include.iter().map(|t| term(t, args)).collect();
             clauses.push(format!("({})", ors.join(" OR ")));
@@ -101,6 +108,32 @@ pub struct DenialFilter {
     pub source: Option<IpNet>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+}
+
+/// A `*`/`?` glob as an anchored POSIX regex (PostgreSQL has no GLOB).
+fn glob_regex(glob: &str) -> String {
+    let mut re = String::from("^");
+    for c in glob.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c if c.is_alphanumeric() || c == '_' || c == '-' => re.push(c),
+            c => {
+                re.push('\\');
+                re.push(c);
+            }
+        }
+    }
+    re.push('$');
+    re
+}
+
+/// `SUM(col)` as floating point, never an overflow error (see [`total_at`]).
+pub fn total(db: &Db<'_>, col: &str) -> String {
+    match db.dialect() {
+        Dialect::Sqlite => format!("TOTAL({col})"),
+        Dialect::Postgres => format!("CAST(COALESCE(SUM({col}), 0) AS DOUBLE PRECISION)"),
+    }
 }
 
 fn source_matches(net: &IpNet, src: &str) -> bool {
@@ -126,34 +159,38 @@ impl DenialFilter {
     }
 
     /// The WHERE clause and its arguments, and whether rows still need the source post-filter.
-    pub fn where_sql(&self, max_id: Option<i64>) -> (String, Vec<Value>, bool) {
+    pub fn where_sql(
+        &self,
+        dialect: Dialect,
+        max_id: Option<i64>,
+    ) -> (String, Vec<Arg<'static>>, bool) {
         let (mut clauses, mut args) = (Vec::new(), Vec::new());
-        self.hosts.sql(&mut clauses, &mut args);
-        let mut push = |c: &str, v: Value| {
+        self.hosts.sql(dialect, &mut clauses, &mut args);
+        let mut push = |c: &str, v: Arg<'static>| {
             clauses.push(c.to_string());
             args.push(v);
         };
         if let Some(p) = self.port {
-            push("dport = ?", Value::Integer(p.into()));
+            push("dport = ?", Arg::Int(p.into()));
         }
         if let Some(p) = self.proto {
-            push("proto = ?", Value::Integer(p.into()));
+            push("proto = ?", Arg::Int(p.into()));
         }
         let mut post = false;
         if let Some(net) = &self.source {
             match exact_source(net) {
-                Some(a) => push("src = ?", Value::Text(a)),
+                Some(a) => push("src = ?", Arg::Text(a.into())),
                 None => post = true,
             }
         }
         if let Some(t) = self.since_ms {
-            push("last_ms >= ?", Value::Integer(t));
+            push("last_ms >= ?", Arg::Int(t));
         }
         if let Some(t) = self.until_ms {
-            push("last_ms <= ?", Value::Integer(t));
+            push("last_ms <= ?", Arg::Int(t));
         }
         if let Some(id) = max_id {
-            push("id <= ?", Value::Integer(id));
+            push("id <= ?", Arg::Int(id));
         }
         let sql = if clauses.is_empty() {
             String::new()
@@ -166,12 +203,12 @@ impl DenialFilter {
 
 /// The newest `limit` matching rows (newest first), only rows with id <= `max_id` if given.
 pub fn query_denials(
-    conn: &Connection,
+    conn: &Db<'_>,
     filter: &DenialFilter,
     limit: usize,
     max_id: Option<i64>,
 ) -> anyhow::Result<Vec<DenialRecord>> {
-    let (wh, args, post) = filter.where_sql(max_id);
+    let (wh, args, post) = filter.where_sql(conn.dialect(), max_id);
     let mut sql = format!(
         "SELECT id, host, src, dst, proto, dport, ifname, count, first_ms, last_ms, revision, audit
          FROM denials{wh} ORDER BY last_ms DESC, id DESC"
@@ -179,11 +216,11 @@ pub fn query_denials(
     if !post {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
     let mut out = Vec::new();
-    while out.len() < limit {
-        let Some(r) = rows.next()? else { break };
+    if limit == 0 {
+        return Ok(out);
+    }
+    conn.each(&sql, &args, |r| {
         let src: String = r.get(2)?;
         if post
             && !filter
@@ -191,7 +228,7 @@ pub fn query_denials(
                 .as_ref()
                 .is_some_and(|n| source_matches(n, &src))
         {
-            continue;
+            return Ok(true);
         }
         out.push(DenialRecord {
             id: r.get(0)?,
@@ -199,17 +236,18 @@ pub fn query_denials(
             denial: NewDenial {
                 src,
                 dst: r.get(3)?,
-                proto: u8::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-                dport: u16::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                proto: u8::try_from(r.get::<i64>(4)?).unwrap_or(0),
+                dport: u16::try_from(r.get::<i64>(5)?).unwrap_or(0),
                 ifname: r.get(6)?,
-                count: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+                count: u64::try_from(r.get::<i64>(7)?).unwrap_or(0),
                 first_ms: r.get(8)?,
                 last_ms: r.get(9)?,
-                revision: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
+                revision: u64::try_from(r.get::<i64>(10)?).unwrap_or(0),
                 audit: r.get(11)?,
             },
         });
-    }
+        Ok(out.len() < limit)
+    })?;
     Ok(out)
 }
 
@@ -236,11 +274,12 @@ fn ranked<K: Ord + Clone>(m: &BTreeMap<K, u64>, n: usize) -> Vec<(K, u64)> {
 
 /// Per host (sorted): total events and the `n` most denied ports and sources.
 pub fn top_denials(
-    conn: &Connection,
+    conn: &Db<'_>,
     filter: &DenialFilter,
     n: usize,
 ) -> anyhow::Result<Vec<HostTopRecord>> {
-    let (wh, args, post) = filter.where_sql(None);
+    let (wh, args, post) = filter.where_sql(conn.dialect(), None);
+    let sum = total(conn, "count");
     let (mut ports, mut sources): (Tally<(u8, u16)>, Tally<String>) = Default::default();
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     let mut add = |host: String, src: Option<String>, port: Option<(u8, u16)>, c: u64| {
@@ -256,21 +295,19 @@ pub fn top_denials(
         }
     };
     let get = total_at;
-    let port_of = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(u8, u16)> {
+    let port_of = |r: &Row<'_>| -> anyhow::Result<(u8, u16)> {
         Ok((
-            u8::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-            u16::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            u8::try_from(r.get::<i64>(1)?).unwrap_or(0),
+            u16::try_from(r.get::<i64>(2)?).unwrap_or(0),
         ))
     };
     if post {
         // A CIDR wider than one address: group finely in SQL, filter and fold here.
         let sql = format!(
-            "SELECT host, proto, dport, src, TOTAL(count) FROM denials{wh}
+            "SELECT host, proto, dport, src, {sum} FROM denials{wh}
              GROUP BY host, src, proto, dport"
         );
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(params_from_iter(args))?;
-        while let Some(r) = rows.next()? {
+        conn.each(&sql, &args, |r| {
             let src: String = r.get(3)?;
             if filter
                 .source
@@ -280,24 +317,23 @@ pub fn top_denials(
                 let c = get(r, 4)?;
                 add(r.get(0)?, Some(src), Some(port_of(r)?), c);
             }
-        }
+            Ok(true)
+        })?;
     } else {
         let sql = format!(
-            "SELECT host, proto, dport, TOTAL(count) FROM denials{wh} GROUP BY host, proto, dport"
+            "SELECT host, proto, dport, {sum} FROM denials{wh} GROUP BY host, proto, dport"
         );
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(params_from_iter(args.iter()))?;
-        while let Some(r) = rows.next()? {
+        conn.each(&sql, &args, |r| {
             let c = get(r, 3)?;
             add(r.get(0)?, None, Some(port_of(r)?), c);
-        }
-        let sql = format!("SELECT host, src, TOTAL(count) FROM denials{wh} GROUP BY host, src");
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(params_from_iter(args.iter()))?;
-        while let Some(r) = rows.next()? {
+            Ok(true)
+        })?;
+        let sql = format!("SELECT host, src, {sum} FROM denials{wh} GROUP BY host, src");
+        conn.each(&sql, &args, |r| {
             let c = get(r, 2)?;
             add(r.get(0)?, Some(r.get(1)?), None, c);
-        }
+            Ok(true)
+        })?;
     }
     Ok(totals
         .into_iter()
@@ -324,30 +360,30 @@ pub struct DenialGroup {
 /// The host's logged packets since `since_ms`, grouped, most packets first, at most
 /// `limit` groups (the second value: whether more exist).
 pub fn denial_groups(
-    c: &Connection,
+    c: &Db<'_>,
     host: &str,
     since_ms: i64,
     limit: usize,
 ) -> anyhow::Result<(Vec<DenialGroup>, bool)> {
-    let mut st = c.prepare_cached(
-        "SELECT proto, src, dport, ifname, TOTAL(count), MAX(last_ms) FROM denials
-         WHERE host = ?1 AND last_ms >= ?2
-         GROUP BY proto, src, dport, ifname ORDER BY TOTAL(count) DESC LIMIT ?3",
-    )?;
-    let rows = st.query_map(
-        params![host, since_ms, i64::try_from(limit + 1).unwrap_or(i64::MAX)],
+    let sum = total(c, "count");
+    let mut v = c.query(
+        &format!(
+            "SELECT proto, src, dport, ifname, {sum}, MAX(last_ms) FROM denials
+             WHERE host = ?1 AND last_ms >= ?2
+             GROUP BY proto, src, dport, ifname ORDER BY {sum} DESC LIMIT ?3"
+        ),
+        args![host, since_ms, limit + 1],
         |r| {
             Ok(DenialGroup {
-                proto: u8::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                proto: u8::try_from(r.get::<i64>(0)?).unwrap_or(0),
                 src: r.get(1)?,
-                dport: u16::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                dport: u16::try_from(r.get::<i64>(2)?).unwrap_or(0),
                 ifname: r.get(3)?,
                 count: total_at(r, 4)?,
                 last_ms: r.get(5)?,
             })
         },
     )?;
-    let mut v: Vec<DenialGroup> = rows.collect::<Result<_, _>>()?;
     let more = v.len() > limit;
     v.truncate(limit);
     Ok((v, more))
@@ -355,19 +391,22 @@ pub fn denial_groups(
 
 /// Packets a host logged as denied (or would-deny, in audit mode) with their last
 /// occurrence in `[from_ms, to_ms)`.
-pub fn logged_between(c: &Connection, host: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<u64> {
-    Ok(c.prepare_cached(
-        "SELECT TOTAL(count) FROM denials
-             WHERE host = ?1 AND last_ms >= ?2 AND last_ms < ?3",
-    )?
-    .query_row(params![host, from_ms, to_ms], |r| total_at(r, 0))?)
+pub fn logged_between(c: &Db<'_>, host: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<u64> {
+    c.query_one(
+        &format!(
+            "SELECT {} FROM denials WHERE host = ?1 AND last_ms >= ?2 AND last_ms < ?3",
+            total(c, "count")
+        ),
+        args![host, from_ms, to_ms],
+        |r| total_at(r, 0),
+    )
 }
 
 /// A `TOTAL(count)` column as a count. SQLite's `SUM()` of integers fails the whole query
 /// with "integer overflow" past i64::MAX (one hostile host's rows would break `logs --top`,
 /// replay and the denial gate for every host); `TOTAL()` sums in floating point, exact up
 /// to 2^53, and the conversion saturates.
-fn total_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+pub fn total_at(r: &Row<'_>, i: usize) -> anyhow::Result<u64> {
     let v: f64 = r.get(i)?;
     // `as` saturates (and maps NaN to 0).
     Ok(v.max(0.0) as u64)
@@ -384,8 +423,10 @@ mod tests {
 
     #[test]
     fn sums_past_i64_max_do_not_fail_the_queries() {
-        let mut c = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrate(&mut c).unwrap();
+        crate::store::testing::each_engine(|store| store.call_sync(sums_past_i64_max));
+    }
+
+    fn sums_past_i64_max(c: &Db<'_>) -> anyhow::Result<()> {
         let row = |i: u32| NewDenial {
             src: format!("10.0.{}.{}", i / 256, i % 256),
             dst: "10.0.0.1".into(),
@@ -404,14 +445,15 @@ mod tests {
             counters: crate::store::BatchCounters::default(),
             rows: (0..10_000).map(row).collect(),
         };
-        crate::store::store_batches(&mut c, &[batch]).unwrap();
-        let total = logged_between(&c, "evil", 0, 2_000).unwrap();
+        crate::store::store_batches(c, &[batch])?;
+        let total = logged_between(c, "evil", 0, 2_000)?;
         assert!(total >= 9_000_000_000_000_000_000, "{total}");
-        let (groups, more) = denial_groups(&c, "evil", 0, 5).unwrap();
+        let (groups, more) = denial_groups(c, "evil", 0, 5)?;
         assert!(more && groups.len() == 5);
-        let top = top_denials(&c, &f(), 3).unwrap();
+        let top = top_denials(c, &f(), 3)?;
         assert_eq!(top[0].ports[0].1, top[0].total);
         assert!(top[0].total >= 9_000_000_000_000_000_000);
+        Ok(())
     }
 
     #[test]
@@ -428,7 +470,10 @@ mod tests {
 
     #[test]
     fn empty_filter_has_no_where() {
-        assert_eq!(f().where_sql(None), (String::new(), vec![], false));
+        assert_eq!(
+            f().where_sql(Dialect::Sqlite, None),
+            (String::new(), vec![], false)
+        );
     }
 
     #[test]
@@ -441,7 +486,7 @@ mod tests {
             since_ms: Some(100),
             until_ms: Some(200),
         };
-        let (sql, args, post) = filter.where_sql(Some(9));
+        let (sql, args, post) = filter.where_sql(Dialect::Sqlite, Some(9));
         assert_eq!(
             sql,
             " WHERE (host GLOB ? OR host = ?) AND NOT host = ? AND dport = ? AND proto = ? \
@@ -449,7 +494,11 @@ mod tests {
         );
         assert!(!post);
         assert_eq!(args.len(), 9);
-        assert_eq!(args[5], Value::Text("192.0.2.7".into()));
+        assert_eq!(args[5], Arg::Text("192.0.2.7".into()));
+        let (sql, args, _) = filter.where_sql(Dialect::Postgres, Some(9));
+        assert!(sql.starts_with(" WHERE (host ~ ? OR host = ?)"), "{sql}");
+        assert_eq!(args[0], Arg::Text("^web.*$".into()));
+        assert_eq!(glob_regex("a.b?*"), "^a\\.b..*$");
     }
 
     #[test]
@@ -458,7 +507,7 @@ mod tests {
             source: Some("2001:db8::/32".parse().unwrap()),
             ..f()
         };
-        let (sql, args, post) = filter.where_sql(None);
+        let (sql, args, post) = filter.where_sql(Dialect::Sqlite, None);
         assert!(sql.is_empty() && args.is_empty() && post);
         let mut d = NewDenial {
             src: "2001:db8::5".into(),

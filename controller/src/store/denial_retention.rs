@@ -7,13 +7,14 @@
 //! Counting runs on a reader connection; deleting runs in chunks through the writer.
 
 use super::denials::TOTAL_CAP;
-use rusqlite::{Connection, params};
+use super::sql::Db;
+use crate::args;
 
 /// An upper bound of the row count in O(log n): ids grow with insertion and deletes only
 /// leave gaps, so `MAX(id) - MIN(id) + 1 >= COUNT(*)`.
-pub fn denial_rows_bound(conn: &Connection) -> anyhow::Result<u64> {
+pub fn denial_rows_bound(conn: &Db<'_>) -> anyhow::Result<u64> {
     let (lo, hi): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT MIN(id), MAX(id) FROM denials", [], |r| {
+        conn.query_one("SELECT MIN(id), MAX(id) FROM denials", args![], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
     Ok(match (lo, hi) {
@@ -23,15 +24,17 @@ pub fn denial_rows_bound(conn: &Connection) -> anyhow::Result<u64> {
 }
 
 /// Rows per host (a scan of the host index; run it on a reader connection).
-pub fn denial_rows_per_host(conn: &Connection) -> anyhow::Result<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare("SELECT host, COUNT(*) FROM denials GROUP BY host")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-        ))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn denial_rows_per_host(conn: &Db<'_>) -> anyhow::Result<Vec<(String, u64)>> {
+    conn.query(
+        "SELECT host, COUNT(*) FROM denials GROUP BY host",
+        args![],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                u64::try_from(r.get::<i64>(1)?).unwrap_or(0),
+            ))
+        },
+    )
 }
 
 /// How many rows each host over its fair quota must lose so that at most `max_rows`
@@ -63,13 +66,13 @@ pub fn fair_excess(counts: &[(String, u64)], max_rows: u64) -> Vec<(String, u64)
 }
 
 /// Delete at most `n` of `host`'s rows, least recently seen first; returns how many.
-pub fn delete_host_oldest(conn: &Connection, host: &str, n: usize) -> anyhow::Result<usize> {
+pub fn delete_host_oldest(conn: &Db<'_>, host: &str, n: usize) -> anyhow::Result<usize> {
     let limit = i64::try_from(n).unwrap_or(TOTAL_CAP);
-    Ok(conn.execute(
+    conn.execute(
         "DELETE FROM denials WHERE id IN
            (SELECT id FROM denials WHERE host = ?1 ORDER BY last_ms, id LIMIT ?2)",
-        params![host, limit],
-    )?)
+        args![host, limit],
+    )
 }
 
 #[cfg(test)]

@@ -1,13 +1,19 @@
 //! Denial log writes: store agents' aggregated denial batches (idempotent by the agent's
-//! batch sequence number), keep per-host loss totals, and trim old rows in small chunks.
+//! batch numbering, enforced by the database's `denial_batches` key), keep per-host loss
+//! totals, and trim old rows.
 //!
-//! Every function takes the connection so the caller owns the transaction boundary; the
-//! controller's single denial writer calls [`store_batches`] once per group commit. This
-//! module validates nothing (the server does, before calling) and knows nothing of gRPC.
+//! Every function takes the connection so the caller owns the transaction boundary; each
+//! controller's single denial writer calls [`store_batches`] once per group commit. On
+//! SQLite rows go in with multi-row INSERTs; on PostgreSQL with one binary `COPY` per
+//! group into a table partitioned by day, under an advisory lock that makes row ids
+//! follow commit order across controllers (so `logs --follow` on any controller can read
+//! "every row after id N" and miss nothing). This module validates nothing (the server
+//! does, before calling) and knows nothing of gRPC.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Db, Dialect, pg_error};
+use crate::args;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// One aggregated denial as stored (source, protocol, port, interface over an interval).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,13 +126,9 @@ fn insert_sql(rows: usize) -> String {
 
 /// Insert `rows` of `host` with as few statements as possible; returns the last row id.
 /// Rows of one statement get consecutive ids (no explicit ids, rowid = max + 1).
-fn insert_rows(
-    tx: &rusqlite::Transaction<'_>,
-    host: &str,
-    rows: &[NewDenial],
-    wide: &mut rusqlite::CachedStatement<'_>,
-) -> anyhow::Result<i64> {
+fn insert_rows(tx: &rusqlite::Connection, host: &str, rows: &[NewDenial]) -> anyhow::Result<i64> {
     use rusqlite::types::ToSql;
+    let mut wide = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
     let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     let bind = |chunk: &[NewDenial], stmt: &mut rusqlite::CachedStatement<'_>| {
         let (counts, revisions): (Vec<i64>, Vec<i64>) =
@@ -150,7 +152,7 @@ fn insert_rows(
         stmt.execute(p.as_slice())
     };
     for chunk in chunks.by_ref() {
-        bind(chunk, wide)?;
+        bind(chunk, &mut wide)?;
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
@@ -169,55 +171,201 @@ const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
     ON CONFLICT(host) DO UPDATE SET
       last_seq = excluded.last_seq,
       epoch = excluded.epoch,
-      socket_lost = MIN(socket_lost, 4611686018427387903 - excluded.socket_lost) + excluded.socket_lost,
-      seen = MIN(seen, 4611686018427387903 - excluded.seen) + excluded.seen,
-      stored = MIN(stored, 4611686018427387903 - excluded.stored) + excluded.stored,
-      dropped_by_agent = MIN(dropped_by_agent, 4611686018427387903 - excluded.dropped_by_agent)
-        + excluded.dropped_by_agent,
-      socket_overruns = MIN(socket_overruns, 4611686018427387903 - excluded.socket_overruns)
-        + excluded.socket_overruns,
-      kernel_suppressed = MIN(kernel_suppressed, 4611686018427387903 - excluded.kernel_suppressed)
-        + excluded.kernel_suppressed,
-      spool_dropped = MIN(spool_dropped, 4611686018427387903 - excluded.spool_dropped)
-        + excluded.spool_dropped";
+      socket_lost = {socket_lost},
+      seen = {seen},
+      stored = {stored},
+      dropped_by_agent = {dropped_by_agent},
+      socket_overruns = {socket_overruns},
+      kernel_suppressed = {kernel_suppressed},
+      spool_dropped = {spool_dropped}";
+
+/// [`UPSERT_TOTALS`] with each `{col}` as a saturating sum (portable: a CASE, not the
+/// two-argument MIN only SQLite has).
+fn upsert_totals_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let mut sql = UPSERT_TOTALS.to_string();
+        for col in [
+            "socket_lost",
+            "seen",
+            "stored",
+            "dropped_by_agent",
+            "socket_overruns",
+            "kernel_suppressed",
+            "spool_dropped",
+        ] {
+            let sum = format!(
+                "CASE WHEN denial_totals.{col} < {TOTAL_CAP} - excluded.{col}
+                      THEN denial_totals.{col} ELSE {TOTAL_CAP} - excluded.{col} END
+                 + excluded.{col}"
+            );
+            sql = sql.replace(&format!("{{{col}}}"), &sum);
+        }
+        sql
+    })
+}
+
+/// The advisory lock every controller's denial writer holds while it stores a group on
+/// PostgreSQL ("pcdenial"): row ids are handed out and committed in one order.
+const DENIAL_LOCK: i64 = 0x7063_6465_6e69_616c;
+
+/// One day of `last_ms`: the unit of partitioning and of retention on PostgreSQL.
+pub const DAY_MS: i64 = 86_400_000;
+
+fn partition_name(day: i64) -> String {
+    if day < 0 {
+        format!("denials_dm{}", day.unsigned_abs())
+    } else {
+        format!("denials_d{day}")
+    }
+}
+
+/// Create the day partitions `rows` need (PostgreSQL; in the caller's transaction).
+fn ensure_partitions<'a>(
+    db: &Db<'_>,
+    rows: impl Iterator<Item = &'a NewDenial>,
+) -> anyhow::Result<()> {
+    let days: BTreeSet<i64> = rows.map(|r| r.last_ms.div_euclid(DAY_MS)).collect();
+    for day in days {
+        let name = partition_name(day);
+        let exists: Option<String> =
+            db.query_one("SELECT CAST(to_regclass(?1) AS TEXT)", args![name], |r| {
+                r.get(0)
+            })?;
+        if exists.is_none() {
+            let (from, to) = (day.saturating_mul(DAY_MS), (day + 1).saturating_mul(DAY_MS));
+            db.batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF denials FOR VALUES FROM ({from}) TO ({to})"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// COPY `rows` (with ids from `first_id`) in binary (PostgreSQL; caller's transaction).
+fn copy_rows(db: &Db<'_>, first_id: i64, rows: &[(&str, &NewDenial)]) -> anyhow::Result<()> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{ToSql, Type};
+    let Some((client, rt)) = db.as_postgres() else {
+        anyhow::bail!("COPY needs PostgreSQL");
+    };
+    rt.block_on(async {
+        let sink = client
+            .copy_in(
+                "COPY denials (id, host, first_ms, last_ms, src, dst, proto, dport, ifname, count,
+                               revision, audit) FROM STDIN BINARY",
+            )
+            .await
+            .map_err(pg_error)?;
+        let types = [
+            Type::INT8,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+        ];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures::pin_mut!(writer);
+        for (n, (host, r)) in rows.iter().enumerate() {
+            let id = first_id + i64::try_from(n)?;
+            let (proto, dport, count, revision, audit) = (
+                i64::from(r.proto),
+                i64::from(r.dport),
+                i(r.count),
+                i(r.revision),
+                i64::from(r.audit),
+            );
+            let values: [&(dyn ToSql + Sync); 12] = [
+                &id,
+                host,
+                &r.first_ms,
+                &r.last_ms,
+                &r.src,
+                &r.dst,
+                &proto,
+                &dport,
+                &r.ifname,
+                &count,
+                &revision,
+                &audit,
+            ];
+            writer.as_mut().write(&values).await.map_err(pg_error)?;
+        }
+        writer.finish().await.map_err(pg_error)?;
+        anyhow::Ok(())
+    })
+}
 
 /// Store `batches` (in order) in ONE transaction: rows and totals of every new batch, nothing
 /// for a batch whose seq is not above its host's last stored seq in the same epoch (an agent
 /// resending after a reconnect). A host's first batch, or the first of a new epoch, may have
 /// any seq, 0 included. All or nothing.
-pub fn store_batches(
-    conn: &mut Connection,
-    batches: &[HostBatch],
-) -> anyhow::Result<Vec<BatchOutcome>> {
-    let tx = conn.transaction()?;
+pub fn store_batches(db: &Db<'_>, batches: &[HostBatch]) -> anyhow::Result<Vec<BatchOutcome>> {
+    let tx = db.transaction()?;
+    let pg = tx.dialect() == Dialect::Postgres;
+    // PostgreSQL: one writer at a time across controllers (ids in commit order).
+    let mut next_id = if pg {
+        tx.execute("SELECT pg_advisory_xact_lock(?1)", args![DENIAL_LOCK])?;
+        tx.query_one("SELECT id FROM denial_high", args![], |r| r.get::<i64>(0))? + 1
+    } else {
+        0
+    };
+    let now = super::now_ms();
     let mut outcomes = Vec::with_capacity(batches.len());
-    {
-        let mut last_seq: HashMap<&str, Option<(u64, u64)>> = HashMap::new();
-        let mut get_seq =
-            tx.prepare_cached("SELECT epoch, last_seq FROM denial_totals WHERE host = ?1")?;
-        let mut wide = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
-        let mut totals = tx.prepare_cached(UPSERT_TOTALS)?;
-        for b in batches {
-            let known = match last_seq.get(b.host.as_str()) {
-                Some(v) => *v,
-                None => get_seq
-                    .query_row([&b.host], |r| Ok((epoch_from_sql(r.get(0)?), u(r.get(1)?))))
-                    .optional()?,
-            };
-            let same_epoch_seen =
-                |(epoch, last): &(u64, u64)| b.counters.epoch == *epoch && b.counters.seq <= *last;
-            if let Some((_, last)) = known.filter(same_epoch_seen) {
-                outcomes.push(BatchOutcome::Duplicate { last_seq: last });
-                continue;
+    let mut copy: Vec<(&str, &NewDenial)> = Vec::new();
+    let mut last_seq: HashMap<&str, Option<(u64, u64)>> = HashMap::new();
+    for b in batches {
+        let known = match last_seq.get(b.host.as_str()) {
+            Some(v) => *v,
+            None => tx.query_opt(
+                "SELECT epoch, last_seq FROM denial_totals WHERE host = ?1",
+                args![b.host],
+                |r| Ok((epoch_from_sql(r.get(0)?), u(r.get(1)?))),
+            )?,
+        };
+        let same_epoch_seen =
+            |(epoch, last): &(u64, u64)| b.counters.epoch == *epoch && b.counters.seq <= *last;
+        let c = &b.counters;
+        // The database's own guard: a (host, epoch, seq) is stored once, whatever any
+        // controller's cache believes.
+        if known.filter(same_epoch_seen).is_some()
+            || tx.execute(
+                "INSERT INTO denial_batches (host, epoch, seq, stored_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+                args![b.host, epoch_to_sql(c.epoch), i(c.seq), now],
+            )? == 0
+        {
+            let last = known.map_or(c.seq, |(_, l)| l);
+            outcomes.push(BatchOutcome::Duplicate { last_seq: last });
+            continue;
+        }
+        let (mut first_id, mut last_id) = (0, -1);
+        if !b.rows.is_empty() {
+            let n = i64::try_from(b.rows.len())?;
+            if pg {
+                first_id = next_id;
+                next_id += n;
+                last_id = next_id - 1;
+                copy.extend(b.rows.iter().map(|r| (b.host.as_str(), r)));
+            } else {
+                let conn = tx
+                    .as_sqlite()
+                    .ok_or_else(|| anyhow::anyhow!("not SQLite"))?;
+                last_id = insert_rows(conn, &b.host, &b.rows)?;
+                first_id = last_id - n + 1;
             }
-            let (mut first_id, mut last_id) = (0, -1);
-            if !b.rows.is_empty() {
-                last_id = insert_rows(&tx, &b.host, &b.rows, &mut wide)?;
-                first_id = last_id - i64::try_from(b.rows.len())? + 1;
-            }
-            let events = b.rows.iter().fold(0u64, |a, r| a.saturating_add(r.count));
-            let c = &b.counters;
-            totals.execute(params![
+        }
+        let events = b.rows.iter().fold(0u64, |a, r| a.saturating_add(r.count));
+        tx.execute(
+            upsert_totals_sql(),
+            args![
                 b.host,
                 i(c.seq),
                 i(c.seen),
@@ -228,88 +376,156 @@ pub fn store_batches(
                 i(c.spool_dropped),
                 epoch_to_sql(c.epoch),
                 i(c.socket_lost),
-            ])?;
-            last_seq.insert(b.host.as_str(), Some((c.epoch, c.seq)));
-            outcomes.push(BatchOutcome::Stored { first_id, last_id });
-        }
+            ],
+        )?;
+        last_seq.insert(b.host.as_str(), Some((c.epoch, c.seq)));
+        outcomes.push(BatchOutcome::Stored { first_id, last_id });
+    }
+    if pg && !copy.is_empty() {
+        ensure_partitions(&tx, copy.iter().map(|(_, r)| *r))?;
+        let first = next_id - i64::try_from(copy.len())?;
+        copy_rows(&tx, first, &copy)?;
+        tx.execute("UPDATE denial_high SET id = ?1", args![next_id - 1])?;
     }
     tx.commit()?;
     Ok(outcomes)
 }
 
 /// Per-host totals for the given hosts (all when `hosts` is `None`), sorted by host.
-pub fn denial_totals(
-    conn: &Connection,
-    hosts: Option<&[String]>,
-) -> anyhow::Result<Vec<HostTotals>> {
-    let mut stmt = conn.prepare_cached(
+pub fn denial_totals(conn: &Db<'_>, hosts: Option<&[String]>) -> anyhow::Result<Vec<HostTotals>> {
+    let rows = conn.query(
         "SELECT host, last_seq, seen, stored, dropped_by_agent, socket_overruns,
                 kernel_suppressed, spool_dropped, epoch, socket_lost
          FROM denial_totals ORDER BY host",
+        args![],
+        |r| {
+            Ok(HostTotals {
+                host: r.get(0)?,
+                last_seq: u(r.get(1)?),
+                seen: u(r.get(2)?),
+                stored: u(r.get(3)?),
+                dropped_by_agent: u(r.get(4)?),
+                socket_overruns: u(r.get(5)?),
+                kernel_suppressed: u(r.get(6)?),
+                spool_dropped: u(r.get(7)?),
+                epoch: epoch_from_sql(r.get(8)?),
+                socket_lost: u(r.get(9)?),
+            })
+        },
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(HostTotals {
-            host: r.get(0)?,
-            last_seq: u(r.get(1)?),
-            seen: u(r.get(2)?),
-            stored: u(r.get(3)?),
-            dropped_by_agent: u(r.get(4)?),
-            socket_overruns: u(r.get(5)?),
-            kernel_suppressed: u(r.get(6)?),
-            spool_dropped: u(r.get(7)?),
-            epoch: epoch_from_sql(r.get(8)?),
-            socket_lost: u(r.get(9)?),
-        })
-    })?;
-    let mut out = Vec::new();
-    for t in rows {
-        let t = t?;
-        if hosts.is_none_or(|h| h.contains(&t.host)) {
-            out.push(t);
-        }
-    }
-    Ok(out)
+    Ok(rows
+        .into_iter()
+        .filter(|t| hosts.is_none_or(|h| h.contains(&t.host)))
+        .collect())
 }
 
 /// Delete at most `chunk` rows last seen before `cutoff_ms` (oldest first); returns how many.
-/// Callers loop until 0 so ingest can interleave between chunks.
-pub fn delete_denials_before(
-    conn: &Connection,
-    cutoff_ms: i64,
-    chunk: usize,
-) -> anyhow::Result<usize> {
-    let n = conn.execute(
+/// Callers loop until 0 so ingest can interleave between chunks. On PostgreSQL the day
+/// partitions wholly before the cutoff are dropped first (no row-by-row delete); the
+/// batch keys of that age go too.
+pub fn delete_denials_before(conn: &Db<'_>, cutoff_ms: i64, chunk: usize) -> anyhow::Result<usize> {
+    let mut n = 0;
+    if conn.dialect() == Dialect::Postgres {
+        n += drop_partitions_before(conn, cutoff_ms)?;
+    }
+    n += conn.execute(
         "DELETE FROM denials WHERE id IN
            (SELECT id FROM denials WHERE last_ms < ?1 ORDER BY last_ms LIMIT ?2)",
-        params![cutoff_ms, i64::try_from(chunk).unwrap_or(i64::MAX)],
+        args![cutoff_ms, chunk],
+    )?;
+    conn.execute(
+        "DELETE FROM denial_batches WHERE stored_ms < ?1",
+        args![cutoff_ms],
     )?;
     Ok(n)
+}
+
+/// Drop the day partitions that end at or before `cutoff_ms`; returns their row count.
+fn drop_partitions_before(conn: &Db<'_>, cutoff_ms: i64) -> anyhow::Result<usize> {
+    let parts: Vec<String> = conn.query(
+        "SELECT CAST(c.relname AS TEXT) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = CAST(to_regclass('denials') AS OID)",
+        args![],
+        |r| r.get(0),
+    )?;
+    let mut rows = 0usize;
+    for name in parts {
+        let day = match name.strip_prefix("denials_dm") {
+            Some(d) => d.parse::<i64>().map(|d| -d),
+            None => name.strip_prefix("denials_d").unwrap_or("x").parse::<i64>(),
+        };
+        let Ok(day) = day else { continue };
+        if (day + 1).saturating_mul(DAY_MS) <= cutoff_ms {
+            let tx = conn.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock(?1)", args![DENIAL_LOCK])?;
+            rows += tx
+                .query_one(&format!("SELECT COUNT(*) FROM {name}"), args![], |r| {
+                    r.get::<i64>(0)
+                })?
+                .try_into()
+                .unwrap_or(0);
+            tx.batch(&format!("DROP TABLE {name}"))?;
+            tx.commit()?;
+        }
+    }
+    Ok(rows)
 }
 
 /// Delete at most `chunk` of the oldest-inserted rows beyond the newest `max_rows` (by row
 /// id, which grows with insertion; O(log n), no COUNT(*)); returns how many.
-pub fn delete_denials_over(
-    conn: &Connection,
-    max_rows: u64,
-    chunk: usize,
-) -> anyhow::Result<usize> {
-    let max_id: Option<i64> = conn.query_row("SELECT MAX(id) FROM denials", [], |r| r.get(0))?;
-    let Some(max_id) = max_id else {
+pub fn delete_denials_over(conn: &Db<'_>, max_rows: u64, chunk: usize) -> anyhow::Result<usize> {
+    let max_id = max_denial_id(conn)?;
+    if max_id == 0 {
         return Ok(0);
-    };
+    }
     let keep_from = max_id.saturating_sub(i(max_rows)).saturating_add(1);
-    let n = conn.execute(
+    conn.execute(
         "DELETE FROM denials WHERE id IN
            (SELECT id FROM denials WHERE id < ?1 ORDER BY id LIMIT ?2)",
-        params![keep_from, i64::try_from(chunk).unwrap_or(i64::MAX)],
-    )?;
-    Ok(n)
+        args![keep_from, chunk],
+    )
 }
 
-/// The newest row id (0 when empty): the high-water mark `--follow` starts after.
-pub fn max_denial_id(conn: &Connection) -> anyhow::Result<i64> {
-    let v: Option<i64> = conn.query_row("SELECT MAX(id) FROM denials", [], |r| r.get(0))?;
+/// The newest stored row id (0 when none): the high-water mark `--follow` starts after.
+pub fn max_denial_id(conn: &Db<'_>) -> anyhow::Result<i64> {
+    let v: Option<i64> = match conn.dialect() {
+        Dialect::Sqlite => conn.query_one("SELECT MAX(id) FROM denials", args![], |r| r.get(0))?,
+        Dialect::Postgres => conn.query_one("SELECT id FROM denial_high", args![], |r| r.get(0))?,
+    };
     Ok(v.unwrap_or(0))
+}
+
+/// Stored rows with ids in `(after, upto]`, oldest first, at most `limit` (a follower
+/// reading what other controllers stored).
+pub fn denials_after(
+    conn: &Db<'_>,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> anyhow::Result<Vec<DenialRecord>> {
+    conn.query(
+        "SELECT id, host, src, dst, proto, dport, ifname, count, first_ms, last_ms, revision, audit
+           FROM denials WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+        args![after, upto, limit],
+        |r| {
+            Ok(DenialRecord {
+                id: r.get(0)?,
+                host: r.get(1)?,
+                denial: NewDenial {
+                    src: r.get(2)?,
+                    dst: r.get(3)?,
+                    proto: u8::try_from(r.get::<i64>(4)?).unwrap_or(0),
+                    dport: u16::try_from(r.get::<i64>(5)?).unwrap_or(0),
+                    ifname: r.get(6)?,
+                    count: u(r.get(7)?),
+                    first_ms: r.get(8)?,
+                    last_ms: r.get(9)?,
+                    revision: u(r.get(10)?),
+                    audit: r.get(11)?,
+                },
+            })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -317,11 +533,7 @@ pub fn max_denial_id(conn: &Connection) -> anyhow::Result<i64> {
 mod tests {
     use super::*;
 
-    fn conn() -> Connection {
-        let mut c = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrate(&mut c).unwrap();
-        c
-    }
+    use crate::store::testing::each_engine;
 
     fn row(src: &str, port: u16, count: u64, at: i64) -> NewDenial {
         NewDenial {
@@ -354,92 +566,148 @@ mod tests {
 
     #[test]
     fn totals_saturate_instead_of_overflowing() {
-        let mut c = conn();
-        let huge = |seq| HostBatch {
-            host: "evil".into(),
-            counters: BatchCounters {
-                seq,
-                seen: u64::MAX,
-                socket_lost: u64::MAX,
-                ..Default::default()
-            },
-            rows: vec![row("192.0.2.1", 22, u64::MAX, 1000)],
-        };
-        store_batches(&mut c, &[huge(1), huge(2), huge(3)]).unwrap();
-        let t = denial_totals(&c, None).unwrap();
-        let cap = u64::try_from(TOTAL_CAP).unwrap();
-        assert_eq!((t[0].seen, t[0].stored, t[0].socket_lost), (cap, cap, cap));
-        assert!(UPSERT_TOTALS.contains(&TOTAL_CAP.to_string()));
+        each_engine(|store| {
+            store.call_sync(|c| {
+                let huge = |seq| HostBatch {
+                    host: "evil".into(),
+                    counters: BatchCounters {
+                        seq,
+                        seen: u64::MAX,
+                        socket_lost: u64::MAX,
+                        ..Default::default()
+                    },
+                    rows: vec![row("192.0.2.1", 22, u64::MAX, 1000)],
+                };
+                store_batches(c, &[huge(1), huge(2), huge(3)])?;
+                let t = denial_totals(c, None)?;
+                let cap = u64::try_from(TOTAL_CAP)?;
+                assert_eq!((t[0].seen, t[0].stored, t[0].socket_lost), (cap, cap, cap));
+                assert!(upsert_totals_sql().contains(&TOTAL_CAP.to_string()));
+                Ok(())
+            })
+        });
     }
 
     #[test]
     fn duplicates_by_seq_are_not_stored_twice() {
-        let mut c = conn();
-        let b0 = batch("h1", 0, vec![row("192.0.2.1", 22, 3, 1000)]);
-        let b1 = batch("h1", 1, vec![row("192.0.2.2", 23, 1, 2000)]);
-        let out = store_batches(&mut c, &[b0.clone(), b1.clone(), b0.clone()]).unwrap();
-        assert_eq!(
-            out[0],
-            BatchOutcome::Stored {
-                first_id: 1,
-                last_id: 1
-            }
-        );
-        assert_eq!(out[2], BatchOutcome::Duplicate { last_seq: 1 });
-        let out = store_batches(&mut c, &[b1]).unwrap();
-        assert_eq!(out, vec![BatchOutcome::Duplicate { last_seq: 1 }]);
-        let t = denial_totals(&c, None).unwrap();
-        assert_eq!(t.len(), 1);
-        assert_eq!((t[0].last_seq, t[0].stored, t[0].seen), (1, 4, 8));
-        assert_eq!(t[0].dropped_by_agent, 4);
-        assert_eq!(max_denial_id(&c).unwrap(), 2);
-        // A new epoch (fresh agent spool) restarts numbering: seq 0 is new again.
-        let mut b = batch("h1", 0, vec![row("192.0.2.3", 22, 1, 3000)]);
-        b.counters.epoch = u64::MAX;
-        let out = store_batches(&mut c, std::slice::from_ref(&b)).unwrap();
-        assert!(matches!(out[0], BatchOutcome::Stored { .. }));
-        let out = store_batches(&mut c, &[b]).unwrap();
-        assert_eq!(out, vec![BatchOutcome::Duplicate { last_seq: 0 }]);
-        assert_eq!(denial_totals(&c, None).unwrap()[0].epoch, u64::MAX);
+        each_engine(|store| {
+            store.call_sync(|c| {
+                let b0 = batch("h1", 0, vec![row("192.0.2.1", 22, 3, 1000)]);
+                let b1 = batch("h1", 1, vec![row("192.0.2.2", 23, 1, 2000)]);
+                let out = store_batches(c, &[b0.clone(), b1.clone(), b0.clone()])?;
+                assert_eq!(
+                    out[0],
+                    BatchOutcome::Stored {
+                        first_id: 1,
+                        last_id: 1
+                    }
+                );
+                assert_eq!(out[2], BatchOutcome::Duplicate { last_seq: 1 });
+                let out = store_batches(c, &[b1])?;
+                assert_eq!(out, vec![BatchOutcome::Duplicate { last_seq: 1 }]);
+                let t = denial_totals(c, None)?;
+                assert_eq!(t.len(), 1);
+                assert_eq!((t[0].last_seq, t[0].stored, t[0].seen), (1, 4, 8));
+                assert_eq!(t[0].dropped_by_agent, 4);
+                assert_eq!(max_denial_id(c)?, 2);
+                // A new epoch (fresh agent spool) restarts numbering: seq 0 is new again.
+                let mut b = batch("h1", 0, vec![row("192.0.2.3", 22, 1, 3000)]);
+                b.counters.epoch = u64::MAX;
+                let out = store_batches(c, std::slice::from_ref(&b))?;
+                assert!(matches!(out[0], BatchOutcome::Stored { .. }));
+                let out = store_batches(c, &[b])?;
+                assert_eq!(out, vec![BatchOutcome::Duplicate { last_seq: 0 }]);
+                assert_eq!(denial_totals(c, None)?[0].epoch, u64::MAX);
+                // The old epoch's batch replayed (an agent that failed over while its ack
+                // was lost): the totals no longer remember that epoch, the database does.
+                let out = store_batches(c, &[b0])?;
+                assert!(matches!(out[0], BatchOutcome::Duplicate { .. }), "{out:?}");
+                assert_eq!(max_denial_id(c)?, 3);
+                Ok(())
+            })
+        });
     }
 
     #[test]
-    fn multi_row_inserts_keep_consecutive_ids() {
-        let mut c = conn();
-        let rows: Vec<NewDenial> = (0..150).map(|n| row("192.0.2.1", 22, 1, n)).collect();
-        let out = store_batches(&mut c, &[batch("h1", 1, rows)]).unwrap();
-        assert_eq!(
-            out[0],
-            BatchOutcome::Stored {
-                first_id: 1,
-                last_id: 150
-            }
-        );
-        let last: i64 = c
-            .query_row("SELECT last_ms FROM denials WHERE id = 150", [], |r| {
-                r.get(0)
+    fn multi_row_batches_keep_consecutive_ids() {
+        each_engine(|store| {
+            store.call_sync(|c| {
+                let rows: Vec<NewDenial> = (0..150).map(|n| row("192.0.2.1", 22, 1, n)).collect();
+                let out = store_batches(c, &[batch("h1", 1, rows.clone()), batch("h2", 1, rows)])?;
+                assert_eq!(
+                    out,
+                    vec![
+                        BatchOutcome::Stored {
+                            first_id: 1,
+                            last_id: 150
+                        },
+                        BatchOutcome::Stored {
+                            first_id: 151,
+                            last_id: 300
+                        }
+                    ]
+                );
+                let last: (String, i64) = c.query_one(
+                    "SELECT host, last_ms FROM denials WHERE id = 150",
+                    args![],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                assert_eq!(last, ("h1".to_string(), 149));
+                let after = denials_after(c, 140, 160, 100)?;
+                assert_eq!(after.len(), 20);
+                assert_eq!((after[0].id, after[19].id), (141, 160));
+                assert_eq!(after[10].host, "h2");
+                Ok(())
             })
-            .unwrap();
-        assert_eq!(last, 149);
+        });
     }
 
     #[test]
     fn retention_deletes_in_chunks() {
-        let mut c = conn();
-        let rows = (0..25).map(|n| row("192.0.2.1", 22, 1, n * 10)).collect();
-        store_batches(&mut c, &[batch("h1", 1, rows)]).unwrap();
-        assert_eq!(delete_denials_before(&c, 100, 4).unwrap(), 4);
-        assert_eq!(delete_denials_before(&c, 100, 100).unwrap(), 6);
-        assert_eq!(delete_denials_before(&c, 100, 100).unwrap(), 0);
-        assert_eq!(delete_denials_over(&c, 10, 3).unwrap(), 3);
-        while delete_denials_over(&c, 10, 3).unwrap() > 0 {}
-        let ids: Vec<i64> = c
-            .prepare("SELECT id FROM denials ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(ids, (16..=25).collect::<Vec<_>>());
+        each_engine(|store| {
+            store.call_sync(|c| {
+                let rows = (0..25).map(|n| row("192.0.2.1", 22, 1, n * 10)).collect();
+                store_batches(c, &[batch("h1", 1, rows)])?;
+                assert_eq!(delete_denials_before(c, 100, 4)?, 4);
+                assert_eq!(delete_denials_before(c, 100, 100)?, 6);
+                assert_eq!(delete_denials_before(c, 100, 100)?, 0);
+                assert_eq!(delete_denials_over(c, 10, 3)?, 3);
+                while delete_denials_over(c, 10, 3)? > 0 {}
+                let ids: Vec<i64> =
+                    c.query("SELECT id FROM denials ORDER BY id", args![], |r| r.get(0))?;
+                assert_eq!(ids, (16..=25).collect::<Vec<_>>());
+                Ok(())
+            })
+        });
+    }
+
+    #[test]
+    fn retention_drops_whole_days() {
+        each_engine(|store| {
+            store.call_sync(|c| {
+                let day = |d: i64| d * DAY_MS + 5;
+                let rows = vec![
+                    row("192.0.2.1", 22, 1, day(20_000)),
+                    row("192.0.2.1", 22, 1, day(20_001)),
+                    row("192.0.2.1", 22, 1, day(20_002)),
+                ];
+                store_batches(c, &[batch("h1", 1, rows)])?;
+                // Everything before the start of day 20002 goes.
+                assert_eq!(delete_denials_before(c, 20_002 * DAY_MS, 100)?, 2);
+                let left: Vec<i64> =
+                    c.query("SELECT last_ms FROM denials", args![], |r| r.get(0))?;
+                assert_eq!(left, vec![day(20_002)]);
+                if c.dialect() == Dialect::Postgres {
+                    let parts: i64 = c.query_one(
+                        "SELECT COUNT(*) FROM pg_inherits
+                          WHERE inhparent = CAST(to_regclass('denials') AS OID)",
+                        args![],
+                        |r| r.get(0),
+                    )?;
+                    assert_eq!(parts, 1, "the two old days' partitions were dropped");
+                }
+                Ok(())
+            })
+        });
     }
 }

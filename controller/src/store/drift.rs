@@ -4,7 +4,8 @@
 //! newest inventory). Knows nothing of gRPC beyond the plain values it stores.
 
 use super::now_ms;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::Db;
+use crate::args;
 use std::collections::BTreeMap;
 
 /// One agent drift report, as stored.
@@ -35,16 +36,18 @@ pub struct DriftRow {
 }
 
 /// Record a drift report: the kernel hash it read is the host's reported hash now.
-pub fn record(conn: &Connection, host: &str, r: &DriftRecord) -> anyhow::Result<()> {
+pub fn record(db: &Db<'_>, host: &str, r: &DriftRecord) -> anyhow::Result<()> {
     let diff = serde_json::to_string(&r.diff)?;
-    conn.execute(
+    db.execute(
         "UPDATE hosts SET last_seen_ms = ?2, reported_hash = ?3, verified_ms = ?4,
                 drift_state = ?5, drift_diff = ?6,
-                drift_detected_ms = CASE WHEN ?7 > 0 THEN ?7 ELSE drift_detected_ms END,
-                drift_healed_ms = CASE WHEN ?8 > 0 THEN ?8 ELSE drift_healed_ms END,
+                drift_detected_ms = CASE WHEN CAST(?7 AS BIGINT) > 0 THEN ?7
+                                         ELSE drift_detected_ms END,
+                drift_healed_ms = CASE WHEN CAST(?8 AS BIGINT) > 0 THEN ?8
+                                       ELSE drift_healed_ms END,
                 coexistence_json = ?9
           WHERE name = ?1",
-        params![
+        args![
             host,
             now_ms(),
             r.kernel_hash,
@@ -60,69 +63,60 @@ pub fn record(conn: &Connection, host: &str, r: &DriftRecord) -> anyhow::Result<
 }
 
 /// A heartbeat read the kernel back at `verified_ms`.
-pub fn verified(conn: &Connection, host: &str, verified_ms: i64) -> anyhow::Result<()> {
-    conn.execute(
-        "UPDATE hosts SET verified_ms = MAX(verified_ms, ?2) WHERE name = ?1",
-        params![host, verified_ms],
+pub fn verified(db: &Db<'_>, host: &str, verified_ms: i64) -> anyhow::Result<()> {
+    db.execute(
+        "UPDATE hosts SET verified_ms = ?2 WHERE name = ?1 AND verified_ms < ?2",
+        args![host, verified_ms],
     )?;
     Ok(())
 }
 
 /// Every host's drift columns, by host name.
-pub fn rows(conn: &Connection) -> anyhow::Result<BTreeMap<String, DriftRow>> {
-    let mut st = conn.prepare(
-        "SELECT name, verified_ms, drift_state, drift_diff, drift_detected_ms, drift_healed_ms,
-                coexistence_json FROM hosts",
-    )?;
-    let rows = st.query_map([], |r| {
-        let diff: String = r.get(3)?;
-        Ok((
-            r.get::<_, String>(0)?,
-            DriftRow {
-                verified_ms: r.get(1)?,
-                state: r.get(2)?,
-                diff: serde_json::from_str(&diff).unwrap_or_default(),
-                detected_ms: r.get(4)?,
-                healed_ms: r.get(5)?,
-                coexistence_json: r.get(6)?,
+pub fn rows(db: &Db<'_>) -> anyhow::Result<BTreeMap<String, DriftRow>> {
+    Ok(db
+        .query(
+            "SELECT name, verified_ms, drift_state, drift_diff, drift_detected_ms, drift_healed_ms,
+                    coexistence_json FROM hosts",
+            args![],
+            |r| {
+                let diff: String = r.get(3)?;
+                Ok((
+                    r.get::<String>(0)?,
+                    DriftRow {
+                        verified_ms: r.get(1)?,
+                        state: r.get(2)?,
+                        diff: serde_json::from_str(&diff).unwrap_or_default(),
+                        detected_ms: r.get(4)?,
+                        healed_ms: r.get(5)?,
+                        coexistence_json: r.get(6)?,
+                    },
+                ))
             },
-        ))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        )?
+        .into_iter()
+        .collect())
 }
 
 /// The policy (JSON) `host` was given in `revision`, if it was targeted by it.
-pub fn policy_at(conn: &Connection, host: &str, revision: u64) -> anyhow::Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            &format!(
-                "SELECT {} FROM revision_hosts rh WHERE host = ?1 AND revision = ?2",
-                super::POLICY
-            ),
-            params![host, i64::try_from(revision).unwrap_or(i64::MAX)],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn policy_at(db: &Db<'_>, host: &str, revision: u64) -> anyhow::Result<Option<String>> {
+    db.query_opt(
+        &format!(
+            "SELECT {} FROM revision_hosts rh WHERE host = ?1 AND revision = ?2",
+            super::POLICY
+        ),
+        args![host, revision],
+        |r| r.get(0),
+    )
 }
 
 /// The policies (JSON) of many (host, revision) pairs at once; missing pairs are absent.
 pub fn policies_at(
-    conn: &Connection,
+    db: &Db<'_>,
     pairs: &[(String, u64)],
 ) -> anyhow::Result<BTreeMap<(String, u64), String>> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {} FROM revision_hosts rh WHERE host = ?1 AND revision = ?2",
-        super::POLICY
-    ))?;
     let mut out = BTreeMap::new();
     for (host, rev) in pairs {
-        let p: Option<String> = st
-            .query_row(
-                params![host, i64::try_from(*rev).unwrap_or(i64::MAX)],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(p) = p {
+        if let Some(p) = policy_at(db, host, *rev)? {
             out.insert((host.clone(), *rev), p);
         }
     }
@@ -130,27 +124,24 @@ pub fn policies_at(
 }
 
 /// The newest revision's inventory (name, YAML), to resolve host patterns.
-pub fn latest_inventory(conn: &Connection) -> anyhow::Result<Option<(String, String)>> {
-    Ok(conn
-        .query_row(
-            "SELECT inventory_name, inventory_yaml FROM revisions ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?)
+pub fn latest_inventory(db: &Db<'_>) -> anyhow::Result<Option<(String, String)>> {
+    db.query_opt(
+        "SELECT inventory_name, inventory_yaml FROM revisions ORDER BY id DESC LIMIT 1",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::{Store, host_connected};
+    use crate::store::host_connected;
 
     #[test]
     fn records_reports_and_keeps_the_last_detection_time() {
-        let store = Store::in_memory().unwrap();
-        store
-            .call_sync(|c| {
+        crate::store::testing::each_engine(|store| {
+            store.call_sync(|c| {
                 host_connected(c, "h1", "0.1", "{}", 1, "aaa", "peer")?;
                 let found = DriftRecord {
                     state: "healed".into(),
@@ -179,6 +170,6 @@ mod tests {
                 assert!(h1.diff.is_empty());
                 Ok(())
             })
-            .unwrap();
+        });
     }
 }

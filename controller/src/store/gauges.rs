@@ -4,7 +4,8 @@
 //! vocabulary the controller writes, and at most [`MAX_LABEL_VALUES`] are returned per
 //! family, so a scrape's size does not grow with the fleet.
 
-use rusqlite::Connection;
+use super::sql::Db;
+use crate::args;
 
 /// Label values kept per family (the controller writes fewer than this).
 pub const MAX_LABEL_VALUES: usize = 32;
@@ -36,23 +37,18 @@ pub struct DenialSums {
     pub spool_dropped: u64,
 }
 
-fn counts(conn: &Connection, sql: &str) -> anyhow::Result<Vec<(String, i64)>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+fn counts(db: &Db<'_>, sql: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let mut out = Vec::new();
-    for row in rows.take(MAX_LABEL_VALUES) {
-        out.push(row?);
-    }
+    db.each(sql, args![], |r| {
+        out.push((r.get::<String>(0)?, r.get::<i64>(1)?));
+        Ok(out.len() < MAX_LABEL_VALUES)
+    })?;
     Ok(out)
 }
 
-fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 /// Read every count of one scrape.
-pub fn store_gauges(conn: &Connection) -> anyhow::Result<StoreGauges> {
-    let hosts = conn.query_row("SELECT COUNT(*) FROM hosts", [], |r| r.get(0))?;
+pub fn store_gauges(conn: &Db<'_>) -> anyhow::Result<StoreGauges> {
+    let hosts = conn.query_one("SELECT COUNT(*) FROM hosts", args![], |r| r.get(0))?;
     let drift = counts(
         conn,
         "SELECT CASE drift_state WHEN '' THEN 'unknown' ELSE drift_state END AS s, COUNT(*)
@@ -67,22 +63,30 @@ pub fn store_gauges(conn: &Connection) -> anyhow::Result<StoreGauges> {
         "SELECT state, COUNT(*) FROM rollout_hosts
           WHERE rollout = (SELECT MAX(id) FROM rollouts) GROUP BY state ORDER BY state",
     )?;
-    let denials = conn.query_row(
-        "SELECT COALESCE(SUM(seen), 0), COALESCE(SUM(stored), 0),
-                COALESCE(SUM(dropped_by_agent), 0), COALESCE(SUM(socket_overruns), 0),
-                COALESCE(SUM(socket_lost), 0), COALESCE(SUM(kernel_suppressed), 0),
-                COALESCE(SUM(spool_dropped), 0)
-           FROM denial_totals",
-        [],
+    // Summed as floating point (exact to 2^53, never an overflow error; SQLite's
+    // SUM() of integers fails past i64::MAX, PostgreSQL's is NUMERIC).
+    let denials = conn.query_one(
+        &format!(
+            "SELECT {}, {}, {}, {}, {}, {}, {} FROM denial_totals",
+            super::denial_query::total(conn, "seen"),
+            super::denial_query::total(conn, "stored"),
+            super::denial_query::total(conn, "dropped_by_agent"),
+            super::denial_query::total(conn, "socket_overruns"),
+            super::denial_query::total(conn, "socket_lost"),
+            super::denial_query::total(conn, "kernel_suppressed"),
+            super::denial_query::total(conn, "spool_dropped"),
+        ),
+        args![],
         |r| {
+            let f = |i| super::denial_query::total_at(r, i);
             Ok(DenialSums {
-                seen: u(r.get(0)?),
-                stored: u(r.get(1)?),
-                dropped_by_agent: u(r.get(2)?),
-                socket_overruns: u(r.get(3)?),
-                socket_lost: u(r.get(4)?),
-                kernel_suppressed: u(r.get(5)?),
-                spool_dropped: u(r.get(6)?),
+                seen: f(0)?,
+                stored: f(1)?,
+                dropped_by_agent: f(2)?,
+                socket_overruns: f(3)?,
+                socket_lost: f(4)?,
+                kernel_suppressed: f(5)?,
+                spool_dropped: f(6)?,
             })
         },
     )?;
@@ -102,28 +106,30 @@ mod tests {
 
     #[test]
     fn an_empty_store_counts_nothing_and_hosts_group_by_drift_state() {
-        let store = crate::store::Store::in_memory().unwrap();
-        let g = store.call_sync(|c| store_gauges(c)).unwrap();
-        assert_eq!(g, StoreGauges::default());
-        store
-            .call_sync(|c| {
-                crate::store::host_connected(c, "a", "1", "{}", 0, "", "p")?;
-                crate::store::host_connected(c, "b", "1", "{}", 0, "", "p")?;
-                crate::store::drift::record(
-                    c,
-                    "b",
-                    &crate::store::drift::DriftRecord {
-                        state: "drifted".into(),
-                        ..Default::default()
-                    },
-                )
-            })
-            .unwrap();
-        let g = store.call_sync(|c| store_gauges(c)).unwrap();
-        assert_eq!(g.hosts, 2);
-        assert_eq!(
-            g.drift,
-            vec![("drifted".to_string(), 1), ("unknown".to_string(), 1)]
-        );
+        crate::store::testing::each_engine(|store| {
+            let g = store.call_sync(|c| store_gauges(c)).unwrap();
+            assert_eq!(g, StoreGauges::default());
+            store
+                .call_sync(|c| {
+                    crate::store::host_connected(c, "a", "1", "{}", 0, "", "p")?;
+                    crate::store::host_connected(c, "b", "1", "{}", 0, "", "p")?;
+                    crate::store::drift::record(
+                        c,
+                        "b",
+                        &crate::store::drift::DriftRecord {
+                            state: "drifted".into(),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .unwrap();
+            let g = store.call_sync(|c| store_gauges(c)).unwrap();
+            assert_eq!(g.hosts, 2);
+            assert_eq!(
+                g.drift,
+                vec![("drifted".to_string(), 1), ("unknown".to_string(), 1)]
+            );
+            Ok(())
+        });
     }
 }

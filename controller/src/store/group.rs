@@ -3,10 +3,10 @@
 //! reporting at once cost one commit, not one each.
 
 use super::Store;
-use rusqlite::Connection;
+use super::sql::Db;
 use tokio::sync::{mpsc, oneshot};
 
-type Write = Box<dyn FnOnce(&Connection) -> anyhow::Result<()> + Send>;
+type Write = Box<dyn FnOnce(&Db<'_>) -> anyhow::Result<()> + Send>;
 
 /// Most writes merged into one transaction.
 const MAX_GROUP: usize = 1024;
@@ -32,12 +32,12 @@ impl GroupWriter {
                 let (writes, waiters): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
                 let results = store
                     .call(move |c| {
-                        let mut tx = c.transaction()?;
+                        let tx = c.transaction()?;
                         // One failing write must not undo the others: run each in a
                         // savepoint and report its own result.
                         let mut results = Vec::with_capacity(writes.len());
                         for w in writes {
-                            let sp = tx.savepoint()?;
+                            let sp = tx.transaction()?;
                             let r = w(&sp);
                             if r.is_ok() {
                                 sp.commit()?;
@@ -69,7 +69,7 @@ impl GroupWriter {
     /// Run `f` in the next group transaction and wait until it is committed.
     pub async fn write(
         &self,
-        f: impl FnOnce(&Connection) -> anyhow::Result<()> + Send + 'static,
+        f: impl FnOnce(&Db<'_>) -> anyhow::Result<()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
@@ -86,9 +86,14 @@ impl GroupWriter {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_all_commit_and_errors_stay_local() {
-        let store = Store::in_memory().unwrap();
+        for store in crate::store::testing::stores() {
+            one_engine(store).await;
+        }
+    }
+
+    async fn one_engine(store: Store) {
         let w = GroupWriter::start(store.clone());
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -111,9 +116,12 @@ mod tests {
         }
         assert_eq!(failed, 1);
         let n = store
-            .call_sync(|c| {
-                Ok(c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))?)
+            .call(|c| {
+                c.query_one("SELECT COUNT(*) FROM audit", crate::args![], |r| {
+                    r.get::<i64>(0)
+                })
             })
+            .await
             .unwrap();
         assert_eq!(n, 199);
     }

@@ -2,7 +2,8 @@
 //! rule was installed and when the count last grew. The accept evidence replayed by
 //! `apply --check --replay` (with the denial log).
 
-use rusqlite::{Connection, params};
+use super::sql::Db;
+use crate::args;
 
 /// One rule's counter as an agent reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +32,7 @@ fn i64_of(v: u64) -> i64 {
 /// `last_hit_ms`; a smaller count or another revision means the table was replaced: the
 /// row starts over. `purge`: drop the host's rows of other revisions first.
 pub fn record(
-    c: &Connection,
+    c: &Db<'_>,
     host: &str,
     revision: u64,
     hits: &[Hit],
@@ -40,57 +41,62 @@ pub fn record(
 ) -> anyhow::Result<()> {
     let rev = i64_of(revision);
     if purge {
-        c.prepare_cached("DELETE FROM rule_hits WHERE host = ?1 AND revision != ?2")?
-            .execute(params![host, rev])?;
+        c.execute(
+            "DELETE FROM rule_hits WHERE host = ?1 AND revision != ?2",
+            args![host, rev],
+        )?;
     }
-    let mut st = c.prepare_cached(
-        "INSERT INTO rule_hits (host, revision, chain, idx, packets, bytes, first_hit_ms, last_hit_ms)
+    let upsert = "INSERT INTO rule_hits (host, revision, chain, idx, packets, bytes, first_hit_ms, last_hit_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
          ON CONFLICT (host, chain, idx) DO UPDATE SET
-            first_hit_ms = CASE WHEN excluded.revision != revision OR excluded.packets < packets
-                THEN excluded.first_hit_ms ELSE first_hit_ms END,
-            last_hit_ms = CASE WHEN excluded.revision != revision OR excluded.packets != packets
-                THEN excluded.last_hit_ms ELSE last_hit_ms END,
+            first_hit_ms = CASE WHEN excluded.revision != rule_hits.revision
+                                      OR excluded.packets < rule_hits.packets
+                THEN excluded.first_hit_ms ELSE rule_hits.first_hit_ms END,
+            last_hit_ms = CASE WHEN excluded.revision != rule_hits.revision
+                                     OR excluded.packets != rule_hits.packets
+                THEN excluded.last_hit_ms ELSE rule_hits.last_hit_ms END,
             revision = excluded.revision,
             packets = excluded.packets,
-            bytes = excluded.bytes",
-    )?;
+            bytes = excluded.bytes";
     for h in hits {
-        st.execute(params![
-            host,
-            rev,
-            h.chain,
-            h.index,
-            i64_of(h.packets),
-            i64_of(h.bytes),
-            now
-        ])?;
+        c.execute(
+            upsert,
+            args![
+                host,
+                rev,
+                h.chain,
+                h.index,
+                i64_of(h.packets),
+                i64_of(h.bytes),
+                now
+            ],
+        )?;
     }
     Ok(())
 }
 
 /// Counters of `host` on `revision` that grew at or after `since_ms`.
 pub fn since(
-    c: &Connection,
+    c: &Db<'_>,
     host: &str,
     revision: u64,
     since_ms: i64,
 ) -> anyhow::Result<Vec<StoredHit>> {
-    let mut st = c.prepare_cached(
+    c.query(
         "SELECT chain, idx, packets, first_hit_ms, last_hit_ms FROM rule_hits
          WHERE host = ?1 AND revision = ?2 AND last_hit_ms >= ?3 AND packets > 0
          ORDER BY chain, idx",
-    )?;
-    let rows = st.query_map(params![host, i64_of(revision), since_ms], |r| {
-        Ok(StoredHit {
-            chain: r.get(0)?,
-            index: r.get(1)?,
-            packets: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-            first_hit_ms: r.get(3)?,
-            last_hit_ms: r.get(4)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        args![host, i64_of(revision), since_ms],
+        |r| {
+            Ok(StoredHit {
+                chain: r.get(0)?,
+                index: u32::try_from(r.get::<i64>(1)?).unwrap_or(0),
+                packets: u64::try_from(r.get::<i64>(2)?).unwrap_or(0),
+                first_hit_ms: r.get(3)?,
+                last_hit_ms: r.get(4)?,
+            })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -109,9 +115,8 @@ mod tests {
 
     #[test]
     fn growth_moves_last_hit_and_a_reset_starts_over() {
-        let store = crate::store::Store::in_memory().unwrap();
-        store
-            .call_sync(|c| {
+        crate::store::testing::each_engine(|store| {
+            store.call_sync(|c| {
                 record(c, "h1", 3, &[hit(0, 5), hit(1, 2)], true, 100)?;
                 // Unchanged count: last hit stays; grown: moves.
                 record(c, "h1", 3, &[hit(0, 5), hit(1, 9)], false, 200)?;
@@ -133,6 +138,6 @@ mod tests {
                 assert_eq!(since(c, "h1", 4, 0)?.len(), 1);
                 Ok(())
             })
-            .unwrap();
+        });
     }
 }

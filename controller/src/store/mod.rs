@@ -1,9 +1,12 @@
-//! The controller's embedded store: SQLite (WAL) holding revisions, hosts and the audit log.
+//! The controller's store: revisions, hosts, rollouts, the audit log and denial logs, in
+//! SQLite (embedded, WAL; the default for one controller) or PostgreSQL (shared by
+//! several controllers).
 //!
-//! One connection behind a mutex; callers in async code go through
-//! [`Store::call`], which runs the closure on the blocking pool. Schema changes are
-//! numbered migrations applied in one transaction at open. This module knows nothing of
-//! gRPC.
+//! Every query is written once against [`sql::Db`]; callers in async code go through
+//! [`Store::call`], which runs the closure on the blocking pool with a connection (SQLite:
+//! the one connection behind a mutex; PostgreSQL: one from a pool). Schema changes are
+//! numbered migrations, the same numbers on both engines, applied in one transaction at
+//! open. This module knows nothing of gRPC.
 
 mod denial_query;
 mod denial_retention;
@@ -14,7 +17,11 @@ mod group;
 pub mod hits;
 mod migrations;
 mod model;
+mod pg_tls;
 pub mod rollout;
+pub mod sql;
+#[cfg(test)]
+pub mod testing;
 
 pub use denial_query::*;
 pub use denial_retention::*;
@@ -25,10 +32,12 @@ pub use model::*;
 
 use anyhow::Context as _;
 use portcullis_metrics::prometheus_client::metrics::histogram::Histogram;
-use rusqlite::{Connection, OptionalExtension, params};
-use std::path::Path;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use sql::{Arg, Db, Dialect, Row, Tx};
 
 /// Milliseconds since the Unix epoch (the store's time unit).
 pub fn now_ms() -> i64 {
@@ -41,21 +50,123 @@ pub fn now_ms() -> i64 {
 /// How often the background checkpointer runs (see [`Store::open`]).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Connections in the PostgreSQL pool (sessions, admin reads and the denial writer share it).
+const PG_POOL_SIZE: usize = 16;
+
+/// Where the store lives: `--db` / `PORTCULLIS_DB`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbSpec {
+    /// An SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (`postgres://user@host/db`, or key=value form).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DbSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for DbSpec {
+    /// The location without a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbSpec::Sqlite(p) => write!(f, "{}", p.display()),
+            DbSpec::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` shown as `postgres://user:***@host/db`; a key=value
+/// string's `password=` likewise.
+fn redact(url: &str) -> String {
+    if let Some(rest) = url.split_once("://").map(|(_, r)| r)
+        && let Some((auth, _)) = rest.split_once('@')
+        && let Some((user, _)) = auth.split_once(':')
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        return format!("{scheme}{user}:***@{}", &rest[auth.len() + 1..]);
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl std::str::FromStr for DbSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        Ok(
+            if t.starts_with("postgres://")
+                || t.starts_with("postgresql://")
+                || (t.contains('=') && t.contains("dbname"))
+            {
+                DbSpec::Postgres(t.to_string())
+            } else {
+                DbSpec::Sqlite(PathBuf::from(s))
+            },
+        )
+    }
+}
+
+impl From<PathBuf> for DbSpec {
+    fn from(p: PathBuf) -> Self {
+        DbSpec::Sqlite(p)
+    }
+}
+
+enum Engine {
+    Sqlite {
+        conn: Arc<Mutex<Connection>>,
+        /// The file, for extra connections (denial writer, readers); `None` in memory.
+        path: Option<PathBuf>,
+    },
+    Postgres {
+        pool: deadpool_postgres::Pool,
+        rt: tokio::runtime::Handle,
+    },
+}
+
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    engine: Arc<Engine>,
     /// Time of each [`Store::call`], waiting for the connection included (metrics).
     latency: Histogram,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
+        f.write_str(match self.dialect() {
+            Dialect::Sqlite => "Store(SQLite)",
+            Dialect::Postgres => "Store(PostgreSQL)",
+        })
     }
 }
 
 impl Store {
-    /// Open (creating if needed) the database at `path` and migrate it.
+    /// Open the store `spec` names and migrate it. PostgreSQL needs a Tokio runtime (the
+    /// pool's connections run on it).
+    pub async fn connect(spec: &DbSpec, db_ca: Option<&Path>) -> anyhow::Result<Self> {
+        match spec {
+            DbSpec::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || Self::open(&path))
+                    .await
+                    .context("opening the store panicked")?
+            }
+            DbSpec::Postgres(url) => Self::open_postgres(url, db_ca).await,
+        }
+    }
+
+    /// Open (creating if needed) the SQLite database at `path` and migrate it.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -63,9 +174,45 @@ impl Store {
         }
         let conn = Connection::open(path)
             .with_context(|| format!("opening database {}", path.display()))?;
-        let store = Self::init(conn)
+        let store = Self::init(conn, Some(path.to_path_buf()))
             .with_context(|| format!("initialising database {}", path.display()))?;
         store.checkpoint_in_background(path)?;
+        Ok(store)
+    }
+
+    /// Connect a pool to the PostgreSQL database `url` and migrate it (under an advisory
+    /// lock, so controllers starting together migrate once).
+    pub async fn open_postgres(url: &str, db_ca: Option<&Path>) -> anyhow::Result<Self> {
+        let shown = redact(url);
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("PostgreSQL connection string {shown}: {e}"))?;
+        let manager = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        let mgr = if pg_tls::needed(&config) {
+            deadpool_postgres::Manager::from_config(config, pg_tls::connector(db_ca)?, manager)
+        } else {
+            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager)
+        };
+        let pool = deadpool_postgres::Pool::builder(mgr)
+            .max_size(PG_POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .with_context(|| format!("PostgreSQL pool for {shown}"))?;
+        let store = Self {
+            engine: Arc::new(Engine::Postgres {
+                pool,
+                rt: tokio::runtime::Handle::current(),
+            }),
+            latency: Histogram::new(portcullis_metrics::collect::duration_buckets()),
+        };
+        store
+            .call(migrations::migrate)
+            .await
+            .with_context(|| format!("migrating PostgreSQL database {shown}"))?;
         Ok(store)
     }
 
@@ -74,16 +221,18 @@ impl Store {
     /// passive checkpoint (it never blocks writers) every [`CHECKPOINT_EVERY`] until the
     /// store is dropped.
     fn checkpoint_in_background(&self, path: &Path) -> anyhow::Result<()> {
+        let Engine::Sqlite { conn, .. } = &*self.engine else {
+            return Ok(());
+        };
         let ck = Connection::open(path)
             .with_context(|| format!("opening database {} (checkpointer)", path.display()))?;
         ck.busy_timeout(std::time::Duration::from_secs(5))?;
         // Truncate the WAL file back to this size after a checkpoint that emptied it.
         ck.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        self.conn
-            .lock()
+        conn.lock()
             .map_err(|_| anyhow::anyhow!("store mutex poisoned"))?
             .pragma_update(None, "wal_autocheckpoint", 0)?;
-        let alive = Arc::downgrade(&self.conn);
+        let alive = Arc::downgrade(&self.engine);
         std::thread::Builder::new()
             .name("pc-checkpoint".into())
             .spawn(move || {
@@ -98,23 +247,33 @@ impl Store {
         Ok(())
     }
 
-    /// An in-memory store (tests, benchmarks).
+    /// An in-memory SQLite store (tests, benchmarks).
     pub fn in_memory() -> anyhow::Result<Self> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, None)
     }
 
-    fn init(mut conn: Connection) -> anyhow::Result<Self> {
+    fn init(conn: Connection, path: Option<PathBuf>) -> anyhow::Result<Self> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every per-host statement is prepared once (the default cache holds 16).
         conn.set_prepared_statement_cache_capacity(128);
-        migrations::migrate(&mut conn)?;
+        migrations::migrate(&Db::sqlite(&conn))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            engine: Arc::new(Engine::Sqlite {
+                conn: Arc::new(Mutex::new(conn)),
+                path,
+            }),
             latency: Histogram::new(portcullis_metrics::collect::duration_buckets()),
         })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match &*self.engine {
+            Engine::Sqlite { .. } => Dialect::Sqlite,
+            Engine::Postgres { .. } => Dialect::Postgres,
+        }
     }
 
     /// The histogram of [`Store::call`] durations (registered by the metrics endpoint).
@@ -122,37 +281,153 @@ impl Store {
         &self.latency
     }
 
-    /// Run `f` with the connection on the blocking pool.
+    /// Run `f` with a connection on the blocking pool (SQLite: the one connection;
+    /// PostgreSQL: one from the pool, for the whole of `f`).
     pub async fn call<T, F>(&self, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> anyhow::Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let engine = self.engine.clone();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut guard = lock_recovered(&conn);
-            f(&mut guard)
-        })
-        .await;
+        let result = tokio::task::spawn_blocking(move || with_db(&engine, f)).await;
         self.latency.observe(started.elapsed().as_secs_f64());
         result.context("store task panicked")?
     }
 
-    /// Run `f` with the connection on the current thread (startup, tests).
-    pub fn call_sync<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
-        let mut guard = lock_recovered(&self.conn);
-        f(&mut guard)
+    /// Run `f` with a connection on the current thread (startup, tests). With
+    /// PostgreSQL it must not be a runtime worker of a current-thread runtime.
+    pub fn call_sync<T>(&self, f: impl FnOnce(&Db<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        match &*self.engine {
+            Engine::Sqlite { .. } => with_db(&self.engine, f),
+            Engine::Postgres { .. } => {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    tokio::task::block_in_place(|| with_db(&self.engine, f))
+                } else {
+                    with_db(&self.engine, f)
+                }
+            }
+        }
+    }
+
+    /// Run `f` on a connection of its own, off the main one (SQLite: a fresh read
+    /// connection to the file, so a long read never holds up the sessions' writes;
+    /// PostgreSQL: one from the pool). On the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db<'_>) -> anyhow::Result<T> + Send + 'static,
+    {
+        match &*self.engine {
+            Engine::Sqlite {
+                path: Some(path), ..
+            } => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || f(&Db::sqlite(&open_extra(&path)?)))
+                    .await
+                    .context("store task panicked")?
+            }
+            _ => self.call(f).await,
+        }
+    }
+
+    /// A connection for one long-lived writer thread (the denial writer): SQLite gets a
+    /// connection of its own, PostgreSQL takes one from the pool per use.
+    pub fn writer_connection(&self) -> anyhow::Result<WriterConn> {
+        match &*self.engine {
+            Engine::Sqlite { path: Some(p), .. } => {
+                Ok(WriterConn(WriterInner::Sqlite(open_extra(p)?)))
+            }
+            Engine::Sqlite { path: None, .. } | Engine::Postgres { .. } => {
+                Ok(WriterConn(WriterInner::Shared(self.engine.clone())))
+            }
+        }
     }
 }
 
-/// Lock the connection, recovering it if a call panicked while holding it: a rusqlite
-/// `Transaction` rolls back when dropped during the unwind, and any transaction still open
-/// is rolled back here, so the connection is as the last commit left it. Without this one
-/// panic would fail every later store call until the controller is restarted.
+/// A dedicated writer's connection (see [`Store::writer_connection`]).
+pub struct WriterConn(WriterInner);
+
+enum WriterInner {
+    Sqlite(Connection),
+    Shared(Arc<Engine>),
+}
+
+impl WriterConn {
+    /// Run `f` on it (blocking; call from the writer's own thread).
+    pub fn with<T>(&mut self, f: impl FnOnce(&Db<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        match &self.0 {
+            WriterInner::Sqlite(c) => f(&Db::sqlite(c)),
+            WriterInner::Shared(engine) => with_db(engine, f),
+        }
+    }
+
+    /// SQLite tuning for the writer (see `server::logs::writer`).
+    pub fn sqlite(&self) -> Option<&Connection> {
+        match &self.0 {
+            WriterInner::Sqlite(c) => Some(c),
+            WriterInner::Shared(_) => None,
+        }
+    }
+}
+
+/// Another connection to the SQLite file (WAL, so readers never block the writer).
+fn open_extra(path: &Path) -> anyhow::Result<Connection> {
+    let conn =
+        Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Run `f` on a connection of `engine`, blocking. A PostgreSQL connection that `f` left
+/// inside a transaction (an early return past a guard cannot, a panic can) is rolled
+/// back before it goes back to the pool.
+fn with_db<T>(engine: &Engine, f: impl FnOnce(&Db<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match engine {
+        Engine::Sqlite { conn, .. } => {
+            let guard = lock_recovered(conn);
+            f(&Db::sqlite(&guard))
+        }
+        Engine::Postgres { pool, rt } => {
+            let client = rt
+                .block_on(pool.get())
+                .map_err(|e| anyhow::anyhow!("the PostgreSQL database is unreachable: {e}"))?;
+            let guard = Discard(Some(client));
+            let Some(client) = guard.0.as_ref() else {
+                unreachable!("just set")
+            };
+            let db = Db::postgres(client, rt.clone());
+            let out = f(&db);
+            if db.in_transaction() {
+                let _ = db.batch("ROLLBACK");
+            }
+            out
+        }
+    }
+}
+
+/// A pooled PostgreSQL connection that is closed instead of going back to the pool when
+/// a store call panics with it (it may be inside a transaction nobody will end).
+struct Discard(Option<deadpool_postgres::Object>);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(o) = self.0.take()
+        {
+            tracing::error!("a store call panicked; its PostgreSQL connection is closed");
+            drop(deadpool_postgres::Object::take(o));
+        }
+    }
+}
+
+/// Lock the connection, recovering it if a call panicked while holding it: a
+/// transaction guard rolls back when dropped during the unwind, and any transaction still
+/// open is rolled back here, so the connection is as the last commit left it. Without this
+/// one panic would fail every later store call until the controller is restarted.
 fn lock_recovered(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     match conn.lock() {
         Ok(g) => g,
@@ -171,19 +446,18 @@ fn lock_recovered(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connect
 }
 
 /// Append an audit entry (who did what) in the caller's transaction or connection.
-pub fn audit(conn: &Connection, actor: &str, action: &str, detail: &str) -> anyhow::Result<()> {
-    conn.execute(
+pub fn audit(db: &Db<'_>, actor: &str, action: &str, detail: &str) -> anyhow::Result<()> {
+    db.execute(
         "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![now_ms(), actor, action, detail],
+        crate::args![now_ms(), actor, action, detail],
     )?;
     Ok(())
 }
 
 /// The newest revision number, 0 if none.
-pub fn latest_revision(conn: &Connection) -> anyhow::Result<u64> {
-    let v: Option<i64> = conn
-        .query_row("SELECT MAX(id) FROM revisions", [], |r| r.get(0))
-        .optional()?
-        .flatten();
+pub fn latest_revision(db: &Db<'_>) -> anyhow::Result<u64> {
+    let v: Option<i64> = db.query_one("SELECT MAX(id) FROM revisions", crate::args![], |r| {
+        r.get(0)
+    })?;
     Ok(v.unwrap_or(0).try_into().unwrap_or(0))
 }

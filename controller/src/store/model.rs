@@ -1,8 +1,9 @@
 //! Typed queries over the store's tables: revisions, hosts, audit. Each takes a
-//! `&Connection` (or transaction) so callers choose the transaction boundary.
+//! [`Db`] (or a transaction of one) so callers choose the transaction boundary.
 
 use super::now_ms;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Db, Dialect};
+use crate::args;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,57 +71,68 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Store a revision and make it the desired one of each of its hosts. Returns its number.
-pub fn insert_revision(conn: &Connection, r: &NewRevision<'_>) -> anyhow::Result<u64> {
+/// The advisory lock that orders revision numbers on PostgreSQL ("pcrevisn").
+const REVISION_LOCK: i64 = 0x7063_7265_7669_736e;
+
+/// Store a revision and make it the desired one of each of its hosts. Returns its number
+/// (the newest plus one: numbers have no gaps). On PostgreSQL the transaction takes a lock
+/// first, so two controllers storing at once get consecutive numbers, not an error.
+pub fn insert_revision(db: &Db<'_>, r: &NewRevision<'_>) -> anyhow::Result<u64> {
+    if db.dialect() == Dialect::Postgres {
+        db.execute("SELECT pg_advisory_xact_lock(?1)", args![REVISION_LOCK])?;
+    }
     let now = now_ms();
-    conn.prepare_cached(
-        "INSERT INTO revisions (created_ms, author, site_name, site_yaml, inventory_name,
+    let id: i64 = db.query_one(
+        "INSERT INTO revisions (id, created_ms, author, site_name, site_yaml, inventory_name,
                                 inventory_yaml, host_limit)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        now,
-        r.author,
-        r.site_name,
-        r.site_yaml,
-        r.inventory_name,
-        r.inventory_yaml,
-        r.limit
-    ])?;
-    let id = conn.last_insert_rowid();
-    let mut list = conn.prepare_cached(
-        "INSERT INTO revision_lists (revision, name, content) VALUES (?1, ?2, ?3)",
+         VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM revisions), ?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         RETURNING id",
+        args![
+            now,
+            r.author,
+            r.site_name,
+            r.site_yaml,
+            r.inventory_name,
+            r.inventory_yaml,
+            r.limit
+        ],
+        |row| row.get(0),
     )?;
     for (name, content) in &r.lists {
-        list.execute(params![id, name, content])?;
+        db.execute(
+            "INSERT INTO revision_lists (revision, name, content) VALUES (?1, ?2, ?3)",
+            args![id, name, content],
+        )?;
     }
-    let mut ins = conn.prepare_cached(
-        "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash, policy_id)
-         VALUES (?1, ?2, '', ?3, ?4)",
-    )?;
-    let mut pol = conn.prepare_cached("INSERT INTO policies (json) VALUES (?1)")?;
     // By the shared string first (no hashing of MBs per host), then by content.
     let mut by_ptr: std::collections::HashMap<*const u8, i64> = std::collections::HashMap::new();
     let mut ids: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    let mut upd = conn.prepare(
-        "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, desired_revision, expected_hash)
-         VALUES (?1, 0, 0, ?2, ?3)
-         ON CONFLICT(name) DO UPDATE SET desired_revision = ?2, expected_hash = ?3",
-    )?;
     for h in r.hosts {
         let ptr = h.policy_json.as_ptr();
         let policy_id = match by_ptr.get(&ptr).or_else(|| ids.get(&*h.policy_json)) {
             Some(p) => *p,
             None => {
-                pol.execute(params![&*h.policy_json])?;
-                let p = conn.last_insert_rowid();
+                let p: i64 = db.query_one(
+                    "INSERT INTO policies (json) VALUES (?1) RETURNING id",
+                    args![&*h.policy_json],
+                    |row| row.get(0),
+                )?;
                 ids.insert(&h.policy_json, p);
                 p
             }
         };
         by_ptr.insert(ptr, policy_id);
-        ins.execute(params![id, h.host, h.expected_hash, policy_id])?;
-        upd.execute(params![h.host, id, h.expected_hash])?;
+        db.execute(
+            "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash, policy_id)
+             VALUES (?1, ?2, '', ?3, ?4)",
+            args![id, h.host, h.expected_hash, policy_id],
+        )?;
+        db.execute(
+            "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, desired_revision, expected_hash)
+             VALUES (?1, 0, 0, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET desired_revision = ?2, expected_hash = ?3",
+            args![h.host, id, h.expected_hash],
+        )?;
     }
     Ok(to_u64(id))
 }
@@ -131,24 +143,22 @@ pub const POLICY: &str =
     "COALESCE((SELECT json FROM policies WHERE id = rh.policy_id), rh.policy_json)";
 
 /// The desired revision of `host`: (revision, policy JSON, expected hash).
-pub fn desired_for(conn: &Connection, host: &str) -> anyhow::Result<Option<(u64, String, String)>> {
-    Ok(conn
-        .query_row(
-            &format!(
-                "SELECT rh.revision, {POLICY}, rh.expected_hash
-                   FROM hosts h JOIN revision_hosts rh
-                     ON rh.host = h.name AND rh.revision = h.desired_revision
-                  WHERE h.name = ?1"
-            ),
-            params![host],
-            |r| Ok((to_u64(r.get(0)?), r.get(1)?, r.get(2)?)),
-        )
-        .optional()?)
+pub fn desired_for(db: &Db<'_>, host: &str) -> anyhow::Result<Option<(u64, String, String)>> {
+    db.query_opt(
+        &format!(
+            "SELECT rh.revision, {POLICY}, rh.expected_hash
+               FROM hosts h JOIN revision_hosts rh
+                 ON rh.host = h.name AND rh.revision = h.desired_revision
+              WHERE h.name = ?1"
+        ),
+        args![host],
+        |r| Ok((to_u64(r.get(0)?), r.get(1)?, r.get(2)?)),
+    )
 }
 
 /// Record that an agent said Hello.
 pub fn host_connected(
-    conn: &Connection,
+    db: &Db<'_>,
     host: &str,
     agent_version: &str,
     facts_json: &str,
@@ -157,128 +167,114 @@ pub fn host_connected(
     peer: &str,
 ) -> anyhow::Result<()> {
     let now = now_ms();
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, agent_version, facts_json,
                             applied_revision, reported_hash, peer)
          VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(name) DO UPDATE SET
-            first_seen_ms = CASE WHEN first_seen_ms = 0 THEN ?2 ELSE first_seen_ms END,
+            first_seen_ms = CASE WHEN hosts.first_seen_ms = 0 THEN ?2 ELSE hosts.first_seen_ms END,
             last_seen_ms = ?2, agent_version = ?3, facts_json = ?4,
             applied_revision = ?5, reported_hash = ?6, peer = ?7",
-    )?
-    .execute(params![
-        host,
-        now,
-        agent_version,
-        facts_json,
-        to_i64(applied_revision),
-        reported_hash,
-        peer
-    ])?;
+        args![
+            host,
+            now,
+            agent_version,
+            facts_json,
+            to_i64(applied_revision),
+            reported_hash,
+            peer
+        ],
+    )?;
     Ok(())
 }
 
 /// Update the expected hash of the host's desired revision (computed once facts are known).
-pub fn set_expected_hash(
-    conn: &Connection,
-    host: &str,
-    revision: u64,
-    hash: &str,
-) -> anyhow::Result<()> {
-    conn.prepare_cached(
+pub fn set_expected_hash(db: &Db<'_>, host: &str, revision: u64, hash: &str) -> anyhow::Result<()> {
+    db.execute(
         "UPDATE revision_hosts SET expected_hash = ?3 WHERE host = ?1 AND revision = ?2",
-    )?
-    .execute(params![host, to_i64(revision), hash])?;
-    conn.prepare_cached(
+        args![host, to_i64(revision), hash],
+    )?;
+    db.execute(
         "UPDATE hosts SET expected_hash = ?3 WHERE name = ?1 AND desired_revision = ?2",
-    )?
-    .execute(params![host, to_i64(revision), hash])?;
+        args![host, to_i64(revision), hash],
+    )?;
     Ok(())
 }
 
 /// Record an `Applied` report (or a heartbeat when `error` is None and revision unchanged).
 pub fn host_reported(
-    conn: &Connection,
+    db: &Db<'_>,
     host: &str,
     applied_revision: u64,
     reported_hash: &str,
     error: Option<&str>,
 ) -> anyhow::Result<()> {
     match error {
-        None => conn
-            .prepare_cached(
-                "UPDATE hosts SET last_seen_ms = ?2, applied_revision = ?3, reported_hash = ?4,
-                                  last_error = '' WHERE name = ?1",
-            )?
-            .execute(params![
-                host,
-                now_ms(),
-                to_i64(applied_revision),
-                reported_hash
-            ])?,
-        Some(e) => conn
-            .prepare_cached("UPDATE hosts SET last_seen_ms = ?2, last_error = ?3 WHERE name = ?1")?
-            .execute(params![host, now_ms(), e])?,
+        None => db.execute(
+            "UPDATE hosts SET last_seen_ms = ?2, applied_revision = ?3, reported_hash = ?4,
+                              last_error = '' WHERE name = ?1",
+            args![host, now_ms(), to_i64(applied_revision), reported_hash],
+        )?,
+        Some(e) => db.execute(
+            "UPDATE hosts SET last_seen_ms = ?2, last_error = ?3 WHERE name = ?1",
+            args![host, now_ms(), e],
+        )?,
     };
     Ok(())
 }
 
-pub fn touch_host(conn: &Connection, host: &str) -> anyhow::Result<()> {
-    conn.prepare_cached("UPDATE hosts SET last_seen_ms = ?2 WHERE name = ?1")?
-        .execute(params![host, now_ms()])?;
+pub fn touch_host(db: &Db<'_>, host: &str) -> anyhow::Result<()> {
+    db.execute(
+        "UPDATE hosts SET last_seen_ms = ?2 WHERE name = ?1",
+        args![host, now_ms()],
+    )?;
     Ok(())
 }
 
-pub fn list_hosts(conn: &Connection) -> anyhow::Result<Vec<HostRecord>> {
-    let mut st = conn.prepare(
+pub fn list_hosts(db: &Db<'_>) -> anyhow::Result<Vec<HostRecord>> {
+    db.query(
         "SELECT name, first_seen_ms, last_seen_ms, agent_version, facts_json, desired_revision,
                 applied_revision, expected_hash, reported_hash, last_error, peer
            FROM hosts ORDER BY name",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok(HostRecord {
-            name: r.get(0)?,
-            first_seen_ms: r.get(1)?,
-            last_seen_ms: r.get(2)?,
-            agent_version: r.get(3)?,
-            facts_json: r.get(4)?,
-            desired_revision: to_u64(r.get(5)?),
-            applied_revision: to_u64(r.get(6)?),
-            expected_hash: r.get(7)?,
-            reported_hash: r.get(8)?,
-            last_error: r.get(9)?,
-            peer: r.get(10)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        args![],
+        |r| {
+            Ok(HostRecord {
+                name: r.get(0)?,
+                first_seen_ms: r.get(1)?,
+                last_seen_ms: r.get(2)?,
+                agent_version: r.get(3)?,
+                facts_json: r.get(4)?,
+                desired_revision: to_u64(r.get(5)?),
+                applied_revision: to_u64(r.get(6)?),
+                expected_hash: r.get(7)?,
+                reported_hash: r.get(8)?,
+                last_error: r.get(9)?,
+                peer: r.get(10)?,
+            })
+        },
+    )
 }
 
 /// Facts last reported by `host` (JSON), if it ever connected.
-pub fn host_facts(conn: &Connection, host: &str) -> anyhow::Result<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT facts_json FROM hosts WHERE name = ?1 AND facts_json != ''")?
-        .query_row(params![host], |r| r.get(0))
-        .optional()?)
+pub fn host_facts(db: &Db<'_>, host: &str) -> anyhow::Result<Option<String>> {
+    db.query_opt(
+        "SELECT facts_json FROM hosts WHERE name = ?1 AND facts_json != ''",
+        args![host],
+        |r| r.get(0),
+    )
 }
 
-pub fn list_revisions(conn: &Connection, limit: u32) -> anyhow::Result<Vec<RevisionRecord>> {
+pub fn list_revisions(db: &Db<'_>, limit: u32) -> anyhow::Result<Vec<RevisionRecord>> {
     let limit = if limit == 0 {
         i64::MAX
     } else {
         i64::from(limit)
     };
-    let mut st = conn.prepare(
+    let revs = db.query(
         "SELECT id, created_ms, author, site_name, inventory_name, host_limit
            FROM revisions ORDER BY id DESC LIMIT ?1",
-    )?;
-    let mut hosts_st = conn.prepare(
-        "SELECT rh.host, (h.applied_revision = rh.revision AND h.reported_hash = rh.expected_hash
-                          AND rh.expected_hash != '')
-           FROM revision_hosts rh LEFT JOIN hosts h ON h.name = rh.host
-          WHERE rh.revision = ?1 ORDER BY rh.host",
-    )?;
-    let revs = st
-        .query_map(params![limit], |r| {
+        args![limit],
+        |r| {
             Ok(RevisionRecord {
                 revision: to_u64(r.get(0)?),
                 created_ms: r.get(1)?,
@@ -289,15 +285,18 @@ pub fn list_revisions(conn: &Connection, limit: u32) -> anyhow::Result<Vec<Revis
                 hosts: Vec::new(),
                 applied: 0,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     let mut out = Vec::with_capacity(revs.len());
     for mut rev in revs {
-        let rows = hosts_st
-            .query_map(params![to_i64(rev.revision)], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<bool>>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = db.query(
+            "SELECT rh.host, (h.applied_revision = rh.revision AND h.reported_hash = rh.expected_hash
+                              AND rh.expected_hash != '')
+               FROM revision_hosts rh LEFT JOIN hosts h ON h.name = rh.host
+              WHERE rh.revision = ?1 ORDER BY rh.host",
+            args![to_i64(rev.revision)],
+            |r| Ok((r.get::<String>(0)?, r.get::<Option<bool>>(1)?)),
+        )?;
         rev.applied = u32::try_from(rows.iter().filter(|(_, ok)| *ok == Some(true)).count())
             .unwrap_or(u32::MAX);
         rev.hosts = rows.into_iter().map(|(h, _)| h).collect();
@@ -306,21 +305,22 @@ pub fn list_revisions(conn: &Connection, limit: u32) -> anyhow::Result<Vec<Revis
     Ok(out)
 }
 
-pub fn list_audit(conn: &Connection, limit: u32) -> anyhow::Result<Vec<AuditEntry>> {
+pub fn list_audit(db: &Db<'_>, limit: u32) -> anyhow::Result<Vec<AuditEntry>> {
     let limit = if limit == 0 {
         i64::MAX
     } else {
         i64::from(limit)
     };
-    let mut st =
-        conn.prepare("SELECT at_ms, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
-    let rows = st.query_map(params![limit], |r| {
-        Ok(AuditEntry {
-            at_ms: r.get(0)?,
-            actor: r.get(1)?,
-            action: r.get(2)?,
-            detail: r.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    db.query(
+        "SELECT at_ms, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        args![limit],
+        |r| {
+            Ok(AuditEntry {
+                at_ms: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                detail: r.get(3)?,
+            })
+        },
+    )
 }

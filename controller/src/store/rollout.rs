@@ -4,7 +4,8 @@
 //! the previous one back.
 
 use super::now_ms;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::Db;
+use crate::args;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -65,98 +66,97 @@ pub struct NewRollout<'a> {
 }
 
 /// The desired revision of `host` (0 = none or unknown host).
-pub fn desired_revision(conn: &Connection, host: &str) -> anyhow::Result<u64> {
-    Ok(conn
-        .prepare_cached("SELECT desired_revision FROM hosts WHERE name = ?1")?
-        .query_row(params![host], |r| r.get::<_, i64>(0))
-        .optional()?
+pub fn desired_revision(db: &Db<'_>, host: &str) -> anyhow::Result<u64> {
+    Ok(db
+        .query_opt(
+            "SELECT desired_revision FROM hosts WHERE name = ?1",
+            args![host],
+            |r| r.get::<i64>(0),
+        )?
         .map_or(0, to_u64))
 }
 
-/// Make `revision` the desired one of `host` (with that revision's stored expected hash);
-/// 0 clears it.
 /// Whether a rollout sent `host` `revision` under commit-confirmed with `previous` as the
 /// revision it had before (what a `Reverted` from that host must match).
 pub fn was_sent_for_confirm(
-    conn: &Connection,
+    db: &Db<'_>,
     host: &str,
     revision: u64,
     previous: u64,
 ) -> anyhow::Result<bool> {
     let (rev, prev) = (to_i64(revision), to_i64(previous));
-    let mut st = conn.prepare_cached(
+    db.query_one(
         "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
           WHERE h.host = ?1 AND r.revision = ?2 AND r.confirm_timeout_ms > 0
             AND h.previous_revision = ?3 AND h.state NOT IN ('pending', 'skipped', 'offline'))",
-    )?;
-    Ok(st.query_row(rusqlite::params![host, rev, prev], |r| r.get::<_, bool>(0))?)
+        args![host, rev, prev],
+        |r| r.get::<bool>(0),
+    )
 }
 
-pub fn set_desired(conn: &Connection, host: &str, revision: u64) -> anyhow::Result<()> {
-    conn.prepare_cached(
+/// Make `revision` the desired one of `host` (with that revision's stored expected hash);
+/// 0 clears it.
+pub fn set_desired(db: &Db<'_>, host: &str, revision: u64) -> anyhow::Result<()> {
+    db.execute(
         "UPDATE hosts SET desired_revision = ?2,
             expected_hash = COALESCE((SELECT expected_hash FROM revision_hosts
                                        WHERE revision = ?2 AND host = ?1), '')
           WHERE name = ?1",
-    )?
-    .execute(params![host, to_i64(revision)])?;
+        args![host, to_i64(revision)],
+    )?;
     Ok(())
 }
 
 /// What `host` last attested: (applied revision, kernel hash).
-pub fn host_applied(conn: &Connection, host: &str) -> anyhow::Result<Option<(u64, String)>> {
-    Ok(conn
-        .prepare_cached("SELECT applied_revision, reported_hash FROM hosts WHERE name = ?1")?
-        .query_row(params![host], |r| Ok((to_u64(r.get(0)?), r.get(1)?)))
-        .optional()?)
+pub fn host_applied(db: &Db<'_>, host: &str) -> anyhow::Result<Option<(u64, String)>> {
+    db.query_opt(
+        "SELECT applied_revision, reported_hash FROM hosts WHERE name = ?1",
+        args![host],
+        |r| Ok((to_u64(r.get(0)?), r.get(1)?)),
+    )
 }
 
 /// The stored sources of a revision: (site name, site YAML, inventory name, inventory YAML).
 pub fn revision_sources(
-    conn: &Connection,
+    db: &Db<'_>,
     revision: u64,
 ) -> anyhow::Result<Option<(String, String, String, String)>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT site_name, site_yaml, inventory_name, inventory_yaml FROM revisions
-              WHERE id = ?1",
-        )?
-        .query_row(params![to_i64(revision)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()?)
+    db.query_opt(
+        "SELECT site_name, site_yaml, inventory_name, inventory_yaml FROM revisions
+          WHERE id = ?1",
+        args![to_i64(revision)],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
 }
 
 /// The stored address-list files of a revision: (name, content), by name.
-pub fn revision_lists(conn: &Connection, revision: u64) -> anyhow::Result<Vec<(String, String)>> {
-    let mut stmt = conn.prepare_cached(
+pub fn revision_lists(db: &Db<'_>, revision: u64) -> anyhow::Result<Vec<(String, String)>> {
+    db.query(
         "SELECT name, content FROM revision_lists WHERE revision = ?1 ORDER BY name",
-    )?;
-    let rows = stmt.query_map(params![to_i64(revision)], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        args![to_i64(revision)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// The latest revision before `before` that targeted `host`.
-pub fn revision_before(conn: &Connection, host: &str, before: u64) -> anyhow::Result<Option<u64>> {
-    Ok(conn
-        .prepare_cached(
+pub fn revision_before(db: &Db<'_>, host: &str, before: u64) -> anyhow::Result<Option<u64>> {
+    Ok(db
+        .query_one(
             "SELECT MAX(revision) FROM revision_hosts WHERE host = ?1 AND revision < ?2",
+            args![host, to_i64(before)],
+            |r| r.get::<Option<i64>>(0),
         )?
-        .query_row(params![host, to_i64(before)], |r| {
-            r.get::<_, Option<i64>>(0)
-        })?
         .map(to_u64))
 }
 
 /// How the latest rollout was run: (serial, max-fail, confirm timeout, gates).
-pub fn latest_settings(conn: &Connection) -> anyhow::Result<Option<(String, String, u64, Gates)>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT serial, max_fail, confirm_timeout_ms, max_denial_increase, denial_window_ms,
-                    denial_baseline_ms
-               FROM rollouts ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row([], |r| {
+pub fn latest_settings(db: &Db<'_>) -> anyhow::Result<Option<(String, String, u64, Gates)>> {
+    db.query_opt(
+        "SELECT serial, max_fail, confirm_timeout_ms, max_denial_increase, denial_window_ms,
+                denial_baseline_ms
+           FROM rollouts ORDER BY id DESC LIMIT 1",
+        args![],
+        |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -167,125 +167,122 @@ pub fn latest_settings(conn: &Connection) -> anyhow::Result<Option<(String, Stri
                     denial_baseline_ms: to_u64(r.get(5)?),
                 },
             ))
-        })
-        .optional()?)
+        },
+    )
 }
 
-pub fn insert_rollout(conn: &Connection, r: &NewRollout<'_>) -> anyhow::Result<u64> {
+pub fn insert_rollout(db: &Db<'_>, r: &NewRollout<'_>) -> anyhow::Result<u64> {
     let now = now_ms();
-    conn.prepare_cached(
+    let id: i64 = db.query_one(
         "INSERT INTO rollouts (revision, kind, author, started_ms, status, serial, max_fail,
                                confirm_timeout_ms, waves_json, max_denial_increase,
                                denial_window_ms, denial_baseline_ms)
-         VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        to_i64(r.revision),
-        r.kind,
-        r.author,
-        now,
-        r.serial,
-        r.max_fail,
-        to_i64(r.confirm_timeout_ms),
-        serde_json::to_string(r.waves)?,
-        r.gates.max_denial_increase,
-        to_i64(r.gates.denial_window_ms),
-        to_i64(r.gates.denial_baseline_ms),
-    ])?;
-    let id = conn.last_insert_rowid();
-    let mut ins = conn.prepare(
-        "INSERT INTO rollout_hosts (rollout, host, wave, previous_revision, state, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+         VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         RETURNING id",
+        args![
+            to_i64(r.revision),
+            r.kind,
+            r.author,
+            now,
+            r.serial,
+            r.max_fail,
+            to_i64(r.confirm_timeout_ms),
+            serde_json::to_string(r.waves)?,
+            r.gates.max_denial_increase,
+            to_i64(r.gates.denial_window_ms),
+            to_i64(r.gates.denial_baseline_ms),
+        ],
+        |row| row.get(0),
     )?;
     for (wave, hosts) in r.waves.iter().enumerate() {
         for h in hosts {
             let prev = r.previous.get(h).copied().unwrap_or(0);
-            ins.execute(params![id, h, i64::try_from(wave)?, to_i64(prev), now])?;
+            db.execute(
+                "INSERT INTO rollout_hosts (rollout, host, wave, previous_revision, state, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                args![id, h, i64::try_from(wave)?, to_i64(prev), now],
+            )?;
         }
     }
     Ok(to_u64(id))
 }
 
 pub fn set_host_state(
-    conn: &Connection,
+    db: &Db<'_>,
     rollout: u64,
     host: &str,
     state: &str,
     detail: &str,
 ) -> anyhow::Result<()> {
-    conn.prepare_cached(
+    db.execute(
         "UPDATE rollout_hosts SET state = ?3, detail = ?4, updated_ms = ?5
           WHERE rollout = ?1 AND host = ?2",
-    )?
-    .execute(params![to_i64(rollout), host, state, detail, now_ms()])?;
+        args![to_i64(rollout), host, state, detail, now_ms()],
+    )?;
     Ok(())
 }
 
-pub fn finish_rollout(
-    conn: &Connection,
-    rollout: u64,
-    status: &str,
-    reason: &str,
-) -> anyhow::Result<()> {
-    conn.prepare_cached(
+pub fn finish_rollout(db: &Db<'_>, rollout: u64, status: &str, reason: &str) -> anyhow::Result<()> {
+    db.execute(
         "UPDATE rollouts SET status = ?2, reason = ?3, finished_ms = ?4 WHERE id = ?1",
-    )?
-    .execute(params![to_i64(rollout), status, reason, now_ms()])?;
+        args![to_i64(rollout), status, reason, now_ms()],
+    )?;
     Ok(())
 }
 
 /// At controller start: every rollout still `running` was cut short. Its hosts that did
 /// not confirm get their previous desired revision back (their agents revert the
 /// unconfirmed one by themselves), and the rollout becomes `interrupted`. Returns the ids.
-pub fn interrupt_running(conn: &mut Connection) -> anyhow::Result<Vec<u64>> {
-    let tx = conn.transaction()?;
-    let running: Vec<(i64, i64)> = {
-        let mut st = tx.prepare("SELECT id, revision FROM rollouts WHERE status = 'running'")?;
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?
-    };
+pub fn interrupt_running(db: &Db<'_>) -> anyhow::Result<Vec<u64>> {
+    let tx = db.transaction()?;
+    let running: Vec<(i64, i64)> = tx.query(
+        "SELECT id, revision FROM rollouts WHERE status = 'running'",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     for (id, revision) in &running {
-        let hosts: Vec<(String, i64)> = {
-            let mut st = tx.prepare(
-                "SELECT host, previous_revision FROM rollout_hosts
-                  WHERE rollout = ?1 AND state NOT IN ('confirmed')",
-            )?;
-            st.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
-        };
+        let hosts: Vec<(String, i64)> = tx.query(
+            "SELECT host, previous_revision FROM rollout_hosts
+              WHERE rollout = ?1 AND state NOT IN ('confirmed')",
+            args![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         for (host, prev) in hosts {
             if to_i64(desired_revision(&tx, &host)?) == *revision {
                 set_desired(&tx, &host, to_u64(prev))?;
             }
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE rollout_hosts SET state = 'interrupted', updated_ms = ?3
                   WHERE rollout = ?1 AND host = ?2 AND state NOT IN ('confirmed', 'failed',
                         'reverted', 'offline', 'unconfirmed', 'rolled_back')",
-            )?
-            .execute(params![id, host, now_ms()])?;
+                args![id, host, now_ms()],
+            )?;
         }
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE rollouts SET status = 'interrupted', finished_ms = ?2,
                     reason = 'the controller stopped during the rollout'
               WHERE id = ?1",
-        )?
-        .execute(params![id, now_ms()])?;
+            args![id, now_ms()],
+        )?;
     }
     tx.commit()?;
     Ok(running.into_iter().map(|(id, _)| to_u64(id)).collect())
 }
 
 /// Rollouts newest first (`limit` 0 = all; `id` 0 = every rollout), with their hosts.
-pub fn list_rollouts(conn: &Connection, limit: u32, id: u64) -> anyhow::Result<Vec<RolloutRecord>> {
-    let limit = if limit == 0 { -1 } else { i64::from(limit) };
-    let mut st = conn.prepare(
+pub fn list_rollouts(db: &Db<'_>, limit: u32, id: u64) -> anyhow::Result<Vec<RolloutRecord>> {
+    let limit = if limit == 0 {
+        i64::MAX
+    } else {
+        i64::from(limit)
+    };
+    let mut rollouts = db.query(
         "SELECT id, revision, kind, author, started_ms, finished_ms, status, reason, serial,
                 max_fail, confirm_timeout_ms, max_denial_increase, denial_window_ms,
                 denial_baseline_ms
            FROM rollouts WHERE ?1 = 0 OR id = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let mut rollouts = st
-        .query_map(params![to_i64(id), limit], |r| {
+        args![to_i64(id), limit],
+        |r| {
             Ok(RolloutRecord {
                 id: to_u64(r.get(0)?),
                 revision: to_u64(r.get(1)?),
@@ -305,24 +302,23 @@ pub fn list_rollouts(conn: &Connection, limit: u32, id: u64) -> anyhow::Result<V
                 },
                 hosts: Vec::new(),
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut hs = conn.prepare(
-        "SELECT host, wave, previous_revision, state, detail FROM rollout_hosts
-          WHERE rollout = ?1 ORDER BY wave, host",
+        },
     )?;
     for r in &mut rollouts {
-        r.hosts = hs
-            .query_map(params![to_i64(r.id)], |row| {
+        r.hosts = db.query(
+            "SELECT host, wave, previous_revision, state, detail FROM rollout_hosts
+              WHERE rollout = ?1 ORDER BY wave, host",
+            args![to_i64(r.id)],
+            |row| {
                 Ok(RolloutHostRecord {
                     host: row.get(0)?,
-                    wave: u32::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    wave: u32::try_from(row.get::<i64>(1)?).unwrap_or(0),
                     previous_revision: to_u64(row.get(2)?),
                     state: row.get(3)?,
                     detail: row.get(4)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
     }
     Ok(rollouts)
 }
@@ -330,30 +326,25 @@ pub fn list_rollouts(conn: &Connection, limit: u32, id: u64) -> anyhow::Result<V
 /// Start a wave in one transaction: make `revision` the desired one of `hosts`, mark them
 /// `sent` in `rollout`, and return each host's (policy JSON, stored expected hash).
 pub fn start_wave(
-    conn: &mut Connection,
+    db: &Db<'_>,
     rollout: u64,
     revision: u64,
     hosts: &[String],
 ) -> anyhow::Result<BTreeMap<String, (String, String)>> {
-    let tx = conn.transaction()?;
+    let tx = db.transaction()?;
     let mut out = BTreeMap::new();
-    {
-        let mut get = tx.prepare(&format!(
-            "SELECT {}, expected_hash FROM revision_hosts rh
-              WHERE revision = ?1 AND host = ?2",
-            super::POLICY
-        ))?;
-        for h in hosts {
-            set_desired(&tx, h, revision)?;
-            set_host_state(&tx, rollout, h, "sent", "")?;
-            if let Some(row) = get
-                .query_row(params![to_i64(revision), h], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()?
-            {
-                out.insert(h.clone(), row);
-            }
+    let get = format!(
+        "SELECT {}, expected_hash FROM revision_hosts rh
+          WHERE revision = ?1 AND host = ?2",
+        super::POLICY
+    );
+    for h in hosts {
+        set_desired(&tx, h, revision)?;
+        set_host_state(&tx, rollout, h, "sent", "")?;
+        if let Some(row) = tx.query_opt(&get, args![to_i64(revision), h], |r| {
+            Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+        })? {
+            out.insert(h.clone(), row);
         }
     }
     tx.commit()?;
@@ -362,11 +353,11 @@ pub fn start_wave(
 
 /// Record many (host, state, detail) of `rollout` in one transaction.
 pub fn set_host_states(
-    conn: &mut Connection,
+    db: &Db<'_>,
     rollout: u64,
     states: &[(String, String, String)],
 ) -> anyhow::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = db.transaction()?;
     for (h, s, d) in states {
         set_host_state(&tx, rollout, h, s, d)?;
     }
@@ -377,9 +368,9 @@ pub fn set_host_states(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewRevision, RevisionHost, Store, insert_revision};
+    use crate::store::{NewRevision, RevisionHost, insert_revision};
 
-    fn revision(c: &Connection, hosts: &[&str]) -> u64 {
+    fn revision(c: &Db<'_>, hosts: &[&str]) -> u64 {
         let rows: Vec<RevisionHost> = hosts
             .iter()
             .map(|h| RevisionHost {
@@ -409,9 +400,8 @@ mod tests {
 
     #[test]
     fn list_files_are_stored_with_their_revision() {
-        let store = Store::in_memory().expect("store");
-        store
-            .call_sync(|c| {
+        crate::store::testing::each_engine(|store| {
+            store.call_sync(|c| {
                 let r1 = revision(c, &["a"]);
                 let lists = revision_lists(c, r1)?;
                 assert_eq!(
@@ -424,14 +414,13 @@ mod tests {
                 assert!(revision_lists(c, r1 + 1)?.is_empty());
                 Ok(())
             })
-            .expect("store");
+        });
     }
 
     #[test]
     fn interrupted_rollout_puts_unconfirmed_hosts_back() {
-        let store = Store::in_memory().expect("store");
-        store
-            .call_sync(|c| {
+        crate::store::testing::each_engine(|store| {
+            store.call_sync(|c| {
                 let r1 = revision(c, &["a", "b"]);
                 let r2 = revision(c, &["a", "b"]);
                 let waves = vec![vec!["a".to_string()], vec!["b".to_string()]];
@@ -462,6 +451,6 @@ mod tests {
                 assert_eq!(revision_before(c, "a", r1)?, None);
                 Ok(())
             })
-            .expect("sync");
+        });
     }
 }

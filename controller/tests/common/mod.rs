@@ -79,7 +79,8 @@ impl TestController {
         self.addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let config = ServeConfig {
-            db: self.dir.path().join("controller.db"),
+            db: self.dir.path().join("controller.db").into(),
+            db_ca: None,
             pki: self.pki.dir().to_path_buf(),
             max_connections: self.max_connections,
             pre_auth: self.pre_auth,

@@ -1,15 +1,13 @@
-//! The denial writer: one OS thread with its own SQLite connection that stores batches from
+//! The denial writer: one OS thread with its own connection that stores batches from
 //! every agent session with group commit (everything queued, up to a row budget, in one
 //! transaction), answers each submitter after the commit, publishes the stored rows to live
 //! followers, and runs retention deletes one small chunk at a time between groups.
 //!
 //! It must never run a long statement: ingest from all agents waits behind it.
 
-use crate::store::{self, BatchOutcome, HostBatch, NewDenial};
+use crate::store::{self, BatchOutcome, HostBatch, NewDenial, WriterConn};
 use rusqlite::Connection;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Rows per group commit, at most (a group always takes at least one batch).
@@ -58,15 +56,6 @@ impl WeakWriter {
     }
 }
 
-/// Open a connection to the (already migrated) database for the writer or a reader.
-pub fn open_connection(db: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(db)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
-}
-
 /// Writer tuning: a page cache that holds the hot index pages of a large table (random
 /// host/port index inserts thrash the default 2 MiB), and fewer, larger WAL checkpoints.
 pub fn tune_for_ingest(conn: &Connection) -> anyhow::Result<()> {
@@ -79,7 +68,7 @@ impl Writer {
     /// Start the writer thread on `conn`. If the thread ever panics the process exits
     /// (status 70): every later batch would otherwise fail until a restart, so the
     /// service manager restarts the controller instead.
-    pub fn spawn(conn: Connection, live: Live) -> anyhow::Result<Self> {
+    pub fn spawn(conn: WriterConn, live: Live) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("denial-writer".into())
@@ -126,7 +115,7 @@ impl Writer {
 
 type Reply = oneshot::Sender<Result<BatchOutcome, String>>;
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, live: &Live) {
+fn run(mut conn: WriterConn, mut rx: mpsc::Receiver<Job>, live: &Live) {
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -138,10 +127,10 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, live: &Live) {
         };
         let (batch, reply) = match first {
             Job::Sweep(s, chunk, reply) => {
-                let r = match s {
-                    Sweep::OlderThan(t) => store::delete_denials_before(&conn, t, chunk),
-                    Sweep::HostOldest(host) => store::delete_host_oldest(&conn, &host, chunk),
-                };
+                let r = conn.with(|db| match s {
+                    Sweep::OlderThan(t) => store::delete_denials_before(db, t, chunk),
+                    Sweep::HostOldest(host) => store::delete_host_oldest(db, &host, chunk),
+                });
                 let _ = reply.send(r.map_err(|e| format!("{e:#}")));
                 continue;
             }
@@ -169,9 +158,9 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, live: &Live) {
 
 /// Store a group in one transaction; if that fails, store each batch on its own so one
 /// bad batch cannot fail the others.
-fn commit_group(conn: &mut Connection, batches: Vec<HostBatch>, replies: Vec<Reply>, live: &Live) {
+fn commit_group(conn: &mut WriterConn, batches: Vec<HostBatch>, replies: Vec<Reply>, live: &Live) {
     let started = std::time::Instant::now();
-    match store::store_batches(conn, &batches) {
+    match conn.with(|db| store::store_batches(db, &batches)) {
         Ok(outcomes) => {
             tracing::trace!(
                 batches = batches.len(),

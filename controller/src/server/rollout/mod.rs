@@ -184,8 +184,10 @@ pub async fn on_reverted(shared: &Shared, host: &str, r: v1::Reverted) -> anyhow
 }
 
 /// At start: mark rollouts a stopped controller left running as `interrupted`.
-pub fn recover(store: &Store) -> anyhow::Result<()> {
-    let ids = store.call_sync(store::rollout::interrupt_running)?;
+pub async fn recover(store: &Store) -> anyhow::Result<()> {
+    let ids = store
+        .call(|db| store::rollout::interrupt_running(db))
+        .await?;
     for id in ids {
         tracing::warn!(
             rollout = id,

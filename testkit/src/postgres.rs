@@ -1,0 +1,279 @@
+//! A throwaway PostgreSQL cluster for tests that run against the real engine.
+//!
+//! [`require_postgres`] returns the cluster `PORTCULLIS_TEST_PG` names (a libpq
+//! key=value connection string to a superuser, e.g. the one `.ci/run` starts), or else
+//! starts one for this test process: `initdb` in a temporary directory (as the `postgres`
+//! user when run as root: PostgreSQL refuses to run as root), `postgres` listening on a
+//! Unix socket in that directory only (no TCP), killed when the test process exits
+//! (parent-death signal). Each test takes a schema ([`Cluster::fresh_schema`]) or a
+//! database ([`Cluster::fresh_database`]) of its own.
+//!
+//! When no cluster can be had the test fails, unless `PORTCULLIS_SKIP_POSTGRES=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Environment variable that turns "cannot run PostgreSQL tests" into a skip.
+pub const SKIP_ENV: &str = "PORTCULLIS_SKIP_POSTGRES";
+/// A running cluster to use instead of starting one (libpq key=value string).
+pub const CLUSTER_ENV: &str = "PORTCULLIS_TEST_PG";
+
+/// A PostgreSQL cluster reachable with a superuser connection string.
+#[derive(Debug)]
+pub struct Cluster {
+    /// key=value connection string without `dbname`/`options`.
+    base: String,
+    /// The socket directory / data directory of a cluster started here.
+    dir: Option<PathBuf>,
+    _server: Option<Child>,
+}
+
+/// The cluster for this process, or `None` to skip (see the module docs); panics when
+/// none can be had and skipping was not asked for.
+pub fn require_postgres() -> Option<&'static Cluster> {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    match CLUSTER.get_or_init(Cluster::get) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
+                eprintln!("skipped: {why} ({SKIP_ENV}=1)");
+                None
+            } else {
+                panic!(
+                    "this test needs PostgreSQL: {why}. Install the postgresql package (or \
+                     set {CLUSTER_ENV} to a running cluster), or set {SKIP_ENV}=1 to skip."
+                );
+            }
+        }
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Cluster {
+    fn get() -> Result<Self, String> {
+        if let Ok(base) = std::env::var(CLUSTER_ENV) {
+            let c = Self {
+                base: strip_dbname(&base),
+                dir: None,
+                _server: None,
+            };
+            c.psql("postgres", "SELECT 1")
+                .map_err(|e| format!("{CLUSTER_ENV}={base:?}: {e}"))?;
+            return Ok(c);
+        }
+        Self::start(&[
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ])
+    }
+
+    /// A connection string for database `db` (and `search_path` = `schema` if given).
+    pub fn url(&self, db: &str, schema: Option<&str>) -> String {
+        match schema {
+            Some(s) => format!("{} dbname={db} options='-c search_path={s}'", self.base),
+            None => format!("{} dbname={db}", self.base),
+        }
+    }
+
+    /// A new, empty schema in database `postgres`; returns a connection string whose
+    /// `search_path` is that schema (tables the test creates land there).
+    pub fn fresh_schema(&self) -> Result<String, String> {
+        let s = unique("t");
+        self.psql("postgres", &format!("CREATE SCHEMA {s}"))?;
+        Ok(self.url("postgres", Some(&s)))
+    }
+
+    /// A new, empty database; returns its connection string.
+    pub fn fresh_database(&self) -> Result<String, String> {
+        let d = unique("pct");
+        self.psql("postgres", &format!("CREATE DATABASE {d}"))?;
+        Ok(self.url(&d, None))
+    }
+
+    /// Run one SQL command with `psql` against database `db`.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let bin = bindir().map(|d| d.join("psql"));
+        let bin = bin.as_deref().unwrap_or(Path::new("psql"));
+        let out = Command::new(bin)
+            .arg(self.url(db, None))
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .map_err(|e| format!("running {}: {e}", bin.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "psql `{sql}`: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The socket directory of a cluster started by this process.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Start a cluster of this process's own with `settings` (`name=value`, passed as
+    /// `-c`) on top of: no TCP (a Unix socket in its directory), 400 connections.
+    pub fn start(settings: &[&str]) -> Result<Self, String> {
+        let bin = bindir().ok_or("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin)")?;
+        clean_stale();
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pct-pg-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            let pg = nix::unistd::User::from_name("postgres")
+                .map_err(|e| e.to_string())?
+                .ok_or("no `postgres` user to run the server as (PostgreSQL refuses root)")?;
+            nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid))
+                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+        }
+        let data = dir.join("data");
+        let as_pg = |prog: &Path| {
+            let mut c = Command::new("setpriv");
+            if root {
+                c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
+            }
+            c.args(["--pdeathsig=KILL", "--"]).arg(prog);
+            c
+        };
+        let init = as_pg(&bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| format!("running initdb: {e}"))?;
+        if !init.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&init.stderr).trim()
+            ));
+        }
+        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+        let mut cmd = as_pg(&bin.join("postgres"));
+        cmd.arg("-D").arg(&data).arg("-k").arg(&dir);
+        let base = [
+            "listen_addresses=",
+            "max_connections=400",
+            "shared_buffers=256MB",
+        ];
+        for setting in base.iter().chain(settings) {
+            cmd.args(["-c", setting]);
+        }
+        cmd.stdout(Stdio::null()).stderr(log);
+        // The parent-death signal fires when the spawning *thread* ends: spawn from a
+        // thread that lives as long as the process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("pg-keeper".into())
+            .spawn(move || {
+                let _ = tx.send(cmd.spawn().map_err(|e| format!("starting postgres: {e}")));
+                loop {
+                    std::thread::park();
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let server = rx.recv().map_err(|e| e.to_string())??;
+        let c = Self {
+            base: format!("host={} port=5432 user=postgres", dir.display()),
+            dir: Some(dir.clone()),
+            _server: Some(server),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match c.psql("postgres", "SELECT 1") {
+                Ok(_) => return Ok(c),
+                Err(e) if Instant::now() > deadline => {
+                    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                    return Err(format!("PostgreSQL did not start within 30 s: {e}\n{log}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// A cluster started here stops with its value (the process-wide one never drops:
+    /// the parent-death signal stops it with the process).
+    fn drop(&mut self) {
+        if let Some(mut server) = self._server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` (Debian's layout).
+fn bindir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, d)| d)
+}
+
+/// Remove the directories of clusters whose test process is gone.
+fn clean_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pct-pg-"))
+            .and_then(|p| p.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn strip_dbname(s: &str) -> String {
+    s.split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname=") && !kv.starts_with("options="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
