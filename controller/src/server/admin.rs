@@ -290,8 +290,26 @@ impl v1::admin_server::Admin for AdminService {
             .collect();
         // Subscribe before pushing so no report is missed.
         let events = self.shared.registry.subscribe();
+        // Hosts whose sessions another controller holds (shared store): it pushes to them
+        // when this revision is published; their results are read from the store.
+        let remote: BTreeSet<String> = {
+            let me = self.shared.controller_id.clone();
+            let now = store::now_ms();
+            self.shared
+                .store
+                .call(move |c| {
+                    Ok(store::list_hosts(c)?
+                        .into_iter()
+                        .filter(|h| h.connected_elsewhere(&me, now))
+                        .map(|h| h.name)
+                        .collect())
+                })
+                .await
+                .map_err(super::session::internal)?
+        };
         let revision = {
             let (author, req, rows) = (author.clone(), req.clone(), rows);
+            let me = self.shared.controller_id.clone();
             self.shared
                 .store
                 .call(move |c| {
@@ -300,8 +318,10 @@ impl v1::admin_server::Admin for AdminService {
                         store::insert_revision(&tx, &super::new_revision(&author, &req, &rows))?;
                     anyhow::ensure!(
                         rev == next_revision,
-                        "revision {rev} stored, but its hashes were compiled for {next_revision}"
+                        "revision {rev} stored, but its hashes were compiled for {next_revision}: \
+                         another controller stored a revision meanwhile; apply again"
                     );
+                    store::publish(&tx, &me, rev)?;
                     store::audit(
                         &tx,
                         &author,
@@ -328,7 +348,9 @@ impl v1::admin_server::Admin for AdminService {
             std::collections::HashMap::new();
         for (host, hash) in &expected {
             let Some(handle) = self.shared.registry.get(host) else {
-                offline.push(host.clone());
+                if !remote.contains(host) {
+                    offline.push(host.clone());
+                }
                 continue;
             };
             let Some(policy) = targets.get(host) else {
@@ -399,7 +421,15 @@ impl v1::admin_server::Admin for AdminService {
                 .call(move |c| store::host_reported(c, &host, 0, "", Some(&error)))
                 .await;
         }
-        tokio::spawn(follow_rollout(revision, expected, events, tx));
+        let remote: BTreeSet<String> = remote
+            .into_iter()
+            .filter(|h| expected.contains_key(h) && !self.shared.registry.is_connected(h))
+            .collect();
+        let remote = Remote {
+            store: self.shared.store.clone(),
+            hosts: remote,
+        };
+        tokio::spawn(follow_rollout(revision, expected, events, remote, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -414,10 +444,12 @@ impl v1::admin_server::Admin for AdminService {
             .call(|c| store::list_hosts(c))
             .await
             .map_err(super::session::internal)?;
+        let now = store::now_ms();
         let mut hosts = hosts
             .into_iter()
             .map(|h| v1::HostStatus {
-                connected: self.shared.registry.is_connected(&h.name),
+                connected: self.shared.registry.is_connected(&h.name)
+                    || h.connected_elsewhere(&self.shared.controller_id, now),
                 conditions: self.shared.registry.conditions(&h.name),
                 hash_match: !h.expected_hash.is_empty() && h.expected_hash == h.reported_hash,
                 host: h.name,
@@ -470,17 +502,68 @@ impl v1::admin_server::Admin for AdminService {
 }
 
 /// Forward each targeted host's result for `revision` until all answered or the client left.
+/// Targeted hosts whose sessions other controllers hold: their reports are read from the
+/// store every [`REMOTE_POLL`].
+struct Remote {
+    store: store::Store,
+    hosts: BTreeSet<String>,
+}
+
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Remote {
+    /// Reports stored for `revision` by remote hosts still pending (as `Applied`s).
+    async fn reports(
+        &self,
+        revision: u64,
+        pending: &BTreeSet<String>,
+    ) -> Vec<(String, v1::Applied)> {
+        let hosts: BTreeSet<String> = self.hosts.intersection(pending).cloned().collect();
+        if hosts.is_empty() {
+            return Vec::new();
+        }
+        let rows = self.store.call(|c| store::list_hosts(c)).await;
+        let Ok(rows) = rows else {
+            return Vec::new();
+        };
+        rows.into_iter()
+            .filter(|h| hosts.contains(&h.name))
+            .filter(|h| h.applied_revision == revision && !h.reported_hash.is_empty())
+            .map(|h| {
+                let report = v1::Applied {
+                    revision,
+                    ok: true,
+                    hash: h.reported_hash.clone(),
+                    ..Default::default()
+                };
+                (h.name, report)
+            })
+            .collect()
+    }
+}
+
 async fn follow_rollout(
     revision: u64,
     expected: BTreeMap<String, String>,
     mut events: broadcast::Receiver<HostEvent>,
+    remote: Remote,
     tx: mpsc::Sender<Result<v1::ApplyEvent, Status>>,
 ) {
     let mut pending: BTreeSet<String> = expected.keys().cloned().collect();
+    let mut poll = tokio::time::interval(REMOTE_POLL);
+    let mut polled: Vec<(String, v1::Applied)> = Vec::new();
     while !pending.is_empty() {
-        let event = tokio::select! {
-            e = events.recv() => e,
-            () = tx.closed() => return,
+        let event = if let Some((host, report)) = polled.pop() {
+            Ok(HostEvent::Applied { host, report })
+        } else {
+            tokio::select! {
+                e = events.recv() => e,
+                _ = poll.tick(), if !remote.hosts.is_disjoint(&pending) => {
+                    polled = remote.reports(revision, &pending).await;
+                    continue;
+                }
+                () = tx.closed() => return,
+            }
         };
         let (host, result) = match event {
             Ok(HostEvent::Applied { host, report }) if report.revision == revision => {

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod lists;
 pub mod logs;
 pub mod metrics;
+mod publish;
 pub mod registry;
 pub mod revocation;
 pub mod rollout;
@@ -53,6 +54,9 @@ pub struct ServeConfig {
 #[derive(Debug)]
 pub struct Shared {
     pub store: Store,
+    /// This controller's name in the shared store (`hosts.controller`, publish
+    /// notifications): random per process, so a restarted controller is a new one.
+    pub controller_id: String,
     /// Group commit for agent reports (Applied, Heartbeat, Hello).
     pub writer: crate::store::GroupWriter,
     pub registry: Registry,
@@ -226,6 +230,7 @@ pub async fn run_with_metrics(
     let shared = Arc::new(Shared {
         writer: crate::store::GroupWriter::start(store.clone()),
         store: store.clone(),
+        controller_id: format!("{:016x}", rand::random::<u64>()),
         registry: Registry::new(),
         revoked,
         connections,
@@ -245,6 +250,7 @@ pub async fn run_with_metrics(
         max_pending = limits.pending_budget(), max_pending_per_source = limits.max_pending_per_source,
         handshake_timeout_ms = limits.handshake_timeout.as_millis(), "controller listening");
     let watcher = tokio::spawn(revocation::watch(shared.clone()));
+    let publisher = tokio::spawn(publish::run(shared.clone()));
     let exporter = metrics_listener.map(|l| {
         let exposition = metrics::Exposition::new(shared.clone());
         tokio::spawn(portcullis_metrics::serve(
@@ -278,6 +284,7 @@ pub async fn run_with_metrics(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     watcher.abort();
+    publisher.abort();
     if let Some(e) = exporter {
         e.abort();
     }

@@ -99,17 +99,18 @@ impl v1::session_server::Session for SessionService {
         let host = cert_host;
         let facts_json = serde_json::to_string(&facts).unwrap_or_default();
         {
-            let (h, v, f, rev, hash, p) = (
+            let (h, v, f, rev, hash, p, me) = (
                 host.clone(),
                 hello.agent_version.clone(),
                 facts_json,
                 hello.applied_revision,
                 hello.kernel_hash.clone(),
                 peer.clone(),
+                self.shared.controller_id.clone(),
             );
             self.shared
                 .writer
-                .write(move |c| store::host_connected(c, &h, &v, &f, rev, &hash, &p))
+                .write(move |c| store::host_connected(c, &h, &v, &f, rev, &hash, &p, &me))
                 .await
                 .map_err(internal)?;
         }
@@ -168,6 +169,14 @@ impl v1::session_server::Session for SessionService {
             };
             shared.registry.unregister(&host, session);
             shared.metrics.session_closed(reason);
+            let (h, me) = (host.clone(), shared.controller_id.clone());
+            if let Err(e) = shared
+                .writer
+                .write(move |c| store::host_disconnected(c, &h, &me))
+                .await
+            {
+                tracing::warn!(%host, error = %format!("{e:#}"), "recording the session's end");
+            }
             tracing::info!(%host, reason, "agent disconnected");
         });
         let out = super::registry::outbound_stream(rx, end);

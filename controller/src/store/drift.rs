@@ -142,7 +142,7 @@ mod tests {
     fn records_reports_and_keeps_the_last_detection_time() {
         crate::store::testing::each_engine(|store| {
             store.call_sync(|c| {
-                host_connected(c, "h1", "0.1", "{}", 1, "aaa", "peer")?;
+                host_connected(c, "h1", "0.1", "{}", 1, "aaa", "peer", "c1")?;
                 let found = DriftRecord {
                     state: "healed".into(),
                     kernel_hash: "bbb".into(),

@@ -111,8 +111,8 @@ mod tests {
             assert_eq!(g, StoreGauges::default());
             store
                 .call_sync(|c| {
-                    crate::store::host_connected(c, "a", "1", "{}", 0, "", "p")?;
-                    crate::store::host_connected(c, "b", "1", "{}", 0, "", "p")?;
+                    crate::store::host_connected(c, "a", "1", "{}", 0, "", "p", "c1")?;
+                    crate::store::host_connected(c, "b", "1", "{}", 0, "", "p", "c1")?;
                     crate::store::drift::record(
                         c,
                         "b",

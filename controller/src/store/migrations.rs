@@ -150,6 +150,9 @@ const SQLITE: &[&str] = &[
         PRIMARY KEY (host, epoch, seq)
      ) WITHOUT ROWID;
      CREATE INDEX denial_batches_time ON denial_batches(stored_ms);",
+    // 11: which controller holds each host's session ('' = none), so every controller
+    // answers for the whole fleet.
+    "ALTER TABLE hosts ADD COLUMN controller TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The same schema on PostgreSQL: every integer is BIGINT (the store binds i64),
@@ -301,6 +304,8 @@ const POSTGRES: &[&str] = &[
         PRIMARY KEY (host, epoch, seq)
      );
      CREATE INDEX denial_batches_time ON denial_batches(stored_ms);",
+    // 11
+    "ALTER TABLE hosts ADD COLUMN controller TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The advisory lock key migrations run under (any constant; "pcmigrat").

@@ -132,6 +132,9 @@ enum Engine {
     Postgres {
         pool: deadpool_postgres::Pool,
         rt: tokio::runtime::Handle,
+        /// For connections outside the pool (LISTEN).
+        config: tokio_postgres::Config,
+        ca: Option<PathBuf>,
     },
 }
 
@@ -191,9 +194,13 @@ impl Store {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         };
         let mgr = if pg_tls::needed(&config) {
-            deadpool_postgres::Manager::from_config(config, pg_tls::connector(db_ca)?, manager)
+            deadpool_postgres::Manager::from_config(
+                config.clone(),
+                pg_tls::connector(db_ca)?,
+                manager,
+            )
         } else {
-            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager)
+            deadpool_postgres::Manager::from_config(config.clone(), tokio_postgres::NoTls, manager)
         };
         let pool = deadpool_postgres::Pool::builder(mgr)
             .max_size(PG_POOL_SIZE)
@@ -206,6 +213,8 @@ impl Store {
             engine: Arc::new(Engine::Postgres {
                 pool,
                 rt: tokio::runtime::Handle::current(),
+                config,
+                ca: db_ca.map(Path::to_path_buf),
             }),
             latency: Histogram::new(portcullis_metrics::collect::duration_buckets()),
         };
@@ -345,6 +354,86 @@ impl Store {
     }
 }
 
+/// The channel new revisions are announced on (PostgreSQL), payload `"<controller> <revision>"`.
+pub const PUBLISH_CHANNEL: &str = "portcullis_publish";
+
+/// Notifications queued for a listener before new ones are dropped (they are rare: one
+/// per apply; a listener that fell behind catches up from the hosts table).
+const LISTEN_QUEUE: usize = 1024;
+
+/// Announce `revision` to every controller sharing the database: delivered when the
+/// caller's transaction commits, never if it rolls back. Nothing on SQLite.
+pub fn publish(db: &Db<'_>, controller: &str, revision: u64) -> anyhow::Result<()> {
+    if db.dialect() == Dialect::Postgres {
+        db.execute(
+            "SELECT pg_notify(?1, ?2)",
+            crate::args![PUBLISH_CHANNEL, format!("{controller} {revision}")],
+        )?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The payloads of notifications on `channel`, from a connection of its own
+    /// (PostgreSQL; `None` on SQLite, where there is one controller). The receiver ends
+    /// when that connection is lost: listen again, and catch up on what was missed.
+    pub async fn listen(
+        &self,
+        channel: &str,
+    ) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        let Engine::Postgres { config, ca, .. } = &*self.engine else {
+            return Ok(None);
+        };
+        let rx = if pg_tls::needed(config) {
+            listen_with(config, pg_tls::connector(ca.as_deref())?, channel).await?
+        } else {
+            listen_with(config, tokio_postgres::NoTls, channel).await?
+        };
+        Ok(Some(rx))
+    }
+}
+
+async fn listen_with<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    channel: &str,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<String>>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+{
+    use futures::StreamExt as _;
+    let (client, mut conn) = config.connect(tls).await.map_err(sql::pg_error)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(LISTEN_QUEUE);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.try_send(n.payload().to_string()).is_err() {
+                        tracing::warn!("a store notification was dropped (listener behind)");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %sql::pg_error(e), "PostgreSQL notification connection lost");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(sql::pg_error)?;
+    // The client lives as long as the connection it drives.
+    tokio::spawn(async move {
+        let _client = client;
+        let _ = driver.await;
+    });
+    Ok(rx)
+}
+
 /// A dedicated writer's connection (see [`Store::writer_connection`]).
 pub struct WriterConn(WriterInner);
 
@@ -391,7 +480,7 @@ fn with_db<T>(engine: &Engine, f: impl FnOnce(&Db<'_>) -> anyhow::Result<T>) -> 
             let guard = lock_recovered(conn);
             f(&Db::sqlite(&guard))
         }
-        Engine::Postgres { pool, rt } => {
+        Engine::Postgres { pool, rt, .. } => {
             let client = rt
                 .block_on(pool.get())
                 .map_err(|e| anyhow::anyhow!("the PostgreSQL database is unreachable: {e}"))?;

@@ -19,6 +19,22 @@ pub struct HostRecord {
     pub reported_hash: String,
     pub last_error: String,
     pub peer: String,
+    /// The controller holding its session ('' = none; may be stale after a crash: see
+    /// [`HostRecord::connected_elsewhere`]).
+    pub controller: String,
+}
+
+/// How long after its last report a host counts as connected to the controller the store
+/// names (3 heartbeats of the default 15 s): a controller killed with -9 cannot clear it.
+pub const SESSION_FRESH_MS: i64 = 45_000;
+
+impl HostRecord {
+    /// Connected to another controller than `me`, as far as the store knows.
+    pub fn connected_elsewhere(&self, me: &str, now_ms: i64) -> bool {
+        !self.controller.is_empty()
+            && self.controller != me
+            && now_ms.saturating_sub(self.last_seen_ms) < SESSION_FRESH_MS
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,7 +172,8 @@ pub fn desired_for(db: &Db<'_>, host: &str) -> anyhow::Result<Option<(u64, Strin
     )
 }
 
-/// Record that an agent said Hello.
+/// Record that an agent said Hello to controller `controller`.
+#[allow(clippy::too_many_arguments)]
 pub fn host_connected(
     db: &Db<'_>,
     host: &str,
@@ -165,16 +182,17 @@ pub fn host_connected(
     applied_revision: u64,
     reported_hash: &str,
     peer: &str,
+    controller: &str,
 ) -> anyhow::Result<()> {
     let now = now_ms();
     db.execute(
         "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, agent_version, facts_json,
-                            applied_revision, reported_hash, peer)
-         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7)
+                            applied_revision, reported_hash, peer, controller)
+         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(name) DO UPDATE SET
             first_seen_ms = CASE WHEN hosts.first_seen_ms = 0 THEN ?2 ELSE hosts.first_seen_ms END,
             last_seen_ms = ?2, agent_version = ?3, facts_json = ?4,
-            applied_revision = ?5, reported_hash = ?6, peer = ?7",
+            applied_revision = ?5, reported_hash = ?6, peer = ?7, controller = ?8",
         args![
             host,
             now,
@@ -182,10 +200,29 @@ pub fn host_connected(
             facts_json,
             to_i64(applied_revision),
             reported_hash,
-            peer
+            peer,
+            controller
         ],
     )?;
     Ok(())
+}
+
+/// The session of `host` on `controller` ended (nothing if another controller holds it now).
+pub fn host_disconnected(db: &Db<'_>, host: &str, controller: &str) -> anyhow::Result<()> {
+    db.execute(
+        "UPDATE hosts SET controller = '' WHERE name = ?1 AND controller = ?2",
+        args![host, controller],
+    )?;
+    Ok(())
+}
+
+/// The hosts `revision` targets.
+pub fn revision_targets(db: &Db<'_>, revision: u64) -> anyhow::Result<Vec<String>> {
+    db.query(
+        "SELECT host FROM revision_hosts WHERE revision = ?1 ORDER BY host",
+        args![to_i64(revision)],
+        |r| r.get(0),
+    )
 }
 
 /// Update the expected hash of the host's desired revision (computed once facts are known).
@@ -234,7 +271,7 @@ pub fn touch_host(db: &Db<'_>, host: &str) -> anyhow::Result<()> {
 pub fn list_hosts(db: &Db<'_>) -> anyhow::Result<Vec<HostRecord>> {
     db.query(
         "SELECT name, first_seen_ms, last_seen_ms, agent_version, facts_json, desired_revision,
-                applied_revision, expected_hash, reported_hash, last_error, peer
+                applied_revision, expected_hash, reported_hash, last_error, peer, controller
            FROM hosts ORDER BY name",
         args![],
         |r| {
@@ -250,6 +287,7 @@ pub fn list_hosts(db: &Db<'_>) -> anyhow::Result<Vec<HostRecord>> {
                 reported_hash: r.get(8)?,
                 last_error: r.get(9)?,
                 peer: r.get(10)?,
+                controller: r.get(11)?,
             })
         },
     )

@@ -25,6 +25,8 @@ pub struct TestController {
     /// Connection cap and pre-authentication limits used by [`TestController::serve`].
     pub max_connections: usize,
     pub pre_auth: portcullis_controller::server::incoming::PreAuth,
+    /// The store (`None`: an SQLite file in `dir`).
+    pub db: Option<portcullis_controller::store::DbSpec>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -66,6 +68,34 @@ impl TestController {
             logs,
             max_connections,
             pre_auth,
+            db: None,
+            shutdown: None,
+            handle: None,
+        };
+        c.serve().await;
+        c
+    }
+
+    /// A controller on the store `db` (e.g. PostgreSQL shared with others).
+    pub async fn start_on(db: portcullis_controller::store::DbSpec) -> Self {
+        let mut c = Self::start().await;
+        c.stop().await;
+        c.db = Some(db);
+        c.serve().await;
+        c
+    }
+
+    /// Another controller on the same store and PKI (certificates of one verify on both).
+    pub async fn peer(&self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            pki: Pki::new(self.pki.dir()),
+            dir,
+            logs: self.logs.clone(),
+            max_connections: self.max_connections,
+            pre_auth: self.pre_auth,
+            db: self.db.clone(),
             shutdown: None,
             handle: None,
         };
@@ -79,7 +109,10 @@ impl TestController {
         self.addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let config = ServeConfig {
-            db: self.dir.path().join("controller.db").into(),
+            db: self
+                .db
+                .clone()
+                .unwrap_or_else(|| self.dir.path().join("controller.db").into()),
             db_ca: None,
             pki: self.pki.dir().to_path_buf(),
             max_connections: self.max_connections,

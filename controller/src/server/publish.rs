@@ -1,0 +1,127 @@
+//! Several controllers on one PostgreSQL store: a revision stored through any controller
+//! reaches the agents connected to every other one. The apply's transaction announces
+//! it (`store::publish`, a `NOTIFY` delivered at commit; one per apply, never per log
+//! row); each controller listens on a connection of its own and pushes the revision to
+//! the targeted hosts whose sessions it holds. After (re)connecting the listener catches
+//! up from the hosts table (desired revision not yet applied), so a publish missed while
+//! the database was unreachable is not lost. With SQLite (one controller) nothing runs.
+
+use super::Shared;
+use crate::store::{self, PUBLISH_CHANNEL};
+use portcullis_proto::v1;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Listen until the process ends (returns at once on SQLite).
+pub async fn run(shared: Arc<Shared>) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match shared.store.listen(PUBLISH_CHANNEL).await {
+            Ok(None) => return,
+            Ok(Some(mut rx)) => {
+                delay = Duration::from_millis(250);
+                tracing::info!(controller = %shared.controller_id, "listening for revisions published by other controllers");
+                catch_up(&shared).await;
+                while let Some(payload) = rx.recv().await {
+                    on_publish(&shared, &payload).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot listen for published revisions; retrying")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// `"<controller> <revision>"` from another controller: push to our hosts it targets.
+async fn on_publish(shared: &Arc<Shared>, payload: &str) {
+    let Some((from, revision)) = parse(payload) else {
+        tracing::warn!(%payload, "unreadable publish notification ignored");
+        return;
+    };
+    if from == shared.controller_id {
+        return;
+    }
+    let targets = match shared
+        .store
+        .call(move |c| store::revision_targets(c, revision))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(revision, error = %format!("{e:#}"), "reading a published revision's hosts");
+            return;
+        }
+    };
+    let mut pushed = 0usize;
+    for host in targets {
+        pushed += usize::from(push(shared, &host).await);
+    }
+    tracing::info!(
+        revision,
+        from,
+        pushed,
+        "revision published by another controller"
+    );
+}
+
+fn parse(payload: &str) -> Option<(&str, u64)> {
+    let (from, rev) = payload.split_once(' ')?;
+    Some((from, rev.parse().ok()?))
+}
+
+/// Hosts connected here whose desired revision is not what they applied.
+async fn catch_up(shared: &Arc<Shared>) {
+    let hosts = match shared.store.call(|c| store::list_hosts(c)).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "catching up on published revisions");
+            return;
+        }
+    };
+    for h in hosts {
+        if h.desired_revision != 0
+            && h.desired_revision != h.applied_revision
+            && shared.registry.is_connected(&h.name)
+        {
+            push(shared, &h.name).await;
+        }
+    }
+}
+
+/// Send `host` its desired revision from the store, if its session is here and no
+/// rollout drives it. Whether a message was sent.
+async fn push(shared: &Arc<Shared>, host: &str) -> bool {
+    let Some(handle) = shared.registry.get(host) else {
+        return false;
+    };
+    if shared.rollouts.holds(host) {
+        return false;
+    }
+    match shared.desired_message(host, &handle.facts).await {
+        Ok(Some(desired)) => {
+            let msg = v1::ControllerMessage {
+                msg: Some(v1::controller_message::Msg::Desired(desired)),
+            };
+            handle.tx.send(Ok(msg)).await.is_ok()
+        }
+        Ok(None) => false,
+        Err(status) => {
+            tracing::error!(%host, error = %status.message(), "building a published revision's Desired");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn payloads_parse_or_are_refused() {
+        assert_eq!(super::parse("c1 42"), Some(("c1", 42)));
+        assert_eq!(super::parse("c1"), None);
+        assert_eq!(super::parse("c1 x"), None);
+        assert_eq!(super::parse("c1 -1"), None);
+    }
+}
