@@ -251,6 +251,7 @@ pub async fn run_with_metrics(
         handshake_timeout_ms = limits.handshake_timeout.as_millis(), "controller listening");
     let watcher = tokio::spawn(revocation::watch(shared.clone()));
     let publisher = tokio::spawn(publish::run(shared.clone()));
+    let leases = tokio::spawn(rollout::sweep(shared.store.clone()));
     let exporter = metrics_listener.map(|l| {
         let exposition = metrics::Exposition::new(shared.clone());
         tokio::spawn(portcullis_metrics::serve(
@@ -285,6 +286,7 @@ pub async fn run_with_metrics(
         .await;
     watcher.abort();
     publisher.abort();
+    leases.abort();
     if let Some(e) = exporter {
         e.abort();
     }

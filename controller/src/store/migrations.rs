@@ -153,6 +153,10 @@ const SQLITE: &[&str] = &[
     // 11: which controller holds each host's session ('' = none), so every controller
     // answers for the whole fleet.
     "ALTER TABLE hosts ADD COLUMN controller TEXT NOT NULL DEFAULT '';",
+    // 12: a running rollout's controller and lease: another controller leaves it alone
+    // while the lease is renewed, and interrupts it once it has expired.
+    "ALTER TABLE rollouts ADD COLUMN controller TEXT NOT NULL DEFAULT '';
+     ALTER TABLE rollouts ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The same schema on PostgreSQL: every integer is BIGINT (the store binds i64),
@@ -306,6 +310,9 @@ const POSTGRES: &[&str] = &[
      CREATE INDEX denial_batches_time ON denial_batches(stored_ms);",
     // 11
     "ALTER TABLE hosts ADD COLUMN controller TEXT NOT NULL DEFAULT '';",
+    // 12
+    "ALTER TABLE rollouts ADD COLUMN controller TEXT NOT NULL DEFAULT '';
+     ALTER TABLE rollouts ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// The advisory lock key migrations run under (any constant; "pcmigrat").

@@ -4,8 +4,25 @@
 //! the previous one back.
 
 use super::now_ms;
-use super::sql::Db;
+use super::sql::{Db, Dialect};
 use crate::args;
+
+/// How long a running rollout's lease lasts; its controller renews it every third of that.
+pub const LEASE_MS: i64 = 15_000;
+
+/// The advisory lock that makes "no other rollout is running" and the insert one step on
+/// PostgreSQL ("pcrollot").
+const ROLLOUT_LOCK: i64 = 0x7063_726f_6c6c_6f74;
+
+/// Another controller's rollout holds a live lease: at most one runs fleet-wide.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "rollout {id} is running on controller {controller}; wait for it or stop it with `portcullis rollout abort` there"
+)]
+pub struct Busy {
+    pub id: u64,
+    pub controller: String,
+}
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -63,6 +80,8 @@ pub struct NewRollout<'a> {
     pub waves: &'a [Vec<String>],
     /// Each host's desired revision before this rollout (0 = none).
     pub previous: &'a BTreeMap<String, u64>,
+    /// The controller that runs it (holds its lease).
+    pub controller: &'a str,
 }
 
 /// The desired revision of `host` (0 = none or unknown host).
@@ -171,13 +190,26 @@ pub fn latest_settings(db: &Db<'_>) -> anyhow::Result<Option<(String, String, u6
     )
 }
 
+/// Store a new running rollout with a fresh lease held by `r.controller`; refused with
+/// [`Busy`] while another rollout's lease is live.
 pub fn insert_rollout(db: &Db<'_>, r: &NewRollout<'_>) -> anyhow::Result<u64> {
     let now = now_ms();
+    if db.dialect() == Dialect::Postgres {
+        db.execute("SELECT pg_advisory_xact_lock(?1)", args![ROLLOUT_LOCK])?;
+    }
+    if let Some((id, controller)) = db.query_opt(
+        "SELECT id, controller FROM rollouts WHERE status = 'running' AND lease_ms >= ?1
+          ORDER BY id LIMIT 1",
+        args![now],
+        |row| Ok((to_u64(row.get(0)?), row.get::<String>(1)?)),
+    )? {
+        return Err(Busy { id, controller }.into());
+    }
     let id: i64 = db.query_one(
         "INSERT INTO rollouts (revision, kind, author, started_ms, status, serial, max_fail,
                                confirm_timeout_ms, waves_json, max_denial_increase,
-                               denial_window_ms, denial_baseline_ms)
-         VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                               denial_window_ms, denial_baseline_ms, controller, lease_ms)
+         VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          RETURNING id",
         args![
             to_i64(r.revision),
@@ -191,6 +223,8 @@ pub fn insert_rollout(db: &Db<'_>, r: &NewRollout<'_>) -> anyhow::Result<u64> {
             r.gates.max_denial_increase,
             to_i64(r.gates.denial_window_ms),
             to_i64(r.gates.denial_baseline_ms),
+            r.controller,
+            now.saturating_add(LEASE_MS),
         ],
         |row| row.get(0),
     )?;
@@ -230,14 +264,30 @@ pub fn finish_rollout(db: &Db<'_>, rollout: u64, status: &str, reason: &str) -> 
     Ok(())
 }
 
-/// At controller start: every rollout still `running` was cut short. Its hosts that did
-/// not confirm get their previous desired revision back (their agents revert the
-/// unconfirmed one by themselves), and the rollout becomes `interrupted`. Returns the ids.
-pub fn interrupt_running(db: &Db<'_>) -> anyhow::Result<Vec<u64>> {
+/// Keep `rollout`'s lease (its controller, every [`LEASE_MS`] / 3). False when it is no
+/// longer running or no longer ours (another controller interrupted it).
+pub fn renew_lease(db: &Db<'_>, rollout: u64, controller: &str) -> anyhow::Result<bool> {
+    Ok(db.execute(
+        "UPDATE rollouts SET lease_ms = ?3
+          WHERE id = ?1 AND controller = ?2 AND status = 'running'",
+        args![
+            to_i64(rollout),
+            controller,
+            now_ms().saturating_add(LEASE_MS)
+        ],
+    )? == 1)
+}
+
+/// Every rollout still `running` whose lease ended before `expired_before` was cut short
+/// (its controller stopped or died; at the start of the only controller, pass
+/// `i64::MAX`). Its hosts that did not confirm get their previous desired revision back
+/// (their agents revert the unconfirmed one by themselves), and the rollout becomes
+/// `interrupted`. Returns the ids.
+pub fn interrupt_running(db: &Db<'_>, expired_before: i64) -> anyhow::Result<Vec<u64>> {
     let tx = db.transaction()?;
     let running: Vec<(i64, i64)> = tx.query(
-        "SELECT id, revision FROM rollouts WHERE status = 'running'",
-        args![],
+        "SELECT id, revision FROM rollouts WHERE status = 'running' AND lease_ms < ?1",
+        args![expired_before],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     for (id, revision) in &running {
@@ -437,11 +487,32 @@ mod tests {
                         gates: Gates::default(),
                         waves: &waves,
                         previous: &prev,
+                        controller: "c1",
                     },
                 )?;
                 set_host_state(c, id, "a", "confirmed", "")?;
                 set_host_state(c, id, "b", "sent", "")?;
-                assert_eq!(interrupt_running(c)?, vec![id]);
+                // A live lease: another controller leaves it alone, and refuses a second.
+                assert!(interrupt_running(c, now_ms())?.is_empty());
+                let second = NewRollout {
+                    revision: r2,
+                    kind: "apply",
+                    author: "t",
+                    serial: "1",
+                    max_fail: "0",
+                    confirm_timeout_ms: 0,
+                    gates: Gates::default(),
+                    waves: &waves,
+                    previous: &prev,
+                    controller: "c2",
+                };
+                let busy = insert_rollout(c, &second).unwrap_err();
+                assert!(busy.downcast_ref::<Busy>().is_some(), "{busy:#}");
+                assert!(renew_lease(c, id, "c1")?);
+                assert!(!renew_lease(c, id, "c2")?, "not c2's rollout");
+                // Expired (its controller died): interrupted.
+                assert_eq!(interrupt_running(c, now_ms() + LEASE_MS + 1)?, vec![id]);
+                assert!(!renew_lease(c, id, "c1")?, "no longer running");
                 assert_eq!(desired_revision(c, "a")?, r2);
                 assert_eq!(desired_revision(c, "b")?, r1);
                 let list = list_rollouts(c, 0, 0)?;

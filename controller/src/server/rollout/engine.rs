@@ -209,7 +209,45 @@ impl Ctx<'_> {
     }
 }
 
+/// Renew the rollout's lease while it runs (other controllers leave it alone).
+async fn keep_lease(shared: Arc<Shared>, id: u64) {
+    let every = std::time::Duration::from_millis(
+        u64::try_from(store::rollout::LEASE_MS / 3).unwrap_or(5_000),
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        let me = shared.controller_id.clone();
+        match shared
+            .store
+            .call(move |c| store::rollout::renew_lease(c, id, &me))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(
+                    rollout = id,
+                    "the rollout's lease was lost (interrupted by another controller?)"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(rollout = id, error = %format!("{e:#}"), "renewing the rollout's lease failed")
+            }
+        }
+    }
+}
+
+/// Stops [`keep_lease`] when the rollout ends.
+struct LeaseGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
+    let _lease = LeaseGuard(tokio::spawn(keep_lease(shared.clone(), plan.id)));
     let ctx = Ctx {
         shared: &shared,
         plan: &plan,

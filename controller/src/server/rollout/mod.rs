@@ -183,10 +183,38 @@ pub async fn on_reverted(shared: &Shared, host: &str, r: v1::Reverted) -> anyhow
     Ok(())
 }
 
-/// At start: mark rollouts a stopped controller left running as `interrupted`.
+/// At start: mark rollouts a stopped controller left running as `interrupted`. With
+/// SQLite every one (this is the only controller); with a shared store only those whose
+/// lease expired ([`sweep`] takes the rest when their controller is gone).
 pub async fn recover(store: &Store) -> anyhow::Result<()> {
+    let before = match store.dialect() {
+        store::Dialect::Sqlite => i64::MAX,
+        store::Dialect::Postgres => store::now_ms(),
+    };
+    interrupt(store, before).await
+}
+
+/// Shared store: every few seconds, interrupt rollouts whose controller stopped renewing
+/// their lease (it died mid-rollout): unconfirmed hosts get their previous revision back
+/// in the store, and their agents revert by themselves (commit-confirmed).
+pub async fn sweep(store: Store) {
+    if store.dialect() == store::Dialect::Sqlite {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+        u64::try_from(store::rollout::LEASE_MS / 3).unwrap_or(5_000),
+    ));
+    loop {
+        tick.tick().await;
+        if let Err(e) = interrupt(&store, store::now_ms()).await {
+            tracing::warn!(error = %format!("{e:#}"), "checking rollout leases failed");
+        }
+    }
+}
+
+async fn interrupt(store: &Store, before: i64) -> anyhow::Result<()> {
     let ids = store
-        .call(|db| store::rollout::interrupt_running(db))
+        .call(move |db| store::rollout::interrupt_running(db, before))
         .await?;
     for id in ids {
         tracing::warn!(

@@ -111,6 +111,7 @@ pub async fn from_apply(
         );
         let (serial_s, max_fail_s) = (serial.to_string(), max_fail.to_string());
         let gates_s = gates.describe();
+        let me = shared.controller_id.clone();
         shared
             .store
             .call(move |c| {
@@ -147,6 +148,7 @@ pub async fn from_apply(
                         },
                         waves: &waves,
                         previous: &previous,
+                        controller: &me,
                     },
                 )?;
                 store::audit(
@@ -165,7 +167,10 @@ pub async fn from_apply(
                 Ok((rev, id, previous))
             })
             .await
-            .map_err(crate::server::session::internal)?
+            .map_err(|e| match e.downcast_ref::<store::rollout::Busy>() {
+                Some(busy) => Status::failed_precondition(busy.to_string()),
+                None => crate::server::session::internal(e),
+            })?
     };
     let abort = shared.rollouts.begin(id).map_err(|other| {
         Status::failed_precondition(format!("rollout {other} started meanwhile; retry"))
