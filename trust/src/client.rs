@@ -204,3 +204,24 @@ pub async fn connect(
     });
     endpoint.connect_with_connector(connector).await
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_dials_the_address_and_keeps_the_urls_name() {
+        let (_, t) = endpoint("https://ctl.example.net:7443").unwrap();
+        assert_eq!(
+            (t.host(), t.port(), t.addr),
+            ("ctl.example.net", 7443, None)
+        );
+        let addr: SocketAddr = "10.77.0.2:7443".parse().unwrap();
+        let t = t.at(addr);
+        assert_eq!(t.addr, Some(addr));
+        assert_eq!(t.name, ServerName::try_from("ctl.example.net").unwrap());
+        let (_, t) = endpoint("https://[fd77::1]").unwrap();
+        assert_eq!((t.host(), t.port()), ("fd77::1", 443));
+    }
+}
