@@ -257,7 +257,7 @@ impl Rotation {
     }
 
     /// The next candidate of the round, or [`Step::RoundFailed`] when none is left.
-    pub fn next(&mut self) -> Step {
+    pub fn step(&mut self) -> Step {
         match self.round.pop_front() {
             Some(c) => Step::Try(c),
             None => Step::RoundFailed,

@@ -223,7 +223,7 @@ pub async fn run(
             );
         }
         let delay = loop {
-            let candidate = match rotation.next() {
+            let candidate = match rotation.step() {
                 Step::Try(c) => c,
                 Step::RoundFailed => {
                     let delay = backoff.next_delay();

@@ -21,7 +21,7 @@ fn three() -> Vec<Candidate> {
 
 fn tries(r: &mut Rotation) -> Vec<Candidate> {
     let mut out = Vec::new();
-    while let Step::Try(c) = r.next() {
+    while let Step::Try(c) = r.step() {
         out.push(c);
     }
     out
@@ -36,8 +36,8 @@ fn the_first_round_tries_every_candidate_once_then_backs_off() {
     let distinct: BTreeSet<_> = round.iter().collect();
     assert_eq!(distinct.len(), 3, "{round:?}");
     // Exhausted: back off, and keep saying so until another round begins.
-    assert_eq!(r.next(), Step::RoundFailed);
-    assert_eq!(r.next(), Step::RoundFailed);
+    assert_eq!(r.step(), Step::RoundFailed);
+    assert_eq!(r.step(), Step::RoundFailed);
     // After the backoff the next round has the same order (nothing was established).
     r.begin_round(three());
     assert_eq!(tries(&mut r), round);
@@ -47,7 +47,7 @@ fn the_first_round_tries_every_candidate_once_then_backs_off() {
 fn no_candidate_at_all_is_a_failed_round() {
     let mut r = Rotation::new(1);
     assert_eq!(r.begin_round(Vec::new()), 0);
-    assert_eq!(r.next(), Step::RoundFailed);
+    assert_eq!(r.step(), Step::RoundFailed);
 }
 
 #[test]
@@ -56,20 +56,20 @@ fn after_a_drop_the_same_controller_is_tried_first() {
         let mut r = Rotation::new(seed_for(host));
         r.begin_round(three());
         // The first candidate fails, the second takes the session.
-        let Step::Try(_) = r.next() else { panic!() };
-        let Step::Try(second) = r.next() else {
+        let Step::Try(_) = r.step() else { panic!() };
+        let Step::Try(second) = r.step() else {
             panic!()
         };
         assert!(!r.established(&second), "the first session is no failover");
         // That session ends (dropped, or the reconnect of commit-confirm): same one first.
         r.begin_round(three());
-        assert_eq!(r.next(), Step::Try(second.clone()), "{host}");
+        assert_eq!(r.step(), Step::Try(second.clone()), "{host}");
         assert!(
             !r.established(&second),
             "{host}: reconnecting is not a failover"
         );
         r.begin_round(three());
-        assert_eq!(r.next(), Step::Try(second), "{host}");
+        assert_eq!(r.step(), Step::Try(second), "{host}");
     }
 }
 
@@ -77,7 +77,7 @@ fn after_a_drop_the_same_controller_is_tried_first() {
 fn the_first_session_is_no_failover() {
     let mut r = Rotation::new(7);
     r.begin_round(three());
-    let Step::Try(c) = r.next() else { panic!() };
+    let Step::Try(c) = r.step() else { panic!() };
     assert!(!r.established(&c));
     assert_eq!(r.home(), Some(&c));
 }
@@ -95,11 +95,11 @@ fn a_failed_connect_moves_to_the_next_in_this_agents_order() {
     );
     // order[2] takes over: a failover; the next round starts there.
     r.begin_round(three());
-    assert_eq!(r.next(), Step::Try(order[1].clone()));
-    assert_eq!(r.next(), Step::Try(order[2].clone()));
+    assert_eq!(r.step(), Step::Try(order[1].clone()));
+    assert_eq!(r.step(), Step::Try(order[2].clone()));
     assert!(r.established(&order[2]));
     r.begin_round(three());
-    assert_eq!(r.next(), Step::Try(order[2].clone()));
+    assert_eq!(r.step(), Step::Try(order[2].clone()));
 }
 
 #[test]
@@ -134,8 +134,8 @@ fn a_fleet_spreads_over_the_controllers_and_over_the_survivors() {
         let on_zero = cands.iter().find(|c| c.controller == 0).unwrap();
         r.established(on_zero);
         r.begin_round(cands.clone());
-        assert_eq!(r.next(), Step::Try(on_zero.clone()));
-        let Step::Try(next) = r.next() else { panic!() };
+        assert_eq!(r.step(), Step::Try(on_zero.clone()));
+        let Step::Try(next) = r.step() else { panic!() };
         *successor.entry(next.controller).or_default() += 1;
     }
     assert_eq!(first.len(), 3, "{first:?}");
