@@ -19,11 +19,11 @@ use crate::report::{
     AppliedReport, LkgSummary, RuleStatus, ShowReport, VerifyReport, VerifyStatus,
 };
 use crate::state::{LastKnownGood, PreparedRecord, StateDir, StateError};
+use portcullis_policy::ruleset::SetDigests;
 use portcullis_policy::{
     CompileError, Facts, HostPolicy, Mode, Plan, ReadbackError, RuleCounter, Ruleset, RulesetDiff,
     RulesetHash, compile, diff, plan,
 };
-use portcullis_policy::ruleset::SetDigests;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -346,11 +346,9 @@ impl Agent {
         // Meaningful only within this boot, so not synced (a power cut starts a new
         // boot); replaced by rename, so another process never reads half of it.
         let result = match (g, boot_id()) {
-            (Some(g), Some(boot)) => crate::durable::replace_unsynced(
-                &path,
-                format!("{boot} {g}\n").as_bytes(),
-                0o600,
-            ),
+            (Some(g), Some(boot)) => {
+                crate::durable::replace_unsynced(&path, format!("{boot} {g}\n").as_bytes(), 0o600)
+            }
             _ => crate::durable::remove(&path),
         };
         if let Err(e) = result {
@@ -416,7 +414,9 @@ impl Agent {
             .map_err(|why| {
                 forget();
                 AgentError::Mismatch {
-                    diff: vec![format!("the delta does not fit the verified ruleset: {why}")],
+                    diff: vec![format!(
+                        "the delta does not fit the verified ruleset: {why}"
+                    )],
                 }
             })?;
         // Only the changed sets are rehashed (one shard of a big list).

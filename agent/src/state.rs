@@ -615,7 +615,11 @@ mod tests {
 
     /// The record for `to_nets` at `revision` as a journaled delta from `from` (its
     /// ruleset is `from`'s patched, as the agent makes it).
-    fn delta(from: &LastKnownGood, to_nets: &[String], revision: u64) -> (RecordDelta, LastKnownGood) {
+    fn delta(
+        from: &LastKnownGood,
+        to_nets: &[String],
+        revision: u64,
+    ) -> (RecordDelta, LastKnownGood) {
         let target = listed(to_nets, revision);
         let d = crate::agent::delta::list_delta(&from.policy, &from.ruleset, &target.policy)
             .expect("a list delta");
@@ -632,18 +636,28 @@ mod tests {
         state.store(&base).expect("store");
         let base_bytes = std::fs::read(dir.path().join(LKG_FILE)).expect("read");
         let (d1, r2) = delta(&base, &nets(100, &["192.0.2.7/32"]), 2);
-        state.store_delta(&base, d1, Arc::new(r2.clone())).expect("delta");
+        state
+            .store_delta(&base, d1, Arc::new(r2.clone()))
+            .expect("delta");
         let (d2, r3) = delta(&r2, &nets(99, &["192.0.2.7/32"]), 3);
-        state.store_delta(&r2, d2, Arc::new(r3.clone())).expect("delta");
+        state
+            .store_delta(&r2, d2, Arc::new(r3.clone()))
+            .expect("delta");
         // The record itself was not rewritten; the journal has two lines.
-        assert_eq!(std::fs::read(dir.path().join(LKG_FILE)).expect("read"), base_bytes);
+        assert_eq!(
+            std::fs::read(dir.path().join(LKG_FILE)).expect("read"),
+            base_bytes
+        );
         let journal = std::fs::read_to_string(dir.path().join(JOURNAL_FILE)).expect("journal");
         assert_eq!(journal.lines().count(), 2);
         assert_eq!(state.load().expect("load"), Some(r3.clone()));
         // A fresh reader (another process) replays the journal to the same record.
         let other = StateDir::new(dir.path());
         assert_eq!(other.load().expect("load"), Some(r3.clone()));
-        assert_eq!(other.load().expect("load").expect("record").ruleset.hash(), r3.hash);
+        assert_eq!(
+            other.load().expect("load").expect("record").ruleset.hash(),
+            r3.hash
+        );
         // A full write folds it: the journal goes.
         let r4 = listed(&nets(10, &[]), 4);
         state.store(&r4).expect("store");
@@ -658,7 +672,9 @@ mod tests {
         let base = listed(&nets(50, &[]), 1);
         state.store(&base).expect("store");
         let (d1, r2) = delta(&base, &nets(50, &["192.0.2.7/32"]), 2);
-        state.store_delta(&base, d1, Arc::new(r2.clone())).expect("delta");
+        state
+            .store_delta(&base, d1, Arc::new(r2.clone()))
+            .expect("delta");
         let journal_path = dir.path().join(JOURNAL_FILE);
         let good = std::fs::read(&journal_path).expect("journal");
         // A crash during the next append: half a line.
@@ -679,13 +695,21 @@ mod tests {
         let other = StateDir::new(dir.path());
         assert_eq!(other.load().expect("load"), Some(r2.clone()));
         // The next delta does not append after the torn tail: it writes the whole record.
-        other.store_delta(&r2, d2, Arc::new(r3.clone())).expect("delta");
+        other
+            .store_delta(&r2, d2, Arc::new(r3.clone()))
+            .expect("delta");
         assert!(!journal_path.exists());
-        assert_eq!(StateDir::new(dir.path()).load().expect("load"), Some(r3.clone()));
+        assert_eq!(
+            StateDir::new(dir.path()).load().expect("load"),
+            Some(r3.clone())
+        );
         // A journal left behind by a crash between a full write and its removal chains
         // from the old record: ignored.
         std::fs::write(&journal_path, &good).expect("write");
-        assert_eq!(StateDir::new(dir.path()).load().expect("load"), Some(r3.clone()));
+        assert_eq!(
+            StateDir::new(dir.path()).load().expect("load"),
+            Some(r3.clone())
+        );
         // A journal whose replay does not hash to its entry (tampered): ignored.
         let r5 = listed(&nets(50, &[]), 5);
         state.store(&r5).expect("store");
@@ -693,7 +717,11 @@ mod tests {
         state.store_delta(&r5, d6, Arc::new(r6)).expect("delta");
         let text = std::fs::read_to_string(&journal_path).expect("journal");
         let mut entry: JournalEntry = serde_json::from_str(text.trim()).expect("entry");
-        entry.delta.sets.values_mut().for_each(|p| p.add = p.remove.clone());
+        entry
+            .delta
+            .sets
+            .values_mut()
+            .for_each(|p| p.add = p.remove.clone());
         let mut line = serde_json::to_vec(&entry).expect("json");
         line.push(b'\n');
         std::fs::write(&journal_path, line).expect("write");
@@ -709,18 +737,25 @@ mod tests {
         for i in 0..=JOURNAL_MAX_ENTRIES as u32 {
             let extra = format!("198.51.100.{}/32", i % 2);
             let (d, next) = delta(&current, &nets(20, &[&extra]), u64::from(i) + 2);
-            state.store_delta(&current, d, Arc::new(next.clone())).expect("delta");
+            state
+                .store_delta(&current, d, Arc::new(next.clone()))
+                .expect("delta");
             current = next;
             // Alternating one address in and out: a delta each time.
             let (d, next) = delta(&current, &nets(20, &[]), u64::from(i) + 100_000);
-            state.store_delta(&current, d, Arc::new(next.clone())).expect("delta");
+            state
+                .store_delta(&current, d, Arc::new(next.clone()))
+                .expect("delta");
             current = next;
         }
         let lines = std::fs::read_to_string(dir.path().join(JOURNAL_FILE))
             .map(|j| j.lines().count())
             .unwrap_or(0);
         assert!(lines < JOURNAL_MAX_ENTRIES, "{lines} entries");
-        assert_eq!(StateDir::new(dir.path()).load().expect("load"), Some(current));
+        assert_eq!(
+            StateDir::new(dir.path()).load().expect("load"),
+            Some(current)
+        );
     }
 
     #[test]

@@ -16,9 +16,7 @@ use portcullis_policy::addrlist::AddrList;
 use portcullis_policy::compile::{
     ADDRESS_SET_KINDS, address_set_name, list_elements, shard_count, shard_name, shard_of,
 };
-use portcullis_policy::ruleset::{
-    DENY_SET_PREFIX, Element, LIST_SET_PREFIX, Ruleset, Set, SetKey,
-};
+use portcullis_policy::ruleset::{DENY_SET_PREFIX, Element, LIST_SET_PREFIX, Ruleset, Set, SetKey};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -42,7 +40,11 @@ pub(crate) struct ListDelta {
 /// The element changes turning the table of `old` (compiled as `old_rs`) into that of
 /// `new`, if only list contents differ; `None` when a full apply is needed. No set
 /// changes: nothing changes.
-pub(crate) fn list_delta(old: &HostPolicy, old_rs: &Ruleset, new: &HostPolicy) -> Option<ListDelta> {
+pub(crate) fn list_delta(
+    old: &HostPolicy,
+    old_rs: &Ruleset,
+    new: &HostPolicy,
+) -> Option<ListDelta> {
     if shape(old) != shape(new) || !old.lists.keys().eq(new.lists.keys()) {
         return None;
     }
@@ -264,7 +266,11 @@ mod tests {
         let got = d.record.patch_ruleset(&ra).unwrap();
         assert_eq!(got.sets, rb.sets, "the patched sets are the compiled ones");
         assert_eq!(got.hash(), rb.hash());
-        assert_eq!(d.record.patch_policy(&pa).unwrap(), pb, "the journal's list changes");
+        assert_eq!(
+            d.record.patch_policy(&pa).unwrap(),
+            pb,
+            "the journal's list changes"
+        );
         Some(d.sets)
     }
 

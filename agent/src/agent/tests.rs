@@ -178,7 +178,8 @@ fn verify_reports_nothing_applied_in_sync_and_drift() {
     // A hand-made `nft add element inet portcullis allow_tcp { 23 }`.
     s.fake.tamper(|t| {
         if let Some(set) = t.as_mut().and_then(|t| t.sets.get_mut("allow_tcp")) {
-            std::sync::Arc::make_mut(&mut set.elements).insert(Element::Port(PortRange::single(23)));
+            std::sync::Arc::make_mut(&mut set.elements)
+                .insert(Element::Port(PortRange::single(23)));
         }
     });
     let v = s.agent.verify().expect("verify");
