@@ -1,16 +1,24 @@
-//! Dialing the controller: mutual TLS done by `portcullis-trust` (WebPKI against the CA
+//! Dialing the controllers: mutual TLS done by `portcullis-trust` (WebPKI against the CA
 //! bundle, then the controller certificate's serial against the CA-signed revocation
 //! list kept in the state dir), inside a tonic connector.
+//!
+//! One [`Dialer`] holds every configured controller ([`crate::failover`]); each
+//! connection goes to one [`Candidate`]: its resolved address is dialed while the
+//! certificate (and SNI) is checked against the URL's host, so one DNS name with several
+//! addresses works with one certificate naming it. The same TLS configuration, and so the
+//! same revocation list, applies to every controller.
 //!
 //! The CA bundle, certificate and key are re-read at every connect, so a CA rotation
 //! (old + new CA in `ca.crt`) or a renewed agent certificate takes effect at the next
 //! reconnect without a restart. [`RevocationsCompanion`] takes the signed lists the
-//! controller sends and keeps the newest one.
+//! controllers send and keeps the newest one.
 
+use crate::failover::{self, Candidate, Controller};
 use crate::session::{Companion, SessionConfig};
 use anyhow::Context as _;
 use portcullis_proto::v1;
 use portcullis_trust::{Revocations, Update};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,32 +28,43 @@ use tonic::transport::{Channel, Endpoint};
 /// Where the verified revocation list is kept, in the agent's state dir.
 pub const KEPT_LIST: &str = "revocations.signed";
 
-/// Connects to the controller; one per `run`.
+/// TCP + TLS to one candidate: short, so a dead controller costs little of a round.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Resolving one controller name, per round.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to the controllers; one per `run`.
 #[derive(Debug)]
 pub struct Dialer {
-    endpoint: Endpoint,
-    target: portcullis_trust::client::Target,
+    controllers: Vec<Controller>,
+    /// `endpoints[i]` and `targets[i]`: controller `i`'s, as its URL gives them.
+    endpoints: Vec<(Endpoint, portcullis_trust::client::Target)>,
     config: SessionConfig,
     revocations: Arc<Revocations>,
 }
 
 impl Dialer {
-    /// Check the configuration now (URL, CA bundle, certificate, key) and load the kept
-    /// revocation list from `state_dir`.
+    /// Check the configuration now (every URL, CA bundle, certificate, key) and load the
+    /// kept revocation list from `state_dir`.
     pub fn new(config: &SessionConfig, state_dir: &Path) -> anyhow::Result<Self> {
-        let (endpoint, target) = portcullis_trust::endpoint(&config.controller)
-            .with_context(|| format!("controller URL {:?}", config.controller))?;
-        let endpoint = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+        let controllers = failover::parse_controllers(&config.controllers)?;
+        let mut endpoints = Vec::with_capacity(controllers.len());
+        for c in &controllers {
+            let (endpoint, target) = portcullis_trust::endpoint(&c.url)
+                .with_context(|| format!("controller URL {:?}", c.url))?;
+            let endpoint = endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true);
+            endpoints.push((endpoint, target));
+        }
         let roots =
             portcullis_trust::list::read_roots(&config.ca).context("reading the CA bundle")?;
         let revocations = Arc::new(Revocations::open(state_dir.join(KEPT_LIST), roots));
         let this = Self {
-            endpoint,
-            target,
+            controllers,
+            endpoints,
             config: config.clone(),
             revocations,
         };
@@ -65,10 +84,52 @@ impl Dialer {
         self.revocations.clone()
     }
 
-    /// One connection; refused if the controller's certificate is revoked or expired.
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
+    /// The configured controllers, in the order given.
+    pub fn controllers(&self) -> &[Controller] {
+        &self.controllers
+    }
+
+    /// This round's candidates: every controller's address (an IP URL) or resolved
+    /// addresses (a DNS name, looked up now, bounded by [`RESOLVE_TIMEOUT`]). A name that
+    /// does not resolve is logged and left out of this round.
+    pub async fn candidates(&self) -> Vec<Candidate> {
+        let lookups = self.controllers.iter().map(|c| async move {
+            if c.literal().is_some() {
+                return Vec::new();
+            }
+            let name = (c.host.as_str(), c.port);
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name)).await {
+                Ok(Ok(addrs)) => {
+                    let mut addrs: Vec<SocketAddr> = addrs.collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    tracing::debug!(controller = %c.url, addresses = addrs.len(), "controller name resolved");
+                    addrs
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(controller = %c.url, %error, "cannot resolve the controller's name");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(controller = %c.url, timeout_ms = RESOLVE_TIMEOUT.as_millis(),
+                        "resolving the controller's name timed out");
+                    Vec::new()
+                }
+            }
+        });
+        let resolved = futures::future::join_all(lookups).await;
+        failover::candidates(&self.controllers, &resolved)
+    }
+
+    /// One connection to `to`; refused if the controller's certificate is revoked or
+    /// expired, or does not name the URL's host.
+    pub async fn connect(&self, to: &Candidate) -> anyhow::Result<Channel> {
+        let (endpoint, target) = self
+            .endpoints
+            .get(to.controller)
+            .with_context(|| format!("no controller {}", to.controller))?;
         let tls = self.tls().context("TLS material")?;
-        portcullis_trust::connect(&self.endpoint, &self.target, tls)
+        portcullis_trust::connect(endpoint, &target.clone().at(to.addr), tls)
             .await
             .map_err(|e| anyhow::anyhow!("{}", chain(&e)))
     }

@@ -10,6 +10,8 @@
 //! - [`report`]: the serializable results of those operations.
 //! - [`session`]: `run` — the mutual-TLS session with the controller (fail-static,
 //!   reconnect with jittered backoff).
+//! - [`failover`]: the controller list and which controller is tried next (pure).
+//! - [`dial`]: TLS to one controller address, revocation checked.
 //! - [`restore`]: `restore` at boot (last-known-good, else the fail-closed minimal policy).
 //! - [`confirm`]: commit-confirmed (pending revert persisted, reverts on its own).
 //! - [`nflog`] and [`denials`]: denied packets from NFLOG, aggregated, counted, spooled
@@ -30,6 +32,7 @@ pub mod dial;
 pub mod drift;
 pub mod durable;
 pub mod facts;
+pub mod failover;
 pub mod metrics;
 pub mod nflog;
 pub mod report;

@@ -4,26 +4,30 @@
 //! outcome, kept by [`crate::Agent`]; [`DenialStats`]: what the spooled denial batches
 //! counted, kept by the denial pipeline) and values read at scrape time ([`Exposition`]):
 //! the counters of every rule of our table (one readback), last-known-good's revision and
-//! age, the spool's depth, and the conditions (failing subsystems).
+//! age, the spool's depth, the conditions (failing subsystems) and the controller the
+//! session is on.
 //!
 //! Labels are bounded: rules are labelled by chain and position (our table has a few
-//! dozen rules; at most [`MAX_RULES`] are exported), conditions by subsystem key.
+//! dozen rules; at most [`MAX_RULES`] are exported), conditions by subsystem key, the
+//! controller by URL and address (one series, the current one).
 
 use crate::Agent;
 use crate::conditions::Conditions;
 use crate::denials::Denials;
+use crate::failover::OnController;
 use portcullis_metrics::collect;
 use portcullis_metrics::prometheus_client::collector::Collector;
 use portcullis_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use portcullis_metrics::prometheus_client::metrics::MetricType;
 use portcullis_metrics::prometheus_client::metrics::counter::{ConstCounter, Counter};
 use portcullis_metrics::prometheus_client::metrics::family::Family;
+use portcullis_metrics::prometheus_client::metrics::gauge::ConstGauge;
 use portcullis_metrics::prometheus_client::metrics::histogram::Histogram;
 use portcullis_metrics::prometheus_client::registry::{Registry, Unit};
 use portcullis_policy::RuleCounter;
 use portcullis_proto::v1;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Rules exported at most (anything beyond is not ours).
@@ -120,6 +124,8 @@ struct Snapshot {
     agent: Agent,
     denials: Option<Arc<Denials>>,
     conditions: Conditions,
+    /// Which controller the session is on (unset: not exported).
+    on: OnceLock<OnController>,
     /// The rule counters of the last readback, refreshed before each encode.
     rules: Mutex<Vec<RuleCounter>>,
 }
@@ -202,6 +208,9 @@ impl Collector for Snapshot {
             None,
             pairs.len() as f64,
         )?;
+        if let Some(on) = self.on.get() {
+            controller_families(&mut e, on)?;
+        }
         if let Some(d) = &self.denials {
             let s = d.stats();
             collect::counter(
@@ -267,6 +276,39 @@ impl Collector for Snapshot {
     }
 }
 
+/// `agent_controller{url,address}` (1, only while a session is established),
+/// `agent_controller_connected` and `agent_controller_failovers`.
+fn controller_families(
+    e: &mut DescriptorEncoder<'_>,
+    on: &OnController,
+) -> Result<(), std::fmt::Error> {
+    let state = on.get();
+    let mut family = e.encode_descriptor(
+        "agent_controller",
+        "The controller the session is on (1; no series while disconnected)",
+        None,
+        MetricType::Gauge,
+    )?;
+    if let Some(c) = &state.current {
+        let address = c.addr.to_string();
+        let labels = [("url", &*c.url), ("address", address.as_str())];
+        ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+    }
+    collect::gauge(
+        e,
+        "agent_controller_connected",
+        "1 while a session with a controller is established",
+        None,
+        if state.current.is_some() { 1.0 } else { 0.0 },
+    )?;
+    collect::counter(
+        e,
+        "agent_controller_failovers",
+        "Sessions established on another controller (or address) than the one before",
+        state.failovers,
+    )
+}
+
 /// The agent's registry and how to refresh it for a scrape.
 #[derive(Debug, Clone)]
 pub struct Exposition {
@@ -299,6 +341,7 @@ impl Exposition {
             agent,
             denials,
             conditions,
+            on: OnceLock::new(),
             rules: Mutex::new(Vec::new()),
         });
         registry.register_collector(Box::new(snapshot.clone()));
@@ -306,6 +349,12 @@ impl Exposition {
             registry: Arc::new(registry),
             snapshot,
         }
+    }
+
+    /// Export which controller the session is on (`agent_controller*`).
+    pub fn with_controller(self, on: OnController) -> Self {
+        let _ = self.snapshot.on.set(on);
+        self
     }
 
     /// Read the table's counters (bounded by 5 s; the last ones stay on failure), encode.
@@ -396,5 +445,44 @@ mod tests {
         let cond = "portcullis_agent_condition{subsystem=\"denials\"}";
         assert_eq!(line(&t, cond), Some("1"), "{t}");
         assert_eq!(line(&t, "portcullis_agent_conditions"), Some("1.0"), "{t}");
+    }
+
+    #[tokio::test]
+    async fn the_controller_of_the_session_and_failovers_show_in_the_exposition() {
+        use crate::failover::{Candidate, OnController};
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::new(Arc::new(FakeDataplane::new()), StateDir::new(dir.path()));
+        let on = OnController::default();
+        let e = Exposition::new(agent, None, Conditions::default()).with_controller(on.clone());
+        let t = e.render().await.unwrap();
+        assert_eq!(
+            line(&t, "portcullis_agent_controller_connected"),
+            Some("0.0"),
+            "{t}"
+        );
+        assert!(!t.contains("portcullis_agent_controller{"), "{t}");
+
+        let c = |i: usize| Candidate {
+            controller: i,
+            url: format!("https://10.77.0.{}:7443", i + 1).into(),
+            addr: format!("10.77.0.{}:7443", i + 1).parse().unwrap(),
+        };
+        on.connected(&c(0), false);
+        on.disconnected();
+        on.connected(&c(1), true);
+        let t = e.render().await.unwrap();
+        let series = "portcullis_agent_controller{url=\"https://10.77.0.2:7443\",address=\"10.77.0.2:7443\"}";
+        assert_eq!(line(&t, series), Some("1"), "{t}");
+        assert_eq!(t.matches("portcullis_agent_controller{").count(), 1, "{t}");
+        assert_eq!(
+            line(&t, "portcullis_agent_controller_connected"),
+            Some("1.0"),
+            "{t}"
+        );
+        assert_eq!(
+            line(&t, "portcullis_agent_controller_failovers_total"),
+            Some("1"),
+            "{t}"
+        );
     }
 }

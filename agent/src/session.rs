@@ -4,11 +4,18 @@
 //! controller is contacted. Then: dial out over mutual TLS, send `Hello` (host, facts,
 //! applied revision, kernel hash), apply every `Desired` through [`Agent::apply_policy`]
 //! and answer `Applied`, send `Heartbeat`s with the kernel's hash. When the stream breaks,
-//! reconnect with jittered exponential backoff; the kernel keeps enforcing meanwhile.
+//! reconnect; the kernel keeps enforcing meanwhile.
+//!
+//! With several controllers (or a name with several addresses) the order is
+//! [`crate::failover::Rotation`]'s: the same controller again after a session ends (after
+//! the usual jittered delay, none for commit-confirm's reconnect), the next one at once
+//! when a connection cannot be established, and the jittered exponential [`Backoff`] only
+//! after a whole round failed.
 //! Nothing here ever flushes or opens the firewall on error.
 
 use crate::Agent;
 use crate::conditions::Conditions;
+use crate::failover::{Candidate, OnController, Rotation, Step};
 use anyhow::Context as _;
 use portcullis_policy::HostPolicy;
 use portcullis_proto::{PROTOCOL_VERSION, v1};
@@ -46,6 +53,7 @@ pub struct Companions {
     list: Vec<Arc<dyn Companion>>,
     link: watch::Sender<Option<mpsc::Sender<v1::AgentMessage>>>,
     conditions: Conditions,
+    on: OnController,
 }
 
 impl Default for Companions {
@@ -66,7 +74,12 @@ impl Companions {
             list: Vec::new(),
             link: watch::channel(None).0,
             conditions: Conditions::default(),
+            on: OnController::default(),
         }
+    }
+    /// Which controller the session is on (metrics).
+    pub fn on_controller(&self) -> OnController {
+        self.on.clone()
     }
     /// Where companions report what keeps them from working (sent in heartbeats).
     pub fn conditions(&self) -> Conditions {
@@ -81,11 +94,12 @@ impl Companions {
     }
 }
 
-/// Where and how to reach the controller.
+/// Where and how to reach the controllers.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// `https://IP:PORT` (the IP or name must be in the controller certificate's SANs).
-    pub controller: String,
+    /// `https://IP:PORT` or `https://NAME:PORT`, one or more (the IP or name must be in
+    /// the controller certificate's SANs); validated by [`crate::failover::parse_controllers`].
+    pub controllers: Vec<String>,
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -193,28 +207,80 @@ pub async fn run(
     ));
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    let mut rotation = Rotation::new(crate::failover::seed_for(&host));
+    let on = companions.on.clone();
     loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = session(&agent, &host, &endpoint, config.heartbeat, &companions, &confirm) => r,
+        let candidates = tokio::select! {
+            c = endpoint.candidates() => c,
             () = &mut shutdown => return Ok(()),
         };
-        companions.link.send_replace(None);
-        let ended_ok = result.is_ok();
-        match result {
-            Ok(()) => tracing::warn!(%host, "controller closed the session"),
-            Err(e) => tracing::warn!(%host, error = %format!("{e:#}"), "session failed"),
+        let skipped = rotation.begin_round(candidates);
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                max = crate::failover::MAX_ADDRESSES,
+                "a controller name has too many addresses; trying only some this round"
+            );
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff.reset();
-        }
-        // Awaiting Confirm: come back at once, through the new rules.
-        let delay = match (ended_ok, confirm.awaiting()) {
-            (true, Some(_)) => Duration::ZERO,
-            _ => backoff.next_delay(),
+        let delay = loop {
+            let candidate = match rotation.step() {
+                Step::Try(c) => c,
+                Step::RoundFailed => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%host, delay_ms = millis(delay),
+                        "no controller could be reached; backing off, still enforcing the last applied policy");
+                    break delay;
+                }
+            };
+            let opened = tokio::select! {
+                o = open(&agent, &host, &endpoint, &candidate, &companions) => o,
+                () = &mut shutdown => return Ok(()),
+            };
+            let (tx, inbound) = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(%host, controller = %candidate.url, address = %candidate.addr,
+                        error = %format!("{e:#}"), "cannot establish a session; trying the next controller");
+                    continue;
+                }
+            };
+            let moved = rotation.established(&candidate);
+            on.connected(&candidate, moved);
+            if moved {
+                tracing::warn!(%host, controller = %candidate.url, address = %candidate.addr,
+                    "session open on another controller (failed over)");
+            } else {
+                tracing::info!(%host, controller = %candidate.url, address = %candidate.addr, "session open");
+            }
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = serve(&agent, tx, inbound, config.heartbeat, &companions, &confirm) => r,
+                () = &mut shutdown => return Ok(()),
+            };
+            companions.link.send_replace(None);
+            on.disconnected();
+            let ended_ok = result.is_ok();
+            match result {
+                Ok(()) => {
+                    tracing::warn!(%host, controller = %candidate.url, address = %candidate.addr,
+                    "controller closed the session")
+                }
+                Err(e) => {
+                    tracing::warn!(%host, controller = %candidate.url, address = %candidate.addr,
+                    error = %format!("{e:#}"), "session failed")
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            // Awaiting Confirm: come back at once, through the new rules.
+            break match (ended_ok, confirm.awaiting()) {
+                (true, Some(_)) => Duration::ZERO,
+                _ => backoff.next_delay(),
+            };
         };
         tracing::info!(
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            delay_ms = millis(delay),
             "reconnecting after backoff; still enforcing the last applied policy"
         );
         tokio::select! {
@@ -222,6 +288,10 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn kernel_hash(agent: &Agent) -> String {
@@ -263,19 +333,24 @@ fn kernel_snapshot(agent: &Agent) -> (String, Vec<v1::RuleHits>) {
 /// side (it has read everything we sent, `Applied` included).
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// One session: connect, Hello, then serve Desired and send heartbeats until it breaks.
-async fn session(
+/// How long the controller has to answer `Hello` (it allows 10 s for the Hello itself).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connect and send `Hello`: the session is established when the controller accepts it.
+async fn open(
     agent: &Agent,
     host: &str,
     endpoint: &crate::dial::Dialer,
-    heartbeat: Duration,
+    to: &Candidate,
     companions: &Companions,
-    confirm: &crate::confirm::Confirmer,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(
+    mpsc::Sender<v1::AgentMessage>,
+    tonic::Streaming<v1::ControllerMessage>,
+)> {
     let channel = endpoint
-        .connect()
+        .connect(to)
         .await
-        .context("connecting to the controller")?;
+        .with_context(|| format!("connecting to the controller {to}"))?;
     let mut client = v1::session_client::SessionClient::new(channel)
         .max_decoding_message_size(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
@@ -298,12 +373,23 @@ async fn session(
     })
     .await
     .context("session channel closed")?;
-    let mut inbound = client
-        .open(ReceiverStream::new(rx))
+    let inbound = tokio::time::timeout(OPEN_TIMEOUT, client.open(ReceiverStream::new(rx)))
         .await
+        .map_err(|_| anyhow::anyhow!("no answer to Hello within {}s", OPEN_TIMEOUT.as_secs()))?
         .context("opening the session")?
         .into_inner();
-    tracing::info!(%host, "session open");
+    Ok((tx, inbound))
+}
+
+/// One established session: serve `Desired` and send heartbeats until it breaks.
+async fn serve(
+    agent: &Agent,
+    tx: mpsc::Sender<v1::AgentMessage>,
+    mut inbound: tonic::Streaming<v1::ControllerMessage>,
+    heartbeat: Duration,
+    companions: &Companions,
+    confirm: &crate::confirm::Confirmer,
+) -> anyhow::Result<()> {
     companions.link.send_replace(Some(tx.clone()));
     for c in &companions.list {
         c.on_connect(&tx).await;

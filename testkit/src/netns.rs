@@ -7,6 +7,10 @@
 //! Code runs inside a namespace either as a command (`ip netns exec`) or on a thread that
 //! entered it with `setns(2)`; sockets stay in the namespace they were created in, so a
 //! probe's socket never leaks into the caller's namespace.
+//!
+//! [`NetNs::set_hosts`] gives the namespace's commands their own `/etc/hosts` (`ip netns
+//! exec` bind-mounts `/etc/netns/<name>/*` over `/etc`); that directory goes with the
+//! namespace (on drop, and when a dead process's namespaces are reaped).
 
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
@@ -19,6 +23,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
 const NETNS_DIR: &str = "/run/netns";
+/// Per-namespace configuration files, as `ip netns exec` looks for them.
+const ETC_NETNS_DIR: &str = "/etc/netns";
 const PREFIX: &str = "pct-";
 
 /// A network namespace created by this process; `ip netns del` on drop.
@@ -127,6 +133,22 @@ impl NetNs {
             .context("spawn thread")
     }
 
+    /// `/etc/hosts` for commands run in this namespace ([`NetNs::command`]; not for
+    /// [`NetNs::enter`]): e.g. one name with several addresses. Removed on drop.
+    pub fn set_hosts(&self, text: &str) -> Result<()> {
+        let dir = PathBuf::from(ETC_NETNS_DIR).join(&self.name);
+        let path = dir.join("hosts");
+        // Another namespace's drop may remove an empty /etc/netns in between: retry.
+        let mut tries = 0;
+        loop {
+            let r = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
+            match r {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                r => return r.with_context(|| format!("write {}", path.display())),
+            }
+        }
+    }
+
     fn open(&self) -> Result<File> {
         File::open(self.path()).with_context(|| format!("open {}", self.path().display()))
     }
@@ -137,6 +159,19 @@ impl Drop for NetNs {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             eprintln!("testkit: could not delete netns {}: {e:#}", self.name);
         }
+        remove_etc(&self.name);
+    }
+}
+
+/// Deletes `/etc/netns/<name>` if there is one ([`NetNs::set_hosts`]).
+fn remove_etc(name: &str) {
+    let dir = PathBuf::from(ETC_NETNS_DIR).join(name);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("testkit: could not delete {}: {e}", dir.display());
+        }
+        // Only when empty (no other namespace's files).
+        let _ = std::fs::remove_dir(ETC_NETNS_DIR);
     }
 }
 
@@ -158,22 +193,29 @@ pub(crate) fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Deletes `pct-<pid>-*` namespaces whose process is gone (left by a killed test run).
+/// Deletes `pct-<pid>-*` namespaces (and their `/etc/netns` files) whose process is gone
+/// (left by a killed test run).
 fn reap_stale() {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+    for dir in [NETNS_DIR, ETC_NETNS_DIR] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
-        if pid != std::process::id() && !PathBuf::from(format!("/proc/{pid}")).exists() {
-            let _ = ip(&["netns", "del", &name]);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !PathBuf::from(format!("/proc/{pid}")).exists() {
+                if dir == NETNS_DIR {
+                    let _ = ip(&["netns", "del", &name]);
+                } else {
+                    remove_etc(&name);
+                }
+            }
         }
     }
 }
@@ -213,5 +255,25 @@ mod tests {
         let ifaces: Vec<&str> = links.lines().skip(2).collect();
         assert_eq!(ifaces.len(), 1, "{links}");
         assert!(ifaces[0].trim_start().starts_with("lo:"));
+    }
+
+    #[test]
+    fn hosts_apply_to_commands_and_go_with_the_namespace() {
+        if !crate::require_root_netns() {
+            return;
+        }
+        let ns = NetNs::new().expect("create");
+        ns.set_hosts("10.77.9.1 two.e2e.test\n10.77.9.2 two.e2e.test\n")
+            .expect("set_hosts");
+        let dir = PathBuf::from(ETC_NETNS_DIR).join(ns.name());
+        let out = ns
+            .run_ok("getent", &["ahosts", "two.e2e.test"])
+            .expect("getent");
+        assert!(
+            out.contains("10.77.9.1") && out.contains("10.77.9.2"),
+            "{out}"
+        );
+        drop(ns);
+        assert!(!dir.exists(), "{} still exists", dir.display());
     }
 }

@@ -9,6 +9,7 @@ use crate::list::{Revocations, read_roots, serial_hex};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -133,7 +134,15 @@ pub fn endpoint(url: &str) -> Result<(Endpoint, Target), TrustError> {
         None => return Err(bad("no host")),
     };
     let endpoint = Endpoint::from_shared(plain).map_err(|e| bad(&e.to_string()))?;
-    Ok((endpoint, Target { host, port, name }))
+    Ok((
+        endpoint,
+        Target {
+            host,
+            port,
+            name,
+            addr: None,
+        },
+    ))
 }
 
 /// Where [`connect`] dials and which name the controller certificate must carry.
@@ -142,9 +151,28 @@ pub struct Target {
     host: String,
     port: u16,
     name: ServerName<'static>,
+    /// Dial this address instead of resolving `host` (see [`Target::at`]).
+    addr: Option<SocketAddr>,
 }
 
 impl Target {
+    /// The URL's host (an IP address or a DNS name, without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The URL's port (443 when the URL has none).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Dial `addr` (e.g. one of the addresses the URL's DNS name resolves to) while the
+    /// controller certificate is still checked against the URL's host name (SNI too).
+    pub fn at(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
     /// Check the controller certificate against `domain` instead of the URL's host.
     pub fn with_domain(mut self, domain: &str) -> Result<Self, TrustError> {
         self.name = ServerName::try_from(domain.to_owned())
@@ -163,7 +191,10 @@ pub async fn connect(
     let connector = tower::service_fn(move |_: Uri| {
         let (target, config) = (target.clone(), config.clone());
         async move {
-            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+            let tcp = match target.addr {
+                Some(addr) => tokio::net::TcpStream::connect(addr).await?,
+                None => tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?,
+            };
             let _ = tcp.set_nodelay(true);
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(target.name, tcp)
@@ -172,4 +203,25 @@ pub async fn connect(
         }
     });
     endpoint.connect_with_connector(connector).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_dials_the_address_and_keeps_the_urls_name() {
+        let (_, t) = endpoint("https://ctl.example.net:7443").unwrap();
+        assert_eq!(
+            (t.host(), t.port(), t.addr),
+            ("ctl.example.net", 7443, None)
+        );
+        let addr: SocketAddr = "10.77.0.2:7443".parse().unwrap();
+        let t = t.at(addr);
+        assert_eq!(t.addr, Some(addr));
+        assert_eq!(t.name, ServerName::try_from("ctl.example.net").unwrap());
+        let (_, t) = endpoint("https://[fd77::1]").unwrap();
+        assert_eq!((t.host(), t.port()), ("fd77::1", 443));
+    }
 }

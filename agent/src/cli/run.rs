@@ -12,9 +12,18 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Controller URL, e.g. https://10.77.0.1:7443 (its certificate must name that IP/host)
-    #[arg(long, env = "PORTCULLIS_CONTROLLER")]
-    pub controller: String,
+    /// Controller URL, e.g. https://10.77.0.1:7443 (its certificate must name that IP/host).
+    /// Repeatable, or comma-separated (PORTCULLIS_CONTROLLER=URL,URL), at most 16; a DNS
+    /// name stands for every address it resolves to (at most 16). The agent stays on one
+    /// and fails over to the next when it cannot be reached
+    #[arg(
+        long,
+        env = "PORTCULLIS_CONTROLLER",
+        value_delimiter = ',',
+        required = true,
+        value_name = "URL"
+    )]
+    pub controller: Vec<String>,
     /// CA certificate (PEM) that signed the controller's certificate
     #[arg(long, env = "PORTCULLIS_CA")]
     pub ca: PathBuf,
@@ -83,8 +92,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Result<Exit> {
+    // Every URL checked before anything starts; the error names the bad one.
+    crate::failover::parse_controllers(&args.controller)
+        .map_err(|e| super::BadInput(e.to_string()))?;
     let config = SessionConfig {
-        controller: args.controller,
+        controllers: args.controller,
         ca: args.ca,
         cert: args.cert,
         key: args.key,
@@ -148,7 +160,8 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
             companions.add(d.clone());
         }
         let exporter = metrics_listener.map(|l| {
-            let e = crate::metrics::Exposition::new(agent.clone(), denials, companions.conditions());
+            let e = crate::metrics::Exposition::new(agent.clone(), denials, companions.conditions())
+                .with_controller(companions.on_controller());
             tokio::spawn(portcullis_metrics::serve(
                 l,
                 move || {
@@ -182,5 +195,47 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::{Cli, Command};
+    use clap::Parser as _;
+
+    fn controllers(args: &[&str]) -> Vec<String> {
+        let mut argv = vec![
+            "portcullis-agent",
+            "run",
+            "--ca",
+            "c",
+            "--cert",
+            "a",
+            "--key",
+            "k",
+        ];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(r) => r.controller,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn controller_is_repeatable_and_takes_a_comma_separated_list() {
+        assert_eq!(
+            controllers(&[
+                "--controller",
+                "https://a:7443,https://b:7443",
+                "--controller",
+                "https://c:7443",
+            ]),
+            ["https://a:7443", "https://b:7443", "https://c:7443"]
+        );
+        assert_eq!(
+            controllers(&["--controller=https://a:7443"]),
+            ["https://a:7443"]
+        );
     }
 }

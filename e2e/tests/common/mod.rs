@@ -1,6 +1,11 @@
 //! A fleet in network namespaces: a bridge, a controller node, host nodes running real
 //! agents, and an `outside` node for probes. Real binaries, real certificates, real packets.
 //! Everything (processes, namespaces) is torn down on drop, also when a test panics.
+//!
+//! [`Fleet::with_controllers`] adds more controller nodes (10.77.0.2, .3, ...), each a
+//! `portcullis serve` with its own database and the same PKI (one controller certificate
+//! naming every controller's addresses); the `*_at(i, ..)` methods address controller `i`
+//! (0 is [`Fleet::ctl`], the one every other method uses).
 
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
@@ -47,9 +52,12 @@ impl Node {
 pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub ctl: Node,
+    /// Controllers 1.. (see [`Fleet::with_controllers`]); empty for one controller.
+    pub more_ctls: Vec<Node>,
     pub hosts: BTreeMap<String, Node>,
     pub outside: Node,
     controller: Option<Child>,
+    more_controllers: Vec<Option<Child>>,
     agents: BTreeMap<String, Child>,
     // Declared last: namespaces go after the processes in them.
     _sw: Bridge,
@@ -68,9 +76,21 @@ fn attach(sw: &Bridge, ns: NetNs, octet: u8) -> Result<Node> {
 impl Fleet {
     /// Namespaces and certificates for `hosts`; nothing started yet.
     pub fn new(hosts: &[&str]) -> Result<Self> {
+        Self::with_controllers(hosts, 1)
+    }
+
+    /// [`Fleet::new`] with `controllers` controller nodes (1 to 9): 10.77.0.1, .2, ...
+    pub fn with_controllers(hosts: &[&str], controllers: usize) -> Result<Self> {
+        if !(1..=9).contains(&controllers) {
+            bail!("1 to 9 controllers, not {controllers}");
+        }
         let dir = tempfile::tempdir()?;
         let sw = Bridge::new()?;
         let ctl = attach(&sw, NetNs::new()?, 1)?;
+        let mut more_ctls = Vec::new();
+        for i in 1..controllers {
+            more_ctls.push(attach(&sw, NetNs::new()?, u8::try_from(1 + i)?)?);
+        }
         let outside = attach(&sw, NetNs::new()?, 100)?;
         let mut nodes = BTreeMap::new();
         for (i, h) in hosts.iter().enumerate() {
@@ -80,6 +100,8 @@ impl Fleet {
         let fleet = Self {
             dir,
             ctl,
+            more_controllers: more_ctls.iter().map(|_| None).collect(),
+            more_ctls,
             hosts: nodes,
             outside,
             controller: None,
@@ -89,18 +111,19 @@ impl Fleet {
         let pki = fleet.pki();
         let pki = pki.to_str().context("utf-8 path")?;
         fleet.portcullis_ok(&["ca", "init", "--dir", pki])?;
-        let (v4, v6) = (fleet.ctl.v4.to_string(), fleet.ctl.v6.to_string());
-        fleet.portcullis_ok(&[
-            "ca",
-            "issue",
-            "controller",
-            "--san",
-            &v4,
-            "--san",
-            &v6,
-            "--dir",
-            pki,
-        ])?;
+        // One certificate for every controller: it names all their addresses.
+        let sans: Vec<String> = (0..controllers)
+            .flat_map(|i| {
+                let n = fleet.ctl_node(i);
+                [n.v4.to_string(), n.v6.to_string()]
+            })
+            .collect();
+        let mut args = vec!["ca", "issue", "controller"];
+        for san in &sans {
+            args.extend(["--san", san.as_str()]);
+        }
+        args.extend(["--dir", pki]);
+        fleet.portcullis_ok(&args)?;
         for h in hosts {
             fleet.portcullis_ok(&["ca", "issue", "agent", h, "--dir", pki])?;
         }
@@ -113,7 +136,31 @@ impl Fleet {
     }
 
     pub fn controller_url(&self) -> String {
-        format!("https://{}:{CTL_PORT}", self.ctl.v4)
+        self.controller_url_at(0)
+    }
+
+    /// How many controller nodes there are.
+    pub fn controllers(&self) -> usize {
+        1 + self.more_ctls.len()
+    }
+
+    /// Controller `i`'s node (0: [`Fleet::ctl`]).
+    pub fn ctl_node(&self, i: usize) -> &Node {
+        match i {
+            0 => &self.ctl,
+            _ => &self.more_ctls[i - 1],
+        }
+    }
+
+    pub fn controller_url_at(&self, i: usize) -> String {
+        format!("https://{}:{CTL_PORT}", self.ctl_node(i).v4)
+    }
+
+    /// Every controller's URL, in order.
+    pub fn controller_urls(&self) -> Vec<String> {
+        (0..self.controllers())
+            .map(|i| self.controller_url_at(i))
+            .collect()
     }
 
     /// `portcullis ARGS` in the host's own namespace (CA commands).
@@ -136,10 +183,22 @@ impl Fleet {
 
     /// [`Fleet::cli`] not started yet (to run it in the background).
     pub fn cli_command(&self, args: &[&str]) -> Command {
+        self.cli_command_at(0, args)
+    }
+
+    /// [`Fleet::cli`] against controller `i` (run in its namespace).
+    pub fn cli_at(&self, i: usize, args: &[&str]) -> Output {
+        self.cli_command_at(i, args)
+            .output()
+            .expect("running portcullis")
+    }
+
+    /// [`Fleet::cli_command`] against controller `i`.
+    pub fn cli_command_at(&self, i: usize, args: &[&str]) -> Command {
         let pki = self.pki();
-        let mut c = self.ctl.ns.command(bin("portcullis"));
+        let mut c = self.ctl_node(i).ns.command(bin("portcullis"));
         c.args(args)
-            .env("PORTCULLIS_CONTROLLER", self.controller_url())
+            .env("PORTCULLIS_CONTROLLER", self.controller_url_at(i))
             .env("PORTCULLIS_CERT", pki.join("admin-e2e.crt"))
             .env("PORTCULLIS_KEY", pki.join("admin-e2e.key"))
             .env("PORTCULLIS_CA", pki.join("ca.crt"))
@@ -183,25 +242,51 @@ impl Fleet {
         self.start_controller_full(&pki, extra)
     }
 
+    /// Start controller `i` (0: as [`Fleet::start_controller`]); controller `i > 0` has
+    /// its own database (`controller-<i>.db`) and log (`controller-<i>`).
+    pub fn start_controller_at(&mut self, i: usize) -> Result<()> {
+        let pki = self.pki();
+        self.start_controller_full_at(i, &pki, &[])
+    }
+
     fn start_controller_full(&mut self, pki: &Path, extra: &[&str]) -> Result<()> {
-        let child = self
-            .ctl
+        self.start_controller_full_at(0, pki, extra)
+    }
+
+    fn controller_name(i: usize) -> String {
+        match i {
+            0 => "controller".to_owned(),
+            _ => format!("controller-{i}"),
+        }
+    }
+
+    fn controller_slot(&mut self, i: usize) -> &mut Option<Child> {
+        match i {
+            0 => &mut self.controller,
+            _ => &mut self.more_controllers[i - 1],
+        }
+    }
+
+    fn start_controller_full_at(&mut self, i: usize, pki: &Path, extra: &[&str]) -> Result<()> {
+        let name = Self::controller_name(i);
+        let node = self.ctl_node(i);
+        let child = node
             .ns
             .command(bin("portcullis"))
             .args(["serve", "--listen", &format!("[::]:{CTL_PORT}")])
             .arg("--db")
-            .arg(self.dir.path().join("controller.db"))
+            .arg(self.dir.path().join(format!("{name}.db")))
             .arg("--pki")
             .arg(pki)
             .args(extra)
             .env("PORTCULLIS_LOG", "info,portcullis_controller=debug")
             .stdout(Stdio::null())
-            .stderr(self.log("controller"))
+            .stderr(self.log(&name))
             .spawn()?;
-        self.controller = Some(child);
+        let addr = SocketAddr::new(node.v4, CTL_PORT);
+        *self.controller_slot(i) = Some(child);
         // Ready when the port accepts.
-        let addr = SocketAddr::new(self.ctl.v4, CTL_PORT);
-        let ok = self.ctl.ns.enter(move || {
+        let ok = self.ctl_node(i).ns.enter(move || {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
@@ -213,16 +298,28 @@ impl Fleet {
         })?;
         if !ok {
             bail!(
-                "controller did not listen within 10 s:\n{}",
-                self.read_log("controller")
+                "{name} did not listen within 10 s:\n{}",
+                self.read_log(&name)
             );
         }
         Ok(())
     }
 
     pub fn stop_controller(&mut self) {
-        if let Some(mut c) = self.controller.take() {
+        self.stop_controller_at(0);
+    }
+
+    pub fn stop_controller_at(&mut self, i: usize) {
+        if let Some(mut c) = self.controller_slot(i).take() {
             terminate(&mut c);
+        }
+    }
+
+    /// SIGKILL controller `i`: no chance to close its sessions or its database.
+    pub fn kill_controller(&mut self, i: usize) {
+        if let Some(mut c) = self.controller_slot(i).take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -232,6 +329,17 @@ impl Fleet {
 
     /// [`Fleet::start_agent`] with extra `portcullis-agent run` flags (e.g. drift timing).
     pub fn start_agent_with(&mut self, host: &str, extra: &[&str]) -> Result<()> {
+        let url = self.controller_url();
+        self.start_agent_to(host, &[url], extra)
+    }
+
+    /// [`Fleet::start_agent_with`] given `controllers` (one `--controller` each).
+    pub fn start_agent_to(
+        &mut self,
+        host: &str,
+        controllers: &[String],
+        extra: &[&str],
+    ) -> Result<()> {
         let pki = self.pki();
         // "ctl": an agent on the controller's own host (issue its certificate first).
         let node = if host == "ctl" {
@@ -244,7 +352,11 @@ impl Fleet {
             .ns
             .command(bin("portcullis-agent"))
             .arg("run")
-            .args(["--controller", &self.controller_url()])
+            .args(
+                controllers
+                    .iter()
+                    .flat_map(|c| ["--controller", c.as_str()]),
+            )
             .arg("--ca")
             .arg(pki.join("ca.crt"))
             .arg("--cert")
@@ -284,10 +396,22 @@ impl Fleet {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.wait_status_at(0, hosts, what, Duration::from_secs(15), pred)
+    }
+
+    /// [`Fleet::wait_status`] on controller `i`, waiting at most `within`.
+    pub fn wait_status_at(
+        &self,
+        i: usize,
+        hosts: &[&str],
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
         let mut last = serde_json::Value::Null;
         while Instant::now() < deadline {
-            let out = self.cli(&["status", "--json"]);
+            let out = self.cli_at(i, &["status", "--json"]);
             if out.status.success() {
                 last = serde_json::from_slice(&out.stdout).unwrap_or_default();
                 let all = hosts.iter().all(|h| {
@@ -303,7 +427,8 @@ impl Fleet {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "hosts {hosts:?} never became {what}; last status: {last:#}\n{}",
+            "hosts {hosts:?} never became {what} on controller {i} within {within:?}; \
+             last status: {last:#}\n{}",
             self.logs()
         );
     }
@@ -350,14 +475,22 @@ impl Fleet {
 
     /// `portcullis apply` that must succeed on every host.
     pub fn apply_ok(&self, inv: &Path, site: &Path) {
-        let out = self.cli(&[
-            "apply",
-            "-i",
-            inv.to_str().expect("utf-8"),
-            site.to_str().expect("utf-8"),
-            "--timeout",
-            "20s",
-        ]);
+        self.apply_ok_at(0, inv, site);
+    }
+
+    /// [`Fleet::apply_ok`] through controller `i`.
+    pub fn apply_ok_at(&self, i: usize, inv: &Path, site: &Path) {
+        let out = self.cli_at(
+            i,
+            &[
+                "apply",
+                "-i",
+                inv.to_str().expect("utf-8"),
+                site.to_str().expect("utf-8"),
+                "--timeout",
+                "20s",
+            ],
+        );
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -381,6 +514,8 @@ impl Drop for Fleet {
         for h in hosts {
             self.stop_agent(&h);
         }
-        self.stop_controller();
+        for i in 0..self.controllers() {
+            self.stop_controller_at(i);
+        }
     }
 }
