@@ -180,7 +180,7 @@ impl v1::admin_server::Admin for AdminService {
         let next_revision = self
             .shared
             .store
-            .call(|c| store::latest_revision(c))
+            .call(store::latest_revision)
             .await
             .map_err(super::session::internal)?
             + 1;
@@ -441,7 +441,7 @@ impl v1::admin_server::Admin for AdminService {
         let hosts = self
             .shared
             .store
-            .call(|c| store::list_hosts(c))
+            .call(store::list_hosts)
             .await
             .map_err(super::session::internal)?;
         let now = store::now_ms();
@@ -522,7 +522,7 @@ impl Remote {
         if hosts.is_empty() {
             return Vec::new();
         }
-        let rows = self.store.call(|c| store::list_hosts(c)).await;
+        let rows = self.store.call(store::list_hosts).await;
         let Ok(rows) = rows else {
             return Vec::new();
         };

@@ -257,7 +257,7 @@ impl Exposition {
     /// Refresh the store counts, then encode.
     pub async fn render(&self) -> Result<String, portcullis_metrics::Error> {
         let store = self.snapshot.shared.store.clone();
-        let read = store.call(|c| crate::store::store_gauges(c));
+        let read = store.call(crate::store::store_gauges);
         match tokio::time::timeout(Duration::from_secs(4), read).await {
             Ok(Ok(g)) => {
                 *self

@@ -74,7 +74,7 @@ fn parse(payload: &str) -> Option<(&str, u64)> {
 
 /// Hosts connected here whose desired revision is not what they applied.
 async fn catch_up(shared: &Arc<Shared>) {
-    let hosts = match shared.store.call(|c| store::list_hosts(c)).await {
+    let hosts = match shared.store.call(store::list_hosts).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "catching up on published revisions");

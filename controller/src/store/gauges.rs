@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn an_empty_store_counts_nothing_and_hosts_group_by_drift_state() {
         crate::store::testing::each_engine(|store| {
-            let g = store.call_sync(|c| store_gauges(c)).unwrap();
+            let g = store.call_sync(store_gauges).unwrap();
             assert_eq!(g, StoreGauges::default());
             store
                 .call_sync(|c| {
@@ -123,7 +123,7 @@ mod tests {
                     )
                 })
                 .unwrap();
-            let g = store.call_sync(|c| store_gauges(c)).unwrap();
+            let g = store.call_sync(store_gauges).unwrap();
             assert_eq!(g.hosts, 2);
             assert_eq!(
                 g.drift,

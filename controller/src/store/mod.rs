@@ -133,7 +133,7 @@ enum Engine {
         pool: deadpool_postgres::Pool,
         rt: tokio::runtime::Handle,
         /// For connections outside the pool (LISTEN).
-        config: tokio_postgres::Config,
+        config: Box<tokio_postgres::Config>,
         ca: Option<PathBuf>,
     },
 }
@@ -213,7 +213,7 @@ impl Store {
             engine: Arc::new(Engine::Postgres {
                 pool,
                 rt: tokio::runtime::Handle::current(),
-                config,
+                config: Box::new(config),
                 ca: db_ca.map(Path::to_path_buf),
             }),
             latency: Histogram::new(portcullis_metrics::collect::duration_buckets()),

@@ -12,7 +12,7 @@ use tonic::Status;
 pub async fn attest(shared: &Shared, hosts: &mut [v1::HostStatus]) -> Result<(), Status> {
     let rows = shared
         .store
-        .call(|c| store::drift::rows(c))
+        .call(store::drift::rows)
         .await
         .map_err(super::internal)?;
     for h in hosts.iter_mut() {

@@ -27,7 +27,7 @@ pub fn keep_requirements(keep: &[String]) -> Result<Vec<Requirement>, Status> {
 async fn agent_addrs(shared: &Shared) -> Result<BTreeMap<String, IpAddr>, Status> {
     let hosts = shared
         .store
-        .call(|c| store::list_hosts(c))
+        .call(store::list_hosts)
         .await
         .map_err(crate::server::session::internal)?;
     Ok(hosts

@@ -240,7 +240,7 @@ pub async fn rollback_request(
         && rb.max_denial_increase == 0.0
         && let Some((serial, max_fail, confirm_ms, gates)) = shared
             .store
-            .call(|c| store::rollout::latest_settings(c))
+            .call(store::rollout::latest_settings)
             .await
             .map_err(crate::server::session::internal)?
     {
@@ -253,7 +253,7 @@ pub async fn rollback_request(
     }
     let latest = shared
         .store
-        .call(|c| store::latest_revision(c))
+        .call(store::latest_revision)
         .await
         .map_err(crate::server::session::internal)?;
     let to = if rb.to_revision == 0 {
