@@ -103,7 +103,17 @@ async fn an_apply_through_one_controller_reaches_agents_on_another() {
         assert!(h.hash_match, "{h:?}");
     }
 
-    // A denial batch stored through B is in A's logs.
+    // A denial batch stored through B is in A's logs, and reaches a `--follow` on A.
+    let mut follow = admin_a
+        .logs(v1::LogsRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let backlog = follow.next().await.unwrap().unwrap();
+    assert!(backlog.rows.is_empty(), "{backlog:?}");
     h1.store(v1::DenialBatch {
         seq: 1,
         epoch: 7,
@@ -132,4 +142,51 @@ async fn an_apply_through_one_controller_reaches_agents_on_another() {
     let first = logs.next().await.unwrap().unwrap();
     assert_eq!(first.rows.len(), 1, "{first:?}");
     assert_eq!(first.rows[0].src, "192.0.2.9");
+    let live = tokio::time::timeout(Duration::from_secs(3), follow.next())
+        .await
+        .expect("the followed row did not arrive on A")
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.rows.len(), 1, "{live:?}");
+    assert_eq!(live.rows[0].src, "192.0.2.9");
+
+    // `drift` on A reaches h1 through B: B asks it to verify, A reads the answer.
+    let mut admin = a.admin("ops").await;
+    let ask = tokio::spawn(async move {
+        admin
+            .drift(v1::DriftRequest {
+                pattern: "h1".into(),
+                timeout_ms: 5_000,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    let verify = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), h1.inbound.next())
+            .await
+            .expect("no VerifyNow through B")
+            .unwrap()
+            .unwrap();
+        if let Some(v1::controller_message::Msg::Verify(v)) = msg.msg {
+            break v;
+        }
+    };
+    h1.tx
+        .send(v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Drift(v1::DriftReport {
+                revision: d.revision,
+                in_sync: true,
+                expected_hash: d.expected_hash.clone(),
+                kernel_hash: d.expected_hash.clone(),
+                trigger: "request".into(),
+                request_id: verify.request_id,
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+    let drift = ask.await.unwrap().unwrap();
+    let h = drift.hosts.iter().find(|h| h.host == "h1").unwrap();
+    assert_eq!(h.state, v1::DriftState::InSync as i32, "{h:?}");
+    assert_eq!(h.revision, d.revision);
 }

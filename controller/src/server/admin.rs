@@ -293,19 +293,16 @@ impl v1::admin_server::Admin for AdminService {
         // Hosts whose sessions another controller holds (shared store): it pushes to them
         // when this revision is published; their results are read from the store.
         let remote: BTreeSet<String> = {
-            let me = self.shared.controller_id.clone();
             let now = store::now_ms();
             self.shared
                 .store
-                .call(move |c| {
-                    Ok(store::list_hosts(c)?
-                        .into_iter()
-                        .filter(|h| h.connected_elsewhere(&me, now))
-                        .map(|h| h.name)
-                        .collect())
-                })
+                .call(store::list_hosts)
                 .await
                 .map_err(super::session::internal)?
+                .into_iter()
+                .filter(|h| self.shared.elsewhere(h, now))
+                .map(|h| h.name)
+                .collect()
         };
         let revision = {
             let (author, req, rows) = (author.clone(), req.clone(), rows);
@@ -449,7 +446,7 @@ impl v1::admin_server::Admin for AdminService {
             .into_iter()
             .map(|h| v1::HostStatus {
                 connected: self.shared.registry.is_connected(&h.name)
-                    || h.connected_elsewhere(&self.shared.controller_id, now),
+                    || self.shared.elsewhere(&h, now),
                 conditions: self.shared.registry.conditions(&h.name),
                 hash_match: !h.expected_hash.is_empty() && h.expected_hash == h.reported_hash,
                 host: h.name,

@@ -179,6 +179,18 @@ pub async fn drift(shared: &Shared, req: v1::DriftRequest) -> Result<v1::DriftRe
     let names: Vec<String> = known.iter().map(|h| h.name.clone()).collect();
     let selected = select::hosts(&names, inventory.as_ref(), &req.pattern)
         .map_err(Status::invalid_argument)?;
+    // Sessions another controller holds (shared store): asked through the store.
+    let now = store::now_ms();
+    let remote: Vec<String> = known
+        .iter()
+        .filter(|h| selected.contains(&h.name) && !shared.registry.is_connected(&h.name))
+        .filter(|h| shared.elsewhere(h, now))
+        .map(|h| h.name.clone())
+        .collect();
+    let selected: Vec<String> = selected
+        .into_iter()
+        .filter(|h| !remote.contains(h))
+        .collect();
     let desired: BTreeMap<String, u64> = known
         .into_iter()
         .map(|h| (h.name, h.desired_revision))
@@ -189,7 +201,11 @@ pub async fn drift(shared: &Shared, req: v1::DriftRequest) -> Result<v1::DriftRe
     };
     let mut out: BTreeMap<String, v1::HostDrift> = BTreeMap::new();
     let mut reports = Vec::new();
-    for (host, answer) in verify_now(shared, &selected, timeout).await {
+    let (local, far) = tokio::join!(
+        verify_now(shared, &selected, timeout),
+        verify_remote(shared, &remote, timeout)
+    );
+    for (host, answer) in local.into_iter().chain(far) {
         match answer {
             Ok((r, facts)) => reports.push((host, r, facts)),
             Err(why) => {
@@ -269,6 +285,82 @@ pub async fn verify_now<'a>(
             }
         };
         out.insert(host, answer);
+    }
+    out
+}
+
+/// How often [`verify_remote`] reads the store for the answers.
+const REMOTE_POLL: Duration = Duration::from_millis(200);
+
+/// Ask the controllers holding `hosts`' sessions to have them verify now, and read their
+/// answers from the store (stored by that controller as any drift report is): a host
+/// has answered once its `verified_ms` is at or after the request (controllers' clocks
+/// are assumed to agree within the poll interval; a controller far behind makes its
+/// hosts look unanswered, never falsely in sync).
+async fn verify_remote(
+    shared: &Shared,
+    hosts: &[String],
+    timeout: Duration,
+) -> BTreeMap<String, Result<(v1::DriftReport, Facts), String>> {
+    let mut out = BTreeMap::new();
+    if hosts.is_empty() {
+        return out;
+    }
+    let asked_at = store::now_ms();
+    let (me, list) = (shared.controller_id.clone(), hosts.to_vec());
+    if let Err(e) = shared
+        .store
+        .call(move |c| store::publish_verify(c, &me, &list))
+        .await
+    {
+        for h in hosts {
+            out.insert(h.clone(), Err(format!("cannot ask its controller: {e:#}")));
+        }
+        return out;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut waiting: std::collections::BTreeSet<String> = hosts.iter().cloned().collect();
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(REMOTE_POLL).await;
+        let rows = shared
+            .store
+            .call(|c| Ok((store::list_hosts(c)?, store::drift::rows(c)?)))
+            .await;
+        let Ok((hosts_rows, drift_rows)) = rows else {
+            continue;
+        };
+        for h in hosts_rows {
+            let Some(d) = drift_rows.get(&h.name) else {
+                continue;
+            };
+            if !waiting.contains(&h.name) || d.verified_ms < asked_at {
+                continue;
+            }
+            waiting.remove(&h.name);
+            let facts: Facts = serde_json::from_str(&h.facts_json).unwrap_or_default();
+            let report = v1::DriftReport {
+                revision: h.applied_revision,
+                in_sync: d.state == "in_sync" || d.state == "healed",
+                kernel_hash: h.reported_hash.clone(),
+                diff: d.diff.clone(),
+                healed: d.state == "healed" && d.healed_ms >= asked_at,
+                heal_suppressed: d.state == "heal_suppressed",
+                trigger: "request".to_owned(),
+                detected_unix_ms: d.detected_ms,
+                healed_unix_ms: d.healed_ms,
+                ..Default::default()
+            };
+            out.insert(h.name, Ok((report, facts)));
+        }
+    }
+    for h in waiting {
+        out.insert(
+            h,
+            Err(format!(
+                "no answer within {} (session on another controller)",
+                humantime::format_duration(timeout)
+            )),
+        );
     }
     out
 }

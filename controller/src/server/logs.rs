@@ -288,8 +288,11 @@ pub async fn logs(shared: &Shared, req: v1::LogsRequest) -> Result<LogsStream, S
         0 => DEFAULT_LIMIT,
         n => usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
     };
-    // Subscribe before reading the high-water mark so no row falls between the two.
-    let live = req.follow.then(|| shared.logs.live.subscribe());
+    // Subscribe before reading the high-water mark so no row falls between the two. On a
+    // shared store rows come from every controller: followed in the database instead.
+    let shared_db = shared.logs.db.dialect() == store::Dialect::Postgres;
+    let live = (req.follow && !shared_db).then(|| shared.logs.live.subscribe());
+    let shared_store = (req.follow && shared_db).then(|| shared.logs.db.clone());
     let f = filter.clone();
     let (high, rows, host_totals) = read(&shared.logs.db, move |c| {
         let high = store::max_denial_id(c)?;
@@ -318,6 +321,8 @@ pub async fn logs(shared: &Shared, req: v1::LogsRequest) -> Result<LogsStream, S
         }
         if let Some(live) = live {
             follow(live, filter, high, tx).await;
+        } else if let Some(db) = shared_store {
+            follow_store(db, filter, high, tx).await;
         }
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
@@ -370,6 +375,55 @@ async fn follow(
         };
         if tx.send(Ok(event)).await.is_err() {
             return;
+        }
+    }
+}
+
+/// How often a `--follow` on a shared store looks for new rows.
+const FOLLOW_POLL: Duration = Duration::from_millis(300);
+
+/// `--follow` on a shared store: every row stored after `high` through any controller, in
+/// id order (ids follow commit order across controllers: see `store::denials`), read a page
+/// at a time; a slow reader holds the pages back (bounded queue), it is never sent twice.
+async fn follow_store(
+    db: store::Store,
+    filter: DenialFilter,
+    mut high: i64,
+    tx: mpsc::Sender<Result<v1::LogsEvent, Status>>,
+) {
+    let mut tick = tokio::time::interval(FOLLOW_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tx.closed() => return,
+        }
+        loop {
+            let f = filter.clone();
+            let page = db
+                .read(move |c| store::query_denials_after(c, &f, high, ROWS_PER_EVENT))
+                .await;
+            let (rows, last, full) = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "logs --follow: reading new rows failed; retrying");
+                    break;
+                }
+            };
+            high = last;
+            if !rows.is_empty() {
+                let event = v1::LogsEvent {
+                    rows: rows.into_iter().map(row).collect(),
+                    totals: Vec::new(),
+                    missed_batches: 0,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
         }
     }
 }

@@ -50,6 +50,15 @@ pub struct ServeConfig {
     pub logs: logs::LogsConfig,
 }
 
+impl Shared {
+    /// Whether another controller holds `h`'s session (a shared store only: with SQLite
+    /// this controller is the only one, and what the store says is from an earlier run).
+    pub fn elsewhere(&self, h: &crate::store::HostRecord, now_ms: i64) -> bool {
+        self.store.dialect() == crate::store::Dialect::Postgres
+            && h.connected_elsewhere(&self.controller_id, now_ms)
+    }
+}
+
 /// State shared by the services.
 #[derive(Debug)]
 pub struct Shared {

@@ -35,15 +35,49 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// `"<controller> <revision>"` from another controller: push to our hosts it targets.
+/// What another controller announced.
+#[derive(Debug, PartialEq, Eq)]
+enum Notice<'a> {
+    /// A revision was stored: push it to our hosts it targets.
+    Revision(u64),
+    /// `drift --now` on that controller: have our hosts among these verify now (their
+    /// reports go to the store, where it reads them).
+    Verify(Vec<&'a str>),
+}
+
+/// How long our hosts get to answer another controller's verify request.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn on_publish(shared: &Arc<Shared>, payload: &str) {
-    let Some((from, revision)) = parse(payload) else {
+    let Some((from, notice)) = parse(payload) else {
         tracing::warn!(%payload, "unreadable publish notification ignored");
         return;
     };
     if from == shared.controller_id {
         return;
     }
+    let revision = match notice {
+        Notice::Revision(r) => r,
+        Notice::Verify(hosts) => {
+            let ours: Vec<String> = hosts
+                .into_iter()
+                .filter(|h| shared.registry.is_connected(h))
+                .map(str::to_owned)
+                .collect();
+            if !ours.is_empty() {
+                tracing::info!(
+                    from,
+                    hosts = ours.len(),
+                    "verify requested by another controller"
+                );
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    super::drift::verify_now(&shared, &ours, VERIFY_TIMEOUT).await;
+                });
+            }
+            return;
+        }
+    };
     let targets = match shared
         .store
         .call(move |c| store::revision_targets(c, revision))
@@ -67,9 +101,12 @@ async fn on_publish(shared: &Arc<Shared>, payload: &str) {
     );
 }
 
-fn parse(payload: &str) -> Option<(&str, u64)> {
-    let (from, rev) = payload.split_once(' ')?;
-    Some((from, rev.parse().ok()?))
+fn parse(payload: &str) -> Option<(&str, Notice<'_>)> {
+    let (from, rest) = payload.split_once(' ')?;
+    if let Some(hosts) = rest.strip_prefix("verify ") {
+        return Some((from, Notice::Verify(hosts.split(',').collect())));
+    }
+    Some((from, Notice::Revision(rest.parse().ok()?)))
 }
 
 /// Hosts connected here whose desired revision is not what they applied.
@@ -119,7 +156,12 @@ async fn push(shared: &Arc<Shared>, host: &str) -> bool {
 mod tests {
     #[test]
     fn payloads_parse_or_are_refused() {
-        assert_eq!(super::parse("c1 42"), Some(("c1", 42)));
+        use super::Notice;
+        assert_eq!(super::parse("c1 42"), Some(("c1", Notice::Revision(42))));
+        assert_eq!(
+            super::parse("c1 verify h1,h2"),
+            Some(("c1", Notice::Verify(vec!["h1", "h2"])))
+        );
         assert_eq!(super::parse("c1"), None);
         assert_eq!(super::parse("c1 x"), None);
         assert_eq!(super::parse("c1 -1"), None);

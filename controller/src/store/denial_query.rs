@@ -201,6 +201,59 @@ impl DenialFilter {
     }
 }
 
+/// The columns [`record`] reads, in its order.
+const COLUMNS: &str =
+    "id, host, src, dst, proto, dport, ifname, count, first_ms, last_ms, revision, audit";
+
+fn record(r: &Row<'_>) -> anyhow::Result<DenialRecord> {
+    Ok(DenialRecord {
+        id: r.get(0)?,
+        host: r.get(1)?,
+        denial: NewDenial {
+            src: r.get(2)?,
+            dst: r.get(3)?,
+            proto: u8::try_from(r.get::<i64>(4)?).unwrap_or(0),
+            dport: u16::try_from(r.get::<i64>(5)?).unwrap_or(0),
+            ifname: r.get(6)?,
+            count: u64::try_from(r.get::<i64>(7)?).unwrap_or(0),
+            first_ms: r.get(8)?,
+            last_ms: r.get(9)?,
+            revision: u64::try_from(r.get::<i64>(10)?).unwrap_or(0),
+            audit: r.get(11)?,
+        },
+    })
+}
+
+/// Run `sql` (selecting [`COLUMNS`]) and keep at most `limit` rows that pass the
+/// source post-filter when `post`.
+fn matching(
+    conn: &Db<'_>,
+    sql: &str,
+    args: &[Arg<'_>],
+    filter: &DenialFilter,
+    post: bool,
+    limit: usize,
+) -> anyhow::Result<Vec<DenialRecord>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    conn.each(sql, args, |r| {
+        let rec = record(r)?;
+        if post
+            && !filter
+                .source
+                .as_ref()
+                .is_some_and(|n| source_matches(n, &rec.denial.src))
+        {
+            return Ok(true);
+        }
+        out.push(rec);
+        Ok(out.len() < limit)
+    })?;
+    Ok(out)
+}
+
 /// The newest `limit` matching rows (newest first), only rows with id <= `max_id` if given.
 pub fn query_denials(
     conn: &Db<'_>,
@@ -209,46 +262,34 @@ pub fn query_denials(
     max_id: Option<i64>,
 ) -> anyhow::Result<Vec<DenialRecord>> {
     let (wh, args, post) = filter.where_sql(conn.dialect(), max_id);
-    let mut sql = format!(
-        "SELECT id, host, src, dst, proto, dport, ifname, count, first_ms, last_ms, revision, audit
-         FROM denials{wh} ORDER BY last_ms DESC, id DESC"
-    );
+    let mut sql = format!("SELECT {COLUMNS} FROM denials{wh} ORDER BY last_ms DESC, id DESC");
     if !post {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
-    let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
-    }
-    conn.each(&sql, &args, |r| {
-        let src: String = r.get(2)?;
-        if post
-            && !filter
-                .source
-                .as_ref()
-                .is_some_and(|n| source_matches(n, &src))
-        {
-            return Ok(true);
-        }
-        out.push(DenialRecord {
-            id: r.get(0)?,
-            host: r.get(1)?,
-            denial: NewDenial {
-                src,
-                dst: r.get(3)?,
-                proto: u8::try_from(r.get::<i64>(4)?).unwrap_or(0),
-                dport: u16::try_from(r.get::<i64>(5)?).unwrap_or(0),
-                ifname: r.get(6)?,
-                count: u64::try_from(r.get::<i64>(7)?).unwrap_or(0),
-                first_ms: r.get(8)?,
-                last_ms: r.get(9)?,
-                revision: u64::try_from(r.get::<i64>(10)?).unwrap_or(0),
-                audit: r.get(11)?,
-            },
-        });
-        Ok(out.len() < limit)
-    })?;
-    Ok(out)
+    matching(conn, &sql, &args, filter, post, limit)
+}
+
+/// Matching rows stored after row `after_id`, oldest first, scanning at most `scan` rows
+/// (a `--follow` reader's next page; the last id scanned is the next `after_id`).
+/// Returns (rows, last id scanned, whether `scan` rows were scanned: more may follow).
+pub fn query_denials_after(
+    conn: &Db<'_>,
+    filter: &DenialFilter,
+    after_id: i64,
+    scan: usize,
+) -> anyhow::Result<(Vec<DenialRecord>, i64, bool)> {
+    let page = conn.query(
+        &format!("SELECT {COLUMNS} FROM denials WHERE id > ?1 ORDER BY id LIMIT ?2"),
+        args![after_id, scan],
+        record,
+    )?;
+    let last = page.last().map_or(after_id, |r| r.id);
+    let full = page.len() >= scan;
+    let rows = page
+        .into_iter()
+        .filter(|r| filter.matches(&r.host, &r.denial))
+        .collect();
+    Ok((rows, last, full))
 }
 
 /// Top denied ports and sources of one host over the window.

@@ -495,39 +495,6 @@ pub fn max_denial_id(conn: &Db<'_>) -> anyhow::Result<i64> {
     Ok(v.unwrap_or(0))
 }
 
-/// Stored rows with ids in `(after, upto]`, oldest first, at most `limit` (a follower
-/// reading what other controllers stored).
-pub fn denials_after(
-    conn: &Db<'_>,
-    after: i64,
-    upto: i64,
-    limit: usize,
-) -> anyhow::Result<Vec<DenialRecord>> {
-    conn.query(
-        "SELECT id, host, src, dst, proto, dport, ifname, count, first_ms, last_ms, revision, audit
-           FROM denials WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-        args![after, upto, limit],
-        |r| {
-            Ok(DenialRecord {
-                id: r.get(0)?,
-                host: r.get(1)?,
-                denial: NewDenial {
-                    src: r.get(2)?,
-                    dst: r.get(3)?,
-                    proto: u8::try_from(r.get::<i64>(4)?).unwrap_or(0),
-                    dport: u16::try_from(r.get::<i64>(5)?).unwrap_or(0),
-                    ifname: r.get(6)?,
-                    count: u(r.get(7)?),
-                    first_ms: r.get(8)?,
-                    last_ms: r.get(9)?,
-                    revision: u(r.get(10)?),
-                    audit: r.get(11)?,
-                },
-            })
-        },
-    )
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -653,10 +620,19 @@ mod tests {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 assert_eq!(last, ("h1".to_string(), 149));
-                let after = denials_after(c, 140, 160, 100)?;
-                assert_eq!(after.len(), 20);
+                let f = crate::store::DenialFilter::default();
+                let (after, last, full) = crate::store::query_denials_after(c, &f, 140, 20)?;
+                assert_eq!((after.len(), last, full), (20, 160, true));
                 assert_eq!((after[0].id, after[19].id), (141, 160));
                 assert_eq!(after[10].host, "h2");
+                let h2 = crate::store::DenialFilter {
+                    hosts: crate::store::HostPattern::parse("h2")?,
+                    ..Default::default()
+                };
+                let (after, last, _) = crate::store::query_denials_after(c, &h2, 140, 20)?;
+                assert_eq!((after.len(), last), (10, 160), "scanned 20, 10 match");
+                let (_, last, full) = crate::store::query_denials_after(c, &f, 290, 20)?;
+                assert_eq!((last, full), (300, false));
                 Ok(())
             })
         });

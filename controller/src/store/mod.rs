@@ -373,6 +373,40 @@ pub fn publish(db: &Db<'_>, controller: &str, revision: u64) -> anyhow::Result<(
     Ok(())
 }
 
+/// Most bytes of host names in one verify notification (PostgreSQL's payload limit is
+/// 8000 bytes).
+const VERIFY_PAYLOAD: usize = 7_000;
+
+/// Ask every controller sharing the database to have `hosts` verify now (those whose
+/// sessions it holds): `"<controller> verify <host>,<host>,..."`, in as many notifications
+/// as the payload limit needs. Sent at once (not in a transaction). Nothing on SQLite.
+pub fn publish_verify(db: &Db<'_>, controller: &str, hosts: &[String]) -> anyhow::Result<()> {
+    if db.dialect() != Dialect::Postgres {
+        return Ok(());
+    }
+    let mut chunk = String::new();
+    let send = |chunk: &mut String| -> anyhow::Result<()> {
+        if !chunk.is_empty() {
+            db.execute(
+                "SELECT pg_notify(?1, ?2)",
+                crate::args![PUBLISH_CHANNEL, format!("{controller} verify {chunk}")],
+            )?;
+            chunk.clear();
+        }
+        Ok(())
+    };
+    for h in hosts.iter().filter(|h| !h.contains([',', ' '])) {
+        if chunk.len() + h.len() + 1 > VERIFY_PAYLOAD {
+            send(&mut chunk)?;
+        }
+        if !chunk.is_empty() {
+            chunk.push(',');
+        }
+        chunk.push_str(h);
+    }
+    send(&mut chunk)
+}
+
 impl Store {
     /// The payloads of notifications on `channel`, from a connection of its own
     /// (PostgreSQL; `None` on SQLite, where there is one controller). The receiver ends
