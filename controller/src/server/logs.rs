@@ -138,6 +138,15 @@ async fn retention(writer: writer::WeakWriter, db: store::Store, config: LogsCon
             let cutoff = store::now_ms().saturating_sub(age);
             sweep(&w, Sweep::OlderThan(cutoff), usize::MAX).await;
         }
+        // Shared store: the days that are over get their query indexes.
+        let today = store::now_ms().div_euclid(store::DAY_MS);
+        match db.read(move |c| store::seal_partitions(c, today)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(indexes = n, "denial log: past days indexed"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "denial log: indexing past days failed")
+            }
+        }
         let Some(max_rows) = config.max_rows else {
             continue;
         };

@@ -442,19 +442,8 @@ pub fn delete_denials_before(conn: &Db<'_>, cutoff_ms: i64, chunk: usize) -> any
 
 /// Drop the day partitions that end at or before `cutoff_ms`; returns their row count.
 fn drop_partitions_before(conn: &Db<'_>, cutoff_ms: i64) -> anyhow::Result<usize> {
-    let parts: Vec<String> = conn.query(
-        "SELECT CAST(c.relname AS TEXT) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-          WHERE i.inhparent = CAST(to_regclass('denials') AS OID)",
-        args![],
-        |r| r.get(0),
-    )?;
     let mut rows = 0usize;
-    for name in parts {
-        let day = match name.strip_prefix("denials_dm") {
-            Some(d) => d.parse::<i64>().map(|d| -d),
-            None => name.strip_prefix("denials_d").unwrap_or("x").parse::<i64>(),
-        };
-        let Ok(day) = day else { continue };
+    for (day, name) in partitions(conn)? {
         if (day + 1).saturating_mul(DAY_MS) <= cutoff_ms {
             let tx = conn.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock(?1)", args![DENIAL_LOCK])?;
@@ -469,6 +458,64 @@ fn drop_partitions_before(conn: &Db<'_>, cutoff_ms: i64) -> anyhow::Result<usize
         }
     }
     Ok(rows)
+}
+
+/// The day partitions (PostgreSQL), by day number.
+fn partitions(conn: &Db<'_>) -> anyhow::Result<Vec<(i64, String)>> {
+    let names: Vec<String> = conn.query(
+        "SELECT CAST(c.relname AS TEXT) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = CAST(to_regclass('denials') AS OID)",
+        args![],
+        |r| r.get(0),
+    )?;
+    let mut out: Vec<(i64, String)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let day = match name.strip_prefix("denials_dm") {
+                Some(d) => d.parse::<i64>().ok().map(|d| -d),
+                None => name.strip_prefix("denials_d")?.parse::<i64>().ok(),
+            }?;
+            Some((day, name))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Give the day partitions before `before_day` their (host, time) and (port, time)
+/// indexes (PostgreSQL; nothing on SQLite, whose table has them from the start). Built
+/// `CONCURRENTLY`, so a late row for that day is not held up; an index left invalid by
+/// an interrupted build is dropped and built again. Outside any transaction. Returns how
+/// many indexes were built.
+pub fn seal_partitions(conn: &Db<'_>, before_day: i64) -> anyhow::Result<usize> {
+    if conn.dialect() != Dialect::Postgres {
+        return Ok(0);
+    }
+    let mut built = 0;
+    for (day, name) in partitions(conn)? {
+        if day >= before_day {
+            continue;
+        }
+        for (suffix, cols) in [("host", "host, last_ms"), ("port", "dport, last_ms")] {
+            let index = format!("{name}_{suffix}");
+            let valid: Option<bool> = conn.query_opt(
+                "SELECT i.indisvalid FROM pg_index i
+                  WHERE i.indexrelid = CAST(to_regclass(?1) AS OID)",
+                args![index],
+                |r| r.get(0),
+            )?;
+            match valid {
+                Some(true) => continue,
+                Some(false) => conn.batch(&format!("DROP INDEX CONCURRENTLY {index}"))?,
+                None => {}
+            }
+            conn.batch(&format!(
+                "CREATE INDEX CONCURRENTLY {index} ON {name} ({cols})"
+            ))?;
+            built += 1;
+        }
+    }
+    Ok(built)
 }
 
 /// Delete at most `chunk` of the oldest-inserted rows beyond the newest `max_rows` (by row
@@ -674,6 +721,9 @@ mod tests {
                     c.query("SELECT last_ms FROM denials", args![], |r| r.get(0))?;
                 assert_eq!(left, vec![day(20_002)]);
                 if c.dialect() == Dialect::Postgres {
+                    // The remaining (past) day gets its query indexes, once.
+                    assert_eq!(seal_partitions(c, 30_000)?, 2);
+                    assert_eq!(seal_partitions(c, 30_000)?, 0);
                     let parts: i64 = c.query_one(
                         "SELECT COUNT(*) FROM pg_inherits
                           WHERE inhparent = CAST(to_regclass('denials') AS OID)",

@@ -157,6 +157,8 @@ const SQLITE: &[&str] = &[
     // while the lease is renewed, and interrupts it once it has expired.
     "ALTER TABLE rollouts ADD COLUMN controller TEXT NOT NULL DEFAULT '';
      ALTER TABLE rollouts ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 0;",
+    // 13: (PostgreSQL only: the indexes of the day partitions being written.)
+    "SELECT 1;",
 ];
 
 /// The same schema on PostgreSQL: every integer is BIGINT (the store binds i64),
@@ -313,6 +315,14 @@ const POSTGRES: &[&str] = &[
     // 12
     "ALTER TABLE rollouts ADD COLUMN controller TEXT NOT NULL DEFAULT '';
      ALTER TABLE rollouts ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 0;",
+    // 13: partitions being written keep only indexes that grow at the right edge (time
+    // B-tree, id BRIN: both follow insertion order), which costs ingest a fraction of
+    // random-key indexes; a day partition gets its (host, time) and (port, time) B-trees
+    // once the day is over (`store::seal_partitions`).
+    "DROP INDEX denials_id;
+     DROP INDEX denials_host_time;
+     DROP INDEX denials_port_time;
+     CREATE INDEX denials_id ON denials USING brin (id);",
 ];
 
 /// The advisory lock key migrations run under (any constant; "pcmigrat").
