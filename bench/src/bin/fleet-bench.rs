@@ -57,6 +57,13 @@ struct Cli {
     /// Replace this benchmark's section of a markdown file (e.g. docs/BENCHMARKS.md).
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Also run the controller on PostgreSQL (a cluster started for the run from
+    /// Debian's postgresql package: fsync on, synchronous_commit=off)
+    #[arg(long)]
+    postgres: bool,
+    /// The PostgreSQL database of a `one --kind postgres` run (set by the orchestrator).
+    #[arg(long)]
+    db: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,6 +83,8 @@ enum Cmd {
 enum Kind {
     Raw,
     Controller,
+    /// The controller on PostgreSQL (a cluster the orchestrator started, `--db`).
+    Postgres,
 }
 
 /// What one `one` run reports (a JSON line on stdout).
@@ -111,9 +120,16 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     };
     let raw = Arc::new(RawState::default());
     let server = match kind {
-        Kind::Controller => {
+        Kind::Controller | Kind::Postgres => {
+            let db = match (kind, &cli.db) {
+                (Kind::Postgres, Some(url)) => {
+                    portcullis_controller::store::DbSpec::Postgres(url.clone())
+                }
+                (Kind::Postgres, None) => bail!("--kind postgres needs --db"),
+                _ => dir.path().join("controller.db").into(),
+            };
             let config = ServeConfig {
-                db: dir.path().join("controller.db").into(),
+                db,
                 db_ca: None,
                 pki: pki.dir().to_path_buf(),
                 max_connections: n + 64,
@@ -145,7 +161,7 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
         client_tls(&pki.ca_cert(), &cert, &key, None)?
     };
     let mut admin = match kind {
-        Kind::Controller => {
+        Kind::Controller | Kind::Postgres => {
             let ch = Endpoint::from_shared(url.clone())?
                 .tls_config(admin_tls)?
                 .connect()
@@ -190,7 +206,9 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     for k in 0..cli.pushes {
         let (cpu_a, t) = (cpu_now(), Instant::now());
         let ok = match (&mut admin, kind) {
-            (Some(admin), Kind::Controller) => apply_all(admin, n, cli.timeout).await?,
+            (Some(admin), Kind::Controller | Kind::Postgres) => {
+                apply_all(admin, n, cli.timeout).await?
+            }
             _ => {
                 let target = raw.acks() + n;
                 let msg = desired(u64::try_from(k)? + 1);
@@ -238,12 +256,17 @@ async fn one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
 }
 
 /// Runs `fleet-bench one` in a child process and parses its JSON line.
-async fn run_one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
+async fn run_one(kind: Kind, n: usize, cli: &Cli, db: Option<&str>) -> Result<OneResult> {
     let kind_arg = match kind {
         Kind::Raw => "raw",
         Kind::Controller => "controller",
+        Kind::Postgres => "postgres",
     };
-    let out = Command::new(std::env::current_exe()?)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    if let Some(db) = db {
+        cmd.args(["--db", db]);
+    }
+    let out = cmd
         .args(["--pushes", &cli.pushes.to_string()])
         .args(["--concurrency", &cli.concurrency.to_string()])
         .args(["--timeout", &format!("{}s", cli.timeout.as_secs())])
@@ -264,7 +287,7 @@ async fn run_one(kind: Kind, n: usize, cli: &Cli) -> Result<OneResult> {
     Ok(serde_json::from_str(line)?)
 }
 
-fn render(results: &[(OneResult, OneResult)], cli: &Cli) -> String {
+fn render(results: &[(OneResult, OneResult, Option<OneResult>)], cli: &Cli) -> String {
     let mut out = format!(
         "Machine: {}. Loopback, TLS 1.3 mutual auth, one process for the server under test \
          and one for all simulated agents (each agent compiles the policy to answer). \
@@ -286,8 +309,8 @@ fn render(results: &[(OneResult, OneResult)], cli: &Cli) -> String {
         "ratio vs raw (then)",
         "applied",
     ]);
-    for (raw, ctl) in results {
-        for r in [raw, ctl] {
+    for (raw, ctl, pg) in results {
+        for r in [Some(raw), Some(ctl), pg.as_ref()].into_iter().flatten() {
             let rest: Vec<f64> = r.push_s.iter().skip(1).copied().collect();
             let rest_raw: Vec<f64> = raw.push_s.iter().skip(1).copied().collect();
             let then = if rest.is_empty() {
@@ -302,7 +325,8 @@ fn render(results: &[(OneResult, OneResult)], cli: &Cli) -> String {
             };
             let name = match r.kind {
                 Kind::Raw => "raw tonic (baseline)",
-                Kind::Controller => "portcullis controller",
+                Kind::Controller => "portcullis controller (SQLite)",
+                Kind::Postgres => "portcullis controller (PostgreSQL)",
             };
             t.row(vec![
                 r.n.to_string(),
@@ -344,15 +368,41 @@ fn main() -> Result<()> {
             Ok(())
         }
         None => {
+            let cluster = if cli.postgres {
+                Some(
+                    portcullis_testkit::postgres::Cluster::start(&[
+                        "fsync=on",
+                        "full_page_writes=on",
+                        "synchronous_commit=off",
+                        "shared_buffers=512MB",
+                        "max_connections=400",
+                    ])
+                    .map_err(|e| anyhow::anyhow!("starting PostgreSQL: {e}"))?,
+                )
+            } else {
+                None
+            };
             let mut results = Vec::new();
             for &n in &cli.sizes {
                 eprintln!("fleet-bench: {n} agents, raw tonic ...");
-                let raw = rt.block_on(run_one(Kind::Raw, n, &cli))?;
+                let raw = rt.block_on(run_one(Kind::Raw, n, &cli, None))?;
                 eprintln!("  {raw:?}");
                 eprintln!("fleet-bench: {n} agents, controller ...");
-                let ctl = rt.block_on(run_one(Kind::Controller, n, &cli))?;
+                let ctl = rt.block_on(run_one(Kind::Controller, n, &cli, None))?;
                 eprintln!("  {ctl:?}");
-                results.push((raw, ctl));
+                let pg = match &cluster {
+                    Some(c) => {
+                        let db = c
+                            .fresh_database()
+                            .map_err(|e| anyhow::anyhow!("a database: {e}"))?;
+                        eprintln!("fleet-bench: {n} agents, controller on PostgreSQL ...");
+                        let pg = rt.block_on(run_one(Kind::Postgres, n, &cli, Some(&db)))?;
+                        eprintln!("  {pg:?}");
+                        Some(pg)
+                    }
+                    None => None,
+                };
+                results.push((raw, ctl, pg));
             }
             let out = render(&results, &cli);
             println!("{out}");

@@ -1,12 +1,13 @@
 //! Group commit for small, frequent writes (agent reports): callers queue a closure and
 //! wait; one writer task runs every queued closure in a single transaction. Many agents
-//! reporting at once cost one commit, not one each.
+//! reporting at once cost one commit, not one each. A write may run twice (its group is
+//! retried write by write when one fails), so it must be a plain statement sequence.
 
 use super::Store;
 use super::sql::Db;
 use tokio::sync::{mpsc, oneshot};
 
-type Write = Box<dyn FnOnce(&Db<'_>) -> anyhow::Result<()> + Send>;
+type Write = Box<dyn Fn(&Db<'_>) -> anyhow::Result<()> + Send>;
 
 /// Most writes merged into one transaction.
 const MAX_GROUP: usize = 1024;
@@ -32,11 +33,20 @@ impl GroupWriter {
                 let (writes, waiters): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
                 let results = store
                     .call(move |c| {
+                        // All in one transaction first (one statement per write, no
+                        // savepoint round trips: what a PostgreSQL store pays for); a
+                        // failure undoes the group, which is then run with a savepoint
+                        // per write so one failing write cannot undo the others.
+                        {
+                            let tx = c.transaction()?;
+                            if writes.iter().all(|w| w(&tx).is_ok()) {
+                                tx.commit()?;
+                                return Ok(writes.iter().map(|_| Ok(())).collect());
+                            }
+                        }
                         let tx = c.transaction()?;
-                        // One failing write must not undo the others: run each in a
-                        // savepoint and report its own result.
                         let mut results = Vec::with_capacity(writes.len());
-                        for w in writes {
+                        for w in &writes {
                             let sp = tx.transaction()?;
                             let r = w(&sp);
                             if r.is_ok() {
@@ -69,7 +79,7 @@ impl GroupWriter {
     /// Run `f` in the next group transaction and wait until it is committed.
     pub async fn write(
         &self,
-        f: impl FnOnce(&Db<'_>) -> anyhow::Result<()> + Send + 'static,
+        f: impl Fn(&Db<'_>) -> anyhow::Result<()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx

@@ -2,7 +2,7 @@
 //! [`Db`] (or a transaction of one) so callers choose the transaction boundary.
 
 use super::now_ms;
-use super::sql::{Db, Dialect};
+use super::sql::{Arg, Db, Dialect, ToArg as _};
 use crate::args;
 use serde::Serialize;
 
@@ -87,6 +87,9 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Hosts per multi-row statement of [`insert_revision`] (4 parameters each).
+const HOSTS_PER_STATEMENT: usize = 500;
+
 /// The advisory lock that orders revision numbers on PostgreSQL ("pcrevisn").
 const REVISION_LOCK: i64 = 0x7063_7265_7669_736e;
 
@@ -123,6 +126,7 @@ pub fn insert_revision(db: &Db<'_>, r: &NewRevision<'_>) -> anyhow::Result<u64> 
     // By the shared string first (no hashing of MBs per host), then by content.
     let mut by_ptr: std::collections::HashMap<*const u8, i64> = std::collections::HashMap::new();
     let mut ids: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut policy_ids = Vec::with_capacity(r.hosts.len());
     for h in r.hosts {
         let ptr = h.policy_json.as_ptr();
         let policy_id = match by_ptr.get(&ptr).or_else(|| ids.get(&*h.policy_json)) {
@@ -138,16 +142,42 @@ pub fn insert_revision(db: &Db<'_>, r: &NewRevision<'_>) -> anyhow::Result<u64> 
             }
         };
         by_ptr.insert(ptr, policy_id);
+        policy_ids.push(policy_id);
+    }
+    // Many rows per statement (a fleet of 10,000 hosts is 20 statements, not 20,000
+    // round trips to a database server); the hosts of one revision are distinct.
+    let rows: Vec<(&RevisionHost, i64)> = r.hosts.iter().zip(policy_ids).collect();
+    for chunk in rows.chunks(HOSTS_PER_STATEMENT) {
+        let mut a: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 4);
+        for (h, policy_id) in chunk {
+            a.extend([
+                Arg::Int(id),
+                h.host.to_arg(),
+                h.expected_hash.to_arg(),
+                Arg::Int(*policy_id),
+            ]);
+        }
         db.execute(
-            "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash, policy_id)
-             VALUES (?1, ?2, '', ?3, ?4)",
-            args![id, h.host, h.expected_hash, policy_id],
+            &format!(
+                "INSERT INTO revision_hosts (revision, host, policy_json, expected_hash, policy_id)
+                 VALUES {}",
+                vec!["(?, ?, '', ?, ?)"; chunk.len()].join(", ")
+            ),
+            &a,
         )?;
+        let mut a: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 3);
+        for (h, _) in chunk {
+            a.extend([h.host.to_arg(), Arg::Int(id), h.expected_hash.to_arg()]);
+        }
         db.execute(
-            "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, desired_revision, expected_hash)
-             VALUES (?1, 0, 0, ?2, ?3)
-             ON CONFLICT(name) DO UPDATE SET desired_revision = ?2, expected_hash = ?3",
-            args![h.host, id, h.expected_hash],
+            &format!(
+                "INSERT INTO hosts (name, first_seen_ms, last_seen_ms, desired_revision, expected_hash)
+                 VALUES {}
+                 ON CONFLICT(name) DO UPDATE SET desired_revision = excluded.desired_revision,
+                                                 expected_hash = excluded.expected_hash",
+                vec!["(?, 0, 0, ?, ?)"; chunk.len()].join(", ")
+            ),
+            &a,
         )?;
     }
     Ok(to_u64(id))
