@@ -167,7 +167,7 @@ fn insert_rows(tx: &rusqlite::Connection, host: &str, rows: &[NewDenial]) -> any
 const UPSERT_TOTALS: &str = "INSERT INTO denial_totals
     (host, last_seq, seen, stored, dropped_by_agent, socket_overruns, kernel_suppressed,
      spool_dropped, epoch, socket_lost)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+    VALUES {values}
     ON CONFLICT(host) DO UPDATE SET
       last_seq = excluded.last_seq,
       epoch = excluded.epoch,
@@ -317,41 +317,50 @@ pub fn store_batches(db: &Db<'_>, batches: &[HostBatch]) -> anyhow::Result<Vec<B
     } else {
         0
     };
-    let now = super::now_ms();
-    let mut outcomes = Vec::with_capacity(batches.len());
-    let mut copy: Vec<(&str, &NewDenial)> = Vec::new();
-    let mut last_seq: HashMap<&str, Option<(u64, u64)>> = HashMap::new();
-    for b in batches {
-        let known = match last_seq.get(b.host.as_str()) {
-            Some(v) => *v,
-            None => tx.query_opt(
-                "SELECT epoch, last_seq FROM denial_totals WHERE host = ?1",
-                args![b.host],
-                |r| Ok((epoch_from_sql(r.get(0)?), u(r.get(1)?))),
-            )?,
-        };
-        let same_epoch_seen =
-            |(epoch, last): &(u64, u64)| b.counters.epoch == *epoch && b.counters.seq <= *last;
+    // A few statements per group, not per batch (round trips to a database server).
+    let mut state = known_seqs(&tx, batches)?;
+    let mut seen_keys = std::collections::HashSet::new();
+    let mut candidates = Vec::new();
+    let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; batches.len()];
+    for (n, b) in batches.iter().enumerate() {
         let c = &b.counters;
-        // The database's own guard: a (host, epoch, seq) is stored once, whatever any
-        // controller's cache believes.
-        if known.filter(same_epoch_seen).is_some()
-            || tx.execute(
-                "INSERT INTO denial_batches (host, epoch, seq, stored_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO NOTHING",
-                args![b.host, epoch_to_sql(c.epoch), i(c.seq), now],
-            )? == 0
-        {
+        let known = state.get(b.host.as_str()).copied();
+        let seen = known.is_some_and(|(epoch, last)| c.epoch == epoch && c.seq <= last);
+        if seen || !seen_keys.insert((b.host.as_str(), c.epoch, c.seq)) {
             let last = known.map_or(c.seq, |(_, l)| l);
-            outcomes.push(BatchOutcome::Duplicate { last_seq: last });
+            outcomes[n] = Some(BatchOutcome::Duplicate { last_seq: last });
             continue;
         }
+        state.insert(&b.host, (c.epoch, c.seq));
+        candidates.push(n);
+    }
+    // The database's own guard: a (host, epoch, seq) is stored once, whatever any
+    // controller's view of the totals says.
+    let fresh = insert_batch_keys(&tx, batches, &candidates)?;
+    let mut stored: Vec<usize> = Vec::with_capacity(candidates.len());
+    for n in candidates {
+        let b = &batches[n];
+        if !fresh.contains(&(
+            b.host.clone(),
+            epoch_to_sql(b.counters.epoch),
+            i(b.counters.seq),
+        )) {
+            outcomes[n] = Some(BatchOutcome::Duplicate {
+                last_seq: b.counters.seq,
+            });
+        } else {
+            stored.push(n);
+        }
+    }
+    let mut copy: Vec<(&str, &NewDenial)> = Vec::new();
+    for &n in &stored {
+        let b = &batches[n];
         let (mut first_id, mut last_id) = (0, -1);
         if !b.rows.is_empty() {
-            let n = i64::try_from(b.rows.len())?;
+            let rows = i64::try_from(b.rows.len())?;
             if pg {
                 first_id = next_id;
-                next_id += n;
+                next_id += rows;
                 last_id = next_id - 1;
                 copy.extend(b.rows.iter().map(|r| (b.host.as_str(), r)));
             } else {
@@ -359,27 +368,10 @@ pub fn store_batches(db: &Db<'_>, batches: &[HostBatch]) -> anyhow::Result<Vec<B
                     .as_sqlite()
                     .ok_or_else(|| anyhow::anyhow!("not SQLite"))?;
                 last_id = insert_rows(conn, &b.host, &b.rows)?;
-                first_id = last_id - n + 1;
+                first_id = last_id - rows + 1;
             }
         }
-        let events = b.rows.iter().fold(0u64, |a, r| a.saturating_add(r.count));
-        tx.execute(
-            upsert_totals_sql(),
-            args![
-                b.host,
-                i(c.seq),
-                i(c.seen),
-                i(events),
-                i(c.dropped_by_agent),
-                i(c.socket_overruns),
-                i(c.kernel_suppressed),
-                i(c.spool_dropped),
-                epoch_to_sql(c.epoch),
-                i(c.socket_lost),
-            ],
-        )?;
-        last_seq.insert(b.host.as_str(), Some((c.epoch, c.seq)));
-        outcomes.push(BatchOutcome::Stored { first_id, last_id });
+        outcomes[n] = Some(BatchOutcome::Stored { first_id, last_id });
     }
     if pg && !copy.is_empty() {
         ensure_partitions(&tx, copy.iter().map(|(_, r)| *r))?;
@@ -387,8 +379,126 @@ pub fn store_batches(db: &Db<'_>, batches: &[HostBatch]) -> anyhow::Result<Vec<B
         copy_rows(&tx, first, &copy)?;
         tx.execute("UPDATE denial_high SET id = ?1", args![next_id - 1])?;
     }
+    upsert_totals(&tx, batches, &stored)?;
     tx.commit()?;
-    Ok(outcomes)
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| anyhow::anyhow!("a batch without an outcome")))
+        .collect()
+}
+
+/// Statements of many rows each: hosts, batch keys or totals per statement.
+const KEYS_PER_STATEMENT: usize = 500;
+
+/// The stored (epoch, last seq) of the hosts of `batches`.
+fn known_seqs<'b>(
+    tx: &Db<'_>,
+    batches: &'b [HostBatch],
+) -> anyhow::Result<HashMap<&'b str, (u64, u64)>> {
+    let hosts: BTreeSet<&str> = batches.iter().map(|b| b.host.as_str()).collect();
+    let hosts: Vec<&str> = hosts.into_iter().collect();
+    let mut out = HashMap::new();
+    for chunk in hosts.chunks(KEYS_PER_STATEMENT) {
+        let a: Vec<crate::store::Arg<'_>> = chunk
+            .iter()
+            .map(|h| crate::store::sql::ToArg::to_arg(*h))
+            .collect();
+        let rows: Vec<(String, u64, u64)> = tx.query(
+            &format!(
+                "SELECT host, epoch, last_seq FROM denial_totals WHERE host IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            ),
+            &a,
+            |r| Ok((r.get(0)?, epoch_from_sql(r.get(1)?), u(r.get(2)?))),
+        )?;
+        for (h, epoch, last) in rows {
+            if let Some(k) = chunk.iter().find(|c| **c == h) {
+                out.insert(*k, (epoch, last));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Insert the keys of `batches[candidates]`; returns the keys that were new.
+fn insert_batch_keys(
+    tx: &Db<'_>,
+    batches: &[HostBatch],
+    candidates: &[usize],
+) -> anyhow::Result<std::collections::HashSet<(String, i64, i64)>> {
+    use crate::store::Arg;
+    let now = super::now_ms();
+    let mut fresh = std::collections::HashSet::new();
+    for chunk in candidates.chunks(KEYS_PER_STATEMENT) {
+        let mut a: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 4);
+        for &n in chunk {
+            let b = &batches[n];
+            a.extend([
+                Arg::Text(b.host.as_str().into()),
+                Arg::Int(epoch_to_sql(b.counters.epoch)),
+                Arg::Int(i(b.counters.seq)),
+                Arg::Int(now),
+            ]);
+        }
+        let keys: Vec<(String, i64, i64)> = tx.query(
+            &format!(
+                "INSERT INTO denial_batches (host, epoch, seq, stored_ms) VALUES {}
+                 ON CONFLICT DO NOTHING RETURNING host, epoch, seq",
+                vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
+            ),
+            &a,
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        fresh.extend(keys);
+    }
+    Ok(fresh)
+}
+
+/// Add the counters of `batches[stored]` to their hosts' totals: one row per host (its
+/// batches summed, saturating; its last batch's epoch and seq), many hosts per statement.
+fn upsert_totals(tx: &Db<'_>, batches: &[HostBatch], stored: &[usize]) -> anyhow::Result<()> {
+    use crate::store::Arg;
+    let mut per_host: Vec<(&str, BatchCounters, u64)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for &n in stored {
+        let b = &batches[n];
+        let events = b.rows.iter().fold(0u64, |a, r| a.saturating_add(r.count));
+        let c = &b.counters;
+        let k = *index.entry(b.host.as_str()).or_insert_with(|| {
+            per_host.push((b.host.as_str(), BatchCounters::default(), 0));
+            per_host.len() - 1
+        });
+        let (_, t, ev) = &mut per_host[k];
+        t.epoch = c.epoch;
+        t.seq = c.seq;
+        t.seen = t.seen.saturating_add(c.seen);
+        t.dropped_by_agent = t.dropped_by_agent.saturating_add(c.dropped_by_agent);
+        t.socket_overruns = t.socket_overruns.saturating_add(c.socket_overruns);
+        t.kernel_suppressed = t.kernel_suppressed.saturating_add(c.kernel_suppressed);
+        t.spool_dropped = t.spool_dropped.saturating_add(c.spool_dropped);
+        t.socket_lost = t.socket_lost.saturating_add(c.socket_lost);
+        *ev = ev.saturating_add(events);
+    }
+    for chunk in per_host.chunks(KEYS_PER_STATEMENT) {
+        let mut a: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 10);
+        for (host, c, events) in chunk {
+            a.extend([
+                Arg::Text((*host).into()),
+                Arg::Int(i(c.seq)),
+                Arg::Int(i(c.seen)),
+                Arg::Int(i(*events)),
+                Arg::Int(i(c.dropped_by_agent)),
+                Arg::Int(i(c.socket_overruns)),
+                Arg::Int(i(c.kernel_suppressed)),
+                Arg::Int(i(c.spool_dropped)),
+                Arg::Int(epoch_to_sql(c.epoch)),
+                Arg::Int(i(c.socket_lost)),
+            ]);
+        }
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        tx.execute(&upsert_totals_sql().replace("{values}", &values), &a)?;
+    }
+    Ok(())
 }
 
 /// Per-host totals for the given hosts (all when `hosts` is `None`), sorted by host.
