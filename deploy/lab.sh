@@ -6,13 +6,18 @@
 #   deploy/lab.sh up     # namespaces, certificates, controller, agents, test listeners
 #   deploy/lab.sh status # portcullis status
 #   deploy/lab.sh down   # stop everything, delete namespaces and lab state
+#   deploy/lab.sh demo --postgres  # (or up --postgres) two controllers, ctl and ctl2, on one
+#                        # throwaway PostgreSQL cluster; agents given both; the demo applies
+#                        # through one and shows status/logs/history from the other
 #
 # Namespaces: lab-sw (the bridge), ctl (10.77.0.1, fd77::1), h1..h3 (10.77.0.11-13,
-# fd77::11-13), outside (10.77.0.100, fd77::100). Needs root, nft, ip and a Rust toolchain:
+# fd77::11-13), outside (10.77.0.100, fd77::100), with --postgres also ctl2 (10.77.0.2,
+# fd77::2). Needs root, nft, ip and a Rust toolchain (and PostgreSQL's server for --postgres):
 # it checks them before building (as root with apt, it installs nftables and iproute2;
 # otherwise it stops at once naming the packages). Idempotent; a failure at any step (or
 # Ctrl-C) takes the lab down again. State (PKI, database, logs) in $LAB_STATE (default
-# ./lab-state).
+# ./lab-state); the PostgreSQL cluster (initdb as the postgres user, a Unix socket only,
+# no TCP) in a temporary directory named in $LAB_STATE/pg-dir, removed by `down`.
 set -euo pipefail
 # ip and nft live in /usr/sbin on Debian, which a plain `su` or sudo PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -21,10 +26,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${LAB_STATE:-$ROOT/lab-state}
 BIN=${LAB_BIN:-$ROOT/target/debug}
 HOSTS=(h1 h2 h3)
+# --postgres: a second controller (ctl2) and one PostgreSQL database for both.
+POSTGRES=
+CTLS=(ctl)
 NODES=(ctl "${HOSTS[@]}" outside)
+ALL_NODES=(ctl ctl2 "${HOSTS[@]}" outside)   # what `down` removes, whatever the mode
 CTL_PORT=7443
-declare -A ADDR4=([ctl]=10.77.0.1 [h1]=10.77.0.11 [h2]=10.77.0.12 [h3]=10.77.0.13 [outside]=10.77.0.100)
-declare -A ADDR6=([ctl]=fd77::1 [h1]=fd77::11 [h2]=fd77::12 [h3]=fd77::13 [outside]=fd77::100)
+declare -A ADDR4=([ctl]=10.77.0.1 [ctl2]=10.77.0.2 [h1]=10.77.0.11 [h2]=10.77.0.12 [h3]=10.77.0.13 [outside]=10.77.0.100)
+declare -A ADDR6=([ctl]=fd77::1 [ctl2]=fd77::2 [h1]=fd77::11 [h2]=fd77::12 [h3]=fd77::13 [outside]=fd77::100)
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
@@ -43,6 +52,9 @@ preflight() {
   for t in "${!NEEDS[@]}"; do
     command -v "$t" >/dev/null 2>&1 || { missing+=("$t"); pkgs+=("${NEEDS[$t]}"); }
   done
+  if [[ -n $POSTGRES ]] && ! pg_bin >/dev/null; then
+    missing+=(initdb); pkgs+=(postgresql)
+  fi
   ((${#missing[@]})) || return 0
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${pkgs[*]} (missing: ${missing[*]})"
@@ -50,7 +62,11 @@ preflight() {
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" ||
       die "apt-get install ${pkgs[*]} failed; install them and run again"
     for t in "${missing[@]}"; do
-      command -v "$t" >/dev/null 2>&1 || die "$t still missing after installing ${NEEDS[$t]}"
+      if [[ $t == initdb ]]; then
+        pg_bin >/dev/null || die "initdb still missing after installing postgresql"
+      else
+        command -v "$t" >/dev/null 2>&1 || die "$t still missing after installing ${NEEDS[$t]}"
+      fi
     done
   else
     die "missing: ${missing[*]}. Install them first (Debian/Ubuntu, as root: apt-get install ${pkgs[*]}), then run again"
@@ -74,11 +90,57 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
-admin() {
-  ip netns exec ctl env \
-    PORTCULLIS_CONTROLLER="https://${ADDR4[ctl]}:$CTL_PORT" \
+admin() { admin_on ctl "$@"; }
+
+# The operator CLI against the controller in namespace $1 (ctl, or ctl2 with --postgres).
+admin_on() {
+  local c=$1; shift
+  ip netns exec "$c" env \
+    PORTCULLIS_CONTROLLER="https://${ADDR4[$c]}:$CTL_PORT" \
     PORTCULLIS_CERT="$STATE/pki/admin-lab.crt" PORTCULLIS_KEY="$STATE/pki/admin-lab.key" \
     PORTCULLIS_CA="$STATE/pki/ca.crt" "$BIN/portcullis" "$@"
+}
+
+# The newest /usr/lib/postgresql/<version>/bin with initdb (Debian's layout).
+pg_bin() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -n $d && -x $d/initdb ]] && echo "$d"
+}
+
+# A throwaway cluster: initdb in a temporary directory as the postgres user, the server
+# on a Unix socket there only (no TCP), one database `portcullis` for both controllers.
+pg_up() {
+  local bin dir
+  bin=$(pg_bin) || die "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin"
+  id postgres >/dev/null 2>&1 || die "no postgres user (install the postgresql package)"
+  dir=$(mktemp -d /tmp/portcullis-lab-pg.XXXXXX)
+  echo "$dir" >"$STATE/pg-dir"
+  chown postgres: "$dir"
+  say "PostgreSQL cluster in $dir (Unix socket only)"
+  runuser -u postgres -- "$bin/initdb" -A trust -U postgres -E UTF8 -D "$dir/data" >/dev/null
+  runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-k $dir -c listen_addresses= -c max_connections=200" start >/dev/null ||
+    { cat "$dir/server.log" >&2; die "PostgreSQL did not start"; }
+  runuser -u postgres -- "$bin/createdb" -h "$dir" portcullis
+  PG_DB="host=$dir port=5432 user=postgres dbname=portcullis"
+}
+
+pg_down() {
+  [[ -f $STATE/pg-dir ]] || return 0
+  local dir bin
+  dir=$(cat "$STATE/pg-dir")
+  if [[ -d $dir/data ]]; then
+    if bin=$(pg_bin); then
+      runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    fi
+    # Still running (no pg_ctl, or it timed out): the postmaster's pid is the file's first line.
+    if [[ -f $dir/data/postmaster.pid ]]; then
+      kill -9 "$(head -1 "$dir/data/postmaster.pid")" 2>/dev/null || true
+    fi
+  fi
+  [[ $dir == /tmp/portcullis-lab-pg.* ]] && rm -rf "$dir"
+  rm -f "$STATE/pg-dir"
 }
 
 build() {
@@ -115,7 +177,9 @@ pki_up() {
   say "PKI in $STATE/pki"
   local p=("$BIN/portcullis" ca)
   "${p[@]}" init --dir "$STATE/pki" --force >/dev/null
-  "${p[@]}" issue controller --san "${ADDR4[ctl]}" --san "${ADDR6[ctl]}" --san ctl.lab --dir "$STATE/pki" --force >/dev/null
+  local sans=() c
+  for c in "${CTLS[@]}"; do sans+=(--san "${ADDR4[$c]}" --san "${ADDR6[$c]}" --san "$c.lab"); done
+  "${p[@]}" issue controller "${sans[@]}" --dir "$STATE/pki" --force >/dev/null
   for h in "${HOSTS[@]}"; do "${p[@]}" issue agent "$h" --dir "$STATE/pki" --force >/dev/null; done
   "${p[@]}" issue admin lab --dir "$STATE/pki" --force >/dev/null
 }
@@ -128,18 +192,24 @@ start_bg() { # name, ns, command...
 
 procs_up() {
   mkdir -p "$STATE/logs" "$STATE/pids"
-  say "controller in ctl (https://${ADDR4[ctl]}:$CTL_PORT)"
-  start_bg controller ctl "$BIN/portcullis" serve --listen "[::]:$CTL_PORT" \
-    --db "$STATE/controller.db" --pki "$STATE/pki"
-  for _ in $(seq 50); do
-    ip netns exec ctl bash -c "exec 3<>/dev/tcp/${ADDR4[ctl]}/$CTL_PORT" 2>/dev/null && break
-    sleep 0.1
+  local db=$STATE/controller.db c name urls=()
+  [[ -z $POSTGRES ]] || db=$PG_DB
+  for c in "${CTLS[@]}"; do
+    name=controller; [[ $c == ctl ]] || name=controller-$c
+    say "controller in $c (https://${ADDR4[$c]}:$CTL_PORT, --db $db)"
+    start_bg "$name" "$c" "$BIN/portcullis" serve --listen "[::]:$CTL_PORT" \
+      --db "$db" --pki "$STATE/pki"
+    for _ in $(seq 100); do
+      ip netns exec "$c" bash -c "exec 3<>/dev/tcp/${ADDR4[$c]}/$CTL_PORT" 2>/dev/null && break
+      sleep 0.1
+    done
+    urls+=(--controller "https://${ADDR4[$c]}:$CTL_PORT")
   done
   for h in "${HOSTS[@]}"; do
     say "agent in $h"
     mkdir -p "$STATE/$h"
     start_bg "agent-$h" "$h" env PORTCULLIS_LOG=info "$BIN/portcullis-agent" run \
-      --controller "https://${ADDR4[ctl]}:$CTL_PORT" --ca "$STATE/pki/ca.crt" \
+      "${urls[@]}" --ca "$STATE/pki/ca.crt" \
       --cert "$STATE/pki/agent-$h.crt" --key "$STATE/pki/agent-$h.key" --state-dir "$STATE/$h" \
       --heartbeat 2s
     start_bg "listen-$h" "$h" "$BIN/pc-probe" listen tcp:22,25,80,443,5000 udp:53,123,137
@@ -164,6 +234,7 @@ up() {
   CLEANUP_ON_FAIL=1
   net_up
   pki_up
+  [[ -z $POSTGRES ]] || pg_up
   procs_up
   [[ -n ${IN_DEMO:-} ]] || CLEANUP_ON_FAIL=
   say "lab is up: deploy/lab.sh status | deploy/lab.sh down"
@@ -179,9 +250,33 @@ probe_all() {
   done
 }
 
+# Two controllers on one PostgreSQL database: what is applied through one, the other shows.
+demo_postgres() {
+  local inv=$ROOT/deploy/examples/inventory.yml
+  say "portcullis apply site.yml, through ctl (https://${ADDR4[ctl]}:$CTL_PORT)"
+  admin_on ctl apply -i "$inv" "$ROOT/deploy/examples/site.yml" --timeout 30s
+  probe_all
+  sleep 2   # one aggregation interval: the agents ship their denial batches
+  say "portcullis status, from ctl2 (https://${ADDR4[ctl2]}:$CTL_PORT): the same fleet, the same revision"
+  admin_on ctl2 status
+  say "portcullis logs --top, from ctl2 (denials stored through either controller)"
+  admin_on ctl2 logs --top 5 --since 5m
+  say "portcullis apply site-next.yml, through ctl2"
+  admin_on ctl2 apply -i "$inv" "$ROOT/deploy/examples/site-next.yml" --timeout 30s
+  say "portcullis status and history, from ctl"
+  admin_on ctl status
+  admin_on ctl history
+  CLEANUP_ON_FAIL=
+  say "the lab stays up (two controllers, one PostgreSQL): deploy/lab.sh down removes it"
+}
+
 demo() {
   IN_DEMO=1
   up
+  if [[ -n $POSTGRES ]]; then
+    demo_postgres
+    return
+  fi
   say "portcullis apply -i deploy/examples/inventory.yml deploy/examples/site.yml"
   admin apply -i "$ROOT/deploy/examples/inventory.yml" "$ROOT/deploy/examples/site.yml" --timeout 30s
   probe_all
@@ -209,6 +304,7 @@ demo() {
 }
 
 down() {
+  local n
   if [[ -d $STATE/pids ]]; then
     for f in "$STATE"/pids/*; do
       [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true
@@ -219,16 +315,27 @@ down() {
     done
     rm -rf "$STATE/pids"
   fi
-  for n in "${NODES[@]}" lab-sw; do
+  for n in "${ALL_NODES[@]}" lab-sw; do
     if ns_exists "$n"; then
       ip netns pids "$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
       ip netns del "$n"
     fi
   done
+  pg_down
 }
 
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, nftables)"
-case ${1:-demo} in
+CMD=${1:-demo}
+if [[ $CMD == demo || $CMD == up ]] && [[ -n ${2:-} && $2 != --postgres || $# -gt 2 ]]; then
+  die "usage: $0 $CMD [--postgres]"
+fi
+if [[ ${2:-} == --postgres ]]; then
+  [[ $CMD == demo || $CMD == up ]] || die "--postgres goes with demo or up"
+  POSTGRES=1
+  CTLS=(ctl ctl2)
+  NODES=(ctl ctl2 "${HOSTS[@]}" outside)
+fi
+case $CMD in
   up) up ;;
   demo) demo ;;
   down) down; say "lab is down" ;;
@@ -236,5 +343,5 @@ case ${1:-demo} in
   probe) probe_all ;;
   apply) shift; admin apply "$@" ;;
   cli) shift; admin "$@" ;;
-  *) die "usage: $0 [demo|up|down|status|probe|apply ARGS|cli ARGS]" ;;
+  *) die "usage: $0 [demo [--postgres]|up [--postgres]|down|status|probe|apply ARGS|cli ARGS]" ;;
 esac

@@ -11,7 +11,8 @@
 //!   a namespace on a thread that entered it with `setns`.
 //! - [`require_root_netns`]: the gate every netns test starts with.
 //! - [`postgres`]: a throwaway PostgreSQL cluster (or the one `PORTCULLIS_TEST_PG` names)
-//!   for tests of the PostgreSQL store; [`require_postgres`] is its gate.
+//!   for tests of the PostgreSQL store; [`require_postgres`] is its gate, and
+//!   [`postgres::require_dedicated`] gives a test a cluster of its own to stop and restart.
 //!
 //! This crate must only touch namespaces it created and only use 10.77.0.0/16, fd77::/16
 //! and loopback addresses. It never changes the caller's own namespace.

@@ -9,11 +9,16 @@
 //! database ([`Cluster::fresh_database`]) of its own.
 //!
 //! When no cluster can be had the test fails, unless `PORTCULLIS_SKIP_POSTGRES=1`.
+//!
+//! A test that stops the database under a running system takes a cluster of its own
+//! ([`require_dedicated`]): [`Cluster::stop`] shuts its server down (fast shutdown: client
+//! connections are closed) and [`Cluster::restart`] starts it again on the same data
+//! directory, so everything stored before is still there.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 /// Environment variable that turns "cannot run PostgreSQL tests" into a skip.
@@ -28,7 +33,16 @@ pub struct Cluster {
     base: String,
     /// The socket directory / data directory of a cluster started here.
     dir: Option<PathBuf>,
-    _server: Option<Child>,
+    /// How to start its server again (a cluster started here).
+    server_cmd: Option<ServerCmd>,
+    server: Option<Child>,
+}
+
+/// The server command line of a cluster started here.
+#[derive(Debug, Clone)]
+struct ServerCmd {
+    bin: PathBuf,
+    settings: Vec<String>,
 }
 
 /// The cluster for this process, or `None` to skip (see the module docs); panics when
@@ -51,6 +65,26 @@ pub fn require_postgres() -> Option<&'static Cluster> {
     }
 }
 
+/// A cluster of the caller's own ([`Cluster::start`] with `settings`), which it may stop
+/// and restart; `None` to skip, a panic when none can be started (as [`require_postgres`];
+/// [`CLUSTER_ENV`] does not help here: the server binaries must be installed).
+pub fn require_dedicated(settings: &[&str]) -> Option<Cluster> {
+    match Cluster::start(settings) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
+                eprintln!("skipped: {why} ({SKIP_ENV}=1)");
+                None
+            } else {
+                panic!(
+                    "this test needs a PostgreSQL cluster of its own: {why}. Install the \
+                     postgresql package, or set {SKIP_ENV}=1 to skip."
+                );
+            }
+        }
+    }
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
@@ -67,7 +101,8 @@ impl Cluster {
             let c = Self {
                 base: strip_dbname(&base),
                 dir: None,
-                _server: None,
+                server_cmd: None,
+                server: None,
             };
             c.psql("postgres", "SELECT 1")
                 .map_err(|e| format!("{CLUSTER_ENV}={base:?}: {e}"))?;
@@ -148,15 +183,7 @@ impl Cluster {
                 .map_err(|e| format!("chown {}: {e}", dir.display()))?;
         }
         let data = dir.join("data");
-        let as_pg = |prog: &Path| {
-            let mut c = Command::new("setpriv");
-            if root {
-                c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
-            }
-            c.args(["--pdeathsig=KILL", "--"]).arg(prog);
-            c
-        };
-        let init = as_pg(&bin.join("initdb"))
+        let init = as_postgres(&bin.join("initdb"))
             .args([
                 "-A",
                 "trust",
@@ -177,40 +204,87 @@ impl Cluster {
                 String::from_utf8_lossy(&init.stderr).trim()
             ));
         }
-        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
-        let mut cmd = as_pg(&bin.join("postgres"));
-        cmd.arg("-D").arg(&data).arg("-k").arg(&dir);
+        let mut c = Self {
+            base: format!("host={} port=5432 user=postgres", dir.display()),
+            dir: Some(dir),
+            server_cmd: Some(ServerCmd {
+                bin,
+                settings: settings.iter().map(|s| (*s).to_owned()).collect(),
+            }),
+            server: None,
+        };
+        c.run_server()?;
+        Ok(c)
+    }
+
+    /// Stop the server of a cluster started here (fast shutdown: sessions are closed,
+    /// then the data is checkpointed); waits until it has exited (30 s, then SIGKILL).
+    /// Connections fail until [`Cluster::restart`].
+    pub fn stop(&mut self) -> Result<(), String> {
+        let Some(mut server) = self.server.take() else {
+            return Err("no server of this process's own is running".to_owned());
+        };
+        let pid = nix::unistd::Pid::from_raw(
+            i32::try_from(server.id()).map_err(|e| format!("server pid: {e}"))?,
+        );
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)
+            .map_err(|e| format!("signalling postgres {pid}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match server.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None) => {
+                    let _ = server.kill();
+                    let _ = server.wait();
+                    return Err("postgres did not shut down within 30 s; killed".to_owned());
+                }
+                Err(e) => return Err(format!("waiting for postgres: {e}")),
+            }
+        }
+    }
+
+    /// Start the server again on the same data directory (after [`Cluster::stop`]); returns
+    /// once it accepts connections.
+    pub fn restart(&mut self) -> Result<(), String> {
+        if self.server.is_some() {
+            return Err("the server is still running".to_owned());
+        }
+        self.run_server()
+    }
+
+    /// Start `postgres` on this cluster's data directory and wait until it answers.
+    fn run_server(&mut self) -> Result<(), String> {
+        let (Some(dir), Some(how)) = (self.dir.clone(), self.server_cmd.clone()) else {
+            return Err("not a cluster started by this process".to_owned());
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = as_postgres(&how.bin.join("postgres"));
+        cmd.arg("-D").arg(dir.join("data")).arg("-k").arg(&dir);
         let base = [
             "listen_addresses=",
             "max_connections=400",
             "shared_buffers=256MB",
         ];
-        for setting in base.iter().chain(settings) {
+        for setting in base
+            .iter()
+            .copied()
+            .chain(how.settings.iter().map(String::as_str))
+        {
             cmd.args(["-c", setting]);
         }
         cmd.stdout(Stdio::null()).stderr(log);
-        // The parent-death signal fires when the spawning *thread* ends: spawn from a
-        // thread that lives as long as the process.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("pg-keeper".into())
-            .spawn(move || {
-                let _ = tx.send(cmd.spawn().map_err(|e| format!("starting postgres: {e}")));
-                loop {
-                    std::thread::park();
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        let server = rx.recv().map_err(|e| e.to_string())??;
-        let c = Self {
-            base: format!("host={} port=5432 user=postgres", dir.display()),
-            dir: Some(dir.clone()),
-            _server: Some(server),
-        };
+        self.server = Some(spawn_kept(cmd)?);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match c.psql("postgres", "SELECT 1") {
-                Ok(_) => return Ok(c),
+            match self.psql("postgres", "SELECT 1") {
+                Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
                     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
                     return Err(format!("PostgreSQL did not start within 30 s: {e}\n{log}"));
@@ -221,11 +295,56 @@ impl Cluster {
     }
 }
 
+/// `prog` run as the `postgres` user when we are root (PostgreSQL refuses root), killed
+/// when the thread that spawned it ends (see [`spawn_kept`]).
+fn as_postgres(prog: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    if nix::unistd::geteuid().is_root() {
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
+    }
+    c.args(["--pdeathsig=KILL", "--"]).arg(prog);
+    c
+}
+
+type SpawnRequest = (Command, mpsc::Sender<Result<Child, String>>);
+
+/// Spawn `cmd` from a thread that lives as long as the process: the parent-death signal
+/// fires when the spawning *thread* ends, so a server spawned from a test's thread would
+/// die with that test.
+fn spawn_kept(cmd: Command) -> Result<Child, String> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        // If the thread cannot start, every request below fails with a closed channel.
+        let _ = std::thread::Builder::new()
+            .name("pg-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn().map_err(|e| format!("starting postgres: {e}")));
+                }
+                // Every sender is gone only at process exit; stay alive regardless.
+                loop {
+                    std::thread::park();
+                }
+            });
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    keeper
+        .lock()
+        .map_err(|_| "pg-keeper lock poisoned".to_owned())?
+        .send((cmd, reply))
+        .map_err(|_| "the pg-keeper thread is gone".to_owned())?;
+    answer
+        .recv()
+        .map_err(|_| "the pg-keeper thread is gone".to_owned())?
+}
+
 impl Drop for Cluster {
     /// A cluster started here stops with its value (the process-wide one never drops:
     /// the parent-death signal stops it with the process).
     fn drop(&mut self) {
-        if let Some(mut server) = self._server.take() {
+        if let Some(mut server) = self.server.take() {
             let _ = server.kill();
             let _ = server.wait();
         }

@@ -6,6 +6,10 @@
 //! `portcullis serve` with its own database and the same PKI (one controller certificate
 //! naming every controller's addresses); the `*_at(i, ..)` methods address controller `i`
 //! (0 is [`Fleet::ctl`], the one every other method uses).
+//!
+//! [`Fleet::on_postgres`] / [`Fleet::with_shared_db`] put every controller on one
+//! PostgreSQL database instead (a Unix-socket cluster: its socket directory is a path,
+//! reachable from every namespace), so they share their state as in production.
 
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
@@ -13,6 +17,7 @@
 use anyhow::{Context as _, Result, bail};
 use portcullis_testkit::{Bridge, NetNs, terminate};
 use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -56,6 +61,8 @@ pub struct Fleet {
     pub more_ctls: Vec<Node>,
     pub hosts: BTreeMap<String, Node>,
     pub outside: Node,
+    /// One PostgreSQL database for every controller (`--db`); `None`: a SQLite file each.
+    db: Option<String>,
     controller: Option<Child>,
     more_controllers: Vec<Option<Child>>,
     agents: BTreeMap<String, Child>,
@@ -104,6 +111,7 @@ impl Fleet {
             more_ctls,
             hosts: nodes,
             outside,
+            db: None,
             controller: None,
             agents: BTreeMap::new(),
             _sw: sw,
@@ -129,6 +137,30 @@ impl Fleet {
         }
         fleet.portcullis_ok(&["ca", "issue", "admin", "e2e", "--dir", pki])?;
         Ok(fleet)
+    }
+
+    /// [`Fleet::with_controllers`] with every controller on the PostgreSQL database `db`
+    /// (a connection string, e.g. from `Cluster::fresh_database`).
+    pub fn with_shared_db(hosts: &[&str], controllers: usize, db: String) -> Result<Self> {
+        let mut fleet = Self::with_controllers(hosts, controllers)?;
+        fleet.db = Some(db);
+        Ok(fleet)
+    }
+
+    /// [`Fleet::with_shared_db`] on a fresh database of the test process's cluster
+    /// ([`portcullis_testkit::require_postgres`]); `None` when PostgreSQL tests are
+    /// skipped (`PORTCULLIS_SKIP_POSTGRES=1`), a panic when there is no cluster otherwise.
+    pub fn on_postgres(hosts: &[&str], controllers: usize) -> Result<Option<Self>> {
+        let Some(cluster) = portcullis_testkit::require_postgres() else {
+            return Ok(None);
+        };
+        let db = cluster.fresh_database().map_err(anyhow::Error::msg)?;
+        Self::with_shared_db(hosts, controllers, db).map(Some)
+    }
+
+    /// The controllers' shared PostgreSQL database, if they have one.
+    pub fn db(&self) -> Option<&str> {
+        self.db.as_deref()
     }
 
     pub fn pki(&self) -> PathBuf {
@@ -243,7 +275,8 @@ impl Fleet {
     }
 
     /// Start controller `i` (0: as [`Fleet::start_controller`]); controller `i > 0` has
-    /// its own database (`controller-<i>.db`) and log (`controller-<i>`).
+    /// its own database (`controller-<i>.db`, unless the fleet has a shared one) and log
+    /// (`controller-<i>`).
     pub fn start_controller_at(&mut self, i: usize) -> Result<()> {
         let pki = self.pki();
         self.start_controller_full_at(i, &pki, &[])
@@ -270,12 +303,16 @@ impl Fleet {
     fn start_controller_full_at(&mut self, i: usize, pki: &Path, extra: &[&str]) -> Result<()> {
         let name = Self::controller_name(i);
         let node = self.ctl_node(i);
+        let db = match &self.db {
+            Some(shared) => shared.into(),
+            None => self.dir.path().join(format!("{name}.db")).into_os_string(),
+        };
         let child = node
             .ns
             .command(bin("portcullis"))
             .args(["serve", "--listen", &format!("[::]:{CTL_PORT}")])
             .arg("--db")
-            .arg(self.dir.path().join(format!("{name}.db")))
+            .arg(db)
             .arg("--pki")
             .arg(pki)
             .args(extra)
@@ -473,6 +510,58 @@ impl Fleet {
             .expect("enter outside");
     }
 
+    /// `GET /metrics` of `host`'s agent (`--metrics-listen <its v4>:<port>`), fetched in
+    /// its namespace; `None` while it does not answer.
+    pub fn agent_metrics(&self, host: &str, port: u16) -> Option<String> {
+        let addr = SocketAddr::new(self.hosts[host].v4, port);
+        self.hosts[host]
+            .ns
+            .enter(move || {
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(s, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok::<_, std::io::Error>(out)
+            })
+            .ok()?
+            .ok()
+    }
+
+    /// The controller `host`'s agent has its session on, from its metrics on `port`
+    /// (`portcullis_agent_controller{url=..} 1`); `None` while it has none.
+    pub fn session_on(&self, host: &str, port: u16) -> Option<usize> {
+        let text = self.agent_metrics(host, port)?;
+        let urls = self.controller_urls();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("portcullis_agent_controller{url=\""))
+            .filter(|l| l.ends_with("} 1"))
+            .find_map(|l| urls.iter().position(|u| l.starts_with(&format!("{u}\""))))
+    }
+
+    /// Wait until [`Fleet::session_on`] names a controller `ok` accepts; returns it.
+    pub fn wait_session(
+        &self,
+        host: &str,
+        port: u16,
+        within: Duration,
+        ok: impl Fn(usize) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.session_on(host, port) {
+                Some(i) if ok(i) => return i,
+                on if Instant::now() > deadline => {
+                    panic!(
+                        "{host}: session on {on:?} after {within:?}\n{}",
+                        self.logs()
+                    )
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// `portcullis apply` that must succeed on every host.
     pub fn apply_ok(&self, inv: &Path, site: &Path) {
         self.apply_ok_at(0, inv, site);
@@ -506,6 +595,25 @@ impl Fleet {
         std::fs::write(&p, text).expect("write file");
         p
     }
+}
+
+/// `cmd`'s output, or a panic if it has not finished within `within` (it is killed).
+pub fn output_within(mut cmd: Command, within: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("waiting").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("collecting output")
 }
 
 impl Drop for Fleet {
