@@ -336,6 +336,7 @@ impl v1::admin_server::Admin for AdminService {
                 .map_err(super::session::internal)?
         };
         tracing::info!(revision, %author, hosts = expected.len(), "revision stored");
+        let pushed_at = store::now_ms();
 
         // Build each `Desired` from what was compiled above; hosts with the same policy
         // share one wire policy.
@@ -425,6 +426,7 @@ impl v1::admin_server::Admin for AdminService {
         let remote = Remote {
             store: self.shared.store.clone(),
             hosts: remote,
+            since_ms: pushed_at,
         };
         tokio::spawn(follow_rollout(revision, expected, events, remote, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -504,6 +506,9 @@ impl v1::admin_server::Admin for AdminService {
 struct Remote {
     store: store::Store,
     hosts: BTreeSet<String>,
+    /// When the revision was pushed: a remote host's error reported after it is this
+    /// apply's.
+    since_ms: i64,
 }
 
 const REMOTE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -525,15 +530,25 @@ impl Remote {
         };
         rows.into_iter()
             .filter(|h| hosts.contains(&h.name))
-            .filter(|h| h.applied_revision == revision && !h.reported_hash.is_empty())
-            .map(|h| {
-                let report = v1::Applied {
-                    revision,
-                    ok: true,
-                    hash: h.reported_hash.clone(),
-                    ..Default::default()
+            .filter_map(|h| {
+                let report = if h.applied_revision == revision && !h.reported_hash.is_empty() {
+                    v1::Applied {
+                        revision,
+                        ok: true,
+                        hash: h.reported_hash.clone(),
+                        ..Default::default()
+                    }
+                } else if !h.last_error.is_empty() && h.last_seen_ms >= self.since_ms {
+                    v1::Applied {
+                        revision,
+                        ok: false,
+                        error: h.last_error.clone(),
+                        ..Default::default()
+                    }
+                } else {
+                    return None;
                 };
-                (h.name, report)
+                Some((h.name, report))
             })
             .collect()
     }

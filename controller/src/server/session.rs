@@ -345,6 +345,13 @@ fn rate_kind(msg: &v1::AgentMessage) -> Kind {
 }
 
 pub(crate) fn internal(e: anyhow::Error) -> Status {
+    if crate::store::is_unavailable(&e) {
+        tracing::error!(error = %format!("{e:#}"), "the store is unavailable");
+        return Status::unavailable(
+            "the controller's database is unreachable: nothing was changed (hosts keep \
+             enforcing what they have); retry when it is back",
+        );
+    }
     tracing::error!(error = %e, "internal error");
     Status::internal("controller store error")
 }

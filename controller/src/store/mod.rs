@@ -39,6 +39,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use sql::{Arg, Db, Dialect, Row, Tx};
 
+/// The store could not be reached (PostgreSQL down or unreachable): nothing was done.
+#[derive(Debug, thiserror::Error)]
+#[error("the PostgreSQL database is unreachable: {0}")]
+pub struct Unavailable(pub String);
+
+/// Whether `e` says the store could not be reached (rather than refused a statement).
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<Unavailable>().is_some()
+            || c.downcast_ref::<tokio_postgres::Error>().is_some_and(|p| {
+                use std::error::Error as _;
+                // Closed, a socket error, or SQLSTATE class 08 (connection exception) /
+                // 57 (shutdown, cannot connect now).
+                p.is_closed()
+                    || p.source().is_some_and(|s| s.is::<std::io::Error>())
+                    || p.code()
+                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"))
+            })
+    })
+}
+
 /// Milliseconds since the Unix epoch (the store's time unit).
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -517,7 +538,7 @@ fn with_db<T>(engine: &Engine, f: impl FnOnce(&Db<'_>) -> anyhow::Result<T>) -> 
         Engine::Postgres { pool, rt, .. } => {
             let client = rt
                 .block_on(pool.get())
-                .map_err(|e| anyhow::anyhow!("the PostgreSQL database is unreachable: {e}"))?;
+                .map_err(|e| Unavailable(e.to_string()))?;
             let guard = Discard(Some(client));
             let Some(client) = guard.0.as_ref() else {
                 unreachable!("just set")

@@ -324,17 +324,19 @@ pub fn to_postgres(sql: &str) -> String {
 
 /// A PostgreSQL error with the server's message (tokio-postgres shows only "db error").
 pub fn pg_error(e: tokio_postgres::Error) -> anyhow::Error {
-    match e.as_db_error() {
+    let msg = match e.as_db_error() {
         Some(db) => {
             let mut msg = format!("{} ({})", db.message(), db.code().code());
             if let Some(d) = db.detail() {
                 msg.push_str(": ");
                 msg.push_str(d);
             }
-            anyhow::anyhow!("PostgreSQL: {msg}")
+            format!("PostgreSQL: {msg}")
         }
-        None => anyhow::anyhow!("PostgreSQL: {e}"),
-    }
+        None => format!("PostgreSQL: {e}"),
+    };
+    // The original stays in the chain ([`crate::store::is_unavailable`], [`pg_code`]).
+    anyhow::Error::new(e).context(msg)
 }
 
 /// The SQLSTATE of a PostgreSQL error in `e`'s chain, if any.
