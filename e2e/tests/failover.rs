@@ -21,7 +21,6 @@ mod common;
 use common::Fleet;
 use portcullis_testkit::probe::{TcpOutcome, tcp_connect};
 use portcullis_testkit::{TcpServer, require_root_netns};
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -108,19 +107,9 @@ fn verdicts(fleet: &Fleet) -> (bool, bool) {
 
 /// The agent's `/metrics`, fetched inside h1's own namespace.
 fn agent_metrics(fleet: &Fleet) -> String {
-    let addr = SocketAddr::new(fleet.hosts["h1"].v4, METRICS_PORT);
-    fleet.hosts["h1"]
-        .ns
-        .enter(move || {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok::<_, std::io::Error>(out)
-        })
-        .unwrap()
-        .unwrap()
+    fleet
+        .agent_metrics("h1", METRICS_PORT)
+        .expect("h1's metrics endpoint answers")
 }
 
 fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {

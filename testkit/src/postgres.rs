@@ -49,18 +49,24 @@ struct ServerCmd {
 /// none can be had and skipping was not asked for.
 pub fn require_postgres() -> Option<&'static Cluster> {
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-    match CLUSTER.get_or_init(Cluster::get) {
+    let got = CLUSTER.get_or_init(Cluster::get).as_ref();
+    gate(
+        got.map_err(Clone::clone),
+        &format!("Install the postgresql package (or set {CLUSTER_ENV} to a running cluster)"),
+    )
+}
+
+/// A cluster, or `None` after printing "skipped" when `PORTCULLIS_SKIP_POSTGRES=1`;
+/// otherwise a panic that says why and what to do (`advice`).
+fn gate<T>(got: Result<T, String>, advice: &str) -> Option<T> {
+    match got {
         Ok(c) => Some(c),
+        Err(why) if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") => {
+            eprintln!("skipped: {why} ({SKIP_ENV}=1)");
+            None
+        }
         Err(why) => {
-            if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-                eprintln!("skipped: {why} ({SKIP_ENV}=1)");
-                None
-            } else {
-                panic!(
-                    "this test needs PostgreSQL: {why}. Install the postgresql package (or \
-                     set {CLUSTER_ENV} to a running cluster), or set {SKIP_ENV}=1 to skip."
-                );
-            }
+            panic!("this test needs PostgreSQL: {why}. {advice}, or set {SKIP_ENV}=1 to skip.")
         }
     }
 }
@@ -69,20 +75,10 @@ pub fn require_postgres() -> Option<&'static Cluster> {
 /// and restart; `None` to skip, a panic when none can be started (as [`require_postgres`];
 /// [`CLUSTER_ENV`] does not help here: the server binaries must be installed).
 pub fn require_dedicated(settings: &[&str]) -> Option<Cluster> {
-    match Cluster::start(settings) {
-        Ok(c) => Some(c),
-        Err(why) => {
-            if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-                eprintln!("skipped: {why} ({SKIP_ENV}=1)");
-                None
-            } else {
-                panic!(
-                    "this test needs a PostgreSQL cluster of its own: {why}. Install the \
-                     postgresql package, or set {SKIP_ENV}=1 to skip."
-                );
-            }
-        }
-    }
+    gate(
+        Cluster::start(settings),
+        "A cluster of its own needs the postgresql package installed",
+    )
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
