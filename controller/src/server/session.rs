@@ -238,12 +238,13 @@ async fn read_reports(
             Some(v1::agent_message::Msg::Applied(mut a)) => {
                 // Stored, shown by `status` and held in the host-event ring: bounded.
                 truncate_utf8(&mut a.error, MAX_REPORTED_ERROR);
-                let (h, report) = (host.to_string(), a.clone());
                 let r = shared
                     .writer
-                    .write(move |c| {
-                        let err = (!report.ok).then_some(report.error.as_str());
-                        store::host_reported(c, &h, report.revision, &report.hash, err)
+                    .report(store::HostReport {
+                        host: host.to_string(),
+                        revision: a.revision,
+                        hash: a.hash.clone(),
+                        error: (!a.ok).then(|| a.error.clone()),
                     })
                     .await;
                 shared.metrics.applied(a.ok, a.duration_us);
@@ -277,23 +278,27 @@ async fn read_reports(
                 let write_hits = (purge || hits_seen.as_ref().map(|(_, v)| v) != Some(&hits))
                     .then(|| hits.clone());
                 hits_seen = Some((hb.applied_revision, hits));
-                shared
-                    .writer
-                    .write(move |c| {
-                        store::host_reported(c, &h, hb.applied_revision, &hb.kernel_hash, None)?;
-                        if let Some(hits) = &write_hits {
-                            store::hits::record(
-                                c,
-                                &h,
-                                hb.applied_revision,
-                                hits,
-                                purge,
-                                store::now_ms(),
-                            )?;
-                        }
-                        store::drift::verified(c, &h, hb.verified_unix_ms)
-                    })
-                    .await
+                let reported = shared.writer.report(store::HostReport {
+                    host: h.clone(),
+                    revision: hb.applied_revision,
+                    hash: hb.kernel_hash.clone(),
+                    error: None,
+                });
+                let rest = shared.writer.write(move |c| {
+                    if let Some(hits) = &write_hits {
+                        store::hits::record(
+                            c,
+                            &h,
+                            hb.applied_revision,
+                            hits,
+                            purge,
+                            store::now_ms(),
+                        )?;
+                    }
+                    store::drift::verified(c, &h, hb.verified_unix_ms)
+                });
+                let (a, b) = tokio::join!(reported, rest);
+                a.and(b)
             }
             Some(v1::agent_message::Msg::Drift(report)) => {
                 super::drift::on_report(shared, host, report).await

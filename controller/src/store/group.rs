@@ -3,11 +3,40 @@
 //! reporting at once cost one commit, not one each. A write may run twice (its group is
 //! retried write by write when one fails), so it must be a plain statement sequence.
 
-use super::Store;
 use super::sql::Db;
+use super::{HostReport, Store};
 use tokio::sync::{mpsc, oneshot};
 
-type Write = Box<dyn Fn(&Db<'_>) -> anyhow::Result<()> + Send>;
+/// One queued write: statements to run, or an agent report (merged with the group's
+/// other reports into a few multi-row statements).
+enum Write {
+    Run(Box<dyn Fn(&Db<'_>) -> anyhow::Result<()> + Send>),
+    Report(HostReport),
+}
+
+impl Write {
+    /// On its own (the fallback after a group failed).
+    fn run(&self, db: &Db<'_>) -> anyhow::Result<()> {
+        match self {
+            Write::Run(f) => f(db),
+            Write::Report(r) => {
+                super::host_reported(db, &r.host, r.revision, &r.hash, r.error.as_deref())
+            }
+        }
+    }
+}
+
+/// The whole group in `tx`: every `Run`, then the reports together.
+fn run_group(tx: &Db<'_>, writes: &[Write]) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for w in writes {
+        match w {
+            Write::Run(f) => f(tx)?,
+            Write::Report(r) => reports.push(r),
+        }
+    }
+    super::hosts_reported(tx, &reports)
+}
 
 /// Most writes merged into one transaction.
 const MAX_GROUP: usize = 1024;
@@ -39,7 +68,7 @@ impl GroupWriter {
                         // per write so one failing write cannot undo the others.
                         {
                             let tx = c.transaction()?;
-                            if writes.iter().all(|w| w(&tx).is_ok()) {
+                            if run_group(&tx, &writes).is_ok() {
                                 tx.commit()?;
                                 return Ok(writes.iter().map(|_| Ok(())).collect());
                             }
@@ -48,7 +77,7 @@ impl GroupWriter {
                         let mut results = Vec::with_capacity(writes.len());
                         for w in &writes {
                             let sp = tx.transaction()?;
-                            let r = w(&sp);
+                            let r = w.run(&sp);
                             if r.is_ok() {
                                 sp.commit()?;
                             }
@@ -81,9 +110,18 @@ impl GroupWriter {
         &self,
         f: impl Fn(&Db<'_>) -> anyhow::Result<()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.queue(Write::Run(Box::new(f))).await
+    }
+
+    /// Record an agent report ([`super::host_reported`]) in the next group transaction.
+    pub async fn report(&self, report: HostReport) -> anyhow::Result<()> {
+        self.queue(Write::Report(report)).await
+    }
+
+    async fn queue(&self, w: Write) -> anyhow::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((Box::new(f), done))
+            .send((w, done))
             .await
             .map_err(|_| anyhow::anyhow!("store writer stopped"))?;
         wait.await
@@ -100,6 +138,53 @@ mod tests {
     async fn concurrent_writes_all_commit_and_errors_stay_local() {
         for store in crate::store::testing::stores() {
             one_engine(store).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_merge_into_a_few_statements_and_say_what_one_would() {
+        for store in crate::store::testing::stores() {
+            let w = GroupWriter::start(store.clone());
+            for h in ["a", "b", "c"] {
+                let h = h.to_string();
+                w.write(move |c| super::super::host_connected(c, &h, "1", "{}", 0, "", "p", "c1"))
+                    .await
+                    .unwrap();
+            }
+            let report = |host: &str, revision, hash: &str, error: Option<&str>| HostReport {
+                host: host.into(),
+                revision,
+                hash: hash.into(),
+                error: error.map(str::to_owned),
+            };
+            let mut tasks = Vec::new();
+            for r in [
+                report("a", 3, "ha", None),
+                report("b", 3, "hb", None),
+                report("c", 3, "", Some("nft failed")),
+            ] {
+                let w = w.clone();
+                tasks.push(tokio::spawn(async move { w.report(r).await }));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            // A later error keeps what was applied, as host_reported does.
+            w.report(report("b", 4, "", Some("boom"))).await.unwrap();
+            let hosts = store.call(super::super::list_hosts).await.unwrap();
+            let got: Vec<(String, u64, String, String)> = hosts
+                .into_iter()
+                .map(|h| (h.name, h.applied_revision, h.reported_hash, h.last_error))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("a".into(), 3, "ha".into(), String::new()),
+                    ("b".into(), 3, "hb".into(), "boom".into()),
+                    ("c".into(), 0, String::new(), "nft failed".into()),
+                ],
+                "{store:?}"
+            );
         }
     }
 

@@ -290,6 +290,58 @@ pub fn host_reported(
     Ok(())
 }
 
+/// One agent report for [`hosts_reported`]: as [`host_reported`]'s arguments.
+#[derive(Debug, Clone)]
+pub struct HostReport {
+    pub host: String,
+    pub revision: u64,
+    pub hash: String,
+    pub error: Option<String>,
+}
+
+/// Many [`host_reported`]s in a few statements (the hosts are distinct; the last report
+/// of a host wins): a push to 10,000 agents is 20 `UPDATE`s, not 10,000 round trips.
+pub fn hosts_reported(db: &Db<'_>, reports: &[&HostReport]) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut last: std::collections::HashMap<&str, &HostReport> = std::collections::HashMap::new();
+    for r in reports {
+        last.insert(r.host.as_str(), r);
+    }
+    let rows: Vec<&HostReport> = last.into_values().collect();
+    for chunk in rows.chunks(HOSTS_PER_STATEMENT) {
+        let mut a: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 5);
+        for r in chunk {
+            a.extend([
+                r.host.to_arg(),
+                Arg::Int(to_i64(r.revision)),
+                r.hash.to_arg(),
+                Arg::Int(i64::from(r.error.is_none())),
+                r.error.as_deref().unwrap_or("").to_arg(),
+            ]);
+        }
+        db.execute(
+            &format!(
+                "UPDATE hosts SET last_seen_ms = {now},
+                    applied_revision = CASE WHEN v.column4 = 1 THEN v.column2
+                                            ELSE hosts.applied_revision END,
+                    reported_hash = CASE WHEN v.column4 = 1 THEN v.column3
+                                         ELSE hosts.reported_hash END,
+                    last_error = v.column5
+                  FROM (VALUES {}) AS v
+                 WHERE hosts.name = v.column1",
+                vec![
+                    "(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS BIGINT), \
+                      CAST(? AS TEXT))";
+                    chunk.len()
+                ]
+                .join(", ")
+            ),
+            &a,
+        )?;
+    }
+    Ok(())
+}
+
 pub fn touch_host(db: &Db<'_>, host: &str) -> anyhow::Result<()> {
     db.execute(
         "UPDATE hosts SET last_seen_ms = ?2 WHERE name = ?1",
