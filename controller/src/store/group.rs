@@ -7,10 +7,13 @@ use super::sql::Db;
 use super::{HostReport, Store};
 use tokio::sync::{mpsc, oneshot};
 
+/// Statements a caller queued (may run twice: see the module docs).
+type Statements = Box<dyn Fn(&Db<'_>) -> anyhow::Result<()> + Send>;
+
 /// One queued write: statements to run, or an agent report (merged with the group's
 /// other reports into a few multi-row statements).
 enum Write {
-    Run(Box<dyn Fn(&Db<'_>) -> anyhow::Result<()> + Send>),
+    Run(Statements),
     Report(HostReport),
 }
 
