@@ -524,12 +524,18 @@ impl Remote {
         if hosts.is_empty() {
             return Vec::new();
         }
-        let rows = self.store.call(store::list_hosts).await;
+        let names: Vec<String> = hosts.into_iter().collect();
+        let rows = self
+            .store
+            .call(move |c| {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                store::host_states(c, &names)
+            })
+            .await;
         let Ok(rows) = rows else {
             return Vec::new();
         };
         rows.into_iter()
-            .filter(|h| hosts.contains(&h.name))
             .filter_map(|h| {
                 let report = if h.applied_revision == revision && !h.reported_hash.is_empty() {
                     v1::Applied {

@@ -322,6 +322,26 @@ async fn verify_remote(
     let mut waiting: std::collections::BTreeSet<String> = hosts.iter().cloned().collect();
     while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(REMOTE_POLL).await;
+        let names: Vec<String> = waiting.iter().cloned().collect();
+        let states = shared
+            .store
+            .call(move |c| {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                store::host_states(c, &names)
+            })
+            .await;
+        let Ok(states) = states else {
+            continue;
+        };
+        let answered: Vec<String> = states
+            .into_iter()
+            .filter(|h| h.verified_ms >= asked_at)
+            .map(|h| h.name)
+            .collect();
+        if answered.is_empty() {
+            continue;
+        }
+        // The answers in full (facts and drift columns), for the hosts that answered.
         let rows = shared
             .store
             .call(|c| Ok((store::list_hosts(c)?, store::drift::rows(c)?)))
@@ -330,12 +350,12 @@ async fn verify_remote(
             continue;
         };
         for h in hosts_rows {
+            if !answered.contains(&h.name) {
+                continue;
+            }
             let Some(d) = drift_rows.get(&h.name) else {
                 continue;
             };
-            if !waiting.contains(&h.name) || d.verified_ms < asked_at {
-                continue;
-            }
             waiting.remove(&h.name);
             let facts: Facts = serde_json::from_str(&h.facts_json).unwrap_or_default();
             let report = v1::DriftReport {

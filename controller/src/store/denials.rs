@@ -578,6 +578,7 @@ fn partitions(conn: &Db<'_>) -> anyhow::Result<Vec<(i64, String)>> {
         args![],
         |r| r.get(0),
     )?;
+    // Named again from the day number: only a name this module makes is ever put into SQL.
     let mut out: Vec<(i64, String)> = names
         .into_iter()
         .filter_map(|name| {
@@ -585,7 +586,7 @@ fn partitions(conn: &Db<'_>) -> anyhow::Result<Vec<(i64, String)>> {
                 Some(d) => d.parse::<i64>().ok().map(|d| -d),
                 None => name.strip_prefix("denials_d")?.parse::<i64>().ok(),
             }?;
-            Some((day, name))
+            (partition_name(day) == name).then_some((day, name))
         })
         .collect();
     out.sort();

@@ -290,6 +290,46 @@ pub fn host_reported(
     Ok(())
 }
 
+/// What a host last reported, for followers of an apply or a verify on another
+/// controller (no facts: those can be kilobytes a host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostState {
+    pub name: String,
+    pub last_seen_ms: i64,
+    pub applied_revision: u64,
+    pub reported_hash: String,
+    pub last_error: String,
+    pub verified_ms: i64,
+}
+
+/// The [`HostState`] of each of `names` that is known.
+pub fn host_states(db: &Db<'_>, names: &[&str]) -> anyhow::Result<Vec<HostState>> {
+    let mut out = Vec::with_capacity(names.len());
+    for chunk in names.chunks(HOSTS_PER_STATEMENT) {
+        let a: Vec<Arg<'_>> = chunk.iter().map(|n| n.to_arg()).collect();
+        out.extend(db.query(
+            &format!(
+                "SELECT name, last_seen_ms, applied_revision, reported_hash, last_error,
+                        verified_ms
+                   FROM hosts WHERE name IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            ),
+            &a,
+            |r| {
+                Ok(HostState {
+                    name: r.get(0)?,
+                    last_seen_ms: r.get(1)?,
+                    applied_revision: to_u64(r.get(2)?),
+                    reported_hash: r.get(3)?,
+                    last_error: r.get(4)?,
+                    verified_ms: r.get(5)?,
+                })
+            },
+        )?);
+    }
+    Ok(out)
+}
+
 /// One agent report for [`hosts_reported`]: as [`host_reported`]'s arguments.
 #[derive(Debug, Clone)]
 pub struct HostReport {
