@@ -572,7 +572,13 @@ impl Tx<'_, '_> {
         self.done = true;
         self.db.depth.set(self.depth);
         if self.depth == 0 {
-            self.db.batch("COMMIT")
+            let r = self.db.batch("COMMIT");
+            if r.is_err() {
+                // SQLite keeps the transaction open after a failed COMMIT (busy, I/O):
+                // end it, as a dropped rusqlite transaction would.
+                let _ = self.db.batch("ROLLBACK");
+            }
+            r
         } else {
             self.db
                 .batch(&format!("RELEASE SAVEPOINT sp{}", self.depth))
