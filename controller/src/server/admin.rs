@@ -527,10 +527,7 @@ impl Remote {
         let names: Vec<String> = hosts.into_iter().collect();
         let rows = self
             .store
-            .call(move |c| {
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                store::host_states(c, &names)
-            })
+            .call(move |c| store::host_states(c, &names))
             .await;
         let Ok(rows) = rows else {
             return Vec::new();

@@ -325,10 +325,7 @@ async fn verify_remote(
         let names: Vec<String> = waiting.iter().cloned().collect();
         let states = shared
             .store
-            .call(move |c| {
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                store::host_states(c, &names)
-            })
+            .call(move |c| store::host_states(c, &names))
             .await;
         let Ok(states) = states else {
             continue;

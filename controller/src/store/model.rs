@@ -303,7 +303,7 @@ pub struct HostState {
 }
 
 /// The [`HostState`] of each of `names` that is known.
-pub fn host_states(db: &Db<'_>, names: &[&str]) -> anyhow::Result<Vec<HostState>> {
+pub fn host_states(db: &Db<'_>, names: &[String]) -> anyhow::Result<Vec<HostState>> {
     let mut out = Vec::with_capacity(names.len());
     for chunk in names.chunks(HOSTS_PER_STATEMENT) {
         let a: Vec<Arg<'_>> = chunk.iter().map(|n| n.to_arg()).collect();
