@@ -529,7 +529,13 @@ impl<'c> Db<'c> {
     pub fn transaction(&self) -> anyhow::Result<Tx<'_, 'c>> {
         let depth = self.depth.get();
         if depth == 0 {
-            self.batch("BEGIN")?;
+            // SQLite: take the write lock now. A deferred transaction that reads and then
+            // writes fails at once with SQLITE_BUSY_SNAPSHOT (busy_timeout cannot help)
+            // when another connection (the denial writer's) committed in between.
+            self.batch(match self.dialect() {
+                Dialect::Sqlite => "BEGIN IMMEDIATE",
+                Dialect::Postgres => "BEGIN",
+            })?;
         } else {
             self.batch(&format!("SAVEPOINT sp{depth}"))?;
         }
