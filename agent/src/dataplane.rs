@@ -21,7 +21,7 @@ pub mod nft_json;
 
 pub use child::{DEFAULT_NFT_TIMEOUT, run_bounded};
 pub use fake::FakeDataplane;
-pub use nft::NftDataplane;
+pub use nft::{NftDataplane, STAGE_MIN_ELEMENTS};
 
 use portcullis_policy::ruleset::{Element, SetKey};
 use portcullis_policy::{ReadbackError, RuleCounter, Ruleset, parse_readback};

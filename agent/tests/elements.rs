@@ -9,8 +9,9 @@
 #![allow(clippy::unwrap_used)]
 
 use portcullis_agent::dataplane::SetChange;
+use portcullis_agent::dataplane::STAGE_MIN_ELEMENTS;
 use portcullis_agent::{Dataplane, NftDataplane};
-use portcullis_policy::ruleset::{Element, Set, SetKey};
+use portcullis_policy::ruleset::{Element, L3, Rule, Set, SetKey, Verdict};
 use portcullis_policy::{AddrLists, Ruleset, Source, compile, parse_readback};
 use portcullis_testkit::{NetNs, require_root_netns};
 
@@ -306,6 +307,95 @@ fn two_hundred_thousand_additions_in_one_call() {
         let got = nft.read_table_netlink().unwrap().unwrap().ruleset;
         assert_eq!(got.element_count(), want.element_count());
         assert_eq!(got, want);
+    })
+    .expect("enter");
+}
+
+/// A list file of `n` v4 addresses from `base`, `n / 40` v4 /24s and `n / 100` v6
+/// addresses.
+fn big_list(base: u32, n: u32) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    for i in 0..n {
+        writeln!(s, "{}", std::net::Ipv4Addr::from(base + i)).unwrap();
+    }
+    for i in 0..n / 40 {
+        writeln!(s, "{}/24", std::net::Ipv4Addr::from(0xc000_0000 + (base >> 8) + (i << 9))).unwrap();
+    }
+    for i in 0..n / 100 {
+        writeln!(s, "2001:db8:{:x}::{:x}", base >> 16, i + 1).unwrap();
+    }
+    s
+}
+
+/// A policy denying the sources of list file `deny` (text `text`), allowing 22/tcp from
+/// `admins.txt`.
+fn with_blocklist(deny: &str, text: &str) -> Ruleset {
+    let policy = format!(
+        "allow:\n  - {{ port: 22, proto: tcp, from: {{ file: admins.txt }} }}\ndeny:\n  - {{ from: {{ file: {deny} }} }}\n"
+    );
+    let lists = AddrLists::parse(&[Source::new(deny, text), Source::new("admins.txt", ADMINS)])
+        .unwrap();
+    let p = portcullis_policy::site::load_host_policy_with_lists(
+        &Source::new("p.yml", &policy),
+        &lists,
+    )
+    .unwrap();
+    compile(&p, &Default::default(), 1).unwrap()
+}
+
+/// The staged replace: new large lists are filled over netlink before one `nft -f`
+/// swaps the rest of the table around them; the result reads back as the ruleset, by
+/// every readback, with nothing of the old table left; a swap the kernel refuses leaves
+/// the old table exactly as it was (the staged sets removed again), and so does the
+/// fallback to one `nft -f`.
+#[test]
+fn large_new_lists_are_staged_and_swapped_in_at_once() {
+    if !require_root_netns() {
+        return;
+    }
+    let a = with_blocklist("a.txt", &big_list(0x6440_0000, 20_000));
+    let b = with_blocklist("b.txt", &big_list(0x6480_0000, 24_000));
+    assert!(a.element_count() > STAGE_MIN_ELEMENTS);
+    let ns = NetNs::new().expect("ns");
+    ns.enter(|| {
+        let nft = NftDataplane::default();
+        nft.replace_staged(&a).unwrap();
+        assert_reads(&nft, &a, "a, staged into no table");
+        nft.replace_staged(&b).unwrap();
+        assert_reads(&nft, &b, "b, staged into a's table");
+        nft.replace_staged(&a).unwrap();
+        assert_reads(&nft, &a, "a again");
+        // The same lists again: nothing new to stage (a plain `nft -f` is as fast).
+        let why = nft.replace_staged(&a).unwrap_err();
+        assert!(why.contains("new address-list elements"), "{why}");
+        nft.replace(&a).unwrap();
+        assert_reads(&nft, &a, "a by one nft -f");
+
+        // b with a rule the kernel refuses (its set does not exist): the swap fails
+        // after b's sets were staged.
+        let mut broken = b.clone();
+        broken
+            .chains
+            .values_mut()
+            .find(|c| c.base.is_some())
+            .unwrap()
+            .rules
+            .push(Rule::SourceSet {
+                l3: L3::Ip,
+                set: "absent_v4a".into(),
+                proto: None,
+                ports: None,
+                log: None,
+                verdict: Verdict::Drop,
+            });
+        let g0 = nft.generation().unwrap();
+        let why = nft.replace_staged(&broken).unwrap_err();
+        assert!(why.contains("absent_v4a"), "names the refused set: {why}");
+        assert_ne!(nft.generation().unwrap(), g0, "b's sets were staged");
+        assert_reads(&nft, &a, "after the refused swap");
+        assert!(nft.replace(&broken).is_err());
+        assert_reads(&nft, &a, "after the refused replace");
     })
     .expect("enter");
 }

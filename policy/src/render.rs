@@ -6,6 +6,7 @@
 //! `delete table` + the full table, which the kernel applies as one batch or not at all.
 
 use crate::ruleset::{DENY_SET_PREFIX, L3, Rule, Ruleset, TABLE_NAME};
+use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 
 /// Elements per line in a rendered set (readability only; nft does not care).
@@ -111,11 +112,57 @@ impl Ruleset {
         s
     }
 
+    /// The second step of a staged replace (the agent's dataplane): the sets named in
+    /// `staged` already exist in the table, filled, referenced by nothing; this one
+    /// transaction empties and deletes every other chain and set the table holds now
+    /// (`chains`, `sets`: their names) and writes the rest of the ruleset, so the
+    /// ruleset becomes exactly `self` at once, the staged sets as they are. Chains are
+    /// all flushed before any is deleted (a jump holds its target).
+    pub fn to_nft_swap_script(
+        &self,
+        chains: &[String],
+        sets: &[String],
+        staged: &BTreeSet<String>,
+    ) -> String {
+        let mut s = format!("add table inet {TABLE_NAME}\n");
+        for c in chains {
+            s.push_str(&format!("flush chain inet {TABLE_NAME} {c}\n"));
+        }
+        for c in chains {
+            s.push_str(&format!("delete chain inet {TABLE_NAME} {c}\n"));
+        }
+        for set in sets {
+            s.push_str(&format!("delete set inet {TABLE_NAME} {set}\n"));
+        }
+        // Writing to a String cannot fail.
+        let _ = self.write_table(&mut s, staged);
+        s
+    }
+
+    /// `add set` of `name` as [`Self::to_nft_script`] declares it, without elements.
+    pub fn empty_set_command(&self, name: &str) -> Option<String> {
+        let set = self.sets.get(name)?;
+        let flags = if set.key.interval() {
+            " flags interval;"
+        } else {
+            ""
+        };
+        Some(format!(
+            "add set inet {TABLE_NAME} {name} {{ type {};{flags} }}\n",
+            set.key
+        ))
+    }
+
     fn write_script(&self, s: &mut String) -> fmt::Result {
         writeln!(s, "add table inet {TABLE_NAME}")?;
         writeln!(s, "delete table inet {TABLE_NAME}")?;
+        self.write_table(s, &BTreeSet::new())
+    }
+
+    /// `table inet portcullis { ... }`: every set but those in `skip`, every chain.
+    fn write_table(&self, s: &mut String, skip: &BTreeSet<String>) -> fmt::Result {
         writeln!(s, "table inet {TABLE_NAME} {{")?;
-        for (name, set) in &self.sets {
+        for (name, set) in self.sets.iter().filter(|(n, _)| !skip.contains(*n)) {
             writeln!(s, "\tset {name} {{")?;
             writeln!(s, "\t\ttype {}", set.key)?;
             if set.key.interval() {

@@ -33,26 +33,10 @@ pub type Read = Result<Option<KernelTable>, String>;
 pub fn read(nl: &mut NfTables) -> io::Result<Read> {
     let mut name_attr = Vec::new();
     push_attr_str(&mut name_attr, 1, TABLE_NAME); // NFTA_{TABLE_NAME,SET_TABLE,...} = 1
-    let table = match nl.request(NFT_MSG_GETTABLE, false, NFPROTO_INET, &name_attr) {
-        Ok(t) => t,
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {
-            return Ok(Ok(None));
-        }
-        Err(e) => return Err(e),
-    };
-    let [table] = table.as_slice() else {
-        return Ok(Err("GETTABLE: not one answer".to_owned()));
-    };
-    if let Err(why) = check_table(table) {
-        return Ok(Err(why));
-    }
-    for (msg, what) in [
-        (NFT_MSG_GETOBJ, "object"),
-        (NFT_MSG_GETFLOWTABLE, "flowtable"),
-    ] {
-        if !nl.request(msg, true, NFPROTO_INET, &name_attr)?.is_empty() {
-            return Ok(Err(format!("a stateful {what} in the table")));
-        }
+    match table_of_ours(nl, &name_attr)? {
+        Ok(true) => {}
+        Ok(false) => return Ok(Ok(None)),
+        Err(why) => return Ok(Err(why)),
     }
     let mut rs = Ruleset::default();
     // Anonymous sets by name: whether it is exactly `{ tcp, udp, udplite, sctp, dccp }`.
@@ -107,6 +91,71 @@ pub fn read(nl: &mut NfTables) -> io::Result<Read> {
         ruleset: rs,
         counters,
     })))
+}
+
+/// The named chains and sets of our table (no elements, no rules): what a staged replace
+/// must delete (see `nft.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub chains: Vec<String>,
+    pub sets: Vec<String>,
+}
+
+/// The names in table `inet portcullis`: `Ok(None)` when it is absent; `Err(why)` when it
+/// holds anything deleting those names would leave behind or that is not of our shapes
+/// (table flags, an object, a flowtable, a map, a chain or set of another shape): the
+/// caller then replaces the table whole.
+pub fn inventory(nl: &mut NfTables) -> io::Result<Result<Option<Inventory>, String>> {
+    let mut name_attr = Vec::new();
+    push_attr_str(&mut name_attr, 1, TABLE_NAME);
+    match table_of_ours(nl, &name_attr)? {
+        Ok(true) => {}
+        Ok(false) => return Ok(Ok(None)),
+        Err(why) => return Ok(Err(why)),
+    }
+    let mut out = Inventory::default();
+    for set in nl.request(NFT_MSG_GETSET, true, NFPROTO_INET, &name_attr)? {
+        match set_shape(&set) {
+            Err(why) => return Ok(Err(why)),
+            Ok(SetShape::Ours(name, _)) => out.sets.push(name),
+            // Bound to its rule: it goes with the rule.
+            Ok(SetShape::L4Protos(_)) => {}
+        }
+    }
+    for chain in nl.request(NFT_MSG_GETCHAIN, true, NFPROTO_INET, &name_attr)? {
+        match chain_shape(&chain) {
+            Err(why) => return Ok(Err(why)),
+            Ok(None) => {}
+            Ok(Some((name, _))) => out.chains.push(name),
+        }
+    }
+    Ok(Ok(Some(out)))
+}
+
+/// Whether the table exists, and that it is ours with no object or flowtable in it.
+fn table_of_ours(nl: &mut NfTables, name_attr: &[u8]) -> io::Result<Result<bool, String>> {
+    let table = match nl.request(NFT_MSG_GETTABLE, false, NFPROTO_INET, name_attr) {
+        Ok(t) => t,
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {
+            return Ok(Ok(false));
+        }
+        Err(e) => return Err(e),
+    };
+    let [table] = table.as_slice() else {
+        return Ok(Err("GETTABLE: not one answer".to_owned()));
+    };
+    if let Err(why) = check_table(table) {
+        return Ok(Err(why));
+    }
+    for (msg, what) in [
+        (NFT_MSG_GETOBJ, "object"),
+        (NFT_MSG_GETFLOWTABLE, "flowtable"),
+    ] {
+        if !nl.request(msg, true, NFPROTO_INET, name_attr)?.is_empty() {
+            return Ok(Err(format!("a stateful {what} in the table")));
+        }
+    }
+    Ok(Ok(true))
 }
 
 /// Attributes of a message or nested attribute, in order.
