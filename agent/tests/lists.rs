@@ -78,9 +78,24 @@ fn peer_addr(last: u8, v6: bool) -> IpAddr {
 
 #[test]
 fn a_blocklist_drops_its_sources_on_every_port_before_and_after_a_list_delta() {
+    blocklist_before_and_after_a_delta(0);
+}
+
+/// The same with 40,000 more addresses in the list: the first apply stages the list's
+/// sets over netlink before one `nft -f` swaps the rules in (see `NftDataplane::replace`).
+#[test]
+fn a_large_blocklist_is_staged_and_drops_its_sources_before_and_after_a_list_delta() {
+    blocklist_before_and_after_a_delta(40_000);
+}
+
+/// `filler` more addresses (from 100.64.0.0/10) in the blocklist.
+fn blocklist_before_and_after_a_delta(filler: u32) {
     if !require_root_netns() {
         return;
     }
+    let filler: String = (0..filler)
+        .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x6440_0000 + i)))
+        .collect();
     let lab = Lab::pair();
     for last in [3, 4] {
         for v6 in [false, true] {
@@ -93,7 +108,7 @@ fn a_blocklist_drops_its_sources_on_every_port_before_and_after_a_list_delta() {
     }
     lab.file(
         "blocked.txt",
-        "# scanners\n10.77.1.3\nfd77:0:0:1::3\n198.51.100.0/24\n2001:db8::/32\n",
+        &format!("# scanners\n10.77.1.3\nfd77:0:0:1::3\n198.51.100.0/24\n2001:db8::/32\n{filler}"),
     );
     lab.apply_policy(DENY_POLICY, &[]);
     let peer = lab.topo.ns("peer");
@@ -131,7 +146,7 @@ fn a_blocklist_drops_its_sources_on_every_port_before_and_after_a_list_delta() {
     // Only the list changes: an element delta, no table rewrite.
     lab.file(
         "blocked.txt",
-        "10.77.1.2\nfd77:0:0:1::2\n198.51.100.0/24\n2001:db8::/32\n",
+        &format!("10.77.1.2\nfd77:0:0:1::2\n198.51.100.0/24\n2001:db8::/32\n{filler}"),
     );
     let out = lab.apply_policy(DENY_POLICY, &[]);
     assert!(out.contains("list delta"), "{out}");

@@ -312,7 +312,9 @@ fn parse_chain(body: &Map<String, Value>) -> (Chain, bool) {
 
 /// One of our set shapes, exactly, or `None`.
 fn parse_set(body: &Map<String, Value>) -> Option<Set> {
-    const KEYS: [&str; 7] = ["family", "name", "table", "type", "handle", "flags", "elem"];
+    const KEYS: [&str; 8] = [
+        "family", "name", "table", "type", "handle", "flags", "elem", "size",
+    ];
     if body.keys().any(|k| !KEYS.contains(&k.as_str())) {
         return None;
     }
@@ -336,6 +338,14 @@ fn parse_set(body: &Map<String, Value>) -> Option<Set> {
     };
     if key.interval() != interval {
         return None;
+    }
+    // A staged hash set's `size` (the kernel's table size and a cap) changes no verdict:
+    // not part of the ruleset. Nothing else of ours has one.
+    if let Some(size) = body.get("size") {
+        let hash = matches!(key, SetKey::V4Addr | SetKey::V6Addr);
+        if !hash || !size.as_u64().is_some_and(|n| n > 0) {
+            return None;
+        }
     }
     let mut elements = Vec::new();
     for e in body

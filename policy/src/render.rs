@@ -9,6 +9,9 @@ use crate::ruleset::{DENY_SET_PREFIX, L3, Rule, Ruleset, TABLE_NAME};
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 
+/// The smallest `size` of a staged hash set ([`Ruleset::staging_set_command`]).
+pub const STAGED_HASH_MIN_SIZE: usize = 1024;
+
 /// Elements per line in a rendered set (readability only; nft does not care).
 const ELEMENTS_PER_LINE: usize = 8;
 
@@ -139,16 +142,30 @@ impl Ruleset {
         s
     }
 
-    /// `add set` of `name` as [`Self::to_nft_script`] declares it, without elements.
-    pub fn empty_set_command(&self, name: &str) -> Option<String> {
+    /// `add set` of `name` as [`Self::to_nft_script`] declares it, without elements, to
+    /// be filled over netlink: a hash set (single addresses) also gets `size`, twice
+    /// its elements rounded up to a power of two (at least [`STAGED_HASH_MIN_SIZE`]).
+    /// The kernel sizes its hash table from it once; without it the table starts at
+    /// four buckets and every insert of a big load takes the slow path of a resize
+    /// (more than half the load's time at a million). `size` also caps the set, so the
+    /// room left is for later list deltas (a shard's share stays below half of it until
+    /// the list's shards double, and then the sets are new); readback takes a hash
+    /// set's `size` as no part of the ruleset (it changes no verdict).
+    pub fn staging_set_command(&self, name: &str) -> Option<String> {
         let set = self.sets.get(name)?;
-        let flags = if set.key.interval() {
-            " flags interval;"
+        let extra = if set.key.interval() {
+            " flags interval;".to_owned()
         } else {
-            ""
+            let size = set
+                .elements
+                .len()
+                .saturating_mul(2)
+                .next_power_of_two()
+                .max(STAGED_HASH_MIN_SIZE);
+            format!(" size {size};")
         };
         Some(format!(
-            "add set inet {TABLE_NAME} {name} {{ type {};{flags} }}\n",
+            "add set inet {TABLE_NAME} {name} {{ type {};{extra} }}\n",
             set.key
         ))
     }

@@ -266,10 +266,14 @@ fn set_shape(a: &[u8]) -> Result<SetShape, String> {
         }
     }
     let name = name.ok_or("set without a name")?.to_owned();
+    // A staged hash set of addresses has a size, which changes no verdict (see
+    // `parse_set` in the policy crate's readback); any other named set with one is not
+    // ours (an anonymous one has its element count there).
+    let hash_of_addresses = flags.is_none() && matches!(key_type, Some(7 | 8));
+    if sized && flags.unwrap_or(0) & NFT_SET_ANONYMOUS == 0 && !hash_of_addresses {
+        return Err(format!("set {name} has a size"));
+    }
     let shape = match (flags, key_type, key_len, udata) {
-        (f, ..) if sized && f.unwrap_or(0) & NFT_SET_ANONYMOUS == 0 => {
-            return Err(format!("set {name} has a size"));
-        }
         (Some(NFT_SET_INTERVAL), Some(13), Some(2), Some(UDATA_PORT)) => {
             SetShape::Ours(name, SetKey::Port)
         }

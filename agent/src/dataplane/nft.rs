@@ -172,7 +172,8 @@ const STAGE_BATCH_ELEMENTS: usize = 65_536;
 
 impl NftDataplane {
     /// A staged replace: the address-list sets the table does not hold yet are created
-    /// empty and filled over netlink while no rule refers to them (`nft -f` would parse
+    /// empty (hash sets with a `size`, see [`Ruleset::staging_set_command`]) and filled
+    /// over netlink while no rule refers to them (`nft -f` would parse
     /// every element: 6 of the 8 s of a million), then one `nft -f` transaction turns
     /// the table into `ruleset` around them ([`Ruleset::to_nft_swap_script`]): every
     /// other chain and set is flushed and deleted, the rest written. Traffic sees the
@@ -201,7 +202,7 @@ impl NftDataplane {
         }
         let mut create = format!("add table inet {TABLE_NAME}\n");
         for name in &staged {
-            create.push_str(&ruleset.empty_set_command(name).unwrap_or_default());
+            create.push_str(&ruleset.staging_set_command(name).unwrap_or_default());
         }
         self.apply(&create).map_err(|e| e.to_string())?;
         let loaded = staged.iter().try_for_each(|name| {

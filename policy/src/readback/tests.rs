@@ -256,6 +256,11 @@ fn typed_and_value_paths_agree() {
         format!(r#"{{{a4},"flags":["interval"],"elem":[22]}}"#),
         format!(r#"{{{a4},"flags":["interval","timeout"],"elem":["10.0.0.1"]}}"#),
         format!(r#"{{{a6},"elem":["fd77::1"]}}"#),
+        format!(r#"{{{a4},"size":65536,"elem":["10.0.0.1"]}}"#),
+        format!(r#"{{{a6},"size":1024,"elem":["fd77::1"]}}"#),
+        format!(r#"{{{a4},"size":0,"elem":["10.0.0.1"]}}"#),
+        format!(r#"{{{a4},"size":"x","elem":["10.0.0.1"]}}"#),
+        format!(r#"{{{a4},"flags":["interval"],"size":1024,"elem":["10.0.0.1"]}}"#),
         format!(r#"{{{a6},"elem":["10.0.0.1"]}}"#),
         format!(r#"{{{a6},"flags":["interval"],"elem":[{{"prefix":{{"addr":"fd77::","len":16}}}},{{"range":["fd78::","fd78::5"]}}]}}"#),
         format!(r#"{{{ports},"elem":[22]}}"#),
@@ -436,4 +441,23 @@ fn address_list_rules_of_other_shapes_are_unknown() {
         rs.chains["g"].rules[0].to_string(),
         "ip saddr @s counter drop"
     );
+}
+
+/// A staged hash set's `size` is not part of the ruleset; on any other set it is
+/// something we never write.
+#[test]
+fn a_hash_set_size_reads_as_no_part_of_the_ruleset() {
+    let doc = |body: &str| {
+        format!(
+            r#"{{"nftables":[{{"table":{{"family":"inet","name":"portcullis","handle":1}}}},{{"set":{{"family":"inet","name":"a4","table":"portcullis","type":"ipv4_addr"{body},"elem":["10.0.0.1"]}}}}]}}"#
+        )
+    };
+    let plain = parse_readback(&doc("")).unwrap().0;
+    assert!(plain.unknown.is_empty());
+    assert_eq!(parse_readback(&doc(r#","size":65536"#)).unwrap().0, plain);
+    let interval = parse_readback(&doc(r#","flags":["interval"],"size":65536"#))
+        .unwrap()
+        .0;
+    assert!(interval.sets.is_empty());
+    assert_eq!(interval.unknown.len(), 1, "{interval:?}");
 }

@@ -98,7 +98,7 @@ pub(super) struct TypedSet {
 
 /// `body` as one of our set shapes (exactly the keys `family`, `name`, `table`, `type`,
 /// optional `handle`, `flags: ["interval"]` (absent for the address hash sets), optional
-/// `elem`), or `None`.
+/// `elem`, and for an address hash set optional `size`), or `None`.
 pub(super) fn set(body: &str) -> Option<TypedSet> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -118,6 +118,9 @@ pub(super) fn set(body: &str) -> Option<TypedSet> {
         flags: Option<[Interval; 1]>,
         #[serde(default)]
         elem: Vec<Elem>,
+        /// A staged hash set's (see `parse_set`): not part of the ruleset.
+        #[serde(default)]
+        size: Option<std::num::NonZeroU64>,
     }
     let b: Body<'_> = serde_json::from_str(body).ok()?;
     // `Key` reads `ipv4_addr`/`ipv6_addr` as the hash sets; with `flags interval` they are
@@ -128,6 +131,9 @@ pub(super) fn set(body: &str) -> Option<TypedSet> {
         (k, interval) if k.interval() == interval => k,
         _ => return None,
     };
+    if b.size.is_some() && !matches!(key, SetKey::V4Addr | SetKey::V6Addr) {
+        return None;
+    }
     let mut elements = Vec::with_capacity(b.elem.len());
     for e in b.elem {
         match (key, e) {

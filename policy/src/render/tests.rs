@@ -49,12 +49,21 @@ fn swap_script_empties_and_deletes_what_is_there_and_keeps_the_staged_sets() {
     );
     assert!(!script.contains("big_v4a"));
     assert_eq!(
-        rs.empty_set_command("big_v4a").unwrap(),
-        "add set inet portcullis big_v4a { type ipv4_addr; }\n"
+        rs.staging_set_command("big_v4a").unwrap(),
+        "add set inet portcullis big_v4a { type ipv4_addr; size 1024; }\n"
     );
     assert_eq!(
-        rs.empty_set_command("small_v4n").unwrap(),
+        rs.staging_set_command("small_v4n").unwrap(),
         "add set inet portcullis small_v4n { type ipv4_addr; flags interval; }\n"
     );
-    assert_eq!(rs.empty_set_command("absent"), None);
+    assert_eq!(rs.staging_set_command("absent"), None);
+    let many: BTreeSet<Element> = (0..30_000u32)
+        .map(|i| Element::V4(ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(i))))
+        .collect();
+    rs.sets
+        .insert("big_v4a".into(), Set::new(SetKey::V4Addr, many));
+    assert_eq!(
+        rs.staging_set_command("big_v4a").unwrap(),
+        "add set inet portcullis big_v4a { type ipv4_addr; size 65536; }\n"
+    );
 }
