@@ -114,6 +114,16 @@ impl NfTables {
         })
     }
 
+    /// Another socket like this one, opened now in the calling thread's namespace, for a
+    /// second thread to dump with: `None` when replaying or recording (the datagrams
+    /// must come in one order).
+    pub(super) fn fork(&self) -> io::Result<Option<Self>> {
+        match &self.link {
+            Link::Kernel { record: None, .. } => Self::open().map(Some),
+            Link::Kernel { .. } | Link::Replay(_) => Ok(None),
+        }
+    }
+
     /// Answers every request with the next of `datagrams` (fuzzing and tests).
     pub(super) fn replay(datagrams: Vec<Vec<u8>>) -> Self {
         Self {

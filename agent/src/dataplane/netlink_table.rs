@@ -41,16 +41,11 @@ pub fn read(nl: &mut NfTables) -> io::Result<Read> {
     let mut rs = Ruleset::default();
     // Anonymous sets by name: whether it is exactly `{ tcp, udp, udplite, sctp, dccp }`.
     let mut anonymous: BTreeMap<String, bool> = BTreeMap::new();
+    let mut ours = Vec::new();
     for set in nl.request(NFT_MSG_GETSET, true, NFPROTO_INET, &name_attr)? {
         match set_shape(&set) {
             Err(why) => return Ok(Err(why)),
-            Ok(SetShape::Ours(name, key)) => {
-                let set = match nl.set_elements(TABLE_NAME, &name, key)? {
-                    Decoded::Elements(elements) => Set::new(key, elements),
-                    Decoded::Unrecognized(why) => return Ok(Err(format!("set {name}: {why}"))),
-                };
-                rs.sets.insert(name, set);
-            }
+            Ok(SetShape::Ours(name, key)) => ours.push((name, key)),
             Ok(SetShape::L4Protos(name)) => {
                 let every = match nl.raw_set_elements(TABLE_NAME, &name)? {
                     Ok(raw) => is_every_proto(&raw),
@@ -58,6 +53,14 @@ pub fn read(nl: &mut NfTables) -> io::Result<Read> {
                 };
                 anonymous.insert(name, every);
             }
+        }
+    }
+    for ((name, _), set) in ours.iter().zip(read_sets(nl, &ours)?) {
+        match set {
+            Ok(set) => {
+                rs.sets.insert(name.clone(), set);
+            }
+            Err(why) => return Ok(Err(format!("set {name}: {why}"))),
         }
     }
     for chain in nl.request(NFT_MSG_GETCHAIN, true, NFPROTO_INET, &name_attr)? {
@@ -91,6 +94,58 @@ pub fn read(nl: &mut NfTables) -> io::Result<Read> {
         ruleset: rs,
         counters,
     })))
+}
+
+/// Sets from which [`read_sets`] dumps on two sockets in two threads.
+const PARALLEL_FROM_SETS: usize = 4;
+
+/// The elements of `sets` (name, key), decoded and normalized, in order; `Err(why)` for
+/// a set with an element not of our shapes. With several sets, half of them are dumped
+/// on a second socket in a second thread: the kernel walks a set in the thread that
+/// reads it, so a million elements read in about half the time on two cores.
+fn read_sets(nl: &mut NfTables, sets: &[(String, SetKey)]) -> io::Result<Vec<Result<Set, String>>> {
+    let one = |nl: &mut NfTables, (name, key): &(String, SetKey)| {
+        Ok(match nl.set_elements(TABLE_NAME, name, *key)? {
+            Decoded::Elements(elements) => Ok(Set::new(*key, elements)),
+            Decoded::Unrecognized(why) => Err(why),
+        })
+    };
+    let second = if sets.len() >= PARALLEL_FROM_SETS {
+        nl.fork()?
+    } else {
+        None
+    };
+    let Some(mut second) = second else {
+        return sets.iter().map(|s| one(nl, s)).collect();
+    };
+    // Alternate sets between the two (shards of one list are alike in size).
+    let (mine, theirs): (Vec<_>, Vec<_>) = sets.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let (mine, theirs) = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            theirs
+                .iter()
+                .map(|(_, set)| one(&mut second, set))
+                .collect::<io::Result<Vec<_>>>()
+        });
+        let mine = mine
+            .iter()
+            .map(|(_, set)| one(nl, set))
+            .collect::<io::Result<Vec<_>>>();
+        let theirs = other
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("set reader thread panicked")));
+        (mine, theirs)
+    });
+    let (mut mine, mut theirs) = (mine?.into_iter(), theirs?.into_iter());
+    Ok((0..sets.len())
+        .filter_map(|i| {
+            if i % 2 == 0 {
+                mine.next()
+            } else {
+                theirs.next()
+            }
+        })
+        .collect())
 }
 
 /// The named chains and sets of our table (no elements, no rules): what a staged replace

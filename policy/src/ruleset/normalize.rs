@@ -34,17 +34,20 @@ pub(super) fn normalize(elements: impl IntoIterator<Item = Element>) -> BTreeSet
             Element::V6(n) => a6.push(n.trunc()),
         }
     }
-    let mut out: BTreeSet<Element> = merge_ports(ports).into_iter().map(Element::Port).collect();
+    // Collected, then built at once: `BTreeSet::from_iter` sorts (each part already is,
+    // in variant order) and bulk-builds; inserting a million one by one was a quarter
+    // of a million-element readback.
+    let mut out: Vec<Element> = merge_ports(ports).into_iter().map(Element::Port).collect();
     for (addr, len, p) in rects_to_prefixes(v4, 32) {
         // `addr` came from a u32 and `len <= 32`, so both conversions hold.
         let a = Ipv4Addr::from(u32::try_from(addr).unwrap_or(u32::MAX));
         if let Ok(n) = Ipv4Net::new(a, len) {
-            out.insert(Element::V4Port(n, p));
+            out.push(Element::V4Port(n, p));
         }
     }
     for (addr, len, p) in rects_to_prefixes(v6, 128) {
         if let Ok(n) = Ipv6Net::new(Ipv6Addr::from(addr), len) {
-            out.insert(Element::V6Port(n, p));
+            out.push(Element::V6Port(n, p));
         }
     }
     out.extend(
@@ -62,7 +65,7 @@ pub(super) fn normalize(elements: impl IntoIterator<Item = Element>) -> BTreeSet
             .into_iter()
             .map(Element::V6),
     );
-    out
+    out.into_iter().collect()
 }
 
 /// Prefixes sorted, without those inside another one (an interval set refuses
