@@ -343,7 +343,7 @@ fn parse_set(body: &Map<String, Value>) -> Option<Set> {
     // not part of the ruleset. Nothing else of ours has one.
     if let Some(size) = body.get("size") {
         let hash = matches!(key, SetKey::V4Addr | SetKey::V6Addr);
-        if !hash || !size.as_u64().is_some_and(|n| n > 0) {
+        if !hash || size.as_u64().is_none_or(|n| n == 0) {
             return None;
         }
     }
