@@ -111,6 +111,12 @@ pub struct SimCmd {
     /// ... to this (e.g. 30000ms).
     #[arg(long, value_parser = parse_millis, default_value = "30000ms")]
     pub backoff_max: Duration,
+    /// The first agent's host index.
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// Another controller to reconnect to (repeatable).
+    #[arg(long)]
+    pub failover: Vec<String>,
 }
 
 impl SimCmd {
@@ -118,6 +124,8 @@ impl SimCmd {
     pub fn sim_args(&self, concurrency: usize) -> Result<SimArgs> {
         Ok(SimArgs {
             reconnect: self.backoff_min.map(|min| (min, self.backoff_max)),
+            first: self.first,
+            failover: self.failover.clone(),
             ..SimArgs::from_pki(&self.url, &self.pki, self.n, concurrency)?
         })
     }

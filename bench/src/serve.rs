@@ -39,13 +39,32 @@ impl Controller {
         listen: SocketAddr,
         metrics: SocketAddr,
     ) -> Result<(Self, Duration)> {
+        Self::start_on(
+            bin,
+            dir,
+            listen,
+            metrics,
+            dir.join("controller.db").as_os_str(),
+        )
+        .await
+    }
+
+    /// [`Controller::start`] on the database `db` (a SQLite file or a PostgreSQL
+    /// connection string, as `serve --db` takes it).
+    pub async fn start_on(
+        bin: &Path,
+        dir: &Path,
+        listen: SocketAddr,
+        metrics: SocketAddr,
+        db: &std::ffi::OsStr,
+    ) -> Result<(Self, Duration)> {
         let t = Instant::now();
         let mut child = Command::new(bin)
             .arg("serve")
             .args(["--listen", &listen.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--db")
-            .arg(dir.join("controller.db"))
+            .arg(db)
             .arg("--pki")
             .arg(dir.join("pki"))
             .args(SERVE_FLAGS)

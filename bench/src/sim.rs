@@ -80,6 +80,12 @@ pub struct SimArgs {
     /// Reconnect after a session ends, with the agent's backoff `(min, max)`
     /// (fleet-bench, rollout-bench: off, an ended session ends the agent).
     pub reconnect: Option<(std::time::Duration, std::time::Duration)>,
+    /// The first agent's host index (`host_name(first + i)`): several sim processes
+    /// make one fleet.
+    pub first: usize,
+    /// Other controllers to reconnect to, after `url` (tried in turn when a connection
+    /// fails, like the agent's `--controller` list; only with `reconnect`).
+    pub failover: Vec<String>,
 }
 
 impl SimArgs {
@@ -99,6 +105,8 @@ impl SimArgs {
             concurrency,
             reconnect_on_confirm: false,
             reconnect: None,
+            first: 0,
+            failover: Vec::new(),
         })
     }
 }
@@ -240,6 +248,11 @@ async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
         return;
     };
     // Like agent/src/session.rs: back off, retry until in; reset after a long session.
+    // Stay on the controller that answered; on a failed connect try the next one.
+    let urls: Vec<&str> = std::iter::once(a.args.url.as_str())
+        .chain(a.args.failover.iter().map(String::as_str))
+        .collect();
+    let mut current = 0usize;
     let mut backoff = Backoff::new(min, max);
     loop {
         let started = Instant::now();
@@ -248,14 +261,19 @@ async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
             backoff.reset();
         }
         let mut failed = 0u32;
-        (tx, inbound) = loop {
+        // Like the agent: a whole round of the controllers, one after another, then
+        // back off.
+        (tx, inbound) = 'round: loop {
             tokio::time::sleep(backoff.next_delay()).await;
-            a.clock.attempts.fetch_add(1, Ordering::Relaxed);
-            match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
-                Ok(s) => break s,
-                Err(_) => {
-                    failed = failed.saturating_add(1);
-                    a.clock.failures.fetch_add(1, Ordering::Relaxed);
+            for _ in 0..urls.len() {
+                a.clock.attempts.fetch_add(1, Ordering::Relaxed);
+                match connect(urls[current], &a.ca, &a.cert, &applied).await {
+                    Ok(s) => break 'round s,
+                    Err(_) => {
+                        current = (current + 1) % urls.len();
+                        failed = failed.saturating_add(1);
+                        a.clock.failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         };
@@ -354,7 +372,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let t = Instant::now();
     let issuer = Issuer::from_ca_cert_pem(&args.ca_cert_pem, KeyPair::from_pem(&args.ca_key_pem)?)?;
     let certs = (0..args.n)
-        .map(|i| issue(&issuer, i))
+        .map(|i| issue(&issuer, args.first + i))
         .collect::<Result<Vec<_>>>()?;
     println!("CERTS {:.3}", t.elapsed().as_secs_f64());
 
