@@ -9,6 +9,7 @@
 use super::Shared;
 use crate::store::{self, PUBLISH_CHANNEL};
 use portcullis_proto::v1;
+use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ enum Notice<'a> {
     /// reports go to the store, where it reads them).
     Verify(Vec<&'a str>),
 }
+
+/// Pushes of a published revision in flight at once (the pool has 16 connections).
+const PUSH_CONCURRENCY: usize = 16;
 
 /// How long our hosts get to answer another controller's verify request.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,10 +93,13 @@ async fn on_publish(shared: &Arc<Shared>, payload: &str) {
             return;
         }
     };
-    let mut pushed = 0usize;
-    for host in targets {
-        pushed += usize::from(push(shared, &host).await);
-    }
+    // Each push reads the host's row and compiles its expected hash: a few at a time,
+    // so the database's round trips overlap (one after another, 4,000 hosts took 6 s).
+    let pushed: usize = futures::stream::iter(targets)
+        .map(|host| async move { usize::from(push(shared, &host).await) })
+        .buffer_unordered(PUSH_CONCURRENCY)
+        .fold(0, |n, p| async move { n + p })
+        .await;
     tracing::info!(
         revision,
         from,
