@@ -289,6 +289,28 @@ pub async fn verify_now<'a>(
     out
 }
 
+/// [`verify_now`] for the hosts whose sessions this controller holds, and — on a shared
+/// store — through the controllers holding the others' ([`verify_remote`]).
+pub async fn verify_anywhere(
+    shared: &Shared,
+    hosts: &[String],
+    timeout: Duration,
+) -> BTreeMap<String, Result<(v1::DriftReport, Facts), String>> {
+    if shared.store.dialect() != store::Dialect::Postgres {
+        return verify_now(shared, hosts, timeout).await;
+    }
+    let (here, far): (Vec<String>, Vec<String>) = hosts
+        .iter()
+        .cloned()
+        .partition(|h| shared.registry.is_connected(h));
+    let (mut out, elsewhere) = tokio::join!(
+        verify_now(shared, &here, timeout),
+        verify_remote(shared, &far, timeout)
+    );
+    out.extend(elsewhere);
+    out
+}
+
 /// How often [`verify_remote`] reads the store for the answers.
 const REMOTE_POLL: Duration = Duration::from_millis(200);
 

@@ -150,7 +150,11 @@ impl v1::session_server::Session for SessionService {
             let current = hello.applied_revision == desired.revision
                 && !desired.expected_hash.is_empty()
                 && hello.kernel_hash == desired.expected_hash;
-            if !current {
+            // A revision another controller's rollout is staging on this host goes out
+            // only with its confirm deadline, from that rollout.
+            if !current
+                && !super::rollout::relay::staged(&self.shared, &host, desired.revision).await
+            {
                 let _ = tx
                     .send(Ok(v1::ControllerMessage {
                         msg: Some(v1::controller_message::Msg::Desired(desired)),
