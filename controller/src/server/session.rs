@@ -171,13 +171,16 @@ impl v1::session_server::Session for SessionService {
                 r = read_reports(&shared, &host, &mut inbound, &tx) => r,
                 () = replaced.cancelled() => "replaced",
             };
-            shared.registry.unregister(&host, session);
+            let last = shared.registry.unregister(&host, session);
             shared.metrics.session_closed(reason);
             let (h, me) = (host.clone(), shared.controller_id.clone());
-            if let Err(e) = shared
-                .writer
-                .write(move |c| store::host_disconnected(c, &h, &me))
-                .await
+            // A newer session of the host here (a reconnect that overtook this end)
+            // keeps the store saying it is connected here.
+            if last
+                && let Err(e) = shared
+                    .writer
+                    .write(move |c| store::host_disconnected(c, &h, &me))
+                    .await
             {
                 tracing::warn!(%host, error = %format!("{e:#}"), "recording the session's end");
             }
