@@ -64,7 +64,10 @@ fn start_agent(fleet: &mut Fleet, host: &str) {
 fn refuse(fleet: &Fleet, i: usize, hosts: &[&str], on: bool) {
     let ns = &fleet.ctl_node(i).ns;
     if on {
-        let srcs: Vec<String> = hosts.iter().map(|h| fleet.hosts[*h].v4.to_string()).collect();
+        let srcs: Vec<String> = hosts
+            .iter()
+            .map(|h| fleet.hosts[*h].v4.to_string())
+            .collect();
         let rules = format!(
             "add table inet e2e_refuse; \
              add chain inet e2e_refuse in {{ type filter hook input priority 0; }}; \
@@ -225,7 +228,11 @@ fn a_rollout_drives_hosts_on_both_controllers_and_one_cut_short_by_a_kill_is_int
     assert_verdicts(&fleet, &HOSTS, 25, 80, "r1");
 
     // 1. r2 in waves h1 | h2, h3, commit-confirmed, through A: h1 through B.
-    let args = apply_args(&inv, &http, &["--serial", "1,2", "--confirm-timeout", "20s"]);
+    let args = apply_args(
+        &inv,
+        &http,
+        &["--serial", "1,2", "--confirm-timeout", "20s"],
+    );
     let out = fleet.cli_at(A, &args);
     assert_eq!(
         out.status.code(),
@@ -241,13 +248,29 @@ fn a_rollout_drives_hosts_on_both_controllers_and_one_cut_short_by_a_kill_is_int
     assert_eq!(r["status"], "succeeded", "{r:#}");
     assert_eq!(
         states(&r),
-        want(&[("h1", 0, "confirmed"), ("h2", 1, "confirmed"), ("h3", 1, "confirmed")]),
+        want(&[
+            ("h1", 0, "confirmed"),
+            ("h2", 1, "confirmed"),
+            ("h3", 1, "confirmed")
+        ]),
         "{r:#}"
     );
-    assert_eq!(rollout_at(&fleet, A, 1), r, "the controllers' rollouts differ");
+    assert_eq!(
+        rollout_at(&fleet, A, 1),
+        r,
+        "the controllers' rollouts differ"
+    );
     for h in HOSTS {
-        assert_eq!(agent_says(&fleet, h, "applying under commit-confirmed"), 1, "{h}");
-        assert_eq!(agent_says(&fleet, h, "revision confirmed by the controller"), 1, "{h}");
+        assert_eq!(
+            agent_says(&fleet, h, "applying under commit-confirmed"),
+            1,
+            "{h}"
+        );
+        assert_eq!(
+            agent_says(&fleet, h, "revision confirmed by the controller"),
+            1,
+            "{h}"
+        );
     }
     assert_eq!(fleet.session_on("h1", METRICS_PORT), Some(B), "h1 left B");
 
@@ -272,15 +295,23 @@ fn a_rollout_drives_hosts_on_both_controllers_and_one_cut_short_by_a_kill_is_int
     let sent = Instant::now();
     // Applied (the packets say r3) and unconfirmed (the agents cannot come back).
     for h in ["h1", "h2"] {
-        wait_until(&format!("{h} applies r3"), Duration::from_secs(20), &fleet, || {
-            agent_says(&fleet, h, "applying under commit-confirmed") == 2
-        });
+        wait_until(
+            &format!("{h} applies r3"),
+            Duration::from_secs(20),
+            &fleet,
+            || agent_says(&fleet, h, "applying under commit-confirmed") == 2,
+        );
     }
-    wait_until("r3 in force on h1, h2", Duration::from_secs(10), &fleet, || {
-        ["h1", "h2"]
-            .iter()
-            .all(|h| probe(&fleet, h, 25, false, ACCEPTED) == TcpOutcome::Accepted)
-    });
+    wait_until(
+        "r3 in force on h1, h2",
+        Duration::from_secs(10),
+        &fleet,
+        || {
+            ["h1", "h2"]
+                .iter()
+                .all(|h| probe(&fleet, h, 25, false, ACCEPTED) == TcpOutcome::Accepted)
+        },
+    );
     assert_verdicts(&fleet, &["h1", "h2"], 25, 80, "r3 applied, unconfirmed");
     let r = rollout_at(&fleet, B, 2);
     assert_eq!(r["status"], "running", "{r:#}");
@@ -304,32 +335,52 @@ fn a_rollout_drives_hosts_on_both_controllers_and_one_cut_short_by_a_kill_is_int
     );
 
     // h1 and h2 revert by themselves at their deadline; h3 never changed.
-    wait_until("h1, h2 revert to r2", Duration::from_secs(45), &fleet, || {
-        ["h1", "h2"]
-            .iter()
-            .all(|h| probe(&fleet, h, 80, false, ACCEPTED) == TcpOutcome::Accepted)
-    });
+    wait_until(
+        "h1, h2 revert to r2",
+        Duration::from_secs(45),
+        &fleet,
+        || {
+            ["h1", "h2"]
+                .iter()
+                .all(|h| probe(&fleet, h, 80, false, ACCEPTED) == TcpOutcome::Accepted)
+        },
+    );
     eprintln!(
         "reverted {:?} after r3 was sent, {:?} after the kill",
         sent.elapsed(),
         killed.elapsed()
     );
     assert_verdicts(&fleet, &HOSTS, 80, 25, "after the reverts");
-    assert_eq!(agent_says(&fleet, "h3", "applying under commit-confirmed"), 1);
+    assert_eq!(
+        agent_says(&fleet, "h3", "applying under commit-confirmed"),
+        1
+    );
     for h in HOSTS {
         fleet.wait_session(h, METRICS_PORT, Duration::from_secs(20), |i| i == B);
     }
 
     // B: the rollout as it ended, and every host on what it enforces.
-    wait_until("rollout 2 interrupted on B", Duration::from_secs(20), &fleet, || {
-        let r = rollout_at(&fleet, B, 2);
-        r["status"] == "interrupted"
-            && states(&r)
-                == want(&[("h1", 0, "reverted"), ("h2", 0, "reverted"), ("h3", 1, "interrupted")])
-    });
+    wait_until(
+        "rollout 2 interrupted on B",
+        Duration::from_secs(20),
+        &fleet,
+        || {
+            let r = rollout_at(&fleet, B, 2);
+            r["status"] == "interrupted"
+                && states(&r)
+                    == want(&[
+                        ("h1", 0, "reverted"),
+                        ("h2", 0, "reverted"),
+                        ("h3", 1, "interrupted"),
+                    ])
+        },
+    );
     wait_on_revision(&fleet, B, 2, Duration::from_secs(20));
     for h in ["h1", "h2"] {
-        assert!(agent_says(&fleet, h, "reverting the unconfirmed revision") >= 1, "{h}");
+        assert!(
+            agent_says(&fleet, h, "reverting the unconfirmed revision") >= 1,
+            "{h}"
+        );
     }
 
     // The lease is gone: a rollout through B runs, and reaches every host.
