@@ -289,6 +289,45 @@ pub async fn verify_now<'a>(
     out
 }
 
+/// [`verify_now`] for the hosts whose sessions this controller holds, and — on a shared
+/// store — through the controllers holding the others' ([`verify_remote`]).
+pub async fn verify_anywhere(
+    shared: &Shared,
+    hosts: &[String],
+    timeout: Duration,
+) -> BTreeMap<String, Result<(v1::DriftReport, Facts), String>> {
+    if shared.store.dialect() != store::Dialect::Postgres {
+        return verify_now(shared, hosts, timeout).await;
+    }
+    let (here, rest): (Vec<String>, Vec<String>) = hosts
+        .iter()
+        .cloned()
+        .partition(|h| shared.registry.is_connected(h));
+    let now = store::now_ms();
+    let far: std::collections::BTreeSet<String> = match shared.store.call(store::list_hosts).await {
+        Ok(known) => known
+            .into_iter()
+            .filter(|h| rest.contains(&h.name) && shared.elsewhere(h, now))
+            .map(|h| h.name)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reading where hosts are connected failed");
+            Default::default()
+        }
+    };
+    let far: Vec<String> = far.into_iter().collect();
+    let (mut out, elsewhere) = tokio::join!(
+        verify_now(shared, &here, timeout),
+        verify_remote(shared, &far, timeout)
+    );
+    out.extend(elsewhere);
+    for h in rest {
+        out.entry(h)
+            .or_insert_with(|| Err("not connected".to_owned()));
+    }
+    out
+}
+
 /// How often [`verify_remote`] reads the store for the answers.
 const REMOTE_POLL: Duration = Duration::from_millis(200);
 

@@ -4,27 +4,37 @@
 //! row); each controller listens on a connection of its own and pushes the revision to
 //! the targeted hosts whose sessions it holds. After (re)connecting the listener catches
 //! up from the hosts table (desired revision not yet applied), so a publish missed while
-//! the database was unreachable is not lost. With SQLite (one controller) nothing runs.
+//! the database was unreachable is not lost. Another controller's rollout steps arrive
+//! on the same channel and go to [`relay`]. With SQLite (one controller) nothing runs.
 
 use super::Shared;
+use super::rollout::relay;
 use crate::store::{self, PUBLISH_CHANNEL};
 use portcullis_proto::v1;
 use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
-/// Listen until the process ends (returns at once on SQLite).
+/// Listen until the process ends (returns at once on SQLite). Rollout notices go, in
+/// order, to the relay task ([`relay::run`]), which ends with this one.
 pub async fn run(shared: Arc<Shared>) {
     let mut delay = Duration::from_millis(250);
+    let (relay_tx, relay_rx) = mpsc::channel(1024);
+    let mut relay_rx = Some(relay_rx);
     loop {
         match shared.store.listen(PUBLISH_CHANNEL).await {
             Ok(None) => return,
             Ok(Some(mut rx)) => {
                 delay = Duration::from_millis(250);
                 tracing::info!(controller = %shared.controller_id, "listening for revisions published by other controllers");
+                if let Some(r) = relay_rx.take() {
+                    tokio::spawn(relay::run(shared.clone(), r));
+                }
+                let _ = relay_tx.send(relay::Input::CatchUp).await;
                 catch_up(&shared).await;
                 while let Some(payload) = rx.recv().await {
-                    on_publish(&shared, &payload).await;
+                    on_publish(&shared, &payload, &relay_tx).await;
                 }
             }
             Err(e) => {
@@ -44,6 +54,8 @@ enum Notice<'a> {
     /// `drift --now` on that controller: have our hosts among these verify now (their
     /// reports go to the store, where it reads them).
     Verify(Vec<&'a str>),
+    /// A step of that controller's rollout (see [`relay`]).
+    Rollout(relay::Notice),
 }
 
 /// Pushes of a published revision in flight at once (the pool has 16 connections).
@@ -52,9 +64,10 @@ const PUSH_CONCURRENCY: usize = 16;
 /// How long our hosts get to answer another controller's verify request.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn on_publish(shared: &Arc<Shared>, payload: &str) {
+async fn on_publish(shared: &Arc<Shared>, payload: &str, relay: &mpsc::Sender<relay::Input>) {
     let Some((from, notice)) = parse(payload) else {
-        tracing::warn!(%payload, "unreadable publish notification ignored");
+        let shown: String = payload.chars().take(200).collect();
+        tracing::warn!(payload = %shown, "unreadable publish notification ignored");
         return;
     };
     if from == shared.controller_id {
@@ -62,6 +75,11 @@ async fn on_publish(shared: &Arc<Shared>, payload: &str) {
     }
     let revision = match notice {
         Notice::Revision(r) => r,
+        Notice::Rollout(notice) => {
+            let from = from.to_owned();
+            let _ = relay.send(relay::Input::Notice { from, notice }).await;
+            return;
+        }
         Notice::Verify(hosts) => {
             let ours: Vec<String> = hosts
                 .into_iter()
@@ -110,6 +128,9 @@ async fn on_publish(shared: &Arc<Shared>, payload: &str) {
 
 fn parse(payload: &str) -> Option<(&str, Notice<'_>)> {
     let (from, rest) = payload.split_once(' ')?;
+    if let Some(rest) = rest.strip_prefix("rollout ") {
+        return Some((from, Notice::Rollout(relay::Notice::parse(rest)?)));
+    }
     if let Some(hosts) = rest.strip_prefix("verify ") {
         return Some((from, Notice::Verify(hosts.split(',').collect())));
     }
@@ -145,6 +166,7 @@ async fn push(shared: &Arc<Shared>, host: &str) -> bool {
         return false;
     }
     match shared.desired_message(host, &handle.facts).await {
+        Ok(Some(desired)) if relay::staged(shared, host, desired.revision).await => false,
         Ok(Some(desired)) => {
             let msg = v1::ControllerMessage {
                 msg: Some(v1::controller_message::Msg::Desired(desired)),
@@ -172,5 +194,13 @@ mod tests {
         assert_eq!(super::parse("c1"), None);
         assert_eq!(super::parse("c1 x"), None);
         assert_eq!(super::parse("c1 -1"), None);
+        let Some(("c1", Notice::Rollout(n))) = super::parse("c1 rollout 3 confirm 9 h1") else {
+            panic!("rollout notice")
+        };
+        assert_eq!(
+            (n.rollout, n.revision, n.hosts),
+            (3, 9, vec!["h1".to_string()])
+        );
+        assert_eq!(super::parse("c1 rollout 3 confirm 9"), None);
     }
 }

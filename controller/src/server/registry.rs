@@ -109,8 +109,9 @@ impl Registry {
         });
     }
 
-    /// Remove the host's entry if it still belongs to `session`.
-    pub fn unregister(&self, host: &str, session: u64) {
+    /// Remove the host's entry if it still belongs to `session`; whether it did (false:
+    /// a newer session of the host replaced it).
+    pub fn unregister(&self, host: &str, session: u64) -> bool {
         let removed = {
             let mut map = self.lock();
             if map.get(host).is_some_and(|h| h.session == session) {
@@ -126,6 +127,7 @@ impl Registry {
                 host: host.to_string(),
             });
         }
+        removed
     }
 
     pub fn get(&self, host: &str) -> Option<AgentHandle> {

@@ -150,7 +150,11 @@ impl v1::session_server::Session for SessionService {
             let current = hello.applied_revision == desired.revision
                 && !desired.expected_hash.is_empty()
                 && hello.kernel_hash == desired.expected_hash;
-            if !current {
+            // A revision another controller's rollout is staging on this host goes out
+            // only with its confirm deadline, from that rollout.
+            if !current
+                && !super::rollout::relay::staged(&self.shared, &host, desired.revision).await
+            {
                 let _ = tx
                     .send(Ok(v1::ControllerMessage {
                         msg: Some(v1::controller_message::Msg::Desired(desired)),
@@ -167,13 +171,16 @@ impl v1::session_server::Session for SessionService {
                 r = read_reports(&shared, &host, &mut inbound, &tx) => r,
                 () = replaced.cancelled() => "replaced",
             };
-            shared.registry.unregister(&host, session);
+            let last = shared.registry.unregister(&host, session);
             shared.metrics.session_closed(reason);
             let (h, me) = (host.clone(), shared.controller_id.clone());
-            if let Err(e) = shared
-                .writer
-                .write(move |c| store::host_disconnected(c, &h, &me))
-                .await
+            // A newer session of the host here (a reconnect that overtook this end)
+            // keeps the store saying it is connected here.
+            if last
+                && let Err(e) = shared
+                    .writer
+                    .write(move |c| store::host_disconnected(c, &h, &me))
+                    .await
             {
                 tracing::warn!(%host, error = %format!("{e:#}"), "recording the session's end");
             }

@@ -159,6 +159,20 @@ const SQLITE: &[&str] = &[
      ALTER TABLE rollouts ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 0;",
     // 13: (PostgreSQL only: the indexes of the day partitions being written.)
     "SELECT 1;",
+    // 14: what the controller holding a host's session saw of it for another
+    // controller's rollout (applied, back on a new session, reverted, Confirm sent).
+    "CREATE TABLE rollout_reports (
+        id INTEGER PRIMARY KEY,
+        rollout INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        controller TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        hash TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '',
+        at_ms INTEGER NOT NULL
+     );
+     CREATE INDEX rollout_reports_host ON rollout_reports(rollout, host);",
 ];
 
 /// The same schema on PostgreSQL: every integer is BIGINT (the store binds i64),
@@ -323,6 +337,19 @@ const POSTGRES: &[&str] = &[
      DROP INDEX denials_host_time;
      DROP INDEX denials_port_time;
      CREATE INDEX denials_id ON denials USING brin (id);",
+    // 14
+    "CREATE TABLE rollout_reports (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        rollout BIGINT NOT NULL,
+        host TEXT NOT NULL,
+        controller TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        hash TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '',
+        at_ms BIGINT NOT NULL
+     );
+     CREATE INDEX rollout_reports_host ON rollout_reports(rollout, host);",
 ];
 
 /// The advisory lock key migrations run under (any constant; "pcmigrat").

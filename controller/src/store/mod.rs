@@ -18,6 +18,7 @@ pub mod hits;
 mod migrations;
 mod model;
 mod pg_tls;
+pub mod relay;
 pub mod rollout;
 pub mod sql;
 #[cfg(test)]

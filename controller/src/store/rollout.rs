@@ -113,6 +113,23 @@ pub fn was_sent_for_confirm(
     )
 }
 
+/// `host` reverted `revision` by itself after its rollout was interrupted (nobody drives
+/// it any more): its row says so, with `reason`, instead of `interrupted`.
+pub fn reverted_after_interrupt(
+    db: &Db<'_>,
+    host: &str,
+    revision: u64,
+    reason: &str,
+) -> anyhow::Result<()> {
+    db.execute(
+        "UPDATE rollout_hosts SET state = 'reverted', detail = ?3, updated_ms = ?4
+          WHERE host = ?1 AND state = 'interrupted'
+            AND rollout IN (SELECT id FROM rollouts WHERE revision = ?2 AND status = 'interrupted')",
+        args![host, to_i64(revision), reason, now_ms()],
+    )?;
+    Ok(())
+}
+
 /// Make `revision` the desired one of `host` (with that revision's stored expected hash);
 /// 0 clears it.
 pub fn set_desired(db: &Db<'_>, host: &str, revision: u64) -> anyhow::Result<()> {
@@ -256,12 +273,23 @@ pub fn set_host_state(
     Ok(())
 }
 
-pub fn finish_rollout(db: &Db<'_>, rollout: u64, status: &str, reason: &str) -> anyhow::Result<()> {
-    db.execute(
+/// The rollout ended with `status`; `controller` (its own) announces it to the others,
+/// which stop following its hosts.
+pub fn finish_rollout(
+    db: &Db<'_>,
+    rollout: u64,
+    status: &str,
+    reason: &str,
+    controller: &str,
+) -> anyhow::Result<()> {
+    let tx = db.transaction()?;
+    tx.execute(
         "UPDATE rollouts SET status = ?2, reason = ?3, finished_ms = ?4 WHERE id = ?1",
         args![to_i64(rollout), status, reason, now_ms()],
     )?;
-    Ok(())
+    super::relay::forget_reports(&tx, rollout)?;
+    super::relay::publish_rollout(&tx, controller, rollout, super::relay::Step::Done, 0, &[])?;
+    tx.commit()
 }
 
 /// Keep `rollout`'s lease (its controller, every [`LEASE_MS`] / 3). False when it is no
@@ -314,6 +342,7 @@ pub fn interrupt_running(db: &Db<'_>, expired_before: i64) -> anyhow::Result<Vec
               WHERE id = ?1",
             args![id, now_ms()],
         )?;
+        super::relay::forget_reports(&tx, to_u64(*id))?;
     }
     tx.commit()?;
     Ok(running.into_iter().map(|(id, _)| to_u64(id)).collect())
@@ -374,14 +403,35 @@ pub fn list_rollouts(db: &Db<'_>, limit: u32, id: u64) -> anyhow::Result<Vec<Rol
 }
 
 /// Start a wave in one transaction: make `revision` the desired one of `hosts`, mark them
-/// `sent` in `rollout`, and return each host's (policy JSON, stored expected hash).
+/// `sent` in `rollout`, and return each host's (policy JSON, stored expected hash). With
+/// `announce` (this controller, hosts), the wave is announced to the other controllers
+/// ([`super::relay::Step::Send`]) when it commits.
 pub fn start_wave(
     db: &Db<'_>,
     rollout: u64,
     revision: u64,
     hosts: &[String],
+    announce: Option<(&str, &[String])>,
 ) -> anyhow::Result<BTreeMap<String, (String, String)>> {
     let tx = db.transaction()?;
+    for h in hosts {
+        set_desired(&tx, h, revision)?;
+        set_host_state(&tx, rollout, h, "sent", "")?;
+    }
+    let out = wave_policies(&tx, revision, hosts)?;
+    if let Some((me, to)) = announce {
+        super::relay::publish_rollout(&tx, me, rollout, super::relay::Step::Send, revision, to)?;
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Each of `hosts`' (policy JSON, stored expected hash) in `revision`.
+pub fn wave_policies(
+    db: &Db<'_>,
+    revision: u64,
+    hosts: &[String],
+) -> anyhow::Result<BTreeMap<String, (String, String)>> {
     let mut out = BTreeMap::new();
     let get = format!(
         "SELECT {}, expected_hash FROM revision_hosts rh
@@ -389,15 +439,12 @@ pub fn start_wave(
         super::POLICY
     );
     for h in hosts {
-        set_desired(&tx, h, revision)?;
-        set_host_state(&tx, rollout, h, "sent", "")?;
-        if let Some(row) = tx.query_opt(&get, args![to_i64(revision), h], |r| {
+        if let Some(row) = db.query_opt(&get, args![to_i64(revision), h], |r| {
             Ok((r.get::<String>(0)?, r.get::<String>(1)?))
         })? {
             out.insert(h.clone(), row);
         }
     }
-    tx.commit()?;
     Ok(out)
 }
 

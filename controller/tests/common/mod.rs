@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
+pub mod sim;
+
 use portcullis_controller::pki::Pki;
 use portcullis_controller::pki::tls::client_tls;
 use portcullis_controller::server::{ServeConfig, run};

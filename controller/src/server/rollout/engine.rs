@@ -1,4 +1,5 @@
-//! The wave engine: executes the steps of a [`Rollout`] against connected agents.
+//! The wave engine: executes the steps of a [`Rollout`] against the fleet's agents,
+//! whichever controller holds their sessions.
 //!
 //! A wave makes the revision the desired one of its hosts and sends `Desired` (with the
 //! confirm deadline). A host counts as confirmed when it applied with the expected hash
@@ -8,18 +9,22 @@
 //! previous revision back as desired before the agent reverts by itself. A failed host
 //! gets its previous desired revision back at once. On halt, confirmed hosts are sent
 //! their previous revision and must report it applied.
+//!
+//! Each host's steps are the pure [`super::exchange::Exchange`]. Hosts whose sessions
+//! another controller holds (a shared store) are driven through it: the wave, `Confirm`,
+//! `Revert` and the rollback are announced through the database and carried out by that
+//! controller ([`super::relay`]), which stores what it saw of the host; [`remote`] reads
+//! those reports back as the same events a session of this controller would give.
 
 use super::super::Shared;
-use super::super::registry::HostEvent;
-use crate::store;
+use crate::store::{self, relay};
 use portcullis_policy::rollout::{HostResult, MaxFail, Rollout, Step};
 use portcullis_proto::v1;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 use tonic::Status;
 
 /// How long a host has to answer `Desired` when no confirmation is asked for.
@@ -41,12 +46,9 @@ pub struct Plan {
 type Tx = mpsc::Sender<Result<v1::ApplyEvent, Status>>;
 
 mod lag;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Applying,
-    AwaitReconnect,
-}
+mod remote;
+mod rollback;
+mod wave;
 
 struct Ctx<'a> {
     shared: &'a Arc<Shared>,
@@ -54,6 +56,22 @@ struct Ctx<'a> {
     tx: &'a Tx,
     /// Host states not written yet: flushed in one transaction per burst of events.
     pending: std::sync::Mutex<Vec<(String, String, String)>>,
+    /// Steps for hosts whose sessions other controllers hold, announced after the host
+    /// states are written ([`Ctx::flush`]).
+    outbox: std::sync::Mutex<BTreeMap<relay::Step, BTreeSet<String>>>,
+}
+
+/// How a message for a host went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Into the session this controller holds.
+    Sent,
+    /// Its session here closed meanwhile.
+    Closed,
+    /// Announced to the controller holding the session (shared store).
+    Relayed,
+    /// Nowhere to send it (not connected here, and no other controller to ask).
+    Nowhere,
 }
 
 async fn emit(tx: &Tx, event: v1::apply_event::Event) {
@@ -98,7 +116,14 @@ impl Ctx<'_> {
         }
     }
 
+    /// Write the queued host states, then announce the queued steps (a `Revert` relayed
+    /// carries the state's detail as its reason).
     async fn flush(&self) {
+        self.flush_states().await;
+        self.flush_outbox().await;
+    }
+
+    async fn flush_states(&self) {
         let states = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         if states.is_empty() {
             return;
@@ -127,6 +152,12 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether other controllers may hold sessions (a shared store).
+    fn shared_store(&self) -> bool {
+        self.shared.store.dialect() == store::Dialect::Postgres
+    }
+
+    /// Into the host's session here, if it has one.
     async fn send(&self, host: &str, msg: v1::controller_message::Msg) -> bool {
         match self.shared.registry.get(host) {
             Some(h) => {
@@ -135,6 +166,67 @@ impl Ctx<'_> {
                     .is_ok()
             }
             None => false,
+        }
+    }
+
+    /// Queue `step` for `host`, announced at the next [`Ctx::flush`].
+    fn queue(&self, step: relay::Step, host: &str) {
+        if self.shared_store() {
+            self.outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(step)
+                .or_default()
+                .insert(host.to_string());
+        }
+    }
+
+    /// `Confirm` or `Revert` for the host: into its session here, else through the
+    /// controller that holds it.
+    async fn deliver(&self, host: &str, msg: v1::controller_message::Msg) -> Delivery {
+        if self.shared.registry.is_connected(host) {
+            return if self.send(host, msg).await {
+                Delivery::Sent
+            } else {
+                Delivery::Closed
+            };
+        }
+        if !self.shared_store() {
+            return Delivery::Nowhere;
+        }
+        let step = match msg {
+            v1::controller_message::Msg::Confirm(_) => relay::Step::Confirm,
+            _ => relay::Step::Revert,
+        };
+        self.queue(step, host);
+        Delivery::Relayed
+    }
+
+    async fn flush_outbox(&self) {
+        let outbox = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        if outbox.is_empty() {
+            return;
+        }
+        let (id, rev, me) = (
+            self.plan.id,
+            self.plan.revision,
+            self.shared.controller_id.clone(),
+        );
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for (step, hosts) in &outbox {
+                    let hosts: Vec<String> = hosts.iter().cloned().collect();
+                    relay::publish_rollout(&tx, &me, id, *step, rev, &hosts)?;
+                }
+                tx.commit()
+            })
+            .await
+        {
+            // The other controller then never acts: its hosts time out and revert.
+            tracing::error!(rollout = id, error = %format!("{e:#}"), "announcing rollout steps failed");
         }
     }
 
@@ -157,6 +249,8 @@ impl Ctx<'_> {
         }
         self.record(host, state_name(outcome), detail).await;
         self.shared.rollouts.set_in_flight(host, false);
+        // Other controllers stop following it (those that held it on to this point).
+        self.queue(relay::Step::Release, host);
         tracing::info!(rollout = self.plan.id, %host, outcome = state_name(outcome), %detail, "rollout host settled");
         emit(
             self.tx,
@@ -253,6 +347,7 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
         plan: &plan,
         tx: &tx,
         pending: std::sync::Mutex::new(Vec::new()),
+        outbox: std::sync::Mutex::new(BTreeMap::new()),
     };
     let mut events = shared.registry.subscribe();
     let mut reverted = shared.rollouts.subscribe_reverted();
@@ -275,7 +370,7 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
                 )
                 .await;
                 let (results, expected) =
-                    wave(&ctx, index, &hosts, &mut events, &mut reverted).await;
+                    wave::wave(&ctx, index, &hosts, &mut events, &mut reverted).await;
                 let confirmed: Vec<String> = results
                     .iter()
                     .filter(|(_, r)| **r == HostResult::Confirmed)
@@ -338,7 +433,7 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
             }
             Step::Halt { reason, rollback } => {
                 tracing::warn!(rollout = plan.id, %reason, hosts = rollback.len(), "rollout halted; rolling back");
-                let (done, failed) = roll_back(&ctx, &rollback, &mut events).await;
+                let (done, failed) = rollback::roll_back(&ctx, &rollback, &mut events).await;
                 let st = sm.rolled_back(failed.is_empty());
                 break (st, reason, done, failed);
             }
@@ -354,9 +449,10 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
     };
     ctx.flush().await;
     let (id, s, r) = (plan.id, status.as_str().to_string(), reason.clone());
+    let me = shared.controller_id.clone();
     if let Err(e) = shared
         .store
-        .call(move |c| store::rollout::finish_rollout(c, id, &s, &r))
+        .call(move |c| store::rollout::finish_rollout(c, id, &s, &r, &me))
         .await
     {
         tracing::error!(rollout = plan.id, error = %e, "recording the rollout's end failed");
@@ -374,310 +470,4 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
         }),
     )
     .await;
-}
-
-async fn wave(
-    ctx: &Ctx<'_>,
-    index: usize,
-    hosts: &[String],
-    events: &mut broadcast::Receiver<HostEvent>,
-    reverted: &mut broadcast::Receiver<(String, v1::Reverted)>,
-) -> (BTreeMap<String, HostResult>, BTreeMap<String, String>) {
-    let (rev, confirm) = (ctx.plan.revision, ctx.plan.confirm);
-    let mut results = BTreeMap::new();
-    let mut phase: BTreeMap<String, Phase> = BTreeMap::new();
-    let mut expected: BTreeMap<String, String> = BTreeMap::new();
-    // The session each host got the revision on (a newer one means it came back).
-    let mut sent_on: BTreeMap<String, Option<u64>> = BTreeMap::new();
-    let mut lagged = false;
-    let mut connected = Vec::with_capacity(hosts.len());
-    for host in hosts {
-        match ctx.shared.registry.get(host) {
-            // Only the facts: a held session handle would keep that session's stream
-            // open after the agent closed it to reconnect through its new rules.
-            Some(handle) => connected.push((host.clone(), handle.facts)),
-            None => {
-                let r = ctx
-                    .settle(
-                        index,
-                        host,
-                        v1::HostOutcome::Offline,
-                        "not connected when its wave started",
-                    )
-                    .await;
-                results.insert(host.clone(), r);
-            }
-        }
-    }
-    // One transaction for the whole wave: desired revision, "sent", the stored targets.
-    let names: Vec<String> = connected.iter().map(|(h, _)| h.clone()).collect();
-    let id = ctx.plan.id;
-    let rows = match ctx
-        .shared
-        .store
-        .call(move |c| store::rollout::start_wave(c, id, rev, &names))
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::error!(rollout = id, error = %e, "starting the wave failed");
-            BTreeMap::new()
-        }
-    };
-    let confirm_timeout_ms = u64::try_from(confirm.as_millis()).unwrap_or(u64::MAX);
-    // Hosts with the same policy share its wire form; compile once per (policy, default
-    // route) since that is all the facts compile reads.
-    let mut wire: BTreeMap<&str, Option<(portcullis_policy::HostPolicy, v1::HostPolicy)>> =
-        BTreeMap::new();
-    let mut hashes: BTreeMap<(&str, Option<String>), String> = BTreeMap::new();
-    for (host, facts) in &connected {
-        // Abort stops between hosts: the rest of the wave keeps its previous revision.
-        if ctx.plan.abort.load(Ordering::SeqCst) {
-            let r = ctx
-                .settle(
-                    index,
-                    host,
-                    v1::HostOutcome::Skipped,
-                    "not sent: the rollout was aborted",
-                )
-                .await;
-            results.insert(host.clone(), r);
-            continue;
-        }
-        ctx.shared.rollouts.set_in_flight(host, true);
-        let Some((policy_json, _stored_hash)) = rows.get(host) else {
-            let why = format!("no desired r{rev} stored for this host");
-            results.insert(
-                host.clone(),
-                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
-            );
-            continue;
-        };
-        let parsed = wire.entry(policy_json.as_str()).or_insert_with(|| {
-            serde_json::from_str::<portcullis_policy::HostPolicy>(policy_json)
-                .ok()
-                .map(|p| {
-                    let w = crate::server::lists::wire_without_lists(&p);
-                    (p, w)
-                })
-        });
-        let Some((policy, policy_wire)) = parsed.as_ref() else {
-            let why = "stored policy unreadable".to_string();
-            results.insert(
-                host.clone(),
-                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
-            );
-            continue;
-        };
-        let hash = hashes
-            .entry((policy_json.as_str(), facts.default_route_interface.clone()))
-            .or_insert_with(|| super::super::expected_hash(policy, facts, rev))
-            .clone();
-        expected.insert(host.clone(), hash.clone());
-        let d = v1::Desired {
-            revision: rev,
-            policy: Some(policy_wire.clone()),
-            expected_hash: hash,
-            confirm_timeout_ms,
-            request_id: ctx.shared.asked.ask(host, rev),
-            management: super::super::management_message(policy),
-        };
-        let d = match ctx.shared.lists.outgoing(host, d, policy) {
-            Ok(d) => d,
-            Err(e) => {
-                let why = e.to_string();
-                results.insert(
-                    host.clone(),
-                    ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
-                );
-                continue;
-            }
-        };
-        if !ctx
-            .send(host, v1::controller_message::Msg::Desired(d))
-            .await
-        {
-            let r = ctx
-                .settle(
-                    index,
-                    host,
-                    v1::HostOutcome::Disconnected,
-                    "session closed while sending",
-                )
-                .await;
-            results.insert(host.clone(), r);
-            continue;
-        }
-        phase.insert(host.clone(), Phase::Applying);
-        sent_on.insert(
-            host.clone(),
-            ctx.shared.registry.get(host).map(|h| h.session),
-        );
-    }
-    ctx.store_expected(&expected).await;
-    let deadline = Instant::now()
-        + if confirm.is_zero() {
-            APPLY_TIMEOUT
-        } else {
-            confirm.mul_f64(0.8)
-        };
-    while !phase.is_empty() {
-        let mut settled: Option<(String, v1::HostOutcome, String)> = None;
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(HostEvent::Applied { host, report }) if report.revision == rev
-                    && phase.get(&host) == Some(&Phase::Applying) => {
-                    let exp = expected.get(&host).cloned().unwrap_or_default();
-                    if !report.ok {
-                        settled = Some((host, v1::HostOutcome::Failed, report.error));
-                    } else if !exp.is_empty() && report.hash != exp {
-                        let _ = ctx.send(&host, v1::controller_message::Msg::Revert(v1::Revert {
-                            revision: rev, reason: "hash mismatch".into() })).await;
-                        settled = Some((host, v1::HostOutcome::HashMismatch,
-                            format!("kernel hash {} != expected {exp}", report.hash)));
-                    } else if confirm.is_zero() {
-                        settled = Some((host, v1::HostOutcome::Applied, String::new()));
-                    } else {
-                        ctx.record(&host, "applied", "waiting for the reconnect").await;
-                        phase.insert(host, Phase::AwaitReconnect);
-                    }
-                }
-                Ok(HostEvent::Connected { host }) if !confirm.is_zero() && phase.contains_key(&host) => {
-                    let exp = expected.get(&host).cloned().unwrap_or_default();
-                    let attested = ctx.attested(&host).await;
-                    let good = attested.as_ref().is_some_and(|(r, h)| *r == rev && (exp.is_empty() || *h == exp));
-                    if good {
-                        if ctx.send(&host, v1::controller_message::Msg::Confirm(v1::Confirm { revision: rev })).await {
-                            settled = Some((host, v1::HostOutcome::Confirmed, String::new()));
-                        }
-                    } else if phase.get(&host) == Some(&Phase::AwaitReconnect) {
-                        let (r, h) = attested.unwrap_or_default();
-                        settled = Some((host, v1::HostOutcome::Reverted,
-                            format!("came back on r{r} (kernel hash {h}), not r{rev}")));
-                    }
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(rollout = ctx.plan.id, skipped = n,
-                        "rollout lagged behind host events; re-checking its hosts from the store");
-                    lagged = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            r = reverted.recv() => {
-                if let Ok((host, rv)) = r && rv.revision == rev && phase.contains_key(&host) {
-                    settled = Some((host, v1::HostOutcome::Reverted, rv.reason));
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                for (host, p) in std::mem::take(&mut phase) {
-                    let (outcome, why) = match p {
-                        Phase::Applying => (v1::HostOutcome::Failed, format!("no Applied for r{rev} in time")),
-                        Phase::AwaitReconnect => (v1::HostOutcome::Unconfirmed, format!(
-                            "did not come back through the new rules within {} ms",
-                            confirm.mul_f64(0.8).as_millis())),
-                    };
-                    let _ = ctx.send(&host, v1::controller_message::Msg::Revert(v1::Revert {
-                        revision: rev, reason: why.clone() })).await;
-                    results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
-                }
-            }
-        }
-        if let Some((host, outcome, why)) = settled {
-            phase.remove(&host);
-            results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
-        }
-        if std::mem::take(&mut lagged) {
-            for (host, outcome, why) in
-                lag::recheck_wave(ctx, &mut phase, &expected, &sent_on, confirm).await
-            {
-                results.insert(host.clone(), ctx.settle(index, &host, outcome, &why).await);
-            }
-        }
-        if events.is_empty() {
-            ctx.flush().await;
-        }
-    }
-    ctx.flush().await;
-    (results, expected)
-}
-
-/// Send each host its previous revision and wait for it to be applied with the expected
-/// hash. Returns (rolled back, could not be rolled back: `host: why`).
-async fn roll_back(
-    ctx: &Ctx<'_>,
-    hosts: &[String],
-    events: &mut broadcast::Receiver<HostEvent>,
-) -> (Vec<String>, Vec<String>) {
-    let mut pending: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    let mut failed = Vec::new();
-    for host in hosts {
-        let prev = ctx.plan.previous.get(host).copied().unwrap_or(0);
-        if prev == 0 {
-            failed.push(format!("{host}: no previous revision to go back to"));
-            continue;
-        }
-        ctx.set_desired(host, prev).await;
-        let Some(handle) = ctx.shared.registry.get(host) else {
-            failed.push(format!("{host}: offline (gets r{prev} when it connects)"));
-            continue;
-        };
-        match ctx.shared.desired_message(host, &handle.facts).await {
-            Ok(Some(d)) if d.revision == prev => {
-                let exp = d.expected_hash.clone();
-                if ctx
-                    .send(host, v1::controller_message::Msg::Desired(d))
-                    .await
-                {
-                    pending.insert(host.clone(), (prev, exp));
-                } else {
-                    failed.push(format!("{host}: session closed"));
-                }
-            }
-            _ => failed.push(format!("{host}: no stored r{prev}")),
-        }
-    }
-    let mut done = Vec::new();
-    let deadline = Instant::now() + ROLLBACK_TIMEOUT;
-    while !pending.is_empty() {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(HostEvent::Applied { host, report }) => {
-                    if let Some((prev, exp)) = pending.get(&host).cloned() && report.revision == prev {
-                        pending.remove(&host);
-                        if report.ok && (exp.is_empty() || report.hash == exp) {
-                            ctx.record(&host, "rolled_back", &format!("back on r{prev}")).await;
-                            emit(ctx.tx, v1::apply_event::Event::Host(host_result(&host, v1::HostOutcome::RolledBack, 0, &format!("back on r{prev}")))).await;
-                            done.push(host);
-                        } else {
-                            failed.push(format!("{host}: rollback to r{prev} failed: {}", report.error));
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(rollout = ctx.plan.id, skipped = n,
-                        "rollback lagged behind host events; re-checking its hosts from the store");
-                    for (host, prev) in lag::recheck_rollback(ctx, &mut pending).await {
-                        let why = format!("back on r{prev}");
-                        ctx.record(&host, "rolled_back", &why).await;
-                        emit(ctx.tx, v1::apply_event::Event::Host(host_result(&host, v1::HostOutcome::RolledBack, 0, &why))).await;
-                        done.push(host);
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            () = tokio::time::sleep_until(deadline) => break,
-        }
-    }
-    failed.extend(
-        pending
-            .keys()
-            .map(|h| format!("{h}: no answer to the rollback in time")),
-    );
-    for f in &failed {
-        let host = f.split(':').next().unwrap_or_default();
-        ctx.record(host, "rollback_failed", f).await;
-    }
-    (done, failed)
 }

@@ -2,8 +2,9 @@
 //!
 //! - **attested hash**: already required to confirm a host (its `Hello` attests the
 //!   revision and the expected kernel hash);
-//! - **no drift**: each host verifies now (`VerifyNow`); its kernel must hold the
-//!   rollout's revision with the expected hash, nothing else changed;
+//! - **no drift**: each host verifies now (`VerifyNow`, through the controller holding
+//!   its session if it is another); its kernel must hold the rollout's revision with the
+//!   expected hash, nothing else changed;
 //! - **denial rate** (with `--max-denial-increase F`): over `--denial-window` after the
 //!   wave, a host must not deny more than F times its rate over `--denial-baseline`
 //!   before the rollout started (rates under [`FLOOR_PER_S`] count as that floor). The
@@ -114,7 +115,8 @@ pub async fn check(
         None
     };
     let mut failed = Vec::new();
-    for (host, answer) in super::super::drift::verify_now(shared, hosts, VERIFY_TIMEOUT).await {
+    for (host, answer) in super::super::drift::verify_anywhere(shared, hosts, VERIFY_TIMEOUT).await
+    {
         let why = match answer {
             Err(why) => Some(format!("drift gate: cannot verify: {why}")),
             Ok((r, _)) => {

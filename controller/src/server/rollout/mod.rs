@@ -5,7 +5,11 @@
 //! - [`Rollouts`]: the in-memory view (the one running rollout, hosts in flight, the
 //!   addresses agents reach the controller at, `Reverted` reports) kept in [`Shared`].
 //! - [`lockout`]: the anti-lockout check over the compiled rulesets.
-//! - [`engine`]: drives a [`portcullis_policy::rollout::Rollout`] wave by wave.
+//! - [`engine`]: drives a [`portcullis_policy::rollout::Rollout`] wave by wave, each
+//!   host's steps being an [`exchange::Exchange`] (pure), on whichever controller its
+//!   session is.
+//! - [`relay`]: what this controller does for a rollout another controller runs (a shared
+//!   store): sends its waves to the sessions held here, reports what it sees of them.
 //! - [`start`]: `Apply` with waves/confirmation and `Rollback` store the rollout and spawn
 //!   the engine; the operator's stream only follows it (a client going away does not stop
 //!   a rollout; `rollout abort` does).
@@ -13,9 +17,12 @@
 //! The durable record is in the store (`store::rollout`); a rollout left `running` by a
 //! stopped controller is marked `interrupted` at the next start ([`recover`]).
 
+mod desired;
 pub mod engine;
+pub mod exchange;
 pub mod gates;
 pub mod lockout;
+pub mod relay;
 pub mod start;
 
 use super::Shared;
@@ -165,12 +172,14 @@ pub async fn on_reverted(shared: &Shared, host: &str, r: v1::Reverted) -> anyhow
     tracing::warn!(%host, revision = r.revision, restored = r.restored_revision, reason = %r.reason,
         "agent reverted an unconfirmed revision");
     let (h, rev, restored) = (host.to_string(), r.revision, r.restored_revision);
+    let reason = format!("reverted by its agent: {}", r.reason);
     shared
         .store
         .call(move |c| {
             if store::rollout::desired_revision(c, &h)? == rev {
                 store::rollout::set_desired(c, &h, restored)?;
             }
+            store::rollout::reverted_after_interrupt(c, &h, rev, &reason)?;
             store::audit(
                 c,
                 &format!("agent:{h}"),

@@ -58,6 +58,21 @@ pub async fn from_apply(
             "rollout {id} is running; wait for it or stop it with `portcullis rollout abort`"
         )));
     }
+    // Nor while another controller's rollout holds its lease (shared store): an apply
+    // would move the desired revision of the hosts it drives.
+    if shared.store.dialect() == store::Dialect::Postgres {
+        let me = shared.controller_id.clone();
+        if let Some((id, controller)) = shared
+            .store
+            .call(move |c| store::relay::running_elsewhere(c, &me, store::now_ms()))
+            .await
+            .map_err(crate::server::session::internal)?
+        {
+            return Err(Status::failed_precondition(
+                store::rollout::Busy { id, controller }.to_string(),
+            ));
+        }
+    }
     let serial: Serial = if req.serial.is_empty() {
         Serial::default()
     } else {
@@ -177,13 +192,14 @@ pub async fn from_apply(
     })?;
     tracing::info!(rollout = id, revision = rev, %author, waves = waves.len(), "rollout started");
     let (tx, rx) = mpsc::channel(256);
+    let elsewhere = connected_elsewhere(shared).await;
     let accepted = v1::ApplyEvent {
         event: Some(v1::apply_event::Event::Accepted(v1::ApplyAccepted {
             revision: rev,
             hosts: hosts.clone(),
             offline: hosts
                 .iter()
-                .filter(|h| !shared.registry.is_connected(h))
+                .filter(|h| !shared.registry.is_connected(h) && !elsewhere.contains(*h))
                 .cloned()
                 .collect(),
             rollout_id: id,
@@ -210,6 +226,26 @@ pub async fn from_apply(
     };
     tokio::spawn(engine::run(shared.clone(), plan, tx));
     Ok(Some(Box::pin(ReceiverStream::new(rx))))
+}
+
+/// Hosts whose sessions other controllers hold (shared store; the rollout drives them
+/// through those controllers).
+async fn connected_elsewhere(shared: &Shared) -> std::collections::BTreeSet<String> {
+    if shared.store.dialect() != store::Dialect::Postgres {
+        return Default::default();
+    }
+    let now = store::now_ms();
+    match shared.store.call(store::list_hosts).await {
+        Ok(hosts) => hosts
+            .into_iter()
+            .filter(|h| shared.elsewhere(h, now))
+            .map(|h| h.name)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reading where hosts are connected failed");
+            Default::default()
+        }
+    }
 }
 
 /// Marks an `Apply` built by `Rollback` (request extension).
@@ -306,18 +342,22 @@ pub async fn rollback_request(
     ))
 }
 
-/// `RolloutAbort`: flag the running rollout; it stops before its next wave.
+/// `RolloutAbort`: flag the running rollout; it stops before its next wave. A rollout
+/// another controller runs (shared store) is asked to stop through the database.
 pub async fn abort(
     shared: &Shared,
     author: &str,
     id: u64,
 ) -> Result<v1::RolloutAbortResponse, Status> {
-    let Some(id) = shared.rollouts.abort(id) else {
-        return Err(Status::failed_precondition(if id == 0 {
-            "no rollout is running".to_string()
-        } else {
-            format!("rollout {id} is not running")
-        }));
+    let id = match shared.rollouts.abort(id) {
+        Some(id) => id,
+        None => abort_elsewhere(shared, id).await?.ok_or_else(|| {
+            Status::failed_precondition(if id == 0 {
+                "no rollout is running".to_string()
+            } else {
+                format!("rollout {id} is not running")
+            })
+        })?,
     };
     let (a, detail) = (author.to_string(), format!("rollout {id}"));
     shared
@@ -327,4 +367,28 @@ pub async fn abort(
         .map_err(crate::server::session::internal)?;
     tracing::warn!(rollout = id, %author, "rollout abort requested");
     Ok(v1::RolloutAbortResponse { rollout_id: id })
+}
+
+/// Ask the controller running rollout `id` (0: whichever runs) to abort it: the id, or
+/// `None` when no other controller runs it with a live lease.
+async fn abort_elsewhere(shared: &Shared, id: u64) -> Result<Option<u64>, Status> {
+    if shared.store.dialect() != store::Dialect::Postgres {
+        return Ok(None);
+    }
+    let me = shared.controller_id.clone();
+    shared
+        .store
+        .call(move |c| {
+            let Some((running, _)) = store::relay::running_elsewhere(c, &me, store::now_ms())?
+            else {
+                return Ok(None);
+            };
+            if id != 0 && id != running {
+                return Ok(None);
+            }
+            store::relay::publish_rollout(c, &me, running, store::relay::Step::Abort, 0, &[])?;
+            Ok(Some(running))
+        })
+        .await
+        .map_err(crate::server::session::internal)
 }

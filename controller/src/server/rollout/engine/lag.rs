@@ -3,72 +3,63 @@
 //! sent, so a host is never judged failed or unconfirmed because an event was lost.
 //! Only positive evidence settles a host here; anything else keeps waiting for its deadline.
 
-use super::{Ctx, Phase};
-use portcullis_proto::v1;
+use super::super::exchange::{Event, Exchange, Phase};
+use super::Ctx;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-/// Hosts of a wave whose stored state answers what the missed events would have said:
-/// applied (or hash mismatch), and with commit-confirm, back on a newer session. Returns
-/// the settled hosts (removed from `phase`); moves applied ones to `AwaitReconnect`.
+/// What the stored state of each waiting host says the missed events were: `Applied`
+/// (for a host still applying) and, with commit-confirm, back on a newer session than
+/// the one the revision went to here. A host whose kernel holds the revision with
+/// another hash is only judged while it is still applying (a hash mismatch).
 pub(super) async fn recheck_wave(
     ctx: &Ctx<'_>,
-    phase: &mut BTreeMap<String, Phase>,
+    machines: &BTreeMap<String, Exchange>,
     expected: &BTreeMap<String, String>,
     sent_on: &BTreeMap<String, Option<u64>>,
-    confirm: Duration,
-) -> Vec<(String, v1::HostOutcome, String)> {
+) -> Vec<(String, Event)> {
     let rev = ctx.plan.revision;
-    let mut settled = Vec::new();
-    let hosts: Vec<String> = phase.keys().cloned().collect();
-    for host in hosts {
-        let Some((r, hash)) = ctx.attested(&host).await else {
+    let mut seen = Vec::new();
+    for (host, machine) in machines {
+        let Some((r, hash)) = ctx.attested(host).await else {
             continue;
         };
         if r != rev {
             continue;
         }
-        let exp = expected.get(&host).cloned().unwrap_or_default();
+        let applying = machine.phase() == Phase::Applying;
+        let exp = expected.get(host).map_or("", String::as_str);
+        let applied = Event::Applied {
+            revision: rev,
+            ok: true,
+            hash: hash.clone(),
+            error: String::new(),
+        };
         if !exp.is_empty() && hash != exp {
-            if phase.get(&host) == Some(&Phase::Applying) {
-                let revert = v1::Revert {
-                    revision: rev,
-                    reason: "hash mismatch".into(),
-                };
-                let _ = ctx
-                    .send(&host, v1::controller_message::Msg::Revert(revert))
-                    .await;
-                phase.remove(&host);
-                let why = format!("kernel hash {hash} != expected {exp}");
-                settled.push((host, v1::HostOutcome::HashMismatch, why));
+            if applying {
+                seen.push((host.clone(), applied));
             }
             continue;
         }
-        if confirm.is_zero() {
-            phase.remove(&host);
-            settled.push((host, v1::HostOutcome::Applied, String::new()));
-            continue;
+        if applying {
+            seen.push((host.clone(), applied));
         }
-        if phase.get(&host) == Some(&Phase::Applying) {
-            ctx.record(&host, "applied", "waiting for the reconnect")
-                .await;
-            phase.insert(host.clone(), Phase::AwaitReconnect);
+        if ctx.plan.confirm.is_zero() {
+            continue;
         }
         // Back through the new rules: a session newer than the one the revision went to.
-        let now = ctx.shared.registry.get(&host).map(|h| h.session);
-        let before = sent_on.get(&host).copied().flatten();
+        let now = ctx.shared.registry.get(host).map(|h| h.session);
+        let before = sent_on.get(host).copied().flatten();
         if now.is_some() && now != before {
-            let confirm = v1::Confirm { revision: rev };
-            if ctx
-                .send(&host, v1::controller_message::Msg::Confirm(confirm))
-                .await
-            {
-                phase.remove(&host);
-                settled.push((host, v1::HostOutcome::Confirmed, String::new()));
-            }
+            seen.push((
+                host.clone(),
+                Event::Back {
+                    revision: rev,
+                    hash,
+                },
+            ));
         }
     }
-    settled
+    seen
 }
 
 /// Rollback hosts whose stored state shows the previous revision with its expected hash.

@@ -1,0 +1,88 @@
+//! The `Desired` messages of a wave, built from the revision's stored policies: hosts with
+//! the same policy share its parsed and wire forms, and its expected kernel hash is
+//! compiled once per (policy, default-route interface), since that is all of the facts
+//! compile reads. Used by the rollout's controller for the sessions it holds and by
+//! another controller for the sessions it holds ([`super::relay`]).
+
+use super::super::Shared;
+use portcullis_policy::{Facts, HostPolicy};
+use portcullis_proto::v1;
+use std::collections::BTreeMap;
+
+pub struct Desireds<'a> {
+    revision: u64,
+    confirm_timeout_ms: u64,
+    parsed: Parsed<'a>,
+    hashes: BTreeMap<(&'a str, Option<String>), String>,
+}
+
+impl<'a> Desireds<'a> {
+    pub fn new(revision: u64, confirm_timeout_ms: u64) -> Self {
+        Self {
+            revision,
+            confirm_timeout_ms,
+            parsed: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+        }
+    }
+
+    /// The kernel hash a host with `facts` must report for this stored policy ("" if it
+    /// does not compile there); `None` when the stored policy is unreadable.
+    pub fn expected(&mut self, policy_json: &'a str, facts: &Facts) -> Option<String> {
+        let rev = self.revision;
+        let (policy, _) = parse(&mut self.parsed, policy_json)?;
+        Some(
+            self.hashes
+                .entry((policy_json, facts.default_route_interface.clone()))
+                .or_insert_with(|| crate::server::expected_hash(policy, facts, rev))
+                .clone(),
+        )
+    }
+
+    /// The `Desired` for `host` (its question registered, its lists as the host can take
+    /// them), or why it cannot be sent.
+    pub fn message(
+        &mut self,
+        shared: &Shared,
+        host: &str,
+        policy_json: &'a str,
+        expected_hash: String,
+    ) -> Result<v1::Desired, String> {
+        let (rev, confirm_timeout_ms) = (self.revision, self.confirm_timeout_ms);
+        let Some((policy, wire)) = parse(&mut self.parsed, policy_json) else {
+            return Err("stored policy unreadable".to_string());
+        };
+        let d = v1::Desired {
+            revision: rev,
+            policy: Some(wire.clone()),
+            expected_hash,
+            confirm_timeout_ms,
+            request_id: shared.asked.ask(host, rev),
+            management: crate::server::management_message(policy),
+        };
+        shared
+            .lists
+            .outgoing(host, d, policy)
+            .map_err(|e| e.to_string())
+    }
+}
+
+type Parsed<'a> = BTreeMap<&'a str, Option<(HostPolicy, v1::HostPolicy)>>;
+
+/// The stored policy parsed (once) and its wire form; `None` when it is unreadable.
+fn parse<'m, 'a>(
+    parsed: &'m mut Parsed<'a>,
+    policy_json: &'a str,
+) -> Option<&'m (HostPolicy, v1::HostPolicy)> {
+    parsed
+        .entry(policy_json)
+        .or_insert_with(|| {
+            serde_json::from_str::<HostPolicy>(policy_json)
+                .ok()
+                .map(|p| {
+                    let w = crate::server::lists::wire_without_lists(&p);
+                    (p, w)
+                })
+        })
+        .as_ref()
+}

@@ -1,0 +1,275 @@
+//! One wave: stage the revision on its hosts (one transaction, which also announces the
+//! wave to the other controllers), send `Desired` to the sessions this controller holds
+//! (the controllers holding the others send theirs), then drive every host's
+//! [`Exchange`] from what is seen of it — this controller's session events, or the
+//! reports of the controller holding its session — until each one settled or the
+//! controller's give-up time passed.
+
+use super::super::desired::Desireds;
+use super::super::exchange::{Action, Event, Exchange};
+use super::{APPLY_TIMEOUT, Ctx, Delivery, lag, remote};
+use crate::server::registry::HostEvent;
+use crate::store;
+use portcullis_policy::Facts;
+use portcullis_policy::rollout::HostResult;
+use portcullis_proto::v1;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// Runs wave `index`; returns each host's result and the expected kernel hashes.
+pub(super) async fn wave(
+    ctx: &Ctx<'_>,
+    index: usize,
+    hosts: &[String],
+    events: &mut broadcast::Receiver<HostEvent>,
+    reverted: &mut broadcast::Receiver<(String, v1::Reverted)>,
+) -> (BTreeMap<String, HostResult>, BTreeMap<String, String>) {
+    let (rev, confirm) = (ctx.plan.revision, ctx.plan.confirm);
+    // The controller's share of the confirm deadline (it gives up first).
+    let window = if confirm.is_zero() {
+        Duration::ZERO
+    } else {
+        confirm.mul_f64(0.8)
+    };
+    let mut results = BTreeMap::new();
+    let mut local: Vec<(String, Facts)> = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        // Only the facts: a held session handle would keep that session's stream open
+        // after the agent closed it to reconnect through its new rules.
+        if let Some(handle) = ctx.shared.registry.get(host) {
+            local.push((host.clone(), handle.facts));
+        }
+    }
+    let mut far = remote::elsewhere(ctx, hosts).await;
+    for host in hosts {
+        if !far.contains_key(host) && !local.iter().any(|(h, _)| h == host) {
+            let why = "not connected when its wave started";
+            let r = ctx.settle(index, host, v1::HostOutcome::Offline, why).await;
+            results.insert(host.clone(), r);
+        }
+    }
+    if ctx.plan.abort.load(Ordering::SeqCst) {
+        // Nothing of the wave staged yet: hosts elsewhere are not asked at all.
+        for host in std::mem::take(&mut far).into_keys() {
+            let why = "not sent: the rollout was aborted";
+            let r = ctx
+                .settle(index, &host, v1::HostOutcome::Skipped, why)
+                .await;
+            results.insert(host, r);
+        }
+    }
+    // One transaction for the whole wave: desired revision, "sent", the stored targets,
+    // and the announcement to the controllers holding the other sessions (every
+    // controller follows every host of the wave: an agent may come back anywhere).
+    let staged: Vec<String> = hosts
+        .iter()
+        .filter(|h| far.contains_key(*h) || local.iter().any(|(l, _)| l == *h))
+        .cloned()
+        .collect();
+    let (id, me) = (ctx.plan.id, ctx.shared.controller_id.clone());
+    let announce = staged.clone();
+    let rows = match ctx
+        .shared
+        .store
+        .call(move |c| {
+            store::rollout::start_wave(c, id, rev, &announce, Some((&me, announce.as_slice())))
+        })
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(rollout = id, error = %e, "starting the wave failed");
+            BTreeMap::new()
+        }
+    };
+    let confirm_timeout_ms = u64::try_from(confirm.as_millis()).unwrap_or(u64::MAX);
+    let mut desireds = Desireds::new(rev, confirm_timeout_ms);
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let mut machines: BTreeMap<String, Exchange> = BTreeMap::new();
+    // The session each host got the revision on here (a newer one means it came back).
+    let mut sent_on: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    // Hosts elsewhere: their controllers send; this one knows what they must report.
+    for (host, facts) in &far {
+        ctx.shared.rollouts.set_in_flight(host, true);
+        let Some((policy_json, _)) = rows.get(host) else {
+            let why = format!("no desired r{rev} stored for this host");
+            results.insert(
+                host.clone(),
+                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
+            );
+            continue;
+        };
+        let Some(hash) = desireds.expected(policy_json, facts) else {
+            let why = "stored policy unreadable";
+            results.insert(
+                host.clone(),
+                ctx.settle(index, host, v1::HostOutcome::Failed, why).await,
+            );
+            continue;
+        };
+        expected.insert(host.clone(), hash.clone());
+        machines.insert(host.clone(), Exchange::sent(rev, hash, window));
+    }
+    for (host, facts) in &local {
+        // Abort stops between hosts: the rest of the wave keeps its previous revision.
+        if ctx.plan.abort.load(Ordering::SeqCst) {
+            let why = "not sent: the rollout was aborted";
+            let r = ctx.settle(index, host, v1::HostOutcome::Skipped, why).await;
+            results.insert(host.clone(), r);
+            continue;
+        }
+        ctx.shared.rollouts.set_in_flight(host, true);
+        let Some((policy_json, _)) = rows.get(host) else {
+            let why = format!("no desired r{rev} stored for this host");
+            results.insert(
+                host.clone(),
+                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
+            );
+            continue;
+        };
+        let Some(hash) = desireds.expected(policy_json, facts) else {
+            let why = "stored policy unreadable";
+            results.insert(
+                host.clone(),
+                ctx.settle(index, host, v1::HostOutcome::Failed, why).await,
+            );
+            continue;
+        };
+        expected.insert(host.clone(), hash.clone());
+        let d = match desireds.message(ctx.shared, host, policy_json, hash.clone()) {
+            Ok(d) => d,
+            Err(why) => {
+                let r = ctx.settle(index, host, v1::HostOutcome::Failed, &why).await;
+                results.insert(host.clone(), r);
+                continue;
+            }
+        };
+        if !ctx
+            .send(host, v1::controller_message::Msg::Desired(d))
+            .await
+        {
+            let why = "session closed while sending";
+            let r = ctx
+                .settle(index, host, v1::HostOutcome::Disconnected, why)
+                .await;
+            results.insert(host.clone(), r);
+            continue;
+        }
+        machines.insert(host.clone(), Exchange::sent(rev, hash, window));
+        sent_on.insert(
+            host.clone(),
+            ctx.shared.registry.get(host).map(|h| h.session),
+        );
+    }
+    ctx.store_expected(&expected).await;
+    let deadline = Instant::now()
+        + if confirm.is_zero() {
+            APPLY_TIMEOUT
+        } else {
+            window
+        };
+    let mut follower = remote::Follower::new();
+    let mut poll = tokio::time::interval(remote::POLL);
+    let mut lagged = false;
+    while !machines.is_empty() {
+        let mut seen: Vec<(String, Event)> = Vec::new();
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(HostEvent::Applied { host, report }) if machines.contains_key(&host) => {
+                    seen.push((host, Event::Applied {
+                        revision: report.revision,
+                        ok: report.ok,
+                        hash: report.hash,
+                        error: report.error,
+                    }));
+                }
+                Ok(HostEvent::Connected { host }) if !confirm.is_zero() && machines.contains_key(&host) => {
+                    let (revision, hash) = ctx.attested(&host).await.unwrap_or_default();
+                    seen.push((host, Event::Back { revision, hash }));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(rollout = ctx.plan.id, skipped = n,
+                        "rollout lagged behind host events; re-checking its hosts from the store");
+                    lagged = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            r = reverted.recv() => {
+                if let Ok((host, rv)) = r {
+                    seen.push((host, Event::Reverted { revision: rv.revision, reason: rv.reason }));
+                }
+            }
+            _ = poll.tick(), if ctx.shared_store() => {
+                seen = follower
+                    .poll(ctx, machines.keys())
+                    .await
+                    .iter()
+                    .map(|r| (r.host.clone(), remote::event(r)))
+                    .collect();
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                seen = machines.keys().map(|h| (h.clone(), Event::Deadline)).collect();
+            }
+        }
+        for (host, event) in seen {
+            step(ctx, index, &mut machines, &mut results, &host, event).await;
+        }
+        if std::mem::take(&mut lagged) {
+            for (host, event) in lag::recheck_wave(ctx, &machines, &expected, &sent_on).await {
+                step(ctx, index, &mut machines, &mut results, &host, event).await;
+            }
+        }
+        if events.is_empty() {
+            ctx.flush().await;
+        }
+    }
+    ctx.flush().await;
+    (results, expected)
+}
+
+/// Feed `event` to `host`'s exchange and carry out what it says.
+async fn step(
+    ctx: &Ctx<'_>,
+    index: usize,
+    machines: &mut BTreeMap<String, Exchange>,
+    results: &mut BTreeMap<String, HostResult>,
+    host: &str,
+    event: Event,
+) {
+    let rev = ctx.plan.revision;
+    let mut queue = VecDeque::from([event]);
+    while let Some(event) = queue.pop_front() {
+        let Some(actions) = machines.get_mut(host).map(|m| m.handle(event)) else {
+            return;
+        };
+        for action in actions {
+            match action {
+                Action::Confirm => {
+                    let msg = v1::controller_message::Msg::Confirm(v1::Confirm { revision: rev });
+                    // Relayed: settled when its controller reports Confirm handed over.
+                    if ctx.deliver(host, msg).await == Delivery::Sent {
+                        queue.push_back(Event::ConfirmSent);
+                    }
+                }
+                Action::Revert(reason) => {
+                    let msg = v1::controller_message::Msg::Revert(v1::Revert {
+                        revision: rev,
+                        reason,
+                    });
+                    let _ = ctx.deliver(host, msg).await;
+                }
+                Action::Record(state, detail) => ctx.record(host, state, detail).await,
+                Action::Settle(outcome, why) => {
+                    machines.remove(host);
+                    let r = ctx.settle(index, host, outcome, &why).await;
+                    results.insert(host.to_string(), r);
+                    return;
+                }
+            }
+        }
+    }
+}
