@@ -10,8 +10,8 @@
 use super::Shared;
 use super::rollout::relay;
 use crate::store::{self, PUBLISH_CHANNEL};
-use portcullis_proto::v1;
 use futures::StreamExt as _;
+use portcullis_proto::v1;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
