@@ -231,8 +231,8 @@ fn last_known_good_the_kernel_refuses_fails_closed() {
         ..HostPolicy::default()
     };
     store_lkg(&lab, policy, &Facts::default(), 5);
-    let nft = lab.file("refusing-nft", REFUSING_R5);
-    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let nft = lab.dir.path().join("refusing-nft");
+    portcullis_testkit::write_executable(&nft, REFUSING_R5).unwrap();
     let nft = nft.to_string_lossy().into_owned();
     let out = lab.agent(&["--nft", &nft, "restore", "--json"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");

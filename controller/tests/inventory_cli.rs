@@ -191,11 +191,10 @@ fn bad_input_exits_2_with_a_location() {
 
 #[test]
 fn a_failing_script_shows_its_stderr() {
-    use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("inv.sh");
-    std::fs::write(&s, "#!/bin/sh\necho 'cloud API: 403' >&2\nexit 3\n").unwrap();
-    std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
+    portcullis_testkit::write_executable(&s, "#!/bin/sh\necho 'cloud API: 403' >&2\nexit 3\n")
+        .unwrap();
     let out = run(&["-i", s.to_str().unwrap(), "--list"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);

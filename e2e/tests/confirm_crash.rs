@@ -11,7 +11,6 @@ mod common;
 use common::Fleet;
 use portcullis_testkit::{TcpOutcome, TcpServer, probe, require_root_netns};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -68,8 +67,7 @@ fn sigkill_right_after_an_unconfirmed_apply_still_reverts() {
         "v2.yml",
         "- name: b\n  hosts: all\n  policy:\n    allow: [http/tcp, smtp/tcp]\n",
     );
-    let nft = fleet.write("killing-nft", &killing_nft(fleet.dir.path()));
-    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nft = fleet.executable("killing-nft", &killing_nft(fleet.dir.path()));
     let nft_arg = ["--nft", nft.to_str().unwrap()];
     fleet.start_controller().unwrap();
     fleet.start_agent_with("h1", &nft_arg).unwrap();

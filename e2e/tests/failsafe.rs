@@ -17,8 +17,6 @@ mod common;
 use common::Fleet;
 use portcullis_testkit::{TcpOutcome, TcpServer, probe, require_root_netns};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const INVENTORY: &str = "all:\n  hosts:\n    h1:\n";
@@ -27,12 +25,6 @@ fn site_group(group: u16) -> String {
     format!(
         "- name: seed\n  hosts: all\n  management: [tcp/22 from 10.77.0.0/24]\n  policy:\n    interface: default\n    allow: [smtp/tcp, ssh/tcp]\n    log: {{ rate: 1000/second, burst: 1000, group: {group} }}\n"
     )
-}
-
-fn executable(fleet: &Fleet, name: &str, text: &str) -> PathBuf {
-    let path = fleet.write(name, text);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// Stored denial count of h1 on `port` (any protocol).
@@ -243,7 +235,7 @@ fn a_hung_nft_is_killed_and_the_session_lives_on() {
     let mut fleet = Fleet::new(&["h1"]).unwrap();
     let inv = fleet.write("inventory.yml", INVENTORY);
     let site = fleet.write("site.yml", &site_group(7));
-    let nft = executable(&fleet, "hanging-nft", HANGING_NFT);
+    let nft = fleet.executable("hanging-nft", HANGING_NFT);
     fleet.start_controller().unwrap();
     fleet
         .start_agent_with(

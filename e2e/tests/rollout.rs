@@ -398,9 +398,7 @@ fn failed_apply_and_failed_denial_gate_halt_and_roll_back() {
 
     // 2. A host whose kernel refuses the change: h3 in wave 2 fails to apply, the rollout
     // halts and h1, h2 (wave 1) and h4 (wave 2) go back to r1.
-    let nft = fleet.write("refusing-nft", REFUSING_NFT);
-    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let nft = fleet.executable("refusing-nft", REFUSING_NFT);
     fleet.stop_agent("h3");
     fleet
         .start_agent_with(

@@ -386,12 +386,10 @@ fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     fn script_file(dir: &Path, body: &str) -> PathBuf {
         let p = dir.join("inv");
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        portcullis_testkit::write_executable(&p, &format!("#!/bin/sh\n{body}\n")).unwrap();
         p
     }
 

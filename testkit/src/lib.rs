@@ -10,6 +10,7 @@
 //!   apart, a TCP listener, a UDP echo server and a UDP request/answer probe, all run inside
 //!   a namespace on a thread that entered it with `setns`.
 //! - [`require_root_netns`]: the gate every netns test starts with.
+//! - [`write_executable`]: a script file written so that executing it cannot race a fork.
 //! - [`postgres`]: a throwaway PostgreSQL cluster (or the one `PORTCULLIS_TEST_PG` names)
 //!   for tests of the PostgreSQL store; [`require_postgres`] is its gate, and
 //!   [`postgres::require_dedicated`] gives a test a cluster of its own to stop and restart.
@@ -18,6 +19,7 @@
 //! and loopback addresses. It never changes the caller's own namespace.
 
 mod bridge;
+mod exec;
 mod gate;
 mod netns;
 pub mod postgres;
@@ -25,6 +27,7 @@ pub mod probe;
 mod topology;
 
 pub use bridge::{Bridge, terminate};
+pub use exec::write_executable;
 pub use gate::require_root_netns;
 pub use netns::NetNs;
 pub use postgres::require_postgres;

@@ -595,6 +595,13 @@ impl Fleet {
         std::fs::write(&p, text).expect("write file");
         p
     }
+
+    /// [`Fleet::write`] as an executable ([`portcullis_testkit::write_executable`]).
+    pub fn executable(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        portcullis_testkit::write_executable(&p, text).expect("write executable");
+        p
+    }
 }
 
 /// `cmd`'s output, or a panic if it has not finished within `within` (it is killed).

@@ -94,21 +94,13 @@ pub(super) async fn wave(
     // Hosts elsewhere: their controllers send; this one knows what they must report.
     for (host, facts) in &far {
         ctx.shared.rollouts.set_in_flight(host, true);
-        let Some((policy_json, _)) = rows.get(host) else {
-            let why = format!("no desired r{rev} stored for this host");
-            results.insert(
-                host.clone(),
-                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
-            );
-            continue;
-        };
-        let Some(hash) = desireds.expected(policy_json, facts) else {
-            let why = "stored policy unreadable";
-            results.insert(
-                host.clone(),
-                ctx.settle(index, host, v1::HostOutcome::Failed, why).await,
-            );
-            continue;
+        let (_, hash) = match stored_expected(&rows, &mut desireds, host, facts, rev) {
+            Ok(found) => found,
+            Err(why) => {
+                let r = ctx.settle(index, host, v1::HostOutcome::Failed, &why).await;
+                results.insert(host.clone(), r);
+                continue;
+            }
         };
         expected.insert(host.clone(), hash.clone());
         machines.insert(host.clone(), Exchange::sent(rev, hash, window));
@@ -122,21 +114,13 @@ pub(super) async fn wave(
             continue;
         }
         ctx.shared.rollouts.set_in_flight(host, true);
-        let Some((policy_json, _)) = rows.get(host) else {
-            let why = format!("no desired r{rev} stored for this host");
-            results.insert(
-                host.clone(),
-                ctx.settle(index, host, v1::HostOutcome::Failed, &why).await,
-            );
-            continue;
-        };
-        let Some(hash) = desireds.expected(policy_json, facts) else {
-            let why = "stored policy unreadable";
-            results.insert(
-                host.clone(),
-                ctx.settle(index, host, v1::HostOutcome::Failed, why).await,
-            );
-            continue;
+        let (policy_json, hash) = match stored_expected(&rows, &mut desireds, host, facts, rev) {
+            Ok(found) => found,
+            Err(why) => {
+                let r = ctx.settle(index, host, v1::HostOutcome::Failed, &why).await;
+                results.insert(host.clone(), r);
+                continue;
+            }
         };
         expected.insert(host.clone(), hash.clone());
         let d = match desireds.message(ctx.shared, host, policy_json, hash.clone()) {
@@ -232,6 +216,24 @@ pub(super) async fn wave(
 }
 
 /// Feed `event` to `host`'s exchange and carry out what it says.
+/// The stored policy of `host` for revision `rev` (from `rows`, as `start_wave` returned
+/// them) and its expected hash with `facts`, or why the host fails the wave.
+fn stored_expected<'r>(
+    rows: &'r BTreeMap<String, (String, String)>,
+    desireds: &mut Desireds<'r>,
+    host: &str,
+    facts: &Facts,
+    rev: u64,
+) -> Result<(&'r str, String), String> {
+    let (policy_json, _) = rows
+        .get(host)
+        .ok_or_else(|| format!("no desired r{rev} stored for this host"))?;
+    let hash = desireds
+        .expected(policy_json, facts)
+        .ok_or_else(|| "stored policy unreadable".to_owned())?;
+    Ok((policy_json, hash))
+}
+
 async fn step(
     ctx: &Ctx<'_>,
     index: usize,
