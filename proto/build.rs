@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Address lists are megabytes, shared by every host of a revision: `Bytes`, so
         // each host's Desired clones a reference, not the list.
         .bytes(".portcullis.v1.AddressList")
+        .bytes(".portcullis.v1.ListPart")
         .compile_fds(fds)?;
     Ok(())
 }

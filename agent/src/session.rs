@@ -18,6 +18,7 @@ use crate::conditions::Conditions;
 use crate::failover::{Candidate, OnController, Rotation, Step};
 use anyhow::Context as _;
 use portcullis_policy::HostPolicy;
+use portcullis_proto::parts::Reassembly;
 use portcullis_proto::{PROTOCOL_VERSION, v1};
 use rand::Rng as _;
 use std::future::Future;
@@ -397,10 +398,11 @@ async fn serve(
     confirm.flush(&tx).await;
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
+    let mut parts = Reassembly::new(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES);
     loop {
         tokio::select! {
-            msg = inbound.next() => {
-                let Some(msg) = msg.transpose().context("session stream")? else {
+            msg = next_message(&mut inbound, &mut parts) => {
+                let Some(msg) = msg? else {
                     return Ok(());
                 };
                 match msg.msg {
@@ -477,6 +479,39 @@ async fn serve(
     }
 }
 
+/// The next message from the controller, a `Desired` sent in parts put back together
+/// ([`portcullis_proto::parts`]). Cancel-safe: a part is staged as soon as it is read.
+async fn next_message(
+    inbound: &mut tonic::Streaming<v1::ControllerMessage>,
+    parts: &mut Reassembly,
+) -> anyhow::Result<Option<v1::ControllerMessage>> {
+    use v1::controller_message::Msg;
+    loop {
+        let Some(msg) = inbound.next().await.transpose().context("session stream")? else {
+            return Ok(None);
+        };
+        match msg.msg {
+            Some(Msg::ListPart(p)) => parts.part(p).context("the controller's list parts")?,
+            Some(Msg::Desired(mut d)) => {
+                let unused = parts
+                    .complete(&mut d)
+                    .context("the controller's Desired in parts")?;
+                if unused > 0 {
+                    tracing::warn!(
+                        revision = d.revision,
+                        unused,
+                        "list parts no list asked for were dropped"
+                    );
+                }
+                return Ok(Some(v1::ControllerMessage {
+                    msg: Some(Msg::Desired(d)),
+                }));
+            }
+            msg => return Ok(Some(v1::ControllerMessage { msg })),
+        }
+    }
+}
+
 /// The conditions reported to the controller: the companions' and a fail-closed host's.
 fn conditions(agent: &Agent, companions: &Conditions) -> Vec<String> {
     let mut lines = companions.lines();
@@ -495,7 +530,10 @@ pub fn now_ms() -> i64 {
 }
 
 /// What this agent announces in `Hello.capabilities`.
-pub const CAPABILITIES: &[&str] = &[portcullis_proto::CAPABILITY_DENY_LISTS];
+pub const CAPABILITIES: &[&str] = &[
+    portcullis_proto::CAPABILITY_DENY_LISTS,
+    portcullis_proto::CAPABILITY_LIST_PARTS,
+];
 
 /// The policy of a `Desired`, its list deltas resolved against the lists of the policy
 /// in force. `Err((why, need_full))`: `need_full` when a delta's base is not ours.

@@ -147,6 +147,86 @@ async fn a_300k_entry_list_fits_one_desired_now_that_lists_are_packed() {
     assert_eq!(history_len(&mut admin).await, 1);
 }
 
+/// An agent that announces `list-parts` gets a big list as parts of at most
+/// `PART_BYTES` (slices of the shared list), then the `Desired` without the bytes; put
+/// back together it is exactly the list. One that does not gets the whole message.
+#[tokio::test]
+async fn a_big_list_goes_in_bounded_parts_to_an_agent_that_takes_them() {
+    let ctl = TestController::start().await;
+    let mut text = String::new();
+    for n in 0u32..30_000 {
+        text.push_str(&format!(
+            "10.{}.{}.{}\n",
+            78 + (n >> 16),
+            (n >> 8) & 255,
+            n & 255
+        ));
+    }
+    text.push_str("fd77::7\n2001:db8::/32\n");
+    for (host, parts) in [("h1", true), ("h2", false)] {
+        let ch = ctl.agent_channel(host).await;
+        let mut client = v1::session_client::SessionClient::new(ch);
+        let (tx, rx) = mpsc::channel(8);
+        let mut h = hello(host);
+        if parts {
+            h.msg = match h.msg {
+                Some(v1::agent_message::Msg::Hello(mut hello)) => {
+                    hello
+                        .capabilities
+                        .push(portcullis_proto::CAPABILITY_LIST_PARTS.into());
+                    Some(v1::agent_message::Msg::Hello(hello))
+                }
+                other => other,
+            };
+        }
+        tx.send(h).await.unwrap();
+        let mut inbound = client
+            .open(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut admin = ctl.admin("ops").await;
+        let mut req = apply_request(SITE, host);
+        req.lists = vec![list("lists/admins.txt", &text)];
+        let mut stream = admin.apply(req).await.unwrap().into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(
+            matches!(first.event, Some(v1::apply_event::Event::Accepted(_))),
+            "{first:?}"
+        );
+        let mut reassembly = portcullis_proto::parts::Reassembly::new(64 << 20);
+        let mut seen = 0;
+        let mut d = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), inbound.next())
+                .await
+                .expect("nothing within 5 s")
+                .expect("stream ended")
+                .expect("stream error");
+            match msg.msg {
+                Some(v1::controller_message::Msg::ListPart(p)) => {
+                    assert!(parts, "{host}: a part for an agent that did not ask");
+                    assert!(p.data.len() <= portcullis_proto::parts::PART_BYTES);
+                    seen += 1;
+                    reassembly.part(p).unwrap();
+                }
+                Some(v1::controller_message::Msg::Desired(d)) => break d,
+                other => panic!("{host}: unexpected {other:?}"),
+            }
+        };
+        if parts {
+            // The v4 field in parts, and the two v6 entries (34 bytes) in one.
+            let v4_parts = (30_000 * 5usize).div_ceil(portcullis_proto::parts::PART_BYTES);
+            assert_eq!(seen, v4_parts + 1);
+            assert!(d.policy.as_ref().unwrap().lists[0].in_parts);
+            assert_eq!(reassembly.complete(&mut d), Ok(0));
+        } else {
+            assert_eq!(seen, 0);
+        }
+        let policy = HostPolicy::try_from(d.policy.as_ref().unwrap()).unwrap();
+        assert_eq!(policy.lists["lists/admins.txt"].len(), 30_002, "{host}");
+    }
+}
+
 /// `portcullis apply` with the site and its list in a temporary directory; no controller
 /// runs: local validation refuses before connecting.
 fn cli_apply(list: Option<&str>) -> (Option<i32>, String) {

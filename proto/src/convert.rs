@@ -160,6 +160,7 @@ pub fn list_against(name: &str, l: &AddrList, base: Option<&AddrList>) -> v1::Ad
         removed_v4: removed_v4.into(),
         removed_v6: removed_v6.into(),
         digest: l.digest(),
+        in_parts: false,
     }
 }
 
@@ -184,6 +185,11 @@ pub fn lists_from_wire(
             name: w.name.clone(),
             reason,
         };
+        if w.in_parts {
+            return Err(bad(
+                "sent in parts that were not put back together".to_string()
+            ));
+        }
         let list = if w.base_digest.is_empty() {
             AddrList::unpack(&w.v4, &w.v6).map_err(bad)?
         } else {

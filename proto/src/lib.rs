@@ -10,6 +10,7 @@ pub mod v1 {
 }
 
 pub mod convert;
+pub mod parts;
 
 pub use convert::ProtoError;
 
@@ -30,3 +31,7 @@ pub const DESIRED_MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// `Hello.capabilities`: the agent enforces `deny:` entries and address lists (and takes
 /// their deltas). A policy with either is never sent to an agent without it.
 pub const CAPABILITY_DENY_LISTS: &str = "deny-lists";
+
+/// `Hello.capabilities`: the agent takes big address lists as `ListPart`s before the
+/// `Desired` ([`parts`]).
+pub const CAPABILITY_LIST_PARTS: &str = "list-parts";

@@ -31,14 +31,31 @@ pub struct AgentHandle {
 }
 
 /// The session's outbound stream: what `rx` yields until `end` is cancelled (the session
-/// was replaced), then `ABORTED` and the end.
+/// was replaced), then `ABORTED` and the end. With `parts` (the agent announced
+/// [`portcullis_proto::CAPABILITY_LIST_PARTS`]) a `Desired` with big address lists goes
+/// out as its lists in parts, then itself ([`portcullis_proto::parts::split`]), so the
+/// stream's encode buffer never grows to a whole list.
 pub fn outbound_stream(
     rx: mpsc::Receiver<Result<v1::ControllerMessage, Status>>,
     end: CancellationToken,
+    parts: bool,
 ) -> impl futures::Stream<Item = Result<v1::ControllerMessage, Status>> + Send + 'static {
     use futures::StreamExt as _;
     let ended = end.clone();
     tokio_stream::wrappers::ReceiverStream::new(rx)
+        .flat_map(move |m| {
+            futures::stream::iter(match m {
+                Ok(v1::ControllerMessage {
+                    msg: Some(v1::controller_message::Msg::Desired(d)),
+                }) if parts => {
+                    portcullis_proto::parts::split(d, portcullis_proto::parts::PART_BYTES)
+                        .into_iter()
+                        .map(Ok)
+                        .collect()
+                }
+                other => vec![other],
+            })
+        })
         .take_until(end.cancelled_owned())
         .chain(
             futures::stream::once(async move {

@@ -186,7 +186,11 @@ impl v1::session_server::Session for SessionService {
             }
             tracing::info!(%host, reason, "agent disconnected");
         });
-        let out = super::registry::outbound_stream(rx, end);
+        let parts = hello
+            .capabilities
+            .iter()
+            .any(|c| c == portcullis_proto::CAPABILITY_LIST_PARTS);
+        let out = super::registry::outbound_stream(rx, end, parts);
         Ok(Response::new(Box::pin(out)))
     }
 }
