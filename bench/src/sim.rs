@@ -123,7 +123,10 @@ fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
             applied_hash: applied.1.clone(),
             kernel_hash: applied.1.clone(),
             conditions: Vec::new(),
-            capabilities: vec![portcullis_proto::CAPABILITY_DENY_LISTS.into()],
+            capabilities: vec![
+                portcullis_proto::CAPABILITY_DENY_LISTS.into(),
+                portcullis_proto::CAPABILITY_LIST_PARTS.into(),
+            ],
         })),
     }
 }
@@ -290,12 +293,22 @@ async fn serve(
     mut inbound: Inbound,
 ) {
     let (args, ca, cert, counters) = (&a.args, &a.ca, &a.cert, &a.counters);
+    let mut parts =
+        portcullis_proto::parts::Reassembly::new(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES);
     loop {
         let Some(Ok(msg)) = inbound.next().await else {
             return;
         };
         match msg.msg {
-            Some(v1::controller_message::Msg::Desired(d)) => {
+            Some(v1::controller_message::Msg::ListPart(p)) => {
+                if parts.part(p).is_err() {
+                    return;
+                }
+            }
+            Some(v1::controller_message::Msg::Desired(mut d)) => {
+                if parts.complete(&mut d).is_err() {
+                    return;
+                }
                 let reply = answer(&cert.host, &d, held, &a.resolver, counters);
                 let ok = matches!(&reply.msg,
                     Some(v1::agent_message::Msg::Applied(a)) if a.ok);

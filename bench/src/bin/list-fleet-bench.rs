@@ -373,8 +373,9 @@ fn render(plain: &OneResult, lists: &OneResult, sizes: (usize, usize, usize), cl
          base, compiles and answers with the hash; agents that received the same message share one \
          resolve + compile and one copy of the list). Blocklist: {} entries (90% v4 addresses, 5% v4 \
          prefixes, 4% v6 addresses, 1% v6 prefixes); revision 2 adds `{EXTRA}`, revision 3 removes it. \
-         One `Desired` encoded: {} bytes without lists, {} bytes with the list in full, {} bytes as the \
-         1 → 2 delta. Controller RSS with every agent connected, before revision 1: {:.0} MiB (plain \
+         One `Desired` encoded: {} bytes without lists, {} bytes with the list in full (sent to these \
+         agents, which announce `list-parts`, as `ListPart`s of at most 32 KiB before the `Desired`), \
+         {} bytes as the 1 → 2 delta. Controller RSS with every agent connected, before revision 1: {:.0} MiB (plain \
          run), {:.0} MiB (lists run, the generated list text included).\n\n",
         machine(),
         cli.n,
