@@ -135,10 +135,15 @@ impl Confirmer {
             // the last confirmed one); read under the exchange's lock, after any revert.
             let in_force = match self.awaiting() {
                 Some(_) => None,
-                None => self.agent.last_known_good().ok().flatten().map(|l| Previous {
-                    revision: l.revision,
-                    policy: l.policy,
-                }),
+                None => self
+                    .agent
+                    .last_known_good()
+                    .ok()
+                    .flatten()
+                    .map(|l| Previous {
+                        revision: l.revision,
+                        policy: l.policy,
+                    }),
             };
             Event::Desired {
                 revision,
@@ -343,7 +348,11 @@ fn log(note: &Note) {
         Note::Pending {
             revision,
             deadline_unix_ms,
-        } => tracing::info!(revision, deadline_unix_ms, "applying under commit-confirmed"),
+        } => tracing::info!(
+            revision,
+            deadline_unix_ms,
+            "applying under commit-confirmed"
+        ),
         Note::Resumed {
             revision,
             deadline_unix_ms,
@@ -368,7 +377,10 @@ fn log(note: &Note) {
             at_unix_ms,
         } => tracing::warn!(revision, at_unix_ms, "the revert is retried"),
         Note::RevertDeferred { revision } => {
-            tracing::info!(revision, "Revert received during the apply; reverting after it");
+            tracing::info!(
+                revision,
+                "Revert received during the apply; reverting after it"
+            );
         }
         Note::Ignored {
             event,

@@ -196,18 +196,41 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Note {
     /// Applying `revision` under commit-confirmed.
-    Pending { revision: u64, deadline_unix_ms: i64 },
+    Pending {
+        revision: u64,
+        deadline_unix_ms: i64,
+    },
     /// A pending revision found after a restart.
-    Resumed { revision: u64, deadline_unix_ms: i64 },
-    Confirmed { revision: u64 },
+    Resumed {
+        revision: u64,
+        deadline_unix_ms: i64,
+    },
+    Confirmed {
+        revision: u64,
+    },
     /// A revision without deadline replaced the pending one.
-    Superseded { pending: u64, by: u64 },
-    Reverting { revision: u64, reason: String },
-    RevertRetry { revision: u64, at_unix_ms: i64 },
+    Superseded {
+        pending: u64,
+        by: u64,
+    },
+    Reverting {
+        revision: u64,
+        reason: String,
+    },
+    RevertRetry {
+        revision: u64,
+        at_unix_ms: i64,
+    },
     /// A `Revert` during the apply: carried out when the apply finished.
-    RevertDeferred { revision: u64 },
+    RevertDeferred {
+        revision: u64,
+    },
     /// An event that changes nothing, and why.
-    Ignored { event: &'static str, revision: u64, why: &'static str },
+    Ignored {
+        event: &'static str,
+        revision: u64,
+        why: &'static str,
+    },
 }
 
 /// The commit-confirm exchange of one agent (at most one revision pending) and the
@@ -296,7 +319,12 @@ impl CommitConfirm {
             Event::Tick => self.on_tick(now_ms),
             Event::Reverted(report) => self.on_reverted(report),
             Event::RevertFailed { revision } => self.on_revert_failed(revision, now_ms),
-            Event::Connected => self.unsent.iter().cloned().map(Action::SendReport).collect(),
+            Event::Connected => self
+                .unsent
+                .iter()
+                .cloned()
+                .map(Action::SendReport)
+                .collect(),
             Event::ReportSent { revision } => self.on_report_sent(revision),
         }
     }

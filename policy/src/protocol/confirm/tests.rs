@@ -9,7 +9,7 @@ fn previous(revision: u64) -> Previous {
     Previous {
         revision,
         policy: HostPolicy {
-            mode: if revision % 2 == 0 {
+            mode: if revision.is_multiple_of(2) {
                 Mode::Audit
             } else {
                 Mode::Enforce
@@ -39,8 +39,14 @@ fn pending(revision: u64, previous: Option<Previous>) -> PendingConfirm {
 fn awaiting_2() -> CommitConfirm {
     let mut m = CommitConfirm::new();
     m.handle(desired(2, Some(previous(1))), T0);
-    assert!(m.handle(Event::Applied { revision: 2 }, T0 + 100).is_empty());
-    assert_eq!(m.phase(), &Phase::AwaitingConfirm(pending(2, Some(previous(1)))));
+    assert!(
+        m.handle(Event::Applied { revision: 2 }, T0 + 100)
+            .is_empty()
+    );
+    assert_eq!(
+        m.phase(),
+        &Phase::AwaitingConfirm(pending(2, Some(previous(1))))
+    );
     m
 }
 
@@ -124,7 +130,10 @@ fn desired_is_recorded_before_the_apply_and_confirm_clears_it() {
         ]
     );
     assert_eq!(m.awaiting(), Some(2));
-    assert!(m.handle(Event::Applied { revision: 2 }, T0 + 100).is_empty());
+    assert!(
+        m.handle(Event::Applied { revision: 2 }, T0 + 100)
+            .is_empty()
+    );
     let actions = m.handle(Event::Confirm { revision: 2 }, T0 + 200);
     assert_eq!(
         actions,
@@ -142,7 +151,11 @@ fn the_deadline_reverts_to_the_previous_revision_and_keeps_the_report_until_sent
     let mut m = awaiting_2();
     let actions = m.handle(Event::Tick, DEADLINE + 5);
     assert_eq!(actions, reverting(2, DEADLINE_REASON, Some(previous(1))));
-    assert_eq!(m.awaiting(), Some(2), "the record stays until the revert is done");
+    assert_eq!(
+        m.awaiting(),
+        Some(2),
+        "the record stays until the revert is done"
+    );
     let done = outcome(&actions, true);
     let r = report(2, 1, DEADLINE_REASON);
     assert_eq!(
@@ -175,7 +188,10 @@ fn with_nothing_confirmed_before_the_revert_removes_only_our_table() {
     let actions = m.handle(Event::Tick, DEADLINE);
     assert_eq!(actions, reverting(1, DEADLINE_REASON, None));
     let actions = m.handle(outcome(&actions, true), DEADLINE + 1);
-    assert_eq!(actions[0], Action::KeepReport(report(1, 0, DEADLINE_REASON)));
+    assert_eq!(
+        actions[0],
+        Action::KeepReport(report(1, 0, DEADLINE_REASON))
+    );
 }
 
 #[test]
@@ -201,7 +217,9 @@ fn a_confirm_one_millisecond_before_the_deadline_counts_one_at_it_does_not() {
     assert_eq!(actions[0], Action::RemoveRecord);
 
     let mut m = awaiting_2();
-    assert!(is_ignored(&m.handle(Event::Confirm { revision: 2 }, DEADLINE)));
+    assert!(is_ignored(
+        &m.handle(Event::Confirm { revision: 2 }, DEADLINE)
+    ));
     assert_eq!(m.awaiting(), Some(2));
     assert_eq!(
         m.handle(Event::Tick, DEADLINE),
@@ -214,7 +232,9 @@ fn a_duplicate_confirm_changes_nothing() {
     let mut m = awaiting_2();
     m.handle(Event::Confirm { revision: 2 }, T0 + 200);
     let before = m.clone();
-    assert!(is_ignored(&m.handle(Event::Confirm { revision: 2 }, T0 + 300)));
+    assert!(is_ignored(
+        &m.handle(Event::Confirm { revision: 2 }, T0 + 300)
+    ));
     assert_eq!(m, before);
 }
 
@@ -222,8 +242,12 @@ fn a_duplicate_confirm_changes_nothing() {
 fn a_confirm_for_another_revision_leaves_the_pending_one() {
     let mut m = awaiting_2();
     let before = m.clone();
-    assert!(is_ignored(&m.handle(Event::Confirm { revision: 1 }, T0 + 200)));
-    assert!(is_ignored(&m.handle(Event::Confirm { revision: 3 }, T0 + 200)));
+    assert!(is_ignored(
+        &m.handle(Event::Confirm { revision: 1 }, T0 + 200)
+    ));
+    assert!(is_ignored(
+        &m.handle(Event::Confirm { revision: 3 }, T0 + 200)
+    ));
     assert_eq!(m, before);
     assert_eq!(
         m.handle(Event::Tick, DEADLINE),
@@ -236,7 +260,9 @@ fn a_reconnect_and_confirm_before_the_apply_finished_prove_nothing() {
     let mut m = CommitConfirm::new();
     m.handle(desired(2, Some(previous(1))), T0);
     assert!(m.handle(Event::Connected, T0 + 10).is_empty());
-    assert!(is_ignored(&m.handle(Event::Confirm { revision: 2 }, T0 + 20)));
+    assert!(is_ignored(
+        &m.handle(Event::Confirm { revision: 2 }, T0 + 20)
+    ));
     assert!(matches!(m.phase(), Phase::Applying { .. }));
     // The apply finishes: a fresh Confirm is needed.
     m.handle(Event::Applied { revision: 2 }, T0 + 30);
@@ -264,12 +290,18 @@ fn the_deadline_passing_during_the_apply_reverts_at_the_late_applied() {
 fn an_applied_for_a_revision_not_being_applied_is_ignored() {
     let mut m = awaiting_2();
     let before = m.clone();
-    assert!(is_ignored(&m.handle(Event::Applied { revision: 2 }, T0 + 500)));
-    assert!(is_ignored(&m.handle(Event::Applied { revision: 7 }, T0 + 500)));
+    assert!(is_ignored(
+        &m.handle(Event::Applied { revision: 2 }, T0 + 500)
+    ));
+    assert!(is_ignored(
+        &m.handle(Event::Applied { revision: 7 }, T0 + 500)
+    ));
     assert_eq!(m, before);
     let mut m = CommitConfirm::new();
     m.handle(desired(3, Some(previous(1))), T0);
-    assert!(is_ignored(&m.handle(Event::Applied { revision: 2 }, T0 + 1)));
+    assert!(is_ignored(
+        &m.handle(Event::Applied { revision: 2 }, T0 + 1)
+    ));
     assert!(matches!(m.phase(), Phase::Applying { .. }));
 }
 
@@ -283,7 +315,9 @@ fn a_revision_not_applied_clears_the_record() {
     );
     assert_eq!(m.phase(), &Phase::Idle);
     // Reported once more by the session: nothing left to do.
-    assert!(is_ignored(&m.handle(Event::NotApplied { revision: 2 }, T0 + 2)));
+    assert!(is_ignored(
+        &m.handle(Event::NotApplied { revision: 2 }, T0 + 2)
+    ));
 }
 
 #[test]
@@ -364,7 +398,9 @@ fn a_failed_revert_keeps_the_record_and_is_retried_with_the_same_reason() {
         ]
     );
     assert_eq!(m.awaiting(), Some(2));
-    assert!(is_ignored(&m.handle(Event::Confirm { revision: 2 }, at - 10)));
+    assert!(is_ignored(
+        &m.handle(Event::Confirm { revision: 2 }, at - 10)
+    ));
     assert_eq!(
         m.handle(Event::Tick, at - 1),
         vec![Action::ArmTimer { at_unix_ms: at }]
@@ -419,7 +455,9 @@ fn a_newer_desired_while_pending_goes_back_to_the_last_confirmed_revision() {
     assert_eq!(actions[0], Action::Persist(expected.clone()));
     // Revision 2's Confirm is stale now.
     m.handle(Event::Applied { revision: 3 }, T0 + 1_100);
-    assert!(is_ignored(&m.handle(Event::Confirm { revision: 2 }, T0 + 1_200)));
+    assert!(is_ignored(
+        &m.handle(Event::Confirm { revision: 2 }, T0 + 1_200)
+    ));
     assert_eq!(
         m.handle(Event::Tick, expected.deadline_unix_ms),
         reverting(3, DEADLINE_REASON, Some(previous(1)))
@@ -447,12 +485,17 @@ fn a_desired_while_reverting_keeps_the_new_record_when_the_old_revert_finishes()
         vec![Action::KeepReport(r.clone()), Action::SendReport(r)]
     );
     assert_eq!(m.awaiting(), Some(3));
-    assert_eq!(m.pending().and_then(|p| p.previous.clone()), Some(previous(1)));
+    assert_eq!(
+        m.pending().and_then(|p| p.previous.clone()),
+        Some(previous(1))
+    );
     // A failure of the old revert is the new record's business now.
     let mut m = awaiting_2();
     let actions = m.handle(Event::Tick, DEADLINE);
     m.handle(desired(3, Some(previous(2))), DEADLINE + 1);
-    assert!(is_ignored(&m.handle(outcome(&actions, false), DEADLINE + 2)));
+    assert!(is_ignored(
+        &m.handle(outcome(&actions, false), DEADLINE + 2)
+    ));
     assert!(matches!(m.phase(), Phase::Applying { .. }));
 }
 
@@ -468,7 +511,10 @@ fn a_revision_without_deadline_supersedes_the_pending_one() {
     );
     assert_eq!(m.phase(), &Phase::Idle);
     assert!(m.handle(Event::Tick, DEADLINE).is_empty());
-    assert!(m.handle(Event::Unconfirmed { revision: 4 }, DEADLINE).is_empty());
+    assert!(
+        m.handle(Event::Unconfirmed { revision: 4 }, DEADLINE)
+            .is_empty()
+    );
 }
 
 #[test]
@@ -539,7 +585,11 @@ fn a_huge_timeout_saturates_the_deadline() {
     );
     assert_eq!(m.pending().map(|p| p.deadline_unix_ms), Some(i64::MAX));
     m.handle(Event::Applied { revision: 2 }, T0 + 1);
-    assert!(!m.handle(Event::Tick, i64::MAX - 1).iter().any(|a| matches!(a, Action::RemoveTable { .. })));
+    assert!(
+        !m.handle(Event::Tick, i64::MAX - 1)
+            .iter()
+            .any(|a| matches!(a, Action::RemoveTable { .. }))
+    );
 }
 
 #[test]
@@ -564,10 +614,8 @@ fn the_records_keep_their_on_disk_shape() {
         }
     );
     assert_eq!(serde_json::to_value(&read).unwrap(), pending_json);
-    let none: PendingConfirm = serde_json::from_str(
-        r#"{"revision":1,"deadline_unix_ms":5,"previous":null}"#,
-    )
-    .unwrap();
+    let none: PendingConfirm =
+        serde_json::from_str(r#"{"revision":1,"deadline_unix_ms":5,"previous":null}"#).unwrap();
     assert_eq!(none.previous, None);
     let report_json = serde_json::json!({
         "revision": 2, "restored_revision": 1, "reason": "r", "hash": "h",
