@@ -28,8 +28,11 @@
 //! `pending-confirm.json` and `reverted.json`: an upgraded agent reads what the previous
 //! version wrote, so they do not change.
 
-use crate::HostPolicy;
-use serde::{Deserialize, Serialize};
+mod io;
+mod record;
+
+pub use io::{Action, Event, Note, Revert};
+pub use record::{PendingConfirm, Previous, RevertedReport};
 
 /// How long after a failed revert it is tried again.
 pub const REVERT_RETRY_MS: i64 = 500;
@@ -38,75 +41,19 @@ pub const REVERT_RETRY_MS: i64 = 500;
 pub const DEADLINE_REASON: &str = "no Confirm from the controller before the deadline \
                                    (could the agent reach it through the new rules?)";
 
-/// The confirmed revision to go back to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Previous {
-    pub revision: u64,
-    pub policy: HostPolicy,
-}
-
-/// The record of the revision waiting for `Confirm` (`pending-confirm.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingConfirm {
-    pub revision: u64,
-    pub deadline_unix_ms: i64,
-    /// `None`: nothing was confirmed before; the revert removes our table.
-    pub previous: Option<Previous>,
-}
-
-impl PendingConfirm {
-    fn revert(&self, reason: &str) -> Action {
-        let revert = Revert {
-            revision: self.revision,
-            reason: reason.to_owned(),
-            restored_revision: self.previous.as_ref().map_or(0, |p| p.revision),
-        };
-        match &self.previous {
-            Some(previous) => Action::ApplyPrevious {
-                previous: previous.clone(),
-                revert,
-            },
-            None => Action::RemoveTable { revert },
-        }
-    }
-}
-
-/// The report of a revert, kept until sent (`reverted.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RevertedReport {
-    pub revision: u64,
-    /// 0 when our table was removed.
-    pub restored_revision: u64,
-    pub reason: String,
-    /// The kernel's hash after the revert (empty when the table was removed).
-    pub hash: String,
-}
-
-/// A revert being carried out; the driver turns it into the event of its outcome.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Revert {
-    /// The unconfirmed revision being reverted.
-    pub revision: u64,
-    pub reason: String,
-    pub restored_revision: u64,
-}
-
-impl Revert {
-    /// The revert succeeded; `hash` is the kernel's hash after it (empty: table removed).
-    pub fn done(self, hash: String) -> Event {
-        Event::Reverted(RevertedReport {
-            revision: self.revision,
-            restored_revision: self.restored_revision,
-            reason: self.reason,
-            hash,
-        })
-    }
-
-    /// The revert failed (the unconfirmed ruleset stays: never open on error).
-    pub fn failed(self) -> Event {
-        Event::RevertFailed {
-            revision: self.revision,
-        }
+/// The action that reverts `pending` (re-apply its previous revision, or remove our table).
+fn revert_action(pending: &PendingConfirm, reason: &str) -> Action {
+    let revert = Revert {
+        revision: pending.revision,
+        reason: reason.to_owned(),
+        restored_revision: pending.previous.as_ref().map_or(0, |p| p.revision),
+    };
+    match &pending.previous {
+        Some(previous) => Action::ApplyPrevious {
+            previous: previous.clone(),
+            revert,
+        },
+        None => Action::RemoveTable { revert },
     }
 }
 
@@ -132,104 +79,6 @@ pub enum Phase {
         pending: PendingConfirm,
         reason: String,
         at_unix_ms: i64,
-    },
-}
-
-/// What happened, as the driver saw it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// A `Desired` under a deadline is about to be applied. `in_force` is the current
-    /// last-known-good: what to go back to when nothing else is pending.
-    Desired {
-        revision: u64,
-        timeout_ms: u64,
-        in_force: Option<Previous>,
-    },
-    /// A `Desired` without deadline is about to be applied: it supersedes what is pending.
-    Unconfirmed { revision: u64 },
-    /// The revision was applied and verified.
-    Applied { revision: u64 },
-    /// The revision was not applied (record not durable, or the apply failed).
-    NotApplied { revision: u64 },
-    /// `Confirm` from the controller.
-    Confirm { revision: u64 },
-    /// `Revert` from the controller.
-    Revert { revision: u64, reason: String },
-    /// Time passed (the armed timer fired).
-    Tick,
-    /// A revert succeeded ([`Revert::done`]).
-    Reverted(RevertedReport),
-    /// A revert failed ([`Revert::failed`]).
-    RevertFailed { revision: u64 },
-    /// A session to the controller opened.
-    Connected,
-    /// The `Reverted` report of `revision` reached the session.
-    ReportSent { revision: u64 },
-}
-
-/// What the driver does, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Write `pending-confirm.json` durably. After [`Event::Desired`] the revision may be
-    /// applied only if this succeeded (else feed [`Event::NotApplied`]).
-    Persist(PendingConfirm),
-    /// Remove `pending-confirm.json`.
-    RemoveRecord,
-    /// Re-apply the previous confirmed policy; then feed [`Revert::done`] or
-    /// [`Revert::failed`].
-    ApplyPrevious { previous: Previous, revert: Revert },
-    /// Remove our table (nothing was confirmed before); then feed the outcome as above.
-    RemoveTable { revert: Revert },
-    /// Write `reverted.json` durably (if it cannot be, the report is kept in memory).
-    KeepReport(RevertedReport),
-    /// Send the `Reverted` report if a session is up; feed [`Event::ReportSent`] if sent.
-    SendReport(RevertedReport),
-    /// Remove `reverted.json`.
-    ForgetReport,
-    /// Feed [`Event::Tick`] at this wall-clock time (replaces the timer armed before).
-    ArmTimer { at_unix_ms: i64 },
-    /// Something worth a log line.
-    Log(Note),
-}
-
-/// The log lines of the exchange (the driver picks the level).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Note {
-    /// Applying `revision` under commit-confirmed.
-    Pending {
-        revision: u64,
-        deadline_unix_ms: i64,
-    },
-    /// A pending revision found after a restart.
-    Resumed {
-        revision: u64,
-        deadline_unix_ms: i64,
-    },
-    Confirmed {
-        revision: u64,
-    },
-    /// A revision without deadline replaced the pending one.
-    Superseded {
-        pending: u64,
-        by: u64,
-    },
-    Reverting {
-        revision: u64,
-        reason: String,
-    },
-    RevertRetry {
-        revision: u64,
-        at_unix_ms: i64,
-    },
-    /// A `Revert` during the apply: carried out when the apply finished.
-    RevertDeferred {
-        revision: u64,
-    },
-    /// An event that changes nothing, and why.
-    Ignored {
-        event: &'static str,
-        revision: u64,
-        why: &'static str,
     },
 }
 
@@ -491,7 +340,7 @@ impl CommitConfirm {
                 revision: pending.revision,
                 reason: reason.clone(),
             }),
-            pending.revert(&reason),
+            revert_action(&pending, &reason),
         ];
         self.phase = Phase::Reverting { pending, reason };
         actions

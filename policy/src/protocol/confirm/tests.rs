@@ -1,4 +1,5 @@
 use super::*;
+use crate::HostPolicy;
 use crate::model::Mode;
 
 const T0: i64 = 1_750_000_000_000;
