@@ -1,59 +1,53 @@
-//! Commit-confirmed on the agent.
+//! Commit-confirmed on the agent: the driver of
+//! [`portcullis_policy::protocol::confirm`], which decides everything (what to record,
+//! when to revert, to what, what to report). This module only turns I/O into its events
+//! and its actions into I/O:
 //!
-//! A `Desired` with a confirm deadline is recorded *before* it is applied
-//! (`<state>/pending-confirm.json`: the revision, the wall-clock deadline and the policy
-//! and revision to go back to). After `Applied` the session reconnects, so the stream to
-//! the controller is re-established through the new rules; a `Confirm` for the revision
-//! clears the record. If the deadline passes first (or the controller sends `Revert`),
-//! the previous policy is re-applied by the agent on its own and a `Reverted` report is
-//! kept in `<state>/reverted.json` until it could be sent. Both files survive a restart,
-//! so an agent restarted inside the confirm window still reverts on time. Both are written
-//! like last-known-good ([`crate::durable`]); when `pending-confirm.json` cannot be made
-//! durable the revision is not applied (reported as a failed apply).
-//! Never opens the host: with no previous policy the revert removes only our table,
-//! which is exactly the state before the unconfirmed revision.
+//! - the records: `<state>/pending-confirm.json` (the revision, the wall-clock deadline
+//!   and the policy and revision to go back to) and `<state>/reverted.json` (a `Reverted`
+//!   report not sent yet), both written like last-known-good ([`crate::durable`]); when
+//!   `pending-confirm.json` cannot be made durable the revision is not applied (reported
+//!   as a failed apply). Both survive a restart, so an agent restarted inside the confirm
+//!   window still reverts on time;
+//! - the reverts, through [`Agent`] (re-apply the previous policy, or remove only our
+//!   table when there was none: never opens the host);
+//! - the `Reverted` reports, through the [`Uplink`];
+//! - the timer: [`Confirmer::watch`] feeds `Tick` when the armed time comes.
+//!
+//! Events are handled one chain at a time (a revert never runs concurrently with the
+//! handling of a `Desired`); sends happen outside that, so a stalled session does not
+//! hold up the exchange.
 
 use crate::Agent;
+use crate::clock::now_ms;
 use crate::durable::{self, DurableError};
-use crate::session::Uplink;
-use portcullis_policy::HostPolicy;
+use crate::uplink::Uplink;
+use portcullis_policy::protocol::confirm::{
+    Action, CommitConfirm, Event, Note, PendingConfirm, Previous, RevertedReport,
+};
 use portcullis_proto::v1;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 const PENDING_FILE: &str = "pending-confirm.json";
 const REVERTED_FILE: &str = "reverted.json";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Previous {
-    revision: u64,
-    policy: HostPolicy,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pending {
-    revision: u64,
-    deadline_unix_ms: i64,
-    previous: Option<Previous>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RevertedRecord {
-    revision: u64,
-    restored_revision: u64,
-    reason: String,
-    hash: String,
-}
-
-/// The pending confirmation of this agent (at most one).
+/// The pending confirmation of this agent (at most one) and its unsent revert report.
 #[derive(Debug)]
 pub struct Confirmer {
     dir: PathBuf,
-    pending: Mutex<Option<Pending>>,
+    agent: Agent,
+    uplink: Uplink,
+    machine: Mutex<CommitConfirm>,
+    /// When to feed `Tick` (the last `ArmTimer`).
+    timer: Mutex<Option<i64>>,
     changed: Notify,
+    /// One event chain at a time (held across a revert).
+    serial: tokio::sync::Mutex<()>,
 }
 
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
@@ -88,6 +82,8 @@ fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), ConfirmError> {
     Ok(durable::write_atomic(path, &body, 0o600)?)
 }
 
+/// Removing a record cannot fail in a way that matters: a stale `pending-confirm.json`
+/// reverts to the policy in force, which is the confirmed one.
 fn remove(path: &Path) {
     if let Err(e) = durable::remove(path) {
         tracing::error!(error = %e, "cannot remove the confirm record");
@@ -95,187 +91,306 @@ fn remove(path: &Path) {
 }
 
 impl Confirmer {
-    /// Load what a previous run left (pending confirmation, unsent revert report).
-    pub fn open(state_dir: &Path) -> Self {
-        let pending = read::<Pending>(&state_dir.join(PENDING_FILE));
-        if let Some(p) = &pending {
-            tracing::warn!(
-                revision = p.revision,
-                deadline_unix_ms = p.deadline_unix_ms,
-                "an unconfirmed revision is pending from before the restart"
-            );
-        }
-        Self {
-            dir: state_dir.to_path_buf(),
-            pending: Mutex::new(pending),
+    /// Load what a previous run left (pending confirmation, unsent revert report) from
+    /// the agent's state dir; reports go out through `uplink`.
+    pub fn open(agent: &Agent, uplink: Uplink) -> Self {
+        let dir = agent.state().path().to_path_buf();
+        let pending = read::<PendingConfirm>(&dir.join(PENDING_FILE));
+        let unsent = read::<RevertedReport>(&dir.join(REVERTED_FILE));
+        let (machine, actions) = CommitConfirm::resume(pending, unsent);
+        let confirmer = Self {
+            dir,
+            agent: agent.clone(),
+            uplink,
+            machine: Mutex::new(machine),
+            timer: Mutex::new(None),
             changed: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records `p` durably, then in memory. On error nothing changed in memory.
-    fn set(&self, p: Option<Pending>) -> Result<(), ConfirmError> {
-        let path = self.dir.join(PENDING_FILE);
-        match &p {
-            Some(p) => {
-                std::fs::create_dir_all(&self.dir).map_err(|source| ConfirmError::Dir {
-                    dir: self.dir.clone(),
-                    source,
-                })?;
-                write(&path, p)?;
-            }
-            None => remove(&path),
-        }
-        *self.lock() = p;
-        self.changed.notify_one();
-        Ok(())
-    }
-
-    /// The revision waiting for `Confirm`, if any.
-    pub fn awaiting(&self) -> Option<u64> {
-        self.lock().as_ref().map(|p| p.revision)
-    }
-
-    /// Before applying `revision` under a deadline: remember what to go back to (the last
-    /// *confirmed* policy when one is already pending). The record is durable when this
-    /// returns `Ok`, so a crash at any point of the apply that follows still reverts; on
-    /// error the caller must not apply.
-    pub fn begin(&self, agent: &Agent, revision: u64, timeout_ms: u64) -> Result<(), ConfirmError> {
-        let previous = match self.lock().as_ref() {
-            Some(p) => p.previous.clone(),
-            None => agent.last_known_good().ok().flatten().map(|l| Previous {
-                revision: l.revision,
-                policy: l.policy,
-            }),
+            serial: tokio::sync::Mutex::new(()),
         };
-        let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
-        self.set(Some(Pending {
-            revision,
-            deadline_unix_ms: crate::session::now_ms().saturating_add(timeout),
-            previous,
-        }))?;
-        tracing::info!(revision, timeout_ms, "applying under commit-confirmed");
-        Ok(())
-    }
-
-    /// The apply failed (nothing changed) or a revision without deadline superseded it.
-    pub fn cancel(&self) {
-        if self.awaiting().is_some() {
-            self.clear();
+        for action in actions {
+            confirmer.bookkeep(action);
         }
+        confirmer
     }
 
-    /// No revision pending any more (removing a record cannot fail in a way that matters:
-    /// a stale record reverts to the policy in force, which is the confirmed one).
-    fn clear(&self) {
-        let _ = self.set(None);
+    fn lock(&self) -> MutexGuard<'_, CommitConfirm> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn timer(&self) -> MutexGuard<'_, Option<i64>> {
+        self.timer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The revision waiting for `Confirm` (or for its revert), if any.
+    pub fn awaiting(&self) -> Option<u64> {
+        self.lock().awaiting()
+    }
+
+    /// Before applying `revision` under a deadline. The record is durable when this
+    /// returns `Ok`, so a crash at any point of the apply that follows still reverts; on
+    /// error the caller must not apply (and nothing is pending any more).
+    pub async fn begin(&self, revision: u64, timeout_ms: u64) -> Result<(), ConfirmError> {
+        self.drive(|| {
+            // What to go back to when nothing else is pending (else the machine keeps
+            // the last confirmed one); read under the exchange's lock, after any revert.
+            let in_force = match self.awaiting() {
+                Some(_) => None,
+                None => self
+                    .agent
+                    .last_known_good()
+                    .ok()
+                    .flatten()
+                    .map(|l| Previous {
+                        revision: l.revision,
+                        policy: l.policy,
+                    }),
+            };
+            Event::Desired {
+                revision,
+                timeout_ms,
+                in_force,
+            }
+        })
+        .await
+    }
+
+    /// The apply of a revision begun under a deadline finished (`ok`: applied and
+    /// verified; else nothing changed and the record goes).
+    pub async fn applied(&self, revision: u64, ok: bool) {
+        let event = if ok {
+            Event::Applied { revision }
+        } else {
+            Event::NotApplied { revision }
+        };
+        self.feed(event).await;
+    }
+
+    /// A revision without deadline is about to be applied: it supersedes the pending one.
+    pub async fn unconfirmed(&self, revision: u64) {
+        self.feed(Event::Unconfirmed { revision }).await;
     }
 
     /// `Confirm` from the controller.
-    pub fn confirm(&self, revision: u64) {
-        if self.awaiting() == Some(revision) {
-            self.clear();
-            tracing::info!(revision, "revision confirmed by the controller");
-        } else {
-            tracing::debug!(revision, "Confirm for a revision not pending; ignored");
-        }
+    pub async fn confirm(&self, revision: u64) {
+        self.feed(Event::Confirm { revision }).await;
     }
 
-    /// Go back to the previous policy now (deadline passed, or `Revert`).
-    pub async fn revert(&self, agent: &Agent, revision: u64, reason: &str, uplink: &Uplink) {
-        let Some(p) = self.lock().clone().filter(|p| p.revision == revision) else {
-            return;
-        };
-        tracing::warn!(revision, %reason, "reverting the unconfirmed revision");
-        let (restored, hash) = match &p.previous {
-            Some(prev) => match agent.apply_policy(&prev.policy, prev.revision).await {
-                Ok(r) => (prev.revision, r.hash.0),
-                Err(e) => {
-                    // The new ruleset stays (never open on error); keep trying at next tick.
-                    tracing::error!(error = %e, "revert failed; retrying");
-                    return;
-                }
-            },
-            None => {
-                let a = agent.clone();
-                match tokio::task::spawn_blocking(move || a.remove(true)).await {
-                    Ok(Ok(_)) => (0, String::new()),
-                    other => {
-                        tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "revert (remove) failed; retrying");
-                        return;
-                    }
-                }
-            }
-        };
-        let record = RevertedRecord {
-            revision,
-            restored_revision: restored,
-            reason: reason.to_string(),
-            hash,
-        };
-        // The revert is done; if its report cannot be kept it is still sent now (and only
-        // lost if no session is up either).
-        let kept = write(&self.dir.join(REVERTED_FILE), &record)
-            .inspect_err(
-                |e| tracing::error!(error = %e, "the Reverted report is kept in memory only"),
-            )
-            .is_ok();
-        self.clear();
-        let tx = uplink.borrow().clone();
-        match (tx, kept) {
-            (Some(tx), true) => self.flush(&tx).await,
-            (Some(tx), false) => {
-                let _ = tx.send(reverted_message(record)).await;
-            }
-            (None, _) => {}
-        }
+    /// `Revert` from the controller: go back to the previous policy now.
+    pub async fn revert(&self, revision: u64, reason: &str) {
+        let reason = reason.to_owned();
+        self.feed(Event::Revert { revision, reason }).await;
     }
 
-    /// Send a `Reverted` report not sent yet (at connect, or right after a revert).
-    pub async fn flush(&self, tx: &mpsc::Sender<v1::AgentMessage>) {
-        let path = self.dir.join(REVERTED_FILE);
-        let Some(r) = read::<RevertedRecord>(&path) else {
-            return;
-        };
-        if tx.send(reverted_message(r)).await.is_ok() {
-            remove(&path);
-        }
+    /// A session opened: send a `Reverted` report not sent yet.
+    pub async fn connected(&self) {
+        self.feed(Event::Connected).await;
     }
 
-    /// Revert at the deadline, forever (spawned by the session's `run`).
-    pub async fn watch(self: Arc<Self>, agent: Agent, uplink: Uplink) {
+    /// Feed `Tick` at the armed time, forever (spawned by the session's `run`).
+    pub async fn watch(self: Arc<Self>) {
         loop {
-            let next = self
-                .lock()
-                .as_ref()
-                .map(|p| (p.revision, p.deadline_unix_ms));
-            match next {
-                None => self.changed.notified().await,
-                Some((revision, deadline)) => {
-                    let left = deadline.saturating_sub(crate::session::now_ms());
-                    if left <= 0 {
-                        let reason = "no Confirm from the controller before the deadline \
-                                      (could the agent reach it through the new rules?)";
-                        self.revert(&agent, revision, reason, &uplink).await;
-                        // A failed revert is retried shortly.
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                    let wait = Duration::from_millis(u64::try_from(left).unwrap_or(0));
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.changed.notified() => {}
-                    }
+            let armed = *self.timer();
+            let Some(at) = armed else {
+                self.changed.notified().await;
+                continue;
+            };
+            let left = at.saturating_sub(now_ms());
+            if left > 0 {
+                let wait = Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.changed.notified() => {}
+                }
+                continue;
+            }
+            {
+                let mut timer = self.timer();
+                if *timer == Some(at) {
+                    *timer = None;
                 }
             }
+            self.feed(Event::Tick).await;
+        }
+    }
+
+    /// An event whose chain cannot fail in a way the caller handles (only a `Desired`,
+    /// through [`Confirmer::begin`], persists a record).
+    async fn feed(&self, event: Event) {
+        let _ = self.drive(move || event).await;
+    }
+
+    /// Handles the event `first` makes (under the exchange's lock) and every event its
+    /// actions lead to; sends happen after the lock is released. The error: the record of
+    /// a `Desired` could not be made durable.
+    async fn drive(&self, first: impl FnOnce() -> Event) -> Result<(), ConfirmError> {
+        let mut result = Ok(());
+        let mut events = {
+            let _serial = self.serial.lock().await;
+            self.run(VecDeque::from([first()]), &mut result).await
+        };
+        while !events.is_empty() {
+            events = {
+                let _serial = self.serial.lock().await;
+                self.run(events, &mut result).await
+            };
+        }
+        result
+    }
+
+    /// Runs the queue of events; returns the events of the reports sent meanwhile.
+    async fn run(
+        &self,
+        mut queue: VecDeque<Event>,
+        result: &mut Result<(), ConfirmError>,
+    ) -> VecDeque<Event> {
+        let mut sends = Vec::new();
+        while let Some(event) = queue.pop_front() {
+            let actions = self.lock().handle(event, now_ms());
+            for action in actions {
+                match action {
+                    Action::Persist(p) => {
+                        if let Err(e) = self.persist(&p) {
+                            // Not applied: the rest of this event's actions is moot.
+                            queue.push_back(Event::NotApplied {
+                                revision: p.revision,
+                            });
+                            *result = Err(e);
+                            break;
+                        }
+                    }
+                    Action::ApplyPrevious { previous, revert } => {
+                        match self
+                            .agent
+                            .apply_policy(&previous.policy, previous.revision)
+                            .await
+                        {
+                            Ok(r) => queue.push_back(revert.done(r.hash.0)),
+                            Err(e) => {
+                                // The new ruleset stays (never open on error).
+                                tracing::error!(error = %e, revision = revert.revision,
+                                    "revert failed; retrying");
+                                queue.push_back(revert.failed());
+                            }
+                        }
+                    }
+                    Action::RemoveTable { revert } => {
+                        let agent = self.agent.clone();
+                        match tokio::task::spawn_blocking(move || agent.remove(true)).await {
+                            Ok(Ok(_)) => queue.push_back(revert.done(String::new())),
+                            other => {
+                                tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())),
+                                    revision = revert.revision, "revert (remove) failed; retrying");
+                                queue.push_back(revert.failed());
+                            }
+                        }
+                    }
+                    Action::SendReport(r) => sends.push(r),
+                    other => self.bookkeep(other),
+                }
+            }
+        }
+        let mut sent = VecDeque::new();
+        for report in sends {
+            let revision = report.revision;
+            if self.send(report).await {
+                sent.push_back(Event::ReportSent { revision });
+            }
+        }
+        sent
+    }
+
+    /// The actions that only touch the records, the timer and the log.
+    fn bookkeep(&self, action: Action) {
+        match action {
+            Action::RemoveRecord => remove(&self.dir.join(PENDING_FILE)),
+            Action::KeepReport(r) => {
+                // The revert is done; if its report cannot be kept it is still sent (and
+                // kept in memory until it was).
+                if let Err(e) = write(&self.dir.join(REVERTED_FILE), &r) {
+                    tracing::error!(error = %e, "the Reverted report is kept in memory only");
+                }
+            }
+            Action::ForgetReport => remove(&self.dir.join(REVERTED_FILE)),
+            Action::ArmTimer { at_unix_ms } => {
+                *self.timer() = Some(at_unix_ms);
+                self.changed.notify_one();
+            }
+            Action::Log(note) => log(&note),
+            Action::Persist(_)
+            | Action::ApplyPrevious { .. }
+            | Action::RemoveTable { .. }
+            | Action::SendReport(_) => {
+                tracing::error!(?action, "commit-confirm action out of place; ignored");
+            }
+        }
+    }
+
+    fn persist(&self, p: &PendingConfirm) -> Result<(), ConfirmError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| ConfirmError::Dir {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        write(&self.dir.join(PENDING_FILE), p)
+    }
+
+    /// Sends `report` if a session is up; `true` when it reached the session.
+    async fn send(&self, report: RevertedReport) -> bool {
+        let tx = self.uplink.borrow().clone();
+        match tx {
+            Some(tx) => tx.send(reverted_message(report)).await.is_ok(),
+            None => false,
         }
     }
 }
 
-fn reverted_message(r: RevertedRecord) -> v1::AgentMessage {
+fn log(note: &Note) {
+    match note {
+        Note::Pending {
+            revision,
+            deadline_unix_ms,
+        } => tracing::info!(
+            revision,
+            deadline_unix_ms,
+            "applying under commit-confirmed"
+        ),
+        Note::Resumed {
+            revision,
+            deadline_unix_ms,
+        } => tracing::warn!(
+            revision,
+            deadline_unix_ms,
+            "an unconfirmed revision is pending from before the restart"
+        ),
+        Note::Confirmed { revision } => {
+            tracing::info!(revision, "revision confirmed by the controller");
+        }
+        Note::Superseded { pending, by } => tracing::info!(
+            pending,
+            by,
+            "a revision without deadline supersedes the unconfirmed one"
+        ),
+        Note::Reverting { revision, reason } => {
+            tracing::warn!(revision, %reason, "reverting the unconfirmed revision");
+        }
+        Note::RevertRetry {
+            revision,
+            at_unix_ms,
+        } => tracing::warn!(revision, at_unix_ms, "the revert is retried"),
+        Note::RevertDeferred { revision } => {
+            tracing::info!(
+                revision,
+                "Revert received during the apply; reverting after it"
+            );
+        }
+        Note::Ignored {
+            event,
+            revision,
+            why,
+        } => tracing::debug!(event, revision, why, "commit-confirm event ignored"),
+    }
+}
+
+fn reverted_message(r: RevertedReport) -> v1::AgentMessage {
     v1::AgentMessage {
         msg: Some(v1::agent_message::Msg::Reverted(v1::Reverted {
             revision: r.revision,
@@ -298,67 +413,4 @@ impl Drop for WatchGuard {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::{FakeDataplane, StateDir};
-    use portcullis_policy::{AllowEntry, Facts, PortRange, Proto};
-
-    fn policy(port: u16) -> HostPolicy {
-        HostPolicy {
-            allow: vec![AllowEntry {
-                proto: Proto::Tcp,
-                ports: PortRange::single(port),
-                from: Vec::new(),
-                lists: Vec::new(),
-                label: format!("{port}/tcp"),
-            }],
-            ..HostPolicy::default()
-        }
-    }
-
-    fn agent(dir: &Path) -> Agent {
-        Agent::new(Arc::new(FakeDataplane::new()), StateDir::new(dir))
-    }
-
-    #[test]
-    fn a_record_that_cannot_be_written_refuses_the_apply() {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = agent(dir.path());
-        let confirmer = Confirmer::open(dir.path());
-        std::fs::create_dir(durable::tmp_path(&dir.path().join(PENDING_FILE))).unwrap();
-        let err = confirmer.begin(&agent, 2, 5_000).unwrap_err();
-        assert!(
-            err.to_string().contains("pending-confirm.json.tmp"),
-            "{err}"
-        );
-        assert_eq!(confirmer.awaiting(), None);
-    }
-
-    #[test]
-    fn a_crash_after_the_apply_finds_the_record_and_reverts() {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = agent(dir.path());
-        agent.reconcile(&policy(25), &Facts::default(), 1).unwrap();
-        {
-            let confirmer = Confirmer::open(dir.path());
-            confirmer.begin(&agent, 2, 0).unwrap();
-            agent.reconcile(&policy(80), &Facts::default(), 2).unwrap();
-            // Crash: the process ends here, nothing else runs.
-        }
-        assert_eq!(agent.last_known_good().unwrap().unwrap().revision, 2);
-        let restarted = Confirmer::open(dir.path());
-        assert_eq!(restarted.awaiting(), Some(2));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (_link, uplink) = tokio::sync::watch::channel(None);
-        runtime.block_on(restarted.revert(&agent, 2, "deadline", &uplink));
-        assert_eq!(restarted.awaiting(), None);
-        let lkg = agent.last_known_good().unwrap().unwrap();
-        assert_eq!((lkg.revision, lkg.policy), (1, policy(25)));
-        let report: RevertedRecord = read(&dir.path().join(REVERTED_FILE)).unwrap();
-        assert_eq!((report.revision, report.restored_revision), (2, 1));
-        assert!(!dir.path().join(PENDING_FILE).exists());
-    }
-}
+mod tests;

@@ -14,7 +14,9 @@ pub mod monitor;
 
 use crate::Agent;
 use crate::agent::DriftCheck;
-use crate::session::{Companion, Uplink, now_ms};
+use crate::clock::now_ms;
+use crate::session::Companion;
+use crate::uplink::Uplink;
 use limiter::{HealDecision, HealLimiter};
 use portcullis_proto::v1;
 use std::path::PathBuf;

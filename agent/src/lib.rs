@@ -13,7 +13,10 @@
 //! - [`failover`]: the controller list and which controller is tried next (pure).
 //! - [`dial`]: TLS to one controller address, revocation checked.
 //! - [`restore`]: `restore` at boot (last-known-good, else the fail-closed minimal policy).
-//! - [`confirm`]: commit-confirmed (pending revert persisted, reverts on its own).
+//! - [`confirm`]: commit-confirmed, the driver of `portcullis_policy::protocol::confirm`
+//!   (pending revert persisted, reverts on its own).
+//! - [`uplink`]: the session's outbound channel the subsystems report through;
+//!   [`clock`]: the wall clock.
 //! - [`nflog`] and [`denials`]: denied packets from NFLOG, aggregated, counted, spooled
 //!   on disk and sent to the controller.
 //! - [`drift`]: the drift loop (nft events + timer, heal with backoff, coexistence).
@@ -24,6 +27,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod conditions;
 pub mod confirm;
 pub mod dataplane;
@@ -39,6 +43,7 @@ pub mod report;
 pub mod restore;
 pub mod session;
 pub mod state;
+pub mod uplink;
 
 pub use agent::{Agent, AgentError};
 pub use dataplane::{Dataplane, DataplaneError, FakeDataplane, KernelTable, NftDataplane};

@@ -14,8 +14,10 @@
 //! Nothing here ever flushes or opens the firewall on error.
 
 use crate::Agent;
+use crate::clock::now_ms;
 use crate::conditions::Conditions;
 use crate::failover::{Candidate, OnController, Rotation, Step};
+use crate::uplink::Uplink;
 use anyhow::Context as _;
 use portcullis_policy::HostPolicy;
 use portcullis_proto::parts::Reassembly;
@@ -28,10 +30,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
-
-/// The current session's outbound channel, for subsystems that report on their own
-/// (drift loop, denial pipeline); `None` while disconnected.
-pub type Uplink = watch::Receiver<Option<mpsc::Sender<v1::AgentMessage>>>;
 
 /// A subsystem riding on the session (drift detection, denial logs, ...).
 #[tonic::async_trait]
@@ -202,10 +200,8 @@ pub async fn run(
     }
 
     // Commit-confirmed: a pending revert survives restarts and runs even while offline.
-    let confirm = Arc::new(crate::confirm::Confirmer::open(agent.state().path()));
-    let _watch = crate::confirm::WatchGuard(tokio::spawn(
-        confirm.clone().watch(agent.clone(), companions.uplink()),
-    ));
+    let confirm = Arc::new(crate::confirm::Confirmer::open(&agent, companions.uplink()));
+    let _watch = crate::confirm::WatchGuard(tokio::spawn(confirm.clone().watch()));
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     let mut rotation = Rotation::new(crate::failover::seed_for(&host));
@@ -395,7 +391,7 @@ async fn serve(
     for c in &companions.list {
         c.on_connect(&tx).await;
     }
-    confirm.flush(&tx).await;
+    confirm.connected().await;
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     let mut parts = Reassembly::new(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES);
@@ -411,19 +407,23 @@ async fn serve(
                         // The confirm record is durable before anything is applied; if it
                         // cannot be, nothing is (a crash after the apply must find it).
                         let begun = if confirming {
-                            confirm.begin(agent, d.revision, d.confirm_timeout_ms)
+                            confirm.begin(d.revision, d.confirm_timeout_ms).await
                         } else {
-                            confirm.cancel();
+                            confirm.unconfirmed(d.revision).await;
                             Ok(())
                         };
                         let (applied, report) = match begun {
                             Ok(()) => apply_desired(agent, &d).await,
                             Err(e) => (not_applied(agent, &d, e.to_string(), 0), None),
                         };
+                        let ok = report.is_some();
+                        if confirming {
+                            // Before anything can fail: the deadline is watched from here.
+                            confirm.applied(d.revision, ok).await;
+                        }
                         tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
                             .await
                             .context("session channel closed")?;
-                        let ok = report.is_some();
                         if let (true, Some(m)) = (ok, &d.management) {
                             crate::restore::keep_management(agent.state(), &m.entries);
                         }
@@ -432,27 +432,23 @@ async fn serve(
                                 c.on_applied(&r).await;
                             }
                         }
-                        if confirming {
-                            if !ok {
-                                confirm.cancel();
-                            } else {
-                                tracing::info!(revision = d.revision,
-                                    "reconnecting through the new rules to be confirmed");
-                                // End our side so `Applied` is delivered before the
-                                // connection goes: the controller then ends its side.
-                                companions.link.send_replace(None);
-                                drop(tx);
-                                let drained = async { while let Some(Ok(_)) = inbound.next().await {} };
-                                let t0 = Instant::now();
-                                let ended = tokio::time::timeout(CLOSE_GRACE, drained).await.is_ok();
-                                tracing::debug!(ended, elapsed_ms = t0.elapsed().as_millis(), "session closed for confirmation");
-                                return Ok(());
-                            }
+                        if confirming && ok {
+                            tracing::info!(revision = d.revision,
+                                "reconnecting through the new rules to be confirmed");
+                            // End our side so `Applied` is delivered before the
+                            // connection goes: the controller then ends its side.
+                            companions.link.send_replace(None);
+                            drop(tx);
+                            let drained = async { while let Some(Ok(_)) = inbound.next().await {} };
+                            let t0 = Instant::now();
+                            let ended = tokio::time::timeout(CLOSE_GRACE, drained).await.is_ok();
+                            tracing::debug!(ended, elapsed_ms = t0.elapsed().as_millis(), "session closed for confirmation");
+                            return Ok(());
                         }
                     }
-                    Some(v1::controller_message::Msg::Confirm(c)) => confirm.confirm(c.revision),
+                    Some(v1::controller_message::Msg::Confirm(c)) => confirm.confirm(c.revision).await,
                     Some(v1::controller_message::Msg::Revert(r)) => {
-                        confirm.revert(agent, r.revision, &r.reason, &companions.uplink()).await;
+                        confirm.revert(r.revision, &r.reason).await;
                     }
                     Some(other) => {
                         for c in &companions.list {
@@ -519,14 +515,6 @@ fn conditions(agent: &Agent, companions: &Conditions) -> Vec<String> {
         lines.insert(0, format!("fail-closed: {fc}"));
     }
     lines
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// What this agent announces in `Hello.capabilities`.

@@ -21,7 +21,8 @@ pub use spool::{Spool, SpoolError};
 
 use crate::conditions::Conditions;
 use crate::nflog::{self, Action};
-use crate::session::{Companion, Uplink};
+use crate::session::Companion;
+use crate::uplink::Uplink;
 use portcullis_proto::v1;
 use std::collections::HashMap;
 use std::path::PathBuf;
