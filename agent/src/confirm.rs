@@ -154,8 +154,8 @@ impl Confirmer {
         .await
     }
 
-    /// The apply of a revision begun under a deadline finished (`ok`: applied and
-    /// verified; else nothing changed and the record goes).
+    /// The apply of a revision finished (`ok`: applied and verified; else nothing
+    /// changed, and the revision pending before it, if any, is pending again).
     pub async fn applied(&self, revision: u64, ok: bool) {
         let event = if ok {
             Event::Applied { revision }
@@ -165,7 +165,8 @@ impl Confirmer {
         self.feed(event).await;
     }
 
-    /// A revision without deadline is about to be applied: it supersedes the pending one.
+    /// A revision without deadline is about to be applied: it supersedes the pending one
+    /// once applied ([`Confirmer::applied`]).
     pub async fn unconfirmed(&self, revision: u64) {
         self.feed(Event::Unconfirmed { revision }).await;
     }
@@ -382,6 +383,11 @@ fn log(note: &Note) {
                 "Revert received during the apply; reverting after it"
             );
         }
+        Note::Restored { revision, failed } => tracing::warn!(
+            revision,
+            failed,
+            "the revision applied over the pending one was not applied: still pending"
+        ),
         Note::Ignored {
             event,
             revision,

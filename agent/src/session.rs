@@ -417,10 +417,9 @@ async fn serve(
                             Err(e) => (not_applied(agent, &d, e.to_string(), 0), None),
                         };
                         let ok = report.is_some();
-                        if confirming {
-                            // Before anything can fail: the deadline is watched from here.
-                            confirm.applied(d.revision, ok).await;
-                        }
+                        // Before anything can fail: the deadline is watched from here (and
+                        // a revision without one supersedes the pending one only if applied).
+                        confirm.applied(d.revision, ok).await;
                         tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
                             .await
                             .context("session channel closed")?;

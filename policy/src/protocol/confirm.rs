@@ -21,7 +21,11 @@
 //! - A newer `Desired` while one is pending goes back, if it times out, to the last
 //!   confirmed revision, not to the unconfirmed one it replaces.
 //! - A revision that was not applied (its record could not be made durable, or the apply
-//!   failed) and a revision without deadline both clear the record, as before.
+//!   failed) changed nothing in the kernel: the revision pending before it, if any, is
+//!   pending again with its own deadline ([`Note::Restored`]), else the record goes.
+//! - A revision without deadline supersedes the pending one once it is applied (the
+//!   record goes at its `Applied`); until then, and if its apply fails, the pending one
+//!   stands ([`Phase::Superseding`]).
 //! - A failed revert keeps the record and is retried [`REVERT_RETRY_MS`] later.
 //!
 //! The serde shapes of [`PendingConfirm`] and [`RevertedReport`] are the on-disk format of
@@ -62,11 +66,16 @@ fn revert_action(pending: &PendingConfirm, reason: &str) -> Action {
 pub enum Phase {
     /// No revision waits for `Confirm`.
     Idle,
-    /// Recorded; the apply is in flight. `revert` is a `Revert` reason received meanwhile.
+    /// Recorded; the apply is in flight. `revert` is a `Revert` reason received meanwhile;
+    /// `replaced` the phase of the revision pending before, back if this apply fails.
     Applying {
         pending: PendingConfirm,
         revert: Option<String>,
+        replaced: Option<Box<Phase>>,
     },
+    /// A revision without deadline is being applied over the pending one (`replaced`),
+    /// which it supersedes when applied and which stands if the apply fails.
+    Superseding { revision: u64, replaced: Box<Phase> },
     /// Applied (or found after a restart): waiting for `Confirm` until the deadline.
     AwaitingConfirm(PendingConfirm),
     /// The revert is in flight.
@@ -134,8 +143,13 @@ impl CommitConfirm {
 
     /// The pending record, in any phase but [`Phase::Idle`].
     pub fn pending(&self) -> Option<&PendingConfirm> {
-        match &self.phase {
+        Self::pending_of(&self.phase)
+    }
+
+    fn pending_of(phase: &Phase) -> Option<&PendingConfirm> {
+        match phase {
             Phase::Idle => None,
+            Phase::Superseding { replaced, .. } => Self::pending_of(replaced),
             Phase::Applying { pending, .. }
             | Phase::AwaitingConfirm(pending)
             | Phase::Reverting { pending, .. }
@@ -190,6 +204,7 @@ impl CommitConfirm {
             Some(p) => p.previous.clone(),
             None => in_force,
         };
+        let replaced = self.standing();
         let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
         let pending = PendingConfirm {
             revision,
@@ -209,11 +224,47 @@ impl CommitConfirm {
         self.phase = Phase::Applying {
             pending,
             revert: None,
+            replaced,
         };
         actions
     }
 
+    /// The phase of a revision pending with no apply or revert in flight (what a new
+    /// apply replaces, and what stands again if that apply fails).
+    fn standing(&self) -> Option<Box<Phase>> {
+        match &self.phase {
+            p @ (Phase::AwaitingConfirm(_) | Phase::RevertDue { .. }) => Some(Box::new(p.clone())),
+            Phase::Superseding { replaced, .. } => Some(replaced.clone()),
+            Phase::Idle | Phase::Applying { .. } | Phase::Reverting { .. } => None,
+        }
+    }
+
+    /// Back to `replaced` after an apply that changed nothing.
+    fn restore(&mut self, replaced: Phase, failed: u64, persist: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let (revision, at_unix_ms) = match &replaced {
+            Phase::AwaitingConfirm(p) => (p.revision, p.deadline_unix_ms),
+            Phase::RevertDue {
+                pending,
+                at_unix_ms,
+                ..
+            } => (pending.revision, *at_unix_ms),
+            _ => unreachable!("only a standing phase is restored"),
+        };
+        if persist && let Some(p) = Self::pending_of(&replaced) {
+            actions.push(Action::Persist(p.clone()));
+        }
+        actions.push(Action::ArmTimer { at_unix_ms });
+        actions.push(Action::Log(Note::Restored { revision, failed }));
+        self.phase = replaced;
+        actions
+    }
+
     fn on_unconfirmed(&mut self, revision: u64) -> Vec<Action> {
+        if let Some(replaced) = self.standing() {
+            self.phase = Phase::Superseding { revision, replaced };
+            return Vec::new();
+        }
         match self.awaiting() {
             None => Vec::new(),
             Some(pending) => {
@@ -230,7 +281,26 @@ impl CommitConfirm {
     }
 
     fn on_applied(&mut self, revision: u64, now_ms: i64) -> Vec<Action> {
-        let Phase::Applying { pending, revert } = &self.phase else {
+        if let Phase::Superseding {
+            revision: by,
+            replaced,
+        } = &self.phase
+            && *by == revision
+        {
+            let pending = Self::pending_of(replaced).map_or(0, |p| p.revision);
+            self.phase = Phase::Idle;
+            return vec![
+                Action::RemoveRecord,
+                Action::Log(Note::Superseded {
+                    pending,
+                    by: revision,
+                }),
+            ];
+        }
+        let Phase::Applying {
+            pending, revert, ..
+        } = &self.phase
+        else {
             return ignored("Applied", revision, "not being applied");
         };
         if pending.revision != revision {
@@ -252,9 +322,22 @@ impl CommitConfirm {
 
     fn on_not_applied(&mut self, revision: u64) -> Vec<Action> {
         match &self.phase {
-            Phase::Applying { pending, .. } if pending.revision == revision => {
-                self.phase = Phase::Idle;
-                vec![Action::RemoveRecord]
+            Phase::Applying {
+                pending, replaced, ..
+            } if pending.revision == revision => match replaced.clone() {
+                // Its record replaced the one of the revision still in force: put it back.
+                Some(replaced) => self.restore(*replaced, revision, true),
+                None => {
+                    self.phase = Phase::Idle;
+                    vec![Action::RemoveRecord]
+                }
+            },
+            Phase::Superseding {
+                revision: by,
+                replaced,
+            } if *by == revision => {
+                let replaced = (**replaced).clone();
+                self.restore(replaced, revision, false)
             }
             _ => ignored("NotApplied", revision, "not being applied"),
         }
@@ -280,13 +363,20 @@ impl CommitConfirm {
             {
                 ignored("Confirm", revision, "already being reverted")
             }
+            Phase::Superseding { .. } => ignored(
+                "Confirm",
+                revision,
+                "a revision without deadline is being applied",
+            ),
             _ => ignored("Confirm", revision, "not pending"),
         }
     }
 
     fn on_revert(&mut self, revision: u64, reason: String) -> Vec<Action> {
         match &mut self.phase {
-            Phase::Applying { pending, revert } if pending.revision == revision => {
+            Phase::Applying {
+                pending, revert, ..
+            } if pending.revision == revision => {
                 *revert = Some(reason);
                 vec![Action::Log(Note::RevertDeferred { revision })]
             }
@@ -299,6 +389,11 @@ impl CommitConfirm {
             Phase::Reverting { pending, .. } if pending.revision == revision => {
                 ignored("Revert", revision, "already being reverted")
             }
+            Phase::Superseding { .. } => ignored(
+                "Revert",
+                revision,
+                "a revision without deadline is being applied",
+            ),
             _ => ignored("Revert", revision, "not pending"),
         }
     }
@@ -329,8 +424,12 @@ impl CommitConfirm {
                     }]
                 }
             }
-            // Applying: decided at `Applied`. Reverting: the outcome decides.
-            Phase::Idle | Phase::Applying { .. } | Phase::Reverting { .. } => Vec::new(),
+            // Applying, Superseding: decided when the apply finished. Reverting: the
+            // outcome decides.
+            Phase::Idle
+            | Phase::Applying { .. }
+            | Phase::Superseding { .. }
+            | Phase::Reverting { .. } => Vec::new(),
         }
     }
 

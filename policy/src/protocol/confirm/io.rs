@@ -121,6 +121,11 @@ pub enum Note {
     RevertDeferred {
         revision: u64,
     },
+    /// The apply of `failed` changed nothing: `revision` is pending again.
+    Restored {
+        revision: u64,
+        failed: u64,
+    },
     /// An event that changes nothing, and why.
     Ignored {
         event: &'static str,

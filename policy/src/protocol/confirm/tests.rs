@@ -503,8 +503,15 @@ fn a_desired_while_reverting_keeps_the_new_record_when_the_old_revert_finishes()
 #[test]
 fn a_revision_without_deadline_supersedes_the_pending_one() {
     let mut m = awaiting_2();
+    assert!(
+        m.handle(Event::Unconfirmed { revision: 3 }, T0 + 500)
+            .is_empty()
+    );
+    // Until it is applied the pending one stands: no revert while the apply runs.
+    assert_eq!(m.awaiting(), Some(2));
+    assert!(m.handle(Event::Tick, DEADLINE).is_empty());
     assert_eq!(
-        m.handle(Event::Unconfirmed { revision: 3 }, T0 + 500),
+        m.handle(Event::Applied { revision: 3 }, DEADLINE + 1),
         vec![
             Action::RemoveRecord,
             Action::Log(Note::Superseded { pending: 2, by: 3 })
@@ -623,4 +630,63 @@ fn the_records_keep_their_on_disk_shape() {
     });
     let r: RevertedReport = serde_json::from_value(report_json.clone()).unwrap();
     assert_eq!(serde_json::to_value(&r).unwrap(), report_json);
+}
+
+#[test]
+fn a_revision_without_deadline_that_fails_leaves_the_pending_one_to_revert() {
+    let mut m = awaiting_2();
+    m.handle(Event::Unconfirmed { revision: 3 }, T0 + 500);
+    assert_eq!(
+        m.handle(Event::NotApplied { revision: 3 }, T0 + 600),
+        vec![
+            Action::ArmTimer {
+                at_unix_ms: DEADLINE
+            },
+            Action::Log(Note::Restored {
+                revision: 2,
+                failed: 3
+            })
+        ]
+    );
+    assert_eq!(
+        m.phase(),
+        &Phase::AwaitingConfirm(pending(2, Some(previous(1))))
+    );
+    // Revision 2 is still unconfirmed in the kernel: it reverts at its deadline.
+    assert_eq!(
+        m.handle(Event::Tick, DEADLINE),
+        reverting(2, DEADLINE_REASON, Some(previous(1)))
+    );
+}
+
+#[test]
+fn a_failed_apply_over_a_pending_revision_puts_its_record_back() {
+    let mut m = awaiting_2();
+    m.handle(desired(3, Some(previous(2))), T0 + 500);
+    assert_eq!(m.awaiting(), Some(3));
+    // The kernel still holds 2, unconfirmed: its record (with its deadline and its
+    // confirmed previous) is written again and watched.
+    let record = pending(2, Some(previous(1)));
+    assert_eq!(
+        m.handle(Event::NotApplied { revision: 3 }, T0 + 600),
+        vec![
+            Action::Persist(record.clone()),
+            Action::ArmTimer {
+                at_unix_ms: DEADLINE
+            },
+            Action::Log(Note::Restored {
+                revision: 2,
+                failed: 3
+            })
+        ]
+    );
+    assert_eq!(m.phase(), &Phase::AwaitingConfirm(record));
+    // And a Confirm of 2 still confirms it.
+    assert_eq!(
+        m.handle(Event::Confirm { revision: 2 }, T0 + 700),
+        vec![
+            Action::RemoveRecord,
+            Action::Log(Note::Confirmed { revision: 2 })
+        ]
+    );
 }
