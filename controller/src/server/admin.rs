@@ -48,7 +48,7 @@ impl AdminService {
             .store
             .call(move |c| store::host_facts(c, &h))
             .await
-            .map_err(super::session::internal)?;
+            .map_err(super::wire::internal)?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 }
@@ -136,7 +136,7 @@ impl v1::admin_server::Admin for AdminService {
         super::rollout::list(&self.shared, request.into_inner())
             .await
             .map(Response::new)
-            .map_err(super::session::internal)
+            .map_err(super::wire::internal)
     }
 
     async fn apply(
@@ -182,7 +182,7 @@ impl v1::admin_server::Admin for AdminService {
             .store
             .call(store::latest_revision)
             .await
-            .map_err(super::session::internal)?
+            .map_err(super::wire::internal)?
             + 1;
         let mut rows = Vec::with_capacity(targets.len());
         let mut errors = Vec::new();
@@ -298,7 +298,7 @@ impl v1::admin_server::Admin for AdminService {
                 .store
                 .call(store::list_hosts)
                 .await
-                .map_err(super::session::internal)?
+                .map_err(super::wire::internal)?
                 .into_iter()
                 .filter(|h| self.shared.elsewhere(h, now))
                 .map(|h| h.name)
@@ -333,7 +333,7 @@ impl v1::admin_server::Admin for AdminService {
                     Ok(rev)
                 })
                 .await
-                .map_err(super::session::internal)?
+                .map_err(super::wire::internal)?
         };
         tracing::info!(revision, %author, hosts = expected.len(), "revision stored");
         let pushed_at = store::now_ms();
@@ -354,7 +354,7 @@ impl v1::admin_server::Admin for AdminService {
             let Some(policy) = targets.get(host) else {
                 continue;
             };
-            let management = super::management_message(policy);
+            let management = super::wire::management_message(policy);
             let full = policy;
             let policy = wire
                 .entry(policy)
@@ -442,7 +442,7 @@ impl v1::admin_server::Admin for AdminService {
             .store
             .call(store::list_hosts)
             .await
-            .map_err(super::session::internal)?;
+            .map_err(super::wire::internal)?;
         let now = store::now_ms();
         let mut hosts = hosts
             .into_iter()
@@ -481,7 +481,7 @@ impl v1::admin_server::Admin for AdminService {
             .store
             .call(move |c| store::list_revisions(c, limit))
             .await
-            .map_err(super::session::internal)?;
+            .map_err(super::wire::internal)?;
         Ok(Response::new(v1::HistoryResponse {
             revisions: revs
                 .into_iter()

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod revocation;
 pub mod rollout;
 mod session;
+mod wire;
 
 use crate::identity::{PeerIdentity, RevocationList, authorize};
 use crate::store::Store;
@@ -143,18 +144,8 @@ pub(crate) async fn load_request_fleet(
         site::load_fleet_with_lists(&site_src, &inv_src, &lists)
     })
     .await
-    .map_err(|e| session::internal(e.into()))?
+    .map_err(|e| wire::internal(e.into()))?
     .map_err(|d| tonic::Status::invalid_argument(format!("invalid policy:\n{d}")))
-}
-
-/// The site's `management:` entries stored with `policy`, as every `Desired` carries them
-/// (apply, rollout wave, reconnect) for the agent's fail-closed policy; `None` when the
-/// revision predates them (the agent keeps what it has).
-pub(crate) fn management_message(policy: &HostPolicy) -> Option<portcullis_proto::v1::Management> {
-    policy
-        .management
-        .clone()
-        .map(|entries| portcullis_proto::v1::Management { entries })
 }
 
 /// The store row of a revision built from an `Apply` request (apply and rollout both).

@@ -58,7 +58,7 @@ impl<'a> Desireds<'a> {
             expected_hash,
             confirm_timeout_ms,
             request_id: shared.asked.ask(host, rev),
-            management: crate::server::management_message(policy),
+            management: crate::server::wire::management_message(policy),
         };
         shared
             .lists

@@ -66,7 +66,7 @@ pub async fn from_apply(
             .store
             .call(move |c| store::relay::running_elsewhere(c, &me, store::now_ms()))
             .await
-            .map_err(crate::server::session::internal)?
+            .map_err(crate::server::wire::internal)?
         {
             return Err(Status::failed_precondition(
                 store::rollout::Busy { id, controller }.to_string(),
@@ -184,7 +184,7 @@ pub async fn from_apply(
             .await
             .map_err(|e| match e.downcast_ref::<store::rollout::Busy>() {
                 Some(busy) => Status::failed_precondition(busy.to_string()),
-                None => crate::server::session::internal(e),
+                None => crate::server::wire::internal(e),
             })?
     };
     let abort = shared.rollouts.begin(id).map_err(|other| {
@@ -278,7 +278,7 @@ pub async fn rollback_request(
             .store
             .call(store::rollout::latest_settings)
             .await
-            .map_err(crate::server::session::internal)?
+            .map_err(crate::server::wire::internal)?
     {
         rb.serial = serial;
         rb.max_fail = max_fail;
@@ -291,7 +291,7 @@ pub async fn rollback_request(
         .store
         .call(store::latest_revision)
         .await
-        .map_err(crate::server::session::internal)?;
+        .map_err(crate::server::wire::internal)?;
     let to = if rb.to_revision == 0 {
         latest.saturating_sub(1)
     } else {
@@ -306,7 +306,7 @@ pub async fn rollback_request(
         .store
         .call(move |c| store::rollout::revision_sources(c, to))
         .await
-        .map_err(crate::server::session::internal)?
+        .map_err(crate::server::wire::internal)?
     else {
         return Err(Status::not_found(format!("revision {to} does not exist")));
     };
@@ -314,7 +314,7 @@ pub async fn rollback_request(
         .store
         .call(move |c| store::rollout::revision_lists(c, to))
         .await
-        .map_err(crate::server::session::internal)?
+        .map_err(crate::server::wire::internal)?
         .into_iter()
         .map(|(name, content)| v1::ListFile { name, content })
         .collect();
@@ -364,7 +364,7 @@ pub async fn abort(
         .store
         .call(move |c| store::audit(c, &a, "rollout abort", &detail))
         .await
-        .map_err(crate::server::session::internal)?;
+        .map_err(crate::server::wire::internal)?;
     tracing::warn!(rollout = id, %author, "rollout abort requested");
     Ok(v1::RolloutAbortResponse { rollout_id: id })
 }
@@ -390,5 +390,5 @@ async fn abort_elsewhere(shared: &Shared, id: u64) -> Result<Option<u64>, Status
             Ok(Some(running))
         })
         .await
-        .map_err(crate::server::session::internal)
+        .map_err(crate::server::wire::internal)
 }
