@@ -4,8 +4,8 @@
 //! revoked, and the `Hello` must name that same host. Then the host is registered, its
 //! desired revision (if it differs from what it runs) is sent, and reports are recorded.
 
-use super::limits::{Kind, SessionBuckets, SessionRates};
 use super::Shared;
+use super::limits::{Kind, SessionBuckets, SessionRates};
 use super::wire::internal;
 use crate::identity::Role;
 use crate::store;
