@@ -6,7 +6,9 @@
 
 mod admin;
 pub mod answers;
+mod apply;
 mod check;
+pub mod compile;
 pub mod conns;
 pub mod drift;
 pub mod incoming;
@@ -24,7 +26,7 @@ mod wire;
 use crate::identity::{PeerIdentity, RevocationList, authorize};
 use crate::store::Store;
 use anyhow::Context as _;
-use portcullis_policy::{Facts, HostPolicy, compile};
+use portcullis_policy::{Facts, HostPolicy};
 use registry::Registry;
 use std::future::Future;
 use std::path::PathBuf;
@@ -171,11 +173,10 @@ pub(crate) fn new_revision<'a>(
 }
 
 /// The hash the host's kernel must report after applying `policy` at `revision`, or ""
-/// if it cannot be compiled with these facts (the agent will report why).
+/// if it cannot be compiled with these facts (the agent will report why): one compile,
+/// through the same path as [`compile::CompileCache`].
 pub fn expected_hash(policy: &HostPolicy, facts: &Facts, revision: u64) -> String {
-    compile(policy, facts, revision)
-        .map(|r| r.hash().0)
-        .unwrap_or_default()
+    compile::CompileCache::new(revision).expected_hash((), policy, facts)
 }
 
 /// Serve until `shutdown` completes, then stop accepting and finish in-flight calls.

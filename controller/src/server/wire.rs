@@ -7,6 +7,7 @@
 //! services (`session`, `admin`) or on `drift`/`logs`/`check`, which all use it.
 
 use super::Shared;
+use super::compile::CompileCache;
 use crate::store;
 use portcullis_policy::{Facts, HostPolicy};
 use portcullis_proto::v1;
@@ -44,6 +45,17 @@ impl Shared {
         host: &str,
         facts: &Facts,
     ) -> Result<Option<v1::Desired>, Status> {
+        self.desired_message_with(host, facts, None).await
+    }
+
+    /// [`Shared::desired_message`], compiling through `cache` when the host's desired
+    /// revision is the cache's (the pushes of one published revision share it).
+    pub(crate) async fn desired_message_with(
+        &self,
+        host: &str,
+        facts: &Facts,
+        cache: Option<&tokio::sync::Mutex<CompileCache<String>>>,
+    ) -> Result<Option<v1::Desired>, Status> {
         let h = host.to_string();
         let Some((revision, policy_json, stored_hash)) = self
             .store
@@ -55,7 +67,17 @@ impl Shared {
         };
         let policy: HostPolicy = serde_json::from_str(&policy_json)
             .map_err(|e| Status::internal(format!("stored policy of {host} unreadable: {e}")))?;
-        let hash = super::expected_hash(&policy, facts, revision);
+        let hash = match cache {
+            Some(cache) => {
+                let mut cache = cache.lock().await;
+                if cache.revision() == revision {
+                    cache.expected_hash(policy_json, &policy, facts)
+                } else {
+                    super::expected_hash(&policy, facts, revision)
+                }
+            }
+            None => super::expected_hash(&policy, facts, revision),
+        };
         if hash != stored_hash {
             let (h, hh) = (host.to_string(), hash.clone());
             self.store
