@@ -50,6 +50,9 @@ pub enum PkiError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Writing a file failed (the path and the step are in it).
+    #[error(transparent)]
+    Write(#[from] portcullis_os::DurableError),
     #[error("no CA in {}: run `portcullis ca init` first", .0.display())]
     NoCa(PathBuf),
     #[error(

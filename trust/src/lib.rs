@@ -25,6 +25,9 @@ pub enum TrustError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Writing a file failed (the path and the step are in it).
+    #[error(transparent)]
+    Write(#[from] portcullis_os::DurableError),
     #[error("{}: expected PEM: {why}", path.display())]
     Pem { path: PathBuf, why: String },
     #[error("{name}:{line}: expected a hex serial number, found `{text}`")]

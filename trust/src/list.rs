@@ -256,19 +256,12 @@ fn split_kept(bytes: &[u8]) -> Result<(&[u8], Vec<u8>), TrustError> {
     Ok((&bytes[nl + 1..], decode_signature(&bytes[..nl])?))
 }
 
+/// The kept list: its signature line, then the list, written durably (readable by all:
+/// it is public, like `revoked.txt`).
 fn persist(file: &Path, list: &[u8], signature: &[u8]) -> Result<(), TrustError> {
-    use std::io::Write as _;
-    let io = |source| TrustError::Io {
-        path: file.to_owned(),
-        source,
-    };
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(encode_signature(signature).as_bytes())
-        .and_then(|()| f.write_all(list))
-        .and_then(|()| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, file).map_err(io)
+    let mut body = encode_signature(signature).into_bytes();
+    body.extend_from_slice(list);
+    Ok(portcullis_os::write_atomic(file, &body, 0o644)?)
 }
 
 #[cfg(test)]

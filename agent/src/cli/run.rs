@@ -171,7 +171,7 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
                 std::future::pending(),
             ))
         });
-        let result = run_session(agent.clone(), config, companions, shutdown_signal()).await;
+        let result = run_session(agent.clone(), config, companions, portcullis_os::shutdown_signal()).await;
         if let Some(e) = exporter {
             e.abort();
         }
@@ -179,23 +179,6 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
     })?;
     tracing::info!("agent stopped; the kernel keeps enforcing the applied table");
     Ok(Exit::Ok)
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! never go back within an epoch; a new spool gets a new random epoch. Single writer: the
 //! agent's denial pipeline. No network I/O here.
 
+use crate::durable;
 use portcullis_proto::v1;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a spooled file failed (the path and the step are in it).
+    #[error("spool {0}")]
+    Write(#[from] crate::durable::DurableError),
     #[error("spool meta {path}: {message}")]
     Meta { path: PathBuf, message: String },
 }
@@ -57,13 +61,8 @@ pub struct Spool {
     pub lost_total: u64,
 }
 
-/// Through the agent's one durable-write helper (temp, fsync, rename, directory fsync).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    crate::durable::write_atomic(path, bytes, 0o600).map_err(|e| SpoolError::Io {
-        path: e.path,
-        source: e.source,
-    })
-}
+/// Spooled files are the agent's alone.
+const SPOOL_MODE: u32 = 0o600;
 
 impl Spool {
     /// Open (or create) the spool in `dir`.
@@ -123,7 +122,11 @@ impl Spool {
             path: self.dir.join("meta.json"),
             message: e.to_string(),
         })?;
-        write_atomic(&self.dir.join("meta.json"), &bytes)
+        Ok(durable::write_atomic(
+            &self.dir.join("meta.json"),
+            &bytes,
+            SPOOL_MODE,
+        )?)
     }
 
     fn path(&self, seq: u64) -> PathBuf {
@@ -168,12 +171,12 @@ impl Spool {
         let bytes = batch.encode_to_vec();
         let carried = batch.spool_dropped;
         // The batch first: until it is on disk, the drops it carries stay in the meta.
-        if let Err(e) = write_atomic(&self.path(seq), &bytes) {
+        if let Err(e) = durable::write_atomic(&self.path(seq), &bytes, SPOOL_MODE) {
             self.meta.dropped += 1;
             self.lost_total += 1;
             // Best effort: the count is kept in memory if this fails too.
             let _ = self.save_meta();
-            return Err(e);
+            return Err(e.into());
         }
         self.files.insert(seq, (bytes.len() as u64, carried));
         self.meta.next_seq = seq + 1;

@@ -116,24 +116,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
     };
-    run_with_metrics(config, listener, metrics, shutdown_signal()).await?;
+    run_with_metrics(config, listener, metrics, portcullis_os::shutdown_signal()).await?;
     Ok(0)
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
 }

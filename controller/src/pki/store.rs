@@ -1,9 +1,8 @@
 //! Files of the PKI directory: atomic writes with an explicit mode, the `issued.json`
 //! ledger and appends to `revoked.txt`. No crypto here.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -85,36 +84,10 @@ pub fn refuse_existing(paths: &[&Path], force: bool) -> Result<(), PkiError> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a fresh temporary file created with `mode` in the
-/// same directory, fsync, rename. The file never exists with wider permissions than `mode`.
+/// Writes `bytes` to `path` atomically and durably with exactly `mode`
+/// ([`portcullis_os::write_atomic`]): the file never exists with wider permissions.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&tmp)(e)),
-        _ => {}
-    }
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(&tmp)(e));
-    }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err(path)(e)
-    })
+    Ok(portcullis_os::write_atomic(path, bytes, mode)?)
 }
 
 /// Reads `issued.json`; a missing file is an empty ledger.

@@ -7,7 +7,7 @@
 //! applied anything gets "table inet portcullis created".
 
 use super::Shared;
-use super::session::internal;
+use super::wire::internal;
 use crate::store;
 use portcullis_policy::replay::{self, Evidence as Seen, Logged, RuleHits};
 use portcullis_policy::{Facts, HostPolicy, Plan, Proto, compile, lockout, pattern, plan};

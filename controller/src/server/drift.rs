@@ -13,7 +13,7 @@ mod status;
 pub use status::{attest, drifted};
 
 use super::Shared;
-use super::session::internal;
+use super::wire::internal;
 use crate::store::{self, drift::DriftRecord};
 use portcullis_policy::{Facts, HostPolicy};
 use portcullis_proto::v1;

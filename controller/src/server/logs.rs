@@ -281,7 +281,7 @@ async fn read<T: Send + 'static>(
     db: &store::Store,
     f: impl FnOnce(&store::Db<'_>) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, Status> {
-    db.read(f).await.map_err(super::session::internal)
+    db.read(f).await.map_err(super::wire::internal)
 }
 
 fn request_filter(req: &v1::LogsRequest) -> Result<DenialFilter, Status> {

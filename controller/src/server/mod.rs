@@ -6,7 +6,9 @@
 
 mod admin;
 pub mod answers;
+mod apply;
 mod check;
+pub mod compile;
 pub mod conns;
 pub mod drift;
 pub mod incoming;
@@ -19,11 +21,12 @@ pub mod registry;
 pub mod revocation;
 pub mod rollout;
 mod session;
+mod wire;
 
 use crate::identity::{PeerIdentity, RevocationList, authorize};
 use crate::store::Store;
 use anyhow::Context as _;
-use portcullis_policy::{Facts, HostPolicy, compile};
+use portcullis_policy::{Facts, HostPolicy};
 use registry::Registry;
 use std::future::Future;
 use std::path::PathBuf;
@@ -143,18 +146,8 @@ pub(crate) async fn load_request_fleet(
         site::load_fleet_with_lists(&site_src, &inv_src, &lists)
     })
     .await
-    .map_err(|e| session::internal(e.into()))?
+    .map_err(|e| wire::internal(e.into()))?
     .map_err(|d| tonic::Status::invalid_argument(format!("invalid policy:\n{d}")))
-}
-
-/// The site's `management:` entries stored with `policy`, as every `Desired` carries them
-/// (apply, rollout wave, reconnect) for the agent's fail-closed policy; `None` when the
-/// revision predates them (the agent keeps what it has).
-pub(crate) fn management_message(policy: &HostPolicy) -> Option<portcullis_proto::v1::Management> {
-    policy
-        .management
-        .clone()
-        .map(|entries| portcullis_proto::v1::Management { entries })
 }
 
 /// The store row of a revision built from an `Apply` request (apply and rollout both).
@@ -180,11 +173,10 @@ pub(crate) fn new_revision<'a>(
 }
 
 /// The hash the host's kernel must report after applying `policy` at `revision`, or ""
-/// if it cannot be compiled with these facts (the agent will report why).
+/// if it cannot be compiled with these facts (the agent will report why): one compile,
+/// through the same path as [`compile::CompileCache`].
 pub fn expected_hash(policy: &HostPolicy, facts: &Facts, revision: u64) -> String {
-    compile(policy, facts, revision)
-        .map(|r| r.hash().0)
-        .unwrap_or_default()
+    compile::CompileCache::new(revision).expected_hash((), policy, facts)
 }
 
 /// Serve until `shutdown` completes, then stop accepting and finish in-flight calls.

@@ -8,6 +8,7 @@
 //! on the same channel and go to [`relay`]. With SQLite (one controller) nothing runs.
 
 use super::Shared;
+use super::compile::CompileCache;
 use super::rollout::relay;
 use crate::store::{self, PUBLISH_CHANNEL};
 use futures::StreamExt as _;
@@ -112,9 +113,12 @@ async fn on_publish(shared: &Arc<Shared>, payload: &str, relay: &mpsc::Sender<re
         }
     };
     // Each push reads the host's row and compiles its expected hash: a few at a time,
-    // so the database's round trips overlap (one after another, 4,000 hosts took 6 s).
+    // so the database's round trips overlap (one after another, 4,000 hosts took 6 s);
+    // the compiles go through one cache (hosts share a handful of policies).
+    let cache = tokio::sync::Mutex::new(CompileCache::new(revision));
+    let cache = &cache;
     let pushed: usize = futures::stream::iter(targets)
-        .map(|host| async move { usize::from(push(shared, &host).await) })
+        .map(|host| async move { usize::from(push(shared, &host, Some(cache)).await) })
         .buffer_unordered(PUSH_CONCURRENCY)
         .fold(0, |n, p| async move { n + p })
         .await;
@@ -151,21 +155,29 @@ async fn catch_up(shared: &Arc<Shared>) {
             && h.desired_revision != h.applied_revision
             && shared.registry.is_connected(&h.name)
         {
-            push(shared, &h.name).await;
+            push(shared, &h.name, None).await;
         }
     }
 }
 
 /// Send `host` its desired revision from the store, if its session is here and no
-/// rollout drives it. Whether a message was sent.
-async fn push(shared: &Arc<Shared>, host: &str) -> bool {
+/// rollout drives it (its expected hash compiled through `cache` when given). Whether a
+/// message was sent.
+async fn push(
+    shared: &Arc<Shared>,
+    host: &str,
+    cache: Option<&tokio::sync::Mutex<CompileCache<String>>>,
+) -> bool {
     let Some(handle) = shared.registry.get(host) else {
         return false;
     };
     if shared.rollouts.holds(host) {
         return false;
     }
-    match shared.desired_message(host, &handle.facts).await {
+    match shared
+        .desired_message_with(host, &handle.facts, cache)
+        .await
+    {
         Ok(Some(desired)) if relay::staged(shared, host, desired.revision).await => false,
         Ok(Some(desired)) => {
             let msg = v1::ControllerMessage {

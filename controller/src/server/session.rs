@@ -4,11 +4,12 @@
 //! revoked, and the `Hello` must name that same host. Then the host is registered, its
 //! desired revision (if it differs from what it runs) is sent, and reports are recorded.
 
+use super::Shared;
 use super::limits::{Kind, SessionBuckets, SessionRates};
-use super::{Shared, expected_hash, management_message};
+use super::wire::internal;
 use crate::identity::Role;
 use crate::store;
-use portcullis_policy::{Facts, HostPolicy};
+use portcullis_policy::Facts;
 use portcullis_proto::{ACCEPTED_PROTOCOL_VERSIONS, v1};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -357,66 +358,5 @@ fn rate_kind(msg: &v1::AgentMessage) -> Kind {
         Some(Msg::Reverted(_)) => Kind::Reverted,
         Some(Msg::Applied(_)) => Kind::Applied,
         Some(Msg::Heartbeat(_) | Msg::Hello(_)) | None => Kind::Heartbeat,
-    }
-}
-
-pub(crate) fn internal(e: anyhow::Error) -> Status {
-    if crate::store::is_unavailable(&e) {
-        tracing::error!(error = %format!("{e:#}"), "the store is unavailable");
-        return Status::unavailable(
-            "the controller's database is unreachable: nothing was changed (hosts keep \
-             enforcing what they have); retry when it is back",
-        );
-    }
-    tracing::error!(error = %e, "internal error");
-    Status::internal("controller store error")
-}
-
-impl Shared {
-    /// The `Desired` message for `host` from the store, with the expected hash computed
-    /// against the facts the agent just reported.
-    pub(crate) async fn desired_message(
-        &self,
-        host: &str,
-        facts: &Facts,
-    ) -> Result<Option<v1::Desired>, Status> {
-        let h = host.to_string();
-        let Some((revision, policy_json, stored_hash)) = self
-            .store
-            .call(move |c| store::desired_for(c, &h))
-            .await
-            .map_err(internal)?
-        else {
-            return Ok(None);
-        };
-        let policy: HostPolicy = serde_json::from_str(&policy_json)
-            .map_err(|e| Status::internal(format!("stored policy of {host} unreadable: {e}")))?;
-        let hash = expected_hash(&policy, facts, revision);
-        if hash != stored_hash {
-            let (h, hh) = (host.to_string(), hash.clone());
-            self.store
-                .call(move |c| store::set_expected_hash(c, &h, revision, &hh))
-                .await
-                .map_err(internal)?;
-        }
-        if super::lists::needs_lists(&policy) && !self.lists.capable(host) {
-            let why = super::lists::Unsupported.to_string();
-            tracing::warn!(%host, revision, "{why}");
-            let (h, hh) = (host.to_string(), hash.clone());
-            self.store
-                .call(move |c| store::host_reported(c, &h, revision, &hh, Some(&why)))
-                .await
-                .map_err(internal)?;
-            return Ok(None);
-        }
-        let desired = v1::Desired {
-            revision,
-            policy: Some(super::lists::wire_without_lists(&policy)),
-            expected_hash: hash,
-            confirm_timeout_ms: 0,
-            request_id: self.asked.ask(host, revision),
-            management: management_message(&policy),
-        };
-        Ok(self.lists.outgoing(host, desired, &policy).ok())
     }
 }

@@ -1,10 +1,11 @@
 //! The `Desired` messages of a wave, built from the revision's stored policies: hosts with
-//! the same policy share its parsed and wire forms, and its expected kernel hash is
-//! compiled once per (policy, default-route interface), since that is all of the facts
-//! compile reads. Used by the rollout's controller for the sessions it holds and by
+//! the same policy share its parsed and wire forms, and its expected kernel hash comes
+//! from the one compile cache ([`crate::server::compile::CompileCache`], keyed by the
+//! stored policy): compiled once per (policy, default-route interface). Used by the rollout's controller for the sessions it holds and by
 //! another controller for the sessions it holds ([`super::relay`]).
 
 use super::super::Shared;
+use crate::server::compile::CompileCache;
 use portcullis_policy::{Facts, HostPolicy};
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ pub struct Desireds<'a> {
     revision: u64,
     confirm_timeout_ms: u64,
     parsed: Parsed<'a>,
-    hashes: BTreeMap<(&'a str, Option<String>), String>,
+    compiled: CompileCache<&'a str>,
 }
 
 impl<'a> Desireds<'a> {
@@ -22,21 +23,15 @@ impl<'a> Desireds<'a> {
             revision,
             confirm_timeout_ms,
             parsed: BTreeMap::new(),
-            hashes: BTreeMap::new(),
+            compiled: CompileCache::new(revision),
         }
     }
 
     /// The kernel hash a host with `facts` must report for this stored policy ("" if it
     /// does not compile there); `None` when the stored policy is unreadable.
     pub fn expected(&mut self, policy_json: &'a str, facts: &Facts) -> Option<String> {
-        let rev = self.revision;
         let (policy, _) = parse(&mut self.parsed, policy_json)?;
-        Some(
-            self.hashes
-                .entry((policy_json, facts.default_route_interface.clone()))
-                .or_insert_with(|| crate::server::expected_hash(policy, facts, rev))
-                .clone(),
-        )
+        Some(self.compiled.expected_hash(policy_json, policy, facts))
     }
 
     /// The `Desired` for `host` (its question registered, its lists as the host can take
@@ -58,7 +53,7 @@ impl<'a> Desireds<'a> {
             expected_hash,
             confirm_timeout_ms,
             request_id: shared.asked.ask(host, rev),
-            management: crate::server::management_message(policy),
+            management: crate::server::wire::management_message(policy),
         };
         shared
             .lists

@@ -29,7 +29,7 @@ async fn agent_addrs(shared: &Shared) -> Result<BTreeMap<String, IpAddr>, Status
         .store
         .call(store::list_hosts)
         .await
-        .map_err(crate::server::session::internal)?;
+        .map_err(crate::server::wire::internal)?;
     Ok(hosts
         .into_iter()
         .filter_map(|h| {

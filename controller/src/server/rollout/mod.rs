@@ -10,9 +10,11 @@
 //!   session is.
 //! - [`relay`]: what this controller does for a rollout another controller runs (a shared
 //!   store): sends its waves to the sessions held here, reports what it sees of them.
+//! - [`settings`]: what an `Apply` asks of a rollout (waves, max-fail, gates).
 //! - [`start`]: `Apply` with waves/confirmation and `Rollback` store the rollout and spawn
 //!   the engine; the operator's stream only follows it (a client going away does not stop
-//!   a rollout; `rollout abort` does).
+//!   a rollout; `rollout abort` does). A plain apply never goes through it
+//!   ([`crate::server::apply`]).
 //!
 //! The durable record is in the store (`store::rollout`); a rollout left `running` by a
 //! stopped controller is marked `interrupted` at the next start ([`recover`]).
@@ -23,6 +25,7 @@ pub mod exchange;
 pub mod gates;
 pub mod lockout;
 pub mod relay;
+pub mod settings;
 pub mod start;
 
 use super::Shared;

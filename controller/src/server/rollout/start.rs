@@ -1,14 +1,14 @@
-//! Starting a rollout from `Apply` (after validation and compile): the anti-lockout check,
-//! then — when waves or confirmation are asked for — store the revision *without* making
-//! it anyone's desired revision yet (each wave does that), record the rollout, claim the
-//! single rollout slot and spawn the engine. Plain applies go on as before.
+//! Starting a rollout from `Apply` (validated, compiled and past the anti-lockout check,
+//! see [`crate::server::apply`]) when waves or confirmation are asked for, or for a
+//! rollback: store the revision *without* making it anyone's desired revision yet (each
+//! wave does that), record the rollout, claim the single rollout slot and spawn the
+//! engine. Plain applies never come here. Also `Rollback` (the request it becomes) and
+//! `RolloutAbort`.
 
 use super::engine::{self, Plan};
-use super::lockout;
+use super::settings::Settings;
 use crate::server::Shared;
 use crate::store::{self, RevisionHost};
-use portcullis_policy::Facts;
-use portcullis_policy::rollout::{MaxFail, Serial};
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -20,100 +20,23 @@ use tonic::Status;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::ApplyEvent, Status>> + Send>>;
 
-/// Whether the request asks for a rollout (waves, max-fail or confirmation).
-pub fn wants_rollout(req: &v1::ApplyRequest) -> bool {
-    !req.serial.is_empty()
-        || !req.max_fail.is_empty()
-        || req.confirm_timeout_ms > 0
-        || req.max_denial_increase > 0.0
-}
-
-/// Called by `Apply` once every targeted host compiled: refuses lockouts, and runs a
-/// rollout when one is asked for (`Some(stream)`); `None` = continue as a plain apply.
-/// What `Apply` compiled, for the anti-lockout check and the rollout.
-pub struct Compiled<'a> {
-    /// The revision's rows (host, policy, expected hash).
-    pub rows: &'a [RevisionHost],
-    /// Per host with known facts: the compiled ruleset and those facts.
-    pub rulesets: BTreeMap<String, (Arc<portcullis_policy::Ruleset>, Facts)>,
-    /// Hosts without facts (not checked).
-    pub unchecked: Vec<String>,
-    /// `management:` requirements of the site file, per host.
-    pub management: &'a BTreeMap<String, Vec<portcullis_policy::lockout::Requirement>>,
-    /// The revision the hashes in `rows` were compiled for (the caller holds
-    /// `Shared::apply_lock`, so it is the one stored).
-    pub revision: u64,
-}
-
-pub async fn from_apply(
+/// Start the rollout of `rows` (the revision's hosts, policies and expected hashes,
+/// compiled for `compiled_for`: the caller holds `Shared::apply_lock`, so it is the
+/// revision stored). `kind` is "apply" or "rollback" (stored and audited).
+pub async fn start(
     shared: &Arc<Shared>,
     author: &str,
     kind: &str,
     req: &v1::ApplyRequest,
-    c: Compiled<'_>,
-) -> Result<Option<EventStream>, Status> {
-    let (rows, compiled_for) = (c.rows, c.revision);
-    if let Some(id) = shared.rollouts.running() {
-        return Err(Status::failed_precondition(format!(
-            "rollout {id} is running; wait for it or stop it with `portcullis rollout abort`"
-        )));
-    }
-    // Nor while another controller's rollout holds its lease (shared store): an apply
-    // would move the desired revision of the hosts it drives.
-    if shared.store.dialect() == store::Dialect::Postgres {
-        let me = shared.controller_id.clone();
-        if let Some((id, controller)) = shared
-            .store
-            .call(move |c| store::relay::running_elsewhere(c, &me, store::now_ms()))
-            .await
-            .map_err(crate::server::session::internal)?
-        {
-            return Err(Status::failed_precondition(
-                store::rollout::Busy { id, controller }.to_string(),
-            ));
-        }
-    }
-    let serial: Serial = if req.serial.is_empty() {
-        Serial::default()
-    } else {
-        req.serial
-            .parse()
-            .map_err(|e: portcullis_policy::rollout::RolloutError| {
-                Status::invalid_argument(e.to_string())
-            })?
-    };
-    let max_fail: MaxFail = if req.max_fail.is_empty() {
-        MaxFail::default()
-    } else {
-        req.max_fail
-            .parse()
-            .map_err(|e: portcullis_policy::rollout::RolloutError| {
-                Status::invalid_argument(e.to_string())
-            })?
-    };
-    let gates = super::gates::Gates::from_request(
-        req.max_denial_increase,
-        req.denial_window_ms,
-        req.denial_baseline_ms,
-    )
-    .map_err(Status::invalid_argument)?;
-    // Anti-lockout, on what would really be installed.
-    let keep = lockout::keep_requirements(&req.keep)?;
-    let (problems, unchecked) =
-        lockout::check(shared, &c.rulesets, c.unchecked, &keep, c.management).await?;
-    if !unchecked.is_empty() {
-        tracing::warn!(hosts = ?unchecked, "anti-lockout: no facts yet, not checked");
-    }
-    if !problems.is_empty() {
-        if !req.force_lockout_risk {
-            tracing::warn!(%author, problems = ?problems, "apply refused by the anti-lockout check");
-            return Err(lockout::refusal(&problems));
-        }
-        tracing::warn!(%author, problems = ?problems, "anti-lockout check overridden by --force-lockout-risk");
-    }
-    if !wants_rollout(req) && kind != "rollback" {
-        return Ok(None);
-    }
+    settings: Settings,
+    rows: &[RevisionHost],
+    compiled_for: u64,
+) -> Result<EventStream, Status> {
+    let Settings {
+        serial,
+        max_fail,
+        gates,
+    } = settings;
     let hosts: Vec<String> = rows.iter().map(|r| r.host.clone()).collect();
     let waves = serial.waves(&hosts);
     let (rev, id, previous) = {
@@ -184,7 +107,7 @@ pub async fn from_apply(
             .await
             .map_err(|e| match e.downcast_ref::<store::rollout::Busy>() {
                 Some(busy) => Status::failed_precondition(busy.to_string()),
-                None => crate::server::session::internal(e),
+                None => crate::server::wire::internal(e),
             })?
     };
     let abort = shared.rollouts.begin(id).map_err(|other| {
@@ -225,7 +148,7 @@ pub async fn from_apply(
         gates,
     };
     tokio::spawn(engine::run(shared.clone(), plan, tx));
-    Ok(Some(Box::pin(ReceiverStream::new(rx))))
+    Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
 /// Hosts whose sessions other controllers hold (shared store; the rollout drives them
@@ -248,27 +171,14 @@ async fn connected_elsewhere(shared: &Shared) -> std::collections::BTreeSet<Stri
     }
 }
 
-/// Marks an `Apply` built by `Rollback` (request extension).
-#[derive(Debug, Clone, Copy)]
-struct RollbackOf;
-
-/// "rollback" for an `Apply` built by [`rollback_request`], else "apply".
-pub fn kind_of<T>(request: &tonic::Request<T>) -> &'static str {
-    if request.extensions().get::<RollbackOf>().is_some() {
-        "rollback"
-    } else {
-        "apply"
-    }
-}
-
 /// `Rollback`: the stored site and inventory of the target revision (default: the one
-/// before the latest), limited to `pattern`, as a new `Apply` (same caller identity) that
-/// always runs as a rollout: a new revision with the old policies.
+/// before the latest), limited to `pattern`, as a new `Apply` that always runs as a
+/// rollout (applied with [`crate::server::apply::Kind::Rollback`]): a new revision with
+/// the old policies.
 pub async fn rollback_request(
     shared: &Shared,
-    request: tonic::Request<v1::RollbackRequest>,
-) -> Result<tonic::Request<v1::ApplyRequest>, Status> {
-    let (meta, mut ext, mut rb) = request.into_parts();
+    mut rb: v1::RollbackRequest,
+) -> Result<v1::ApplyRequest, Status> {
     // No waves, confirmation or gates asked for: those of the latest rollout.
     if rb.serial.is_empty()
         && rb.max_fail.is_empty()
@@ -278,7 +188,7 @@ pub async fn rollback_request(
             .store
             .call(store::rollout::latest_settings)
             .await
-            .map_err(crate::server::session::internal)?
+            .map_err(crate::server::wire::internal)?
     {
         rb.serial = serial;
         rb.max_fail = max_fail;
@@ -291,7 +201,7 @@ pub async fn rollback_request(
         .store
         .call(store::latest_revision)
         .await
-        .map_err(crate::server::session::internal)?;
+        .map_err(crate::server::wire::internal)?;
     let to = if rb.to_revision == 0 {
         latest.saturating_sub(1)
     } else {
@@ -306,7 +216,7 @@ pub async fn rollback_request(
         .store
         .call(move |c| store::rollout::revision_sources(c, to))
         .await
-        .map_err(crate::server::session::internal)?
+        .map_err(crate::server::wire::internal)?
     else {
         return Err(Status::not_found(format!("revision {to} does not exist")));
     };
@@ -314,32 +224,27 @@ pub async fn rollback_request(
         .store
         .call(move |c| store::rollout::revision_lists(c, to))
         .await
-        .map_err(crate::server::session::internal)?
+        .map_err(crate::server::wire::internal)?
         .into_iter()
         .map(|(name, content)| v1::ListFile { name, content })
         .collect();
-    ext.insert(RollbackOf);
-    Ok(tonic::Request::from_parts(
-        meta,
-        ext,
-        v1::ApplyRequest {
-            site_name: format!("{site_name} (rollback to r{to})"),
-            site_yaml,
-            inventory_name,
-            inventory_yaml,
-            limit: rb.pattern,
-            serial: rb.serial,
-            max_fail: rb.max_fail,
-            confirm_timeout_ms: rb.confirm_timeout_ms,
-            max_denial_increase: rb.max_denial_increase,
-            denial_window_ms: rb.denial_window_ms,
-            denial_baseline_ms: rb.denial_baseline_ms,
-            keep: rb.keep,
-            force_lockout_risk: rb.force_lockout_risk,
-            lists,
-            ..Default::default()
-        },
-    ))
+    Ok(v1::ApplyRequest {
+        site_name: format!("{site_name} (rollback to r{to})"),
+        site_yaml,
+        inventory_name,
+        inventory_yaml,
+        limit: rb.pattern,
+        serial: rb.serial,
+        max_fail: rb.max_fail,
+        confirm_timeout_ms: rb.confirm_timeout_ms,
+        max_denial_increase: rb.max_denial_increase,
+        denial_window_ms: rb.denial_window_ms,
+        denial_baseline_ms: rb.denial_baseline_ms,
+        keep: rb.keep,
+        force_lockout_risk: rb.force_lockout_risk,
+        lists,
+        ..Default::default()
+    })
 }
 
 /// `RolloutAbort`: flag the running rollout; it stops before its next wave. A rollout
@@ -364,7 +269,7 @@ pub async fn abort(
         .store
         .call(move |c| store::audit(c, &a, "rollout abort", &detail))
         .await
-        .map_err(crate::server::session::internal)?;
+        .map_err(crate::server::wire::internal)?;
     tracing::warn!(rollout = id, %author, "rollout abort requested");
     Ok(v1::RolloutAbortResponse { rollout_id: id })
 }
@@ -390,5 +295,5 @@ async fn abort_elsewhere(shared: &Shared, id: u64) -> Result<Option<u64>, Status
             Ok(Some(running))
         })
         .await
-        .map_err(crate::server::session::internal)
+        .map_err(crate::server::wire::internal)
 }
