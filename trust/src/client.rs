@@ -141,6 +141,7 @@ pub fn endpoint(url: &str) -> Result<(Endpoint, Target), TrustError> {
             port,
             name,
             addr: None,
+            local: None,
         },
     ))
 }
@@ -153,6 +154,8 @@ pub struct Target {
     name: ServerName<'static>,
     /// Dial this address instead of resolving `host` (see [`Target::at`]).
     addr: Option<SocketAddr>,
+    /// Connect from this local address (see [`Target::from_local`]).
+    local: Option<std::net::IpAddr>,
 }
 
 impl Target {
@@ -170,6 +173,13 @@ impl Target {
     /// controller certificate is still checked against the URL's host name (SNI too).
     pub fn at(mut self, addr: SocketAddr) -> Self {
         self.addr = Some(addr);
+        self
+    }
+
+    /// Connect from `local` (a port the kernel picks) instead of the address the kernel
+    /// would choose: e.g. simulated agents on loopback, each from an address of its own.
+    pub fn from_local(mut self, local: std::net::IpAddr) -> Self {
+        self.local = Some(local);
         self
     }
 
@@ -191,9 +201,28 @@ pub async fn connect(
     let connector = tower::service_fn(move |_: Uri| {
         let (target, config) = (target.clone(), config.clone());
         async move {
-            let tcp = match target.addr {
-                Some(addr) => tokio::net::TcpStream::connect(addr).await?,
-                None => tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?,
+            let tcp = match (target.addr, target.local) {
+                (Some(addr), None) => tokio::net::TcpStream::connect(addr).await?,
+                (None, None) => {
+                    tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?
+                }
+                (addr, Some(local)) => {
+                    let addr = match addr {
+                        Some(a) => a,
+                        None => tokio::net::lookup_host((target.host.as_str(), target.port))
+                            .await?
+                            .find(|a| a.is_ipv4() == local.is_ipv4())
+                            .ok_or_else(|| {
+                                std::io::Error::other("no address of the local address's family")
+                            })?,
+                    };
+                    let socket = match local {
+                        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(local, 0))?;
+                    socket.connect(addr).await?
+                }
             };
             let _ = tcp.set_nodelay(true);
             let tls = tokio_rustls::TlsConnector::from(config)

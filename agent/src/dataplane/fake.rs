@@ -2,14 +2,17 @@
 //!
 //! `replace` stores the ruleset, `read_back` renders it as `nft -j` JSON (so readback
 //! parsing runs as in production), `remove` clears it. Tests can inject failures, tamper
-//! with the "kernel" to simulate drift, bump counters, and count transactions.
+//! with the "kernel" to simulate drift, bump counters, and count transactions; `watch`
+//! wakes on every change (a transaction or a tamper), like `nft monitor`.
 
 use super::nft_json::{self, Counters};
-use super::{Dataplane, DataplaneError, SetChange};
+use super::{Dataplane, DataplaneError, KernelTable, SetChange};
+use futures::future::BoxFuture;
 use portcullis_policy::Ruleset;
 use portcullis_policy::render::delete_script;
 use portcullis_policy::ruleset::{Element, SetKey};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct Kernel {
@@ -20,9 +23,18 @@ struct Kernel {
     mangle_on_apply: Option<Ruleset>,
     /// Changes made behind the agent's back (they move the generation too).
     tampered: usize,
+    /// Woken on every change ([`Dataplane::watch`]).
+    watchers: Vec<Arc<Notify>>,
 }
 
 impl Kernel {
+    /// A transaction committed, or someone tampered: wake the watchers.
+    fn changed(&self) {
+        for w in &self.watchers {
+            w.notify_one();
+        }
+    }
+
     /// Moves on every change, ours (a transaction) or not (a tamper), like the kernel's.
     fn generation(&self) -> u32 {
         u32::try_from(self.transactions + self.tampered).unwrap_or(u32::MAX)
@@ -71,7 +83,8 @@ impl FakeDataplane {
     pub fn tamper(&self, f: impl FnOnce(&mut Option<Ruleset>)) {
         self.with(|k| {
             k.tampered += 1;
-            f(&mut k.table)
+            f(&mut k.table);
+            k.changed();
         });
     }
 
@@ -101,6 +114,7 @@ impl Dataplane for FakeDataplane {
                 k.table = None;
                 k.counters.clear();
                 k.transactions += 1;
+                k.changed();
                 Ok(())
             } else {
                 Err(DataplaneError::Fake(
@@ -116,6 +130,7 @@ impl Dataplane for FakeDataplane {
             k.table = Some(k.mangle_on_apply.take().unwrap_or_else(|| ruleset.clone()));
             k.counters.clear();
             k.transactions += 1;
+            k.changed();
             Ok(())
         })
     }
@@ -126,6 +141,19 @@ impl Dataplane for FakeDataplane {
 
     fn remove(&self) -> Result<(), DataplaneError> {
         self.apply(&delete_script())
+    }
+
+    /// The table read back as JSON and parsed ([`Dataplane::read_table`]), cut to `chain`.
+    fn read_chain(&self, chain: &str) -> Result<Option<KernelTable>, DataplaneError> {
+        Ok(self
+            .read_table()?
+            .and_then(|t| super::only_chain(t, chain)))
+    }
+
+    /// Wakes on every change until dropped (never ends by itself).
+    fn watch(&self, wake: Arc<Notify>) -> BoxFuture<'static, Result<(), DataplaneError>> {
+        self.with(|k| k.watchers.push(wake));
+        Box::pin(std::future::pending())
     }
 
     fn update_elements(&self, changes: &[SetChange]) -> Result<Option<u32>, DataplaneError> {
@@ -154,6 +182,7 @@ impl Dataplane for FakeDataplane {
             }
             table.sets = sets;
             k.transactions += 1;
+            k.changed();
             Ok(Some(k.generation()))
         })
     }
@@ -177,5 +206,30 @@ impl Dataplane for FakeDataplane {
                 .ok_or_else(|| DataplaneError::Fake(format!("no set {set} of that key")))?;
             Ok(elements.iter().map(|e| s.elements.contains(e)).collect())
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use futures::FutureExt as _;
+
+    #[tokio::test]
+    async fn watch_wakes_on_every_transaction_and_tamper() {
+        let fake = FakeDataplane::new();
+        let wake = Arc::new(Notify::new());
+        let mut watch = fake.watch(wake.clone());
+        assert!((&mut watch).now_or_never().is_none(), "a fake watch never ends");
+        let woken = || wake.notified().now_or_never().is_some();
+        assert!(!woken());
+        fake.replace(&Ruleset::default()).unwrap();
+        assert!(woken(), "a transaction wakes");
+        assert!(!woken());
+        fake.tamper(|t| *t = None);
+        assert!(woken(), "a change behind the agent's back wakes");
+        fake.fail_next_apply("refused");
+        assert!(fake.replace(&Ruleset::default()).is_err());
+        assert!(!woken(), "a refused transaction changed nothing");
     }
 }
