@@ -12,6 +12,11 @@
 //! when a connection cannot be established, and the jittered exponential [`Backoff`] only
 //! after a whole round failed.
 //! Nothing here ever flushes or opens the firewall on error.
+//!
+//! Facts come from the agent's [`crate::facts::FactSource`] and the kernel is the agent's
+//! [`crate::Dataplane`], so the same session runs against fakes: the fleet simulator
+//! (`bench/src/sim.rs`) runs thousands of them in one process, observing them through the
+//! [`Companion`] hooks.
 
 use crate::Agent;
 use crate::conditions::Conditions;

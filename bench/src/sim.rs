@@ -122,12 +122,15 @@ const HEARTBEAT: Duration = Duration::from_secs(3600);
 /// records; on a disk 10,000 agents' syncs would be the benchmark).
 fn files_dir() -> Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
-    let builder = tempfile::Builder::new().prefix("pc-sim-").tempdir_in(if shm.is_dir() {
+    let parent = if shm.is_dir() {
         shm.to_path_buf()
     } else {
         std::env::temp_dir()
-    });
-    builder.context("creating the simulated agents' directory")
+    };
+    tempfile::Builder::new()
+        .prefix("pc-sim-")
+        .tempdir_in(parent)
+        .context("creating the simulated agents' directory")
 }
 
 /// One simulated agent's files: certificate, key, state directory.
