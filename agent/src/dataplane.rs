@@ -22,8 +22,8 @@ pub mod fuzzing;
 mod netlink;
 mod netlink_table;
 mod nft;
-mod nft_monitor;
 pub mod nft_json;
+mod nft_monitor;
 
 pub use child::{DEFAULT_NFT_TIMEOUT, run_bounded};
 pub use fake::FakeDataplane;

@@ -206,7 +206,9 @@ pub async fn run(args: SimArgs) -> Result<()> {
         }));
         let host = cert.host;
         tokio::spawn(async move {
-            let r = portcullis_agent::session::run(agent, config, companions, std::future::pending()).await;
+            let r =
+                portcullis_agent::session::run(agent, config, companions, std::future::pending())
+                    .await;
             if let Err(e) = r {
                 eprintln!("sim: {host}: the agent session ended: {e:#}");
             }

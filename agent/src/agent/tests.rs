@@ -334,8 +334,5 @@ async fn async_applies_compile_with_the_agents_fact_source() {
     let compiled = compile(&seed(), &facts(), 1).expect("compile");
     assert_eq!(report.hash, compiled.hash());
     assert_eq!(s.fake.table(), Some(compiled));
-    assert_eq!(
-        agent.facts().gather().await.expect("facts").hostname,
-        "h1"
-    );
+    assert_eq!(agent.facts().gather().await.expect("facts").hostname, "h1");
 }

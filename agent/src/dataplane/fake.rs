@@ -145,9 +145,7 @@ impl Dataplane for FakeDataplane {
 
     /// The table read back as JSON and parsed ([`Dataplane::read_table`]), cut to `chain`.
     fn read_chain(&self, chain: &str) -> Result<Option<KernelTable>, DataplaneError> {
-        Ok(self
-            .read_table()?
-            .and_then(|t| super::only_chain(t, chain)))
+        Ok(self.read_table()?.and_then(|t| super::only_chain(t, chain)))
     }
 
     /// Wakes on every change until dropped (never ends by itself).
@@ -220,7 +218,10 @@ mod tests {
         let fake = FakeDataplane::new();
         let wake = Arc::new(Notify::new());
         let mut watch = fake.watch(wake.clone());
-        assert!((&mut watch).now_or_never().is_none(), "a fake watch never ends");
+        assert!(
+            (&mut watch).now_or_never().is_none(),
+            "a fake watch never ends"
+        );
         let woken = || wake.notified().now_or_never().is_some();
         assert!(!woken());
         fake.replace(&Ruleset::default()).unwrap();

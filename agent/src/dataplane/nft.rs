@@ -371,12 +371,7 @@ impl Dataplane for NftDataplane {
     /// never more).
     fn read_chain(&self, chain: &str) -> Result<Option<KernelTable>, DataplaneError> {
         let args = ["-j", "list", "chain", "inet", TABLE_NAME, chain];
-        let output = run_bounded(
-            &self.nft,
-            &args,
-            None,
-            self.timeout.min(CHAIN_READ_TIMEOUT),
-        )?;
+        let output = run_bounded(&self.nft, &args, None, self.timeout.min(CHAIN_READ_TIMEOUT))?;
         if !output.status.success() {
             // ENOENT: no such table or chain.
             if String::from_utf8_lossy(&output.stderr).contains("No such file or directory") {

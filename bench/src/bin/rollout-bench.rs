@@ -584,7 +584,9 @@ fn main() -> Result<()> {
     raise_nofile()?;
     let rt = tokio::runtime::Runtime::new()?;
     match &cli.cmd {
-        Some(Cmd::Sim(sim)) => rt.block_on(portcullis_bench::sim::run(sim.sim_args(cli.concurrency)?)),
+        Some(Cmd::Sim(sim)) => {
+            rt.block_on(portcullis_bench::sim::run(sim.sim_args(cli.concurrency)?))
+        }
         Some(Cmd::One { n }) => {
             let r = rt.block_on(one(*n, &cli))?;
             println!("{}", serde_json::to_string(&r)?);

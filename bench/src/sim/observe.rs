@@ -88,7 +88,12 @@ impl Companion for Observer {
         }
         self.failed.fetch_add(1, Ordering::Relaxed);
         if self.reopening_for_confirm.load(Ordering::Relaxed) {
-            if self.counters.reconnect_errors.fetch_add(1, Ordering::Relaxed) < 3 {
+            if self
+                .counters
+                .reconnect_errors
+                .fetch_add(1, Ordering::Relaxed)
+                < 3
+            {
                 eprintln!("sim: agent {}: reconnect failed: {error:#}", self.index);
             }
         } else {
