@@ -253,4 +253,27 @@ mod tests {
         let (_, t) = endpoint("https://[fd77::1]").unwrap();
         assert_eq!((t.host(), t.port()), ("fd77::1", 443));
     }
+
+    #[tokio::test]
+    async fn from_local_connects_from_that_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (endpoint, target) = endpoint(&format!("https://127.0.0.1:{}", addr.port())).unwrap();
+        let local: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let target = target.at(addr).from_local(local);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let dial =
+            tokio::spawn(
+                async move { connect(&endpoint, &target, Arc::new(config)).await.is_err() },
+            );
+        let (socket, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip(), local);
+        drop(socket);
+        assert!(dial.await.unwrap(), "no TLS server there: the dial fails");
+    }
 }
