@@ -26,7 +26,7 @@ pub mod nft_json;
 mod nft_monitor;
 
 pub use child::{DEFAULT_NFT_TIMEOUT, run_bounded};
-pub use fake::FakeDataplane;
+pub use fake::{FakeDataplane, ReadbackMemo};
 pub use nft::{NftDataplane, STAGE_MIN_ELEMENTS};
 
 use futures::future::BoxFuture;

@@ -2,7 +2,7 @@
 //! agent sessions ([`portcullis_agent::session::run`]) in one process, each with its own
 //! agent certificate (issued in memory from the bench CA, written with its key to a state
 //! directory on tmpfs), its own loopback source address, an in-memory kernel
-//! ([`FakeDataplane`]) and fixed facts ([`FixedFacts`], the same for every agent but the
+//! ([`FakeDataplane`], readbacks shared through a [`ReadbackMemo`]) and fixed facts ([`FixedFacts`], the same for every agent but the
 //! hostname). So every `Desired` is answered by the agent's own code: address-list deltas
 //! resolved against the lists it holds (`need_full` on a foreign base), compiled, applied
 //! to the fake kernel, read back, hashed, recorded as last-known-good, answered with
@@ -37,6 +37,7 @@ use anyhow::{Context as _, Result};
 use certs::{AgentCert, issue};
 use counters::Counters;
 use observe::{Observer, VerifyAnswer};
+use portcullis_agent::dataplane::ReadbackMemo;
 use portcullis_agent::facts::FixedFacts;
 use portcullis_agent::session::{Companions, SessionConfig};
 use portcullis_agent::{Agent, FakeDataplane, StateDir};
@@ -169,6 +170,9 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let clock = Arc::new(StormClock::new(args.n));
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    // The agents' fake kernels share readbacks: 10,000 agents holding the same table
+    // parse it once (what each reads is unchanged).
+    let memo = Arc::new(ReadbackMemo::default());
     let controllers: Vec<String> = std::iter::once(args.url.clone())
         .chain(args.failover.iter().cloned())
         .collect();
@@ -179,7 +183,8 @@ pub async fn run(args: SimArgs) -> Result<()> {
     for (index, (cert, (crt, key, state))) in certs.into_iter().zip(files).enumerate() {
         let permit = permits.clone().acquire_owned().await?;
         let opened = opened_tx.clone();
-        let agent = Agent::new(Arc::new(FakeDataplane::new()), StateDir::new(state))
+        let kernel = FakeDataplane::new().with_memo(memo.clone());
+        let agent = Agent::new(Arc::new(kernel), StateDir::new(state))
             .with_facts(Arc::new(FixedFacts(facts(&cert.host))));
         let config = SessionConfig {
             controllers: controllers.clone(),

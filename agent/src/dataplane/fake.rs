@@ -45,11 +45,51 @@ impl Kernel {
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
     kernel: Mutex<Kernel>,
+    memo: Option<Arc<ReadbackMemo>>,
+}
+
+/// Readbacks shared by many fakes (a simulated fleet in one process): parsing the
+/// rendered table is a pure function of (table, counters), so fakes holding the same
+/// table and counters share one render + parse. What a read returns is unchanged.
+#[derive(Debug, Default)]
+pub struct ReadbackMemo(Mutex<Vec<(Ruleset, Counters, KernelTable)>>);
+
+/// Distinct (table, counters) kept before the memo is emptied (a few revisions' worth).
+const MEMO_MAX: usize = 16;
+
+impl ReadbackMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Ruleset, Counters, KernelTable)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The readback of `table` with `counters`, parsed once per distinct pair.
+    fn read(&self, table: Ruleset, counters: Counters) -> Result<KernelTable, DataplaneError> {
+        if let Some((_, _, k)) = self
+            .lock()
+            .iter()
+            .find(|(t, c, _)| *c == counters && *t == table)
+        {
+            return Ok(k.clone());
+        }
+        let parsed = super::parse_table(&nft_json::render(&table, &counters))?;
+        let mut memo = self.lock();
+        if memo.len() >= MEMO_MAX {
+            memo.clear();
+        }
+        memo.push((table, counters, parsed.clone()));
+        Ok(parsed)
+    }
 }
 
 impl FakeDataplane {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same fake, sharing readbacks with every fake given `memo`.
+    pub fn with_memo(mut self, memo: Arc<ReadbackMemo>) -> Self {
+        self.memo = Some(memo);
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Kernel) -> T) -> T {
@@ -139,6 +179,19 @@ impl Dataplane for FakeDataplane {
         Ok(self.with(|k| k.table.as_ref().map(|t| nft_json::render(t, &k.counters))))
     }
 
+    /// [`Dataplane::read_back`] parsed, like the default; through the memo when shared.
+    fn read_table(&self) -> Result<Option<KernelTable>, DataplaneError> {
+        let Some(memo) = &self.memo else {
+            return self
+                .read_back()?
+                .as_deref()
+                .map(super::parse_table)
+                .transpose();
+        };
+        let (table, counters) = self.with(|k| (k.table.clone(), k.counters.clone()));
+        table.map(|t| memo.read(t, counters)).transpose()
+    }
+
     fn remove(&self) -> Result<(), DataplaneError> {
         self.apply(&delete_script())
     }
@@ -212,6 +265,42 @@ impl Dataplane for FakeDataplane {
 mod tests {
     use super::*;
     use futures::FutureExt as _;
+
+    #[test]
+    fn a_shared_memo_reads_back_what_parsing_does() {
+        use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
+        let facts = Facts {
+            hostname: "h1".into(),
+            interfaces: vec![InterfaceFacts {
+                name: "eth0".into(),
+                index: 2,
+                up: true,
+                addrs: Vec::new(),
+            }],
+            default_route_interface: None,
+        };
+        let ruleset = compile(&HostPolicy::default(), &facts, 1).unwrap();
+        let memo = Arc::new(ReadbackMemo::default());
+        let (plain, a, b) = (
+            FakeDataplane::new(),
+            FakeDataplane::new().with_memo(memo.clone()),
+            FakeDataplane::new().with_memo(memo.clone()),
+        );
+        for f in [&plain, &a, &b] {
+            assert_eq!(f.read_table().unwrap(), None);
+            f.replace(&ruleset).unwrap();
+        }
+        let want = plain.read_table().unwrap();
+        assert!(want.is_some());
+        assert_eq!(a.read_table().unwrap(), want);
+        assert_eq!(b.read_table().unwrap(), want);
+        assert_eq!(memo.lock().len(), 1, "one parse for both");
+        // Counters are part of what is read.
+        plain.hit("input", 0, 3, 180);
+        b.hit("input", 0, 3, 180);
+        assert_eq!(b.read_table().unwrap(), plain.read_table().unwrap());
+        assert_ne!(b.read_table().unwrap(), a.read_table().unwrap());
+    }
 
     #[tokio::test]
     async fn watch_wakes_on_every_transaction_and_tamper() {
