@@ -10,11 +10,13 @@
 //! our table and counters; `remove` deletes our table.
 //!
 //! Synchronous on purpose (nft is a short-lived process); async callers use the `*_async`
-//! wrappers, which gather facts over rtnetlink and run the rest on a blocking thread.
+//! wrappers, which gather facts from the agent's [`FactSource`] (rtnetlink unless
+//! [`Agent::with_facts`] replaced it) and run the rest on a blocking thread.
 //! Nothing here touches a table other than ours, and nothing is persisted unless the kernel
 //! was verified to hold it.
 
 use crate::dataplane::{Dataplane, DataplaneError, KernelTable};
+use crate::facts::{FactSource, NetlinkFacts};
 use crate::report::{
     AppliedReport, LkgSummary, RuleStatus, ShowReport, VerifyReport, VerifyStatus,
 };
@@ -97,6 +99,8 @@ pub struct Agent {
     /// The set digests of the ruleset last applied, with its hash: a list delta rehashes
     /// only the sets it changed ([`Ruleset::hash_with`]).
     digests: Arc<Mutex<Option<(RulesetHash, SetDigests)>>>,
+    /// Where facts come from for the async operations (rtnetlink unless replaced).
+    facts: Arc<dyn FactSource>,
 }
 
 impl Agent {
@@ -109,7 +113,20 @@ impl Agent {
             metrics: crate::metrics::Instruments::default(),
             verified_generation: Arc::new(Mutex::new(None)),
             digests: Arc::default(),
+            facts: Arc::new(NetlinkFacts),
         }
+    }
+
+    /// The same agent, gathering facts from `facts` (e.g. [`crate::facts::FixedFacts`]
+    /// for tests and simulated agents) instead of rtnetlink.
+    pub fn with_facts(mut self, facts: Arc<dyn FactSource>) -> Self {
+        self.facts = facts;
+        self
+    }
+
+    /// Where this agent's facts come from.
+    pub fn facts(&self) -> &Arc<dyn FactSource> {
+        &self.facts
     }
 
     /// Apply and verify durations of every clone.
@@ -500,7 +517,7 @@ impl Agent {
         policy: &HostPolicy,
         revision: u64,
     ) -> Result<AppliedReport, AgentError> {
-        let facts = crate::facts::gather().await?;
+        let facts = self.facts.gather().await?;
         let (agent, policy) = (self.clone(), policy.clone());
         tokio::task::spawn_blocking(move || agent.reconcile(&policy, &facts, revision))
             .await

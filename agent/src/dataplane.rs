@@ -8,7 +8,12 @@
 //! docs).
 //! [`FakeDataplane`] is an in-memory kernel for unit tests of the logic above it.
 //!
-//! Implementations must only ever touch `table inet portcullis`.
+//! Every `nft` the agent runs goes through this trait: the denial pipeline's over-limit
+//! counter ([`Dataplane::read_chain`]), the drift loop's event path
+//! ([`Dataplane::watch`], `nft monitor`) and coexistence findings
+//! ([`Dataplane::read_ruleset`]) included.
+//!
+//! Implementations must only ever change `table inet portcullis`.
 
 mod child;
 mod fake;
@@ -18,13 +23,17 @@ mod netlink;
 mod netlink_table;
 mod nft;
 pub mod nft_json;
+mod nft_monitor;
 
 pub use child::{DEFAULT_NFT_TIMEOUT, run_bounded};
-pub use fake::FakeDataplane;
+pub use fake::{FakeDataplane, ReadbackMemo};
 pub use nft::{NftDataplane, STAGE_MIN_ELEMENTS};
 
+use futures::future::BoxFuture;
 use portcullis_policy::ruleset::{Element, SetKey};
 use portcullis_policy::{ReadbackError, RuleCounter, Ruleset, parse_readback};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// Why a dataplane operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +103,17 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
         self.read_back()?.as_deref().map(parse_table).transpose()
     }
 
+    /// One chain of our table with its rules' counters (the ruleset holds only that
+    /// chain, no sets): cheap enough to read every second, e.g. the `guard` chain's
+    /// over-limit counters for the denial pipeline. `None` when the table or the chain
+    /// does not exist.
+    fn read_chain(&self, chain: &str) -> Result<Option<KernelTable>, DataplaneError>;
+
+    /// Follows ruleset changes (anyone's, ours included): `wake.notify_one()` on every
+    /// change, until the returned future ends (the event source stopped or failed; the
+    /// caller restarts it). Dropping the future stops watching.
+    fn watch(&self, wake: Arc<Notify>) -> BoxFuture<'static, Result<(), DataplaneError>>;
+
     /// Deletes our table (and nothing else); succeeds when it is already absent.
     fn remove(&self) -> Result<(), DataplaneError>;
 
@@ -138,4 +158,22 @@ pub struct SetChange {
 fn parse_table(json: &str) -> Result<KernelTable, DataplaneError> {
     let (ruleset, counters) = parse_readback(json)?;
     Ok(KernelTable { ruleset, counters })
+}
+
+/// `table` cut down to `chain` (its rules and counters, no sets), as
+/// [`Dataplane::read_chain`] returns it; `None` without that chain.
+fn only_chain(table: KernelTable, chain: &str) -> Option<KernelTable> {
+    let KernelTable {
+        mut ruleset,
+        counters,
+    } = table;
+    let kept = ruleset.chains.remove(chain)?;
+    ruleset.chains.clear();
+    ruleset.chains.insert(chain.to_owned(), kept);
+    ruleset.sets.clear();
+    ruleset.unknown.clear();
+    Some(KernelTable {
+        ruleset,
+        counters: counters.into_iter().filter(|c| c.chain == chain).collect(),
+    })
 }

@@ -129,7 +129,11 @@ impl Dialer {
             .get(to.controller)
             .with_context(|| format!("no controller {}", to.controller))?;
         let tls = self.tls().context("TLS material")?;
-        portcullis_trust::connect(endpoint, &target.clone().at(to.addr), tls)
+        let mut target = target.clone().at(to.addr);
+        if let Some(local) = self.config.source {
+            target = target.from_local(local);
+        }
+        portcullis_trust::connect(endpoint, &target, tls)
             .await
             .map_err(|e| anyhow::anyhow!("{}", chain(&e)))
     }

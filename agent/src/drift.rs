@@ -19,7 +19,6 @@ use crate::session::Companion;
 use crate::uplink::Uplink;
 use limiter::{HealDecision, HealLimiter};
 use portcullis_proto::v1;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -30,10 +29,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 pub struct DriftConfig {
     /// Timer path: check at least this often.
     pub interval: Duration,
-    /// Event path: follow `nft monitor`.
+    /// Event path: follow the dataplane's change events (`nft monitor`).
     pub events: bool,
-    /// The nft binary (for `nft monitor`).
-    pub nft: PathBuf,
     /// Quiet time after an event before checking (a transaction emits many lines).
     pub debounce: Duration,
     /// Heals allowed per `heal_window` before backing off.
@@ -44,11 +41,10 @@ pub struct DriftConfig {
 }
 
 impl DriftConfig {
-    pub fn new(interval: Duration, events: bool, nft: PathBuf) -> Self {
+    pub fn new(interval: Duration, events: bool) -> Self {
         Self {
             interval,
             events,
-            nft,
             debounce: Duration::from_millis(50),
             heal_burst: 5,
             heal_window: Duration::from_secs(60),
@@ -89,12 +85,13 @@ pub struct DriftCompanion {
 }
 
 impl DriftCompanion {
-    /// Starts the loop (and `nft monitor` if events are on) on the current runtime.
+    /// Starts the loop (and the dataplane's event watch, `nft monitor`, if events are on)
+    /// on the current runtime.
     pub fn spawn(agent: Agent, config: DriftConfig, uplink: Uplink) -> Arc<Self> {
         let (requests, rx) = mpsc::channel(256);
         let wake = Arc::new(Notify::new());
         if config.events {
-            tokio::spawn(monitor::run(config.nft.clone(), wake.clone()));
+            tokio::spawn(monitor::run(agent.dataplane().clone(), wake.clone()));
         }
         tracing::info!(
             interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX),

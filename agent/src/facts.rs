@@ -3,6 +3,9 @@
 //!
 //! Read-only: this module never changes links, addresses or routes. Output is sorted
 //! (interfaces by name, addresses ascending) so the same host always gives the same facts.
+//!
+//! The agent reads facts through [`FactSource`]: [`NetlinkFacts`] (the kernel, the
+//! default) or [`FixedFacts`] (given values: unit tests, the fleet simulator).
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -24,6 +27,35 @@ pub enum FactsError {
         #[source]
         source: rtnetlink::Error,
     },
+}
+
+/// Where the agent's facts come from (compile input, the session's `Hello`).
+#[tonic::async_trait]
+pub trait FactSource: Send + Sync + std::fmt::Debug {
+    /// The facts now.
+    async fn gather(&self) -> Result<Facts, FactsError>;
+}
+
+/// This host's facts over rtnetlink ([`gather`]): what the agent uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NetlinkFacts;
+
+#[tonic::async_trait]
+impl FactSource for NetlinkFacts {
+    async fn gather(&self) -> Result<Facts, FactsError> {
+        gather().await
+    }
+}
+
+/// The same facts every time (tests, simulated agents).
+#[derive(Debug, Clone, Default)]
+pub struct FixedFacts(pub Facts);
+
+#[tonic::async_trait]
+impl FactSource for FixedFacts {
+    async fn gather(&self) -> Result<Facts, FactsError> {
+        Ok(self.0.clone())
+    }
 }
 
 /// Gathers facts about this host. Needs a tokio runtime (rtnetlink's connection task).

@@ -4,7 +4,8 @@
 //! - [`dataplane`]: the [`Dataplane`] seam (`nft` for real, an in-memory fake for tests).
 //! - [`agent`]: [`Agent`] — reconcile (compile, apply one transaction, read back, compare,
 //!   hash, persist last-known-good), verify, show, remove.
-//! - [`facts`]: links, addresses, default-route interface and hostname over rtnetlink.
+//! - [`facts`]: links, addresses, default-route interface and hostname over rtnetlink,
+//!   behind [`facts::FactSource`] (fixed facts for tests and the fleet simulator).
 //! - [`state`]: the state dir and its atomically written last-known-good record.
 //! - [`durable`]: the one atomic, fsynced write every safety record goes through.
 //! - [`report`]: the serializable results of those operations.

@@ -203,7 +203,7 @@ pub fn minimal_policy(management: &[String], log_group: u16) -> (HostPolicy, Vec
 /// Enforce last-known-good, or fail closed (see the module docs). `Err` only when even
 /// the minimal policy could not be applied.
 pub async fn restore(agent: &Agent, config: &RestoreConfig) -> Result<RestoreReport, AgentError> {
-    let facts = match crate::facts::gather().await {
+    let facts = match agent.facts().gather().await {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "no facts; restoring with none");

@@ -12,6 +12,11 @@
 //! when a connection cannot be established, and the jittered exponential [`Backoff`] only
 //! after a whole round failed.
 //! Nothing here ever flushes or opens the firewall on error.
+//!
+//! Facts come from the agent's [`crate::facts::FactSource`] and the kernel is the agent's
+//! [`crate::Dataplane`], so the same session runs against fakes: the fleet simulator
+//! (`bench/src/sim.rs`) runs thousands of them in one process, observing them through the
+//! [`Companion`] hooks.
 
 use crate::Agent;
 use crate::clock::now_ms;
@@ -45,6 +50,13 @@ pub trait Companion: Send + Sync {
     }
     /// A `Desired` revision was applied and verified.
     async fn on_applied(&self, _report: &crate::AppliedReport) {}
+    /// Observers (the fleet simulator's counters): a connection or its `Hello` failed;
+    /// the session tries the next controller or backs off.
+    async fn on_connect_failed(&self, _error: &anyhow::Error) {}
+    /// Observers: every controller message, before the session handles it.
+    async fn on_received(&self, _msg: &v1::controller_message::Msg) {}
+    /// Observers: every `Applied` the session sent (applied or not).
+    async fn on_answered(&self, _applied: &v1::Applied) {}
 }
 
 /// The companions and the uplink they share.
@@ -108,6 +120,9 @@ pub struct SessionConfig {
     pub heartbeat: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Connect from this local address (`None`: the kernel's choice). The fleet
+    /// simulator gives each agent an address of its own, as a real fleet has.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Jittered exponential backoff ("full jitter"): a random delay in [0, current], with
@@ -238,6 +253,9 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!(%host, controller = %candidate.url, address = %candidate.addr,
                         error = %format!("{e:#}"), "cannot establish a session; trying the next controller");
+                    for c in &companions.list {
+                        c.on_connect_failed(&e).await;
+                    }
                     continue;
                 }
             };
@@ -351,7 +369,7 @@ async fn open(
     let mut client = v1::session_client::SessionClient::new(channel)
         .max_decoding_message_size(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
-    let facts = crate::facts::gather().await.context("gathering facts")?;
+    let facts = agent.facts().gather().await.context("gathering facts")?;
     let lkg = agent.last_known_good().ok().flatten();
     let hello = v1::Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -401,6 +419,11 @@ async fn serve(
                 let Some(msg) = msg? else {
                     return Ok(());
                 };
+                if let Some(m) = &msg.msg {
+                    for c in &companions.list {
+                        c.on_received(m).await;
+                    }
+                }
                 match msg.msg {
                     Some(v1::controller_message::Msg::Desired(d)) => {
                         let confirming = d.confirm_timeout_ms > 0;
@@ -420,6 +443,9 @@ async fn serve(
                         // Before anything can fail: the deadline is watched from here (and
                         // a revision without one supersedes the pending one only if applied).
                         confirm.applied(d.revision, ok).await;
+                        for c in &companions.list {
+                            c.on_answered(&applied).await;
+                        }
                         tx.send(v1::AgentMessage { msg: Some(v1::agent_message::Msg::Applied(applied)) })
                             .await
                             .context("session channel closed")?;

@@ -1,17 +1,26 @@
-//! Simulated agents for fleet-bench and rollout-bench: N mutual-TLS sessions from one
-//! process, each with its own agent certificate (issued in memory from the bench CA),
-//! sending `Hello` and answering every `Desired` with `Applied` and the hash it compiles
-//! (like a real agent, minus nftables; address-list deltas resolved against the lists it
-//! holds, `need_full` on a foreign base, see `resolve`), and every `VerifyNow` with an in-sync
-//! `DriftReport` of what it applied (a rollout's drift gate). With [`SimArgs::reconnect_on_confirm`], a
-//! `Desired` with a confirm deadline is followed, like the agent does, by closing the
-//! session and opening a new connection whose `Hello` attests the new revision and hash;
-//! `Confirm` is then counted. With [`SimArgs::reconnect`], an agent whose session ends
-//! (the controller restarted, the connection died) comes back like the agent does: after a
-//! full-jitter exponential backoff (`storm::Backoff`), retrying until it is in; a `STORM`
-//! line on stdin times the next storm (see `storm::StormClock`) and is answered with
-//! `STORM <n> <back> <p50 ms> <p99 ms> <max ms> <attempts> <failed attempts> <agents
-//! that failed one> <most failures of one agent>` once every agent is back (or after 120 s).
+//! Simulated agents for fleet-bench, rollout-bench and the other fleet benchmarks: N real
+//! agent sessions ([`portcullis_agent::session::run`]) in one process, each with its own
+//! agent certificate (issued in memory from the bench CA, written with its key to a state
+//! directory on tmpfs), its own loopback source address, an in-memory kernel
+//! ([`FakeDataplane`], readbacks shared through a [`ReadbackMemo`]) and fixed facts ([`FixedFacts`], the same for every agent but the
+//! hostname). So every `Desired` is answered by the agent's own code: address-list deltas
+//! resolved against the lists it holds (`need_full` on a foreign base), compiled, applied
+//! to the fake kernel, read back, hashed, recorded as last-known-good, answered with
+//! `Applied`; under commit-confirmed the session closes after `Applied` and comes back at
+//! once on a new connection whose `Hello` attests the new revision, and the confirm
+//! record is kept like on a host. An ended session (the controller restarted, the
+//! connection died) is re-opened the agent's way: the same controller first, the next
+//! one (`--failover`) when it cannot be reached, the agent's full-jitter backoff after a
+//! failed round.
+//!
+//! What the simulator adds around the real session: the connect ramp (at most
+//! `concurrency` first connections at a time), counting through the session's companion
+//! hooks ([`observe`]), `VerifyNow` answered with the agent's own readback
+//! ([`observe::VerifyAnswer`]; the drift loop is not run), heartbeats every hour (i.e.
+//! none during a benchmark, as before), and timing. A `STORM` line on stdin times the next
+//! storm (see `storm::StormClock`) and is answered with `STORM <n> <back> <p50 ms> <p99
+//! ms> <max ms> <attempts> <failed attempts> <agents that failed one> <most failures of
+//! one agent>` once every agent is back (or after 120 s).
 //!
 //! Runs in a child process (`fleet-bench sim ...`) so the controller's process holds only
 //! its own side of the connections (fds, CPU, RSS measured apart). Prints `CERTS <s>`
@@ -21,24 +30,25 @@
 
 mod certs;
 mod counters;
-mod resolve;
+mod observe;
 
-use crate::storm::{Backoff, StormClock};
+use crate::storm::StormClock;
 use anyhow::{Context as _, Result};
 use certs::{AgentCert, issue};
 use counters::Counters;
+use observe::{Observer, VerifyAnswer};
+use portcullis_agent::dataplane::ReadbackMemo;
+use portcullis_agent::facts::FixedFacts;
+use portcullis_agent::session::{Companions, SessionConfig};
+use portcullis_agent::{Agent, FakeDataplane, StateDir};
 use portcullis_policy::{Facts, InterfaceFacts};
-use portcullis_proto::v1;
 use rcgen::{Issuer, KeyPair};
-use resolve::{Held, Resolved, Resolver};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Host name of simulated agent `i`.
 pub fn host_name(i: usize) -> String {
@@ -73,18 +83,14 @@ pub struct SimArgs {
     pub ca_key_pem: String,
     pub n: usize,
     pub concurrency: usize,
-    /// Behave like the agent under commit-confirmed: after answering a `Desired` with a
-    /// confirm deadline, close the session and open a new one whose `Hello` attests the
-    /// new revision and hash (fleet-bench: off; its pushes carry no deadline anyway).
-    pub reconnect_on_confirm: bool,
-    /// Reconnect after a session ends, with the agent's backoff `(min, max)`
-    /// (fleet-bench, rollout-bench: off, an ended session ends the agent).
-    pub reconnect: Option<(std::time::Duration, std::time::Duration)>,
+    /// The agent's reconnect backoff `(min, max)` after a session ends (`None`: the
+    /// agent's defaults, 250 ms and 30 s).
+    pub reconnect: Option<(Duration, Duration)>,
     /// The first agent's host index (`host_name(first + i)`): several sim processes
     /// make one fleet.
     pub first: usize,
-    /// Other controllers to reconnect to, after `url` (tried in turn when a connection
-    /// fails, like the agent's `--controller` list; only with `reconnect`).
+    /// Other controllers, after `url` (the agent's `--controller` list: it fails over to
+    /// the next when one cannot be reached).
     pub failover: Vec<String>,
 }
 
@@ -103,7 +109,6 @@ impl SimArgs {
             ca_key_pem: std::fs::read_to_string(pki.ca_key())?,
             n,
             concurrency,
-            reconnect_on_confirm: false,
             reconnect: None,
             first: 0,
             failover: Vec::new(),
@@ -111,270 +116,35 @@ impl SimArgs {
     }
 }
 
-/// `Hello` of `host`, attesting `applied` (revision, hash; `(0, "")` = nothing applied).
-fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
-    v1::AgentMessage {
-        msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
-            protocol_version: portcullis_proto::PROTOCOL_VERSION,
-            host: host.to_owned(),
-            agent_version: "fleet-bench-sim".into(),
-            facts: Some(v1::Facts::from(&facts(host))),
-            applied_revision: applied.0,
-            applied_hash: applied.1.clone(),
-            kernel_hash: applied.1.clone(),
-            conditions: Vec::new(),
-            capabilities: vec![
-                portcullis_proto::CAPABILITY_DENY_LISTS.into(),
-                portcullis_proto::CAPABILITY_LIST_PARTS.into(),
-            ],
-        })),
-    }
-}
+/// No heartbeat within a benchmark (the simulated fleet never sent one).
+const HEARTBEAT: Duration = Duration::from_secs(3600);
 
-/// Answers `d` as an agent would: resolve its lists against `held` (replaced by the new
-/// lists when it applies), compile with its facts, report the hash; `need_full` when a
-/// delta's base is not what it holds.
-fn answer(
-    host: &str,
-    d: &v1::Desired,
-    held: &mut Held,
-    resolver: &Resolver,
-    counters: &Counters,
-) -> v1::AgentMessage {
-    let started = Instant::now();
-    let result = match d.policy.as_ref() {
-        None => Resolved::Failed("Desired without a policy".into()),
-        Some(p) => {
-            let deltas = p.lists.iter().filter(|l| !l.base_digest.is_empty()).count();
-            let (deltas, full) = (deltas as u64, (p.lists.len() - deltas) as u64);
-            counters.lists_delta.fetch_add(deltas, Ordering::Relaxed);
-            counters.lists_full.fetch_add(full, Ordering::Relaxed);
-            resolver.resolve(host, d.revision, p, held)
-        }
+/// Where the simulated agents' files go: tmpfs when there is one (an agent syncs its
+/// records; on a disk 10,000 agents' syncs would be the benchmark).
+fn files_dir() -> Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
     };
-    let (ok, need_full, hash, error) = match result {
-        Resolved::Ok { hash, lists } => {
-            *held = lists;
-            (true, false, hash, String::new())
-        }
-        Resolved::NeedFull(e) => {
-            counters.need_full.fetch_add(1, Ordering::Relaxed);
-            (false, true, String::new(), e)
-        }
-        Resolved::Failed(e) => {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-            (false, false, String::new(), e)
-        }
-    };
-    v1::AgentMessage {
-        msg: Some(v1::agent_message::Msg::Applied(v1::Applied {
-            revision: d.revision,
-            ok,
-            hash,
-            error,
-            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            request_id: d.request_id,
-            need_full,
-            ..Default::default()
-        })),
-    }
+    tempfile::Builder::new()
+        .prefix("pc-sim-")
+        .tempdir_in(parent)
+        .context("creating the simulated agents' directory")
 }
 
-type Outbound = mpsc::Sender<v1::AgentMessage>;
-type Inbound = tonic::Streaming<v1::ControllerMessage>;
-
-/// A new connection (TCP + TLS 1.3 mutual handshake, like the agent's every session) and
-/// a session opened with a `Hello` attesting `applied`.
-async fn connect(
-    url: &str,
-    ca: &Certificate,
-    cert: &AgentCert,
-    applied: &(u64, String),
-) -> Result<(Outbound, Inbound)> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(ca.clone())
-        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
-    // The agent's endpoint settings (agent/src/dial.rs).
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_timeout(std::time::Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .tls_config(tls)?
-        .local_address(Some(cert.source))
-        .connect()
-        .await
-        .context("connect")?;
-    // The agent's message limits (agent/src/session.rs): a Desired with full lists is big.
-    let mut client = v1::session_client::SessionClient::new(channel)
-        .max_decoding_message_size(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(hello(&cert.host, applied)).await?;
-    let inbound = client
-        .open(ReceiverStream::new(rx))
-        .await
-        .context("open")?
-        .into_inner();
-    Ok((tx, inbound))
-}
-
-/// One simulated agent: what it shares with the others and what it is.
-struct Agent {
-    args: Arc<SimArgs>,
-    ca: Certificate,
-    cert: AgentCert,
-    counters: Arc<Counters>,
-    clock: Arc<StormClock>,
-    resolver: Arc<Resolver>,
-    index: usize,
-}
-
-async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
-    // What this agent "runs": (revision, hash), attested in every Hello.
-    let mut applied = (0u64, String::new());
-    // The lists of the policy it applied last (kept across sessions, like the agent).
-    let mut held = Held::new();
-    let (mut tx, mut inbound) = match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
-        Ok(s) => {
-            let _ = opened.send(Ok(())).await;
-            s
-        }
-        Err(e) => {
-            let _ = opened.send(Err(e)).await;
-            return;
-        }
-    };
-    drop(opened);
-    let Some((min, max)) = a.args.reconnect else {
-        serve(&a, &mut applied, &mut held, tx, inbound).await;
-        return;
-    };
-    // Like agent/src/session.rs: back off, retry until in; reset after a long session.
-    // Stay on the controller that answered; on a failed connect try the next one.
-    let urls: Vec<&str> = std::iter::once(a.args.url.as_str())
-        .chain(a.args.failover.iter().map(String::as_str))
-        .collect();
-    let mut current = 0usize;
-    let mut backoff = Backoff::new(min, max);
-    loop {
-        let started = Instant::now();
-        serve(&a, &mut applied, &mut held, tx, inbound).await;
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            backoff.reset();
-        }
-        let mut failed = 0u32;
-        // Like the agent: a whole round of the controllers, one after another, then
-        // back off.
-        (tx, inbound) = 'round: loop {
-            tokio::time::sleep(backoff.next_delay()).await;
-            for _ in 0..urls.len() {
-                a.clock.attempts.fetch_add(1, Ordering::Relaxed);
-                match connect(urls[current], &a.ca, &a.cert, &applied).await {
-                    Ok(s) => break 'round s,
-                    Err(_) => {
-                        current = (current + 1) % urls.len();
-                        failed = failed.saturating_add(1);
-                        a.clock.failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        };
-        a.clock.reopened(a.index, failed);
-    }
-}
-
-/// Answers the controller until the session ends.
-async fn serve(
-    a: &Agent,
-    applied: &mut (u64, String),
-    held: &mut Held,
-    mut tx: Outbound,
-    mut inbound: Inbound,
-) {
-    let (args, ca, cert, counters) = (&a.args, &a.ca, &a.cert, &a.counters);
-    let mut parts =
-        portcullis_proto::parts::Reassembly::new(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES);
-    loop {
-        let Some(Ok(msg)) = inbound.next().await else {
-            return;
-        };
-        match msg.msg {
-            Some(v1::controller_message::Msg::ListPart(p)) => {
-                if parts.part(p).is_err() {
-                    return;
-                }
-            }
-            Some(v1::controller_message::Msg::Desired(mut d)) => {
-                if parts.complete(&mut d).is_err() {
-                    return;
-                }
-                let reply = answer(&cert.host, &d, held, &a.resolver, counters);
-                let ok = matches!(&reply.msg,
-                    Some(v1::agent_message::Msg::Applied(a)) if a.ok);
-                if let Some(v1::agent_message::Msg::Applied(a)) = &reply.msg
-                    && a.ok
-                {
-                    *applied = (a.revision, a.hash.clone());
-                }
-                if tx.send(reply).await.is_err() {
-                    return;
-                }
-                counters.answered.fetch_add(1, Ordering::Relaxed);
-                if args.reconnect_on_confirm && d.confirm_timeout_ms > 0 && ok {
-                    // Like the agent: end this session, come back at once on a new
-                    // connection whose Hello attests the new revision, wait for Confirm.
-                    // Half-close first and let the controller end the stream, so the
-                    // Applied above is delivered before the connection goes.
-                    drop(tx);
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                        while let Some(Ok(_)) = inbound.next().await {}
-                    })
-                    .await;
-                    drop(inbound);
-                    (tx, inbound) = loop {
-                        match connect(&args.url, ca, cert, applied).await {
-                            Ok(s) => break s,
-                            Err(e) => {
-                                if counters.reconnect_errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                                    eprintln!("sim: {}: reconnect failed: {e:#}", cert.host);
-                                }
-                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            }
-                        }
-                    };
-                    counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Some(v1::controller_message::Msg::Verify(v)) => {
-                // The rollout's drift gate (and `portcullis drift`): the "kernel" holds
-                // exactly what was applied.
-                let report = v1::DriftReport {
-                    revision: applied.0,
-                    in_sync: true,
-                    expected_hash: applied.1.clone(),
-                    kernel_hash: applied.1.clone(),
-                    trigger: "request".into(),
-                    request_id: v.request_id,
-                    ..Default::default()
-                };
-                let msg = v1::AgentMessage {
-                    msg: Some(v1::agent_message::Msg::Drift(report)),
-                };
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
-                counters.verified.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(v1::controller_message::Msg::Confirm(_)) => {
-                counters.confirmed.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(v1::controller_message::Msg::Revert(_)) => {
-                counters.reverts.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-    }
+/// One simulated agent's files: certificate, key, state directory.
+fn agent_files(root: &Path, cert: &AgentCert) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let dir = root.join(&cert.host);
+    std::fs::create_dir_all(&dir)?;
+    let (crt, key) = (dir.join("agent.crt"), dir.join("agent.key"));
+    std::fs::write(&crt, &cert.cert_pem)?;
+    std::fs::write(&key, &cert.key_pem)?;
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state)?;
+    Ok((crt, key, state))
 }
 
 /// The child process's main: issue, connect, then serve until stdin closes. A `STATS`
@@ -387,37 +157,73 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let certs = (0..args.n)
         .map(|i| issue(&issuer, args.first + i))
         .collect::<Result<Vec<_>>>()?;
+    let root = files_dir()?;
+    let ca = root.path().join("ca.crt");
+    std::fs::write(&ca, &args.ca_cert_pem)?;
+    let files = certs
+        .iter()
+        .map(|c| agent_files(root.path(), c))
+        .collect::<Result<Vec<_>>>()?;
     println!("CERTS {:.3}", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let ca = Certificate::from_pem(&args.ca_cert_pem);
     let counters = Arc::new(Counters::default());
     let clock = Arc::new(StormClock::new(args.n));
-    let resolver = Arc::new(Resolver::default());
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let args = Arc::new(args);
+    // The agents' fake kernels share readbacks: 10,000 agents holding the same table
+    // parse it once (what each reads is unchanged).
+    let memo = Arc::new(ReadbackMemo::default());
+    let controllers: Vec<String> = std::iter::once(args.url.clone())
+        .chain(args.failover.iter().cloned())
+        .collect();
+    let (backoff_min, backoff_max) = args
+        .reconnect
+        .unwrap_or((Duration::from_millis(250), Duration::from_secs(30)));
     let (opened_tx, mut opened_rx) = mpsc::channel(1024);
-    for (index, cert) in certs.into_iter().enumerate() {
+    for (index, (cert, (crt, key, state))) in certs.into_iter().zip(files).enumerate() {
         let permit = permits.clone().acquire_owned().await?;
         let opened = opened_tx.clone();
-        let agent = Agent {
-            args: args.clone(),
+        let kernel = FakeDataplane::new().with_memo(memo.clone());
+        let agent = Agent::new(Arc::new(kernel), StateDir::new(state))
+            .with_facts(Arc::new(FixedFacts(facts(&cert.host))));
+        let config = SessionConfig {
+            controllers: controllers.clone(),
             ca: ca.clone(),
-            cert,
-            counters: counters.clone(),
-            clock: clock.clone(),
-            resolver: resolver.clone(),
-            index,
+            cert: crt,
+            key,
+            host: Some(cert.host.clone()),
+            heartbeat: HEARTBEAT,
+            backoff_min,
+            backoff_max,
+            source: Some(cert.source),
         };
-        // The permit is released once this agent's session is open (or failed).
-        let (done_tx, done_rx) = mpsc::channel::<Result<()>>(1);
-        tokio::spawn(run_agent(agent, done_tx));
+        let (first_tx, mut first_rx) = mpsc::channel::<Result<()>>(1);
+        let mut companions = Companions::new();
+        companions.add(Arc::new(Observer::new(
+            index,
+            counters.clone(),
+            clock.clone(),
+            first_tx,
+        )));
+        companions.add(Arc::new(VerifyAnswer {
+            agent: agent.clone(),
+            counters: counters.clone(),
+        }));
+        let host = cert.host;
         tokio::spawn(async move {
-            let mut done_rx = done_rx;
-            let r = done_rx
+            let r =
+                portcullis_agent::session::run(agent, config, companions, std::future::pending())
+                    .await;
+            if let Err(e) = r {
+                eprintln!("sim: {host}: the agent session ended: {e:#}");
+            }
+        });
+        // The permit is released once this agent's first session is open (or failed).
+        tokio::spawn(async move {
+            let r = first_rx
                 .recv()
                 .await
-                .unwrap_or_else(|| Err(anyhow::anyhow!("agent task ended")));
+                .unwrap_or_else(|| Err(anyhow::anyhow!("agent session ended")));
             drop(permit);
             let _ = opened.send(r).await;
         });
@@ -449,7 +255,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
                 clock.mark();
                 let clock = clock.clone();
                 tokio::spawn(async move {
-                    let r = clock.wait(std::time::Duration::from_secs(120)).await;
+                    let r = clock.wait(Duration::from_secs(120)).await;
                     let ms = |q: f64| r.quantile(q).as_secs_f64() * 1e3;
                     println!(
                         "STORM {} {} {:.1} {:.1} {:.1} {} {} {} {}",
@@ -472,5 +278,6 @@ pub async fn run(args: SimArgs) -> Result<()> {
         "sim: {} Desired answered; exiting",
         counters.answered.load(Ordering::Relaxed)
     );
+    drop(root);
     Ok(())
 }

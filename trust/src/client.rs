@@ -141,6 +141,7 @@ pub fn endpoint(url: &str) -> Result<(Endpoint, Target), TrustError> {
             port,
             name,
             addr: None,
+            local: None,
         },
     ))
 }
@@ -153,6 +154,8 @@ pub struct Target {
     name: ServerName<'static>,
     /// Dial this address instead of resolving `host` (see [`Target::at`]).
     addr: Option<SocketAddr>,
+    /// Connect from this local address (see [`Target::from_local`]).
+    local: Option<std::net::IpAddr>,
 }
 
 impl Target {
@@ -170,6 +173,13 @@ impl Target {
     /// controller certificate is still checked against the URL's host name (SNI too).
     pub fn at(mut self, addr: SocketAddr) -> Self {
         self.addr = Some(addr);
+        self
+    }
+
+    /// Connect from `local` (a port the kernel picks) instead of the address the kernel
+    /// would choose: e.g. simulated agents on loopback, each from an address of its own.
+    pub fn from_local(mut self, local: std::net::IpAddr) -> Self {
+        self.local = Some(local);
         self
     }
 
@@ -191,9 +201,28 @@ pub async fn connect(
     let connector = tower::service_fn(move |_: Uri| {
         let (target, config) = (target.clone(), config.clone());
         async move {
-            let tcp = match target.addr {
-                Some(addr) => tokio::net::TcpStream::connect(addr).await?,
-                None => tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?,
+            let tcp = match (target.addr, target.local) {
+                (Some(addr), None) => tokio::net::TcpStream::connect(addr).await?,
+                (None, None) => {
+                    tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?
+                }
+                (addr, Some(local)) => {
+                    let addr = match addr {
+                        Some(a) => a,
+                        None => tokio::net::lookup_host((target.host.as_str(), target.port))
+                            .await?
+                            .find(|a| a.is_ipv4() == local.is_ipv4())
+                            .ok_or_else(|| {
+                                std::io::Error::other("no address of the local address's family")
+                            })?,
+                    };
+                    let socket = match local {
+                        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(local, 0))?;
+                    socket.connect(addr).await?
+                }
             };
             let _ = tcp.set_nodelay(true);
             let tls = tokio_rustls::TlsConnector::from(config)
@@ -223,5 +252,28 @@ mod tests {
         assert_eq!(t.name, ServerName::try_from("ctl.example.net").unwrap());
         let (_, t) = endpoint("https://[fd77::1]").unwrap();
         assert_eq!((t.host(), t.port()), ("fd77::1", 443));
+    }
+
+    #[tokio::test]
+    async fn from_local_connects_from_that_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (endpoint, target) = endpoint(&format!("https://127.0.0.1:{}", addr.port())).unwrap();
+        let local: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let target = target.at(addr).from_local(local);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let dial =
+            tokio::spawn(
+                async move { connect(&endpoint, &target, Arc::new(config)).await.is_err() },
+            );
+        let (socket, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip(), local);
+        drop(socket);
+        assert!(dial.await.unwrap(), "no TLS server there: the dial fails");
     }
 }

@@ -111,7 +111,7 @@ impl Agent {
         if !(first.wants_heal() && permit()) {
             return Ok(first);
         }
-        let facts = crate::facts::gather().await?;
+        let facts = self.facts().gather().await?;
         let agent = self.clone();
         let second = tokio::task::spawn_blocking(move || agent.check_drift(Some(&facts)))
             .await

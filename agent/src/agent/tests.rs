@@ -322,3 +322,17 @@ fn a_list_only_change_is_an_element_delta_then_drift_forces_a_full_apply() {
     let compiled = compile(&r3, &facts(), 3).expect("compile");
     assert_eq!(s.fake.table().expect("table"), compiled);
 }
+
+#[tokio::test]
+async fn async_applies_compile_with_the_agents_fact_source() {
+    let s = setup();
+    let agent = s
+        .agent
+        .clone()
+        .with_facts(Arc::new(crate::facts::FixedFacts(facts())));
+    let report = agent.apply_policy(&seed(), 1).await.expect("apply");
+    let compiled = compile(&seed(), &facts(), 1).expect("compile");
+    assert_eq!(report.hash, compiled.hash());
+    assert_eq!(s.fake.table(), Some(compiled));
+    assert_eq!(agent.facts().gather().await.expect("facts").hostname, "h1");
+}

@@ -44,7 +44,7 @@ pub fn run(agent: &Agent, args: ApplyArgs) -> Result<Exit> {
         .build()
         .context("start tokio runtime")?;
     let facts = runtime
-        .block_on(crate::facts::gather())
+        .block_on(agent.facts().gather())
         .context("gather host facts")?;
     let revision = match args.revision {
         Some(r) => r,

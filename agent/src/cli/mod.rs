@@ -148,7 +148,7 @@ pub fn run(mut cli: Cli) -> Exit {
         Command::Verify(args) => verify::run(&agent, args),
         Command::Remove(args) => remove::run(&agent, args),
         Command::Restore(args) => restore::run(&agent, args),
-        Command::Run(args) => run::run(&agent, args, &cli.global),
+        Command::Run(args) => run::run(&agent, args),
         Command::Generate { .. } => Ok(Exit::Ok),
     };
     match result {

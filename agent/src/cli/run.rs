@@ -91,7 +91,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: too large"))
 }
 
-pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Result<Exit> {
+pub fn run(agent: &Agent, args: RunArgs) -> anyhow::Result<Exit> {
     // Every URL checked before anything starts; the error names the bad one.
     crate::failover::parse_controllers(&args.controller)
         .map_err(|e| super::BadInput(e.to_string()))?;
@@ -104,6 +104,7 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
         heartbeat: args.heartbeat,
         backoff_min: args.backoff_min,
         backoff_max: args.backoff_max.max(args.backoff_min),
+        source: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let host = match &config.host {
@@ -122,13 +123,11 @@ pub fn run(agent: &Agent, args: RunArgs, global: &super::Global) -> anyhow::Resu
         interval: args.denial_interval,
         spool_dir,
         spool_max_bytes: args.spool_max,
-        nft: global.nft.clone(),
-        nft_timeout: global.nft_timeout,
+        dataplane: agent.dataplane().clone(),
     });
     let mut drift = crate::drift::DriftConfig::new(
         args.drift_interval.max(Duration::from_millis(100)),
         args.drift_events,
-        global.nft.clone(),
     );
     drift.heal_burst = args.drift_heal_burst;
     let metrics_listen = args.metrics_listen;

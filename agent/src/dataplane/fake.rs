@@ -2,14 +2,17 @@
 //!
 //! `replace` stores the ruleset, `read_back` renders it as `nft -j` JSON (so readback
 //! parsing runs as in production), `remove` clears it. Tests can inject failures, tamper
-//! with the "kernel" to simulate drift, bump counters, and count transactions.
+//! with the "kernel" to simulate drift, bump counters, and count transactions; `watch`
+//! wakes on every change (a transaction or a tamper), like `nft monitor`.
 
 use super::nft_json::{self, Counters};
-use super::{Dataplane, DataplaneError, SetChange};
+use super::{Dataplane, DataplaneError, KernelTable, SetChange};
+use futures::future::BoxFuture;
 use portcullis_policy::Ruleset;
 use portcullis_policy::render::delete_script;
 use portcullis_policy::ruleset::{Element, SetKey};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct Kernel {
@@ -20,9 +23,18 @@ struct Kernel {
     mangle_on_apply: Option<Ruleset>,
     /// Changes made behind the agent's back (they move the generation too).
     tampered: usize,
+    /// Woken on every change ([`Dataplane::watch`]).
+    watchers: Vec<Arc<Notify>>,
 }
 
 impl Kernel {
+    /// A transaction committed, or someone tampered: wake the watchers.
+    fn changed(&self) {
+        for w in &self.watchers {
+            w.notify_one();
+        }
+    }
+
     /// Moves on every change, ours (a transaction) or not (a tamper), like the kernel's.
     fn generation(&self) -> u32 {
         u32::try_from(self.transactions + self.tampered).unwrap_or(u32::MAX)
@@ -33,11 +45,51 @@ impl Kernel {
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
     kernel: Mutex<Kernel>,
+    memo: Option<Arc<ReadbackMemo>>,
+}
+
+/// Readbacks shared by many fakes (a simulated fleet in one process): parsing the
+/// rendered table is a pure function of (table, counters), so fakes holding the same
+/// table and counters share one render + parse. What a read returns is unchanged.
+#[derive(Debug, Default)]
+pub struct ReadbackMemo(Mutex<Vec<(Ruleset, Counters, KernelTable)>>);
+
+/// Distinct (table, counters) kept before the memo is emptied (a few revisions' worth).
+const MEMO_MAX: usize = 16;
+
+impl ReadbackMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Ruleset, Counters, KernelTable)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The readback of `table` with `counters`, parsed once per distinct pair.
+    fn read(&self, table: Ruleset, counters: Counters) -> Result<KernelTable, DataplaneError> {
+        if let Some((_, _, k)) = self
+            .lock()
+            .iter()
+            .find(|(t, c, _)| *c == counters && *t == table)
+        {
+            return Ok(k.clone());
+        }
+        let parsed = super::parse_table(&nft_json::render(&table, &counters))?;
+        let mut memo = self.lock();
+        if memo.len() >= MEMO_MAX {
+            memo.clear();
+        }
+        memo.push((table, counters, parsed.clone()));
+        Ok(parsed)
+    }
 }
 
 impl FakeDataplane {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same fake, sharing readbacks with every fake given `memo`.
+    pub fn with_memo(mut self, memo: Arc<ReadbackMemo>) -> Self {
+        self.memo = Some(memo);
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Kernel) -> T) -> T {
@@ -71,7 +123,8 @@ impl FakeDataplane {
     pub fn tamper(&self, f: impl FnOnce(&mut Option<Ruleset>)) {
         self.with(|k| {
             k.tampered += 1;
-            f(&mut k.table)
+            f(&mut k.table);
+            k.changed();
         });
     }
 
@@ -101,6 +154,7 @@ impl Dataplane for FakeDataplane {
                 k.table = None;
                 k.counters.clear();
                 k.transactions += 1;
+                k.changed();
                 Ok(())
             } else {
                 Err(DataplaneError::Fake(
@@ -116,6 +170,7 @@ impl Dataplane for FakeDataplane {
             k.table = Some(k.mangle_on_apply.take().unwrap_or_else(|| ruleset.clone()));
             k.counters.clear();
             k.transactions += 1;
+            k.changed();
             Ok(())
         })
     }
@@ -124,8 +179,32 @@ impl Dataplane for FakeDataplane {
         Ok(self.with(|k| k.table.as_ref().map(|t| nft_json::render(t, &k.counters))))
     }
 
+    /// [`Dataplane::read_back`] parsed, like the default; through the memo when shared.
+    fn read_table(&self) -> Result<Option<KernelTable>, DataplaneError> {
+        let Some(memo) = &self.memo else {
+            return self
+                .read_back()?
+                .as_deref()
+                .map(super::parse_table)
+                .transpose();
+        };
+        let (table, counters) = self.with(|k| (k.table.clone(), k.counters.clone()));
+        table.map(|t| memo.read(t, counters)).transpose()
+    }
+
     fn remove(&self) -> Result<(), DataplaneError> {
         self.apply(&delete_script())
+    }
+
+    /// The table read back as JSON and parsed ([`Dataplane::read_table`]), cut to `chain`.
+    fn read_chain(&self, chain: &str) -> Result<Option<KernelTable>, DataplaneError> {
+        Ok(self.read_table()?.and_then(|t| super::only_chain(t, chain)))
+    }
+
+    /// Wakes on every change until dropped (never ends by itself).
+    fn watch(&self, wake: Arc<Notify>) -> BoxFuture<'static, Result<(), DataplaneError>> {
+        self.with(|k| k.watchers.push(wake));
+        Box::pin(std::future::pending())
     }
 
     fn update_elements(&self, changes: &[SetChange]) -> Result<Option<u32>, DataplaneError> {
@@ -154,6 +233,7 @@ impl Dataplane for FakeDataplane {
             }
             table.sets = sets;
             k.transactions += 1;
+            k.changed();
             Ok(Some(k.generation()))
         })
     }
@@ -177,5 +257,69 @@ impl Dataplane for FakeDataplane {
                 .ok_or_else(|| DataplaneError::Fake(format!("no set {set} of that key")))?;
             Ok(elements.iter().map(|e| s.elements.contains(e)).collect())
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use futures::FutureExt as _;
+
+    #[test]
+    fn a_shared_memo_reads_back_what_parsing_does() {
+        use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
+        let facts = Facts {
+            hostname: "h1".into(),
+            interfaces: vec![InterfaceFacts {
+                name: "eth0".into(),
+                index: 2,
+                up: true,
+                addrs: Vec::new(),
+            }],
+            default_route_interface: None,
+        };
+        let ruleset = compile(&HostPolicy::default(), &facts, 1).unwrap();
+        let memo = Arc::new(ReadbackMemo::default());
+        let (plain, a, b) = (
+            FakeDataplane::new(),
+            FakeDataplane::new().with_memo(memo.clone()),
+            FakeDataplane::new().with_memo(memo.clone()),
+        );
+        for f in [&plain, &a, &b] {
+            assert_eq!(f.read_table().unwrap(), None);
+            f.replace(&ruleset).unwrap();
+        }
+        let want = plain.read_table().unwrap();
+        assert!(want.is_some());
+        assert_eq!(a.read_table().unwrap(), want);
+        assert_eq!(b.read_table().unwrap(), want);
+        assert_eq!(memo.lock().len(), 1, "one parse for both");
+        // Counters are part of what is read.
+        plain.hit("input", 0, 3, 180);
+        b.hit("input", 0, 3, 180);
+        assert_eq!(b.read_table().unwrap(), plain.read_table().unwrap());
+        assert_ne!(b.read_table().unwrap(), a.read_table().unwrap());
+    }
+
+    #[tokio::test]
+    async fn watch_wakes_on_every_transaction_and_tamper() {
+        let fake = FakeDataplane::new();
+        let wake = Arc::new(Notify::new());
+        let mut watch = fake.watch(wake.clone());
+        assert!(
+            (&mut watch).now_or_never().is_none(),
+            "a fake watch never ends"
+        );
+        let woken = || wake.notified().now_or_never().is_some();
+        assert!(!woken());
+        fake.replace(&Ruleset::default()).unwrap();
+        assert!(woken(), "a transaction wakes");
+        assert!(!woken());
+        fake.tamper(|t| *t = None);
+        assert!(woken(), "a change behind the agent's back wakes");
+        fake.fail_next_apply("refused");
+        assert!(fake.replace(&Ruleset::default()).is_err());
+        assert!(!woken(), "a refused transaction changed nothing");
     }
 }

@@ -45,6 +45,9 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
+/// The longest [`Dataplane::read_chain`] may take (whatever the dataplane's deadline).
+pub const CHAIN_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The real nftables dataplane (the `nft` binary, found on `PATH` by default).
 #[derive(Debug, Clone)]
 pub struct NftDataplane {
@@ -361,6 +364,33 @@ impl Dataplane for NftDataplane {
         let netlink = |e: std::io::Error| DataplaneError::Netlink(e.to_string());
         let mut nl = NfTables::open().map_err(netlink)?;
         nl.generation().map(Some).map_err(netlink)
+    }
+
+    /// `nft -j list chain inet portcullis CHAIN`, with a deadline of at most
+    /// [`CHAIN_READ_TIMEOUT`] (it runs on periodic paths: a hung nft delays one reading,
+    /// never more).
+    fn read_chain(&self, chain: &str) -> Result<Option<KernelTable>, DataplaneError> {
+        let args = ["-j", "list", "chain", "inet", TABLE_NAME, chain];
+        let output = run_bounded(&self.nft, &args, None, self.timeout.min(CHAIN_READ_TIMEOUT))?;
+        if !output.status.success() {
+            // ENOENT: no such table or chain.
+            if String::from_utf8_lossy(&output.stderr).contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(self.fail(&args, &output));
+        }
+        let json = std::str::from_utf8(&output.stdout).map_err(|_| DataplaneError::Output {
+            command: self.command_line(&args),
+        })?;
+        Ok(super::only_chain(parse_table(json)?, chain))
+    }
+
+    /// `nft monitor` ([`super::nft_monitor`]).
+    fn watch(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> futures::future::BoxFuture<'static, Result<(), DataplaneError>> {
+        Box::pin(super::nft_monitor::watch(self.nft.clone(), wake))
     }
 
     fn read_ruleset(&self) -> Result<Option<String>, DataplaneError> {

@@ -19,7 +19,9 @@ mod supervisor;
 
 pub use spool::{Spool, SpoolError};
 
+use crate::Dataplane;
 use crate::conditions::Conditions;
+use crate::dataplane::KernelTable;
 use crate::nflog::{self, Action};
 use crate::session::Companion;
 use crate::uplink::Uplink;
@@ -41,9 +43,8 @@ pub struct DenialConfig {
     pub interval: Duration,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
-    /// The nft binary (to read the over-limit drop counter) and its deadline.
-    pub nft: PathBuf,
-    pub nft_timeout: Duration,
+    /// Where the over-limit drop counter is read ([`Dataplane::read_chain`]).
+    pub dataplane: Arc<dyn Dataplane>,
 }
 
 /// The running pipeline; also the session [`Companion`] that sends and acknowledges.
@@ -155,30 +156,32 @@ fn to_wire(b: nflog::DenialBatch, names: &mut IfNames) -> v1::DenialBatch {
 
 /// Packets counted by the unlogged deny rules of our `guard` chain (the low-port one and
 /// those of restricted high ports): denied over the log rate limit (dropped or, in audit
-/// mode, accepted) without being logged. Saturating: a sum of kernel counters.
-fn over_limit_counter(nft: &std::path::Path, timeout: Duration) -> Option<u64> {
-    let args = ["-j", "list", "chain", "inet", "portcullis", "guard"];
-    // Read once per interval on the aggregator thread: a hung nft may delay a batch by a
-    // few seconds (events queue meanwhile, counted if they overflow), never more.
-    let timeout = timeout.min(Duration::from_secs(5));
-    let out = crate::dataplane::run_bounded(nft, &args, None, timeout)
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot read the over-limit counter"))
-        .ok()?;
-    if !out.status.success() {
-        return None;
+/// mode, accepted) without being logged. `None` without a table, or when it cannot be
+/// read (logged). Read once per interval on the aggregator thread: a hung nft may delay
+/// a batch by a few seconds (the dataplane bounds the read; events queue meanwhile,
+/// counted if they overflow), never more.
+fn over_limit_counter(dataplane: &dyn Dataplane) -> Option<u64> {
+    match dataplane.read_chain(GUARD_CHAIN) {
+        Ok(guard) => guard.as_ref().and_then(over_limit_packets),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the over-limit counter");
+            None
+        }
     }
-    let json = String::from_utf8(out.stdout).ok()?;
-    let (ruleset, counters) = portcullis_policy::parse_readback(&json).ok()?;
-    let guard = ruleset.chains.get("guard")?;
-    let over_limit: Vec<u64> = counters
+}
+
+/// The chain whose unlogged denies count what passed over the log rate limit.
+const GUARD_CHAIN: &str = "guard";
+
+/// The sum (saturating: kernel counters) of the packets of `guard`'s over-limit denies;
+/// `None` when it has none.
+fn over_limit_packets(guard: &KernelTable) -> Option<u64> {
+    let rules = &guard.ruleset.chains.get(GUARD_CHAIN)?.rules;
+    let over_limit: Vec<u64> = guard
+        .counters
         .iter()
-        .filter(|c| c.chain == "guard")
-        .filter(|c| {
-            guard
-                .rules
-                .get(c.index)
-                .is_some_and(|r| r.is_over_limit_deny())
-        })
+        .filter(|c| c.chain == GUARD_CHAIN)
+        .filter(|c| rules.get(c.index).is_some_and(|r| r.is_over_limit_deny()))
         .map(|c| c.packets)
         .collect();
     (!over_limit.is_empty()).then(|| over_limit.iter().fold(0u64, |a, p| a.saturating_add(*p)))
@@ -315,5 +318,62 @@ impl Companion for Denials {
                 tracing::warn!(error = %e, "syncing the spool directory");
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::FakeDataplane;
+    use crate::dataplane::Dataplane as _;
+    use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
+
+    fn facts() -> Facts {
+        Facts {
+            hostname: "h1".into(),
+            interfaces: vec![InterfaceFacts {
+                name: "eth0".into(),
+                index: 2,
+                up: true,
+                addrs: Vec::new(),
+            }],
+            default_route_interface: None,
+        }
+    }
+
+    #[test]
+    fn the_over_limit_counter_sums_the_guard_chains_unlogged_denies() {
+        let fake = FakeDataplane::new();
+        assert_eq!(over_limit_counter(&fake), None, "no table, no counter");
+        let ruleset = compile(&HostPolicy::default(), &facts(), 1).unwrap();
+        fake.replace(&ruleset).unwrap();
+        let guard = &ruleset.chains[GUARD_CHAIN].rules;
+        let over: Vec<usize> = (0..guard.len())
+            .filter(|i| guard[*i].is_over_limit_deny())
+            .collect();
+        let logged: Vec<usize> = (0..guard.len())
+            .filter(|i| guard[*i].is_deny() && !guard[*i].is_over_limit_deny())
+            .collect();
+        assert!(!over.is_empty(), "{guard:?}");
+        assert_eq!(over_limit_counter(&fake), Some(0));
+        for (n, i) in over.iter().enumerate() {
+            fake.hit(GUARD_CHAIN, *i, 10 + n as u64, 600);
+        }
+        // Logged denies are not over the limit.
+        for i in &logged {
+            fake.hit(GUARD_CHAIN, *i, 1000, 60_000);
+        }
+        let want: u64 = (0..over.len() as u64).map(|n| 10 + n).sum();
+        assert_eq!(over_limit_counter(&fake), Some(want));
+        // The chain read holds only that chain and its counters.
+        let chain = fake.read_chain(GUARD_CHAIN).unwrap().unwrap();
+        assert_eq!(
+            chain.ruleset.chains.keys().collect::<Vec<_>>(),
+            [GUARD_CHAIN]
+        );
+        assert!(chain.ruleset.sets.is_empty());
+        assert!(chain.counters.iter().all(|c| c.chain == GUARD_CHAIN));
+        assert_eq!(fake.read_chain("no-such-chain").unwrap(), None);
     }
 }

@@ -144,7 +144,7 @@ impl Denials {
         names.refresh();
         // No table yet means counters at zero: a table created later starts from 0, so
         // nothing denied over the limit before the first reading goes uncounted.
-        let start = over_limit_counter(&config.nft, config.nft_timeout).or(Some(0));
+        let start = over_limit_counter(config.dataplane.as_ref()).or(Some(0));
         agg.baseline(SystemTime::now(), &reader.stats(), start);
         let mut last = Instant::now();
         let tick = (config.interval / 4).max(Duration::from_millis(10));
@@ -188,7 +188,7 @@ impl Denials {
         reader: &DenialReader,
         names: &mut IfNames,
     ) {
-        let counter = over_limit_counter(&config.nft, config.nft_timeout);
+        let counter = over_limit_counter(config.dataplane.as_ref());
         let Some(batch) = agg.drain(SystemTime::now(), &reader.stats(), counter) else {
             return;
         };

@@ -1,30 +1,26 @@
-//! The event path of drift detection: `nft monitor` (netlink group NFNLGRP_NFTABLES) as a
-//! child process; every line it prints (a table/chain/rule/set/element change or the
-//! `# new generation N by process PID` closing a transaction) wakes the drift loop.
+//! The event path of drift detection: the dataplane's change events
+//! ([`Dataplane::watch`]: `nft monitor` for the real one) wake the drift loop.
 //!
 //! Our own transactions wake it too: the loop then verifies (readback + semantic diff) and
 //! finds nothing, so no pid bookkeeping is needed and no own change is ever reported as
-//! drift. If `nft monitor` exits, it is restarted with backoff; the timer path covers the
-//! gap. Read only: this never changes the ruleset. The monitor runs in its own process
-//! group, killed as a whole when it is restarted or the loop ends; a monitor that stops
-//! printing is not a hang (the timer path still verifies, each check bounded by the
-//! dataplane's own deadline).
+//! drift. If the watch ends, it is restarted with backoff; the timer path covers the
+//! gap. Read only: this never changes the ruleset. A watch that stops reporting is not a
+//! hang (the timer path still verifies, each check bounded by the dataplane's own
+//! deadline).
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use crate::Dataplane;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::Notify;
 
 const RESTART_MIN: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 
-/// Runs `nft monitor` forever, calling `wake.notify_one()` on every event line.
-pub async fn run(nft: PathBuf, wake: Arc<Notify>) {
+/// Follows `dataplane`'s change events forever, calling `wake.notify_one()` on each.
+pub async fn run(dataplane: Arc<dyn Dataplane>, wake: Arc<Notify>) {
     let mut delay = RESTART_MIN;
     loop {
-        match watch_once(&nft, &wake).await {
+        match dataplane.watch(wake.clone()).await {
             Ok(()) => tracing::warn!("`nft monitor` exited; restarting"),
             Err(e) => tracing::warn!(error = %e, "`nft monitor` failed; restarting"),
         }
@@ -33,68 +29,4 @@ pub async fn run(nft: PathBuf, wake: Arc<Notify>) {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RESTART_MAX);
     }
-}
-
-/// How long `nft monitor` may take to exit once it closed its output.
-const EXIT_WAIT: Duration = Duration::from_secs(5);
-
-/// Kills the monitor's whole process group (a wrapper and its children) when dropped:
-/// when the loop ends, is aborted, or the monitor misbehaves.
-struct GroupGuard(Option<nix::unistd::Pid>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
-/// util-linux's `setpriv` (Debian: always installed).
-const SETPRIV: &str = "/usr/bin/setpriv";
-
-async fn watch_once(nft: &PathBuf, wake: &Notify) -> std::io::Result<()> {
-    // Under `setpriv --pdeathsig KILL` when there is one: a monitor outliving a
-    // SIGKILLed agent would otherwise sit on its netlink socket forever (found as an
-    // orphan holding the test run's inherited file descriptors).
-    let mut cmd = if std::path::Path::new(SETPRIV).exists() {
-        let mut c = tokio::process::Command::new(SETPRIV);
-        c.args(["--pdeathsig", "KILL", "--"]).arg(nft);
-        c
-    } else {
-        tokio::process::Command::new(nft)
-    };
-    let mut child = cmd
-        .arg("monitor")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
-    let _group = GroupGuard(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(nix::unistd::Pid::from_raw),
-    );
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("nft monitor without stdout"))?;
-    tracing::debug!(pid = child.id(), "watching nftables events");
-    let mut lines = BufReader::new(stdout).lines();
-    while let Some(line) = lines.next_line().await? {
-        tracing::trace!(%line, "nft event");
-        wake.notify_one();
-    }
-    // Output closed: it should be exiting; bounded, then killed (with its group).
-    match tokio::time::timeout(EXIT_WAIT, child.wait()).await {
-        Ok(status) => tracing::debug!(status = %status?, "nft monitor ended"),
-        Err(_) => {
-            tracing::warn!("`nft monitor` closed its output but did not exit; killed");
-            child.kill().await?;
-        }
-    }
-    Ok(())
 }

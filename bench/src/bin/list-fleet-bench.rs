@@ -8,9 +8,11 @@
 //!                              full list and with the delta, prints the table.
 //!   list-fleet-bench one ...   the controller (in-process `portcullis_controller::server::run`)
 //!                              and the admin client; spawns
-//!   list-fleet-bench sim ...   N simulated agents (see `portcullis_bench::sim`): they resolve
-//!                              list deltas against the lists they hold (`need_full` on a
-//!                              foreign base), compile, and answer with the hash.
+//!   list-fleet-bench sim ...   N simulated agents (see `portcullis_bench::sim`): real agent
+//!                              sessions on an in-memory kernel; each resolves list deltas
+//!                              against the lists it holds (`need_full` on a foreign base),
+//!                              compiles, applies, reads back, records and answers with the
+//!                              hash (each holds its own copy of the list: mind the memory).
 //!
 //! Revisions: 1 = the list (every host gets it in full), 2 = the list plus one address
 //! (a delta against revision 1), 3 = that address removed again (a delta against 2).
@@ -368,10 +370,10 @@ fn desired_sizes(cli: &Cli) -> Result<(usize, usize, usize)> {
 fn render(plain: &OneResult, lists: &OneResult, sizes: (usize, usize, usize), cli: &Cli) -> String {
     let mut out = format!(
         "Machine: {}. Loopback, TLS 1.3 mutual auth; the controller (`portcullis_controller::server::run`) \
-         and the admin client in one process, {} simulated agents in another (each resolves list \
-         deltas against the lists it holds with `policy_from_wire`, answers `need_full` on a foreign \
-         base, compiles and answers with the hash; agents that received the same message share one \
-         resolve + compile and one copy of the list). Blocklist: {} entries (90% v4 addresses, 5% v4 \
+         and the admin client in one process, {} simulated agents in another (real agent sessions on an \
+         in-memory kernel: each resolves list deltas against the lists it holds with \
+         `policy_from_wire`, answers `need_full` on a foreign base, compiles, applies, reads back, \
+         records last-known-good and answers with the hash). Blocklist: {} entries (90% v4 addresses, 5% v4 \
          prefixes, 4% v6 addresses, 1% v6 prefixes); revision 2 adds `{EXTRA}`, revision 3 removes it. \
          One `Desired` encoded: {} bytes without lists, {} bytes with the list in full (sent to these \
          agents, which announce `list-parts`, as `ListPart`s of at most 32 KiB before the `Desired`), \

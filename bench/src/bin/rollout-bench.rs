@@ -33,7 +33,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_bench::fleet::{
     SimChild, SimCmd, bind_loopback, cpu_now, inventory_yaml, make_pki, median, parse_secs, rss_now,
 };
-use portcullis_bench::sim::SimArgs;
 use portcullis_bench::{Table, machine, raise_nofile, write_section};
 use portcullis_controller::identity::Role;
 use portcullis_controller::pki::tls::client_tls;
@@ -585,10 +584,9 @@ fn main() -> Result<()> {
     raise_nofile()?;
     let rt = tokio::runtime::Runtime::new()?;
     match &cli.cmd {
-        Some(Cmd::Sim(sim)) => rt.block_on(portcullis_bench::sim::run(SimArgs {
-            reconnect_on_confirm: true,
-            ..sim.sim_args(cli.concurrency)?
-        })),
+        Some(Cmd::Sim(sim)) => {
+            rt.block_on(portcullis_bench::sim::run(sim.sim_args(cli.concurrency)?))
+        }
         Some(Cmd::One { n }) => {
             let r = rt.block_on(one(*n, &cli))?;
             println!("{}", serde_json::to_string(&r)?);
