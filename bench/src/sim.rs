@@ -30,6 +30,7 @@
 
 mod certs;
 mod counters;
+pub mod model;
 mod observe;
 
 use crate::storm::StormClock;

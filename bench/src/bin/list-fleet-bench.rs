@@ -8,11 +8,12 @@
 //!                              full list and with the delta, prints the table.
 //!   list-fleet-bench one ...   the controller (in-process `portcullis_controller::server::run`)
 //!                              and the admin client; spawns
-//!   list-fleet-bench sim ...   N simulated agents (see `portcullis_bench::sim`): real agent
-//!                              sessions on an in-memory kernel; each resolves list deltas
-//!                              against the lists it holds (`need_full` on a foreign base),
-//!                              compiles, applies, reads back, records and answers with the
-//!                              hash (each holds its own copy of the list: mind the memory).
+//!   list-fleet-bench sim ...   N simulated agents (`portcullis_bench::sim::model`, a
+//!                              protocol model: 1,000 real agent sessions with their own copy
+//!                              of a 1M list and its last-known-good do not fit this machine):
+//!                              they take ListParts, resolve list deltas against the lists
+//!                              they hold (`need_full` on a foreign base), compile, and answer
+//!                              with the hash.
 //!
 //! Revisions: 1 = the list (every host gets it in full), 2 = the list plus one address
 //! (a delta against revision 1), 3 = that address removed again (a delta against 2).
@@ -370,10 +371,10 @@ fn desired_sizes(cli: &Cli) -> Result<(usize, usize, usize)> {
 fn render(plain: &OneResult, lists: &OneResult, sizes: (usize, usize, usize), cli: &Cli) -> String {
     let mut out = format!(
         "Machine: {}. Loopback, TLS 1.3 mutual auth; the controller (`portcullis_controller::server::run`) \
-         and the admin client in one process, {} simulated agents in another (real agent sessions on an \
-         in-memory kernel: each resolves list deltas against the lists it holds with \
-         `policy_from_wire`, answers `need_full` on a foreign base, compiles, applies, reads back, \
-         records last-known-good and answers with the hash). Blocklist: {} entries (90% v4 addresses, 5% v4 \
+         and the admin client in one process, {} simulated agents in another (`sim::model`, a protocol \
+         model of the agent: each resolves list deltas against the lists it holds with \
+         `policy_from_wire`, answers `need_full` on a foreign base, compiles and answers with the hash; \
+         agents that received the same message share one resolve + compile and one copy of the list). Blocklist: {} entries (90% v4 addresses, 5% v4 \
          prefixes, 4% v6 addresses, 1% v6 prefixes); revision 2 adds `{EXTRA}`, revision 3 removes it. \
          One `Desired` encoded: {} bytes without lists, {} bytes with the list in full (sent to these \
          agents, which announce `list-parts`, as `ListPart`s of at most 32 KiB before the `Desired`), \
@@ -435,9 +436,9 @@ fn main() -> Result<()> {
     raise_nofile()?;
     let rt = tokio::runtime::Runtime::new()?;
     match &cli.cmd {
-        Some(Cmd::Sim(sim)) => {
-            rt.block_on(portcullis_bench::sim::run(sim.sim_args(cli.concurrency)?))
-        }
+        Some(Cmd::Sim(sim)) => rt.block_on(portcullis_bench::sim::model::run_model(
+            sim.sim_args(cli.concurrency)?,
+        )),
         Some(Cmd::One { kind }) => {
             let r = rt.block_on(one(*kind, &cli))?;
             println!("{}", serde_json::to_string(&r)?);

@@ -1,0 +1,368 @@
+//! A protocol model of the agent, for the one benchmark whose fleet cannot be real
+//! agents: list-fleet-bench pushes a 1,000,000-entry list to 1,000 agents, and 1,000 real
+//! agent sessions would each hold their own copy of the list and its last-known-good
+//! (~40 MB each: more than this machine's memory). Each simulated agent here opens a real
+//! mutual-TLS session, takes `ListPart`s (`portcullis_proto::parts`), resolves list deltas
+//! against the lists it holds with `policy_from_wire` (`need_full` on a foreign base),
+//! compiles and answers `Applied` with the hash; agents that received the same message
+//! share one resolve + compile and one copy of the list (`resolve`). No commit-confirm, no
+//! fake kernel. Every other fleet benchmark runs the real agent session ([`super::run`]).
+//!
+//! The child-process protocol is [`super::run`]'s: `CERTS`, `READY`, `STATS` on stdin.
+
+mod resolve;
+
+use super::certs::{AgentCert, issue};
+use super::counters::Counters;
+use super::{SimArgs, facts};
+use crate::storm::{Backoff, StormClock};
+use anyhow::{Context as _, Result};
+use portcullis_proto::v1;
+use rcgen::{Issuer, KeyPair};
+use resolve::{Held, Resolved, Resolver};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// `Hello` of `host`, attesting `applied` (revision, hash; `(0, "")` = nothing applied).
+fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
+    v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
+            protocol_version: portcullis_proto::PROTOCOL_VERSION,
+            host: host.to_owned(),
+            agent_version: "fleet-bench-sim".into(),
+            facts: Some(v1::Facts::from(&facts(host))),
+            applied_revision: applied.0,
+            applied_hash: applied.1.clone(),
+            kernel_hash: applied.1.clone(),
+            conditions: Vec::new(),
+            capabilities: vec![
+                portcullis_proto::CAPABILITY_DENY_LISTS.into(),
+                portcullis_proto::CAPABILITY_LIST_PARTS.into(),
+            ],
+        })),
+    }
+}
+
+/// Answers `d` as an agent would: resolve its lists against `held` (replaced by the new
+/// lists when it applies), compile with its facts, report the hash; `need_full` when a
+/// delta's base is not what it holds.
+fn answer(
+    host: &str,
+    d: &v1::Desired,
+    held: &mut Held,
+    resolver: &Resolver,
+    counters: &Counters,
+) -> v1::AgentMessage {
+    let started = Instant::now();
+    let result = match d.policy.as_ref() {
+        None => Resolved::Failed("Desired without a policy".into()),
+        Some(p) => {
+            let deltas = p.lists.iter().filter(|l| !l.base_digest.is_empty()).count();
+            let (deltas, full) = (deltas as u64, (p.lists.len() - deltas) as u64);
+            counters.lists_delta.fetch_add(deltas, Ordering::Relaxed);
+            counters.lists_full.fetch_add(full, Ordering::Relaxed);
+            resolver.resolve(host, d.revision, p, held)
+        }
+    };
+    let (ok, need_full, hash, error) = match result {
+        Resolved::Ok { hash, lists } => {
+            *held = lists;
+            (true, false, hash, String::new())
+        }
+        Resolved::NeedFull(e) => {
+            counters.need_full.fetch_add(1, Ordering::Relaxed);
+            (false, true, String::new(), e)
+        }
+        Resolved::Failed(e) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            (false, false, String::new(), e)
+        }
+    };
+    v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Applied(v1::Applied {
+            revision: d.revision,
+            ok,
+            hash,
+            error,
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            request_id: d.request_id,
+            need_full,
+            ..Default::default()
+        })),
+    }
+}
+
+type Outbound = mpsc::Sender<v1::AgentMessage>;
+type Inbound = tonic::Streaming<v1::ControllerMessage>;
+
+/// A new connection (TCP + TLS 1.3 mutual handshake, like the agent's every session) and
+/// a session opened with a `Hello` attesting `applied`.
+async fn connect(
+    url: &str,
+    ca: &Certificate,
+    cert: &AgentCert,
+    applied: &(u64, String),
+) -> Result<(Outbound, Inbound)> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    // The agent's endpoint settings (agent/src/dial.rs).
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .tls_config(tls)?
+        .local_address(Some(cert.source))
+        .connect()
+        .await
+        .context("connect")?;
+    // The agent's message limits (agent/src/session.rs): a Desired with full lists is big.
+    let mut client = v1::session_client::SessionClient::new(channel)
+        .max_decoding_message_size(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(hello(&cert.host, applied)).await?;
+    let inbound = client
+        .open(ReceiverStream::new(rx))
+        .await
+        .context("open")?
+        .into_inner();
+    Ok((tx, inbound))
+}
+
+/// One simulated agent: what it shares with the others and what it is.
+struct Agent {
+    args: Arc<SimArgs>,
+    ca: Certificate,
+    cert: AgentCert,
+    counters: Arc<Counters>,
+    clock: Arc<StormClock>,
+    resolver: Arc<Resolver>,
+    index: usize,
+}
+
+async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
+    // What this agent "runs": (revision, hash), attested in every Hello.
+    let mut applied = (0u64, String::new());
+    // The lists of the policy it applied last (kept across sessions, like the agent).
+    let mut held = Held::new();
+    let (mut tx, mut inbound) = match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
+        Ok(s) => {
+            let _ = opened.send(Ok(())).await;
+            s
+        }
+        Err(e) => {
+            let _ = opened.send(Err(e)).await;
+            return;
+        }
+    };
+    drop(opened);
+    let Some((min, max)) = a.args.reconnect else {
+        serve(&a, &mut applied, &mut held, tx, inbound).await;
+        return;
+    };
+    // Like agent/src/session.rs: back off, retry until in; reset after a long session.
+    // Stay on the controller that answered; on a failed connect try the next one.
+    let urls: Vec<&str> = std::iter::once(a.args.url.as_str())
+        .chain(a.args.failover.iter().map(String::as_str))
+        .collect();
+    let mut current = 0usize;
+    let mut backoff = Backoff::new(min, max);
+    loop {
+        let started = Instant::now();
+        serve(&a, &mut applied, &mut held, tx, inbound).await;
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            backoff.reset();
+        }
+        let mut failed = 0u32;
+        // Like the agent: a whole round of the controllers, one after another, then
+        // back off.
+        (tx, inbound) = 'round: loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            for _ in 0..urls.len() {
+                a.clock.attempts.fetch_add(1, Ordering::Relaxed);
+                match connect(urls[current], &a.ca, &a.cert, &applied).await {
+                    Ok(s) => break 'round s,
+                    Err(_) => {
+                        current = (current + 1) % urls.len();
+                        failed = failed.saturating_add(1);
+                        a.clock.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        a.clock.reopened(a.index, failed);
+    }
+}
+
+/// Answers the controller until the session ends.
+async fn serve(
+    a: &Agent,
+    applied: &mut (u64, String),
+    held: &mut Held,
+    tx: Outbound,
+    mut inbound: Inbound,
+) {
+    let (cert, counters) = (&a.cert, &a.counters);
+    let mut parts =
+        portcullis_proto::parts::Reassembly::new(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES);
+    loop {
+        let Some(Ok(msg)) = inbound.next().await else {
+            return;
+        };
+        match msg.msg {
+            Some(v1::controller_message::Msg::ListPart(p)) => {
+                let Ok(()) = parts.part(p) else {
+                    return;
+                };
+            }
+            Some(v1::controller_message::Msg::Desired(mut d)) => {
+                if parts.complete(&mut d).is_err() {
+                    return;
+                }
+                let reply = answer(&cert.host, &d, held, &a.resolver, counters);
+                if let Some(v1::agent_message::Msg::Applied(a)) = &reply.msg
+                    && a.ok
+                {
+                    *applied = (a.revision, a.hash.clone());
+                }
+                if tx.send(reply).await.is_err() {
+                    return;
+                }
+                counters.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(v1::controller_message::Msg::Verify(v)) => {
+                // The rollout's drift gate (and `portcullis drift`): the "kernel" holds
+                // exactly what was applied.
+                let report = v1::DriftReport {
+                    revision: applied.0,
+                    in_sync: true,
+                    expected_hash: applied.1.clone(),
+                    kernel_hash: applied.1.clone(),
+                    trigger: "request".into(),
+                    request_id: v.request_id,
+                    ..Default::default()
+                };
+                let msg = v1::AgentMessage {
+                    msg: Some(v1::agent_message::Msg::Drift(report)),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                counters.verified.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(v1::controller_message::Msg::Confirm(_)) => {
+                counters.confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(v1::controller_message::Msg::Revert(_)) => {
+                counters.reverts.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The child process's main: issue, connect, then serve until stdin closes. A `STATS`
+/// line on stdin is answered with `STATS <answered> <reconnects> <confirmed> <reverts>
+/// <reconnect errors> <verified> <lists in full> <lists as delta> <need_full> <failed>`
+/// on stdout.
+pub async fn run_model(args: SimArgs) -> Result<()> {
+    let t = Instant::now();
+    let issuer = Issuer::from_ca_cert_pem(&args.ca_cert_pem, KeyPair::from_pem(&args.ca_key_pem)?)?;
+    let certs = (0..args.n)
+        .map(|i| issue(&issuer, args.first + i))
+        .collect::<Result<Vec<_>>>()?;
+    println!("CERTS {:.3}", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let ca = Certificate::from_pem(&args.ca_cert_pem);
+    let counters = Arc::new(Counters::default());
+    let clock = Arc::new(StormClock::new(args.n));
+    let resolver = Arc::new(Resolver::default());
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let args = Arc::new(args);
+    let (opened_tx, mut opened_rx) = mpsc::channel(1024);
+    for (index, cert) in certs.into_iter().enumerate() {
+        let permit = permits.clone().acquire_owned().await?;
+        let opened = opened_tx.clone();
+        let agent = Agent {
+            args: args.clone(),
+            ca: ca.clone(),
+            cert,
+            counters: counters.clone(),
+            clock: clock.clone(),
+            resolver: resolver.clone(),
+            index,
+        };
+        // The permit is released once this agent's session is open (or failed).
+        let (done_tx, done_rx) = mpsc::channel::<Result<()>>(1);
+        tokio::spawn(run_agent(agent, done_tx));
+        tokio::spawn(async move {
+            let mut done_rx = done_rx;
+            let r = done_rx
+                .recv()
+                .await
+                .unwrap_or_else(|| Err(anyhow::anyhow!("agent task ended")));
+            drop(permit);
+            let _ = opened.send(r).await;
+        });
+    }
+    drop(opened_tx);
+    let mut ok = 0usize;
+    let mut failed = 0usize;
+    let mut first_error = None;
+    while let Some(r) = opened_rx.recv().await {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("sim: {failed} session(s) failed; first: {e}");
+    }
+    println!("READY {:.3} {ok} {failed}", t.elapsed().as_secs_f64());
+
+    // Serve until the parent closes our stdin.
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match line.trim() {
+            "STATS" => println!("STATS {}", counters.line()),
+            "STORM" => {
+                clock.mark();
+                let clock = clock.clone();
+                tokio::spawn(async move {
+                    let r = clock.wait(std::time::Duration::from_secs(120)).await;
+                    let ms = |q: f64| r.quantile(q).as_secs_f64() * 1e3;
+                    println!(
+                        "STORM {} {} {:.1} {:.1} {:.1} {} {} {} {}",
+                        r.n,
+                        r.back,
+                        ms(0.5),
+                        ms(0.99),
+                        ms(1.0),
+                        clock.attempts.load(Ordering::Relaxed),
+                        clock.failures.load(Ordering::Relaxed),
+                        r.refused_agents,
+                        r.max_failures
+                    );
+                });
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "sim: {} Desired answered; exiting",
+        counters.answered.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
