@@ -26,6 +26,7 @@ pub mod model;
 pub mod parse;
 pub mod pattern;
 pub mod pattern_syntax;
+pub mod protocol;
 pub mod pyliteral;
 pub mod readback;
 pub mod render;
