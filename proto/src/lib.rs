@@ -10,6 +10,7 @@ pub mod v1 {
 }
 
 pub mod convert;
+pub mod protocol;
 
 pub use convert::ProtoError;
 
