@@ -11,6 +11,8 @@
 use super::PUBLISH_CHANNEL;
 use super::sql::{Arg, Db, Dialect, ToArg as _};
 use crate::args;
+use portcullis_policy::protocol::outcome::HostState;
+use portcullis_policy::rollout::RolloutStatus;
 use std::collections::BTreeMap;
 
 fn to_u64(v: i64) -> u64 {
@@ -135,7 +137,7 @@ pub struct Lease {
     pub revision: u64,
     /// The controller running it.
     pub controller: String,
-    pub status: String,
+    pub status: RolloutStatus,
     /// Until when its controller's lease holds (ms since the epoch).
     pub lease_ms: i64,
     pub confirm_timeout_ms: u64,
@@ -151,7 +153,7 @@ pub fn lease(db: &Db<'_>, rollout: u64) -> anyhow::Result<Option<Lease>> {
                 id: to_u64(r.get(0)?),
                 revision: to_u64(r.get(1)?),
                 controller: r.get(2)?,
-                status: r.get(3)?,
+                status: r.get::<String>(3)?.parse()?,
                 lease_ms: r.get(4)?,
                 confirm_timeout_ms: to_u64(r.get(5)?),
             })
@@ -162,7 +164,7 @@ pub fn lease(db: &Db<'_>, rollout: u64) -> anyhow::Result<Option<Lease>> {
 /// A rollout's host row with the host's desired revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub state: String,
+    pub state: HostState,
     pub detail: String,
     pub previous_revision: u64,
     /// The host's desired revision now (0: none, or no hosts row).
@@ -206,7 +208,7 @@ pub fn targets(
                 Ok((
                     r.get::<String>(0)?,
                     Target {
-                        state: r.get(1)?,
+                        state: r.get::<String>(1)?.parse()?,
                         detail: r.get(2)?,
                         previous_revision: to_u64(r.get(3)?),
                         desired_revision: to_u64(r.get(4)?),
@@ -490,8 +492,8 @@ mod tests {
                 let t = targets(c, id, &["a".into(), "b".into(), "zz".into()])?;
                 assert_eq!(t.len(), 2, "zz is not a host of it");
                 assert_eq!(
-                    (t["a"].state.as_str(), t["a"].desired_revision),
-                    ("sent", r2)
+                    (t["a"].state, t["a"].desired_revision),
+                    (HostState::Sent, r2)
                 );
                 assert_eq!(
                     (t["b"].previous_revision, t["b"].desired_revision),
@@ -508,9 +510,9 @@ mod tests {
                 assert_eq!((got[1].hash.as_str(), got[1].revision), ("hash-a", r2));
                 assert!(reports(c, id + 1, &["a".into()])?.is_empty());
 
-                set_host_state(c, id, "a", "confirmed", "")?;
+                set_host_state(c, id, "a", HostState::Confirmed, "")?;
                 assert!(!staged(c, "a", r2, now)?, "settled");
-                crate::store::rollout::finish_rollout(c, id, "succeeded", "", "ca")?;
+                crate::store::rollout::finish_rollout(c, id, RolloutStatus::Succeeded, "", "ca")?;
                 assert!(
                     reports(c, id, &["a".into(), "b".into()])?.is_empty(),
                     "forgotten"

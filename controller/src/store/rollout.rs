@@ -23,6 +23,8 @@ pub struct Busy {
     pub id: u64,
     pub controller: String,
 }
+use portcullis_policy::protocol::outcome::HostState;
+use portcullis_policy::rollout::RolloutStatus;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -39,7 +41,7 @@ pub struct RolloutHostRecord {
     pub host: String,
     pub wave: u32,
     pub previous_revision: u64,
-    pub state: String,
+    pub state: HostState,
     pub detail: String,
 }
 
@@ -51,7 +53,7 @@ pub struct RolloutRecord {
     pub author: String,
     pub started_ms: i64,
     pub finished_ms: i64,
-    pub status: String,
+    pub status: RolloutStatus,
     pub reason: String,
     pub serial: String,
     pub max_fail: String,
@@ -262,13 +264,13 @@ pub fn set_host_state(
     db: &Db<'_>,
     rollout: u64,
     host: &str,
-    state: &str,
+    state: HostState,
     detail: &str,
 ) -> anyhow::Result<()> {
     db.execute(
         "UPDATE rollout_hosts SET state = ?3, detail = ?4, updated_ms = ?5
           WHERE rollout = ?1 AND host = ?2",
-        args![to_i64(rollout), host, state, detail, now_ms()],
+        args![to_i64(rollout), host, state.as_str(), detail, now_ms()],
     )?;
     Ok(())
 }
@@ -278,14 +280,14 @@ pub fn set_host_state(
 pub fn finish_rollout(
     db: &Db<'_>,
     rollout: u64,
-    status: &str,
+    status: RolloutStatus,
     reason: &str,
     controller: &str,
 ) -> anyhow::Result<()> {
     let tx = db.transaction()?;
     tx.execute(
         "UPDATE rollouts SET status = ?2, reason = ?3, finished_ms = ?4 WHERE id = ?1",
-        args![to_i64(rollout), status, reason, now_ms()],
+        args![to_i64(rollout), status.as_str(), reason, now_ms()],
     )?;
     super::relay::forget_reports(&tx, rollout)?;
     super::relay::publish_rollout(&tx, controller, rollout, super::relay::Step::Done, 0, &[])?;
@@ -369,7 +371,7 @@ pub fn list_rollouts(db: &Db<'_>, limit: u32, id: u64) -> anyhow::Result<Vec<Rol
                 author: r.get(3)?,
                 started_ms: r.get(4)?,
                 finished_ms: r.get(5)?,
-                status: r.get(6)?,
+                status: r.get::<String>(6)?.parse()?,
                 reason: r.get(7)?,
                 serial: r.get(8)?,
                 max_fail: r.get(9)?,
@@ -393,7 +395,7 @@ pub fn list_rollouts(db: &Db<'_>, limit: u32, id: u64) -> anyhow::Result<Vec<Rol
                     host: row.get(0)?,
                     wave: u32::try_from(row.get::<i64>(1)?).unwrap_or(0),
                     previous_revision: to_u64(row.get(2)?),
-                    state: row.get(3)?,
+                    state: row.get::<String>(3)?.parse()?,
                     detail: row.get(4)?,
                 })
             },
@@ -416,7 +418,7 @@ pub fn start_wave(
     let tx = db.transaction()?;
     for h in hosts {
         set_desired(&tx, h, revision)?;
-        set_host_state(&tx, rollout, h, "sent", "")?;
+        set_host_state(&tx, rollout, h, HostState::Sent, "")?;
     }
     let out = wave_policies(&tx, revision, hosts)?;
     if let Some((me, to)) = announce {
@@ -452,11 +454,11 @@ pub fn wave_policies(
 pub fn set_host_states(
     db: &Db<'_>,
     rollout: u64,
-    states: &[(String, String, String)],
+    states: &[(String, HostState, String)],
 ) -> anyhow::Result<()> {
     let tx = db.transaction()?;
     for (h, s, d) in states {
-        set_host_state(&tx, rollout, h, s, d)?;
+        set_host_state(&tx, rollout, h, *s, d)?;
     }
     tx.commit()?;
     Ok(())
@@ -537,8 +539,8 @@ mod tests {
                         controller: "c1",
                     },
                 )?;
-                set_host_state(c, id, "a", "confirmed", "")?;
-                set_host_state(c, id, "b", "sent", "")?;
+                set_host_state(c, id, "a", HostState::Confirmed, "")?;
+                set_host_state(c, id, "b", HostState::Sent, "")?;
                 // A live lease: another controller leaves it alone, and refuses a second.
                 assert!(interrupt_running(c, now_ms())?.is_empty());
                 let second = NewRollout {
@@ -563,8 +565,8 @@ mod tests {
                 assert_eq!(desired_revision(c, "a")?, r2);
                 assert_eq!(desired_revision(c, "b")?, r1);
                 let list = list_rollouts(c, 0, 0)?;
-                assert_eq!(list[0].status, "interrupted");
-                assert_eq!(list[0].hosts[1].state, "interrupted");
+                assert_eq!(list[0].status, RolloutStatus::Interrupted);
+                assert_eq!(list[0].hosts[1].state, HostState::Interrupted);
                 assert_eq!(revision_before(c, "a", r2)?, Some(r1));
                 assert_eq!(revision_before(c, "a", r1)?, None);
                 Ok(())
