@@ -252,7 +252,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             .iter()
             .map(|h| match results.get(h) {
                 Some(r) => serde_json::json!({
-                    "host": h, "result": outcome_name(r.outcome), "hash": r.hash,
+                    "host": h, "result": super::rollout::outcome(r.outcome), "hash": r.hash,
                     "expected_hash": r.expected_hash, "error": r.error,
                     "duration_us": r.duration_us,
                 }),
@@ -267,7 +267,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             .map(|h| match results.get(h) {
                 Some(r) => vec![
                     h.clone(),
-                    outcome_name(r.outcome).into(),
+                    super::rollout::outcome(r.outcome).into(),
                     short_hash(&r.hash),
                     format!("{:.1} ms", r.duration_us as f64 / 1000.0),
                     r.error.lines().next().unwrap_or("").to_string(),
@@ -300,16 +300,6 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         crate::outln!("{applied}/{total} hosts applied r{revision}");
     }
     Ok(if all_ok { exit::OK } else { exit::INCOMPLETE })
-}
-
-fn outcome_name(o: i32) -> &'static str {
-    match v1::HostOutcome::try_from(o) {
-        Ok(v1::HostOutcome::Applied) => "applied",
-        Ok(v1::HostOutcome::Failed) => "failed",
-        Ok(v1::HostOutcome::HashMismatch) => "hash-mismatch",
-        Ok(v1::HostOutcome::Disconnected) => "disconnected",
-        _ => "unknown",
-    }
 }
 
 fn describe(r: &v1::HostResult) -> String {

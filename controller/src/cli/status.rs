@@ -5,6 +5,7 @@
 //! The agents' conditions (a failed-closed host, a denial pipeline that cannot run) are
 //! printed below the table, one line each.
 
+use portcullis_policy::protocol::drift::DriftVerdict;
 use super::connect::ConnectArgs;
 use super::output::{ago_ms, print_json, short_hash, table};
 use portcullis_proto::v1;
@@ -108,7 +109,9 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         .map(|h| {
             let state = if h.drifted {
                 match h.drift_diff.first() {
-                    Some(d) if h.drift_state != "in_sync" => format!("DRIFT: {d}"),
+                    Some(d) if h.drift_state.parse() != Ok(DriftVerdict::InSync) => {
+                        format!("DRIFT: {d}")
+                    }
                     _ => "DRIFT: kernel hash is not the expected one".into(),
                 }
             } else if h.conditions.iter().any(|c| c.starts_with("fail-closed")) {
