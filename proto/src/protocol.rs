@@ -125,7 +125,10 @@ mod tests {
         };
         let d = drift_report(&r);
         assert_eq!((d.revision, d.in_sync, d.kernel_hash), (3, false, "k"));
-        assert_eq!((d.diff.len(), d.healed, d.heal_suppressed, d.heal_error), (1, false, true, "e"));
+        assert_eq!(
+            (d.diff.len(), d.healed, d.heal_suppressed, d.heal_error),
+            (1, false, true, "e")
+        );
         assert_eq!(drift::reported(&d), DriftVerdict::HealSuppressed);
     }
 }

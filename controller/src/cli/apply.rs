@@ -8,7 +8,9 @@ use super::exit;
 use super::output::{print_json, short_hash, table};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use portcullis_policy::protocol::outcome::HostOutcome;
 use portcullis_policy::{Source, site};
+use portcullis_proto::protocol::host_outcome;
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -222,8 +224,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         let Some(v1::apply_event::Event::Host(r)) = ev.event else {
             continue;
         };
-        let outcome = v1::HostOutcome::try_from(r.outcome).unwrap_or_default();
-        if outcome == v1::HostOutcome::Disconnected {
+        if host_outcome(r.outcome) == Some(HostOutcome::Disconnected) {
             bar.println(&*super::output::term_lines(&format!(
                 "{}: disconnected before answering (still pending)",
                 r.host
@@ -245,7 +246,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let all_ok = results.len() == total
         && results
             .values()
-            .all(|r| r.outcome == v1::HostOutcome::Applied as i32);
+            .all(|r| host_outcome(r.outcome) == Some(HostOutcome::Applied));
     if args.json {
         let hosts: Vec<_> = accepted
             .hosts
@@ -295,7 +296,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         );
         let applied = results
             .values()
-            .filter(|r| r.outcome == v1::HostOutcome::Applied as i32)
+            .filter(|r| host_outcome(r.outcome) == Some(HostOutcome::Applied))
             .count();
         crate::outln!("{applied}/{total} hosts applied r{revision}");
     }
@@ -303,13 +304,13 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
 }
 
 fn describe(r: &v1::HostResult) -> String {
-    match v1::HostOutcome::try_from(r.outcome) {
-        Ok(v1::HostOutcome::Applied) => format!(
+    match host_outcome(r.outcome) {
+        Some(HostOutcome::Applied) => format!(
             "applied, hash {} ({:.1} ms)",
             short_hash(&r.hash),
             r.duration_us as f64 / 1000.0
         ),
-        Ok(v1::HostOutcome::HashMismatch) => format!(
+        Some(HostOutcome::HashMismatch) => format!(
             "HASH MISMATCH: kernel {} expected {}",
             short_hash(&r.hash),
             short_hash(&r.expected_hash)

@@ -5,9 +5,9 @@
 //! The agents' conditions (a failed-closed host, a denial pipeline that cannot run) are
 //! printed below the table, one line each.
 
-use portcullis_policy::protocol::drift::DriftVerdict;
 use super::connect::ConnectArgs;
 use super::output::{ago_ms, print_json, short_hash, table};
+use portcullis_policy::protocol::drift::DriftVerdict;
 use portcullis_proto::v1;
 use serde::Serialize;
 

@@ -206,7 +206,10 @@ impl Exchange {
         let rev = self.revision;
         let window = self.confirm_window.as_millis();
         let (outcome, why) = match self.phase {
-            Phase::Applying => (HostOutcome::Failed, format!("no Applied for r{rev} in time")),
+            Phase::Applying => (
+                HostOutcome::Failed,
+                format!("no Applied for r{rev} in time"),
+            ),
             Phase::AwaitReconnect => (
                 HostOutcome::Unconfirmed,
                 format!("did not come back through the new rules within {window} ms"),

@@ -188,7 +188,12 @@ mod tests {
     fn every_spelling_is_snake_case_and_round_trips() {
         let spellings = HostOutcome::ALL
             .iter()
-            .map(|o| (o.as_str(), o.as_str().parse::<HostOutcome>().map(|p| p == *o)))
+            .map(|o| {
+                (
+                    o.as_str(),
+                    o.as_str().parse::<HostOutcome>().map(|p| p == *o),
+                )
+            })
             .chain(
                 HostState::ALL
                     .iter()

@@ -421,7 +421,12 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
                 tracing::warn!(rollout = plan.id, %reason, hosts = rollback.len(), "rollout halted; rolling back");
                 let (done, failed) = rollback::roll_back(&ctx, &rollback, &mut events).await;
                 let st = sm.rolled_back(failed.is_empty());
-                break (st, reason, done, failed.iter().map(ToString::to_string).collect());
+                break (
+                    st,
+                    reason,
+                    done,
+                    failed.iter().map(ToString::to_string).collect(),
+                );
             }
             Step::Finished(st) => {
                 let reason = if aborted {

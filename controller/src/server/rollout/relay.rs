@@ -17,12 +17,12 @@
 //! Not the decisions: confirming, reverting, halting are the rollout's controller's.
 
 use super::super::Shared;
-use portcullis_policy::protocol::outcome::HostState;
-use portcullis_policy::rollout::RolloutStatus;
 use crate::store::{
     self,
     relay::{Lease, Step, Target},
 };
+use portcullis_policy::protocol::outcome::HostState;
+use portcullis_policy::rollout::RolloutStatus;
 
 mod follow;
 

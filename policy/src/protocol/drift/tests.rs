@@ -23,7 +23,10 @@ fn spellings_round_trip() {
     }
     assert_eq!(DriftVerdict::HealSuppressed.as_str(), "heal_suppressed");
     assert!("in-sync".parse::<DriftVerdict>().is_err());
-    assert!("".parse::<DriftVerdict>().is_err(), "no report is None, not a verdict");
+    assert!(
+        "".parse::<DriftVerdict>().is_err(),
+        "no report is None, not a verdict"
+    );
 }
 
 #[test]
@@ -35,7 +38,10 @@ fn the_agents_word() {
     // A check that could not read the kernel: not in sync, no diff.
     assert_eq!(reported(&report(false, &none, "")), DriftVerdict::Drifted);
     // Claims in sync with a diff: the diff wins.
-    assert_eq!(reported(&report(true, &found, "abc")), DriftVerdict::Drifted);
+    assert_eq!(
+        reported(&report(true, &found, "abc")),
+        DriftVerdict::Drifted
+    );
     let healed = Report {
         healed: true,
         ..report(true, &found, "abc")
@@ -76,9 +82,15 @@ fn the_controllers_verdict() {
     assert_eq!(lie.verdict, DriftVerdict::Drifted);
     assert_eq!(lie.diff, ["kernel hash xyz is not the expected abc for r2"]);
     let gone = attest(&report(true, &none, ""), "abc", 2);
-    assert_eq!(gone.diff, ["kernel hash (no table) is not the expected abc for r2"]);
+    assert_eq!(
+        gone.diff,
+        ["kernel hash (no table) is not the expected abc for r2"]
+    );
     // No expected hash known: the agent's word stands.
-    assert_eq!(attest(&report(true, &none, "xyz"), "", 2).verdict, DriftVerdict::InSync);
+    assert_eq!(
+        attest(&report(true, &none, "xyz"), "", 2).verdict,
+        DriftVerdict::InSync
+    );
 
     // In sync with an older revision: not drift, but said.
     let old = attest(&report(true, &none, "abc"), "abc", 3);
@@ -148,9 +160,16 @@ fn status_sees_a_mismatch_even_if_the_agent_is_silent() {
 fn verdict_predicates() {
     use DriftVerdict::*;
     let of = |f: fn(DriftVerdict) -> bool| {
-        DriftVerdict::ALL.iter().copied().filter(|v| f(*v)).collect::<Vec<_>>()
+        DriftVerdict::ALL
+            .iter()
+            .copied()
+            .filter(|v| f(*v))
+            .collect::<Vec<_>>()
     };
     assert_eq!(of(DriftVerdict::is_drift), [Drifted, HealSuppressed]);
     assert_eq!(of(DriftVerdict::in_sync), [InSync, Healed]);
-    assert_eq!(of(DriftVerdict::found_drift), [Drifted, HealSuppressed, Healed]);
+    assert_eq!(
+        of(DriftVerdict::found_drift),
+        [Drifted, HealSuppressed, Healed]
+    );
 }

@@ -59,12 +59,18 @@ fn commit_confirmed_host_is_confirmed_once_back_and_confirm_handed_over() {
     let mut x = t.sent("h7", W);
     assert_eq!(
         x.handle(applied(7, "h7"), t.at(10)),
-        [Action::Record(HostState::Applied, "waiting for the reconnect")]
+        [Action::Record(
+            HostState::Applied,
+            "waiting for the reconnect"
+        )]
     );
     assert_eq!(x.phase(), Phase::AwaitReconnect);
     assert_eq!(x.handle(back(7, "h7"), t.at(20)), [Action::Confirm]);
     assert_eq!(x.phase(), Phase::Confirming);
-    assert_eq!(settled(&x.handle(Event::ConfirmSent, t.at(21))), Some(O::Confirmed));
+    assert_eq!(
+        settled(&x.handle(Event::ConfirmSent, t.at(21))),
+        Some(O::Confirmed)
+    );
     assert_eq!(x.phase(), Phase::Done);
 }
 
@@ -72,9 +78,18 @@ fn commit_confirmed_host_is_confirmed_once_back_and_confirm_handed_over() {
 fn without_confirmation_applied_settles() {
     let t = Clock::new();
     let mut x = t.sent("h7", Duration::ZERO);
-    assert!(x.handle(back(7, "h7"), t.at(1)).is_empty(), "no reconnect expected");
-    assert!(x.handle(Event::ConfirmSent, t.at(1)).is_empty(), "nothing asked");
-    assert_eq!(settled(&x.handle(applied(7, "h7"), t.at(2))), Some(O::Applied));
+    assert!(
+        x.handle(back(7, "h7"), t.at(1)).is_empty(),
+        "no reconnect expected"
+    );
+    assert!(
+        x.handle(Event::ConfirmSent, t.at(1)).is_empty(),
+        "nothing asked"
+    );
+    assert_eq!(
+        settled(&x.handle(applied(7, "h7"), t.at(2))),
+        Some(O::Applied)
+    );
 }
 
 #[test]
@@ -82,9 +97,15 @@ fn other_revisions_and_early_events_are_ignored() {
     let t = Clock::new();
     let mut x = t.sent("h7", W);
     assert!(x.handle(applied(6, "h6"), t.at(1)).is_empty());
-    assert!(x.handle(Event::ConfirmSent, t.at(1)).is_empty(), "not asked");
+    assert!(
+        x.handle(Event::ConfirmSent, t.at(1)).is_empty(),
+        "not asked"
+    );
     assert!(x.handle(reverted(6, "x"), t.at(1)).is_empty());
-    assert!(x.handle(Event::Tick, t.at(1)).is_empty(), "before the give-up time");
+    assert!(
+        x.handle(Event::Tick, t.at(1)).is_empty(),
+        "before the give-up time"
+    );
     assert_eq!(x.phase(), Phase::Applying);
 }
 
@@ -108,7 +129,10 @@ fn back_before_applied_with_the_new_rules_confirms() {
     assert_eq!(x.handle(back(7, "h7"), t.at(1)), [Action::Confirm]);
     // The Applied arriving late, once confirming, changes nothing.
     assert!(x.handle(applied(7, "h7"), t.at(2)).is_empty());
-    assert_eq!(settled(&x.handle(Event::ConfirmSent, t.at(3))), Some(O::Confirmed));
+    assert_eq!(
+        settled(&x.handle(Event::ConfirmSent, t.at(3))),
+        Some(O::Confirmed)
+    );
 }
 
 #[test]
@@ -118,7 +142,10 @@ fn a_late_applied_is_ignored_after_the_host_moved_on() {
     x.handle(applied(7, "h7"), t.at(1));
     // A duplicate (or delayed) Applied while waiting for the reconnect.
     assert!(x.handle(applied(7, "h7"), t.at(2)).is_empty());
-    assert!(x.handle(applied(7, "bad"), t.at(2)).is_empty(), "judged once");
+    assert!(
+        x.handle(applied(7, "bad"), t.at(2)).is_empty(),
+        "judged once"
+    );
     assert_eq!(x.phase(), Phase::AwaitReconnect);
     // And after the host settled.
     let mut x = t.sent("h7", Duration::ZERO);
@@ -134,12 +161,18 @@ fn duplicate_back_and_confirm_are_asked_and_settled_once() {
     assert_eq!(x.handle(back(7, "h7"), t.at(2)), [Action::Confirm]);
     // Back once more before the first Confirm was handed over: asked again.
     assert_eq!(x.handle(back(7, "h7"), t.at(3)), [Action::Confirm]);
-    assert_eq!(settled(&x.handle(Event::ConfirmSent, t.at(4))), Some(O::Confirmed));
+    assert_eq!(
+        settled(&x.handle(Event::ConfirmSent, t.at(4))),
+        Some(O::Confirmed)
+    );
     // Both Confirms handed over, a third reconnect, a revert: all after the settle.
     assert!(x.handle(Event::ConfirmSent, t.at(5)).is_empty());
     assert!(x.handle(back(7, "h7"), t.at(5)).is_empty());
     assert!(x.handle(reverted(7, "late"), t.at(5)).is_empty());
-    assert!(x.handle(Event::Tick, t.at(9000)).is_empty(), "no give-up once settled");
+    assert!(
+        x.handle(Event::Tick, t.at(9000)).is_empty(),
+        "no give-up once settled"
+    );
 }
 
 #[test]
@@ -156,10 +189,16 @@ fn back_on_the_old_revision_after_applying_is_a_revert() {
     // A wrong hash on the right revision too, also while confirming.
     let mut x = t.sent("h7", W);
     x.handle(applied(7, "h7"), t.at(1));
-    assert_eq!(settled(&x.handle(back(7, "other"), t.at(2))), Some(O::Reverted));
+    assert_eq!(
+        settled(&x.handle(back(7, "other"), t.at(2))),
+        Some(O::Reverted)
+    );
     let mut x = t.sent("h7", W);
     x.handle(back(7, "h7"), t.at(1));
-    assert_eq!(settled(&x.handle(back(6, "h6"), t.at(2))), Some(O::Reverted));
+    assert_eq!(
+        settled(&x.handle(back(6, "h6"), t.at(2))),
+        Some(O::Reverted)
+    );
 }
 
 #[test]
@@ -187,10 +226,17 @@ fn failures_mismatch_and_reverts_settle() {
 
     // No expected hash known: any hash is taken.
     let mut x = t.sent("", Duration::ZERO);
-    assert_eq!(settled(&x.handle(applied(7, "any"), t.at(1))), Some(O::Applied));
+    assert_eq!(
+        settled(&x.handle(applied(7, "any"), t.at(1))),
+        Some(O::Applied)
+    );
 
     // The agent reverted by itself, in each phase.
-    for steps in [vec![], vec![applied(7, "h7")], vec![applied(7, "h7"), back(7, "h7")]] {
+    for steps in [
+        vec![],
+        vec![applied(7, "h7")],
+        vec![applied(7, "h7"), back(7, "h7")],
+    ] {
         let mut x = t.sent("h7", W);
         for s in steps {
             x.handle(s, t.at(1));
@@ -205,7 +251,12 @@ fn the_give_up_time_reverts_whatever_is_pending() {
     let t = Clock::new();
     for (steps, window, outcome, says) in [
         (vec![], W, O::Failed, "no Applied for r7 in time"),
-        (vec![], Duration::ZERO, O::Failed, "no Applied for r7 in time"),
+        (
+            vec![],
+            Duration::ZERO,
+            O::Failed,
+            "no Applied for r7 in time",
+        ),
         (
             vec![applied(7, "h7")],
             W,
@@ -277,7 +328,10 @@ fn a_restarted_controller_resumes_from_the_stored_state() {
     assert_eq!(x.handle(back(7, "h7"), t.at(2)), [Action::Confirm]);
     // Its give-up time still holds.
     let mut x = resume(HostState::Applied, W).unwrap();
-    assert_eq!(settled(&x.handle(Event::Tick, t.deadline())), Some(O::Unconfirmed));
+    assert_eq!(
+        settled(&x.handle(Event::Tick, t.deadline())),
+        Some(O::Unconfirmed)
+    );
     // Nothing to drive: not sent yet, settled, or `applied` without confirmation.
     for state in HostState::ALL {
         let driven = matches!(state, HostState::Sent | HostState::Applied);

@@ -56,9 +56,7 @@ pub(super) async fn wave(
         // Nothing of the wave staged yet: hosts elsewhere are not asked at all.
         for host in std::mem::take(&mut far).into_keys() {
             let why = "not sent: the rollout was aborted";
-            let r = ctx
-                .settle(index, &host, HostOutcome::Skipped, why)
-                .await;
+            let r = ctx.settle(index, &host, HostOutcome::Skipped, why).await;
             results.insert(host, r);
         }
     }
