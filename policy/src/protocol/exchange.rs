@@ -8,7 +8,8 @@
 //! events, or the reports another controller stored for a host whose session it holds),
 //! passes the time in, and carries out the [`Action`]s, so every kind of host follows
 //! exactly the same rules. The give-up time belongs to the machine: any event handled at
-//! or after it ([`Event::Tick`] included) settles the host as timed out.
+//! or after it ([`Event::Tick`] included) settles the host as timed out — except the news
+//! that an asked-for `Confirm` was handed over, which the agent already has.
 //!
 //! `Confirm` is settled only once it was handed to the host's session
 //! ([`Event::ConfirmSent`]: at once for a session of this controller, when the other
@@ -137,7 +138,10 @@ impl Exchange {
         if self.phase == Phase::Done {
             return Vec::new();
         }
-        let actions = if now >= self.give_up_at {
+        // A `Confirm` handed over is a fact about the past: the agent has it, whenever it
+        // is reported (a remote controller's report is read a poll later).
+        let handed_over = matches!(event, Event::ConfirmSent) && self.phase == Phase::Confirming;
+        let actions = if now >= self.give_up_at && !handed_over {
             self.give_up()
         } else {
             self.on(event)

@@ -304,6 +304,17 @@ fn the_give_up_time_is_inclusive() {
     let a = x.handle(back(7, "h7"), t.deadline());
     assert_eq!(settled(&a), Some(O::Unconfirmed), "{a:?}");
     assert!(matches!(a[0], Action::Revert(_)));
+    // A Confirm asked for before it, reported handed over after it (a remote
+    // controller's report, read a poll later): the agent has it, the host is confirmed.
+    let mut x = t.sent("h7", W);
+    x.handle(applied(7, "h7"), t.at(1));
+    assert_eq!(x.handle(back(7, "h7"), just_before), [Action::Confirm]);
+    let a = x.handle(Event::ConfirmSent, t.at(8250));
+    assert_eq!(a, [Action::Settle(O::Confirmed, String::new())]);
+    // But not one never asked for.
+    let mut x = t.sent("h7", W);
+    x.handle(applied(7, "h7"), t.at(1));
+    assert_eq!(settled(&x.handle(Event::ConfirmSent, t.deadline())), Some(O::Unconfirmed));
     // A late Applied after it: the host already failed, nothing more.
     let mut x = t.sent("h7", Duration::ZERO);
     let a = x.handle(applied(7, "h7"), t.at(8001));
