@@ -363,13 +363,26 @@ pub fn running_elsewhere(
     )
 }
 
+/// The states of a host a wave still drives ([`HostState::in_flight`]), as an SQL list.
+fn in_flight() -> String {
+    let states: Vec<HostState> = HostState::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.in_flight())
+        .collect();
+    super::rollout::in_list(&states)
+}
+
 /// Whether a running rollout (live lease) is staging `revision` on `host` (sent, not
 /// settled): only that rollout may send it, with its confirm deadline.
 pub fn staged(db: &Db<'_>, host: &str, revision: u64, now_ms: i64) -> anyhow::Result<bool> {
     db.query_one(
-        "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
-          WHERE h.host = ?1 AND r.revision = ?2 AND r.status = 'running' AND r.lease_ms >= ?3
-            AND h.state IN ('sent', 'applied'))",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
+              WHERE h.host = ?1 AND r.revision = ?2 AND r.status = 'running' AND r.lease_ms >= ?3
+                AND h.state IN ({}))",
+            in_flight()
+        ),
         args![host, to_i64(revision), now_ms],
         |r| r.get::<bool>(0),
     )
@@ -384,11 +397,14 @@ pub fn in_flight_elsewhere(
     now_ms: i64,
 ) -> anyhow::Result<Vec<(u64, String, u64, String)>> {
     db.query(
-        "SELECT r.id, r.controller, r.revision, h.host
-           FROM rollouts r JOIN rollout_hosts h ON h.rollout = r.id
-          WHERE r.status = 'running' AND r.lease_ms >= ?1 AND r.controller <> ?2
-            AND h.state IN ('sent', 'applied')
-          ORDER BY r.id, h.host",
+        &format!(
+            "SELECT r.id, r.controller, r.revision, h.host
+               FROM rollouts r JOIN rollout_hosts h ON h.rollout = r.id
+              WHERE r.status = 'running' AND r.lease_ms >= ?1 AND r.controller <> ?2
+                AND h.state IN ({})
+              ORDER BY r.id, h.host",
+            in_flight()
+        ),
         args![now_ms, me],
         |r| Ok((to_u64(r.get(0)?), r.get(1)?, to_u64(r.get(2)?), r.get(3)?)),
     )

@@ -106,10 +106,13 @@ pub fn was_sent_for_confirm(
     previous: u64,
 ) -> anyhow::Result<bool> {
     let (rev, prev) = (to_i64(revision), to_i64(previous));
+    let never_sent = in_list(&[HostState::Pending, HostState::Skipped, HostState::Offline]);
     db.query_one(
-        "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
-          WHERE h.host = ?1 AND r.revision = ?2 AND r.confirm_timeout_ms > 0
-            AND h.previous_revision = ?3 AND h.state NOT IN ('pending', 'skipped', 'offline'))",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
+              WHERE h.host = ?1 AND r.revision = ?2 AND r.confirm_timeout_ms > 0
+                AND h.previous_revision = ?3 AND h.state NOT IN ({never_sent}))"
+        ),
         args![host, rev, prev],
         |r| r.get::<bool>(0),
     )
@@ -124,10 +127,18 @@ pub fn reverted_after_interrupt(
     reason: &str,
 ) -> anyhow::Result<()> {
     db.execute(
-        "UPDATE rollout_hosts SET state = 'reverted', detail = ?3, updated_ms = ?4
-          WHERE host = ?1 AND state = 'interrupted'
-            AND rollout IN (SELECT id FROM rollouts WHERE revision = ?2 AND status = 'interrupted')",
-        args![host, to_i64(revision), reason, now_ms()],
+        "UPDATE rollout_hosts SET state = ?5, detail = ?3, updated_ms = ?4
+          WHERE host = ?1 AND state = ?6
+            AND rollout IN (SELECT id FROM rollouts WHERE revision = ?2 AND status = ?7)",
+        args![
+            host,
+            to_i64(revision),
+            reason,
+            now_ms(),
+            HostState::Reverted.as_str(),
+            HostState::Interrupted.as_str(),
+            RolloutStatus::Interrupted.as_str()
+        ],
     )?;
     Ok(())
 }
@@ -252,8 +263,15 @@ pub fn insert_rollout(db: &Db<'_>, r: &NewRollout<'_>) -> anyhow::Result<u64> {
             let prev = r.previous.get(h).copied().unwrap_or(0);
             db.execute(
                 "INSERT INTO rollout_hosts (rollout, host, wave, previous_revision, state, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-                args![id, h, i64::try_from(wave)?, to_i64(prev), now],
+                 VALUES (?1, ?2, ?3, ?4, ?6, ?5)",
+                args![
+                    id,
+                    h,
+                    i64::try_from(wave)?,
+                    to_i64(prev),
+                    now,
+                    HostState::Pending.as_str()
+                ],
             )?;
         }
     }
@@ -320,11 +338,20 @@ pub fn interrupt_running(db: &Db<'_>, expired_before: i64) -> anyhow::Result<Vec
         args![expired_before],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    // Hosts whose row already says how they ended keep it.
+    let settled = in_list(&[
+        HostState::Confirmed,
+        HostState::Failed,
+        HostState::Reverted,
+        HostState::Offline,
+        HostState::Unconfirmed,
+        HostState::RolledBack,
+    ]);
     for (id, revision) in &running {
         let hosts: Vec<(String, i64)> = tx.query(
             "SELECT host, previous_revision FROM rollout_hosts
-              WHERE rollout = ?1 AND state NOT IN ('confirmed')",
-            args![id],
+              WHERE rollout = ?1 AND state <> ?2",
+            args![id, HostState::Confirmed.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         for (host, prev) in hosts {
@@ -332,10 +359,11 @@ pub fn interrupt_running(db: &Db<'_>, expired_before: i64) -> anyhow::Result<Vec
                 set_desired(&tx, &host, to_u64(prev))?;
             }
             tx.execute(
-                "UPDATE rollout_hosts SET state = 'interrupted', updated_ms = ?3
-                  WHERE rollout = ?1 AND host = ?2 AND state NOT IN ('confirmed', 'failed',
-                        'reverted', 'offline', 'unconfirmed', 'rolled_back')",
-                args![id, host, now_ms()],
+                &format!(
+                    "UPDATE rollout_hosts SET state = ?4, updated_ms = ?3
+                      WHERE rollout = ?1 AND host = ?2 AND state NOT IN ({settled})"
+                ),
+                args![id, host, now_ms(), HostState::Interrupted.as_str()],
             )?;
         }
         tx.execute(
@@ -448,6 +476,16 @@ pub fn wave_policies(
         }
     }
     Ok(out)
+}
+
+/// `states` as the items of an SQL `IN (...)` list: their spellings are fixed snake_case
+/// words, never input.
+pub(super) fn in_list(states: &[HostState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Record many (host, state, detail) of `rollout` in one transaction.

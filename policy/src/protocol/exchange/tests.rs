@@ -314,7 +314,10 @@ fn the_give_up_time_is_inclusive() {
     // But not one never asked for.
     let mut x = t.sent("h7", W);
     x.handle(applied(7, "h7"), t.at(1));
-    assert_eq!(settled(&x.handle(Event::ConfirmSent, t.deadline())), Some(O::Unconfirmed));
+    assert_eq!(
+        settled(&x.handle(Event::ConfirmSent, t.deadline())),
+        Some(O::Unconfirmed)
+    );
     // A late Applied after it: the host already failed, nothing more.
     let mut x = t.sent("h7", Duration::ZERO);
     let a = x.handle(applied(7, "h7"), t.at(8001));
