@@ -7,6 +7,10 @@
 //! backs off instead of spinning. Reports go to the controller as `DriftReport`s when
 //! something changed (drift found, healed, back in sync), on request, and on connect,
 //! with the coexistence findings ([`coexist`]). Other tables are only ever read.
+//!
+//! This is the agent's side of drift; the verdict itself is the pure
+//! [`portcullis_policy::protocol::drift`] (what the agent logs is the verdict the
+//! controller stores of its report), the controller's side is its `server::drift`.
 
 pub mod coexist;
 pub mod limiter;
@@ -18,6 +22,7 @@ use crate::clock::now_ms;
 use crate::session::Companion;
 use crate::uplink::Uplink;
 use limiter::{HealDecision, HealLimiter};
+use portcullis_policy::protocol::drift::{self as verdict, DriftVerdict};
 use portcullis_proto::v1;
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,21 +277,39 @@ async fn check_and_report(
     }
 }
 
+/// The verdict of a check, as the controller will store it from the report.
+fn verdict_of(check: &DriftCheck, heal_suppressed: bool) -> DriftVerdict {
+    verdict::reported(&verdict::Report {
+        revision: check.revision.unwrap_or(0),
+        in_sync: check.in_sync(),
+        kernel_hash: check.kernel_hash.as_ref().map_or("", |h| h.0.as_str()),
+        diff: &check.diff,
+        healed: check.healed,
+        heal_suppressed,
+        heal_error: check.heal_error.as_deref().unwrap_or_default(),
+    })
+}
+
 fn log_check(check: &DriftCheck, trigger: Trigger, heal_suppressed: bool) {
-    if !check.found_drift() {
-        tracing::debug!(trigger = trigger.name(), "drift check: in sync");
-        return;
-    }
+    let trigger = trigger.name();
     let diff = check.diff.join("; ");
     let revision = check.revision.unwrap_or(0);
-    if check.healed {
-        tracing::warn!(trigger = trigger.name(), revision, %diff, "drift found and healed");
-    } else if let Some(e) = &check.heal_error {
-        tracing::error!(trigger = trigger.name(), revision, %diff, error = %e, "drift found; heal failed");
-    } else if heal_suppressed {
-        tracing::warn!(trigger = trigger.name(), revision, %diff, "drift found; heal storm, backing off");
-    } else {
-        tracing::warn!(trigger = trigger.name(), revision, %diff, "drift found (drift: report; left in place)");
+    match (verdict_of(check, heal_suppressed), &check.heal_error) {
+        (DriftVerdict::InSync | DriftVerdict::Unreachable, _) => {
+            tracing::debug!(trigger, "drift check: in sync");
+        }
+        (DriftVerdict::Healed, _) => {
+            tracing::warn!(trigger, revision, %diff, "drift found and healed");
+        }
+        (DriftVerdict::Drifted, Some(e)) => {
+            tracing::error!(trigger, revision, %diff, error = %e, "drift found; heal failed");
+        }
+        (DriftVerdict::HealSuppressed, _) => {
+            tracing::warn!(trigger, revision, %diff, "drift found; heal storm, backing off");
+        }
+        (DriftVerdict::Drifted, None) => {
+            tracing::warn!(trigger, revision, %diff, "drift found (drift: report; left in place)");
+        }
     }
 }
 

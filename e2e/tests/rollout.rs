@@ -386,7 +386,7 @@ fn failed_apply_and_failed_denial_gate_halt_and_roll_back() {
         v["reason"].as_str().unwrap_or("").contains("denial gate"),
         "{v}"
     );
-    assert_eq!(result_of(&v, "h1"), "rolled-back", "{v}");
+    assert_eq!(result_of(&v, "h1"), "rolled_back", "{v}");
     for h in HOSTS {
         assert_eq!(tcp(&fleet, h, 80), TcpOutcome::Accepted, "{h} on r1");
         assert_eq!(
@@ -423,7 +423,7 @@ fn failed_apply_and_failed_denial_gate_halt_and_roll_back() {
     assert_eq!(v["status"], "rolled_back", "{v}");
     assert_eq!(result_of(&v, "h3"), "failed", "{v}");
     for h in ["h1", "h2", "h4"] {
-        assert_eq!(result_of(&v, h), "rolled-back", "{v}");
+        assert_eq!(result_of(&v, h), "rolled_back", "{v}");
     }
     assert!(
         v.to_string().contains("fault injection"),
@@ -519,7 +519,7 @@ fn lockout_of_the_controller_is_refused_and_forced_the_cut_off_host_reverts() {
         v["waves"],
         serde_json::json!([["ctl"], ["h1"], ["h2"], ["h3"]])
     );
-    assert_eq!(result_of(&v, "ctl"), "rolled-back", "{v}");
+    assert_eq!(result_of(&v, "ctl"), "rolled_back", "{v}");
     assert_eq!(result_of(&v, "h1"), "unconfirmed", "{v}");
     assert!(started.elapsed() < Duration::from_secs(30), "{v}");
     // h1 is back on r1 within its confirm timeout: by itself (revert at the deadline) or,

@@ -230,6 +230,23 @@ impl fmt::Display for RolloutStatus {
     }
 }
 
+impl std::str::FromStr for RolloutStatus {
+    type Err = crate::protocol::outcome::UnknownSpelling;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s).ok_or_else(|| crate::protocol::outcome::UnknownSpelling {
+            what: "rollout status",
+            found: s.to_owned(),
+        })
+    }
+}
+
+impl serde::Serialize for RolloutStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// What the engine must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {

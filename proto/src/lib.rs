@@ -11,6 +11,7 @@ pub mod v1 {
 
 pub mod convert;
 pub mod parts;
+pub mod protocol;
 
 pub use convert::ProtoError;
 

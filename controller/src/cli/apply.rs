@@ -8,7 +8,9 @@ use super::exit;
 use super::output::{print_json, short_hash, table};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use portcullis_policy::protocol::outcome::HostOutcome;
 use portcullis_policy::{Source, site};
+use portcullis_proto::protocol::host_outcome;
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -222,8 +224,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         let Some(v1::apply_event::Event::Host(r)) = ev.event else {
             continue;
         };
-        let outcome = v1::HostOutcome::try_from(r.outcome).unwrap_or_default();
-        if outcome == v1::HostOutcome::Disconnected {
+        if host_outcome(r.outcome) == Some(HostOutcome::Disconnected) {
             bar.println(&*super::output::term_lines(&format!(
                 "{}: disconnected before answering (still pending)",
                 r.host
@@ -245,14 +246,14 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     let all_ok = results.len() == total
         && results
             .values()
-            .all(|r| r.outcome == v1::HostOutcome::Applied as i32);
+            .all(|r| host_outcome(r.outcome) == Some(HostOutcome::Applied));
     if args.json {
         let hosts: Vec<_> = accepted
             .hosts
             .iter()
             .map(|h| match results.get(h) {
                 Some(r) => serde_json::json!({
-                    "host": h, "result": outcome_name(r.outcome), "hash": r.hash,
+                    "host": h, "result": super::rollout::outcome(r.outcome), "hash": r.hash,
                     "expected_hash": r.expected_hash, "error": r.error,
                     "duration_us": r.duration_us,
                 }),
@@ -267,7 +268,7 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
             .map(|h| match results.get(h) {
                 Some(r) => vec![
                     h.clone(),
-                    outcome_name(r.outcome).into(),
+                    super::rollout::outcome(r.outcome).into(),
                     short_hash(&r.hash),
                     format!("{:.1} ms", r.duration_us as f64 / 1000.0),
                     r.error.lines().next().unwrap_or("").to_string(),
@@ -295,31 +296,21 @@ pub async fn run(args: ApplyArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         );
         let applied = results
             .values()
-            .filter(|r| r.outcome == v1::HostOutcome::Applied as i32)
+            .filter(|r| host_outcome(r.outcome) == Some(HostOutcome::Applied))
             .count();
         crate::outln!("{applied}/{total} hosts applied r{revision}");
     }
     Ok(if all_ok { exit::OK } else { exit::INCOMPLETE })
 }
 
-fn outcome_name(o: i32) -> &'static str {
-    match v1::HostOutcome::try_from(o) {
-        Ok(v1::HostOutcome::Applied) => "applied",
-        Ok(v1::HostOutcome::Failed) => "failed",
-        Ok(v1::HostOutcome::HashMismatch) => "hash-mismatch",
-        Ok(v1::HostOutcome::Disconnected) => "disconnected",
-        _ => "unknown",
-    }
-}
-
 fn describe(r: &v1::HostResult) -> String {
-    match v1::HostOutcome::try_from(r.outcome) {
-        Ok(v1::HostOutcome::Applied) => format!(
+    match host_outcome(r.outcome) {
+        Some(HostOutcome::Applied) => format!(
             "applied, hash {} ({:.1} ms)",
             short_hash(&r.hash),
             r.duration_us as f64 / 1000.0
         ),
-        Ok(v1::HostOutcome::HashMismatch) => format!(
+        Some(HostOutcome::HashMismatch) => format!(
             "HASH MISMATCH: kernel {} expected {}",
             short_hash(&r.hash),
             short_hash(&r.expected_hash)

@@ -7,6 +7,8 @@
 use super::connect::{ConnectArgs, status_exit};
 use super::exit;
 use super::output::{print_json, short_hash, table};
+use portcullis_policy::protocol::drift::DriftVerdict;
+use portcullis_proto::protocol::drift_verdict;
 use portcullis_proto::v1;
 use std::time::Duration;
 
@@ -38,26 +40,26 @@ pub struct DriftArgs {
     pub timeout: Duration,
 }
 
-fn state_of(h: &v1::HostDrift) -> v1::DriftState {
-    v1::DriftState::try_from(h.state).unwrap_or_default()
+/// A host's verdict (`None`: the controller gave none).
+fn state_of(h: &v1::HostDrift) -> Option<DriftVerdict> {
+    drift_verdict(h.state)
 }
 
-fn state_name(s: v1::DriftState) -> &'static str {
-    match s {
-        v1::DriftState::InSync => "in_sync",
-        v1::DriftState::Drifted => "drifted",
-        v1::DriftState::Healed => "healed",
-        v1::DriftState::Unreachable => "unreachable",
-        v1::DriftState::Unspecified => "unknown",
-    }
+fn state_name(s: Option<DriftVerdict>) -> &'static str {
+    s.map_or("unknown", DriftVerdict::as_str)
+}
+
+/// No answer, or no verdict.
+fn unreachable(s: Option<DriftVerdict>) -> bool {
+    s.is_none_or(|v| v == DriftVerdict::Unreachable)
 }
 
 /// The exit code for a set of verdicts (see [`DriftArgs`]).
 pub fn exit_code(hosts: &[v1::HostDrift]) -> i32 {
-    let any = |s: &[v1::DriftState]| hosts.iter().any(|h| s.contains(&state_of(h)));
-    if any(&[v1::DriftState::Drifted, v1::DriftState::Healed]) {
+    let verdicts = || hosts.iter().map(state_of);
+    if verdicts().any(|s| s.is_some_and(DriftVerdict::found_drift)) {
         exit::DRIFT_FOUND
-    } else if any(&[v1::DriftState::Unreachable, v1::DriftState::Unspecified]) {
+    } else if verdicts().any(unreachable) {
         exit::HOSTS_UNREACHABLE
     } else {
         exit::OK
@@ -118,7 +120,7 @@ pub async fn run(args: DriftArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
     );
     for h in &resp.hosts {
         let s = state_of(h);
-        if args.diff && matches!(s, v1::DriftState::Drifted | v1::DriftState::Healed) {
+        if args.diff && s.is_some_and(DriftVerdict::found_drift) {
             crate::outln!("{} ({}):", h.host, state_name(s));
             for line in &h.diff {
                 crate::outln!("  {line}");
@@ -141,12 +143,13 @@ pub async fn run(args: DriftArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
 }
 
 fn summary(hosts: &[v1::HostDrift]) -> serde_json::Value {
-    let n = |s: v1::DriftState| hosts.iter().filter(|h| state_of(h) == s).count();
+    let n = |s: DriftVerdict| hosts.iter().filter(|h| state_of(h) == Some(s)).count();
+    let unreachable = hosts.iter().filter(|h| unreachable(state_of(h))).count();
     serde_json::json!({
-        "in_sync": n(v1::DriftState::InSync),
-        "drifted": n(v1::DriftState::Drifted),
-        "healed": n(v1::DriftState::Healed),
-        "unreachable": n(v1::DriftState::Unreachable) + n(v1::DriftState::Unspecified),
+        "in_sync": n(DriftVerdict::InSync),
+        "drifted": n(DriftVerdict::Drifted) + n(DriftVerdict::HealSuppressed),
+        "healed": n(DriftVerdict::Healed),
+        "unreachable": unreachable,
     })
 }
 

@@ -7,6 +7,9 @@ use super::connect::{ConnectArgs, status_exit};
 use super::exit;
 use super::output::{print_json, table};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use portcullis_policy::protocol::outcome::HostOutcome;
+use portcullis_policy::rollout::RolloutStatus;
+use portcullis_proto::protocol::host_outcome;
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,29 +79,17 @@ impl RolloutArgs {
     }
 }
 
-fn outcome(o: i32) -> &'static str {
-    match v1::HostOutcome::try_from(o) {
-        Ok(v1::HostOutcome::Applied) => "applied",
-        Ok(v1::HostOutcome::Confirmed) => "confirmed",
-        Ok(v1::HostOutcome::Failed) => "failed",
-        Ok(v1::HostOutcome::HashMismatch) => "hash-mismatch",
-        Ok(v1::HostOutcome::Disconnected) => "disconnected",
-        Ok(v1::HostOutcome::Reverted) => "reverted",
-        Ok(v1::HostOutcome::Offline) => "offline",
-        Ok(v1::HostOutcome::Unconfirmed) => "unconfirmed",
-        Ok(v1::HostOutcome::RolledBack) => "rolled-back",
-        Ok(v1::HostOutcome::GateFailed) => "gate-failed",
-        Ok(v1::HostOutcome::Skipped) => "skipped",
-        _ => "unknown",
-    }
+/// A `HostResult.outcome` as printed (its one spelling; `unknown` for none).
+pub fn outcome(o: i32) -> &'static str {
+    host_outcome(o).map_or("unknown", HostOutcome::as_str)
 }
 
 /// Exit code of a finished rollout.
 pub fn status_code(status: &str) -> i32 {
-    match status {
-        "succeeded" => exit::OK,
-        "rolled_back" => exit::ROLLED_BACK,
-        "aborted" => exit::ABORTED,
+    match status.parse::<RolloutStatus>() {
+        Ok(RolloutStatus::Succeeded) => exit::OK,
+        Ok(RolloutStatus::RolledBack) => exit::ROLLED_BACK,
+        Ok(RolloutStatus::Aborted) => exit::ABORTED,
         _ => exit::HALTED,
     }
 }
@@ -160,7 +151,7 @@ pub async fn follow(
                     }
                 ))
                 .into_owned();
-                if r.outcome == v1::HostOutcome::RolledBack as i32 {
+                if host_outcome(r.outcome) == Some(HostOutcome::RolledBack) {
                     if !json {
                         let _ = multi.println(line);
                     }
@@ -199,11 +190,11 @@ pub async fn follow(
         .collect();
     let status = finished
         .as_ref()
-        .map_or("interrupted", |f| f.status.as_str());
+        .map_or(RolloutStatus::Interrupted.as_str(), |f| f.status.as_str());
     let row = |h: &String| -> (String, String, String) {
         let wave = wave_of.get(h).map_or("-".into(), |w| (w + 1).to_string());
         let (res, detail) = match (results.get(h), rolled.get(h)) {
-            (_, Some(r)) => ("rolled-back".to_string(), r.error.clone()),
+            (_, Some(r)) => (HostOutcome::RolledBack.to_string(), r.error.clone()),
             (Some(r), None) => (outcome(r.outcome).to_string(), r.error.clone()),
             (None, None) => ("not started".to_string(), String::new()),
         };

@@ -7,6 +7,7 @@
 
 use super::connect::ConnectArgs;
 use super::output::{ago_ms, print_json, short_hash, table};
+use portcullis_policy::protocol::drift::DriftVerdict;
 use portcullis_proto::v1;
 use serde::Serialize;
 
@@ -108,7 +109,9 @@ pub async fn run(args: StatusArgs, conn: &ConnectArgs) -> anyhow::Result<i32> {
         .map(|h| {
             let state = if h.drifted {
                 match h.drift_diff.first() {
-                    Some(d) if h.drift_state != "in_sync" => format!("DRIFT: {d}"),
+                    Some(d) if h.drift_state.parse() != Ok(DriftVerdict::InSync) => {
+                        format!("DRIFT: {d}")
+                    }
                     _ => "DRIFT: kernel hash is not the expected one".into(),
                 }
             } else if h.conditions.iter().any(|c| c.starts_with("fail-closed")) {

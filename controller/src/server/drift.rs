@@ -1,11 +1,15 @@
-//! Drift attestation on the controller: `DriftReport`s from agents, and the `Drift` admin
-//! call that asks connected agents to verify now.
+//! Drift on the controller's side (the I/O; the verdicts are the pure
+//! [`portcullis_policy::protocol::drift`]): `DriftReport`s from agents, stored as the
+//! agent's word, and the `Drift` admin call that asks connected agents to verify now.
+//! The agent's side is `portcullis_agent::drift`, the stored columns `store::drift`, the
+//! operator's command `cli::drift`.
 //!
 //! `drift` sends `VerifyNow{request_id}` to every targeted connected agent and waits (with
 //! a deadline) for the `DriftReport` echoing that id from that same host's session; the
-//! waiting calls live in [`DriftState`] under (host, random id). The controller does not take the agent's word for "in sync": it
-//! compiles the policy of the revision the agent enforces against the agent's facts and
-//! compares that hash with the kernel hash the agent read back.
+//! waiting calls live in [`VerifyRequests`] under (host, random id). The controller does
+//! not take the agent's word for "in sync": it compiles the policy of the revision the
+//! agent enforces against the agent's facts and compares that hash with the kernel hash
+//! the agent read back ([`attest`](portcullis_policy::protocol::drift::attest)).
 
 mod select;
 mod status;
@@ -15,7 +19,9 @@ pub use status::{attest, drifted};
 use super::Shared;
 use super::wire::internal;
 use crate::store::{self, drift::DriftRecord};
+use portcullis_policy::protocol::drift::{self as verdict, DriftVerdict};
 use portcullis_policy::{Facts, HostPolicy};
+use portcullis_proto::protocol::drift_report;
 use portcullis_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -32,11 +38,11 @@ type Waiting = HashMap<(String, u64), oneshot::Sender<v1::DriftReport>>;
 
 /// Outstanding verification requests.
 #[derive(Debug, Default)]
-pub struct DriftState {
+pub struct VerifyRequests {
     waiting: Mutex<Waiting>,
 }
 
-impl DriftState {
+impl VerifyRequests {
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         // Single map operations under the lock: a panic cannot leave it inconsistent.
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
@@ -74,19 +80,6 @@ impl DriftState {
     }
 }
 
-/// The stored state name of a report.
-pub fn state_name(r: &v1::DriftReport) -> &'static str {
-    if r.healed {
-        "healed"
-    } else if r.heal_suppressed {
-        "heal_suppressed"
-    } else if r.diff.is_empty() && r.in_sync {
-        "in_sync"
-    } else {
-        "drifted"
-    }
-}
-
 /// Record an agent's drift report (and answer a waiting `drift` call). A report naming a
 /// request id that no `VerifyNow` to this host carries is ignored (and counted): it is
 /// someone else's question, a forged or a stale one.
@@ -97,15 +90,15 @@ pub async fn on_report(shared: &Shared, host: &str, report: v1::DriftReport) -> 
             .count(super::answers::Kind::Drift, host, report.request_id);
         return Ok(());
     }
-    let state = state_name(&report);
+    let state = verdict::reported(&drift_report(&report));
     if report.diff.is_empty() {
         tracing::debug!(%host, trigger = %report.trigger, "drift report: in sync");
     } else {
-        tracing::warn!(%host, trigger = %report.trigger, state, revision = report.revision,
-            diff = %report.diff.join("; "), "drift reported");
+        tracing::warn!(%host, trigger = %report.trigger, state = state.as_str(),
+            revision = report.revision, diff = %report.diff.join("; "), "drift reported");
     }
     let record = DriftRecord {
-        state: state.to_owned(),
+        state,
         kernel_hash: report.kernel_hash.clone(),
         diff: report.diff.clone(),
         verified_ms: if report.detected_unix_ms > 0 {
@@ -394,13 +387,14 @@ async fn verify_remote(
             };
             waiting.remove(&h.name);
             let facts: Facts = serde_json::from_str(&h.facts_json).unwrap_or_default();
+            let state = d.state;
             let report = v1::DriftReport {
                 revision: h.applied_revision,
-                in_sync: d.state == "in_sync" || d.state == "healed",
+                in_sync: state.is_some_and(DriftVerdict::in_sync),
                 kernel_hash: h.reported_hash.clone(),
                 diff: d.diff.clone(),
-                healed: d.state == "healed" && d.healed_ms >= asked_at,
-                heal_suppressed: d.state == "heal_suppressed",
+                healed: state == Some(DriftVerdict::Healed) && d.healed_ms >= asked_at,
+                heal_suppressed: state == Some(DriftVerdict::HealSuppressed),
                 trigger: "request".to_owned(),
                 detected_unix_ms: d.detected_ms,
                 healed_unix_ms: d.healed_ms,
@@ -424,66 +418,27 @@ async fn verify_remote(
 fn unreachable(host: &str, why: &str) -> v1::HostDrift {
     v1::HostDrift {
         host: host.to_owned(),
-        state: v1::DriftState::Unreachable as i32,
+        state: v1::DriftState::from(DriftVerdict::Unreachable) as i32,
         error: why.to_owned(),
         ..Default::default()
     }
 }
 
-/// The verdict for one answered host. `expected` is the controller's hash for the
-/// revision the agent enforces ("" if it cannot say); `desired` the revision it should run.
+/// The verdict for one answered host ([`verdict::attest`]). `expected` is the
+/// controller's hash for the revision the agent enforces ("" if it cannot say); `desired`
+/// the revision it should run.
 pub fn classify(host: &str, r: &v1::DriftReport, expected: &str, desired: u64) -> v1::HostDrift {
-    let mut diff = r.diff.clone();
-    let mut notes = Vec::new();
-    let state = if r.healed {
-        v1::DriftState::Healed
-    } else if !r.in_sync || !r.diff.is_empty() {
-        if r.heal_suppressed {
-            notes.push("heal storm: backing off, left drifted for now".to_owned());
-        }
-        if !r.heal_error.is_empty() {
-            notes.push(format!("heal failed: {}", r.heal_error));
-        }
-        v1::DriftState::Drifted
-    } else if r.revision == 0 && desired != 0 {
-        diff.push(format!("nothing applied, desired revision r{desired}"));
-        v1::DriftState::Drifted
-    } else if !expected.is_empty() && r.kernel_hash != expected {
-        // The agent says in sync, but with something the controller did not compute.
-        diff.push(format!(
-            "kernel hash {} is not the expected {} for r{}",
-            short(&r.kernel_hash),
-            short(expected),
-            r.revision
-        ));
-        v1::DriftState::Drifted
-    } else {
-        v1::DriftState::InSync
-    };
-    if state != v1::DriftState::Drifted && desired != 0 && r.revision != desired {
-        notes.push(format!(
-            "enforces r{}, desired r{desired} (not applied yet)",
-            r.revision
-        ));
-    }
+    let a = verdict::attest(&drift_report(r), expected, desired);
     v1::HostDrift {
         host: host.to_owned(),
-        state: state as i32,
+        state: v1::DriftState::from(a.verdict) as i32,
         revision: r.revision,
         expected_hash: expected.to_owned(),
         kernel_hash: r.kernel_hash.clone(),
-        diff,
+        diff: a.diff,
         coexistence: r.coexistence.clone(),
         verified_unix_ms: store::now_ms(),
-        error: notes.join("; "),
-    }
-}
-
-fn short(h: &str) -> String {
-    if h.is_empty() {
-        "(no table)".to_owned()
-    } else {
-        h.chars().take(12).collect()
+        error: a.notes.join("; "),
     }
 }
 

@@ -84,7 +84,7 @@ pub struct Shared {
     /// The signed revocation list sent to agents.
     pub signed_revocations: revocation::Distribution,
     /// Outstanding `portcullis drift` verification requests.
-    pub drift: drift::DriftState,
+    pub drift: drift::VerifyRequests,
     /// Live `logs --follow` subscribers.
     pub logs: logs::LogsState,
     /// The running rollout and what rollouts need to know about sessions.
@@ -239,7 +239,7 @@ pub async fn run_with_metrics(
         unmatched: answers::Unmatched::default(),
         asked: answers::Asked::default(),
         signed_revocations: revocation::Distribution::new(config.pki.clone()),
-        drift: drift::DriftState::default(),
+        drift: drift::VerifyRequests::default(),
         logs: logs::LogsState::start(&store, &config.logs)
             .context("starting the denial log writer")?,
         rollouts: rollout::Rollouts::default(),

@@ -1,18 +1,21 @@
 //! Drift attestation in the store (migration 3's `hosts` columns): what the agents last
 //! reported about their kernel, when it was verified, coexistence findings; plus the
 //! lookups `drift` and `apply --check` need (the policy of a host's applied revision, the
-//! newest inventory). Knows nothing of gRPC beyond the plain values it stores.
+//! newest inventory). Knows nothing of gRPC beyond the plain values it stores. The
+//! `drift_state` column holds a [`DriftVerdict`]'s spelling ("" = no report yet), read
+//! and written only here.
 
 use super::now_ms;
 use super::sql::Db;
 use crate::args;
+use portcullis_policy::protocol::drift::DriftVerdict;
 use std::collections::BTreeMap;
 
 /// One agent drift report, as stored.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DriftRecord {
-    /// `in_sync`, `drifted`, `healed` or `heal_suppressed`.
-    pub state: String,
+    /// The agent's word ([`portcullis_policy::protocol::drift::reported`]).
+    pub state: DriftVerdict,
     pub kernel_hash: String,
     pub diff: Vec<String>,
     pub verified_ms: i64,
@@ -24,11 +27,27 @@ pub struct DriftRecord {
     pub coexistence_json: String,
 }
 
+impl DriftRecord {
+    /// A report of `state` with nothing else known.
+    pub fn new(state: DriftVerdict) -> Self {
+        Self {
+            state,
+            kernel_hash: String::new(),
+            diff: Vec::new(),
+            verified_ms: 0,
+            detected_ms: 0,
+            healed_ms: 0,
+            coexistence_json: String::new(),
+        }
+    }
+}
+
 /// A host's stored drift columns (for `status`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DriftRow {
     pub verified_ms: i64,
-    pub state: String,
+    /// The last report's verdict (`None`: no report yet).
+    pub state: Option<DriftVerdict>,
     pub diff: Vec<String>,
     pub detected_ms: i64,
     pub healed_ms: i64,
@@ -52,7 +71,7 @@ pub fn record(db: &Db<'_>, host: &str, r: &DriftRecord) -> anyhow::Result<()> {
             now_ms(),
             r.kernel_hash,
             r.verified_ms,
-            r.state,
+            r.state.as_str(),
             diff,
             r.detected_ms,
             r.healed_ms,
@@ -80,11 +99,16 @@ pub fn rows(db: &Db<'_>) -> anyhow::Result<BTreeMap<String, DriftRow>> {
             args![],
             |r| {
                 let diff: String = r.get(3)?;
+                let state: String = r.get(2)?;
+                let state = match state.as_str() {
+                    "" => None,
+                    s => Some(s.parse::<DriftVerdict>()?),
+                };
                 Ok((
                     r.get::<String>(0)?,
                     DriftRow {
                         verified_ms: r.get(1)?,
-                        state: r.get(2)?,
+                        state,
                         diff: serde_json::from_str(&diff).unwrap_or_default(),
                         detected_ms: r.get(4)?,
                         healed_ms: r.get(5)?,
@@ -144,7 +168,7 @@ mod tests {
             store.call_sync(|c| {
                 host_connected(c, "h1", "0.1", "{}", 1, "aaa", "peer", "c1")?;
                 let found = DriftRecord {
-                    state: "healed".into(),
+                    state: DriftVerdict::Healed,
                     kernel_hash: "bbb".into(),
                     diff: vec!["rule added".into()],
                     verified_ms: 100,
@@ -154,11 +178,10 @@ mod tests {
                 };
                 record(c, "h1", &found)?;
                 let calm = DriftRecord {
-                    state: "in_sync".into(),
                     kernel_hash: "bbb".into(),
                     verified_ms: 200,
                     coexistence_json: "[]".into(),
-                    ..Default::default()
+                    ..DriftRecord::new(DriftVerdict::InSync)
                 };
                 record(c, "h1", &calm)?;
                 verified(c, "h1", 150)?;
@@ -166,7 +189,7 @@ mod tests {
                 let h1 = &rows["h1"];
                 assert_eq!(h1.verified_ms, 200, "a heartbeat never moves it back");
                 assert_eq!((h1.detected_ms, h1.healed_ms), (90, 95));
-                assert_eq!(h1.state, "in_sync");
+                assert_eq!(h1.state, Some(DriftVerdict::InSync));
                 assert!(h1.diff.is_empty());
                 Ok(())
             })

@@ -116,10 +116,9 @@ mod tests {
                     crate::store::drift::record(
                         c,
                         "b",
-                        &crate::store::drift::DriftRecord {
-                            state: "drifted".into(),
-                            ..Default::default()
-                        },
+                        &crate::store::drift::DriftRecord::new(
+                            portcullis_policy::protocol::drift::DriftVerdict::Drifted,
+                        ),
                     )
                 })
                 .unwrap();

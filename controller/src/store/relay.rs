@@ -11,6 +11,8 @@
 use super::PUBLISH_CHANNEL;
 use super::sql::{Arg, Db, Dialect, ToArg as _};
 use crate::args;
+use portcullis_policy::protocol::outcome::HostState;
+use portcullis_policy::rollout::RolloutStatus;
 use std::collections::BTreeMap;
 
 fn to_u64(v: i64) -> u64 {
@@ -135,7 +137,7 @@ pub struct Lease {
     pub revision: u64,
     /// The controller running it.
     pub controller: String,
-    pub status: String,
+    pub status: RolloutStatus,
     /// Until when its controller's lease holds (ms since the epoch).
     pub lease_ms: i64,
     pub confirm_timeout_ms: u64,
@@ -151,7 +153,7 @@ pub fn lease(db: &Db<'_>, rollout: u64) -> anyhow::Result<Option<Lease>> {
                 id: to_u64(r.get(0)?),
                 revision: to_u64(r.get(1)?),
                 controller: r.get(2)?,
-                status: r.get(3)?,
+                status: r.get::<String>(3)?.parse()?,
                 lease_ms: r.get(4)?,
                 confirm_timeout_ms: to_u64(r.get(5)?),
             })
@@ -162,7 +164,7 @@ pub fn lease(db: &Db<'_>, rollout: u64) -> anyhow::Result<Option<Lease>> {
 /// A rollout's host row with the host's desired revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub state: String,
+    pub state: HostState,
     pub detail: String,
     pub previous_revision: u64,
     /// The host's desired revision now (0: none, or no hosts row).
@@ -206,7 +208,7 @@ pub fn targets(
                 Ok((
                     r.get::<String>(0)?,
                     Target {
-                        state: r.get(1)?,
+                        state: r.get::<String>(1)?.parse()?,
                         detail: r.get(2)?,
                         previous_revision: to_u64(r.get(3)?),
                         desired_revision: to_u64(r.get(4)?),
@@ -361,13 +363,26 @@ pub fn running_elsewhere(
     )
 }
 
+/// The states of a host a wave still drives ([`HostState::in_flight`]), as an SQL list.
+fn in_flight() -> String {
+    let states: Vec<HostState> = HostState::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.in_flight())
+        .collect();
+    super::rollout::in_list(&states)
+}
+
 /// Whether a running rollout (live lease) is staging `revision` on `host` (sent, not
 /// settled): only that rollout may send it, with its confirm deadline.
 pub fn staged(db: &Db<'_>, host: &str, revision: u64, now_ms: i64) -> anyhow::Result<bool> {
     db.query_one(
-        "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
-          WHERE h.host = ?1 AND r.revision = ?2 AND r.status = 'running' AND r.lease_ms >= ?3
-            AND h.state IN ('sent', 'applied'))",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
+              WHERE h.host = ?1 AND r.revision = ?2 AND r.status = 'running' AND r.lease_ms >= ?3
+                AND h.state IN ({}))",
+            in_flight()
+        ),
         args![host, to_i64(revision), now_ms],
         |r| r.get::<bool>(0),
     )
@@ -382,11 +397,14 @@ pub fn in_flight_elsewhere(
     now_ms: i64,
 ) -> anyhow::Result<Vec<(u64, String, u64, String)>> {
     db.query(
-        "SELECT r.id, r.controller, r.revision, h.host
-           FROM rollouts r JOIN rollout_hosts h ON h.rollout = r.id
-          WHERE r.status = 'running' AND r.lease_ms >= ?1 AND r.controller <> ?2
-            AND h.state IN ('sent', 'applied')
-          ORDER BY r.id, h.host",
+        &format!(
+            "SELECT r.id, r.controller, r.revision, h.host
+               FROM rollouts r JOIN rollout_hosts h ON h.rollout = r.id
+              WHERE r.status = 'running' AND r.lease_ms >= ?1 AND r.controller <> ?2
+                AND h.state IN ({})
+              ORDER BY r.id, h.host",
+            in_flight()
+        ),
         args![now_ms, me],
         |r| Ok((to_u64(r.get(0)?), r.get(1)?, to_u64(r.get(2)?), r.get(3)?)),
     )
@@ -490,8 +508,8 @@ mod tests {
                 let t = targets(c, id, &["a".into(), "b".into(), "zz".into()])?;
                 assert_eq!(t.len(), 2, "zz is not a host of it");
                 assert_eq!(
-                    (t["a"].state.as_str(), t["a"].desired_revision),
-                    ("sent", r2)
+                    (t["a"].state, t["a"].desired_revision),
+                    (HostState::Sent, r2)
                 );
                 assert_eq!(
                     (t["b"].previous_revision, t["b"].desired_revision),
@@ -508,9 +526,9 @@ mod tests {
                 assert_eq!((got[1].hash.as_str(), got[1].revision), ("hash-a", r2));
                 assert!(reports(c, id + 1, &["a".into()])?.is_empty());
 
-                set_host_state(c, id, "a", "confirmed", "")?;
+                set_host_state(c, id, "a", HostState::Confirmed, "")?;
                 assert!(!staged(c, "a", r2, now)?, "settled");
-                crate::store::rollout::finish_rollout(c, id, "succeeded", "", "ca")?;
+                crate::store::rollout::finish_rollout(c, id, RolloutStatus::Succeeded, "", "ca")?;
                 assert!(
                     reports(c, id, &["a".into(), "b".into()])?.is_empty(),
                     "forgotten"

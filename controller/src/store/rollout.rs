@@ -23,6 +23,8 @@ pub struct Busy {
     pub id: u64,
     pub controller: String,
 }
+use portcullis_policy::protocol::outcome::HostState;
+use portcullis_policy::rollout::RolloutStatus;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -39,7 +41,7 @@ pub struct RolloutHostRecord {
     pub host: String,
     pub wave: u32,
     pub previous_revision: u64,
-    pub state: String,
+    pub state: HostState,
     pub detail: String,
 }
 
@@ -51,7 +53,7 @@ pub struct RolloutRecord {
     pub author: String,
     pub started_ms: i64,
     pub finished_ms: i64,
-    pub status: String,
+    pub status: RolloutStatus,
     pub reason: String,
     pub serial: String,
     pub max_fail: String,
@@ -104,10 +106,13 @@ pub fn was_sent_for_confirm(
     previous: u64,
 ) -> anyhow::Result<bool> {
     let (rev, prev) = (to_i64(revision), to_i64(previous));
+    let never_sent = in_list(&[HostState::Pending, HostState::Skipped, HostState::Offline]);
     db.query_one(
-        "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
-          WHERE h.host = ?1 AND r.revision = ?2 AND r.confirm_timeout_ms > 0
-            AND h.previous_revision = ?3 AND h.state NOT IN ('pending', 'skipped', 'offline'))",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rollout_hosts h JOIN rollouts r ON r.id = h.rollout
+              WHERE h.host = ?1 AND r.revision = ?2 AND r.confirm_timeout_ms > 0
+                AND h.previous_revision = ?3 AND h.state NOT IN ({never_sent}))"
+        ),
         args![host, rev, prev],
         |r| r.get::<bool>(0),
     )
@@ -122,10 +127,18 @@ pub fn reverted_after_interrupt(
     reason: &str,
 ) -> anyhow::Result<()> {
     db.execute(
-        "UPDATE rollout_hosts SET state = 'reverted', detail = ?3, updated_ms = ?4
-          WHERE host = ?1 AND state = 'interrupted'
-            AND rollout IN (SELECT id FROM rollouts WHERE revision = ?2 AND status = 'interrupted')",
-        args![host, to_i64(revision), reason, now_ms()],
+        "UPDATE rollout_hosts SET state = ?5, detail = ?3, updated_ms = ?4
+          WHERE host = ?1 AND state = ?6
+            AND rollout IN (SELECT id FROM rollouts WHERE revision = ?2 AND status = ?7)",
+        args![
+            host,
+            to_i64(revision),
+            reason,
+            now_ms(),
+            HostState::Reverted.as_str(),
+            HostState::Interrupted.as_str(),
+            RolloutStatus::Interrupted.as_str()
+        ],
     )?;
     Ok(())
 }
@@ -250,8 +263,15 @@ pub fn insert_rollout(db: &Db<'_>, r: &NewRollout<'_>) -> anyhow::Result<u64> {
             let prev = r.previous.get(h).copied().unwrap_or(0);
             db.execute(
                 "INSERT INTO rollout_hosts (rollout, host, wave, previous_revision, state, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-                args![id, h, i64::try_from(wave)?, to_i64(prev), now],
+                 VALUES (?1, ?2, ?3, ?4, ?6, ?5)",
+                args![
+                    id,
+                    h,
+                    i64::try_from(wave)?,
+                    to_i64(prev),
+                    now,
+                    HostState::Pending.as_str()
+                ],
             )?;
         }
     }
@@ -262,13 +282,13 @@ pub fn set_host_state(
     db: &Db<'_>,
     rollout: u64,
     host: &str,
-    state: &str,
+    state: HostState,
     detail: &str,
 ) -> anyhow::Result<()> {
     db.execute(
         "UPDATE rollout_hosts SET state = ?3, detail = ?4, updated_ms = ?5
           WHERE rollout = ?1 AND host = ?2",
-        args![to_i64(rollout), host, state, detail, now_ms()],
+        args![to_i64(rollout), host, state.as_str(), detail, now_ms()],
     )?;
     Ok(())
 }
@@ -278,14 +298,14 @@ pub fn set_host_state(
 pub fn finish_rollout(
     db: &Db<'_>,
     rollout: u64,
-    status: &str,
+    status: RolloutStatus,
     reason: &str,
     controller: &str,
 ) -> anyhow::Result<()> {
     let tx = db.transaction()?;
     tx.execute(
         "UPDATE rollouts SET status = ?2, reason = ?3, finished_ms = ?4 WHERE id = ?1",
-        args![to_i64(rollout), status, reason, now_ms()],
+        args![to_i64(rollout), status.as_str(), reason, now_ms()],
     )?;
     super::relay::forget_reports(&tx, rollout)?;
     super::relay::publish_rollout(&tx, controller, rollout, super::relay::Step::Done, 0, &[])?;
@@ -318,11 +338,20 @@ pub fn interrupt_running(db: &Db<'_>, expired_before: i64) -> anyhow::Result<Vec
         args![expired_before],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    // Hosts whose row already says how they ended keep it.
+    let settled = in_list(&[
+        HostState::Confirmed,
+        HostState::Failed,
+        HostState::Reverted,
+        HostState::Offline,
+        HostState::Unconfirmed,
+        HostState::RolledBack,
+    ]);
     for (id, revision) in &running {
         let hosts: Vec<(String, i64)> = tx.query(
             "SELECT host, previous_revision FROM rollout_hosts
-              WHERE rollout = ?1 AND state NOT IN ('confirmed')",
-            args![id],
+              WHERE rollout = ?1 AND state <> ?2",
+            args![id, HostState::Confirmed.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         for (host, prev) in hosts {
@@ -330,10 +359,11 @@ pub fn interrupt_running(db: &Db<'_>, expired_before: i64) -> anyhow::Result<Vec
                 set_desired(&tx, &host, to_u64(prev))?;
             }
             tx.execute(
-                "UPDATE rollout_hosts SET state = 'interrupted', updated_ms = ?3
-                  WHERE rollout = ?1 AND host = ?2 AND state NOT IN ('confirmed', 'failed',
-                        'reverted', 'offline', 'unconfirmed', 'rolled_back')",
-                args![id, host, now_ms()],
+                &format!(
+                    "UPDATE rollout_hosts SET state = ?4, updated_ms = ?3
+                      WHERE rollout = ?1 AND host = ?2 AND state NOT IN ({settled})"
+                ),
+                args![id, host, now_ms(), HostState::Interrupted.as_str()],
             )?;
         }
         tx.execute(
@@ -369,7 +399,7 @@ pub fn list_rollouts(db: &Db<'_>, limit: u32, id: u64) -> anyhow::Result<Vec<Rol
                 author: r.get(3)?,
                 started_ms: r.get(4)?,
                 finished_ms: r.get(5)?,
-                status: r.get(6)?,
+                status: r.get::<String>(6)?.parse()?,
                 reason: r.get(7)?,
                 serial: r.get(8)?,
                 max_fail: r.get(9)?,
@@ -393,7 +423,7 @@ pub fn list_rollouts(db: &Db<'_>, limit: u32, id: u64) -> anyhow::Result<Vec<Rol
                     host: row.get(0)?,
                     wave: u32::try_from(row.get::<i64>(1)?).unwrap_or(0),
                     previous_revision: to_u64(row.get(2)?),
-                    state: row.get(3)?,
+                    state: row.get::<String>(3)?.parse()?,
                     detail: row.get(4)?,
                 })
             },
@@ -416,7 +446,7 @@ pub fn start_wave(
     let tx = db.transaction()?;
     for h in hosts {
         set_desired(&tx, h, revision)?;
-        set_host_state(&tx, rollout, h, "sent", "")?;
+        set_host_state(&tx, rollout, h, HostState::Sent, "")?;
     }
     let out = wave_policies(&tx, revision, hosts)?;
     if let Some((me, to)) = announce {
@@ -448,15 +478,25 @@ pub fn wave_policies(
     Ok(out)
 }
 
+/// `states` as the items of an SQL `IN (...)` list: their spellings are fixed snake_case
+/// words, never input.
+pub(super) fn in_list(states: &[HostState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Record many (host, state, detail) of `rollout` in one transaction.
 pub fn set_host_states(
     db: &Db<'_>,
     rollout: u64,
-    states: &[(String, String, String)],
+    states: &[(String, HostState, String)],
 ) -> anyhow::Result<()> {
     let tx = db.transaction()?;
     for (h, s, d) in states {
-        set_host_state(&tx, rollout, h, s, d)?;
+        set_host_state(&tx, rollout, h, *s, d)?;
     }
     tx.commit()?;
     Ok(())
@@ -537,8 +577,8 @@ mod tests {
                         controller: "c1",
                     },
                 )?;
-                set_host_state(c, id, "a", "confirmed", "")?;
-                set_host_state(c, id, "b", "sent", "")?;
+                set_host_state(c, id, "a", HostState::Confirmed, "")?;
+                set_host_state(c, id, "b", HostState::Sent, "")?;
                 // A live lease: another controller leaves it alone, and refuses a second.
                 assert!(interrupt_running(c, now_ms())?.is_empty());
                 let second = NewRollout {
@@ -563,8 +603,8 @@ mod tests {
                 assert_eq!(desired_revision(c, "a")?, r2);
                 assert_eq!(desired_revision(c, "b")?, r1);
                 let list = list_rollouts(c, 0, 0)?;
-                assert_eq!(list[0].status, "interrupted");
-                assert_eq!(list[0].hosts[1].state, "interrupted");
+                assert_eq!(list[0].status, RolloutStatus::Interrupted);
+                assert_eq!(list[0].hosts[1].state, HostState::Interrupted);
                 assert_eq!(revision_before(c, "a", r2)?, Some(r1));
                 assert_eq!(revision_before(c, "a", r1)?, None);
                 Ok(())

@@ -5,6 +5,7 @@
 
 use super::{Shared, coexistence_from_json};
 use crate::store;
+use portcullis_policy::protocol::drift::{Attestation, DriftVerdict, status_drifted};
 use portcullis_proto::v1;
 use tonic::Status;
 
@@ -20,7 +21,7 @@ pub async fn attest(shared: &Shared, hosts: &mut [v1::HostStatus]) -> Result<(),
             continue;
         };
         h.verified_unix_ms = row.verified_ms;
-        h.drift_state = row.state.clone();
+        h.drift_state = row.state.map_or("", DriftVerdict::as_str).to_owned();
         h.drift_diff = row.diff.clone();
         h.drift_detected_unix_ms = row.detected_ms;
         h.drift_healed_unix_ms = row.healed_ms;
@@ -30,14 +31,17 @@ pub async fn attest(shared: &Shared, hosts: &mut [v1::HostStatus]) -> Result<(),
     Ok(())
 }
 
-/// Drift as the controller sees it: on the desired revision with a kernel hash that is not
-/// the expected one (an absent table included), or the agent's last report says so.
+/// Drift as the controller sees it ([`status_drifted`]): on the desired revision with a
+/// kernel hash that is not the expected one (an absent table included), or the agent's
+/// last report says so.
 pub fn drifted(h: &v1::HostStatus) -> bool {
-    let mismatch = h.desired_revision != 0
-        && h.applied_revision == h.desired_revision
-        && !h.expected_hash.is_empty()
-        && h.reported_hash != h.expected_hash;
-    mismatch || matches!(h.drift_state.as_str(), "drifted" | "heal_suppressed")
+    status_drifted(&Attestation {
+        desired_revision: h.desired_revision,
+        applied_revision: h.applied_revision,
+        expected_hash: &h.expected_hash,
+        reported_hash: &h.reported_hash,
+        last_report: h.drift_state.parse().ok(),
+    })
 }
 
 #[cfg(test)]

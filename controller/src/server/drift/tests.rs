@@ -48,7 +48,7 @@ fn verdicts() {
 
 #[test]
 fn answers_reach_only_their_request_from_the_asked_host() {
-    let st = DriftState::default();
+    let st = VerifyRequests::default();
     let (id, mut rx) = st.register("h1");
     let (other, _rx9) = st.register("h9");
     assert_ne!(id.wrapping_add(1), other, "ids are not sequential");

@@ -10,7 +10,9 @@
 //! gets its previous desired revision back at once. On halt, confirmed hosts are sent
 //! their previous revision and must report it applied.
 //!
-//! Each host's steps are the pure [`super::exchange::Exchange`]. Hosts whose sessions
+//! Each host's steps are the pure [`Exchange`](portcullis_policy::protocol::exchange::Exchange),
+//! driven by [`wave`]; the engine only turns I/O into its events and its actions into I/O.
+//! Hosts whose sessions
 //! another controller holds (a shared store) are driven through it: the wave, `Confirm`,
 //! `Revert` and the rollback are announced through the database and carried out by that
 //! controller ([`super::relay`]), which stores what it saw of the host; [`remote`] reads
@@ -18,6 +20,7 @@
 
 use super::super::Shared;
 use crate::store::{self, relay};
+use portcullis_policy::protocol::outcome::{HostOutcome, HostState};
 use portcullis_policy::rollout::{HostResult, MaxFail, Rollout, Step};
 use portcullis_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,7 +58,7 @@ struct Ctx<'a> {
     plan: &'a Plan,
     tx: &'a Tx,
     /// Host states not written yet: flushed in one transaction per burst of events.
-    pending: std::sync::Mutex<Vec<(String, String, String)>>,
+    pending: std::sync::Mutex<Vec<(String, HostState, String)>>,
     /// Steps for hosts whose sessions other controllers hold, announced after the host
     /// states are written ([`Ctx::flush`]).
     outbox: std::sync::Mutex<BTreeMap<relay::Step, BTreeSet<String>>>,
@@ -79,36 +82,22 @@ async fn emit(tx: &Tx, event: v1::apply_event::Event) {
     let _ = tx.send(Ok(v1::ApplyEvent { event: Some(event) })).await;
 }
 
-fn host_result(host: &str, outcome: v1::HostOutcome, wave: usize, error: &str) -> v1::HostResult {
+fn host_result(host: &str, outcome: HostOutcome, wave: usize, error: &str) -> v1::HostResult {
     v1::HostResult {
         host: host.to_string(),
-        outcome: outcome as i32,
+        outcome: v1::HostOutcome::from(outcome) as i32,
         error: error.to_string(),
         wave: u32::try_from(wave).unwrap_or(u32::MAX),
         ..Default::default()
     }
 }
 
-fn state_name(o: v1::HostOutcome) -> &'static str {
-    match o {
-        v1::HostOutcome::Confirmed | v1::HostOutcome::Applied => "confirmed",
-        v1::HostOutcome::Reverted => "reverted",
-        v1::HostOutcome::Offline => "offline",
-        v1::HostOutcome::Unconfirmed => "unconfirmed",
-        v1::HostOutcome::RolledBack => "rolled_back",
-        v1::HostOutcome::HashMismatch => "hash_mismatch",
-        v1::HostOutcome::GateFailed => "gate_failed",
-        v1::HostOutcome::Skipped => "skipped",
-        _ => "failed",
-    }
-}
-
 impl Ctx<'_> {
     /// Queue a host state; [`Ctx::flush`] writes the queue in one transaction.
-    async fn record(&self, host: &str, state: &str, detail: &str) {
+    async fn record(&self, host: &str, state: HostState, detail: &str) {
         let full = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.push((host.to_string(), state.to_string(), detail.to_string()));
+            p.push((host.to_string(), state, detail.to_string()));
             p.len() >= 512
         };
         if full {
@@ -235,23 +224,20 @@ impl Ctx<'_> {
         &self,
         wave: usize,
         host: &str,
-        outcome: v1::HostOutcome,
+        outcome: HostOutcome,
         detail: &str,
     ) -> HostResult {
-        let ok = matches!(
-            outcome,
-            v1::HostOutcome::Confirmed | v1::HostOutcome::Applied
-        );
+        let ok = outcome.is_ok();
         if !ok {
             // Never push the refused revision again on reconnect.
             self.set_desired(host, self.plan.previous.get(host).copied().unwrap_or(0))
                 .await;
         }
-        self.record(host, state_name(outcome), detail).await;
+        self.record(host, outcome.into(), detail).await;
         self.shared.rollouts.set_in_flight(host, false);
         // Other controllers stop following it (those that held it on to this point).
         self.queue(relay::Step::Release, host);
-        tracing::info!(rollout = self.plan.id, %host, outcome = state_name(outcome), %detail, "rollout host settled");
+        tracing::info!(rollout = self.plan.id, %host, outcome = outcome.as_str(), %detail, "rollout host settled");
         emit(
             self.tx,
             v1::apply_event::Event::Host(host_result(host, outcome, wave, detail)),
@@ -259,7 +245,7 @@ impl Ctx<'_> {
         .await;
         if ok {
             HostResult::Confirmed
-        } else if outcome == v1::HostOutcome::Skipped {
+        } else if outcome == HostOutcome::Skipped {
             HostResult::Skipped
         } else {
             HostResult::Failed(detail.to_string())
@@ -399,13 +385,13 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
                 };
                 if !gate_failed.is_empty() {
                     for (h, why) in &gate_failed {
-                        ctx.record(h, "gate_failed", why).await;
+                        ctx.record(h, HostState::GateFailed, why).await;
                         tracing::warn!(rollout = plan.id, host = %h, %why, "health gate failed");
                         emit(
                             &tx,
                             v1::apply_event::Event::Host(host_result(
                                 h,
-                                v1::HostOutcome::GateFailed,
+                                HostOutcome::GateFailed,
                                 index,
                                 why,
                             )),
@@ -435,7 +421,12 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
                 tracing::warn!(rollout = plan.id, %reason, hosts = rollback.len(), "rollout halted; rolling back");
                 let (done, failed) = rollback::roll_back(&ctx, &rollback, &mut events).await;
                 let st = sm.rolled_back(failed.is_empty());
-                break (st, reason, done, failed);
+                break (
+                    st,
+                    reason,
+                    done,
+                    failed.iter().map(ToString::to_string).collect(),
+                );
             }
             Step::Finished(st) => {
                 let reason = if aborted {
@@ -448,11 +439,11 @@ pub async fn run(shared: Arc<Shared>, plan: Plan, tx: Tx) {
         }
     };
     ctx.flush().await;
-    let (id, s, r) = (plan.id, status.as_str().to_string(), reason.clone());
+    let (id, r) = (plan.id, reason.clone());
     let me = shared.controller_id.clone();
     if let Err(e) = shared
         .store
-        .call(move |c| store::rollout::finish_rollout(c, id, &s, &r, &me))
+        .call(move |c| store::rollout::finish_rollout(c, id, status, &r, &me))
         .await
     {
         tracing::error!(rollout = plan.id, error = %e, "recording the rollout's end failed");

@@ -6,8 +6,8 @@
 //!   addresses agents reach the controller at, `Reverted` reports) kept in [`Shared`].
 //! - [`lockout`]: the anti-lockout check over the compiled rulesets.
 //! - [`engine`]: drives a [`portcullis_policy::rollout::Rollout`] wave by wave, each
-//!   host's steps being an [`exchange::Exchange`] (pure), on whichever controller its
-//!   session is.
+//!   host's steps being a [`portcullis_policy::protocol::exchange::Exchange`] (pure), on
+//!   whichever controller its session is.
 //! - [`relay`]: what this controller does for a rollout another controller runs (a shared
 //!   store): sends its waves to the sessions held here, reports what it sees of them.
 //! - [`settings`]: what an `Apply` asks of a rollout (waves, max-fail, gates).
@@ -21,7 +21,6 @@
 
 mod desired;
 pub mod engine;
-pub mod exchange;
 pub mod gates;
 pub mod lockout;
 pub mod relay;
@@ -257,7 +256,7 @@ pub async fn list(
                 author: r.author,
                 started_unix_ms: r.started_ms,
                 finished_unix_ms: r.finished_ms,
-                status: r.status,
+                status: r.status.as_str().to_owned(),
                 reason: r.reason,
                 serial: r.serial,
                 max_fail: r.max_fail,
@@ -272,7 +271,7 @@ pub async fn list(
                         host: h.host,
                         wave: h.wave,
                         previous_revision: h.previous_revision,
-                        state: h.state,
+                        state: h.state.as_str().to_owned(),
                         detail: h.detail,
                     })
                     .collect(),

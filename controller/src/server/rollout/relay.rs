@@ -21,6 +21,8 @@ use crate::store::{
     self,
     relay::{Lease, Step, Target},
 };
+use portcullis_policy::protocol::outcome::HostState;
+use portcullis_policy::rollout::RolloutStatus;
 
 mod follow;
 
@@ -73,7 +75,7 @@ pub fn check(lease: Option<&Lease>, from: &str, n: &Notice, now_ms: i64) -> Resu
     if n.step == Step::Done {
         return Ok(());
     }
-    if l.status != "running" {
+    if l.status != RolloutStatus::Running {
         return Err(format!("rollout {} is {}", l.id, l.status));
     }
     if l.lease_ms < now_ms {
@@ -98,8 +100,8 @@ pub fn check_host(step: Step, revision: u64, target: Option<&Target>) -> Result<
         return Err("not a host of this rollout".to_string());
     };
     let ok = match step {
-        Step::Send => t.state == "sent" && t.desired_revision == revision,
-        Step::Confirm => matches!(t.state.as_str(), "sent" | "applied"),
+        Step::Send => t.state == HostState::Sent && t.desired_revision == revision,
+        Step::Confirm => t.state.in_flight(),
         Step::Rollback => t.previous_revision != 0 && t.desired_revision == t.previous_revision,
         Step::Revert | Step::Release | Step::Done | Step::Abort => true,
     };
@@ -109,7 +111,7 @@ pub fn check_host(step: Step, revision: u64, target: Option<&Target>) -> Result<
         Err(format!(
             "{} refused: its state is {:?}, desired r{}",
             step.as_str(),
-            t.state,
+            t.state.as_str(),
             t.desired_revision
         ))
     }

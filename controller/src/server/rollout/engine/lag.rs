@@ -3,8 +3,8 @@
 //! sent, so a host is never judged failed or unconfirmed because an event was lost.
 //! Only positive evidence settles a host here; anything else keeps waiting for its deadline.
 
-use super::super::exchange::{Event, Exchange, Phase};
 use super::Ctx;
+use portcullis_policy::protocol::exchange::{Event, Exchange, Phase};
 use std::collections::BTreeMap;
 
 /// What the stored state of each waiting host says the missed events were: `Applied`

@@ -4,10 +4,10 @@
 //! [`POLL`] as the same [`Event`]s a session of this controller would give. Each report
 //! is taken once; only reports about the hosts still waiting are read.
 
-use super::super::exchange::Event;
 use super::Ctx;
 use crate::store::{self, relay};
 use portcullis_policy::Facts;
+use portcullis_policy::protocol::exchange::Event;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -8,18 +8,42 @@ use super::{Ctx, ROLLBACK_TIMEOUT, emit, host_result, remote};
 use crate::server::registry::HostEvent;
 use crate::store::{self, relay};
 use portcullis_policy::Facts;
+use portcullis_policy::protocol::outcome::{HostOutcome, HostState};
 use portcullis_proto::v1;
 use std::collections::BTreeMap;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+/// A host that could not be put back on its previous revision, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Failure {
+    pub host: String,
+    pub why: String,
+}
+
+impl Failure {
+    fn new(host: &str, why: impl Into<String>) -> Self {
+        Self {
+            host: host.to_owned(),
+            why: why.into(),
+        }
+    }
+}
+
+/// As `RolloutFinished.rollback_failed` lists it: `host: why`.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.host, self.why)
+    }
+}
+
 /// Send each host its previous revision and wait for it to be applied with the expected
-/// hash. Returns (rolled back, could not be rolled back: `host: why`).
+/// hash. Returns (rolled back, could not be rolled back).
 pub(super) async fn roll_back(
     ctx: &Ctx<'_>,
     hosts: &[String],
     events: &mut broadcast::Receiver<HostEvent>,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<Failure>) {
     let mut pending: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut failed = Vec::new();
     let far = remote::elsewhere(ctx, hosts).await;
@@ -27,7 +51,7 @@ pub(super) async fn roll_back(
     for host in hosts {
         let prev = ctx.plan.previous.get(host).copied().unwrap_or(0);
         if prev == 0 {
-            failed.push(format!("{host}: no previous revision to go back to"));
+            failed.push(Failure::new(host, "no previous revision to go back to"));
             continue;
         }
         ctx.set_desired(host, prev).await;
@@ -35,7 +59,8 @@ pub(super) async fn roll_back(
             if far.contains_key(host) {
                 relayed.push((host.clone(), prev));
             } else {
-                failed.push(format!("{host}: offline (gets r{prev} when it connects)"));
+                let why = format!("offline (gets r{prev} when it connects)");
+                failed.push(Failure::new(host, why));
             }
             continue;
         };
@@ -48,10 +73,10 @@ pub(super) async fn roll_back(
                 {
                     pending.insert(host.clone(), (prev, exp));
                 } else {
-                    failed.push(format!("{host}: session closed"));
+                    failed.push(Failure::new(host, "session closed"));
                 }
             }
-            _ => failed.push(format!("{host}: no stored r{prev}")),
+            _ => failed.push(Failure::new(host, format!("no stored r{prev}"))),
         }
     }
     if !relayed.is_empty() {
@@ -61,7 +86,7 @@ pub(super) async fn roll_back(
                     ctx.queue(relay::Step::Rollback, &host);
                     pending.insert(host, (prev, exp));
                 }
-                None => failed.push(format!("{host}: no stored r{prev}")),
+                None => failed.push(Failure::new(&host, format!("no stored r{prev}"))),
             }
         }
         ctx.flush_outbox().await;
@@ -71,42 +96,29 @@ pub(super) async fn roll_back(
     let mut follower = remote::Follower::new();
     let mut poll = tokio::time::interval(remote::POLL);
     while !pending.is_empty() {
-        let mut answers: Vec<(String, v1::Applied)> = Vec::new();
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(HostEvent::Applied { host, report }) => answers.push((host, report)),
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(rollout = ctx.plan.id, skipped = n,
-                        "rollback lagged behind host events; re-checking its hosts from the store");
-                    for (host, prev) in super::lag::recheck_rollback(ctx, &mut pending).await {
-                        let why = format!("back on r{prev}");
-                        ctx.record(&host, "rolled_back", &why).await;
-                        emit(ctx.tx, v1::apply_event::Event::Host(host_result(&host, v1::HostOutcome::RolledBack, 0, &why))).await;
-                        done.push(host);
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            _ = poll.tick(), if ctx.shared_store() => {
-                for r in follower.poll(ctx, pending.keys()).await {
-                    let ok = match r.kind {
-                        relay::ReportKind::Applied => true,
-                        relay::ReportKind::Failed => false,
-                        _ => continue,
-                    };
-                    let report = v1::Applied {
-                        revision: r.revision,
-                        ok,
-                        hash: r.hash,
-                        error: r.detail,
-                        ..Default::default()
-                    };
-                    answers.push((r.host, report));
-                }
-            }
+        let seen = tokio::select! {
+            ev = events.recv() => Seen::Event(ev),
+            _ = poll.tick(), if ctx.shared_store() => Seen::Poll,
             () = tokio::time::sleep_until(deadline) => break,
-        }
+        };
+        let answers = match seen {
+            Seen::Event(Ok(HostEvent::Applied { host, report })) => vec![(host, report)],
+            Seen::Event(Ok(_)) => Vec::new(),
+            Seen::Event(Err(broadcast::error::RecvError::Lagged(n))) => {
+                tracing::warn!(
+                    rollout = ctx.plan.id,
+                    skipped = n,
+                    "rollback lagged behind host events; re-checking its hosts from the store"
+                );
+                for (host, prev) in super::lag::recheck_rollback(ctx, &mut pending).await {
+                    rolled_back(ctx, &host, prev).await;
+                    done.push(host);
+                }
+                Vec::new()
+            }
+            Seen::Event(Err(broadcast::error::RecvError::Closed)) => break,
+            Seen::Poll => reported(ctx, &mut follower, &pending).await,
+        };
         for (host, report) in answers {
             let Some((prev, exp)) = pending.get(&host).cloned() else {
                 continue;
@@ -116,34 +128,69 @@ pub(super) async fn roll_back(
             }
             pending.remove(&host);
             if report.ok && (exp.is_empty() || report.hash == exp) {
-                let why = format!("back on r{prev}");
-                ctx.record(&host, "rolled_back", &why).await;
-                let r = host_result(&host, v1::HostOutcome::RolledBack, 0, &why);
-                emit(ctx.tx, v1::apply_event::Event::Host(r)).await;
+                rolled_back(ctx, &host, prev).await;
                 done.push(host);
             } else if report.ok {
-                failed.push(format!(
-                    "{host}: rollback to r{prev} failed: kernel hash {} != expected {exp}",
+                let why = format!(
+                    "rollback to r{prev} failed: kernel hash {} != expected {exp}",
                     report.hash
-                ));
+                );
+                failed.push(Failure::new(&host, why));
             } else {
-                failed.push(format!(
-                    "{host}: rollback to r{prev} failed: {}",
-                    report.error
-                ));
+                let why = format!("rollback to r{prev} failed: {}", report.error);
+                failed.push(Failure::new(&host, why));
             }
         }
     }
     failed.extend(
         pending
             .keys()
-            .map(|h| format!("{h}: no answer to the rollback in time")),
+            .map(|h| Failure::new(h, "no answer to the rollback in time")),
     );
     for f in &failed {
-        let host = f.split(':').next().unwrap_or_default();
-        ctx.record(host, "rollback_failed", f).await;
+        ctx.record(&f.host, HostState::RollbackFailed, &f.to_string())
+            .await;
     }
     (done, failed)
+}
+
+/// What woke the rollback's wait.
+enum Seen {
+    Event(Result<HostEvent, broadcast::error::RecvError>),
+    Poll,
+}
+
+/// `host` is back on `prev`: store and report it.
+async fn rolled_back(ctx: &Ctx<'_>, host: &str, prev: u64) {
+    let why = format!("back on r{prev}");
+    ctx.record(host, HostState::RolledBack, &why).await;
+    let r = host_result(host, HostOutcome::RolledBack, 0, &why);
+    emit(ctx.tx, v1::apply_event::Event::Host(r)).await;
+}
+
+/// The `Applied` (or failed) reports other controllers stored for the hosts waiting.
+async fn reported(
+    ctx: &Ctx<'_>,
+    follower: &mut remote::Follower,
+    pending: &BTreeMap<String, (u64, String)>,
+) -> Vec<(String, v1::Applied)> {
+    let mut answers = Vec::new();
+    for r in follower.poll(ctx, pending.keys()).await {
+        let ok = match r.kind {
+            relay::ReportKind::Applied => true,
+            relay::ReportKind::Failed => false,
+            _ => continue,
+        };
+        let report = v1::Applied {
+            revision: r.revision,
+            ok,
+            hash: r.hash,
+            error: r.detail,
+            ..Default::default()
+        };
+        answers.push((r.host, report));
+    }
+    answers
 }
 
 /// For hosts whose sessions other controllers hold: the hash each must report for its

@@ -6,11 +6,12 @@
 //! controller's give-up time passed.
 
 use super::super::desired::Desireds;
-use super::super::exchange::{Action, Event, Exchange};
 use super::{APPLY_TIMEOUT, Ctx, Delivery, lag, remote};
 use crate::server::registry::HostEvent;
 use crate::store;
 use portcullis_policy::Facts;
+use portcullis_policy::protocol::exchange::{Action, Event, Exchange};
+use portcullis_policy::protocol::outcome::HostOutcome;
 use portcullis_policy::rollout::HostResult;
 use portcullis_proto::v1;
 use std::collections::{BTreeMap, VecDeque};
@@ -47,7 +48,7 @@ pub(super) async fn wave(
     for host in hosts {
         if !far.contains_key(host) && !local.iter().any(|(h, _)| h == host) {
             let why = "not connected when its wave started";
-            let r = ctx.settle(index, host, v1::HostOutcome::Offline, why).await;
+            let r = ctx.settle(index, host, HostOutcome::Offline, why).await;
             results.insert(host.clone(), r);
         }
     }
@@ -55,9 +56,7 @@ pub(super) async fn wave(
         // Nothing of the wave staged yet: hosts elsewhere are not asked at all.
         for host in std::mem::take(&mut far).into_keys() {
             let why = "not sent: the rollout was aborted";
-            let r = ctx
-                .settle(index, &host, v1::HostOutcome::Skipped, why)
-                .await;
+            let r = ctx.settle(index, &host, HostOutcome::Skipped, why).await;
             results.insert(host, r);
         }
     }
@@ -88,7 +87,8 @@ pub(super) async fn wave(
     let confirm_timeout_ms = u64::try_from(confirm.as_millis()).unwrap_or(u64::MAX);
     let mut desireds = Desireds::new(rev, confirm_timeout_ms);
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
-    let mut machines: BTreeMap<String, Exchange> = BTreeMap::new();
+    // The hosts sent the revision, with the hash each must report.
+    let mut sent: Vec<(String, String)> = Vec::new();
     // The session each host got the revision on here (a newer one means it came back).
     let mut sent_on: BTreeMap<String, Option<u64>> = BTreeMap::new();
     // Hosts elsewhere: their controllers send; this one knows what they must report.
@@ -97,19 +97,19 @@ pub(super) async fn wave(
         let (_, hash) = match stored_expected(&rows, &mut desireds, host, facts, rev) {
             Ok(found) => found,
             Err(why) => {
-                let r = ctx.settle(index, host, v1::HostOutcome::Failed, &why).await;
+                let r = ctx.settle(index, host, HostOutcome::Failed, &why).await;
                 results.insert(host.clone(), r);
                 continue;
             }
         };
         expected.insert(host.clone(), hash.clone());
-        machines.insert(host.clone(), Exchange::sent(rev, hash, window));
+        sent.push((host.clone(), hash));
     }
     for (host, facts) in &local {
         // Abort stops between hosts: the rest of the wave keeps its previous revision.
         if ctx.plan.abort.load(Ordering::SeqCst) {
             let why = "not sent: the rollout was aborted";
-            let r = ctx.settle(index, host, v1::HostOutcome::Skipped, why).await;
+            let r = ctx.settle(index, host, HostOutcome::Skipped, why).await;
             results.insert(host.clone(), r);
             continue;
         }
@@ -117,7 +117,7 @@ pub(super) async fn wave(
         let (policy_json, hash) = match stored_expected(&rows, &mut desireds, host, facts, rev) {
             Ok(found) => found,
             Err(why) => {
-                let r = ctx.settle(index, host, v1::HostOutcome::Failed, &why).await;
+                let r = ctx.settle(index, host, HostOutcome::Failed, &why).await;
                 results.insert(host.clone(), r);
                 continue;
             }
@@ -126,7 +126,7 @@ pub(super) async fn wave(
         let d = match desireds.message(ctx.shared, host, policy_json, hash.clone()) {
             Ok(d) => d,
             Err(why) => {
-                let r = ctx.settle(index, host, v1::HostOutcome::Failed, &why).await;
+                let r = ctx.settle(index, host, HostOutcome::Failed, &why).await;
                 results.insert(host.clone(), r);
                 continue;
             }
@@ -137,12 +137,12 @@ pub(super) async fn wave(
         {
             let why = "session closed while sending";
             let r = ctx
-                .settle(index, host, v1::HostOutcome::Disconnected, why)
+                .settle(index, host, HostOutcome::Disconnected, why)
                 .await;
             results.insert(host.clone(), r);
             continue;
         }
-        machines.insert(host.clone(), Exchange::sent(rev, hash, window));
+        sent.push((host.clone(), hash));
         sent_on.insert(
             host.clone(),
             ctx.shared.registry.get(host).map(|h| h.session),
@@ -155,54 +155,53 @@ pub(super) async fn wave(
         } else {
             window
         };
+    let give_up_at = deadline.into_std();
+    let mut machines: BTreeMap<String, Exchange> = sent
+        .into_iter()
+        .map(|(host, hash)| (host, Exchange::sent(rev, hash, window, give_up_at)))
+        .collect();
     let mut follower = remote::Follower::new();
     let mut poll = tokio::time::interval(remote::POLL);
-    let mut lagged = false;
     while !machines.is_empty() {
-        let mut seen: Vec<(String, Event)> = Vec::new();
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(HostEvent::Applied { host, report }) if machines.contains_key(&host) => {
-                    seen.push((host, Event::Applied {
-                        revision: report.revision,
-                        ok: report.ok,
-                        hash: report.hash,
-                        error: report.error,
-                    }));
-                }
-                Ok(HostEvent::Connected { host }) if !confirm.is_zero() && machines.contains_key(&host) => {
-                    let (revision, hash) = ctx.attested(&host).await.unwrap_or_default();
-                    seen.push((host, Event::Back { revision, hash }));
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(rollout = ctx.plan.id, skipped = n,
-                        "rollout lagged behind host events; re-checking its hosts from the store");
-                    lagged = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            r = reverted.recv() => {
-                if let Ok((host, rv)) = r {
-                    seen.push((host, Event::Reverted { revision: rv.revision, reason: rv.reason }));
-                }
+        let wake = tokio::select! {
+            ev = events.recv() => Wake::Event(ev),
+            r = reverted.recv() => Wake::Reverted(r.ok()),
+            _ = poll.tick(), if ctx.shared_store() => Wake::Poll,
+            () = tokio::time::sleep_until(deadline) => Wake::Deadline,
+        };
+        let mut lagged = false;
+        let seen: Vec<(String, Event)> = match wake {
+            Wake::Event(Ok(ev)) => seen_here(ctx, &machines, ev).await.into_iter().collect(),
+            Wake::Event(Err(broadcast::error::RecvError::Lagged(n))) => {
+                tracing::warn!(
+                    rollout = ctx.plan.id,
+                    skipped = n,
+                    "rollout lagged behind host events; re-checking its hosts from the store"
+                );
+                lagged = true;
+                Vec::new()
             }
-            _ = poll.tick(), if ctx.shared_store() => {
-                seen = follower
-                    .poll(ctx, machines.keys())
-                    .await
-                    .iter()
-                    .map(|r| (r.host.clone(), remote::event(r)))
-                    .collect();
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                seen = machines.keys().map(|h| (h.clone(), Event::Deadline)).collect();
-            }
-        }
+            Wake::Event(Err(broadcast::error::RecvError::Closed)) => break,
+            Wake::Reverted(Some((host, rv))) => vec![(
+                host,
+                Event::Reverted {
+                    revision: rv.revision,
+                    reason: rv.reason,
+                },
+            )],
+            Wake::Reverted(None) => Vec::new(),
+            Wake::Poll => follower
+                .poll(ctx, machines.keys())
+                .await
+                .iter()
+                .map(|r| (r.host.clone(), remote::event(r)))
+                .collect(),
+            Wake::Deadline => machines.keys().map(|h| (h.clone(), Event::Tick)).collect(),
+        };
         for (host, event) in seen {
             step(ctx, index, &mut machines, &mut results, &host, event).await;
         }
-        if std::mem::take(&mut lagged) {
+        if lagged {
             for (host, event) in lag::recheck_wave(ctx, &machines, &expected, &sent_on).await {
                 step(ctx, index, &mut machines, &mut results, &host, event).await;
             }
@@ -215,7 +214,45 @@ pub(super) async fn wave(
     (results, expected)
 }
 
-/// Feed `event` to `host`'s exchange and carry out what it says.
+/// What woke the wave's wait.
+enum Wake {
+    /// A session event of this controller.
+    Event(Result<HostEvent, broadcast::error::RecvError>),
+    /// An agent reverted a revision by itself (`None`: the channel lagged).
+    Reverted(Option<(String, v1::Reverted)>),
+    /// Time to read the other controllers' reports.
+    Poll,
+    /// The controller's give-up time.
+    Deadline,
+}
+
+/// A session event of this controller as an event of a waiting host's exchange: its
+/// `Applied`, or — under commit-confirmed — its new session (what its `Hello` attests).
+async fn seen_here(
+    ctx: &Ctx<'_>,
+    machines: &BTreeMap<String, Exchange>,
+    ev: HostEvent,
+) -> Option<(String, Event)> {
+    match ev {
+        HostEvent::Applied { host, report } if machines.contains_key(&host) => {
+            let event = Event::Applied {
+                revision: report.revision,
+                ok: report.ok,
+                hash: report.hash,
+                error: report.error,
+            };
+            Some((host, event))
+        }
+        HostEvent::Connected { host }
+            if !ctx.plan.confirm.is_zero() && machines.contains_key(&host) =>
+        {
+            let (revision, hash) = ctx.attested(&host).await.unwrap_or_default();
+            Some((host, Event::Back { revision, hash }))
+        }
+        _ => None,
+    }
+}
+
 /// The stored policy of `host` for revision `rev` (from `rows`, as `start_wave` returned
 /// them) and its expected hash with `facts`, or why the host fails the wave.
 fn stored_expected<'r>(
@@ -234,6 +271,8 @@ fn stored_expected<'r>(
     Ok((policy_json, hash))
 }
 
+/// Feed `event` to `host`'s exchange (at the time it is handled) and carry out what it
+/// says.
 async fn step(
     ctx: &Ctx<'_>,
     index: usize,
@@ -245,7 +284,8 @@ async fn step(
     let rev = ctx.plan.revision;
     let mut queue = VecDeque::from([event]);
     while let Some(event) = queue.pop_front() {
-        let Some(actions) = machines.get_mut(host).map(|m| m.handle(event)) else {
+        let now = Instant::now().into_std();
+        let Some(actions) = machines.get_mut(host).map(|m| m.handle(event, now)) else {
             return;
         };
         for action in actions {

@@ -1,11 +1,12 @@
 use super::*;
+use portcullis_policy::protocol::outcome::HostState;
 
 fn lease(controller: &str, status: &str, lease_ms: i64) -> Lease {
     Lease {
         id: 4,
         revision: 9,
         controller: controller.into(),
-        status: status.into(),
+        status: status.parse().unwrap(),
         lease_ms,
         confirm_timeout_ms: 20_000,
     }
@@ -20,9 +21,9 @@ fn notice(step: Step, revision: u64, hosts: &[&str]) -> Notice {
     }
 }
 
-fn target(state: &str, previous: u64, desired: u64) -> Target {
+fn target(state: HostState, previous: u64, desired: u64) -> Target {
     Target {
-        state: state.into(),
+        state,
         detail: String::new(),
         previous_revision: previous,
         desired_revision: desired,
@@ -86,27 +87,27 @@ fn only_the_lease_holder_of_a_running_rollout_is_obeyed() {
 fn hosts_must_be_the_rollouts_and_in_the_right_state() {
     assert!(check_host(Step::Send, 9, None).is_err(), "not a host of it");
     assert_eq!(
-        check_host(Step::Send, 9, Some(&target("sent", 8, 9))),
+        check_host(Step::Send, 9, Some(&target(HostState::Sent, 8, 9))),
         Ok(())
     );
     assert!(
-        check_host(Step::Send, 9, Some(&target("sent", 8, 8))).is_err(),
+        check_host(Step::Send, 9, Some(&target(HostState::Sent, 8, 8))).is_err(),
         "not staged"
     );
-    assert!(check_host(Step::Send, 9, Some(&target("confirmed", 8, 9))).is_err());
+    assert!(check_host(Step::Send, 9, Some(&target(HostState::Confirmed, 8, 9))).is_err());
     assert_eq!(
-        check_host(Step::Confirm, 9, Some(&target("applied", 8, 9))),
+        check_host(Step::Confirm, 9, Some(&target(HostState::Applied, 8, 9))),
         Ok(())
     );
-    assert!(check_host(Step::Confirm, 9, Some(&target("reverted", 8, 8))).is_err());
+    assert!(check_host(Step::Confirm, 9, Some(&target(HostState::Reverted, 8, 8))).is_err());
     assert_eq!(
-        check_host(Step::Rollback, 9, Some(&target("confirmed", 8, 8))),
+        check_host(Step::Rollback, 9, Some(&target(HostState::Confirmed, 8, 8))),
         Ok(())
     );
-    assert!(check_host(Step::Rollback, 9, Some(&target("confirmed", 8, 9))).is_err());
-    assert!(check_host(Step::Rollback, 9, Some(&target("confirmed", 0, 0))).is_err());
+    assert!(check_host(Step::Rollback, 9, Some(&target(HostState::Confirmed, 8, 9))).is_err());
+    assert!(check_host(Step::Rollback, 9, Some(&target(HostState::Confirmed, 0, 0))).is_err());
     assert_eq!(
-        check_host(Step::Revert, 9, Some(&target("unconfirmed", 8, 8))),
+        check_host(Step::Revert, 9, Some(&target(HostState::Unconfirmed, 8, 8))),
         Ok(())
     );
 }
