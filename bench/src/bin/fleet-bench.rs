@@ -290,7 +290,9 @@ async fn run_one(kind: Kind, n: usize, cli: &Cli, db: Option<&str>) -> Result<On
 fn render(results: &[(OneResult, OneResult, Option<OneResult>)], cli: &Cli) -> String {
     let mut out = format!(
         "Machine: {}. Loopback, TLS 1.3 mutual auth, one process for the server under test \
-         and one for all simulated agents (each agent compiles the policy to answer). \
+         and one for all simulated agents (real agent sessions, `portcullis_agent::session::run`, on \
+         an in-memory kernel: each compiles, applies, reads back, records last-known-good and \
+         answers; the raw server's pushes are answered the same way). \
          Push message: one `Desired`, {} bytes encoded. {} pushes per run: \"first\" is the first push \
          after connect, \"then\" the median of the others.\n\n",
         machine(),

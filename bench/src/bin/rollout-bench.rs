@@ -565,8 +565,9 @@ fn render(results: &[OneResult], cli: &Cli) -> String {
          process over the push; \"CPU %\" = that / total. \"wave\": `WaveStarted` → \
          `WaveFinished` (median and max over the waves of a push). \"accepted\": request → \
          `Accepted` (parse, compile per host, anti-lockout check, store). \"agents' CPU\": the \
-         simulated agents' process (compile + hash per host; under commit-confirmed also the \
-         new TLS connection and `Hello`). Under commit-confirmed every agent's `Confirm` is \
+         simulated agents' process (real agent sessions on an in-memory kernel: compile, apply, \
+         read back, last-known-good per host; under commit-confirmed also the durable confirm \
+         record, the new TLS connection and `Hello`). Under commit-confirmed every agent's `Confirm` is \
          also counted on the agents' side.\n\nCommand: `cargo run --release -p portcullis-bench \
          --bin rollout-bench -- --sizes {} --runs {} --write docs/BENCHMARKS.md`\n",
         cli.sizes
