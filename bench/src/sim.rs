@@ -180,7 +180,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let (backoff_min, backoff_max) = args
         .reconnect
         .unwrap_or((Duration::from_millis(250), Duration::from_secs(30)));
-    let (opened_tx, mut opened_rx) = mpsc::channel(1024);
+    let (opened_tx, opened_rx) = mpsc::channel(1024);
     for (index, (cert, (crt, key, state))) in certs.into_iter().zip(files).enumerate() {
         let permit = permits.clone().acquire_owned().await?;
         let opened = opened_tx.clone();
@@ -230,6 +230,24 @@ pub async fn run(args: SimArgs) -> Result<()> {
         });
     }
     drop(opened_tx);
+    ready_then_serve(opened_rx, t, &counters, &clock).await;
+    eprintln!(
+        "sim: {} Desired answered; exiting",
+        counters.answered.load(Ordering::Relaxed)
+    );
+    drop(root);
+    Ok(())
+}
+
+/// Once every first session is open (or failed; `opened` yields one result per agent):
+/// print `READY <s> <ok> <failed>`, then answer `STATS` and `STORM` lines on stdin until
+/// it closes (the child-process protocol of every simulated fleet).
+async fn ready_then_serve(
+    mut opened_rx: mpsc::Receiver<Result<()>>,
+    t: Instant,
+    counters: &Counters,
+    clock: &Arc<StormClock>,
+) {
     let mut ok = 0usize;
     let mut failed = 0usize;
     let mut first_error = None;
@@ -275,10 +293,4 @@ pub async fn run(args: SimArgs) -> Result<()> {
             _ => {}
         }
     }
-    eprintln!(
-        "sim: {} Desired answered; exiting",
-        counters.answered.load(Ordering::Relaxed)
-    );
-    drop(root);
-    Ok(())
 }

@@ -23,7 +23,6 @@ use resolve::{Held, Resolved, Resolver};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -288,7 +287,7 @@ pub async fn run_model(args: SimArgs) -> Result<()> {
     let resolver = Arc::new(Resolver::default());
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let args = Arc::new(args);
-    let (opened_tx, mut opened_rx) = mpsc::channel(1024);
+    let (opened_tx, opened_rx) = mpsc::channel(1024);
     for (index, cert) in certs.into_iter().enumerate() {
         let permit = permits.clone().acquire_owned().await?;
         let opened = opened_tx.clone();
@@ -315,51 +314,7 @@ pub async fn run_model(args: SimArgs) -> Result<()> {
         });
     }
     drop(opened_tx);
-    let mut ok = 0usize;
-    let mut failed = 0usize;
-    let mut first_error = None;
-    while let Some(r) = opened_rx.recv().await {
-        match r {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                failed += 1;
-                first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        eprintln!("sim: {failed} session(s) failed; first: {e}");
-    }
-    println!("READY {:.3} {ok} {failed}", t.elapsed().as_secs_f64());
-
-    // Serve until the parent closes our stdin.
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        match line.trim() {
-            "STATS" => println!("STATS {}", counters.line()),
-            "STORM" => {
-                clock.mark();
-                let clock = clock.clone();
-                tokio::spawn(async move {
-                    let r = clock.wait(std::time::Duration::from_secs(120)).await;
-                    let ms = |q: f64| r.quantile(q).as_secs_f64() * 1e3;
-                    println!(
-                        "STORM {} {} {:.1} {:.1} {:.1} {} {} {} {}",
-                        r.n,
-                        r.back,
-                        ms(0.5),
-                        ms(0.99),
-                        ms(1.0),
-                        clock.attempts.load(Ordering::Relaxed),
-                        clock.failures.load(Ordering::Relaxed),
-                        r.refused_agents,
-                        r.max_failures
-                    );
-                });
-            }
-            _ => {}
-        }
-    }
+    super::ready_then_serve(opened_rx, t, &counters, &clock).await;
     eprintln!(
         "sim: {} Desired answered; exiting",
         counters.answered.load(Ordering::Relaxed)
