@@ -327,9 +327,9 @@ fn main() -> Result<()> {
     raise_nofile()?;
     let rt = tokio::runtime::Runtime::new()?;
     match &cli.cmd {
-        Some(Cmd::Sim(sim)) => {
-            rt.block_on(portcullis_bench::sim::run(sim.sim_args(cli.concurrency)?))
-        }
+        Some(Cmd::Sim(sim)) => rt.block_on(portcullis_bench::sim::model::run_model(
+            sim.sim_args(cli.concurrency)?,
+        )),
         None => {
             let (storms, apply_s) = rt.block_on(bench(&cli))?;
             let out = render(&storms, &cli, apply_s);
