@@ -15,7 +15,7 @@
 //! `policy_from_wire` (`need_full` on a foreign base), compiles and answers `Applied` with
 //! the hash, answers `VerifyNow` in sync, reconnects with the agent's backoff and fails
 //! over to the next controller; agents that received the same message share one resolve
-//! + compile and one copy of the list (`resolve`). No commit-confirm, no fake kernel.
+//! and compile, and one copy of the list (`resolve`). No commit-confirm, no fake kernel.
 //! fleet-bench and rollout-bench run the real agent session ([`super::run`]).
 //!
 //! The child-process protocol is [`super::run`]'s: `CERTS`, `READY`, `STATS` on stdin.
