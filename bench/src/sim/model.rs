@@ -1,14 +1,8 @@
-//! A protocol model of the agent, for the benchmarks whose fleet cannot (yet) be real
-//! agent sessions:
-//! - list-fleet-bench pushes a 1,000,000-entry list to 1,000 agents, and 1,000 real agent
-//!   sessions would each hold their own copy of the list and its last-known-good (~40 MB
-//!   each: more than this machine's memory);
-//! - multi-fleet-bench and reconnect-bench time reconnect storms; with real sessions in
-//!   the simulator the storm did not complete (3 × 500 agents, a controller killed: not
-//!   every agent of it back within 60 s; 3 × 4,000: 1,327 of 4,000 within 120 s), while
-//!   the e2e failover test with real agents passes. Not explained yet (docs/BENCHMARKS.md,
-//!   multi-fleet-bench); until it is, these keep the model their figures were measured
-//!   with.
+//! A protocol model of the agent, for the one benchmark whose fleet cannot be real agent
+//! sessions: list-fleet-bench pushes a 1,000,000-entry list to 1,000 agents, and 1,000
+//! real agent sessions would each hold their own copy of the list and its last-known-good
+//! (~40 MB each: more than this machine's memory). Every other fleet benchmark runs the
+//! real agent session ([`super::run`]).
 //!
 //! Each simulated agent here opens a real mutual-TLS session, takes `ListPart`s
 //! (`portcullis_proto::parts`), resolves list deltas against the lists it holds with
@@ -16,7 +10,6 @@
 //! the hash, answers `VerifyNow` in sync, reconnects with the agent's backoff and fails
 //! over to the next controller; agents that received the same message share one resolve
 //! and compile, and one copy of the list (`resolve`). No commit-confirm, no fake kernel.
-//! fleet-bench and rollout-bench run the real agent session ([`super::run`]).
 //!
 //! The child-process protocol is [`super::run`]'s: `CERTS`, `READY`, `STATS` on stdin.
 
