@@ -44,6 +44,8 @@ pub mod report;
 pub mod restore;
 pub mod session;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod uplink;
 
 pub use agent::{Agent, AgentError};

@@ -3,8 +3,9 @@
 use super::*;
 use crate::dataplane::FakeDataplane;
 use crate::report::VerifyStatus;
+use crate::testing::facts;
 use portcullis_policy::ruleset::{Element, Rule};
-use portcullis_policy::{AllowEntry, InterfaceFacts, InterfaceSel, PortRange, Proto};
+use portcullis_policy::{AllowEntry, InterfaceSel, PortRange, Proto};
 
 fn allow(proto: Proto, port: u16, label: &str) -> AllowEntry {
     AllowEntry {
@@ -24,19 +25,6 @@ fn seed() -> HostPolicy {
             allow(Proto::Udp, 53, "domain/udp"),
         ],
         ..HostPolicy::default()
-    }
-}
-
-fn facts() -> Facts {
-    Facts {
-        hostname: "h1".into(),
-        interfaces: vec![InterfaceFacts {
-            name: "eth0".into(),
-            index: 2,
-            up: true,
-            addrs: Vec::new(),
-        }],
-        default_route_interface: None,
     }
 }
 

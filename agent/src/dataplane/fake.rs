@@ -268,17 +268,8 @@ mod tests {
 
     #[test]
     fn a_shared_memo_reads_back_what_parsing_does() {
-        use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
-        let facts = Facts {
-            hostname: "h1".into(),
-            interfaces: vec![InterfaceFacts {
-                name: "eth0".into(),
-                index: 2,
-                up: true,
-                addrs: Vec::new(),
-            }],
-            default_route_interface: None,
-        };
+        use portcullis_policy::{HostPolicy, compile};
+        let facts = crate::testing::facts();
         let ruleset = compile(&HostPolicy::default(), &facts, 1).unwrap();
         let memo = Arc::new(ReadbackMemo::default());
         let (plain, a, b) = (

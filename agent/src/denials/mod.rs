@@ -327,20 +327,8 @@ mod tests {
     use super::*;
     use crate::FakeDataplane;
     use crate::dataplane::Dataplane as _;
-    use portcullis_policy::{Facts, HostPolicy, InterfaceFacts, compile};
-
-    fn facts() -> Facts {
-        Facts {
-            hostname: "h1".into(),
-            interfaces: vec![InterfaceFacts {
-                name: "eth0".into(),
-                index: 2,
-                up: true,
-                addrs: Vec::new(),
-            }],
-            default_route_interface: None,
-        }
-    }
+    use crate::testing::facts;
+    use portcullis_policy::{HostPolicy, compile};
 
     #[test]
     fn the_over_limit_counter_sums_the_guard_chains_unlogged_denies() {

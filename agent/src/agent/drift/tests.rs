@@ -3,7 +3,8 @@
 use super::*;
 use crate::StateDir;
 use crate::dataplane::FakeDataplane;
-use portcullis_policy::{AllowEntry, HostPolicy, InterfaceFacts, PortRange, Proto};
+use crate::testing::facts;
+use portcullis_policy::{AllowEntry, HostPolicy, PortRange, Proto};
 use std::sync::Arc;
 
 fn policy(drift: DriftMode) -> HostPolicy {
@@ -17,19 +18,6 @@ fn policy(drift: DriftMode) -> HostPolicy {
         }],
         drift,
         ..HostPolicy::default()
-    }
-}
-
-fn facts() -> Facts {
-    Facts {
-        hostname: "h1".into(),
-        interfaces: vec![InterfaceFacts {
-            name: "eth0".into(),
-            index: 2,
-            up: true,
-            addrs: Vec::new(),
-        }],
-        default_route_interface: None,
     }
 }
 
