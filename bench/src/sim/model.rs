@@ -4,12 +4,12 @@
 //! (~40 MB each: more than this machine's memory). Every other fleet benchmark runs the
 //! real agent session ([`super::run`]).
 //!
-//! Each simulated agent here opens a real mutual-TLS session, takes `ListPart`s
+//! Each simulated agent here opens one real mutual-TLS session, takes `ListPart`s
 //! (`portcullis_proto::parts`), resolves list deltas against the lists it holds with
 //! `policy_from_wire` (`need_full` on a foreign base), compiles and answers `Applied` with
-//! the hash, answers `VerifyNow` in sync, reconnects with the agent's backoff and fails
-//! over to the next controller; agents that received the same message share one resolve
-//! and compile, and one copy of the list (`resolve`). No commit-confirm, no fake kernel.
+//! the hash; agents that received the same message share one resolve and compile, and
+//! one copy of the list (`resolve`). Only what list-fleet-bench needs: no reconnect, no
+//! failover, no `VerifyNow`, no commit-confirm, no fake kernel.
 //!
 //! The child-process protocol is [`super::run`]'s: `CERTS`, `READY`, `STATS` on stdin.
 
@@ -18,8 +18,8 @@ mod resolve;
 use super::certs::{AgentCert, issue};
 use super::counters::Counters;
 use super::{SimArgs, facts};
-use crate::storm::{Backoff, StormClock};
-use anyhow::{Context as _, Result};
+use crate::storm::StormClock;
+use anyhow::{Context as _, Result, bail};
 use portcullis_proto::v1;
 use rcgen::{Issuer, KeyPair};
 use resolve::{Held, Resolved, Resolver};
@@ -31,17 +31,17 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-/// `Hello` of `host`, attesting `applied` (revision, hash; `(0, "")` = nothing applied).
-fn hello(host: &str, applied: &(u64, String)) -> v1::AgentMessage {
+/// `Hello` of `host`, which has applied nothing yet.
+fn hello(host: &str) -> v1::AgentMessage {
     v1::AgentMessage {
         msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
             protocol_version: portcullis_proto::PROTOCOL_VERSION,
             host: host.to_owned(),
             agent_version: "fleet-bench-sim".into(),
             facts: Some(v1::Facts::from(&facts(host))),
-            applied_revision: applied.0,
-            applied_hash: applied.1.clone(),
-            kernel_hash: applied.1.clone(),
+            applied_revision: 0,
+            applied_hash: String::new(),
+            kernel_hash: String::new(),
             conditions: Vec::new(),
             capabilities: vec![
                 portcullis_proto::CAPABILITY_DENY_LISTS.into(),
@@ -103,14 +103,9 @@ fn answer(
 type Outbound = mpsc::Sender<v1::AgentMessage>;
 type Inbound = tonic::Streaming<v1::ControllerMessage>;
 
-/// A new connection (TCP + TLS 1.3 mutual handshake, like the agent's every session) and
-/// a session opened with a `Hello` attesting `applied`.
-async fn connect(
-    url: &str,
-    ca: &Certificate,
-    cert: &AgentCert,
-    applied: &(u64, String),
-) -> Result<(Outbound, Inbound)> {
+/// A new connection (TCP + TLS 1.3 mutual handshake, like the agent's) and a session
+/// opened with a `Hello`.
+async fn connect(url: &str, ca: &Certificate, cert: &AgentCert) -> Result<(Outbound, Inbound)> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(ca.clone())
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
@@ -130,7 +125,7 @@ async fn connect(
         .max_decoding_message_size(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(portcullis_proto::SESSION_MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(8);
-    tx.send(hello(&cert.host, applied)).await?;
+    tx.send(hello(&cert.host)).await?;
     let inbound = client
         .open(ReceiverStream::new(rx))
         .await
@@ -145,17 +140,13 @@ struct Agent {
     ca: Certificate,
     cert: AgentCert,
     counters: Arc<Counters>,
-    clock: Arc<StormClock>,
     resolver: Arc<Resolver>,
-    index: usize,
 }
 
 async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
-    // What this agent "runs": (revision, hash), attested in every Hello.
-    let mut applied = (0u64, String::new());
-    // The lists of the policy it applied last (kept across sessions, like the agent).
+    // The lists of the policy it applied last.
     let mut held = Held::new();
-    let (mut tx, mut inbound) = match connect(&a.args.url, &a.ca, &a.cert, &applied).await {
+    let (tx, inbound) = match connect(&a.args.url, &a.ca, &a.cert).await {
         Ok(s) => {
             let _ = opened.send(Ok(())).await;
             s
@@ -166,52 +157,11 @@ async fn run_agent(a: Agent, opened: mpsc::Sender<Result<()>>) {
         }
     };
     drop(opened);
-    let Some((min, max)) = a.args.reconnect else {
-        serve(&a, &mut applied, &mut held, tx, inbound).await;
-        return;
-    };
-    // Like agent/src/session.rs: back off, retry until in; reset after a long session.
-    // Stay on the controller that answered; on a failed connect try the next one.
-    let urls: Vec<&str> = std::iter::once(a.args.url.as_str())
-        .chain(a.args.failover.iter().map(String::as_str))
-        .collect();
-    let mut current = 0usize;
-    let mut backoff = Backoff::new(min, max);
-    loop {
-        let started = Instant::now();
-        serve(&a, &mut applied, &mut held, tx, inbound).await;
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            backoff.reset();
-        }
-        let mut failed = 0u32;
-        // Like the agent: a whole round of the controllers, one after another, then
-        // back off.
-        (tx, inbound) = 'round: loop {
-            tokio::time::sleep(backoff.next_delay()).await;
-            for _ in 0..urls.len() {
-                a.clock.attempts.fetch_add(1, Ordering::Relaxed);
-                match connect(urls[current], &a.ca, &a.cert, &applied).await {
-                    Ok(s) => break 'round s,
-                    Err(_) => {
-                        current = (current + 1) % urls.len();
-                        failed = failed.saturating_add(1);
-                        a.clock.failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        };
-        a.clock.reopened(a.index, failed);
-    }
+    serve(&a, &mut held, tx, inbound).await;
 }
 
 /// Answers the controller until the session ends.
-async fn serve(
-    a: &Agent,
-    applied: &mut (u64, String),
-    held: &mut Held,
-    tx: Outbound,
-    mut inbound: Inbound,
-) {
+async fn serve(a: &Agent, held: &mut Held, tx: Outbound, mut inbound: Inbound) {
     let (cert, counters) = (&a.cert, &a.counters);
     let mut parts =
         portcullis_proto::parts::Reassembly::new(portcullis_proto::DESIRED_MAX_MESSAGE_BYTES);
@@ -230,41 +180,10 @@ async fn serve(
                     return;
                 }
                 let reply = answer(&cert.host, &d, held, &a.resolver, counters);
-                if let Some(v1::agent_message::Msg::Applied(a)) = &reply.msg
-                    && a.ok
-                {
-                    *applied = (a.revision, a.hash.clone());
-                }
                 if tx.send(reply).await.is_err() {
                     return;
                 }
                 counters.answered.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(v1::controller_message::Msg::Verify(v)) => {
-                // The rollout's drift gate (and `portcullis drift`): the "kernel" holds
-                // exactly what was applied.
-                let report = v1::DriftReport {
-                    revision: applied.0,
-                    in_sync: true,
-                    expected_hash: applied.1.clone(),
-                    kernel_hash: applied.1.clone(),
-                    trigger: "request".into(),
-                    request_id: v.request_id,
-                    ..Default::default()
-                };
-                let msg = v1::AgentMessage {
-                    msg: Some(v1::agent_message::Msg::Drift(report)),
-                };
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
-                counters.verified.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(v1::controller_message::Msg::Confirm(_)) => {
-                counters.confirmed.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(v1::controller_message::Msg::Revert(_)) => {
-                counters.reverts.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
@@ -276,6 +195,9 @@ async fn serve(
 /// <reconnect errors> <verified> <lists in full> <lists as delta> <need_full> <failed>`
 /// on stdout.
 pub async fn run_model(args: SimArgs) -> Result<()> {
+    if args.reconnect.is_some() || !args.failover.is_empty() {
+        bail!("the protocol model does not reconnect or fail over: use `sim::run`");
+    }
     let t = Instant::now();
     let issuer = Issuer::from_ca_cert_pem(&args.ca_cert_pem, KeyPair::from_pem(&args.ca_key_pem)?)?;
     let certs = (0..args.n)
@@ -291,7 +213,7 @@ pub async fn run_model(args: SimArgs) -> Result<()> {
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let args = Arc::new(args);
     let (opened_tx, opened_rx) = mpsc::channel(1024);
-    for (index, cert) in certs.into_iter().enumerate() {
+    for cert in certs {
         let permit = permits.clone().acquire_owned().await?;
         let opened = opened_tx.clone();
         let agent = Agent {
@@ -299,9 +221,7 @@ pub async fn run_model(args: SimArgs) -> Result<()> {
             ca: ca.clone(),
             cert,
             counters: counters.clone(),
-            clock: clock.clone(),
             resolver: resolver.clone(),
-            index,
         };
         // The permit is released once this agent's session is open (or failed).
         let (done_tx, done_rx) = mpsc::channel::<Result<()>>(1);
