@@ -43,18 +43,18 @@ pub fn outbound_stream(
     use futures::StreamExt as _;
     let ended = end.clone();
     tokio_stream::wrappers::ReceiverStream::new(rx)
-        .flat_map(move |m| {
-            futures::stream::iter(match m {
-                Ok(v1::ControllerMessage {
-                    msg: Some(v1::controller_message::Msg::Desired(d)),
-                }) if parts => {
-                    portcullis_proto::parts::split(d, portcullis_proto::parts::PART_BYTES)
-                        .into_iter()
-                        .map(Ok)
-                        .collect()
-                }
-                other => vec![other],
-            })
+        .flat_map(move |m| match m {
+            Ok(v1::ControllerMessage {
+                msg: Some(v1::controller_message::Msg::Desired(d)),
+            }) if parts => futures::future::Either::Left(futures::stream::iter(
+                portcullis_proto::parts::split(d, portcullis_proto::parts::PART_BYTES)
+                    .into_iter()
+                    .map(Ok),
+            )),
+            // Every other message as it is, without an allocation per message.
+            other => {
+                futures::future::Either::Right(futures::stream::once(std::future::ready(other)))
+            }
         })
         .take_until(end.cancelled_owned())
         .chain(
